@@ -1,0 +1,120 @@
+"""The provenance record written beside each shelf-year's products.
+
+The catalog builds STAC items, metadata.ods and statistics from this record and the rasters
+alone, so everything a user needs to trace a map back to its imagery lives here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from producer.spec import TYPE1, ProductName, build_name
+
+SCHEMA_VERSION = "1.0"
+SOURCES = ("gee", "local", "demo")
+
+
+@dataclass(frozen=True)
+class SceneRecord:
+    """One scene (daily composite) used for the map."""
+
+    scene_id: str
+    sensor: str
+    acquired: dt.date
+    valid_fraction: float
+    """Share of the ROI with usable (cloud-free, gap-free) pixels in this scene."""
+    map_fraction: float
+    """Share of the merged full-ROI map taken from this scene's prediction."""
+    role: str = "fill"
+    """"main" for the scene the map is based on, "fill" for complementary scenes."""
+    cloud_fraction: float | None = None
+    slc_off: bool = False
+    source_ids: tuple[str, ...] = ()
+    """Landsat product ids combined into this daily composite, when known."""
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """A model used in production, identified by the hash of its weights file."""
+
+    name: str
+    weights_sha256: str
+    weights_file: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """How one shelf-year was produced."""
+
+    shelf: str
+    year: int
+    sensors: tuple[str, ...]
+    restoration: str | None
+    source: str
+    scenes: tuple[SceneRecord, ...]
+    segmentation: ModelRecord
+    restoration_model: ModelRecord | None = None
+    software: dict[str, str] = field(default_factory=dict)
+    parameters: dict[str, Any] = field(default_factory=dict)
+    products: dict[str, str] = field(default_factory=dict)
+    """Asset role -> file name in the shelf-year folder (damage_map, damage, probability, …)."""
+    inputs_digest: str = ""
+    """Digest of scene ids, weights hashes and software version; unchanged inputs skip work."""
+    schema_version: str = SCHEMA_VERSION
+
+    @property
+    def demo(self) -> bool:
+        """Products made from the offline demo source must never be published as real data."""
+        return self.source == "demo"
+
+    @property
+    def main_scene(self) -> SceneRecord:
+        """The scene the map is based on."""
+        return next((s for s in self.scenes if s.role == "main"), self.scenes[0])
+
+    def product_name(self) -> ProductName:
+        """The type-1 product name of this shelf-year."""
+        return build_name(self.sensors, self.shelf, self.year, self.restoration, TYPE1)
+
+    def to_json(self) -> str:
+        """Stable JSON text (sorted keys) for the record file."""
+        data = asdict(self)
+        data["demo"] = self.demo
+        return json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Provenance:
+        """Parse a record written by ``to_json``."""
+        data = json.loads(text)
+        data.pop("demo", None)
+        scenes = tuple(
+            SceneRecord(**{**s, "acquired": dt.date.fromisoformat(s["acquired"]),
+                           "source_ids": tuple(s.get("source_ids", ()))})
+            for s in data.pop("scenes")
+        )
+        seg = ModelRecord(**data.pop("segmentation"))
+        rest = data.pop("restoration_model")
+        return cls(scenes=scenes, segmentation=seg,
+                   restoration_model=ModelRecord(**rest) if rest else None,
+                   sensors=tuple(data.pop("sensors")), **data)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def provenance_path(release_dir: Path, name: ProductName) -> Path:
+    """Where a shelf-year's provenance record lives."""
+    return Path(release_dir) / name.relative_path().parent / name.auxiliary("provenance")
+
+
+def read_provenance(path: Path) -> Provenance:
+    """Read a provenance record file."""
+    return Provenance.from_json(Path(path).read_text())

@@ -1,0 +1,131 @@
+"""The registry of released ice shelves and their regions of interest (ROIs).
+
+The official ROIs ship with the released dataset as GeoPackages, which this project does not
+have. The default ROIs here are APPROXIMATE: a longitude/latitude box around each shelf, built
+from the shelf's gazetteer position (SCAR Composite Gazetteer of Antarctica / USGS GNIS, as
+quoted in the ``source`` field) and half-widths that we estimated to enclose the shelf, its
+front and its grounding zone as in the paper's Fig. 4. Replace them with the official outlines
+with ``load_roi_geopackage`` (or the ``--roi`` options of the commands).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+from pyproj import Transformer
+from shapely.geometry import Polygon, shape
+from shapely.geometry.base import BaseGeometry
+
+from producer.spec import ENCODING, SpecError, check_shelf_name_safe
+
+
+@dataclass(frozen=True)
+class ShelfRecord:
+    """A registered shelf: released name, approximate ROI box, and where the numbers come from."""
+
+    name: str
+    lon_min: float
+    lon_max: float
+    lat_min: float
+    lat_max: float
+    source: str
+
+    @property
+    def slug(self) -> str:
+        """Lower-case, hyphenated name for identifiers (STAC ids, keys)."""
+        return self.name.lower().replace(" ", "-").replace("_", "-")
+
+
+_GAZ = "SCAR Composite Gazetteer of Antarctica / USGS GNIS position"
+SHELVES: dict[str, ShelfRecord] = {
+    r.name: r
+    for r in (
+        ShelfRecord("Amery", 67.0, 75.0, -73.6, -68.6,
+                    f"{_GAZ} 69°45'S 71°00'E; box spans the ~550 km shelf to the grounding line"),
+        ShelfRecord("Amery_front", 69.0, 75.0, -71.0, -68.6,
+                    f"{_GAZ} 69°45'S 71°00'E; frontal ~240 km of Amery (paper, section 5)"),
+        ShelfRecord("Brunt", -28.5, -22.5, -76.2, -74.9,
+                    f"{_GAZ} 75°30'S 25°00'W; box includes the Stancomb-Wills junction"),
+        ShelfRecord("Crosson", -111.0, -107.5, -75.6, -74.6,
+                    f"{_GAZ} 75°04'S 109°25'W"),
+        ShelfRecord("Dotson", -114.5, -110.5, -75.1, -73.9,
+                    f"{_GAZ} 74°24'S 112°22'W"),
+        ShelfRecord("Holmes", 125.8, 128.4, -67.3, -66.3,
+                    f"{_GAZ} Holmes Glacier tongue 66°47'S 127°10'E"),
+        ShelfRecord("Larsen B", -62.9, -59.8, -66.3, -64.8,
+                    f"{_GAZ} Larsen B remnant (SCAR Inlet) 65°30'S 61°30'W"),
+        ShelfRecord("Pine Island", -102.8, -98.8, -75.6, -74.6,
+                    f"{_GAZ} Pine Island Glacier ice shelf 75°10'S 100°00'W"),
+        ShelfRecord("Thwaites", -108.8, -104.0, -75.6, -74.3,
+                    f"{_GAZ} Thwaites Glacier Tongue 75°00'S 106°50'W"),
+        ShelfRecord("Totten", 114.5, 117.6, -67.6, -66.4,
+                    f"{_GAZ} Totten Glacier ice shelf 67°00'S 116°20'E"),
+    )
+}
+
+
+class UnknownShelfError(SpecError):
+    """A shelf name that is not registered; the message lists the valid names."""
+
+
+def get_shelf(name: str) -> ShelfRecord:
+    """The registered shelf of that released name, or an error that lists the valid names."""
+    check_shelf_name_safe(name)
+    try:
+        return SHELVES[name]
+    except KeyError:
+        raise UnknownShelfError(
+            f"shelf {name!r} is not registered; valid names: "
+            + ", ".join(repr(n) for n in SHELVES)
+        ) from None
+
+
+@cache
+def _to_polar() -> Transformer:
+    return Transformer.from_crs("EPSG:4326", ENCODING.crs, always_xy=True)
+
+
+def box_polygon_3031(shelf: ShelfRecord, points_per_edge: int = 64) -> Polygon:
+    """The shelf's lon/lat box as a densified polygon in EPSG:3031 (edges follow the graticule)."""
+    lons = np.linspace(shelf.lon_min, shelf.lon_max, points_per_edge)
+    lats = np.linspace(shelf.lat_min, shelf.lat_max, points_per_edge)
+    ring_lon = np.concatenate([lons, np.full_like(lats, shelf.lon_max), lons[::-1],
+                               np.full_like(lats, shelf.lon_min)])
+    ring_lat = np.concatenate([np.full_like(lons, shelf.lat_min), lats,
+                               np.full_like(lons, shelf.lat_max), lats[::-1]])
+    x, y = _to_polar().transform(ring_lon, ring_lat)
+    return Polygon(zip(x, y, strict=True))
+
+
+def roi_polygon(name: str, roi_file: Path | None = None) -> BaseGeometry:
+    """A shelf's ROI in EPSG:3031: from ``roi_file`` (a GeoPackage) if given, else the default."""
+    shelf = get_shelf(name)
+    if roi_file is not None:
+        return load_roi_geopackage(roi_file, shelf.name)
+    return box_polygon_3031(shelf)
+
+
+def load_roi_geopackage(path: Path, shelf: str) -> BaseGeometry:
+    """The ROI polygon of ``shelf`` from a GeoPackage, reprojected to EPSG:3031.
+
+    A GeoPackage with a ``shelf`` (or ``name``) column selects the matching row; one with a single
+    feature is taken as that shelf's ROI.
+    """
+    import geopandas as gpd
+
+    frame = gpd.read_file(path)
+    if frame.crs is None:
+        raise SpecError(f"{path}: ROI layer has no CRS; expected {ENCODING.crs}")
+    frame = frame.to_crs(ENCODING.crs)
+    for column in ("shelf", "name"):
+        if column in frame.columns:
+            rows = frame[frame[column] == shelf]
+            if rows.empty:
+                raise SpecError(f"{path}: no row with {column} == {shelf!r}")
+            return rows.geometry.union_all()
+    if len(frame) != 1:
+        raise SpecError(f"{path}: {len(frame)} features and no 'shelf' column to pick {shelf!r}")
+    return shape(frame.geometry.iloc[0].__geo_interface__)

@@ -1,0 +1,27 @@
+"""Shared fixtures: a small valid release written with the real writer."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.release_factory import build_release
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+STAC_SCHEMAS = Path(__file__).resolve().parents[1].parent / "shared" / "stac-schemas"
+
+
+@pytest.fixture(scope="session")
+def pristine_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A valid release, built once per session; never modify it (copy with ``release``)."""
+    return build_release(tmp_path_factory.mktemp("pristine") / "release")
+
+
+@pytest.fixture
+def release(pristine_release: Path, tmp_path: Path) -> Path:
+    """A private copy of the valid release that a test may corrupt."""
+    target = tmp_path / "release"
+    shutil.copytree(pristine_release, target)
+    return target
