@@ -227,6 +227,10 @@ STAC_CATALOG_DIR = "stac"
 ITEMS_PARQUET = "items.parquet"
 ITEMS_NDJSON = "items.ndjson"
 ROI_GEOPACKAGE_SUFFIX = "_ROI.gpkg"
+RELEASE_NOTES = "RELEASE_NOTES.md"
+RELEASE_METADATA = "release.yaml"
+#: Hidden folder at the release root where the publisher keeps its resumable state.
+PUBLISH_STATE_DIR = ".icedamage-publish"
 
 
 def roi_geopackage_name(shelf: str) -> str:
