@@ -274,6 +274,7 @@ def test_predict_scene_equals_reference(tiny: DamageSegmenter, tmp_path: Path,
     assert np.abs(percent.astype(int) - np.rint(ref.damage_probability * 100)).max() <= 1
     fast = predict_array(tiny, pixels.transpose(1, 2, 0), device="cpu", batch_size=3)
     assert_equivalent(fast.probabilities, fast.labels, ref)
+    assert np.array_equal(np.asarray(fast), fast.labels)  # usable as the class map
 
 
 def test_unfused_decoder_and_no_tta_match_reference(tiny: DamageSegmenter) -> None:
