@@ -152,6 +152,7 @@ def main() -> None:
     parser.add_argument("--variants", default="b0,b2")
     parser.add_argument("--size", type=int, default=768, help="throughput scene side (px)")
     parser.add_argument("--disk", action="store_true", help="also time predict_scene (b0)")
+    parser.add_argument("--tta", choices=("both", "on", "off"), default="both")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward call")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rss-size", type=int, default=10_000)
@@ -167,7 +168,7 @@ def main() -> None:
     print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads()}))
     if not args.no_throughput:
         for variant in args.variants.split(","):
-            for tta in (True, False):
+            for tta in {"both": (True, False), "on": (True,), "off": (False,)}[args.tta]:
                 print(json.dumps(throughput(variant, args.size, tta, args.batch_size)), flush=True)
         if args.disk:
             print(json.dumps({"disk": disk_throughput("b0", args.size, True, args.batch_size)}),
