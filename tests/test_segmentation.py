@@ -290,6 +290,15 @@ def test_unfused_decoder_and_no_tta_match_reference(tiny: DamageSegmenter) -> No
     assert np.abs(refs[0].probabilities - refs[1].probabilities).max() > 1e-3  # TTA matters
 
 
+def test_autocast_path_stays_close(tiny: DamageSegmenter) -> None:
+    """The fp16 autocast used on CUDA, exercised on the CPU: close, not bit-identical."""
+    pixels = scene_pixels(512, 512, seed=4)
+    exact = predict_array(tiny, pixels, device="cpu")
+    half = predict_array(tiny, pixels, device="cpu", amp=True)
+    assert np.abs(exact.probabilities - half.probabilities).max() < 1e-2
+    assert (exact.labels != half.labels).mean() < 1e-3
+
+
 def test_streaming_reads_each_row_once_in_window_sized_bands(
         tiny: DamageSegmenter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pixels = scene_pixels(1400, 560, seed=5)
