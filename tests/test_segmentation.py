@@ -8,6 +8,7 @@ reference implementation on real GeoTIFFs read back with rasterio.
 from __future__ import annotations
 
 import json
+import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -322,6 +323,19 @@ def test_streaming_reads_each_row_once_in_window_sized_bands(
     assert sum(sizes) == 1400 and reads[0][0] == 0  # each row read exactly once, in order
     assert all(a[1] == b[0] for a, b in zip(reads, reads[1:], strict=False))
     assert len(reads) == len(window_starts(1400))
+
+
+def test_array_memory_does_not_grow_with_scene_height(tiny: DamageSegmenter,
+                                                     tmp_path: Path) -> None:
+    """Peak numpy memory of predict_scene is the same for a scene three times as tall."""
+    peaks = []
+    for height in (1300, 3900):
+        src = write_scene(tmp_path / f"h{height}.tif", scene_pixels(height, 520, seed=6))
+        tracemalloc.start()
+        predict_scene(tiny, src, tmp_path / f"out{height}.tif", tta=False, device="cpu")
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert peaks[1] < 1.1 * peaks[0]  # whole-scene arrays would triple
 
 
 def test_windows_without_valid_pixels_are_skipped(tiny: DamageSegmenter, tmp_path: Path) -> None:
