@@ -14,6 +14,7 @@ import numpy as np
 import rasterio
 
 from producer.spec import TYPE1, TYPE2
+from validation.raster_rules import Buffers
 from validation.report import Problem
 
 GRID = "pair-grid"
@@ -51,11 +52,15 @@ class PairTally:
     missed: int = 0
     """Type 2 says damage, type 1 says background."""
 
+    def __post_init__(self) -> None:
+        self._buffers = Buffers()
+
     def update(self, type1: np.ndarray, type2: np.ndarray) -> None:
         """Add one window of both files (same window, same shape)."""
-        inside = type1 != TYPE1.nodata
-        damage1 = type1 == TYPE1.damage
-        disagree = np.not_equal(damage1, type2 == TYPE2.damage)
+        inside = np.not_equal(type1, TYPE1.nodata, out=self._buffers.get("in", type1.shape, bool))
+        damage1 = np.equal(type1, TYPE1.damage, out=self._buffers.get("d1", type1.shape, bool))
+        disagree = np.equal(type2, TYPE2.damage, out=self._buffers.get("d2", type1.shape, bool))
+        np.not_equal(damage1, disagree, out=disagree)
         np.logical_and(disagree, inside, out=disagree)
         if not disagree.any():
             return

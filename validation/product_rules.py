@@ -22,6 +22,7 @@ from validation.inventory import Pair, ProductFile, pairs_of, scan_release
 from validation.pair_rules import PairTally, grid_problems
 from validation.raster_rules import (
     UNREADABLE,
+    Buffers,
     ValueTally,
     cog_problems,
     header_problems,
@@ -39,10 +40,12 @@ class _OpenFile:
     product: ProductFile
     src: rasterio.io.DatasetReader
     tally: ValueTally = field(init=False)
+    buffers: Buffers = field(init=False)
     readable: bool = True
 
     def __post_init__(self) -> None:
         self.tally = ValueTally(self.product.name.product_type.values)
+        self.buffers = Buffers()
 
 
 def _open(product: ProductFile, stack: ExitStack, problems: list[Problem]) -> _OpenFile | None:
@@ -68,7 +71,9 @@ def _scan(group: list[_OpenFile], problems: list[Problem]) -> None:
             if not item.readable:
                 continue
             try:
-                block = item.src.read(1, window=window)
+                out = item.buffers.get("block", (int(window.height), int(window.width)),
+                                       item.src.dtypes[0])
+                block = item.src.read(1, window=window, out=out)
             except RasterioError as exc:
                 item.readable = False
                 problems.append(Problem(item.product.rel, UNREADABLE,
@@ -88,7 +93,7 @@ def _scan(group: list[_OpenFile], problems: list[Problem]) -> None:
 def check_pair(pair: Pair) -> list[Problem]:
     """Every raster and pair problem of one shelf-year's files."""
     problems: list[Problem] = []
-    with ExitStack() as stack:
+    with rasterio.Env(), ExitStack() as stack:
         opened = [o for o in (_open(p, stack, problems) for p in pair.files()) if o is not None]
         together = len(opened) == 2
         if together:
@@ -102,8 +107,8 @@ def check_pair(pair: Pair) -> list[Problem]:
             product_type = item.product.name.product_type
             problems.extend(value_problem(item.product.rel, item.tally, product_type))
             if item.readable:
-                problems.extend(overview_problems(item.product.rel, item.product.path,
-                                                  product_type, len(item.src.overviews(1))))
+                problems.extend(overview_problems(item.product.rel, item.src, item.product.path,
+                                                  product_type))
     return problems
 
 
