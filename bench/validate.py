@@ -8,12 +8,16 @@ run):
   other (no overviews, no checks) - the floor of any validator that looks at every pixel;
 * the validator with one thread and with its default thread pool.
 
+Wall time is what a user waits; CPU time (all threads) is the work done, which a busy machine
+distorts less.
+
 Run: ``PYTHONPATH=. python bench/validate.py [--repeat N] [--rebuild]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -72,14 +76,15 @@ def plain_read(files: list[Path]) -> None:
 
 
 def timed(action: Callable[[], object], repeat: int) -> tuple[float, float]:
-    """(median, min) seconds of ``repeat`` runs after one warm-up run."""
+    """(median wall s, median CPU s of all threads) of ``repeat`` runs after a warm-up run."""
     action()
-    runs = []
+    walls, cpus = [], []
     for _ in range(repeat):
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         action()
-        runs.append(time.perf_counter() - start)
-    return statistics.median(runs), min(runs)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def main() -> None:
@@ -101,12 +106,16 @@ def main() -> None:
         (f"validate_release, {workers} threads (default)",
          timed(lambda: validate_release(root), args.repeat)),
     ]
-    base = rows[0][1][0]
+    base_wall, base_cpu = rows[0][1]
     table = Table(title=f"{len(files)} files, {megapixels:.0f} Mpx, {root}")
-    for column in ("what", "median s", "min s", "x plain read"):
+    for column in ("what", "wall s", "x plain (wall)", "CPU s", "x plain (CPU)"):
         table.add_column(column, justify="left" if column == "what" else "right")
-    for what, (median, best) in rows:
-        table.add_row(what, f"{median:.3f}", f"{best:.3f}", f"{median / base:.2f}")
+    for what, (wall, cpu) in rows:
+        table.add_row(what, f"{wall:.3f}", f"{wall / base_wall:.2f}", f"{cpu:.3f}",
+                      f"{cpu / base_cpu:.2f}")
+    load = os.getloadavg()[0]
+    Console().print(f"medians of {args.repeat} warm runs; load average {load:.1f} on "
+                    f"{os.cpu_count()} CPUs")
     Console().print(table)
 
 
