@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from producer.cli import build_app
 from tests.release_factory import ShelfYear, build_release
-from validation import engine
+from validation import engine, product_rules
 from validation.engine import (
     ENTRY_POINT_GROUP,
     RULE_SET_FAILED,
@@ -408,3 +408,34 @@ def test_threads_report_the_same_as_one_thread(release: Path) -> None:
     (release / (T21 + DMG)).unlink()
     one, many = validate_release(release, workers=1), validate_release(release, workers=3)
     assert one.problems == many.problems and len(one.problems) >= 4
+
+
+class _HalfBroken:
+    name = "half-broken"
+
+    def check(self, release_dir: Path):  # noqa: ANN201 - a generator, as rule sets may be
+        yield Problem("a.tif", "first-rule", "x", "y")
+        raise RuntimeError("late failure")
+
+
+def test_problems_before_a_crash_are_kept(release: Path) -> None:
+    """A rule set that fails midway keeps what it already found."""
+    report = validate_release(release, rule_sets=[_HalfBroken()])
+    assert found(report) == {("first-rule", "a.tif"), (RULE_SET_FAILED, ".")}
+
+
+def test_unexpected_error_in_one_shelf_year_spares_the_others(
+        release: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One shelf-year whose checks raise is reported; the other shelf-years are still checked."""
+    original = product_rules.check_pair
+
+    def flaky(pair: product_rules.Pair) -> list[Problem]:
+        if pair.files()[0].rel == T16 + MAP:
+            raise MemoryError("simulated")
+        return original(pair)
+
+    monkeypatch.setattr(product_rules, "check_pair", flaky)
+    with_value(release, T21 + MAP, 3)
+    report = validate_release(release, workers=1)
+    assert ("raster-check-failed", T16 + MAP) in found(report)
+    assert ("raster-values", T21 + MAP) in found(report)

@@ -53,12 +53,18 @@ def _open(product: ProductFile, stack: ExitStack, problems: list[Problem]) -> _O
     try:
         src = stack.enter_context(rasterio.open(product.path))
     except RasterioError as exc:
-        problems.append(Problem(product.rel, UNREADABLE, f"does not open: {exc}",
+        problems.append(Problem(product.rel, UNREADABLE, f"does not open: {_reason(exc)}",
                                 "a readable GeoTIFF"))
         return None
     problems.extend(header_problems(product.rel, src, product.name.product_type))
     problems.extend(cog_problems(product.rel, product.path))
     return _OpenFile(product, src)
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception's message, with GDAL's underlying error when rasterio chained one."""
+    cause = exc.__cause__ or exc.__context__
+    return f"{exc} ({cause})" if cause is not None and str(cause) not in str(exc) else str(exc)
 
 
 def _scan(group: list[_OpenFile], problems: list[Problem]) -> None:
@@ -77,7 +83,7 @@ def _scan(group: list[_OpenFile], problems: list[Problem]) -> None:
             except RasterioError as exc:
                 item.readable = False
                 problems.append(Problem(item.product.rel, UNREADABLE,
-                                        f"window {window.flatten()}: {exc}",
+                                        f"window {window.flatten()}: {_reason(exc)}",
                                         "every block readable (complete file)"))
                 continue
             item.tally.update(block)
@@ -112,6 +118,19 @@ def check_pair(pair: Pair) -> list[Problem]:
     return problems
 
 
+#: Rule id of a shelf-year whose checks raised an unexpected error (reported, run goes on).
+CHECK_FAILED = "raster-check-failed"
+
+
+def checked_pair(pair: Pair) -> list[Problem]:
+    """``check_pair``, with an unexpected error reported against the pair's first file."""
+    try:
+        return check_pair(pair)
+    except Exception as exc:  # noqa: BLE001 - one odd file must not hide the other problems
+        return [Problem(pair.files()[0].rel, CHECK_FAILED, f"{type(exc).__name__}: {exc}",
+                        "the raster and pair checks complete")]
+
+
 def default_workers() -> int:
     """Threads for the pixel checks: the CPUs this process may use, at most 4."""
     try:
@@ -135,12 +154,12 @@ class ProductRules:
         pairs = [pair for folder in inventory.years for pair in pairs_of(folder)]
         workers = self.workers or default_workers()
         if workers == 1 or len(pairs) < 2:
-            results = map(check_pair, pairs)
+            results = map(checked_pair, pairs)
             for problems in results:
                 yield from problems
             return
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="validate") as pool:
-            for problems in pool.map(check_pair, pairs):
+            for problems in pool.map(checked_pair, pairs):
                 yield from problems
 
 
