@@ -6,6 +6,7 @@ run):
 
 * plain read: open every product GeoTIFF with rasterio and ``read()`` it whole, one after the
   other (no overviews, no checks) - the floor of any validator that looks at every pixel;
+* the same plain read spread over threads, as a gauge of the cores free during the run;
 * the validator with one thread and with its default thread pool.
 
 Wall time is what a user waits; CPU time (all threads) is the work done, which a busy machine
@@ -22,6 +23,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import rasterio
@@ -75,6 +77,12 @@ def plain_read(files: list[Path]) -> None:
             src.read()
 
 
+def plain_read_threads(files: list[Path], workers: int) -> None:
+    """The plain read spread over a thread pool: how much parallelism the machine offers now."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(plain_read, [[path] for path in files]))
+
+
 def timed(action: Callable[[], object], repeat: int) -> tuple[float, float]:
     """(median wall s, median CPU s of all threads) of ``repeat`` runs after a warm-up run."""
     action()
@@ -101,6 +109,8 @@ def main() -> None:
     workers = default_workers()
     rows = [
         ("plain rasterio read (whole files)", timed(lambda: plain_read(files), args.repeat)),
+        (f"plain read, {workers} threads (reference only)",
+         timed(lambda: plain_read_threads(files, workers), args.repeat)),
         ("validate_release, 1 thread", timed(lambda: validate_release(root, workers=1),
                                              args.repeat)),
         (f"validate_release, {workers} threads (default)",

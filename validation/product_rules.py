@@ -73,6 +73,7 @@ def _scan(group: list[_OpenFile], problems: list[Problem]) -> None:
     height, width = group[0].src.shape
     for window in windows(height, width):
         blocks = []
+        classes_only = True
         for item in group:
             if not item.readable:
                 continue
@@ -86,10 +87,10 @@ def _scan(group: list[_OpenFile], problems: list[Problem]) -> None:
                                         f"window {window.flatten()}: {_reason(exc)}",
                                         "every block readable (complete file)"))
                 continue
-            item.tally.update(block)
+            classes_only &= item.tally.update(block)
             blocks.append(block)
         if pair is not None and len(blocks) == 2:
-            pair.update(blocks[0], blocks[1])
+            pair.update(blocks[0], blocks[1], classes_only)
         if not any(item.readable for item in group):
             break
     if pair is not None:
