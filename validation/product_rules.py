@@ -133,12 +133,21 @@ def checked_pair(pair: Pair) -> list[Problem]:
 
 
 def default_workers() -> int:
-    """Threads for the pixel checks: the CPUs this process may use, at most 4."""
+    """Threads for the pixel checks: the CPUs that are free now (1 to 4).
+
+    Threads only help on idle cores; on a saturated machine they add contention and no speed
+    (measured: see docs/benchmarks.md), so the one-minute load average, less this process,
+    is taken off the CPUs this process may use.
+    """
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not on Linux
         cpus = os.cpu_count() or 1
-    return max(1, min(4, cpus))
+    try:
+        busy = max(0.0, os.getloadavg()[0] - 1.0)
+    except OSError:  # pragma: no cover - no load average on this platform
+        busy = 0.0
+    return max(1, min(4, cpus, int(cpus - busy + 0.5)))
 
 
 @dataclass(frozen=True)
