@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from producer.spec import TYPE1, TYPE2
+from producer.spec import TYPE1, TYPE2, Rule
 from validation.pair_rules import PairTally, disagrees
 from validation.raster_rules import ValueTally, contiguous_shift
 
@@ -57,3 +60,16 @@ def test_pair_tally_fast_path_agrees_with_the_rule(data: st.DataObject) -> None:
             outside += value1 == TYPE1.damage
             missed += value1 != TYPE1.damage
     assert (tally.damage_outside, tally.missed) == (outside, missed)
+
+
+def test_every_rule_id_is_documented() -> None:
+    """docs/validation.md lists every rule id the validator can report."""
+    root = Path(__file__).resolve().parents[1]
+    ids = {rule.value for rule in Rule}
+    for module in (root / "validation").glob("*.py"):
+        ids |= set(re.findall(r'^[A-Z_]+ = "((?:layout|raster|pair|validator)-[a-z-]+)"',
+                              module.read_text(), flags=re.MULTILINE))
+    documented = set(re.findall(r"^\| `([a-z-]+)` \|", (root / "docs/validation.md").read_text(),
+                                flags=re.MULTILINE))
+    assert len(ids) > 30
+    assert ids == documented

@@ -3,7 +3,8 @@
 For each shelf-year the two product files are opened once, their headers and COG layout
 checked, and then read side by side one window (a row of tiles) at a time: every window feeds
 the value tally of each file and the damage-consistency tally of the pair. Shelf-years are
-checked in a small thread pool (GDAL and numpy release the GIL while they decode and compare).
+checked in a thread pool when CPUs are free (GDAL and numpy release the GIL while they decode
+and compare).
 """
 
 from __future__ import annotations
