@@ -37,6 +37,7 @@ from producer.provenance import ModelRecord, Provenance, SceneRecord, provenance
 from producer.shelves import get_shelf, roi_polygon
 from producer.slcoff import detect_gaps, footprint_of
 from producer.sources.base import Scene, SceneSource
+from producer.sources.demo import FOOTPRINT_KEY
 from producer.spec import (
     AUXILIARY_SUFFIXES,
     SENSORS,
@@ -292,13 +293,21 @@ def _read_band(path: Path) -> NDArray:
         return ds.read(1)
 
 
+def scene_footprint(scene: Scene, rgb: NDArray[np.uint8]) -> NDArray[np.bool_]:
+    """The imaged area of a scene: the source's footprint mask if it has one, else the hull."""
+    path = scene.metadata.get(FOOTPRINT_KEY)
+    if path is not None:
+        return _read_band(Path(path)) != 0
+    return footprint_of(rgb)
+
+
 def scene_masks(scene: Scene, year: int, grid: Grid) -> _SceneMasks:
     """Usable and present pixels of a scene; SLC-off gaps count as usable (they get restored)."""
     rgb = _read_rgb(scene.path, grid)
     present = np.any(rgb != 0, axis=2)
     slc_off = scene.sensor in SENSORS and SENSORS[scene.sensor].slc_off_in(year)
     if slc_off:
-        present |= detect_gaps(rgb, footprint_of(rgb))
+        present |= detect_gaps(rgb, scene_footprint(scene, rgb))
     cloud = np.zeros(grid.shape, bool)
     if scene.cloud_mask_path is not None:
         cloud = _read_band(scene.cloud_mask_path) != 0
@@ -321,7 +330,9 @@ def restore_scenes(used: Sequence[_SceneMasks], options: ProduceOptions, diffgf:
         raise ProduceError(str(MissingWeightsError(diffgf)))
     for k, masks in enumerate(slc):
         dst = workdir / f"{masks.scene.scene_id}_restored.tif"
-        restore_scene_file(masks.scene.path, dst, method, diffgf if method == "DiffGF" else None)
+        footprint = masks.scene.metadata.get(FOOTPRINT_KEY)
+        restore_scene_file(masks.scene.path, dst, method, diffgf if method == "DiffGF" else None,
+                           footprint=None if footprint is None else _read_band(footprint) != 0)
         paths[masks.scene.scene_id] = dst
         progress("restoration", k + 1, len(slc), masks.scene.scene_id)
     record = (ModelRecord("DiffGF", file_sha256(diffgf), Path(diffgf).name)

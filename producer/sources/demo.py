@@ -58,6 +58,9 @@ DEFAULT_DEMO_SIZE = 1024
 DEMO_SIZE_ENV = "ICEDAMAGE_DEMO_SIZE"
 #: Years the demo geometry is anchored to (advection and rift growth are measured from it).
 BASE_YEAR = 2000
+#: Scene.metadata key of a 1-band mask of the scene's footprint (1 = imaged), when known; the
+#: producer then finds SLC-off gaps reaching the window edge, which a hull cannot.
+FOOTPRINT_KEY = "footprint_path"
 #: Zone codes of the layout.
 GROUNDED, SHELF, OCEAN = 0, 1, 2
 
@@ -594,13 +597,16 @@ class DemoSource:
             scene = render_planned(shelf, year, plan, self.size, layout)
             path = workdir / f"{plan.scene_id}.tif"
             cloud_path = workdir / f"{plan.scene_id}_cloud.tif"
+            footprint_path = workdir / f"{plan.scene_id}_footprint.tif"
             _write_rgb(path, scene.rgb, grid)
             _write_mask(cloud_path, scene.cloud, grid)
+            _write_mask(footprint_path, scene.footprint, grid)
             usable = (scene.footprint & ~scene.cloud).mean()
             out.append(Scene(
                 scene_id=plan.scene_id, sensor=plan.sensor, acquired=plan.acquired, path=path,
                 valid_fraction=float(usable), cloud_mask_path=cloud_path,
-                metadata={"demo": True, "cloud_fraction": float(scene.cloud.mean()),
+                metadata={"demo": True, FOOTPRINT_KEY: footprint_path,
+                          "cloud_fraction": float(scene.cloud.mean()),
                           "gap_fraction": float(scene.gaps.mean()),
                           "footprint_fraction": float(scene.footprint.mean())},
             ))
