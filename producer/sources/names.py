@@ -24,9 +24,8 @@ from dataclasses import dataclass
 from producer.spec import SENSOR_ORDER, SENSORS, SpecError
 
 EXPORT_SUFFIX = "_uint8.tif"
-_SENSORS = "|".join(SENSOR_ORDER)
 _EXPORT = re.compile(
-    rf"^(?P<sensor>{_SENSORS})_(?P<shelf>.+)_composite_(?P<date>\d{{4}}-\d{{2}}-\d{{2}})"
+    r"^(?P<sensor>L[A-Z]\d{2})_(?P<shelf>.+)_composite_(?P<date>\d{4}-\d{2}-\d{2})"
     r"_uint8\.tiff?$",
     re.IGNORECASE,
 )
