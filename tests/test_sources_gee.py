@@ -121,7 +121,7 @@ def test_search_filters_ranking_and_downloads_follow_the_paper(tmp_path: Path, g
     mapped = fake.ops("map")
     assert mapped and all(body.update_mask_bits() == {8, 16} for (body,) in mapped)
     reductions = fake.ops("reduceRegion")
-    assert {(r[0], r[2]) for r in reductions} == {("count", 300)}
+    assert {(r[0], r[2], r[3]) for r in reductions} == {("count", 300, "EPSG:3031")}
     assert all(r[1] is geometry or r[1] == geometry for r in reductions)
 
     # Most valid first; same-day images combined; cloudy, out-of-window, out-of-ROI excluded;
@@ -354,7 +354,7 @@ def test_real_client_serializes_the_expected_graph(real_ee, tmp_path: Path, grid
     assert {"Collection.map", "Image.bitwiseAnd", "Image.eq", "Image.and", "Image.updateMask",
             "reduce.median", "Image.clip", "Image.reduceRegion", "Reducer.count"} <= \
         functions(counts)
-    assert {"8", "16", "300", '"2021-12-05"', '"2021-12-06"'} <= constants(counts)
+    assert {"8", "16", "300", '"2021-12-05"', '"2021-12-06"', '"EPSG:3031"'} <= constants(counts)
     assert '"QA_PIXEL"' in counts
     assert {"reduce.median", "Image.clip", "Image.select", "Image.multiply",
             "Image.toByte"} <= functions(pixels)

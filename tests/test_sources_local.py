@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyproj import Transformer
 from rasterio.features import geometry_mask
@@ -79,6 +79,7 @@ shelf_names = st.one_of(
 dates = st.dates(dt.date(1984, 1, 1), dt.date(2099, 12, 31))
 
 
+@settings(deadline=None)
 @given(sensor=st.sampled_from(SENSOR_ORDER), shelf=shelf_names, day=dates)
 def test_export_name_round_trip(sensor: str, shelf: str, day: dt.date) -> None:
     name = export_name(sensor, shelf, day)
@@ -86,6 +87,7 @@ def test_export_name_round_trip(sensor: str, shelf: str, day: dt.date) -> None:
     assert parse_export_name(name.filename) == name
 
 
+@settings(deadline=None)
 @given(sensor=st.sampled_from(SENSOR_ORDER), level=st.sampled_from(["L1TP", "L1GT", "L1GS",
                                                                     "L2SP"]),
        path_row=st.integers(0, 999_999), acquired=dates, processed=dates,

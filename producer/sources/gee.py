@@ -260,8 +260,11 @@ class _Expressions:
             day.isoformat(), (day + dt.timedelta(days=1)).isoformat())
 
     def _count(self, image: Any, band: str) -> Any:
+        # In EPSG:3031 (equal-scale near the poles) rather than the composite's default WGS84
+        # degrees, so both counts measure the same ground area per pixel.
         return image.reduceRegion(reducer=self.ee.Reducer.count(), geometry=self.roi,
-                                  scale=RANKING_SCALE_M, maxPixels=1e13).get(band)
+                                  scale=RANKING_SCALE_M, crs=ENCODING.crs,
+                                  maxPixels=1e13).get(band)
 
     def valid_count(self, composite: DailyComposite) -> Any:
         """Valid (cloud- and shadow-free) pixels of the daily median composite over the ROI."""
