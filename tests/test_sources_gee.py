@@ -198,7 +198,7 @@ def test_missing_credentials_give_a_clear_error(tmp_path: Path, grid: Grid) -> N
     with pytest.raises(CredentialsError) as info:
         run(fake, tmp_path, grid)
     message = str(info.value)
-    assert "earthengine authenticate" in message and "--project" in message
+    assert "earthengine authenticate" in message and "set_project" in message
     assert "EE_PROJECT" in message and "--source demo" in message
     assert not list(tmp_path.glob("*"))
 

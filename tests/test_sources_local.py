@@ -272,6 +272,10 @@ def test_rerun_reuses_derived_scenes_until_inputs_change(tmp_path: Path) -> None
 
 @pytest.mark.parametrize(("name", "data", "message"), [
     ("scene.tif", np.zeros((3, 4, 4), np.uint8), r"scene\.tif: cannot tell the sensor.*sidecar"),
+    ("LC08_Totten_composite_2021-02-30_uint8.tif", np.zeros((3, 4, 4), np.uint8),
+     "acquisition date '2021-02-30'"),
+    ("LT05_L1TP_101107_20011205_20211215_02_T1.tif", np.zeros((3, 4, 4), np.uint8),
+     "sensor 'LT05'"),
     ("LC08_Totten_composite_2021-12-05_uint8.tif", np.zeros((1, 4, 4), np.uint8),
      "band count is 1"),
     ("LC08_Totten_composite_2021-12-05_uint8.tif", np.zeros((3, 4, 4), np.uint16),

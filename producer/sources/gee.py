@@ -85,8 +85,8 @@ AUTH_HELP = (
     "Earth Engine credentials are missing or unusable: {error}\n"
     "To use --source gee:\n"
     "  1. run `earthengine authenticate` (or `python -c 'import ee; ee.Authenticate()'`) once;\n"
-    "  2. give the Google Cloud project registered for Earth Engine with --project PROJECT,\n"
-    "     the EE_PROJECT environment variable, or `earthengine set_project PROJECT`.\n"
+    "  2. name the Google Cloud project registered for Earth Engine: set EE_PROJECT=PROJECT\n"
+    "     or run `earthengine set_project PROJECT`.\n"
     "Without Earth Engine, use --source local:DIR (exported GeoTIFFs) or --source demo."
 )
 

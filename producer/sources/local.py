@@ -59,6 +59,8 @@ from producer.sources.errors import SourceError
 from producer.sources.gee import tile_windows
 from producer.sources.names import (
     export_name,
+    looks_like_export_name,
+    looks_like_product_id,
     parse_export_name,
     parse_product_id,
     shelf_key,
@@ -115,11 +117,11 @@ def read_sidecar(path: Path) -> LocalFile:
     sensor = str(_field(record, "sensor", where)).upper()
     if sensor not in SENSORS:
         raise SourceError(f"{where}: field 'sensor' is {sensor!r}; valid: {list(SENSOR_ORDER)}")
+    date = _field(record, "date", where)
     try:
-        acquired = dt.date.fromisoformat(str(_field(record, "date", where))[:10])
+        acquired = dt.date.fromisoformat(str(date)[:10])
     except ValueError:
-        raise SourceError(f"{where}: field 'date' is {record['date']!r}; expected YYYY-MM-DD"
-                          ) from None
+        raise SourceError(f"{where}: field 'date' is {date!r}; expected YYYY-MM-DD") from None
     mask = _field(record, "cloud_mask", where, required=False)
     mask_path = (where.parent / mask) if mask else None
     if mask_path is not None and not mask_path.is_file():
@@ -137,19 +139,20 @@ def describe(path: Path) -> LocalFile:
     if sidecar_path(path).exists():
         return read_sidecar(path)
     try:
-        name = parse_export_name(path.name)
-        return LocalFile(path, name.sensor, name.acquired, name.shelf, (name.scene_id,))
-    except SpecError as export_error:
-        try:
+        if looks_like_export_name(path.name):
+            name = parse_export_name(path.name)
+            return LocalFile(path, name.sensor, name.acquired, name.shelf, (name.scene_id,))
+        if looks_like_product_id(path.name):
             pid = parse_product_id(path.name)
-        except SpecError as id_error:
-            raise SourceError(
-                f"{path}: cannot tell the sensor and acquisition date: the name matches neither "
-                f"<SENSOR>_<Shelf>_composite_<YYYY-MM-DD>_uint8.tif nor a Landsat product id "
-                f"({export_error}; {id_error}); add a sidecar {sidecar_path(path).name} with "
-                '{"sensor": "LC08", "date": "YYYY-MM-DD"}') from None
-        return LocalFile(path, pid.sensor, pid.acquired, None, (pid.product_id,),
-                         named_by="product-id")
+            return LocalFile(path, pid.sensor, pid.acquired, None, (pid.product_id,),
+                             named_by="product-id")
+    except SpecError as exc:
+        raise SourceError(f"{path.parent}/{exc}") from None
+    raise SourceError(
+        f"{path}: cannot tell the sensor and acquisition date: the name is neither "
+        "<SENSOR>_<Shelf>_composite_<YYYY-MM-DD>_uint8.tif nor a Landsat product id "
+        "(LXSS_LLLL_PPPRRR_YYYYMMDD_yyyymmdd_CC_TX...), and there is no sidecar "
+        f'{sidecar_path(path).name} such as {{"sensor": "LC08", "date": "YYYY-MM-DD"}}')
 
 
 def inventory(folder: Path) -> list[LocalFile]:

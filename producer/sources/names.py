@@ -118,6 +118,16 @@ def parse_product_id(filename: str) -> ProductId:
     )
 
 
+def looks_like_export_name(filename: str) -> bool:
+    """Whether a name has the shape of the export pattern (its fields may still be invalid)."""
+    return _EXPORT.match(filename) is not None
+
+
+def looks_like_product_id(filename: str) -> bool:
+    """Whether a name starts with the shape of a Landsat product id (fields may be invalid)."""
+    return _PRODUCT_ID.match(filename) is not None
+
+
 def shelf_key(name: str) -> str:
     """A shelf name compared loosely: case, spaces, '_', '-' ignored ("Larsen B" ~ "Larsen_B")."""
     return re.sub(r"[\s_\-]+", "", name).lower()
