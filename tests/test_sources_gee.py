@@ -25,6 +25,7 @@ from producer.sources.gee import (
     roi_lonlat,
     tile_windows,
 )
+from producer.sources.local import LocalFolderSource
 from producer.spec import SENSORS
 from tests.fake_ee import FakeEE, FakeImage, pattern
 
@@ -166,6 +167,12 @@ def test_search_filters_ranking_and_downloads_follow_the_paper(tmp_path: Path, g
             assert src.transform == grid.transform and src.shape == grid.shape
             np.testing.assert_array_equal(src.read(), expected)
             assert src.tags()["SOURCE_IDS"].split(",") == list(scene.source_ids)
+    # A folder of gee downloads is a valid local:DIR, product ids included.
+    local = LocalFolderSource(cache, progress=False)
+    local.grid("Totten", ROI)
+    again = local.scenes("Totten", 2021, grid, tmp_path / "local-work")
+    assert {(s.scene_id, s.source_ids) for s in again} == {(s.scene_id, s.source_ids)
+                                                          for s in scenes}
     manifest = json.loads((cache / "gee_Totten_2021.json").read_text())
     assert len(manifest["candidates"]) == 5 and len(manifest["chosen"]) == 4
 

@@ -511,7 +511,7 @@ class EarthEngineSource:
         }
         with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
             dst.update_tags(SENSOR=composite.sensor, ACQUIRED=composite.day.isoformat(),
-                            SOURCE_IDS=",".join(composite.source_ids),
+                            SOURCE_IDS=",".join(composite.source_ids),  # read by local
                             VALID_FRACTION=f"{composite.valid_fraction:.6f}",
                             EE_COLLECTIONS=",".join(SENSORS[composite.sensor].ee_collections),
                             EXPRESSION="median(day).clip(roi).select(rgb).multiply(255).toByte()")

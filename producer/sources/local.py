@@ -7,7 +7,8 @@ mask (non-zero = cloud or shadow). Each file's sensor and acquisition date come 
 1. a sidecar ``<file>.json`` (e.g. ``scene.tif.json``) with ``sensor`` and ``date`` (ISO), and
    optionally ``shelf``, ``cloud_mask`` (a 1-band mask file, path relative to the sidecar) and
    ``source_ids`` (list of Landsat product ids);
-2. the authors' export name ``<SENSOR>_<Shelf>_composite_<YYYY-MM-DD>_uint8.tif``;
+2. the authors' export name ``<SENSOR>_<Shelf>_composite_<YYYY-MM-DD>_uint8.tif`` (with the
+   product ids from the ``SOURCE_IDS`` tag when the gee source wrote the file);
 3. a leading Landsat product id (EarthExplorer downloads such as the LandsatLook natural-colour
    ``LC08_L1TP_101107_20220105_20220115_02_T1_refl.tif``).
 
@@ -38,7 +39,7 @@ import hashlib
 import json
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,8 @@ from producer.writer import atomic_path
 RESAMPLING: dict[str, Resampling] = {"nearest": Resampling.nearest,
                                      "bilinear": Resampling.bilinear}
 SIDECAR_SUFFIX = ".json"
+#: GeoTIFF tag in which the gee source records the Landsat product ids of a composite.
+SOURCE_IDS_TAG = "SOURCE_IDS"
 WINDOW = 2048
 
 
@@ -293,6 +296,9 @@ class LocalFolderSource:
                 check_scene_file(src, item.path)
                 if item.shelf is None and not overlaps(src, roi, grid):
                     continue
+                tagged = src.tags().get(SOURCE_IDS_TAG, "")
+            if tagged and item.named_by == "export-name":  # written by the gee source
+                item = replace(item, source_ids=tuple(tagged.split(",")))
             if item.cloud_mask is not None:
                 with rasterio.open(item.cloud_mask) as msk:
                     check_mask_file(msk, item.cloud_mask)
