@@ -391,14 +391,14 @@ class EarthEngineSource:
         ``workdir`` (the caller's temporary folder) is not used: downloads are kept in the
         persistent cache (``scene_dir``) so a re-run does not fetch them again.
         """
-        workdir = self.scene_dir(shelf, year)
+        folder = self.scene_dir(shelf, year)
         roi = self._rois.get(shelf) or roi_polygon(shelf)
-        chosen = self._ranking(shelf, year, grid, roi, workdir)
+        chosen = self._ranking(shelf, year, grid, roi, folder)
         todo = [c for c in chosen
-                if self.force or not self.scene_path(workdir, shelf, c).exists()]
+                if self.force or not self.scene_path(folder, shelf, c).exists()]
         if todo:
-            self._download_all(shelf, year, grid, roi, workdir, todo)
-        return [self._scene(shelf, workdir, c, rank_) for rank_, c in enumerate(chosen, 1)]
+            self._download_all(shelf, year, grid, roi, folder, todo)
+        return [self._scene(shelf, folder, c, rank_) for rank_, c in enumerate(chosen, 1)]
 
     def _scene(self, shelf: str, workdir: Path, composite: DailyComposite, rank_: int) -> Scene:
         name = export_name(composite.sensor, shelf, composite.day)
