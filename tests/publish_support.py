@@ -1,0 +1,143 @@
+"""Helpers for the publisher's tests: a publishable release and a CLI runner."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pystac
+import rasterio
+import yaml
+from rich.console import Console
+from typer.testing import CliRunner
+
+from producer.cli import build_app
+from producer.provenance import read_provenance
+from producer.spec import RELEASE_METADATA, STAC_CATALOG_DIR, parse_name, roi_geopackage_name
+from publish.release import PublishOptions, PublishResult, publish_release
+from publish.zenodo import RateLimiter, RetryPolicy, ZenodoClient
+from tests.zenodo_emulator import ZenodoEmulator
+
+TOKEN = "secret-token-0123456789"
+WRITE_ONLY_TOKEN = "write-only-token-9876543210"
+PAPER_DOI = "10.5194/essd-2026-1-test"
+RELEASE_YAML = {
+    "title": "Surface damage of Antarctic ice shelves from Landsat 7/8/9 (test)",
+    "creators": [
+        {"name": "Tang, Xiao", "affiliation": "University of Bristol",
+         "orcid": "0000-0002-1825-0097"},
+        {"name": "Bamber, Jonathan", "affiliation": "University of Bristol"},
+    ],
+    "description": "<p>30 m surface-damage maps of Antarctic ice shelves, 1999-2024.</p>",
+    "access_right": "open",
+    "license": "cc-by-4.0",
+    "keywords": ["Antarctica", "ice shelves", "surface damage", "Landsat"],
+    "paper_doi": PAPER_DOI,
+}
+
+
+def make_publishable(release: Path) -> Path:
+    """Add what a publishable release holds beside the products: release.yaml, a STAC catalog
+    of the product files and one ROI GeoPackage."""
+    (release / RELEASE_METADATA).write_text(yaml.safe_dump(RELEASE_YAML, sort_keys=False))
+    write_catalog(release)
+    import geopandas as gpd
+
+    from producer.shelves import roi_polygon
+
+    gpd.GeoDataFrame({"name": ["Larsen B"]}, geometry=[roi_polygon("Larsen B")],
+                     crs="EPSG:3031").to_file(release / roi_geopackage_name("Larsen B"),
+                                              driver="GPKG")
+    return release
+
+
+def write_catalog(release: Path) -> None:
+    """A small self-contained STAC catalog: one collection, one item per product file."""
+    catalog = pystac.Catalog("icedamage", "Antarctic ice-shelf surface damage (test)")
+    products = sorted(p for p in release.rglob("*.tif") if not p.name.startswith("."))
+    with rasterio.open(products[0]) as src:
+        bbox = list(rasterio.warp.transform_bounds(src.crs, "EPSG:4326", *src.bounds))
+    extent = pystac.Extent(pystac.SpatialExtent([bbox]),
+                           pystac.TemporalExtent([[None, None]]))
+    collection = pystac.Collection("icedamage-damage", "Surface damage maps", extent,
+                                   license="CC-BY-4.0")
+    catalog.add_child(collection)
+    import datetime as dt
+
+    for path in products:
+        name = parse_name(path.name)
+        item = pystac.Item(path.stem, None, bbox, dt.datetime(name.year, 12, 1, tzinfo=dt.UTC),
+                           {})
+        item.geometry = {"type": "Polygon", "coordinates": [[
+            [bbox[0], bbox[1]], [bbox[2], bbox[1]], [bbox[2], bbox[3]], [bbox[0], bbox[3]],
+            [bbox[0], bbox[1]]]]}
+        item.add_asset("data", pystac.Asset(str(path), media_type=pystac.MediaType.COG,
+                                            roles=["data"]))
+        collection.add_item(item)
+    catalog.normalize_hrefs(str(release / STAC_CATALOG_DIR))
+    catalog.make_all_asset_hrefs_relative()
+    catalog.save(pystac.CatalogType.SELF_CONTAINED)
+
+
+def make_demo(release: Path) -> Path:
+    """Mark the first shelf-year's provenance as made from the demo source."""
+    import dataclasses
+
+    path = sorted(release.rglob("*_provenance.json"))[0]
+    record = dataclasses.replace(read_provenance(path), source="demo")
+    path.write_text(record.to_json())
+    return path
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Relative path -> md5 of every file under root (to prove nothing changed)."""
+    return {p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def run_cli(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run ``icedamage`` in-process with a test environment; (exit code, output)."""
+    base = {"ZENODO_TOKEN": TOKEN, "ICEDAMAGE_ZENODO_TIME_SCALE": "0.0005",
+            "ICEDAMAGE_ZENODO_ATTEMPTS": "8", "COLUMNS": "200", "NO_COLOR": "1"}
+    base.update(env or {})
+    app = build_app()
+    if len(app.registered_commands) == 1:  # a lone command would swallow its own name
+        app.callback()(lambda: None)
+    result = CliRunner().invoke(app, args, env=base, catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def publish_args(release: Path, emulator: ZenodoEmulator, version: str, *extra: str,
+                 ) -> list[str]:
+    """The publish command line against the emulator."""
+    return ["publish", str(release), "--version", version, "--url", emulator.base_url, *extra]
+
+
+def api_publish(release: Path, emulator: ZenodoEmulator, version: str, *, token: str = TOKEN,
+                policy: RetryPolicy | None = None, **kw: object,
+                ) -> tuple[PublishResult, str, RetryPolicy]:
+    """Publish through the Python API with a fast retry policy; (result, output, policy)."""
+    policy = policy or RetryPolicy(time_scale=0.0005)
+    client = ZenodoClient(emulator.base_url, token, retry=policy, limiter=RateLimiter(policy))
+    out = io.StringIO()
+    options = PublishOptions(release_dir=release, version=version,
+                             base_url=emulator.base_url, allow_demo=True, **kw)  # type: ignore
+    result = publish_release(options, client, Console(file=out, width=200), secrets=(token,))
+    return result, out.getvalue(), policy
+
+
+def all_text_files(*roots: Path) -> Iterator[tuple[Path, bytes]]:
+    """Every file under the roots with its bytes (to search for leaked secrets)."""
+    for root in roots:
+        for path in root.rglob("*"):
+            if path.is_file():
+                yield path, path.read_bytes()
+
+
+def env_without_tokens() -> dict[str, str]:
+    """The process environment minus any real Zenodo token."""
+    return {k: v for k, v in os.environ.items()
+            if k not in ("ZENODO_TOKEN", "ZENODO_SANDBOX_TOKEN", "ZENODO_API_TOKEN")}
