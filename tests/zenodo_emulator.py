@@ -71,8 +71,8 @@ class Fault:
 
     kind: "status" (answer ``status``, optionally with ``retry_after``), "after" (do the
     request, then answer ``status`` instead: a DELETE or publish that answers 500/504 but took
-    effect; "delete_500" is the same), "corrupt" (PUT stores a corrupted body and answers 201 with its
-    checksum), "drop" (read half the body, close the connection), "hang" (block until
+    effect; "delete_500" is the same), "corrupt" (PUT stores a corrupted body and answers 201
+    with its checksum), "drop" (read half the body, close the connection), "hang" (block until
     ``Emulator.release_hangs()``, then drop). The first ``skip`` matches pass untouched, the
     next ``times`` misbehave.
     """
@@ -165,9 +165,12 @@ class ZenodoEmulator:
     """The server state, its fault plan and its request log; ``start()`` serves it."""
 
     def __init__(self, tokens: dict[str, frozenset[str]] | None = None, *,
-                 max_files: int = 100, max_bytes: int = 50 * 10**9,
+                 owners: dict[str, str] | None = None, max_files: int = 100,
+                 max_bytes: int = 50 * 10**9,
                  rate_limit: int = 5000, rate_window: float = 60.0) -> None:
         self.tokens = dict(tokens or {"secret-token-0123456789": FULL_SCOPES})
+        self.owners = dict(owners or {})
+        """token -> user; tokens of one user see the same depositions (default: own user)."""
         self.max_files = max_files
         self.max_bytes = max_bytes
         self.rate_limit = rate_limit
@@ -393,6 +396,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.answer = True
         token, self.auth_kind = self._token()
         self.token = token
+        self.user = emu.owners.get(token or "", token or "")
         fault = None
         with emu.lock:
             for candidate in emu.faults:
@@ -528,7 +532,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _owned(self, dep_id: str) -> Deposition | None:
         dep = self.server_state.depositions.get(int(dep_id))
-        if dep is None or dep.owner != self.token:
+        if dep is None or dep.owner != self.user:
             self._drain()
             self._error(404, MSG_404)
             return None
@@ -549,7 +553,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if method == "GET":
             status = (self.query.get("status") or [None])[0]
-            deps = [d for d in emu.depositions.values() if d.owner == self.token]
+            deps = [d for d in emu.depositions.values() if d.owner == self.user]
             if status == "draft":
                 deps = [d for d in deps if not d.submitted or d.editing]
             elif status == "published":
@@ -572,7 +576,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             with emu.lock:
                 concept, recid = emu.new_id(), emu.new_id()
-                dep = Deposition(recid, concept, self.token or "", uuid.uuid4().hex,
+                dep = Deposition(recid, concept, self.user, uuid.uuid4().hex,
                                  metadata=dict(metadata))
                 emu.depositions[recid] = dep
                 emu.buckets[dep.bucket] = recid

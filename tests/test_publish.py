@@ -1,0 +1,287 @@
+"""icedamage publish against the Zenodo emulator: first record, new version, dry run, refusals,
+a token without publish rights. Everything goes over HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pystac
+import pytest
+import rasterio
+
+from producer.spec import RELEASE_NOTES, roi_geopackage_name
+from producer.writer import read_band, write_products
+from publish.package import MANIFEST_KEY, read_manifest
+from publish.state import load_state, packages_dir
+from publish.zenodo import public_record
+from tests.publish_support import (
+    PAPER_DOI,
+    TOKEN,
+    WRITE_ONLY_TOKEN,
+    all_text_files,
+    make_demo,
+    make_publishable,
+    publish_args,
+    run_cli,
+    tree_digest,
+)
+from tests.release_factory import ShelfYear, fixture_arrays, fixture_grid
+from tests.zenodo_emulator import FULL_SCOPES, ZenodoEmulator
+
+
+@pytest.fixture(scope="module")
+def publishable_pristine(pristine_release: Path, tmp_path_factory: pytest.TempPathFactory,
+                         ) -> Path:
+    """The valid fixture release plus release.yaml, a STAC catalog and a GeoPackage."""
+    target = tmp_path_factory.mktemp("publishable") / "release"
+    shutil.copytree(pristine_release, target)
+    return make_publishable(target)
+
+
+@pytest.fixture
+def pub_release(publishable_pristine: Path, tmp_path: Path) -> Path:
+    """A private copy of the publishable release."""
+    target = tmp_path / "release"
+    shutil.copytree(publishable_pristine, target)
+    return target
+
+
+@pytest.fixture
+def emulator() -> Iterator[ZenodoEmulator]:
+    """A fresh Zenodo emulator on a free port of 127.0.0.1."""
+    emu = ZenodoEmulator({TOKEN: FULL_SCOPES, WRITE_ONLY_TOKEN: frozenset({"deposit:write"})},
+                         owners={TOKEN: "tang", WRITE_ONLY_TOKEN: "tang"})
+    emu.start()
+    yield emu
+    emu.stop()
+
+
+def server_files(emu: ZenodoEmulator, dep_id: int) -> dict[str, tuple[int, str]]:
+    """key -> (size, md5) of a deposition on the emulator."""
+    dep = emu.depositions[dep_id]
+    return {k: (len(f.data), f.md5) for k, f in dep.files.items()}
+
+
+def manifest_files(release: Path) -> dict[str, tuple[int, str]]:
+    """key -> (size, md5) the manifest promises, manifest.json included."""
+    out = packages_dir(release)
+    files = {e.key: (e.size, e.md5) for e in read_manifest(out).entries}
+    import hashlib
+
+    data = (out / MANIFEST_KEY).read_bytes()
+    files[MANIFEST_KEY] = (len(data), hashlib.md5(data).hexdigest())
+    return files
+
+
+def change_shelf(release: Path) -> None:
+    """Re-make Totten 2021 from other pixels (a corrected shelf-year)."""
+    item = ShelfYear("Totten", 2021, ("LC08", "LC09"))
+    damage, extent = fixture_arrays(item, 99)
+    write_products(release, item.shelf, item.year, item.sensors, None, damage, extent,
+                   fixture_grid(item.shelf, item.size))
+
+
+def put_keys(emu: ZenodoEmulator, since: int = 0) -> list[str]:
+    """Keys of the bucket PUTs logged after request number ``since``."""
+    return [r.path.rsplit("/", 1)[-1] for r in emu.requests[since:]
+            if r.method == "PUT" and r.path.startswith("/api/files/")]
+
+
+def test_first_publication(pub_release: Path, emulator: ZenodoEmulator, tmp_path: Path) -> None:
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new"))
+    assert code == 0, out
+    [record] = emulator.published()
+    # The record holds exactly the manifest: one stored ZIP per shelf, catalog, GeoPackage.
+    assert server_files(emulator, record.id) == manifest_files(pub_release)
+    assert set(server_files(emulator, record.id)) == {
+        "Amery_front.zip", "Larsen_B.zip", "Totten.zip", "stac.zip",
+        "Larsen_B_ROI.gpkg", MANIFEST_KEY}
+    manifest = read_manifest(packages_dir(pub_release))
+    assert manifest.key_map["Larsen B"] == "Larsen_B.zip"
+    assert manifest.key_map[roi_geopackage_name("Larsen B")] == "Larsen_B_ROI.gpkg"
+    # Metadata as Zenodo stored it: links to the paper, version, dataset.
+    meta = record.metadata
+    assert meta["upload_type"] == "dataset" and meta["version"] == "1.0"
+    assert {"identifier": PAPER_DOI, "relation": "isDocumentedBy",
+            "resource_type": "publication-article", "scheme": "doi"} \
+        in meta["related_identifiers"]
+    # A COG downloaded inside its ZIP is readable in place (stored, not deflated).
+    zipped = tmp_path / "Larsen_B.zip"
+    zipped.write_bytes(record.files["Larsen_B.zip"].data)
+    inner = "Larsen B/2005/LE07_Larsen B_2005_slc_off_DiffGF_damage_map.tif"
+    with zipfile.ZipFile(zipped) as zf:
+        assert zf.getinfo(inner).compress_type == zipfile.ZIP_STORED
+    with rasterio.open(f"/vsizip/{zipped}/{inner}") as src:
+        np.testing.assert_array_equal(src.read(1), read_band(pub_release / inner))
+    # Write-back: DOI, citation and cite-as on the collection, alternate hrefs on assets.
+    catalog = pystac.Catalog.from_file(str(pub_release / "stac" / "catalog.json"))
+    [collection] = list(catalog.get_all_collections())
+    doi = f"10.5281/zenodo.{record.id}"
+    assert collection.extra_fields["sci:doi"] == doi
+    assert "Version 1.0" in collection.extra_fields["sci:citation"]
+    assert [link.href for link in collection.links if link.rel == "cite-as"] == \
+        [f"https://doi.org/{doi}"]
+    asset = next(a for item in catalog.get_items(recursive=True) for a in item.assets.values()
+                 if a.href.endswith(Path(inner).name))
+    assert asset.extra_fields["alternate"]["zenodo"]["href"] == (
+        f"/vsizip//vsicurl/{emulator.base_url}/records/{record.id}/files/Larsen_B.zip/{inner}")
+    notes = (pub_release / RELEASE_NOTES).read_text()
+    assert f"https://doi.org/{doi}" in notes and f"zenodo.{record.conceptrecid}" in notes
+    state = load_state(pub_release)
+    assert state is not None and state.stage == "published" and state.doi == doi
+    # The token travels only in the Authorization header, never in output or any file.
+    assert {r.auth for r in emulator.requests} == {"bearer"}
+    assert TOKEN not in out
+    leaks = [p for p, data in all_text_files(pub_release) if TOKEN.encode() in data]
+    assert leaks == []
+    # Running again is safe: nothing left to do, no request that changes anything.
+    before = len(emulator.requests)
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new"))
+    assert code == 0 and "already published" in out
+    assert not [r for r in emulator.requests[before:] if r.mutating]
+
+
+def test_new_version_with_one_shelf_changed(pub_release: Path, emulator: ZenodoEmulator) -> None:
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new"))
+    assert code == 0, out
+    [v1] = emulator.published()
+    change_shelf(pub_release)
+    (pub_release / roi_geopackage_name("Larsen B")).unlink()  # dropped from this version
+    since = len(emulator.requests)
+    code, out = run_cli(publish_args(pub_release, emulator, "1.1",
+                                     "--concept-id", str(v1.conceptrecid)))
+    assert code == 0, out
+    v1_again, v2 = emulator.published(v1.conceptrecid)
+    assert v1_again.id == v1.id and v2.conceptrecid == v1.conceptrecid
+    # Only the changed shelf is re-uploaded (plus the catalog, which now holds v1's DOI, and
+    # the manifest); the inherited GeoPackage that left the release is deleted.
+    assert sorted(put_keys(emulator, since)) == ["Totten.zip", "manifest.json", "stac.zip"]
+    deletes = [r.path for r in emulator.requests[since:] if r.method == "DELETE"]
+    assert [p.rsplit("/", 1)[-1] for p in deletes] == ["Larsen_B_ROI.gpkg"]
+    assert server_files(emulator, v2.id) == manifest_files(pub_release)
+    assert server_files(emulator, v2.id)["Larsen_B.zip"] == server_files(emulator,
+                                                                         v1.id)["Larsen_B.zip"]
+    assert server_files(emulator, v1.id)["Totten.zip"] != server_files(emulator,
+                                                                       v2.id)["Totten.zip"]
+    related = v2.metadata["related_identifiers"]
+    assert {"identifier": f"10.5281/zenodo.{v1.id}", "relation": "isNewVersionOf",
+            "resource_type": "dataset", "scheme": "doi"} in related
+    notes = (pub_release / RELEASE_NOTES).read_text()
+    assert notes.index("Version 1.1") < notes.index("Version 1.0")
+    assert "changed Totten.zip" in notes and "removed Larsen_B_ROI.gpkg" in notes
+    # The same version string cannot be published twice.
+    code, out = run_cli(publish_args(pub_release, emulator, "1.1", "--concept-id",
+                                     str(v1.conceptrecid), "--dry-run"))
+    assert code == 0  # state says 1.1 is published: nothing to do
+    shutil.rmtree(pub_release / ".icedamage-publish")
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--concept-id",
+                                     str(v1.conceptrecid)))
+    assert code == 2 and "version: '1.0' is already used" in out
+
+
+def test_zenodo_client_latest_is_not_the_latest_version(pub_release: Path,
+                                                        emulator: ZenodoEmulator) -> None:
+    """Why we resolve the latest version ourselves: zenodo-client reads the id out of
+    links.latest, which on today's Zenodo names the record itself."""
+    from zenodo_client import Zenodo
+
+    assert run_cli(publish_args(pub_release, emulator, "1.0", "--new"))[0] == 0
+    [v1] = emulator.published()
+    change_shelf(pub_release)
+    assert run_cli(publish_args(pub_release, emulator, "2.0", "--concept-id",
+                                str(v1.conceptrecid)))[0] == 0
+    v2 = emulator.published()[-1]
+    reader = Zenodo(access_token="unused")
+    reader.api_base = emulator.base_url + "/api"
+    assert reader.get_latest_record(v1.id, authenticate=False) == str(v1.id)  # stale
+    assert public_record(emulator.base_url, v1.conceptrecid)["id"] == v2.id  # concept → latest
+
+
+def test_dry_run_changes_nothing(pub_release: Path, emulator: ZenodoEmulator) -> None:
+    assert run_cli(publish_args(pub_release, emulator, "1.0", "--new"))[0] == 0
+    [v1] = emulator.published()
+    change_shelf(pub_release)
+    shutil.rmtree(pub_release / ".icedamage-publish")  # as on another machine
+    before_tree = tree_digest(pub_release)
+    since = len(emulator.requests)
+    code, out = run_cli(publish_args(pub_release, emulator, "1.1", "--concept-id",
+                                     str(v1.conceptrecid), "--dry-run"))
+    assert code == 0, out
+    assert not [r for r in emulator.requests[since:] if r.mutating]
+    assert tree_digest(pub_release) == before_tree
+    assert f"/api/deposit/depositions/{v1.id}/actions/newversion" in out
+    assert "Totten.zip" in out and "changed Totten.zip" in out
+    assert "PUT" in out and "Larsen_B.zip (" not in out  # unchanged shelf not re-uploaded
+    assert "unchanged Amery_front.zip, Larsen_B.zip, Larsen_B_ROI.gpkg" in out
+    assert len(emulator.published()) == 1 and not emulator.drafts()
+
+
+def test_token_without_publish_rights_leaves_verified_draft(pub_release: Path,
+                                                            emulator: ZenodoEmulator) -> None:
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new"),
+                        env={"ZENODO_TOKEN": WRITE_ONLY_TOKEN})
+    assert code == 1
+    assert "may not publish (403" in out and "verified draft" in out
+    assert WRITE_ONLY_TOKEN not in out
+    [draft] = emulator.drafts()
+    assert f"/deposit/{draft.id}" in " ".join(out.split())
+    assert server_files(emulator, draft.id) == manifest_files(pub_release)
+    assert draft.metadata["version"] == "1.0" and not emulator.published()
+    assert load_state(pub_release).stage == "verified"  # type: ignore[union-attr]
+    # With a token allowed to publish, --resume publishes that same draft: nothing re-sent.
+    since = len(emulator.requests)
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new", "--resume"))
+    assert code == 0, out
+    assert [d.id for d in emulator.published()] == [draft.id]
+    assert put_keys(emulator, since) == []
+
+
+def test_demo_release_refused_on_zenodo(pub_release: Path, emulator: ZenodoEmulator) -> None:
+    make_demo(pub_release)
+    code, out = run_cli(["publish", str(pub_release), "--version", "1.0", "--new"])
+    assert code == 2 and "demo" in out and "--sandbox" in out
+    # ... but the workflow can be tried against a test server.
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new", "--dry-run"))
+    assert code == 0, out
+
+
+def test_invalid_release_refused_before_any_request(pub_release: Path,
+                                                    emulator: ZenodoEmulator) -> None:
+    product = next(pub_release.glob("Totten/2021/*_damage_map.tif"))
+    product.rename(product.with_name(product.name.replace("LC08_LC09", "LC09_LC08")))
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new"))
+    assert code == 2 and "validator found" in out
+    assert emulator.requests == []
+
+
+def test_bad_metadata_refused_with_field_and_rule(pub_release: Path,
+                                                  emulator: ZenodoEmulator) -> None:
+    text = (pub_release / "release.yaml").read_text()
+    bad = text.replace("0000-0002-1825-0097", "0000-0002-1825-0098").replace(
+        "Bamber, Jonathan", "Jonathan Bamber")
+    (pub_release / "release.yaml").write_text(bad)
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new"))
+    flat = " ".join(out.split())
+    assert code == 2
+    assert "creators[0].orcid" in flat and "mod 11-2" in flat
+    assert "creators[1].name: 'Jonathan Bamber' is not 'Family, Given'" in flat
+    assert not emulator.mutating_requests()
+
+
+def test_missing_token_is_a_clear_error(pub_release: Path, emulator: ZenodoEmulator,
+                                        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PYSTOW_CONFIG_HOME", str(tmp_path / "no-config"))
+    monkeypatch.delenv("ZENODO_API_TOKEN", raising=False)
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new"),
+                        env={"ZENODO_TOKEN": ""})
+    assert code == 2 and "ZENODO_TOKEN" in out and emulator.requests == []
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new"),
+                        env={"ZENODO_TOKEN": "wrong-token"})
+    assert code == 2 and "refused the token (401)" in out
+    assert "wrong-token" not in out
+    assert json.dumps([r.query for r in emulator.requests]).find("wrong-token") == -1
