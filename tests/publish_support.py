@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pystac
+import pytest
 import rasterio
+import rasterio.warp
 import yaml
 from rich.console import Console
 from typer.testing import CliRunner
@@ -17,9 +20,13 @@ from typer.testing import CliRunner
 from producer.cli import build_app
 from producer.provenance import read_provenance
 from producer.spec import RELEASE_METADATA, STAC_CATALOG_DIR, parse_name, roi_geopackage_name
+from producer.writer import write_products
+from publish.package import MANIFEST_KEY, read_manifest
 from publish.release import PublishOptions, PublishResult, publish_release
+from publish.state import packages_dir
 from publish.zenodo import RateLimiter, RetryPolicy, ZenodoClient
-from tests.zenodo_emulator import ZenodoEmulator
+from tests.release_factory import ShelfYear, fixture_arrays, fixture_grid
+from tests.zenodo_emulator import FULL_SCOPES, ZenodoEmulator
 
 TOKEN = "secret-token-0123456789"
 WRITE_ONLY_TOKEN = "write-only-token-9876543210"
@@ -141,3 +148,62 @@ def env_without_tokens() -> dict[str, str]:
     """The process environment minus any real Zenodo token."""
     return {k: v for k, v in os.environ.items()
             if k not in ("ZENODO_TOKEN", "ZENODO_SANDBOX_TOKEN", "ZENODO_API_TOKEN")}
+
+
+# ------------------------------------------------------------------ fixtures and probes
+
+
+@pytest.fixture(scope="session")
+def publishable_pristine(pristine_release: Path, tmp_path_factory: pytest.TempPathFactory,
+                         ) -> Path:
+    """The valid fixture release plus release.yaml, a STAC catalog and a GeoPackage."""
+    target = tmp_path_factory.mktemp("publishable") / "release"
+    shutil.copytree(pristine_release, target)
+    return make_publishable(target)
+
+
+@pytest.fixture
+def pub_release(publishable_pristine: Path, tmp_path: Path) -> Path:
+    """A private copy of the publishable release."""
+    target = tmp_path / "release"
+    shutil.copytree(publishable_pristine, target)
+    return target
+
+
+@pytest.fixture
+def emulator() -> Iterator[ZenodoEmulator]:
+    """A fresh Zenodo emulator on a free port of 127.0.0.1."""
+    emu = ZenodoEmulator({TOKEN: FULL_SCOPES, WRITE_ONLY_TOKEN: frozenset({"deposit:write"})},
+                         owners={TOKEN: "tang", WRITE_ONLY_TOKEN: "tang"})
+    emu.start()
+    yield emu
+    emu.stop()
+
+
+def server_files(emu: ZenodoEmulator, dep_id: int) -> dict[str, tuple[int, str]]:
+    """key -> (size, md5) of a deposition on the emulator."""
+    dep = emu.depositions[dep_id]
+    return {k: (len(f.data), f.md5) for k, f in dep.files.items()}
+
+
+def manifest_files(release: Path) -> dict[str, tuple[int, str]]:
+    """key -> (size, md5) the manifest promises, manifest.json included."""
+    out = packages_dir(release)
+    files = {e.key: (e.size, e.md5) for e in read_manifest(out).entries}
+    data = (out / MANIFEST_KEY).read_bytes()
+    files[MANIFEST_KEY] = (len(data), hashlib.md5(data).hexdigest())
+    return files
+
+
+def change_shelf(release: Path) -> None:
+    """Re-make Totten 2021 from other pixels (a corrected shelf-year)."""
+    item = ShelfYear("Totten", 2021, ("LC08", "LC09"))
+    damage, extent = fixture_arrays(item, 99)
+    write_products(release, item.shelf, item.year, item.sensors, None, damage, extent,
+                   fixture_grid(item.shelf, item.size))
+
+
+def put_keys(emu: ZenodoEmulator, since: int = 0) -> list[str]:
+    """Keys of the bucket PUTs logged after request number ``since``."""
+    return [r.path.rsplit("/", 1)[-1] for r in emu.requests[since:]
+            if r.method == "PUT" and r.path.startswith("/api/files/")]

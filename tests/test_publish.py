@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import pytest
 import rasterio
 
 from producer.spec import RELEASE_NOTES, roi_geopackage_name
-from producer.writer import read_band, write_products
+from producer.writer import read_band
 from publish.package import MANIFEST_KEY, read_manifest
 from publish.state import load_state, packages_dir
 from publish.zenodo import public_record
@@ -24,72 +23,19 @@ from tests.publish_support import (
     TOKEN,
     WRITE_ONLY_TOKEN,
     all_text_files,
+    change_shelf,
     make_demo,
-    make_publishable,
+    manifest_files,
     publish_args,
+    put_keys,
     run_cli,
+    server_files,
     tree_digest,
 )
-from tests.release_factory import ShelfYear, fixture_arrays, fixture_grid
-from tests.zenodo_emulator import FULL_SCOPES, ZenodoEmulator
+from tests.zenodo_emulator import ZenodoEmulator
 
-
-@pytest.fixture(scope="module")
-def publishable_pristine(pristine_release: Path, tmp_path_factory: pytest.TempPathFactory,
-                         ) -> Path:
-    """The valid fixture release plus release.yaml, a STAC catalog and a GeoPackage."""
-    target = tmp_path_factory.mktemp("publishable") / "release"
-    shutil.copytree(pristine_release, target)
-    return make_publishable(target)
-
-
-@pytest.fixture
-def pub_release(publishable_pristine: Path, tmp_path: Path) -> Path:
-    """A private copy of the publishable release."""
-    target = tmp_path / "release"
-    shutil.copytree(publishable_pristine, target)
-    return target
-
-
-@pytest.fixture
-def emulator() -> Iterator[ZenodoEmulator]:
-    """A fresh Zenodo emulator on a free port of 127.0.0.1."""
-    emu = ZenodoEmulator({TOKEN: FULL_SCOPES, WRITE_ONLY_TOKEN: frozenset({"deposit:write"})},
-                         owners={TOKEN: "tang", WRITE_ONLY_TOKEN: "tang"})
-    emu.start()
-    yield emu
-    emu.stop()
-
-
-def server_files(emu: ZenodoEmulator, dep_id: int) -> dict[str, tuple[int, str]]:
-    """key -> (size, md5) of a deposition on the emulator."""
-    dep = emu.depositions[dep_id]
-    return {k: (len(f.data), f.md5) for k, f in dep.files.items()}
-
-
-def manifest_files(release: Path) -> dict[str, tuple[int, str]]:
-    """key -> (size, md5) the manifest promises, manifest.json included."""
-    out = packages_dir(release)
-    files = {e.key: (e.size, e.md5) for e in read_manifest(out).entries}
-    import hashlib
-
-    data = (out / MANIFEST_KEY).read_bytes()
-    files[MANIFEST_KEY] = (len(data), hashlib.md5(data).hexdigest())
-    return files
-
-
-def change_shelf(release: Path) -> None:
-    """Re-make Totten 2021 from other pixels (a corrected shelf-year)."""
-    item = ShelfYear("Totten", 2021, ("LC08", "LC09"))
-    damage, extent = fixture_arrays(item, 99)
-    write_products(release, item.shelf, item.year, item.sensors, None, damage, extent,
-                   fixture_grid(item.shelf, item.size))
-
-
-def put_keys(emu: ZenodoEmulator, since: int = 0) -> list[str]:
-    """Keys of the bucket PUTs logged after request number ``since``."""
-    return [r.path.rsplit("/", 1)[-1] for r in emu.requests[since:]
-            if r.method == "PUT" and r.path.startswith("/api/files/")]
+#: The emulator and release fixtures live beside the helpers.
+pytest_plugins = ("tests.publish_support",)
 
 
 def test_first_publication(pub_release: Path, emulator: ZenodoEmulator, tmp_path: Path) -> None:

@@ -394,6 +394,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.fault_name: str | None = None
         self.extra_headers: dict[str, str] = {}
         self.answer = True
+        self.corrupt = False
         token, self.auth_kind = self._token()
         self.token = token
         self.user = emu.owners.get(token or "", token or "")
@@ -799,7 +800,7 @@ class _Handler(BaseHTTPRequestHandler):
         if len(data) < size:
             self.close_connection = True
             return
-        if getattr(self, "corrupt", False) and data:
+        if self.corrupt and data:
             data = bytes([data[0] ^ 0xFF]) + data[1:]
         stored = StoredFile(key, data)
         with emu.lock:
