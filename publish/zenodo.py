@@ -105,7 +105,7 @@ class RateLimiter:
             while self.sent and now - self.sent[0] >= self.window:
                 self.sent.popleft()
             if len(self.sent) >= self.limit:
-                wait = self.window - (now - self.sent[0])
+                wait = self.window - (now - self.sent[0]) + 0.01  # margin for clock rounding
                 self.policy.wait(wait)
                 if self.policy.time_scale < 1:  # scaled clocks never catch up: forget the oldest
                     self.sent.popleft()
