@@ -103,8 +103,8 @@ def release_yaml(release_dir: Path) -> dict:
 def thumbnail_pixels(path: Path, max_side: int = THUMBNAIL_MAX_SIDE) -> np.ndarray:
     """RGBA quicklook of a type-1 map: classes in their colour hints, nodata transparent."""
     with rasterio.open(path) as src:
-        scale = max(src.width, src.height) / max_side
-        shape = (max(1, round(src.height / max(scale, 1))), max(1, round(src.width / max(scale, 1))))
+        scale = max(1.0, max(src.width, src.height) / max_side)
+        shape = (max(1, round(src.height / scale)), max(1, round(src.width / scale)))
         band = src.read(1, out_shape=shape)  # nearest: overviews and decimation keep classes
     rgba = np.zeros((*band.shape, 4), dtype=np.uint8)
     for cls in TYPE1.classes:

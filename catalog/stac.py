@@ -284,7 +284,7 @@ def processing_lineage(inputs: ItemInputs) -> str:
 
 
 def build_item(inputs: ItemInputs, settings: CatalogSettings) -> pystac.Item:
-    """The STAC item of one shelf-year (hrefs are absolute file paths until the catalog is saved)."""
+    """The STAC item of one shelf-year (asset hrefs stay absolute until the catalog is saved)."""
     footprint = _footprint_facts(inputs)
     geometry, bbox = geojson_and_bbox(grid_footprint(footprint.grid.bounds))
     when, start, end = _times(inputs)
