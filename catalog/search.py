@@ -20,7 +20,6 @@ from typing import Any
 
 import duckdb
 import pystac
-import shapely
 import stac_geoparquet.arrow as sga
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
@@ -187,10 +186,10 @@ def run_query(parquet: Path, release_dir: Path, query: Query) -> list[pystac.Ite
     geometry = query_geometry(query)
     clause, params = _sql(query, geometry)
     with duckdb.connect() as con:
-        table = con.execute(f"SELECT * FROM read_parquet(?){clause} ORDER BY id",
-                            [str(parquet), *params]).arrow()
-    if hasattr(table, "read_all"):
-        table = table.read_all()
+        relation = con.sql(f"SELECT * FROM read_parquet(?){clause} ORDER BY id",
+                           params=[str(parquet), *params])
+        table = (relation.to_arrow_table() if hasattr(relation, "to_arrow_table")
+                 else relation.arrow())  # DuckDB < 1.4 names it arrow()
     if table.num_rows == 0:
         return []
     items = []
@@ -218,5 +217,3 @@ def search(source: Path | str, shelves: Iterable[str] | None = None, year: int |
     return run_query(parquet, release_dir, query)
 
 
-__all__ = ["Query", "SearchError", "locate_index", "run_query", "search", "shapely",
-           "write_index"]

@@ -109,3 +109,88 @@ def stats_close(a: float | None, b: float | None, rel: float = 1e-9) -> bool:
     if a is None or b is None:
         return a is b
     return math.isclose(a, b, rel_tol=rel, abs_tol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# Release-wide table and Fig. 11 style plot
+# ---------------------------------------------------------------------------------------------
+
+#: Okabe-Ito colour-blind-safe palette (black first dropped; it is kept for a tenth shelf).
+OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7",
+             "#000000", "#999999")
+
+
+def release_stats(release_dir: Path, factors: UncertaintyFactors) -> list[DamageStats]:
+    """Stats of every type-1 product of a release, sorted by shelf and year."""
+    from catalog.release import scan_release
+
+    rows = [file_stats(f.damage_map, f.name.shelf, f.name.year, factors)
+            for f in scan_release(release_dir) if f.damage_map is not None]
+    return sorted(rows, key=lambda s: (s.shelf, s.year))
+
+
+def stats_frame(rows: list[DamageStats]):  # noqa: ANN201 - pandas is imported lazily
+    """The stats as a pandas DataFrame (one row per shelf-year)."""
+    import pandas as pd
+
+    return pd.DataFrame([r.as_row() for r in rows])
+
+
+def write_stats_table(rows: list[DamageStats], path: Path) -> Path:
+    """Write the table as CSV or ODS (by extension), atomically."""
+    import pandas as pd
+
+    from producer.writer import atomic_path
+
+    path = Path(path)
+    frame = stats_frame(rows)
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() == ".csv":
+            frame.to_csv(tmp, index=False)
+        elif path.suffix.lower() == ".ods":
+            with pd.ExcelWriter(tmp, engine="odf") as writer:
+                frame.to_excel(writer, sheet_name="Statistics", index=False)
+        else:
+            raise ValueError(f"{path}: table format must be .csv or .ods")
+    return path
+
+
+def plot_stats(rows: list[DamageStats], path: Path) -> Path:
+    """Fig. 11 style: damage area and fraction per shelf over time, uncertainty bands shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from producer.writer import atomic_path
+
+    shelves = sorted({r.shelf for r in rows})
+    fig, (ax_area, ax_frac) = plt.subplots(2, 1, figsize=(9, 7), sharex=True,
+                                           constrained_layout=True)
+    for index, shelf in enumerate(shelves):
+        colour = OKABE_ITO[index % len(OKABE_ITO)]
+        series = [r for r in rows if r.shelf == shelf]
+        years = [r.year for r in series]
+        ax_area.plot(years, [r.damage_area_km2 for r in series], "o-", color=colour,
+                     label=shelf, markersize=4)
+        ax_area.fill_between(years, [r.damage_area_km2_low for r in series],
+                             [r.damage_area_km2_high for r in series], color=colour, alpha=0.25,
+                             linewidth=0)
+        fr = [(r.year, r.damage_fraction * 100, r.damage_fraction_low * 100,
+               r.damage_fraction_high * 100) for r in series if r.damage_fraction is not None]
+        if fr:
+            ax_frac.plot([f[0] for f in fr], [f[1] for f in fr], "o-", color=colour,
+                         markersize=4)
+            ax_frac.fill_between([f[0] for f in fr], [f[2] for f in fr], [f[3] for f in fr],
+                                 color=colour, alpha=0.25, linewidth=0)
+    ax_area.set_ylabel("Damage area (km²)")
+    ax_frac.set_ylabel("Damage fraction (%)")
+    ax_frac.set_xlabel("Austral summer (year it starts)")
+    ax_area.legend(loc="upper left", fontsize=8, ncols=2, frameon=False)
+    for axis in (ax_area, ax_frac):
+        axis.grid(alpha=0.3)
+    ax_area.set_title("Surface damage with uncertainty bounds (λ_min, λ_max, × λ_DiffGF)")
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return Path(path)
