@@ -14,11 +14,11 @@ from __future__ import annotations
 from functools import cache
 
 import numpy as np
+import shapely
 from pyproj import Transformer
 from shapely import box, segmentize
 from shapely.geometry import MultiPolygon, Point, Polygon, mapping
 from shapely.geometry.base import BaseGeometry
-from shapely.ops import transform as shapely_transform
 from shapely.ops import unary_union
 
 from producer.spec import ENCODING
@@ -47,7 +47,7 @@ def _project(geometry: BaseGeometry, side: int) -> BaseGeometry:
         lon = np.where(np.asarray(x) == 0, np.where(np.asarray(y) >= 0, 0.0, 180.0 * side), lon)
         return np.round(lon, _ROUND), np.round(lat, _ROUND)
 
-    return shapely_transform(fn, geometry)
+    return shapely.transform(geometry, lambda xy: np.column_stack(fn(xy[:, 0], xy[:, 1])))
 
 
 def footprint_lonlat(footprint: BaseGeometry, densify_m: float = DENSIFY_M) -> BaseGeometry:
@@ -114,6 +114,7 @@ def lonlat_bbox_geometry(bbox: tuple[float, float, float, float]) -> BaseGeometr
 def to_polar(geometry: BaseGeometry) -> BaseGeometry:
     """A lon/lat geometry in EPSG:3031 (densified first so edges follow the graticule)."""
     dense = segmentize(geometry, 0.05)
-    return shapely_transform(lambda x, y: _to_polar().transform(x, y), dense)
+    return shapely.transform(
+        dense, lambda xy: np.column_stack(_to_polar().transform(xy[:, 0], xy[:, 1])))
 
 

@@ -206,13 +206,27 @@ class LoadedItem:
 
 
 def load_items(release_dir: Path) -> list[LoadedItem]:
-    """Items of the release's catalog (empty when there is no catalog)."""
-    catalog_json = Path(release_dir) / STAC_CATALOG_DIR / "catalog.json"
-    if not catalog_json.exists():
-        return []
-    catalog = pystac.Catalog.from_file(str(catalog_json))
-    return [LoadedItem(item, Path(item.get_self_href()))
-            for item in catalog.get_items(recursive=True)]
+    """Items of the release's catalog folder, read file by file so a broken link hides none."""
+    items = []
+    for path in stac_files(release_dir):
+        data = json.loads(path.read_text())
+        if data.get("type") == "Feature":
+            items.append(LoadedItem(pystac.Item.from_dict(data, href=str(path),
+                                                          preserve_dict=False), path))
+    return items
+
+
+def broken_links(release_dir: Path) -> Iterator[Problem]:
+    """Relative links of catalog objects whose target file does not exist."""
+    for path in stac_files(release_dir):
+        for link in json.loads(path.read_text()).get("links", []):
+            href = link.get("href", "")
+            if "://" in href or link.get("rel") == "self":
+                continue
+            target = Path(os.path.normpath(path.parent / href))
+            if not target.exists():
+                yield Problem(_rel(release_dir, path), "catalog-link-broken",
+                              f"{link.get('rel')} -> {href}", "an existing file")
 
 
 def _grid_problems(rel: str, key: str, asset: pystac.Asset, facts: RasterFacts) -> list[Problem]:
@@ -259,6 +273,7 @@ class CatalogConsistencyRules:
         for entry in loaded:
             yield from self._item_problems(release_dir, entry, found)
         yield from self._index_problems(release_dir, set(by_id))
+        yield from broken_links(release_dir)
 
     def _products_have_items(self, release_dir: Path, found: list[ShelfYearFiles],
                              by_id: dict[str, LoadedItem]) -> Iterator[Problem]:

@@ -416,20 +416,20 @@ def build_collection(items: list[pystac.Item], settings: CatalogSettings,
         pystac.TemporalExtent([[min(starts), max(ends)]]),
     )
     platforms = sorted({SENSORS[t].platform for i in items for t in i.properties[f"{P}sensors"]})
+    restorations = sorted({i.properties[f"{P}restoration"] for i in items
+                           if i.properties[f"{P}restoration"]})
     summaries = pystac.Summaries({
         f"{P}shelf": sorted(by_shelf),
         f"{P}year": {"minimum": min(i.properties[f"{P}year"] for i in items),
                      "maximum": max(i.properties[f"{P}year"] for i in items)},
         f"{P}sensors": sorted({t for i in items for t in i.properties[f"{P}sensors"]}),
-        f"{P}restoration": sorted({i.properties[f"{P}restoration"] for i in items
-                                   if i.properties[f"{P}restoration"]}),
         "platform": platforms,
         "constellation": [CONSTELLATION],
         "instruments": sorted({SENSORS[t].instrument for i in items
                                for t in i.properties[f"{P}sensors"]}),
         "gsd": [ENCODING.resolution],
         "proj:code": [ENCODING.crs],
-    })
+    } | ({f"{P}restoration": restorations} if restorations else {}))
     collection = pystac.Collection(
         id=COLLECTION_ID, title=COLLECTION_TITLE,
         description=("30 m surface damage maps (crevasses, rifts, fractured zones) of Antarctic "
