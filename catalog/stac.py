@@ -412,7 +412,9 @@ def build_collection(items: list[pystac.Item], settings: CatalogSettings,
     starts = [pystac.utils.str_to_datetime(i.properties["start_datetime"]) for i in items]
     ends = [pystac.utils.str_to_datetime(i.properties["end_datetime"]) for i in items]
     extent = pystac.Extent(
-        pystac.SpatialExtent([_union_bbox(bboxes), *bboxes]),
+        # STAC: one bbox, or the union followed by at least two sub-bboxes (one per shelf)
+        pystac.SpatialExtent([_union_bbox(bboxes), *bboxes] if len(bboxes) > 1
+                             else bboxes),
         pystac.TemporalExtent([[min(starts), max(ends)]]),
     )
     platforms = sorted({SENSORS[t].platform for i in items for t in i.properties[f"{P}sensors"]})
