@@ -13,6 +13,7 @@ import typer
 #: Modules whose ``register(app)`` adds commands to ``icedamage``.
 COMMAND_MODULES: tuple[str, ...] = (
     "validation.commands",
+    "catalog.commands",
     "publish.commands",
 )
 
