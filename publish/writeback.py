@@ -24,6 +24,8 @@ from publish.package import Manifest
 
 ALTERNATE_SCHEMA = "https://stac-extensions.github.io/alternate-assets/v1.2.0/schema.json"
 ALTERNATE_NAME = "zenodo"
+CONCEPT_TITLE = "All versions (concept DOI)"
+RECORD_TITLE = "Zenodo record"
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,23 @@ def alternate_href(pub: Publication, key: str, inner_path: str) -> str:
     return f"/vsizip//vsicurl/{pub.file_url(key)}/{inner_path}"
 
 
+def zenodo_href(pub: Publication, manifest: Manifest, stac_dir: Path, href: str) -> str | None:
+    """Where a local release file lives in the record: inside its shelf ZIP (a GDAL path) or
+    as a file of its own (a URL); None for files the record does not hold."""
+    try:
+        inner = Path(href).resolve().relative_to(stac_dir.parent.resolve()).as_posix()
+    except ValueError:
+        return None
+    top = inner.split("/", 1)[0]
+    key = manifest.key_map.get(top)
+    if key is not None and key.endswith(".zip") and "/" in inner:
+        return alternate_href(pub, key, inner)
+    key = manifest.key_map.get(inner)
+    if key is not None and not key.endswith(".zip"):
+        return pub.file_url(key)
+    return None
+
+
 def _collections(root: pystac.Catalog) -> list[pystac.Collection]:
     found = [root] if isinstance(root, pystac.Collection) else []
     return found + list(root.get_all_collections())
@@ -76,7 +95,8 @@ def update_catalog(release_dir: Path, pub: Publication, manifest: Manifest) -> i
     stac = release_dir / STAC_CATALOG_DIR
     if not (stac / "catalog.json").is_file():
         return 0
-    work = release_dir / f".{STAC_CATALOG_DIR}.publish-tmp"
+    # a sibling of stac/ keeps relative hrefs valid; no dot (pystac reads dotted names as files)
+    work = release_dir / f"_{STAC_CATALOG_DIR}_publish_tmp"
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(stac, work)
     root = pystac.Catalog.from_file(str(work / "catalog.json"))
@@ -85,37 +105,29 @@ def update_catalog(release_dir: Path, pub: Publication, manifest: Manifest) -> i
         sci.doi = pub.doi
         sci.citation = pub.citation
         collection.links = [link for link in collection.links
-                            if not (link.rel == "cite-as" or link.extra_fields.get(
-                                "icedamage:publish"))]
+                            if link.rel != "cite-as" and not (link.title or "").startswith(
+                                (CONCEPT_TITLE, RECORD_TITLE))]
         collection.add_link(pystac.Link("cite-as", f"https://doi.org/{pub.doi}",
                                         title=f"Version {pub.version}"))
         for rel, href, title in (
-                ("related", f"https://doi.org/{pub.conceptdoi}", "All versions (concept DOI)"),
-                ("alternate", pub.record_url, f"Zenodo record {pub.record_id}")):
-            collection.add_link(pystac.Link(rel, href, media_type="text/html", title=title,
-                                            extra_fields={"icedamage:publish": True}))
+                ("related", f"https://doi.org/{pub.conceptdoi}", CONCEPT_TITLE),
+                ("alternate", pub.record_url, f"{RECORD_TITLE} {pub.record_id}")):
+            collection.add_link(pystac.Link(rel, href, media_type="text/html", title=title))
     updated = 0
-    shelf_keys = {name: key for name, key in manifest.key_map.items()}
-    for item in root.get_items(recursive=True):
-        for asset in item.assets.values():
-            path = Path(asset.get_absolute_href() or "")
-            try:
-                inner = path.resolve().relative_to(work.parent.resolve()).as_posix()
-            except ValueError:
-                continue
-            key = shelf_keys.get(inner.split("/", 1)[0])
-            if key is None or not key.endswith(".zip") or "/" not in inner:
+    for obj in [*_collections(root), *root.get_items(recursive=True)]:
+        for asset in obj.assets.values():
+            href = zenodo_href(pub, manifest, work, asset.get_absolute_href() or "")
+            if href is None:
                 continue
             alternates = dict(asset.extra_fields.get("alternate", {}))
-            alternates[ALTERNATE_NAME] = {"href": alternate_href(pub, key, inner),
-                                          "title": f"Inside {key} on Zenodo "
-                                                   f"(record {pub.record_id})"}
+            alternates[ALTERNATE_NAME] = {"href": href, "title": f"On Zenodo (record "
+                                                                 f"{pub.record_id})"}
             asset.extra_fields["alternate"] = alternates
             updated += 1
-        if updated and ALTERNATE_SCHEMA not in item.stac_extensions:
-            item.stac_extensions.append(ALTERNATE_SCHEMA)
+            if ALTERNATE_SCHEMA not in obj.stac_extensions:
+                obj.stac_extensions.append(ALTERNATE_SCHEMA)
     root.save()
-    old = release_dir / f".{STAC_CATALOG_DIR}.publish-old"
+    old = release_dir / f"_{STAC_CATALOG_DIR}_publish_old"
     shutil.rmtree(old, ignore_errors=True)
     os.replace(stac, old)
     os.replace(work, stac)

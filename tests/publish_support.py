@@ -9,17 +9,16 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-import pystac
 import pytest
-import rasterio
-import rasterio.warp
 import yaml
 from rich.console import Console
 from typer.testing import CliRunner
 
+from catalog.build import catalog_release
+from catalog.uncertainty import PAPER_FACTORS
 from producer.cli import build_app
 from producer.provenance import read_provenance
-from producer.spec import RELEASE_METADATA, STAC_CATALOG_DIR, parse_name, roi_geopackage_name
+from producer.spec import RELEASE_METADATA, roi_geopackage_name
 from producer.writer import write_products
 from publish.package import MANIFEST_KEY, read_manifest
 from publish.release import PublishOptions, PublishResult, publish_release
@@ -47,46 +46,11 @@ RELEASE_YAML = {
 
 
 def make_publishable(release: Path) -> Path:
-    """Add what a publishable release holds beside the products: release.yaml, a STAC catalog
-    of the product files and one ROI GeoPackage."""
+    """Add what a publishable release holds beside the products: release.yaml and the catalog
+    (STAC, item index, metadata.ods, ROI GeoPackages) as ``icedamage catalog`` builds it."""
     (release / RELEASE_METADATA).write_text(yaml.safe_dump(RELEASE_YAML, sort_keys=False))
-    write_catalog(release)
-    import geopandas as gpd
-
-    from producer.shelves import roi_polygon
-
-    gpd.GeoDataFrame({"name": ["Larsen B"]}, geometry=[roi_polygon("Larsen B")],
-                     crs="EPSG:3031").to_file(release / roi_geopackage_name("Larsen B"),
-                                              driver="GPKG")
+    catalog_release(release, PAPER_FACTORS)
     return release
-
-
-def write_catalog(release: Path) -> None:
-    """A small self-contained STAC catalog: one collection, one item per product file."""
-    catalog = pystac.Catalog("icedamage", "Antarctic ice-shelf surface damage (test)")
-    products = sorted(p for p in release.rglob("*.tif") if not p.name.startswith("."))
-    with rasterio.open(products[0]) as src:
-        bbox = list(rasterio.warp.transform_bounds(src.crs, "EPSG:4326", *src.bounds))
-    extent = pystac.Extent(pystac.SpatialExtent([bbox]),
-                           pystac.TemporalExtent([[None, None]]))
-    collection = pystac.Collection("icedamage-damage", "Surface damage maps", extent,
-                                   license="CC-BY-4.0")
-    catalog.add_child(collection)
-    import datetime as dt
-
-    for path in products:
-        name = parse_name(path.name)
-        item = pystac.Item(path.stem, None, bbox, dt.datetime(name.year, 12, 1, tzinfo=dt.UTC),
-                           {})
-        item.geometry = {"type": "Polygon", "coordinates": [[
-            [bbox[0], bbox[1]], [bbox[2], bbox[1]], [bbox[2], bbox[3]], [bbox[0], bbox[3]],
-            [bbox[0], bbox[1]]]]}
-        item.add_asset("data", pystac.Asset(str(path), media_type=pystac.MediaType.COG,
-                                            roles=["data"]))
-        collection.add_item(item)
-    catalog.normalize_hrefs(str(release / STAC_CATALOG_DIR))
-    catalog.make_all_asset_hrefs_relative()
-    catalog.save(pystac.CatalogType.SELF_CONTAINED)
 
 
 def make_demo(release: Path) -> Path:
@@ -196,11 +160,19 @@ def manifest_files(release: Path) -> dict[str, tuple[int, str]]:
 
 
 def change_shelf(release: Path) -> None:
-    """Re-make Totten 2021 from other pixels (a corrected shelf-year)."""
+    """Re-make Totten 2021 from other pixels (a corrected shelf-year), then re-catalog."""
     item = ShelfYear("Totten", 2021, ("LC08", "LC09"))
     damage, extent = fixture_arrays(item, 99)
     write_products(release, item.shelf, item.year, item.sensors, None, damage, extent,
                    fixture_grid(item.shelf, item.size))
+    catalog_release(release, PAPER_FACTORS)
+
+
+def withdraw_shelf(release: Path, shelf: str) -> None:
+    """Take a shelf out of the release (folder and ROI GeoPackage), then re-catalog."""
+    shutil.rmtree(release / shelf)
+    (release / roi_geopackage_name(shelf)).unlink()
+    catalog_release(release, PAPER_FACTORS)
 
 
 def put_keys(emu: ZenodoEmulator, since: int = 0) -> list[str]:

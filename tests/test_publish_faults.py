@@ -21,6 +21,7 @@ from tests.publish_support import (
     publish_args,
     run_cli,
     server_files,
+    withdraw_shelf,
 )
 from tests.zenodo_emulator import ZenodoEmulator
 
@@ -86,14 +87,16 @@ def test_429_storm_is_waited_out(pub_release: Path, emulator: ZenodoEmulator) ->
 def test_delete_answering_500_but_deleting(pub_release: Path, emulator: ZenodoEmulator) -> None:
     api_publish(pub_release, emulator, "1.0", new=True)
     [v1] = emulator.published()
-    (pub_release / "Larsen B_ROI.gpkg").unlink()
+    withdraw_shelf(pub_release, "Amery_front")
     emulator.add_fault("delete_500", "DELETE", r"^/api/files/")
     result, out, _ = api_publish(pub_release, emulator, "1.1",
                                  concept_id=str(v1.conceptrecid))
-    assert result.stage == "published" and result.deleted == ["Larsen_B_ROI.gpkg"]
-    assert statuses(emulator, "DELETE", "Larsen_B_ROI.gpkg") == [500, 404]
+    assert result.stage == "published"
+    assert result.deleted == ["Amery_front.zip", "Amery_front_ROI.gpkg"]
+    assert statuses(emulator, "DELETE", "Amery_front.zip") == [500, 404]  # done, then gone
+    assert statuses(emulator, "DELETE", "Amery_front_ROI.gpkg") == [204]
     v2 = emulator.published()[-1]
-    assert "Larsen_B_ROI.gpkg" not in server_files(emulator, v2.id)
+    assert "Amery_front.zip" not in server_files(emulator, v2.id)
     assert server_files(emulator, v2.id) == manifest_files(pub_release)
 
 

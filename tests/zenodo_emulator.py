@@ -462,7 +462,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _read(self, n: int) -> bytes:
         chunks = []
         while n > 0:
-            chunk = self.rfile.read(min(n, 1 << 16))
+            chunk = self.rfile.read(min(n, 1 << 20))
             if not chunk:
                 break
             chunks.append(chunk)
