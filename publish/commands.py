@@ -79,16 +79,16 @@ def publish_command(
     """Publish a validated release to Zenodo as a new record or a new version."""
     console = Console(highlight=False)
     if concept_id and new:
-        console.print("error: give --concept-id or --new, not both")
+        console.print("error: give --concept-id or --new, not both", markup=False)
         raise typer.Exit(2)
     if sandbox and url:
-        console.print("error: give --sandbox or --url, not both")
+        console.print("error: give --sandbox or --url, not both", markup=False)
         raise typer.Exit(2)
     base_url = url or (SANDBOX_URL if sandbox else PRODUCTION_URL)
     try:
         token = resolve_token(sandbox)
     except TokenMissing as exc:
-        console.print(f"error: {exc}")
+        console.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from None
     policy = retry_from_env()
     client = ZenodoClient(base_url, token, retry=policy, limiter=RateLimiter(policy))
@@ -99,12 +99,12 @@ def publish_command(
     try:
         result = publish_release(options, client, console, secrets=(token,))
     except (PublishRefused, MetadataError) as exc:
-        console.print(f"refused: {_redact(str(exc), token)}")
+        console.print(f"refused: {_redact(str(exc), token)}", markup=False)
         raise typer.Exit(2) from None
     except (PublishStopped, ZenodoError) as exc:
-        console.print(f"stopped: {_redact(str(exc), token)}")
+        console.print(f"stopped: {_redact(str(exc), token)}", markup=False)
         raise typer.Exit(1) from None
-    console.print(f"done: {result.stage}")
+    console.print(f"done: {result.stage}", markup=False)
 
 
 def _redact(text: str, token: str) -> str:

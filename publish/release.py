@@ -189,7 +189,7 @@ class Publisher:
 
     def say(self, text: str) -> None:
         """One line of progress on the console."""
-        self.console.print(text, highlight=False)
+        self.console.print(text, highlight=False, markup=False)
 
     def save(self, state: PublishState) -> None:
         """Persist the state (never in a dry run)."""

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pystac
+import pystow.config_api
 import pytest
 import rasterio
 from zenodo_client import Zenodo
@@ -227,4 +228,11 @@ def test_missing_token_is_a_clear_error(pub_release: Path, emulator: ZenodoEmula
                         env={"ZENODO_TOKEN": "wrong-token"})
     assert code == 2 and "refused the token (401)" in out
     assert "wrong-token" not in out
+    # The config file zenodo-client reads works too (pystow caches it once per process).
+    pystow.config_api._get_cfp.cache_clear()
+    (tmp_path / "no-config").mkdir(exist_ok=True)
+    (tmp_path / "no-config" / "zenodo.ini").write_text(f"[zenodo]\napi_token = {TOKEN}\n")
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new", "--dry-run"),
+                        env={"ZENODO_TOKEN": ""})
+    assert code == 0, out
     assert json.dumps([r.query for r in emulator.requests]).find("wrong-token") == -1
