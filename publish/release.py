@@ -242,6 +242,18 @@ class Publisher:
             raise
         return str(previous["conceptrecid"]), previous, used
 
+    def own_published_version(self, dep_id: int) -> set[str]:
+        """The version our own deposition holds if it got published before a crash (so it
+        does not count as taken by someone else)."""
+        try:
+            dep = self.client.deposition(dep_id)
+        except ZenodoError as exc:
+            if exc.status == 404:
+                return set()
+            raise
+        version = str(dep.get("metadata", {}).get("version"))
+        return {version} if dep.get("submitted") and version == self.o.version else set()
+
     def build_metadata(self, previous: dict[str, Any] | None, used: set[str]) -> dict[str, Any]:
         """Deposition metadata from release.yaml, validated locally."""
         path = self.o.metadata_path or self.release / RELEASE_METADATA
@@ -446,6 +458,8 @@ class Publisher:
                 f"version {state.version} is already in progress (stage {state.stage}, "
                 f"deposition {state.deposition_id}); continue it with --resume")
         concept, previous, used = self.preflight_remote(known_concept)
+        if state is not None and state.deposition_id is not None:
+            used -= self.own_published_version(state.deposition_id)
         metadata = self.build_metadata(previous, used)
         self.say(f"[1/7] preflight passed: token accepted, metadata valid, version "
                  f"{self.o.version}" + (f" after {previous['metadata'].get('version')}"

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from publish.state import load_state
+from producer.spec import RELEASE_NOTES
+from publish.state import load_state, save_state
 from publish.zenodo import RateLimiter, RetryPolicy, ZenodoClient, ZenodoError
 from tests.publish_support import (
     TOKEN,
@@ -23,7 +24,7 @@ from tests.publish_support import (
     server_files,
     withdraw_shelf,
 )
-from tests.zenodo_emulator import ZenodoEmulator
+from tests.zenodo_emulator import FULL_SCOPES, ZenodoEmulator
 
 pytest_plugins = ("tests.publish_support",)
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,3 +155,31 @@ def test_client_errors_are_not_retried(emulator: ZenodoEmulator) -> None:
     assert info.value.status == 401 and "not-a-token" not in str(info.value)
     assert len(emulator.requests) - before == 2  # one try each
     assert policy.waits == []
+
+
+def test_crash_between_publish_and_write_back(pub_release: Path,
+                                              emulator: ZenodoEmulator) -> None:
+    api_publish(pub_release, emulator, "1.0", new=True)
+    [record] = emulator.published()
+    state = load_state(pub_release)
+    assert state is not None
+    state.stage = "verified"  # as if the process died right after Zenodo published
+    save_state(pub_release, state)
+    (pub_release / RELEASE_NOTES).unlink()
+    since = len(emulator.requests)
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new", "--resume"))
+    assert code == 0, out
+    assert not [r for r in emulator.requests[since:] if r.mutating]
+    assert f"zenodo.{record.id}" in (pub_release / RELEASE_NOTES).read_text()
+    assert load_state(pub_release).stage == "published"  # type: ignore[union-attr]
+
+
+def test_server_limits_are_reported_not_retried(pub_release: Path) -> None:
+    small = ZenodoEmulator({TOKEN: FULL_SCOPES}, max_files=3).start()
+    try:
+        code, out = run_cli(publish_args(pub_release, small, "1.0", "--new"))
+    finally:
+        small.stop()
+    assert code == 1 and "Too many files: a record holds at most 3" in " ".join(out.split())
+    assert [r.status for r in small.requests if r.method == "PUT"] == [201, 201, 201, 400]
+    assert not small.published()
