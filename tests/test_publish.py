@@ -236,3 +236,24 @@ def test_missing_token_is_a_clear_error(pub_release: Path, emulator: ZenodoEmula
                         env={"ZENODO_TOKEN": ""})
     assert code == 0, out
     assert json.dumps([r.query for r in emulator.requests]).find("wrong-token") == -1
+
+
+def test_zenodo_client_against_the_emulator_keeps_inherited_files(
+        emulator: ZenodoEmulator, tmp_path: Path) -> None:
+    """The emulator speaks the API zenodo-client was written for (access_token in the query),
+    and shows why publishing goes through our client: a new version made with zenodo-client
+    still holds every file of the previous one."""
+    old, new = tmp_path / "Amery_front.zip", tmp_path / "Totten.zip"
+    old.write_bytes(b"withdrawn shelf")
+    new.write_bytes(b"new shelf")
+    client = Zenodo(access_token=TOKEN)
+    client.api_base = emulator.base_url + "/api"
+    client.depositions_base = client.api_base + "/deposit/depositions"
+    data = {"metadata": {"title": "t", "upload_type": "dataset", "description": "d",
+                         "creators": [{"name": "Tang, Xiao"}], "version": "1"}}
+    first = client.create(data, [old]).json()
+    client.update(str(first["id"]), [new])
+    latest = emulator.published()[-1]
+    assert latest.id != first["id"]
+    assert sorted(latest.files) == ["Amery_front.zip", "Totten.zip"]  # nothing was deleted
+    assert {r.auth for r in emulator.requests} == {"query"}
