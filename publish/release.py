@@ -184,6 +184,7 @@ class Publisher:
         self.secrets = secrets
         self.release = Path(options.release_dir)
         self.result = PublishResult(stage="started")
+        client.on_retry = lambda text: self.say(f"      {text}")
 
     # ------------------------------------------------------------------ helpers
 

@@ -169,6 +169,8 @@ class ZenodoClient:
         self.session.headers.update({"Authorization": f"Bearer {token}",
                                      "User-Agent": USER_AGENT, "Accept": "application/json"})
         self.sent = 0
+        self.on_retry: Callable[[str], None] | None = None
+        """Told about every retry (what failed, how long we wait), e.g. to print it."""
 
     def __repr__(self) -> str:
         return f"ZenodoClient({self.base_url!r})"
@@ -213,6 +215,9 @@ class ZenodoClient:
                     data.fh.close()
             if attempt + 1 == self.retry.attempts:
                 break
+            if self.on_retry is not None:
+                self.on_retry(f"{method} {url.split('?')[0]}: {last}; retrying in {wait:.1f} s "
+                              f"(attempt {attempt + 2}/{self.retry.attempts})")
             self.retry.wait(wait)
             if recover is not None:
                 recovered = recover()

@@ -79,6 +79,7 @@ def test_429_storm_is_waited_out(pub_release: Path, emulator: ZenodoEmulator) ->
     result, out, policy = api_publish(pub_release, emulator, "1.0", new=True)
     assert result.stage == "published"
     assert [r.status for r in emulator.requests[:6]] == [429] * 6
+    assert out.count("HTTP 429; retrying in") == 6
     # Every 429 was followed by a wait of at least its Retry-After.
     assert sum(wait >= 7 for wait in policy.waits) >= 6
     [record] = emulator.published()
