@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import requests
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -284,13 +285,20 @@ class Publisher:
 
     # ------------------------------------------------------------------ dry run
 
+    def previous_files(self, previous: dict[str, Any]) -> Files:
+        """Files of the previous version, read anonymously with zenodo-client; when that
+        single unretried GET fails, the copy our client already fetched is just as good."""
+        try:
+            return record_files(public_record(self.o.base_url, previous["id"]))
+        except (requests.RequestException, ValueError, KeyError):
+            return record_files(previous)
+
     def dry_run(self, concept: str | None, previous: dict[str, Any] | None,
                 state: PublishState | None) -> PublishResult:
         """Print the requests a real run would send and the file changes; change nothing."""
         with tempfile.TemporaryDirectory(prefix="icedamage-dry-run-") as tmp:
             manifest, wanted = self.package(Path(tmp))
-        previous_files = record_files(public_record(self.o.base_url, previous["id"])) \
-            if previous else {}
+        previous_files = self.previous_files(previous) if previous else {}
         draft = None
         if state and state.deposition_id:
             try:
