@@ -36,6 +36,8 @@ from producer.writer import atomic_path
 
 MANIFEST_KEY = "manifest.json"
 CATALOG_KEY = "stac.zip"
+#: Hidden file beside the packages: the inputs and hashes of each package last built.
+BUILD_CACHE = ".build-cache.json"
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 _SAFE = re.compile(r"[A-Za-z0-9._-]+")
 _YEAR = re.compile(r"\d{4}")
@@ -199,11 +201,31 @@ def _copy(target: Path, source: Path) -> None:
             dst.write(chunk)
 
 
+def inputs_fingerprint(spec: PackageSpec) -> str:
+    """Digest of a package's inputs (archive names, sizes, modification times)."""
+    digest = hashlib.sha256(f"{spec.key}|{spec.zipped}".encode())
+    for arcname, path in sorted(spec.members):
+        stat = path.stat()
+        digest.update(f"\n{arcname}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def _load_cache(out_dir: Path) -> dict[str, dict[str, object]]:
+    path = out_dir / BUILD_CACHE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def build_packages(release_dir: Path, out_dir: Path, version: str) -> Manifest:
     """Write every package of the release into ``out_dir`` plus manifest.json; the manifest.
 
-    Files in ``out_dir`` that no longer belong to the release are removed, so the folder holds
-    exactly what the record will hold.
+    A package whose inputs (names, sizes, mtimes) are unchanged since the last build in
+    ``out_dir`` is kept as it is (re-running skips done work). Files in ``out_dir`` that no
+    longer belong to the release are removed, so the folder holds exactly what the record will
+    hold.
     """
     release_dir, out_dir = Path(release_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -211,14 +233,22 @@ def build_packages(release_dir: Path, out_dir: Path, version: str) -> Manifest:
     if not specs:
         raise PackageError(f"{release_dir}: nothing to publish (no shelf folders, catalog, "
                            f"{METADATA_ODS} or GeoPackages)")
+    cache, fresh = _load_cache(out_dir), {}
     entries = []
     for spec in specs:
         target = out_dir / spec.key
-        if spec.zipped:
-            write_zip(target, spec.members)
+        fingerprint = inputs_fingerprint(spec)
+        known = cache.get(spec.key, {})
+        if (known.get("inputs") == fingerprint and target.is_file()
+                and target.stat().st_size == known.get("size")):
+            size, md5, sha = int(known["size"]), str(known["md5"]), str(known["sha256"])
         else:
-            _copy(target, spec.members[0][1])
-        size, md5, sha = file_hashes(target)
+            if spec.zipped:
+                write_zip(target, spec.members)
+            else:
+                _copy(target, spec.members[0][1])
+            size, md5, sha = file_hashes(target)
+        fresh[spec.key] = {"inputs": fingerprint, "size": size, "md5": md5, "sha256": sha}
         contents = tuple(arc for arc, _ in spec.members) if spec.zipped else ()
         entries.append(ManifestEntry(spec.key, size, md5, sha, spec.kind, spec.name, contents))
     keep = {spec.key for spec in specs} | {MANIFEST_KEY}
@@ -228,6 +258,8 @@ def build_packages(release_dir: Path, out_dir: Path, version: str) -> Manifest:
     manifest = Manifest(version, tuple(entries), {s.name: s.key for s in specs})
     with atomic_path(out_dir / MANIFEST_KEY) as tmp:
         tmp.write_text(manifest.to_json())
+    with atomic_path(out_dir / BUILD_CACHE) as tmp:
+        tmp.write_text(json.dumps(fresh, indent=1, sort_keys=True) + "\n")
     return manifest
 
 

@@ -124,6 +124,21 @@ def test_packages_are_byte_identical_and_cogs_readable_in_place(pub_release: Pat
     assert not any(".icedamage-publish" in c for e in first.entries for c in e.contents)
 
 
+def test_unchanged_packages_are_not_rebuilt(pub_release: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    first = build_packages(pub_release, out, "1.0")
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    product = next(pub_release.glob("Totten/2021/*_damage.tif"))
+    data = bytearray(product.read_bytes())
+    data[-1] ^= 0xFF  # same size, other content, newer mtime
+    product.write_bytes(bytes(data))
+    second = build_packages(pub_release, out, "1.0")
+    rebuilt = {p.name for p in out.iterdir() if p.stat().st_mtime_ns != stamps.get(p.name)}
+    assert rebuilt >= {"Totten.zip"} and "Larsen_B.zip" not in rebuilt
+    assert first.by_key()["Larsen_B.zip"] == second.by_key()["Larsen_B.zip"]
+    assert first.by_key()["Totten.zip"].md5 != second.by_key()["Totten.zip"].md5
+
+
 def test_safe_keys_and_clashes(tmp_path: Path) -> None:
     assert safe_key("Pine Island") == "Pine_Island"
     assert safe_key("Larsen B_ROI.gpkg") == "Larsen_B_ROI.gpkg"
