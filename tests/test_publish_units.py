@@ -195,3 +195,29 @@ def test_backoff_grows_with_jitter_and_a_cap(attempt: int) -> None:
     policy = RetryPolicy(base_delay=1.0, max_delay=120.0)
     cap = min(120.0, 2.0 ** attempt)
     assert cap / 2 <= policy.backoff(attempt) <= cap
+
+
+# ------------------------------------------------------------------ the emulator itself
+
+
+def test_emulator_rate_limit_and_quota_answers() -> None:
+    import requests
+
+    from tests.publish_support import TOKEN
+    from tests.zenodo_emulator import FULL_SCOPES, ZenodoEmulator
+
+    emu = ZenodoEmulator({TOKEN: FULL_SCOPES}, rate_limit=3, max_bytes=10).start()
+    try:
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {TOKEN}"
+        draft = session.post(f"{emu.base_url}/api/deposit/depositions", json={}).json()
+        bucket = draft["links"]["bucket"]
+        big = session.put(f"{bucket}/big.bin", data=b"x" * 11)
+        assert big.status_code == 400 and big.json()["message"] == "Bucket quota exceeded."
+        answers = [session.get(f"{emu.base_url}/api/deposit/depositions") for _ in range(2)]
+    finally:
+        emu.stop()
+    assert [a.status_code for a in answers] == [200, 429]  # the 4th request in the window
+    assert answers[0].headers["X-RateLimit-Remaining"] == "0"
+    assert int(answers[1].headers["Retry-After"]) >= 1
+    assert int(answers[1].headers["X-RateLimit-Reset"]) > 0
