@@ -79,6 +79,12 @@ def test_first_publication(pub_release: Path, emulator: ZenodoEmulator, tmp_path
                  if a.href.endswith(Path(inner).name))
     assert asset.extra_fields["alternate"]["zenodo"]["href"] == (
         f"/vsizip//vsicurl/{emulator.base_url}/records/{record.id}/files/Larsen_B.zip/{inner}")
+    # ... and that href reads the COG in place over HTTP (range requests into the ZIP).
+    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"), \
+            rasterio.open(asset.extra_fields["alternate"]["zenodo"]["href"]) as src:
+        np.testing.assert_array_equal(src.read(1), read_band(pub_release / inner))
+    ranged = [r for r in emulator.requests if r.path.startswith(f"/records/{record.id}/files/")]
+    assert ranged and all(r.status in (200, 206) for r in ranged)
     gpkg = next(a for a in collection.assets.values() if a.href.endswith("Larsen B_ROI.gpkg"))
     assert gpkg.extra_fields["alternate"]["zenodo"]["href"] == (
         f"{emulator.base_url}/records/{record.id}/files/Larsen_B_ROI.gpkg")
@@ -87,7 +93,7 @@ def test_first_publication(pub_release: Path, emulator: ZenodoEmulator, tmp_path
     state = load_state(pub_release)
     assert state is not None and state.stage == "published" and state.doi == doi
     # The token travels only in the Authorization header, never in output or any file.
-    assert {r.auth for r in emulator.requests} == {"bearer"}
+    assert {r.auth for r in emulator.requests if r.path.startswith("/api/")} == {"bearer"}
     assert TOKEN not in out
     leaks = [p for p, data in all_text_files(pub_release) if TOKEN.encode() in data]
     assert leaks == []

@@ -384,6 +384,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:  # noqa: N802
         self._dispatch("DELETE")
 
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._dispatch("HEAD")
+
     def _dispatch(self, method: str) -> None:
         emu = self.server_state
         parts = urlsplit(self.path)
@@ -485,7 +488,8 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in {**self.extra_headers, **(headers or {})}.items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(payload)
+        if self.command != "HEAD":
+            self.wfile.write(payload)
 
     def _error(self, status: int, message: str, errors: list[dict[str, Any]] | None = None,
                ) -> None:
@@ -509,6 +513,7 @@ class _Handler(BaseHTTPRequestHandler):
             (r"/api/records/(\d+)/versions", self._versions),
             (r"/api/records/(\d+)/versions/latest", self._latest),
             (r"/api/records/(\d+)/files/(.+)/content", self._record_file),
+            (r"/records/(\d+)/files/([^/]+)", self._record_file),
         )
         for pattern, handler in routes:
             match = re.fullmatch(pattern, path)
@@ -809,14 +814,23 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(201, self._object_json(dep, stored))
 
     def _raw(self, data: bytes) -> None:
-        self.send_response(200)
-        self.status_sent = 200
+        """Bytes of a file, honouring a single ``Range: bytes=a-b`` (as GDAL's /vsicurl/ asks)."""
+        status, body, extra = 200, data, {"Accept-Ranges": "bytes"}
+        match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        if match:
+            start = int(match[1])
+            end = min(int(match[2]) if match[2] else len(data) - 1, len(data) - 1)
+            status, body = 206, data[start:end + 1]
+            extra["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+        self.send_response(status)
+        self.status_sent = status
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in self.extra_headers.items():
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in {**self.extra_headers, **extra}.items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def _published_or_404(self, recid: str) -> Deposition | None:
         dep = self.server_state.depositions.get(int(recid))
