@@ -215,9 +215,13 @@ class Publisher:
                 f"source (provenance source == 'demo'), e.g. {demo[0]}; demo products are "
                 "never published to Zenodo (use --sandbox or --url to try the workflow)")
 
-    def preflight_remote(self, known_concept: str | None,
+    def preflight_remote(self, known_concept: str | None, own_id: int | None,
                          ) -> tuple[str | None, dict[str, Any] | None, set[str]]:
-        """Token check, concept and previous version, versions already used."""
+        """Token check, concept, previous version, versions already used.
+
+        ``own_id`` is the deposition of an interrupted run: if Zenodo published it before the
+        crash, its version is ours (not taken) and the previous version is the one before it.
+        """
         try:
             self.client.check_token()
         except ZenodoError as exc:
@@ -234,27 +238,19 @@ class Publisher:
         if concept is None:
             return None, None, set()
         try:
-            previous = self.client.latest_record(concept)
-            used = {str(v.get("metadata", {}).get("version"))
-                    for v in self.client.versions(concept)}
+            previous: dict[str, Any] | None = self.client.latest_record(concept)
+            versions = [v for v in self.client.versions(concept) if v.get("id") != own_id]
         except ZenodoError as exc:
             if exc.status == 404:
                 raise PublishRefused(f"concept {concept}: no published version on "
                                      f"{self.o.base_url}") from exc
             raise
-        return str(previous["conceptrecid"]), previous, used
-
-    def own_published_version(self, dep_id: int) -> set[str]:
-        """The version our own deposition holds if it got published before a crash (so it
-        does not count as taken by someone else)."""
-        try:
-            dep = self.client.deposition(dep_id)
-        except ZenodoError as exc:
-            if exc.status == 404:
-                return set()
-            raise
-        version = str(dep.get("metadata", {}).get("version"))
-        return {version} if dep.get("submitted") and version == self.o.version else set()
+        assert previous is not None
+        conceptrecid = str(previous["conceptrecid"])
+        if previous.get("id") == own_id:
+            previous = max(versions, key=lambda v: int(v["id"])) if versions else None
+        used = {str(v.get("metadata", {}).get("version")) for v in versions}
+        return conceptrecid, previous, used
 
     def build_metadata(self, previous: dict[str, Any] | None, used: set[str]) -> dict[str, Any]:
         """Deposition metadata from release.yaml, validated locally."""
@@ -466,9 +462,8 @@ class Publisher:
             raise PublishRefused(
                 f"version {state.version} is already in progress (stage {state.stage}, "
                 f"deposition {state.deposition_id}); continue it with --resume")
-        concept, previous, used = self.preflight_remote(known_concept)
-        if state is not None and state.deposition_id is not None:
-            used -= self.own_published_version(state.deposition_id)
+        concept, previous, used = self.preflight_remote(
+            known_concept, state.deposition_id if state is not None else None)
         metadata = self.build_metadata(previous, used)
         self.say(f"[1/7] preflight passed: token accepted, metadata valid, version "
                  f"{self.o.version}" + (f" after {previous['metadata'].get('version')}"

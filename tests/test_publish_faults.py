@@ -155,17 +155,22 @@ def test_client_errors_are_not_retried(emulator: ZenodoEmulator) -> None:
 def test_crash_between_publish_and_write_back(pub_release: Path,
                                               emulator: ZenodoEmulator) -> None:
     api_publish(pub_release, emulator, "1.0", new=True)
-    [record] = emulator.published()
+    [v1] = emulator.published()
+    withdraw_shelf(pub_release, "Amery_front")
+    api_publish(pub_release, emulator, "1.1", concept_id=str(v1.conceptrecid))
+    v2 = emulator.published()[-1]
     state = load_state(pub_release)
     assert state is not None
     state.stage = "verified"  # as if the process died right after Zenodo published
     save_state(pub_release, state)
     (pub_release / RELEASE_NOTES).unlink()
     since = len(emulator.requests)
-    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new", "--resume"))
+    code, out = run_cli(publish_args(pub_release, emulator, "1.1", "--concept-id",
+                                     str(v1.conceptrecid), "--resume"))
     assert code == 0, out
     assert not [r for r in emulator.requests[since:] if r.mutating]
-    assert f"zenodo.{record.id}" in (pub_release / RELEASE_NOTES).read_text()
+    notes = (pub_release / RELEASE_NOTES).read_text()
+    assert f"zenodo.{v2.id}" in notes and "removed Amery_front.zip" in notes  # vs v1, not v2
     assert load_state(pub_release).stage == "published"  # type: ignore[union-attr]
 
 
