@@ -9,7 +9,6 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import yaml
 from rich.console import Console
 from typer.testing import CliRunner
@@ -25,7 +24,7 @@ from publish.release import PublishOptions, PublishResult, publish_release
 from publish.state import packages_dir
 from publish.zenodo import RateLimiter, RetryPolicy, ZenodoClient
 from tests.release_factory import ShelfYear, fixture_arrays, fixture_grid
-from tests.zenodo_emulator import FULL_SCOPES, ZenodoEmulator
+from tests.zenodo_emulator import ZenodoEmulator
 
 TOKEN = "secret-token-0123456789"
 WRITE_ONLY_TOKEN = "write-only-token-9876543210"
@@ -115,33 +114,6 @@ def env_without_tokens() -> dict[str, str]:
 
 
 # ------------------------------------------------------------------ fixtures and probes
-
-
-@pytest.fixture(scope="session")
-def publishable_pristine(pristine_release: Path, tmp_path_factory: pytest.TempPathFactory,
-                         ) -> Path:
-    """The valid fixture release plus release.yaml, a STAC catalog and a GeoPackage."""
-    target = tmp_path_factory.mktemp("publishable") / "release"
-    shutil.copytree(pristine_release, target)
-    return make_publishable(target)
-
-
-@pytest.fixture
-def pub_release(publishable_pristine: Path, tmp_path: Path) -> Path:
-    """A private copy of the publishable release."""
-    target = tmp_path / "release"
-    shutil.copytree(publishable_pristine, target)
-    return target
-
-
-@pytest.fixture
-def emulator() -> Iterator[ZenodoEmulator]:
-    """A fresh Zenodo emulator on a free port of 127.0.0.1."""
-    emu = ZenodoEmulator({TOKEN: FULL_SCOPES, WRITE_ONLY_TOKEN: frozenset({"deposit:write"})},
-                         owners={TOKEN: "tang", WRITE_ONLY_TOKEN: "tang"})
-    emu.start()
-    yield emu
-    emu.stop()
 
 
 def server_files(emu: ZenodoEmulator, dep_id: int) -> dict[str, tuple[int, str]]:

@@ -38,7 +38,7 @@ from tests.publish_support import (
 from tests.zenodo_emulator import ZenodoEmulator
 
 #: The emulator and release fixtures live beside the helpers.
-pytest_plugins = ("tests.publish_support",)
+pytest_plugins = ("tests.publish_fixtures",)
 
 
 def test_first_publication(pub_release: Path, emulator: ZenodoEmulator, tmp_path: Path) -> None:

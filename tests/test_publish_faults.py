@@ -26,7 +26,7 @@ from tests.publish_support import (
 )
 from tests.zenodo_emulator import FULL_SCOPES, ZenodoEmulator
 
-pytest_plugins = ("tests.publish_support",)
+pytest_plugins = ("tests.publish_fixtures",)
 ROOT = Path(__file__).resolve().parents[1]
 CLI = ("from producer.cli import build_app\n"
        "app = build_app()\n"

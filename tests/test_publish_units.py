@@ -34,7 +34,7 @@ from publish.release import limit_problems, reconcile
 from publish.zenodo import RateLimiter, RetryPolicy
 from tests.publish_support import PAPER_DOI, RELEASE_YAML
 
-pytest_plugins = ("tests.publish_support",)
+pytest_plugins = ("tests.publish_fixtures",)
 TODAY = dt.date(2026, 11, 23)
 
 
