@@ -68,6 +68,15 @@ class PackageSpec:
 
 
 @dataclass(frozen=True)
+class Member:
+    """One file inside a ZIP package: its path there, size and sha256."""
+
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
 class ManifestEntry:
     """One uploaded file: key, size, hashes, what it is and what it contains."""
 
@@ -77,7 +86,7 @@ class ManifestEntry:
     sha256: str
     kind: str
     name: str
-    contents: tuple[str, ...] = ()
+    contents: tuple[Member, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -98,7 +107,8 @@ class Manifest:
     def from_json(cls, text: str) -> Manifest:
         """Parse ``to_json`` output."""
         data = json.loads(text)
-        entries = tuple(ManifestEntry(**{**e, "contents": tuple(e["contents"])})
+        entries = tuple(ManifestEntry(**{**e, "contents": tuple(Member(**m)
+                                                                for m in e["contents"])})
                         for e in data["files"])
         return cls(data["version"], entries, data.get("key_map", {}))
 
@@ -179,8 +189,10 @@ def _check_unique(specs: Iterable[PackageSpec]) -> None:
         seen[spec.key] = spec.name
 
 
-def write_zip(target: Path, members: Iterable[tuple[str, Path]]) -> None:
-    """A stored (uncompressed) ZIP with fixed timestamps, permissions and order, atomically."""
+def write_zip(target: Path, members: Iterable[tuple[str, Path]]) -> tuple[Member, ...]:
+    """A stored (uncompressed) ZIP with fixed timestamps, permissions and order, atomically;
+    what it holds (path, size, sha256 of each member)."""
+    written = []
     with atomic_path(target) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
         for arcname, path in sorted(members):
             info = zipfile.ZipInfo(arcname, date_time=ZIP_EPOCH)
@@ -189,10 +201,14 @@ def write_zip(target: Path, members: Iterable[tuple[str, Path]]) -> None:
             info.external_attr = (0o100644 & 0xFFFF) << 16
             size = path.stat().st_size
             info.file_size = size
+            digest = hashlib.sha256()
             with open(path, "rb") as src, zf.open(info, "w",
                                                    force_zip64=size > zipfile.ZIP64_LIMIT) as dst:
                 while chunk := src.read(_CHUNK):
                     dst.write(chunk)
+                    digest.update(chunk)
+            written.append(Member(arcname, size, digest.hexdigest()))
+    return tuple(written)
 
 
 def _copy(target: Path, source: Path) -> None:
@@ -242,14 +258,16 @@ def build_packages(release_dir: Path, out_dir: Path, version: str) -> Manifest:
         if (known.get("inputs") == fingerprint and target.is_file()
                 and target.stat().st_size == known.get("size")):
             size, md5, sha = int(known["size"]), str(known["md5"]), str(known["sha256"])
+            contents = tuple(Member(**m) for m in known.get("contents", []))  # type: ignore
         else:
+            contents = ()
             if spec.zipped:
-                write_zip(target, spec.members)
+                contents = write_zip(target, spec.members)
             else:
                 _copy(target, spec.members[0][1])
             size, md5, sha = file_hashes(target)
-        fresh[spec.key] = {"inputs": fingerprint, "size": size, "md5": md5, "sha256": sha}
-        contents = tuple(arc for arc, _ in spec.members) if spec.zipped else ()
+        fresh[spec.key] = {"inputs": fingerprint, "size": size, "md5": md5, "sha256": sha,
+                           "contents": [asdict(m) for m in contents]}
         entries.append(ManifestEntry(spec.key, size, md5, sha, spec.kind, spec.name, contents))
     keep = {spec.key for spec in specs} | {MANIFEST_KEY}
     for stale in out_dir.iterdir():
@@ -266,3 +284,15 @@ def build_packages(release_dir: Path, out_dir: Path, version: str) -> Manifest:
 def read_manifest(out_dir: Path) -> Manifest:
     """The manifest written by ``build_packages``."""
     return Manifest.from_json((Path(out_dir) / MANIFEST_KEY).read_text())
+
+
+def member_diff(previous: Manifest, current: Manifest) -> list[str]:
+    """Files added, changed and removed inside the ZIP packages between two manifests."""
+    lines = []
+    before = {m.path: m for e in previous.entries for m in e.contents}
+    after = {m.path: m for e in current.entries for m in e.contents}
+    lines += [f"added {p}" for p in sorted(after) if p not in before]
+    lines += [f"changed {p}" for p in sorted(after)
+              if p in before and before[p].sha256 != after[p].sha256]
+    lines += [f"removed {p}" for p in sorted(before) if p not in after]
+    return lines

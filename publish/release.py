@@ -39,7 +39,14 @@ from publish.metadata import (
     metadata_differences,
     metadata_problems,
 )
-from publish.package import MANIFEST_KEY, Manifest, PackageError, build_packages, file_hashes
+from publish.package import (
+    MANIFEST_KEY,
+    Manifest,
+    PackageError,
+    build_packages,
+    file_hashes,
+    member_diff,
+)
 from publish.state import FileState, PublishState, load_state, packages_dir, save_state
 from publish.writeback import (
     Publication,
@@ -128,6 +135,16 @@ def file_diff(previous: Files, wanted: Files) -> list[str]:
     same = [k for k in sorted(wanted) if previous.get(k) == wanted[k]]
     if same:
         lines.append(f"unchanged {', '.join(same)}")
+    return lines
+
+
+def full_diff(previous_files: Files, wanted: Files, previous_manifest: Manifest | None,
+              manifest: Manifest) -> list[str]:
+    """File-level changes, then the changes of the files inside the ZIPs (when the previous
+    version has a manifest to compare with)."""
+    lines = file_diff(previous_files, wanted)
+    if previous_manifest is not None:
+        lines += [f"inside: {line}" for line in member_diff(previous_manifest, manifest)]
     return lines
 
 
@@ -281,6 +298,16 @@ class Publisher:
 
     # ------------------------------------------------------------------ dry run
 
+    def previous_manifest(self, previous: dict[str, Any] | None) -> Manifest | None:
+        """The manifest of the previous version, if it has one we can read."""
+        if previous is None:
+            return None
+        text = self.client.record_file_text(previous["id"], MANIFEST_KEY)
+        try:
+            return Manifest.from_json(text) if text else None
+        except (ValueError, KeyError, TypeError):
+            return None
+
     def previous_files(self, previous: dict[str, Any]) -> Files:
         """Files of the previous version, read anonymously with zenodo-client; when that
         single unretried GET fails, the copy our client already fetched is just as good."""
@@ -323,7 +350,7 @@ class Publisher:
                  f"GET {self.client.api}/{dep}/files (publish gate)"]
         if not self.o.no_publish:
             plan.append(f"POST {self.client.api}/{dep}/actions/publish")
-        diff = file_diff(previous_files, wanted)
+        diff = full_diff(previous_files, wanted, self.previous_manifest(previous), manifest)
         self.say("[dry run] planned requests:")
         for line in plan:
             self.say(f"  {line}")
@@ -519,9 +546,9 @@ class Publisher:
         pub = Publication(record_id, doi, conceptdoi, self.o.version, self.o.base_url,
                           citation, metadata["publication_date"])
         updated = update_catalog(self.release, pub, manifest)
-        previous_files = record_files(previous) if previous else {}
-        write_release_notes(self.release, release_notes_section(
-            pub, manifest, file_diff(previous_files, wanted) if previous else []))
+        diff = full_diff(record_files(previous), wanted, self.previous_manifest(previous),
+                         manifest) if previous else []
+        write_release_notes(self.release, release_notes_section(pub, manifest, diff))
         state.record_id, state.doi, state.conceptdoi = record_id, doi, conceptdoi
         state.stage, state.published = "published", pub.published
         self.save(state)

@@ -341,6 +341,12 @@ class ZenodoClient:
         ``/versions/latest`` redirect)."""
         return self.get_json(f"records/{record_id}/versions/latest")
 
+    def record_file_text(self, record_id: int | str, key: str) -> str | None:
+        """Text of one file of a published record, or None when the record has no such file."""
+        resp = self.request("GET", f"records/{record_id}/files/{key}/content",
+                            expected=(200, 404))
+        return resp.text if resp.status_code == 200 else None
+
     def versions(self, record_id: int | str) -> list[dict[str, Any]]:
         """Every published version of the concept of ``record_id``."""
         return self.get_json(f"records/{record_id}/versions",

@@ -141,6 +141,7 @@ def test_new_version_with_one_shelf_changed(pub_release: Path, emulator: ZenodoE
     notes = (pub_release / RELEASE_NOTES).read_text()
     assert notes.index("Version 1.1") < notes.index("Version 1.0")
     assert "changed Totten.zip" in notes and "removed Amery_front.zip" in notes
+    assert "inside: removed Amery_front/2012/" in notes
     # The same version string cannot be published twice.
     code, out = run_cli(publish_args(pub_release, emulator, "1.1", "--concept-id",
                                      str(v1.conceptrecid), "--dry-run"))
@@ -165,6 +166,8 @@ def test_dry_run_changes_nothing(pub_release: Path, emulator: ZenodoEmulator) ->
     assert tree_digest(pub_release) == before_tree
     assert f"/api/deposit/depositions/{v1.id}/actions/newversion" in out
     assert "Totten.zip" in out and "changed Totten.zip" in out
+    assert "inside: changed Totten/2021/LC08_LC09_Totten_2021_damage.tif" in out
+    assert "inside: changed Totten/2016" not in out
     assert "PUT" in out and "Larsen_B.zip (" not in out  # unchanged shelf not re-uploaded
     unchanged = next(line for line in out.splitlines() if "unchanged" in line)
     assert "Amery_front.zip" in unchanged and "Larsen_B.zip" in unchanged
