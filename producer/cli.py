@@ -14,6 +14,8 @@ import typer
 COMMAND_MODULES: tuple[str, ...] = (
     "producer.commands",
     "validation.commands",
+    "catalog.commands",
+    "publish.commands",
 )
 
 
