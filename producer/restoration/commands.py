@@ -38,6 +38,8 @@ def train_diffgf(
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 100,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.safetensors.")] = False,
     threads: Annotated[int, typer.Option(help="CPU threads for torch (0: torch default).")] = 0,
+    max_minutes: Annotated[float | None, typer.Option(
+        help="Wall-clock budget; the run ends early (weights written) when it is spent.")] = None,
 ) -> None:
     """Train DiffGF on complete images with simulated SLC-off gaps (SLCANT construction)."""
     import torch
@@ -66,7 +68,8 @@ def train_diffgf(
             bar.update(task, completed=step, info=f"{phase} loss {loss:.4f}")
 
         try:
-            _, state = train(config, out, resume=resume, progress=report)
+            _, state = train(config, out, resume=resume, progress=report,
+                             max_seconds=None if max_minutes is None else 60 * max_minutes)
         except (ValueError, FileNotFoundError) as exc:
             console.print(f"[red]{exc}")
             raise typer.Exit(1) from exc
