@@ -14,6 +14,7 @@ import typer
 COMMAND_MODULES: tuple[str, ...] = (
     "producer.commands",
     "validation.commands",
+    "producer.restoration.commands",
 )
 
 
