@@ -71,7 +71,7 @@ def validate(
     errors = Console(stderr=True)
     if not release_dir.is_dir():
         errors.print(f"[red]error:[/red] release folder {release_dir} does not exist "
-                     "or is not a folder")
+                     "or is not a folder", soft_wrap=True, markup=True, highlight=False)
         raise typer.Exit(EXIT_USAGE)
     with errors.status(f"Validating {release_dir} ..."):
         report = validate_release(release_dir, allow=tuple(allow or ()), workers=workers)

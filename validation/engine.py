@@ -52,6 +52,12 @@ def register_rule_set(factory: RuleSetFactory) -> RuleSetFactory:
     return factory
 
 
+def unregister_rule_set(factory: RuleSetFactory) -> None:
+    """Remove a registered factory (for tests and for callers that swap a rule set)."""
+    if factory in _FACTORIES:
+        _FACTORIES.remove(factory)
+
+
 def _entry_point_factories() -> list[RuleSetFactory]:
     """Factories that installed distributions declare in the ``icedamage.rule_sets`` group."""
     return [ep.load() for ep in sorted(entry_points(group=ENTRY_POINT_GROUP),
