@@ -12,6 +12,7 @@ import typer
 
 #: Modules whose ``register(app)`` adds commands to ``icedamage``.
 COMMAND_MODULES: tuple[str, ...] = (
+    "producer.training.commands",
 )
 
 
