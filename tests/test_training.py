@@ -12,6 +12,9 @@ import rasterio
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from producer.segmentation.checkpoints import load_checkpoint
+from rich.console import Console
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from catalog.uncertainty import (
@@ -35,6 +38,7 @@ from producer.training.data import (
 )
 from producer.training.losses import bced_loss, labels_to_targets
 from producer.training.schedule import LRSchedule
+from producer.training.train import TrainConfig, train
 
 runner = CliRunner()
 
@@ -306,3 +310,50 @@ def test_uncertainty_rejects_an_evaluation_without_recall(tmp_path: Path) -> Non
 
 def test_evaluation_factor_is_precision_over_recall() -> None:
     assert Evaluation("x", 0.9, 0.6).factor == pytest.approx(1.5)
+
+
+# ------------------------------------------------------------------------------ training
+
+
+def _config(out: Path, **changes: object) -> TrainConfig:
+    """A tiny demo-tile run on the synthetic renderer: MiT-b0, 64² tiles, constant-ish LR."""
+    base = dict(out=str(out), demo=True, variant="b0", epochs=2, batch_size=4, demo_tiles=8,
+                demo_val_tiles=4, demo_size=64, start_lr=3e-4, peak_lr=6e-4, final_lr=3e-4,
+                warmup_epochs=1, cosine_epochs=2, seed=11, threads=1)
+    return TrainConfig(**(base | changes))
+
+
+def test_training_lowers_the_loss_and_writes_checkpoints(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    state = train(_config(tmp_path / "run", epochs=3, augment=False), render=synthetic_tile,
+                  console=Console(quiet=True))
+    losses = [h["train_loss"] for h in state.history]
+    assert losses[-1] < losses[0]
+    run = tmp_path / "run"
+    for name in ("last.safetensors", "last.json", "best.safetensors", "best.json",
+                 "history.json", "curves.png", "last_state.pt"):
+        assert (run / name).exists(), name
+    info = json.loads((run / "best.json").read_text())
+    text = json.dumps(info)
+    assert "data_hash" in text and "miou" in text and '"epoch"' in text
+    model, _ = load_checkpoint(run / "best.safetensors")
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    quiet = Console(quiet=True)
+    train(_config(tmp_path / "full", epochs=2), render=synthetic_tile, console=quiet)
+    train(_config(tmp_path / "split", epochs=1), render=synthetic_tile, console=quiet)
+    with pytest.raises(FileExistsError):
+        train(_config(tmp_path / "split", epochs=2), render=synthetic_tile, console=quiet)
+    with pytest.raises(ValueError, match="seed"):
+        train(_config(tmp_path / "split", epochs=2, seed=12), resume=True,
+              render=synthetic_tile, console=quiet)
+    state = train(_config(tmp_path / "split", epochs=2), resume=True, render=synthetic_tile,
+                  console=quiet)
+    assert [h["epoch"] for h in state.history] == [0, 1]
+    full = load_file(tmp_path / "full" / "last.safetensors")
+    split = load_file(tmp_path / "split" / "last.safetensors")
+    assert full.keys() == split.keys()
+    assert all(torch.equal(full[k], split[k]) for k in full)

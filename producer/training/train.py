@@ -299,6 +299,8 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
         values = [h["val"].get(key) for h in history]
         ax_metric.plot(epochs, [math.nan if v is None else v for v in values], label=key)
     ax_metric.set(xlabel="epoch", ylabel="validation", title="Validation metrics", ylim=(0, 1))
+    for ax in (ax_loss, ax_metric):
+        ax.xaxis.get_major_locator().set_params(integer=True)
     ax_metric.legend()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
@@ -408,10 +410,10 @@ def _epoch_line(record: dict[str, Any], epochs: int, improved: bool) -> str:
     def fmt(x: float | None) -> str:
         return "  n/a" if x is None else f"{x:.3f}"
 
-    return (f"epoch {record['epoch'] + 1:>3}/{epochs}  lr {record['lr']:.2e}  "
-            f"train {record['train_loss']:.4f}  val {record['val_loss']:.4f}  "
-            f"mIoU {fmt(v['miou'])}  OA {fmt(v['oa'])}  P {fmt(v['precision'])}  "
-            f"R {fmt(v['recall'])}  F1 {fmt(v['f1'])}" + ("  [green]best" if improved else ""))
+    return (f"epoch {record['epoch'] + 1}/{epochs} lr {record['lr']:.1e} "
+            f"loss {record['train_loss']:.4f}/{record['val_loss']:.4f} "
+            f"mIoU {fmt(v['miou'])} OA {fmt(v['oa'])} P {fmt(v['precision'])} "
+            f"R {fmt(v['recall'])} F1 {fmt(v['f1'])}" + (" [green]best" if improved else ""))
 
 
 def resume_config(out: Path, **changes: Any) -> TrainConfig:
