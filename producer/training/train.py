@@ -11,6 +11,7 @@ so a resumed run ends with the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -27,6 +28,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from torch.utils.data import Dataset
 
 from producer.evaluation import Confusion, confusion
+from producer.segmentation.checkpoints import ModelInfo, load_checkpoint, save_checkpoint
+from producer.segmentation.model import DamageSegmenter
 from producer.training.augment import Augmentation
 from producer.training.data import DemoTileDataset, TileDataset, TileRenderer, read_split
 from producer.training.losses import bced_loss, foreground_logit
@@ -67,6 +70,8 @@ class TrainConfig:
     threads: int | None = None
     pth: bool = False
     max_minutes: float | None = None
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    """SegformerConfig settings replacing the variant's (tiny models for tests)."""
 
     def __post_init__(self) -> None:
         if (self.data is None) == (not self.demo):
@@ -105,28 +110,21 @@ class TrainState:
 # ---------------------------------------------------------------------------------------------
 
 
-def build_model(variant: str, init: str | None) -> torch.nn.Module:
-    """A fresh 2-class SegFormer of ``variant``, or one loaded from a local checkpoint."""
-    from producer.segmentation.checkpoints import load_checkpoint
-    from producer.segmentation.model import build_segformer
-
+def build_model(config: TrainConfig, init: str | None) -> DamageSegmenter:
+    """A fresh 2-class SegFormer of the configured variant, or one loaded from a checkpoint."""
     if init is None:
-        return build_segformer(variant)
+        return DamageSegmenter.build(config.variant, **config.model_overrides)
     model, _info = load_checkpoint(Path(init))
     return model
 
 
-def save_weights(model: torch.nn.Module, path: Path, info: dict[str, Any], pth: bool) -> None:
-    """Weights as safetensors + JSON (and the authors' ``.pth`` when asked)."""
-    from producer.segmentation.checkpoints import save_checkpoint
-
-    save_checkpoint(model, path.with_suffix(".safetensors"), info)
-    if pth:
-        save_checkpoint(model, path.with_suffix(".pth"), info)
+def save_weights(model: DamageSegmenter, path: Path, info: ModelInfo, pth: bool) -> None:
+    """Weights as safetensors + JSON sidecar (and the authors' 4.x ``.pth`` when asked)."""
+    save_checkpoint(model, path.with_suffix(".safetensors"), info, authors_pth=pth)
 
 
 def model_logits(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """(B, 2, h, w) logits of a batch of (B, 3, H, W) [0, 1] images."""
+    """(B, 2, H, W) logits of a batch of (B, 3, H, W) [0, 1] images."""
     out = model(images)
     return out.logits if hasattr(out, "logits") else out
 
@@ -194,7 +192,8 @@ def datasets(config: TrainConfig,
                                 augment, config.seed, render)
         val = DemoTileDataset(config.demo_val_tiles, config.demo_size,
                               config.demo_val_first_seed, None, config.seed, render)
-        return train, val, "demo-val", f"{train.fingerprint()}:{val.fingerprint()}"
+        digest = hashlib.sha256(f"{train.fingerprint()}:{val.fingerprint()}".encode())
+        return train, val, "demo-val", digest.hexdigest()
     root = Path(str(config.data))
     val_split = "val" if (root / "val.txt").exists() else "test"
     train = TileDataset(root, "train", augment, config.seed)
@@ -263,12 +262,14 @@ def validate(model: torch.nn.Module, dataset: Dataset, batch_size: int,
 # ---------------------------------------------------------------------------------------------
 
 
-def checkpoint_info(config: TrainConfig, state: TrainState, epoch: int,
-                    metrics: dict[str, Any], val_split: str) -> dict[str, Any]:
-    """The JSON record beside a checkpoint's weights."""
-    return {"variant": config.variant, "num_labels": 2, "epoch": epoch,
-            "metrics": metrics, "validation_split": val_split, "data_hash": state.data_hash,
-            "config": asdict(config), "trainer": "icedamage train"}
+def checkpoint_info(config: TrainConfig, state: TrainState, epoch: int, name: str,
+                    metrics: dict[str, Any], val_split: str) -> ModelInfo:
+    """The sidecar record of a checkpoint: training config, epoch, metrics, data hash."""
+    training = {"trainer": "icedamage train", "epoch": epoch, "epochs": config.epochs,
+                "validation_split": val_split, "best_epoch": state.best_epoch,
+                "config": asdict(config)}
+    return ModelInfo(name=name, variant=config.variant, training=training, metrics=metrics,
+                     data_sha256=state.data_hash)
 
 
 def save_state(out: Path, config: TrainConfig, state: TrainState,
@@ -343,10 +344,7 @@ def train(config: TrainConfig, resume: bool = False, render: TileRenderer | None
         raise FileExistsError(f"{out / STATE_FILE}: a run exists here (use --resume)")
 
     train_set, val_set, val_split, data_hash = datasets(config, render)
-    if saved is not None:
-        model = build_model(config.variant, str(out / "last.safetensors"))
-    else:
-        model = build_model(config.variant, config.init)
+    model = build_model(config, str(out / "last.safetensors") if saved else config.init)
     model.to(device)
     schedule = config.schedule
     optimizer = torch.optim.AdamW(model.parameters(), lr=schedule.peak_lr,
@@ -386,9 +384,9 @@ def train(config: TrainConfig, resume: bool = False, render: TileRenderer | None
             if improved:
                 state.best_miou, state.best_epoch = miou, epoch
                 save_weights(model, out / "best", checkpoint_info(
-                    config, state, epoch, metrics, val_split), config.pth)
+                    config, state, epoch, "best", metrics, val_split), config.pth)
             save_weights(model, out / "last", checkpoint_info(
-                config, state, epoch, metrics, val_split), config.pth)
+                config, state, epoch, "last", metrics, val_split), config.pth)
             save_state(out, config, state, optimizer, scheduler, scaler)
             with atomic_path(out / HISTORY_FILE) as tmp:
                 tmp.write_text(json.dumps(state.history, indent=1) + "\n")
