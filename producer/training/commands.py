@@ -91,7 +91,8 @@ def train(
     weight_decay: Annotated[float, typer.Option()] = 0.01,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 …")] = "cpu",
-    no_augment: Annotated[bool, typer.Option(help="Disable rotation/brightness")] = False,
+    augment: Annotated[bool, typer.Option(help="Random rotation and brightness")] = True,
+    crop: Annotated[int | None, typer.Option(help="Train on random crops of this size")] = None,
     demo_tiles: Annotated[int, typer.Option(help="Demo training tiles")] = 256,
     demo_val_tiles: Annotated[int, typer.Option(help="Demo validation tiles")] = 32,
     demo_size: Annotated[int, typer.Option(help="Demo tile size")] = 256,
@@ -114,8 +115,9 @@ def train(
                 variant=variant, init=None if init is None else str(init), epochs=epochs,
                 batch_size=batch_size, start_lr=start_lr, peak_lr=peak_lr, final_lr=final_lr,
                 warmup_epochs=warmup_epochs, cosine_epochs=cosine_epochs,
-                weight_decay=weight_decay, seed=seed, device=device, augment=not no_augment,
-                demo_tiles=demo_tiles, demo_val_tiles=demo_val_tiles, demo_size=demo_size,
+                weight_decay=weight_decay, seed=seed, device=device, augment=augment,
+                crop=crop, demo_tiles=demo_tiles, demo_val_tiles=demo_val_tiles,
+                demo_size=demo_size,
                 threads=threads, pth=pth, max_minutes=max_minutes)
         state = run(config, resume=resume, console=console)
     except (OSError, ValueError, ImportError) as exc:

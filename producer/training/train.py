@@ -62,6 +62,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     augment: bool = True
+    crop: int | None = None
+    """Train on random crop × crop parts of the tiles (validation uses whole tiles)."""
     demo_tiles: int = 256
     demo_val_tiles: int = 32
     demo_size: int = 256
@@ -189,14 +191,14 @@ def datasets(config: TrainConfig,
     augment = Augmentation() if config.augment else None
     if config.demo:
         train = DemoTileDataset(config.demo_tiles, config.demo_size, config.demo_first_seed,
-                                augment, config.seed, render)
+                                augment, config.seed, render, crop=config.crop)
         val = DemoTileDataset(config.demo_val_tiles, config.demo_size,
                               config.demo_val_first_seed, None, config.seed, render)
         digest = hashlib.sha256(f"{train.fingerprint()}:{val.fingerprint()}".encode())
         return train, val, "demo-val", digest.hexdigest()
     root = Path(str(config.data))
     val_split = "val" if (root / "val.txt").exists() else "test"
-    train = TileDataset(root, "train", augment, config.seed)
+    train = TileDataset(root, "train", augment, config.seed, crop=config.crop)
     val = TileDataset(root, val_split, None, config.seed, read_split(root, val_split))
     return train, val, val_split, train.fingerprint()
 
