@@ -15,6 +15,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "producer.commands",
     "validation.commands",
     "producer.restoration.commands",
+    "producer.training.commands",
 )
 
 
