@@ -327,7 +327,9 @@ def train(
             break
     save_checkpoint(out, model, opts, config, state)
     facts = {"train_config": asdict(config), "state": {"step": state.step,
-             "seconds": round(state.seconds, 1), "final_loss": _tail_mean(state.losses),
+             "seconds": round(state.seconds, 1),
+             "final_vae_loss": _tail_mean(state.losses[:config.vae_steps]),
+             "final_diffusion_loss": _tail_mean(state.losses[config.vae_steps:]),
              "stopped_by_time_budget": state.step < config.total_steps}}
     save_diffgf(model, out / FINAL, meta=facts, half=True)
     plot_losses(state.losses, config.vae_steps, out / CURVE)
