@@ -16,6 +16,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "validation.commands",
     "catalog.commands",
     "publish.commands",
+    "producer.restoration.commands",
+    "producer.training.commands",
 )
 
 

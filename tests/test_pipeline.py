@@ -173,7 +173,11 @@ def test_merged_year_uses_several_scenes(tiny_weights: Path, tmp_path: Path) -> 
     assert main.map_fraction > 0 and all(s.map_fraction > 0 for s in fills)
 
 
-def test_slc_off_year_needs_diffgf_or_explicit_fill(tiny_weights: Path, tmp_path: Path) -> None:
+def test_slc_off_year_needs_diffgf_or_explicit_fill(tiny_weights: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from producer.restoration import api
+
+    monkeypatch.setattr(api, "DEMO_WEIGHTS", tmp_path / "no-demo-diffgf.safetensors")
     out = tmp_path / "release"
     refused = _produce(["--shelf", "Totten", "--year", "2005"], tiny_weights, out)
     assert refused.exit_code == 1

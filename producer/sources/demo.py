@@ -560,6 +560,7 @@ class DemoSource:
         self.size = demo_size_default() if size is None else int(size)
         if self.size < 64:
             raise ValueError(f"demo window size {self.size} px is too small (minimum 64)")
+        self._layouts: dict[tuple[str, int], Layout] = {}
 
     def grid(self, shelf: str, roi: BaseGeometry) -> Grid:
         """A size² window of 30 m pixels centred on the ROI's centroid, aligned to 30 m."""
@@ -575,8 +576,12 @@ class DemoSource:
             raise ValueError(f"demo scenes are {self.size}² px; grid is {grid.shape}")
 
     def layout(self, shelf: str, year: int) -> Layout:
-        """The shelf-year's ground (zones and ground truth) on the demo window."""
-        return build_layout(shelf, year, self.size)
+        """The shelf-year's ground (zones and ground truth) on the demo window (cached: the
+        extent and the scenes of a year share it)."""
+        key = (shelf, year)
+        if key not in self._layouts:
+            self._layouts = {key: build_layout(shelf, year, self.size)}
+        return self._layouts[key]
 
     def extent(self, shelf: str, year: int, grid: Grid) -> BaseGeometry:
         """The demo shelf-year's floating ice (grounding line to front) as a polygon."""
@@ -585,6 +590,11 @@ class DemoSource:
         polys = [shape(geom) for geom, value in features.shapes(
             mask.astype(np.uint8), mask=mask, transform=grid.transform) if value == 1]
         return unary_union(polys)
+
+    def scene_ids(self, shelf: str, year: int, grid: Grid) -> list[str]:
+        """Ids of the summer's scenes without rendering them (lets re-runs skip cheaply)."""
+        self._check_grid(grid)
+        return [plan.scene_id for plan in plan_summer(shelf, year)]
 
     def scenes(self, shelf: str, year: int, grid: Grid, workdir: Path) -> list[Scene]:
         """Render the summer's scenes under ``workdir``; best (most usable pixels) first."""

@@ -1,0 +1,277 @@
+"""``icedamage`` commands of the training package: split-data, export-demo-tiles, train,
+evaluate and uncertainty."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import track
+from rich.table import Table
+
+from catalog.uncertainty import (
+    PAPER_EVALUATIONS,
+    PAPER_FACTORS,
+    PAPER_RESTORATION,
+    Evaluation,
+    derive_factors,
+)
+from producer.evaluation import (
+    METRICS,
+    SetEvaluation,
+    confusion,
+    difference_map,
+    read_precision_recall,
+)
+from producer.writer import atomic_path
+
+console = Console()
+
+
+def _fail(message: str) -> None:
+    """Print an error and exit non-zero."""
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(1)
+
+
+def split_data(
+    root: Annotated[Path, typer.Argument(help="Folder in the authors' layout (images/, labels/)")],
+    seed: Annotated[int, typer.Option(help="Seed of the shuffle")] = 0,
+    test_fraction: Annotated[float, typer.Option(help="Share of images in test.txt")] = 0.2,
+    val_fraction: Annotated[float, typer.Option(help="Share in val.txt (0: none)")] = 0.0,
+    force: Annotated[bool, typer.Option(help="Rewrite existing split files")] = False,
+) -> None:
+    """Write a reproducible seeded train/test(/val) split (the paper: 80/20)."""
+    from producer.training.data import write_split
+
+    try:
+        split = write_split(root, seed, test_fraction, val_fraction, force)
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+    console.print(", ".join(f"{k}: {len(v)}" for k, v in split.items() if v))
+
+
+def export_demo_tiles(
+    out: Annotated[Path, typer.Argument(help="Folder to write images/, labels/ and splits")],
+    count: Annotated[int, typer.Option(help="Number of tiles")] = 64,
+    size: Annotated[int, typer.Option(help="Tile size in pixels")] = 512,
+    first_seed: Annotated[int, typer.Option(help="Render seed of the first tile")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the 80/20 split")] = 0,
+    force: Annotated[bool, typer.Option(help="Re-render existing tiles")] = False,
+) -> None:
+    """Render demo tiles into the authors' training layout with an 80/20 split."""
+    from producer.training.data import export_demo_tiles as export
+
+    try:
+        split = export(out, count, size, first_seed, seed, force=force)
+    except (OSError, ValueError, ImportError) as exc:
+        _fail(str(exc))
+    console.print(f"{out}: {count} tiles of {size}² (train {len(split['train'])}, "
+                  f"test {len(split['test'])})")
+
+
+def train(
+    data: Annotated[Path | None, typer.Argument(help="Folder in the authors' layout")] = None,
+    demo: Annotated[bool, typer.Option(help="Train on demo tiles rendered on the fly")] = False,
+    out: Annotated[Path, typer.Option(help="Run folder (checkpoints, curves)")] = Path("runs/seg"),
+    variant: Annotated[str, typer.Option(help="SegFormer MiT variant b0…b5")] = "b2",
+    init: Annotated[Path | None, typer.Option(help="Initialise from a local checkpoint")] = None,
+    epochs: Annotated[int, typer.Option()] = 200,
+    batch_size: Annotated[int, typer.Option()] = 8,
+    start_lr: Annotated[float, typer.Option(help="Warm-up start")] = 1e-5,
+    peak_lr: Annotated[float, typer.Option(help="Warm-up end / cosine start")] = 1e-4,
+    final_lr: Annotated[float, typer.Option(help="Cosine end, then constant")] = 5e-5,
+    warmup_epochs: Annotated[int, typer.Option()] = 20,
+    cosine_epochs: Annotated[int, typer.Option()] = 80,
+    weight_decay: Annotated[float, typer.Option()] = 0.01,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 …")] = "cpu",
+    augment: Annotated[bool, typer.Option(help="Random rotation and brightness")] = True,
+    crop: Annotated[int | None, typer.Option(help="Train on random crops of this size")] = None,
+    demo_tiles: Annotated[int, typer.Option(help="Demo training tiles")] = 256,
+    demo_val_tiles: Annotated[int, typer.Option(help="Demo validation tiles")] = 32,
+    demo_size: Annotated[int, typer.Option(help="Demo tile size")] = 256,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop after this wall time")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out exactly")] = False,
+    pth: Annotated[bool, typer.Option(help="Also write the authors' .pth layout")] = False,
+) -> None:
+    """Train the SegFormer damage segmenter (BCED, AdamW, the paper's schedule)."""
+    from producer.training.train import TrainConfig, resume_config
+    from producer.training.train import train as run
+
+    try:
+        if resume and data is None and not demo:
+            config = resume_config(out, epochs=epochs, device=device, threads=threads,
+                                   max_minutes=max_minutes, pth=pth)
+        else:
+            config = TrainConfig(
+                out=str(out), data=None if data is None else str(data), demo=demo,
+                variant=variant, init=None if init is None else str(init), epochs=epochs,
+                batch_size=batch_size, start_lr=start_lr, peak_lr=peak_lr, final_lr=final_lr,
+                warmup_epochs=warmup_epochs, cosine_epochs=cosine_epochs,
+                weight_decay=weight_decay, seed=seed, device=device, augment=augment,
+                crop=crop, demo_tiles=demo_tiles, demo_val_tiles=demo_val_tiles,
+                demo_size=demo_size,
+                threads=threads, pth=pth, max_minutes=max_minutes)
+        state = run(config, resume=resume, console=console)
+    except (OSError, ValueError, ImportError) as exc:
+        _fail(str(exc))
+    console.print(f"best validation mIoU {state.best_miou:.4f} at epoch {state.best_epoch + 1}; "
+                  f"checkpoints in {out}")
+
+
+def _prediction_path(folder: Path, name: str) -> Path:
+    """The prediction map of ``name`` in ``folder``.
+
+    NAME.tif, NAME_pred.tif, NAME_mask.tif, or labels/NAME_mask.tif (the authors' layout, as
+    written by ``evaluate --save-predictions``).
+    """
+    for candidate in (f"{name}.tif", f"{name}_pred.tif", f"{name}_mask.tif",
+                      f"labels/{name}_mask.tif"):
+        if (folder / candidate).exists():
+            return folder / candidate
+    raise FileNotFoundError(f"{folder}/{name}.tif: no prediction for image {name!r}")
+
+
+def _read_prediction(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """A prediction map as (damage mask, valid mask or None); nodata pixels are not counted."""
+    import rasterio
+
+    with rasterio.open(path) as src:
+        pixels = src.read(1)
+        valid = None if src.nodata is None else pixels != src.nodata
+    damage = pixels > 0 if valid is None else (pixels > 0) & valid
+    return damage, valid
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    """Write an RGB uint8 image as PNG atomically."""
+    import matplotlib.image
+
+    with atomic_path(path) as tmp:
+        matplotlib.image.imsave(tmp, rgb, format="png")
+
+
+def _model_predictor(checkpoint: Path):  # noqa: ANN202 - returns a closure
+    """rgb uint8 (H, W, 3) -> boolean damage mask, with the segmentation package's inference."""
+    from producer.segmentation.checkpoints import load_checkpoint
+    from producer.segmentation.inference import predict_array
+
+    model, _info = load_checkpoint(checkpoint)
+    model.eval()
+    return lambda rgb: np.asarray(predict_array(model, rgb)) > 0
+
+
+def evaluate(
+    data: Annotated[Path, typer.Argument(help="Folder in the authors' layout with labels")],
+    out: Annotated[Path, typer.Option(help="Folder for evaluation.json and difference maps")],
+    model: Annotated[Path | None, typer.Option(help="Checkpoint to predict with")] = None,
+    predictions: Annotated[Path | None, typer.Option(help="Folder of existing maps")] = None,
+    split: Annotated[str, typer.Option(help="train, val, test or all")] = "test",
+    name: Annotated[str | None, typer.Option(help="Name of this evaluation")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+    save_predictions: Annotated[bool, typer.Option(help="Write model maps (0/255)")] = False,
+) -> None:
+    """Evaluate damage maps against labels: mIoU, OA, precision, recall, F1 (Eq. 4-9)."""
+    from producer.training.data import (
+        image_path,
+        label_path,
+        list_names,
+        read_image,
+        read_label,
+        read_split,
+        write_tile,
+    )
+
+    if (model is None) == (predictions is None):
+        _fail("give exactly one of --model or --predictions")
+    try:
+        names = list_names(data) if split == "all" else read_split(data, split)
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    predict = None
+    if model is not None:
+        try:
+            predict = _model_predictor(model)
+        except (OSError, ValueError, ImportError) as exc:
+            _fail(f"{model}: {exc}")
+    result = SetEvaluation(name or f"{Path(data).name}:{split}")
+    for image in track(names, description="evaluating", console=console, transient=True):
+        label = read_label(label_path(data, image))
+        valid = None
+        if predict is not None:
+            rgb = read_image(image_path(data, image))
+            pred = predict(rgb)
+            if save_predictions:
+                write_tile(out / "predictions", image, rgb, pred)
+        else:
+            try:
+                pred, valid = _read_prediction(_prediction_path(predictions, image))
+            except (OSError, ValueError) as exc:
+                _fail(str(exc))
+        if pred.shape != label.shape:
+            _fail(f"{image}: prediction shape {pred.shape} != label shape {label.shape}")
+        result.add(image, confusion(pred, label, valid))
+        _write_png(out / "difference" / f"{image}_difference.png", difference_map(pred, label))
+    with atomic_path(out / "evaluation.json") as tmp:
+        tmp.write_text(result.to_json())
+    console.print(_table(result))
+    console.print(f"wrote {out / 'evaluation.json'} and {len(names)} difference maps")
+
+
+def _table(result: SetEvaluation) -> Table:
+    """Per-image and pooled metrics as a rich table."""
+    table = Table(title=f"Segmentation evaluation: {result.name}")
+    table.add_column("image")
+    for key in METRICS:
+        table.add_column({"miou": "mIoU", "oa": "OA"}.get(key, key.capitalize()), justify="right")
+    rows = [*sorted(result.images.items()), ("pooled", result.pooled)]
+    for image, counts in rows:
+        m = counts.metrics()
+        table.add_row(image, *("n/a" if math.isnan(m[k]) else f"{m[k]:.3f}" for k in METRICS),
+                      style="bold" if image == "pooled" else None)
+    return table
+
+
+def uncertainty(
+    evaluations: Annotated[list[Path] | None, typer.Argument(
+        help="Segmentation evaluation JSON files (none: the paper's)")] = None,
+    out: Annotated[Path, typer.Option(help="Factors file to write")] = Path("factors.json"),
+    restoration: Annotated[Path | None, typer.Option(
+        help="Evaluation of segmentation on restored vs original imagery")] = None,
+) -> None:
+    """λ = precision/recall per evaluation; λ_min, λ_max, λ_restoration (paper section 3.2.4)."""
+    try:
+        segs = ([Evaluation(*read_precision_recall(p)) for p in evaluations] if evaluations
+                else list(PAPER_EVALUATIONS))
+        restored = (Evaluation(*read_precision_recall(restoration)) if restoration
+                    else PAPER_RESTORATION)
+        factors = PAPER_FACTORS if not evaluations and not restoration else derive_factors(
+            segs, restored)
+    except ValueError as exc:
+        _fail(str(exc))
+    with atomic_path(out) as tmp:
+        tmp.write_text(factors.to_json())
+    console.print(f"λ_min {factors.lambda_min:.3f}  λ_max {factors.lambda_max:.3f}  "
+                  f"λ_restoration {factors.lambda_restoration:.3f}  "
+                  f"upper (restored) {factors.lambda_upper_restored:.3f} → {out}")
+    console.print(json.dumps({"sources": list(factors.sources)}))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the training package's commands to ``icedamage``."""
+    app.command("split-data")(split_data)
+    app.command("export-demo-tiles")(export_demo_tiles)
+    app.command("train")(train)
+    app.command("evaluate")(evaluate)
+    app.command("uncertainty")(uncertainty)

@@ -1,0 +1,272 @@
+"""Training data: the authors' tile layout, reproducible splits, and demo tiles on the fly.
+
+Layout (the authors' code): ``ROOT/images/NAME.tif`` (3-band UInt8 RGB), ``ROOT/labels/
+NAME_mask.tif`` (1-band, 0/255) and text files ``ROOT/train.txt``, ``ROOT/test.txt`` (and
+optionally ``ROOT/val.txt``) listing one NAME a line. Samples are ``(image, target)`` with the
+image as float (3, H, W) in [0, 1] (RGB / 255, no mean/std, as the authors) and the target as
+float (H, W) 0/1. Augmentation draws come from a generator seeded by (seed, epoch, index), so
+an epoch's samples do not depend on worker processes or on where a run was resumed. An optional
+random square crop (same generator) trains on parts of tiles, which is cheaper per step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.errors import NotGeoreferencedWarning
+from torch.utils.data import Dataset
+
+from producer.training.augment import Augmentation
+from producer.writer import atomic_path
+
+IMAGES_DIR = "images"
+LABELS_DIR = "labels"
+SPLITS = ("train", "val", "test")
+#: A renderer of demo tiles: (seed, size) -> (RGB uint8 (H, W, 3), damage label (H, W)).
+TileRenderer = Callable[[int, int], tuple[np.ndarray, np.ndarray]]
+
+
+def image_path(root: Path, name: str) -> Path:
+    """``ROOT/images/NAME.tif``."""
+    return Path(root) / IMAGES_DIR / f"{name}.tif"
+
+
+def label_path(root: Path, name: str) -> Path:
+    """``ROOT/labels/NAME_mask.tif``."""
+    return Path(root) / LABELS_DIR / f"{name}_mask.tif"
+
+
+def list_names(root: Path) -> list[str]:
+    """Names of every image in ``ROOT/images`` that has a label, sorted."""
+    images = sorted(p.stem for p in (Path(root) / IMAGES_DIR).glob("*.tif"))
+    if not images:
+        raise FileNotFoundError(f"{root}/{IMAGES_DIR}: no *.tif images (authors' layout)")
+    missing = [n for n in images if not label_path(root, n).exists()]
+    if missing:
+        raise FileNotFoundError(f"{label_path(root, missing[0])}: label missing for image "
+                                f"{missing[0]!r} ({len(missing)} images without labels)")
+    return images
+
+
+def write_split(root: Path, seed: int = 0, test_fraction: float = 0.2,
+                val_fraction: float = 0.0, force: bool = False) -> dict[str, list[str]]:
+    """Write ``train.txt`` / ``test.txt`` (and ``val.txt``) with a seeded random split.
+
+    The names are sorted before a ``random.Random(seed)`` shuffle, so the same folder and seed
+    always give the same split (the paper: 80 % train, 20 % test). Existing split files are
+    kept unless ``force``.
+    """
+    root = Path(root)
+    existing = [root / f"{s}.txt" for s in SPLITS if (root / f"{s}.txt").exists()]
+    if existing and not force:
+        raise FileExistsError(f"{existing[0]}: split exists (use --force to rewrite it)")
+    if not 0 < test_fraction < 1 or not 0 <= val_fraction < 1 - test_fraction:
+        raise ValueError("fractions must satisfy 0 < test, 0 <= val, test + val < 1")
+    names = list_names(root)
+    random.Random(seed).shuffle(names)
+    n_test = max(1, round(len(names) * test_fraction))
+    n_val = round(len(names) * val_fraction)
+    split = {"test": sorted(names[:n_test]), "val": sorted(names[n_test:n_test + n_val]),
+             "train": sorted(names[n_test + n_val:])}
+    if not split["train"]:
+        raise ValueError(f"{root}: {len(names)} images leave none for training")
+    for key in SPLITS:
+        path = root / f"{key}.txt"
+        if key == "val" and not split[key]:
+            path.unlink(missing_ok=True)
+            continue
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text("".join(f"{n}\n" for n in split[key]))
+    return split
+
+
+def read_split(root: Path, split: str) -> list[str]:
+    """Names listed in ``ROOT/<split>.txt`` (blank lines and '#' comments ignored)."""
+    path = Path(root) / f"{split}.txt"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: split file missing (write one with "
+                                "`icedamage split-data`)")
+    names = [ln.strip() for ln in path.read_text().splitlines()]
+    return [n for n in names if n and not n.startswith("#")]
+
+
+def read_image(path: Path) -> np.ndarray:
+    """A 3-band UInt8 GeoTIFF as (H, W, 3) uint8."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # plain training tiles
+        src = rasterio.open(path)
+    with src:
+        if src.count < 3 or src.dtypes[0] != "uint8":
+            raise ValueError(f"{path}: expected 3-band uint8 RGB, got {src.count} band(s) "
+                             f"of {src.dtypes[0]}")
+        return np.moveaxis(src.read([1, 2, 3]), 0, -1)
+
+
+def read_label(path: Path) -> np.ndarray:
+    """A 1-band 0/255 (or 0/1) label mask as boolean (H, W): True = damage."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # plain training tiles
+        with rasterio.open(path) as src:
+            return src.read(1) > 0
+
+
+def write_tile(root: Path, name: str, rgb: np.ndarray, label: np.ndarray) -> None:
+    """Write one image/label pair in the authors' layout (label as 0/255)."""
+    for path, pixels in ((image_path(root, name), np.moveaxis(rgb, -1, 0)),
+                         (label_path(root, name), (np.asarray(label) > 0)[None] * 255)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        profile = {"driver": "GTiff", "width": pixels.shape[2], "height": pixels.shape[1],
+                   "count": pixels.shape[0], "dtype": "uint8", "compress": "lzw"}
+        with atomic_path(path) as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(tmp, "w", **profile) as dst:
+                dst.write(pixels.astype(np.uint8))
+
+
+def data_hash(root: Path, names: Sequence[str]) -> str:
+    """SHA-256 over names and bytes of the listed images and labels (kept in checkpoints)."""
+    digest = hashlib.sha256()
+    for name in sorted(names):
+        for path in (image_path(root, name), label_path(root, name)):
+            digest.update(f"{path.parent.name}/{path.name}\0".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def to_sample(rgb: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(H, W, 3) uint8 and (H, W) mask as float (3, H, W) / 255 and float (H, W) 0/1."""
+    image = torch.from_numpy(np.ascontiguousarray(np.moveaxis(rgb, -1, 0))).float() / 255.0
+    return image, torch.from_numpy(np.asarray(label) > 0).float()
+
+
+class _Augmented(Dataset):
+    """Shared epoch/seed bookkeeping: augmentation reproducible per (seed, epoch, index)."""
+
+    def __init__(self, augment: Augmentation | None, seed: int, crop: int | None = None) -> None:
+        self.augment = augment
+        self.seed = seed
+        self.crop = crop
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation draws of ``epoch``."""
+        self.epoch = epoch
+
+    def _finish(self, index: int, rgb: np.ndarray,
+                label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = torch.Generator().manual_seed(
+            (self.seed * 1_000_003 + self.epoch) * 1_000_003 + index)
+        h, w = label.shape
+        if self.crop is not None and (self.crop < h or self.crop < w):
+            c = self.crop
+            top = int(torch.randint(0, max(h - c, 0) + 1, (1,), generator=gen))
+            left = int(torch.randint(0, max(w - c, 0) + 1, (1,), generator=gen))
+            rgb, label = rgb[top:top + c, left:left + c], label[top:top + c, left:left + c]
+        image, target = to_sample(rgb, label)
+        if self.augment is not None:
+            image, target = self.augment(image, target, gen)
+        return image, target
+
+
+class TileDataset(_Augmented):
+    """The tiles of one split of a folder in the authors' layout."""
+
+    def __init__(self, root: Path, split: str, augment: Augmentation | None = None,
+                 seed: int = 0, names: Sequence[str] | None = None,
+                 crop: int | None = None) -> None:
+        super().__init__(augment, seed, crop)
+        self.root = Path(root)
+        self.names = list(names) if names is not None else read_split(self.root, split)
+        if not self.names:
+            raise ValueError(f"{self.root}/{split}.txt lists no images")
+        for name in self.names:
+            for path in (image_path(self.root, name), label_path(self.root, name)):
+                if not path.exists():
+                    raise FileNotFoundError(f"{path}: listed in {split}.txt but missing")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        name = self.names[index]
+        return self._finish(index, read_image(image_path(self.root, name)),
+                            read_label(label_path(self.root, name)))
+
+    def fingerprint(self) -> str:
+        """Hash of this split's files."""
+        return data_hash(self.root, self.names)
+
+
+def demo_renderer() -> TileRenderer:
+    """The demo scene renderer's training-tile function (``producer.sources.demo``)."""
+    from producer.sources.demo import render_training_tile
+
+    return render_training_tile
+
+
+class DemoTileDataset(_Augmented):
+    """Demo tiles rendered on the fly; tile ``i`` is ``render(first_seed + i, size)``.
+
+    Disjoint seed ranges give disjoint training and held-out sets.
+    """
+
+    def __init__(self, count: int, size: int, first_seed: int = 0,
+                 augment: Augmentation | None = None, seed: int = 0,
+                 render: TileRenderer | None = None, cache: bool = True,
+                 crop: int | None = None) -> None:
+        super().__init__(augment, seed, crop)
+        if count < 1 or size < 32:
+            raise ValueError("demo tiles: count must be >= 1 and size >= 32")
+        self.count, self.size, self.first_seed = count, size, first_seed
+        self.render = render or demo_renderer()
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return self.count
+
+    def tile(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The rendered (RGB, label) of tile ``index`` (cached: rendering is deterministic)."""
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        rgb, label = self.render(self.first_seed + index, self.size)
+        rgb, label = np.asarray(rgb, dtype=np.uint8), np.asarray(label) > 0
+        if rgb.shape != (self.size, self.size, 3) or label.shape != (self.size, self.size):
+            raise ValueError(f"demo renderer returned {rgb.shape}/{label.shape} for size "
+                             f"{self.size}")
+        if self._cache is not None:
+            self._cache[index] = (rgb, label)
+        return rgb, label
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+        return self._finish(index, *self.tile(index))
+
+    def fingerprint(self) -> str:
+        """Hash of the rendered tiles (changes when the renderer changes)."""
+        digest = hashlib.sha256(f"demo:{self.first_seed}:{self.count}:{self.size}".encode())
+        for i in range(self.count):
+            rgb, label = self.tile(i)
+            digest.update(rgb.tobytes())
+            digest.update(np.packbits(label).tobytes())
+        return digest.hexdigest()
+
+
+def export_demo_tiles(out: Path, count: int, size: int, first_seed: int = 0,
+                      seed: int = 0, render: TileRenderer | None = None,
+                      force: bool = False) -> dict[str, list[str]]:
+    """Write ``count`` demo tiles in the authors' layout with a seeded 80/20 split."""
+    out = Path(out)
+    dataset = DemoTileDataset(count, size, first_seed, render=render, cache=False)
+    for i in range(count):
+        name = f"demo_{first_seed + i:06d}"
+        if force or not (image_path(out, name).exists() and label_path(out, name).exists()):
+            write_tile(out, name, *dataset.tile(i))
+    return write_split(out, seed=seed, force=True)

@@ -1,0 +1,422 @@
+"""The SegFormer training loop (paper section 2.3.3).
+
+AdamW, batch 8, BCED loss, the paper's per-epoch learning-rate schedule and augmentation. Every
+epoch ends with a validation pass (loss and the Eq. 4-9 metrics pooled over the validation
+set), a ``last`` checkpoint (weights as safetensors + JSON through the segmentation package's
+``save_checkpoint``; optimizer, scheduler, AMP scaler, RNG states and history in
+``last_state.pt``) and, when the validation mIoU improves, a ``best`` checkpoint. Resuming
+restores all of it, and the data order and augmentation are functions of (seed, epoch, index),
+so a resumed run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch.utils.data import Dataset
+
+from producer.evaluation import Confusion, confusion
+from producer.segmentation.checkpoints import ModelInfo, load_checkpoint, save_checkpoint
+from producer.segmentation.model import DamageSegmenter
+from producer.training.augment import Augmentation
+from producer.training.data import DemoTileDataset, TileDataset, TileRenderer, read_split
+from producer.training.losses import bced_loss, foreground_logit
+from producer.training.schedule import LRSchedule
+from producer.writer import atomic_path
+
+VARIANTS = ("b0", "b1", "b2", "b3", "b4", "b5")
+STATE_FILE = "last_state.pt"
+HISTORY_FILE = "history.json"
+CURVES_FILE = "curves.png"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (recorded in every checkpoint)."""
+
+    out: str
+    data: str | None = None
+    demo: bool = False
+    variant: str = "b2"
+    init: str | None = None
+    epochs: int = 200
+    batch_size: int = 8
+    start_lr: float = 1e-5
+    peak_lr: float = 1e-4
+    final_lr: float = 5e-5
+    warmup_epochs: int = 20
+    cosine_epochs: int = 80
+    weight_decay: float = 0.01
+    seed: int = 0
+    device: str = "cpu"
+    augment: bool = True
+    crop: int | None = None
+    """Train on random crop × crop parts of the tiles (validation uses whole tiles)."""
+    demo_tiles: int = 256
+    demo_val_tiles: int = 32
+    demo_size: int = 256
+    demo_first_seed: int = 0
+    demo_val_first_seed: int = 1_000_000
+    threads: int | None = None
+    pth: bool = False
+    max_minutes: float | None = None
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    """SegformerConfig settings replacing the variant's (tiny models for tests)."""
+
+    def __post_init__(self) -> None:
+        if (self.data is None) == (not self.demo):
+            raise ValueError("give exactly one of a data folder or --demo")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant {self.variant!r}: expected one of {', '.join(VARIANTS)}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch size must be >= 1")
+
+    @property
+    def schedule(self) -> LRSchedule:
+        """The learning-rate schedule of this run."""
+        return LRSchedule(self.start_lr, self.peak_lr, self.final_lr, self.warmup_epochs,
+                          self.cosine_epochs)
+
+    def same_run(self, other: TrainConfig) -> list[str]:
+        """Fields that differ from ``other`` apart from those a resume may change."""
+        free = {"epochs", "device", "threads", "max_minutes", "pth"}
+        a, b = asdict(self), asdict(other)
+        return [k for k in a if k not in free and a[k] != b[k]]
+
+
+@dataclass
+class TrainState:
+    """What a resumed run needs besides the weights."""
+
+    epoch: int = -1  # last completed epoch
+    best_miou: float = -math.inf
+    best_epoch: int = -1
+    history: list[dict[str, Any]] = field(default_factory=list)
+    data_hash: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Model I/O (the segmentation package owns the model and its checkpoint format)
+# ---------------------------------------------------------------------------------------------
+
+
+def build_model(config: TrainConfig, init: str | None) -> DamageSegmenter:
+    """A fresh 2-class SegFormer of the configured variant, or one loaded from a checkpoint."""
+    if init is None:
+        return DamageSegmenter.build(config.variant, **config.model_overrides)
+    model, _info = load_checkpoint(Path(init))
+    return model
+
+
+def save_weights(model: DamageSegmenter, path: Path, info: ModelInfo, pth: bool) -> None:
+    """Weights as safetensors + JSON sidecar (and the authors' 4.x ``.pth`` when asked)."""
+    save_checkpoint(model, path.with_suffix(".safetensors"), info, authors_pth=pth)
+
+
+def model_logits(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """(B, 2, H, W) logits of a batch of (B, 3, H, W) [0, 1] images."""
+    out = model(images)
+    return out.logits if hasattr(out, "logits") else out
+
+
+# ---------------------------------------------------------------------------------------------
+# Determinism
+# ---------------------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch, and ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def rng_states() -> dict[str, Any]:
+    """The global RNG states (dropout / drop-path draw from torch's)."""
+    states: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
+                              "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore states saved by ``rng_states``."""
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled sample order of an epoch (a function of seed and epoch only)."""
+    gen = torch.Generator().manual_seed(seed * 7_919 + epoch)
+    return torch.randperm(n, generator=gen).tolist()
+
+
+def batches(dataset: Dataset, order: list[int],
+            batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Collated (images, targets) batches in ``order``, loaded lazily."""
+    for start in range(0, len(order), batch_size):
+        items = [dataset[i] for i in order[start:start + batch_size]]
+        yield torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+
+def datasets(config: TrainConfig,
+             render: TileRenderer | None = None) -> tuple[Dataset, Dataset, str, str]:
+    """(train, validation, validation split name, data hash) of a configuration.
+
+    From a folder the validation set is ``val.txt`` when present, else ``test.txt`` (the
+    paper has only a train/test split); from ``--demo`` it is a disjoint seed range.
+    """
+    augment = Augmentation() if config.augment else None
+    if config.demo:
+        train = DemoTileDataset(config.demo_tiles, config.demo_size, config.demo_first_seed,
+                                augment, config.seed, render, crop=config.crop)
+        val = DemoTileDataset(config.demo_val_tiles, config.demo_size,
+                              config.demo_val_first_seed, None, config.seed, render)
+        digest = hashlib.sha256(f"{train.fingerprint()}:{val.fingerprint()}".encode())
+        return train, val, "demo-val", digest.hexdigest()
+    root = Path(str(config.data))
+    val_split = "val" if (root / "val.txt").exists() else "test"
+    train = TileDataset(root, "train", augment, config.seed, crop=config.crop)
+    val = TileDataset(root, val_split, None, config.seed, read_split(root, val_split))
+    return train, val, val_split, train.fingerprint()
+
+
+# ---------------------------------------------------------------------------------------------
+# Epochs
+# ---------------------------------------------------------------------------------------------
+
+
+def autocast(device: torch.device) -> torch.autocast:
+    """Mixed precision on CUDA (float16), a no-op context on CPU."""
+    return torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda")
+
+
+def train_epoch(model: torch.nn.Module, dataset: Dataset, optimizer: torch.optim.Optimizer,
+                scaler: torch.amp.GradScaler, config: TrainConfig, epoch: int,
+                device: torch.device, progress: Progress | None = None) -> float:
+    """One pass over the training set; returns the mean loss per sample."""
+    model.train()
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+    order = epoch_order(len(dataset), config.seed, epoch)
+    task = progress.add_task(f"epoch {epoch + 1}/{config.epochs}", total=len(order),
+                             loss="") if progress else None
+    total, count = 0.0, 0
+    for images, targets in batches(dataset, order, config.batch_size):
+        images, targets = images.to(device), targets.to(device)
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device):
+            logits = model_logits(model, images)
+        loss = bced_loss(logits.float(), targets)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        total += float(loss.detach()) * len(images)
+        count += len(images)
+        if progress is not None and task is not None:
+            progress.update(task, advance=len(images), loss=f"loss {total / count:.4f}")
+    if progress is not None and task is not None:
+        progress.remove_task(task)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, dataset: Dataset, batch_size: int,
+             device: torch.device) -> tuple[float, Confusion]:
+    """Mean validation loss and the confusion counts pooled over the set."""
+    model.eval()
+    total, counts = 0.0, Confusion()
+    for images, targets in batches(dataset, list(range(len(dataset))), batch_size):
+        images, targets = images.to(device), targets.to(device)
+        with autocast(device):
+            logits = model_logits(model, images)
+        logits = logits.float()
+        total += float(bced_loss(logits, targets)) * len(images)
+        pred = (foreground_logit(logits, tuple(targets.shape[-2:])) > 0).cpu().numpy()
+        counts = counts + confusion(pred, targets.cpu().numpy() > 0.5)
+    return total / len(dataset), counts
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints and curves
+# ---------------------------------------------------------------------------------------------
+
+
+def checkpoint_info(config: TrainConfig, state: TrainState, epoch: int, name: str,
+                    metrics: dict[str, Any], val_split: str) -> ModelInfo:
+    """The sidecar record of a checkpoint: training config, epoch, metrics, data hash."""
+    training = {"trainer": "icedamage train", "epoch": epoch, "epochs": config.epochs,
+                "validation_split": val_split, "best_epoch": state.best_epoch,
+                "config": asdict(config)}
+    return ModelInfo(name=name, variant=config.variant, training=training, metrics=metrics,
+                     data_sha256=state.data_hash)
+
+
+def save_state(out: Path, config: TrainConfig, state: TrainState,
+               optimizer: torch.optim.Optimizer, scheduler: Any,
+               scaler: torch.amp.GradScaler) -> None:
+    """Optimizer, scheduler, scaler, RNG states and history for an exact resume."""
+    payload = {"config": asdict(config), "state": asdict(state),
+               "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+               "scaler": scaler.state_dict(), "rng": rng_states()}
+    with atomic_path(out / STATE_FILE) as tmp:
+        torch.save(payload, tmp)
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+    """Loss (train, validation) and validation mIoU / F1 per epoch as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] + 1 for h in history]
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train")
+    ax_loss.plot(epochs, [h["val_loss"] for h in history], label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="BCED loss", title="Loss")
+    ax_loss.legend()
+    for key in ("miou", "f1", "precision", "recall"):
+        values = [h["val"].get(key) for h in history]
+        ax_metric.plot(epochs, [math.nan if v is None else v for v in values], label=key)
+    ax_metric.set(xlabel="epoch", ylabel="validation", title="Validation metrics", ylim=(0, 1))
+    for ax in (ax_loss, ax_metric):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    ax_metric.legend()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def _json_metrics(counts: Confusion) -> dict[str, Any]:
+    """Counts and metrics with NaN as None."""
+    return counts.to_dict() | {k: (None if math.isnan(v) else round(v, 6))
+                               for k, v in counts.metrics().items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+def train(config: TrainConfig, resume: bool = False, render: TileRenderer | None = None,
+          console: Console | None = None,
+          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainState:
+    """Train (or resume) a run into ``config.out``; returns the final state."""
+    console = console or Console()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = torch.device(config.device)
+    seed_everything(config.seed)
+
+    saved = None
+    if resume:
+        if not (out / STATE_FILE).exists():
+            raise FileNotFoundError(f"{out / STATE_FILE}: nothing to resume")
+        saved = torch.load(out / STATE_FILE, weights_only=False)
+        differs = config.same_run(TrainConfig(**saved["config"]))
+        if differs:
+            raise ValueError(f"{out / STATE_FILE}: cannot resume with different "
+                             f"{', '.join(differs)}")
+    elif (out / STATE_FILE).exists():
+        raise FileExistsError(f"{out / STATE_FILE}: a run exists here (use --resume)")
+
+    train_set, val_set, val_split, data_hash = datasets(config, render)
+    model = build_model(config, str(out / "last.safetensors") if saved else config.init)
+    model.to(device)
+    schedule = config.schedule
+    optimizer = torch.optim.AdamW(model.parameters(), lr=schedule.peak_lr,
+                                  weight_decay=config.weight_decay)
+    scheduler = schedule.scheduler(optimizer)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+    state = TrainState(data_hash=data_hash)
+    if saved is not None:
+        state = TrainState(**saved["state"])
+        if state.data_hash != data_hash:
+            raise ValueError(f"{out / STATE_FILE}: the training data changed since the run "
+                             "started (data hash differs)")
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved["scaler"])
+        set_rng_states(saved["rng"])
+
+    started = time.monotonic()
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[loss]}"),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        for epoch in range(state.epoch + 1, config.epochs):
+            lr = optimizer.param_groups[0]["lr"]
+            train_loss = train_epoch(model, train_set, optimizer, scaler, config, epoch,
+                                     device, progress)
+            scheduler.step()
+            val_loss, counts = validate(model, val_set, config.batch_size, device)
+            record = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "val_loss": val_loss,
+                      "val": _json_metrics(counts),
+                      "elapsed_s": round(time.monotonic() - started, 1)}
+            state.history.append(record)
+            state.epoch = epoch
+            miou = counts.metrics()["miou"]
+            improved = not math.isnan(miou) and miou > state.best_miou
+            metrics = {"train_loss": train_loss, "val_loss": val_loss,
+                       **record["val"]}
+            if improved:
+                state.best_miou, state.best_epoch = miou, epoch
+                save_weights(model, out / "best", checkpoint_info(
+                    config, state, epoch, "best", metrics, val_split), config.pth)
+            save_weights(model, out / "last", checkpoint_info(
+                config, state, epoch, "last", metrics, val_split), config.pth)
+            save_state(out, config, state, optimizer, scheduler, scaler)
+            with atomic_path(out / HISTORY_FILE) as tmp:
+                tmp.write_text(json.dumps(state.history, indent=1) + "\n")
+            plot_curves(state.history, out / CURVES_FILE)
+            console.print(_epoch_line(record, config.epochs, improved))
+            if on_epoch is not None:
+                on_epoch(record)
+            if config.max_minutes and (time.monotonic() - started) / 60 > config.max_minutes:
+                console.print(f"[yellow]stopping after epoch {epoch + 1}: time budget of "
+                              f"{config.max_minutes} min reached (resume with --resume)")
+                break
+    return state
+
+
+def _epoch_line(record: dict[str, Any], epochs: int, improved: bool) -> str:
+    """One line of per-epoch progress."""
+    v = record["val"]
+
+    def fmt(x: float | None) -> str:
+        return "  n/a" if x is None else f"{x:.3f}"
+
+    return (f"epoch {record['epoch'] + 1}/{epochs} lr {record['lr']:.1e} "
+            f"loss {record['train_loss']:.4f}/{record['val_loss']:.4f} "
+            f"mIoU {fmt(v['miou'])} OA {fmt(v['oa'])} P {fmt(v['precision'])} "
+            f"R {fmt(v['recall'])} F1 {fmt(v['f1'])}" + (" [green]best" if improved else ""))
+
+
+def resume_config(out: Path, **changes: Any) -> TrainConfig:
+    """The configuration stored in ``out``'s state, with resumable fields changed."""
+    saved = torch.load(Path(out) / STATE_FILE, weights_only=False)
+    return replace(TrainConfig(**saved["config"]), **changes)

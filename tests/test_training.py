@@ -1,0 +1,364 @@
+"""Training, segmentation evaluation and uncertainty factors (issue 6)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rich.console import Console
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from catalog.uncertainty import (
+    PAPER_EVALUATIONS,
+    PAPER_RESTORATION,
+    Evaluation,
+    UncertaintyFactors,
+    derive_factors,
+)
+from producer.cli import build_app
+from producer.evaluation import Confusion, confusion, difference_map, evaluate_masks
+from producer.segmentation.checkpoints import load_checkpoint
+from producer.training.augment import Augmentation, rotate
+from producer.training.data import (
+    DemoTileDataset,
+    TileDataset,
+    data_hash,
+    export_demo_tiles,
+    read_split,
+    write_split,
+    write_tile,
+)
+from producer.training.losses import bced_loss, labels_to_targets
+from producer.training.schedule import LRSchedule
+from producer.training.train import TrainConfig, train
+
+runner = CliRunner()
+
+
+def synthetic_tile(seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A test-only stand-in for the demo renderer: bright ice, dark crevasse lines = damage."""
+    rng = np.random.default_rng(seed)
+    rgb = np.full((size, size, 3), 200, dtype=np.int16) + rng.integers(-20, 20, (size, size, 3))
+    label = np.zeros((size, size), dtype=bool)
+    for _ in range(3):
+        if rng.random() < 0.5:
+            row = int(rng.integers(2, size - 4))
+            label[row:row + 3, :] = True
+        else:
+            col = int(rng.integers(2, size - 4))
+            label[:, col:col + 3] = True
+    rgb[label] -= 140
+    return np.clip(rgb, 0, 255).astype(np.uint8), label
+
+
+# ------------------------------------------------------------------------------------- loss
+
+
+def test_bced_equals_hand_computed_value() -> None:
+    # foreground logits ln3, -ln3, 0, ln3 -> p = .75, .25, .5, .75; labels 255, 0, 255, 0
+    fg = torch.tensor([math.log(3), -math.log(3), 0.0, math.log(3)])
+    l0 = torch.tensor([1.0, 2.0, -0.5, 0.0])
+    logits = torch.stack([l0, l0 + fg]).reshape(1, 2, 2, 2)
+    labels = torch.tensor([[255, 0], [255, 0]], dtype=torch.uint8)[None]
+    bce = -(2 * math.log(0.75) + math.log(0.5) + math.log(0.25)) / 4
+    dice = 1 - (2 * (0.75 + 0.5) + 1) / (2 + 2.25 + 1)
+    loss = bced_loss(logits, labels_to_targets(labels))
+    assert loss.item() == pytest.approx(bce + dice, abs=1e-6)
+    assert bce + dice == pytest.approx(0.9970347, abs=1e-6)
+
+
+def test_bced_upsamples_quarter_resolution_logits() -> None:
+    logits = torch.zeros(2, 2, 4, 4)
+    targets = torch.zeros(2, 16, 16)
+    # p = 0.5 everywhere: BCE = ln 2, Dice = 1 - 1 / (256 + 1)
+    assert bced_loss(logits, targets).item() == pytest.approx(math.log(2) + 1 - 1 / 257, 1e-6)
+
+
+# --------------------------------------------------------------------------------- schedule
+
+
+def test_schedule_hits_the_papers_learning_rates() -> None:
+    s = LRSchedule()
+    assert s.lr(0) == pytest.approx(1e-5, rel=1e-12)
+    assert s.lr(10) == pytest.approx(5.5e-5, rel=1e-12)
+    assert s.lr(20) == pytest.approx(1e-4, rel=1e-12)
+    assert s.lr(60) == pytest.approx(7.5e-5, rel=1e-12)
+    assert s.lr(100) == pytest.approx(5e-5, rel=1e-12)
+    assert s.lr(199) == pytest.approx(5e-5, rel=1e-12)
+    lrs = [s.lr(e) for e in range(200)]
+    assert all(a < b for a, b in zip(lrs[:20], lrs[1:21], strict=True))
+    assert all(a >= b for a, b in zip(lrs[20:100], lrs[21:101], strict=True))
+
+
+def test_scheduler_drives_the_optimizer_per_epoch() -> None:
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    s = LRSchedule(warmup_epochs=2, cosine_epochs=2)
+    sched = s.scheduler(opt)
+    seen = []
+    for _ in range(6):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx([s.lr(e) for e in range(6)], rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def test_rotation_keeps_labels_binary_and_quarter_turn_is_exact() -> None:
+    image = torch.rand(3, 32, 32)
+    label = (torch.rand(32, 32) > 0.7).float()
+    img90, lab90 = rotate(image, label, 90.0)
+    assert torch.equal(lab90, torch.rot90(label, 1, (0, 1))) or torch.equal(
+        lab90, torch.rot90(label, -1, (0, 1)))
+    _, lab = rotate(image, label, 33.0)
+    assert set(lab.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_augmentation_is_reproducible_and_within_bounds() -> None:
+    image, label = torch.rand(3, 16, 16), (torch.rand(16, 16) > 0.5).float()
+    aug = Augmentation()
+    a = aug(image, label, torch.Generator().manual_seed(5))
+    b = aug(image, label, torch.Generator().manual_seed(5))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    brightened = 0
+    for seed in range(40):
+        out, _ = aug(torch.full((3, 8, 8), 0.5), torch.zeros(8, 8),
+                     torch.Generator().manual_seed(seed))
+        centre = out[:, 4, 4]
+        assert 0.5 * 0.75 - 1e-6 <= centre.min() <= 0.5 * 1.25 + 1e-6
+        brightened += not torch.allclose(centre, torch.full((3,), 0.5))
+    assert 8 < brightened < 32  # brightness applied with p = 0.5
+    assert aug(torch.ones(3, 8, 8), torch.zeros(8, 8),
+               torch.Generator().manual_seed(0))[0].max() <= 1.0
+
+
+# -------------------------------------------------------------------------------------- data
+
+
+def _tiles(root: Path, count: int = 10, size: int = 64) -> Path:
+    for i in range(count):
+        write_tile(root, f"tile_{i:02d}", *synthetic_tile(i, size))
+    return root
+
+
+def test_split_is_reproducible_80_20(tmp_path: Path) -> None:
+    root = _tiles(tmp_path / "data")
+    split = write_split(root, seed=3)
+    assert (len(split["train"]), len(split["test"])) == (8, 2)
+    assert read_split(root, "train") == split["train"]
+    with pytest.raises(FileExistsError):
+        write_split(root, seed=3)
+    assert write_split(root, seed=3, force=True) == split
+    assert set(split["train"]).isdisjoint(split["test"])
+
+
+def test_tile_dataset_reads_authors_layout(tmp_path: Path) -> None:
+    root = _tiles(tmp_path / "data", count=5)
+    with rasterio.open(root / "labels" / "tile_00_mask.tif") as src:
+        assert src.count == 1 and set(np.unique(src.read(1))) == {0, 255}
+    write_split(root, seed=0)
+    ds = TileDataset(root, "train")
+    image, target = ds[0]
+    assert image.shape == (3, 64, 64) and image.dtype == torch.float32
+    assert image.min() >= 0 and image.max() <= 1 and set(target.unique().tolist()) == {0.0, 1.0}
+    rgb, label = synthetic_tile(int(ds.names[0].split("_")[1]), 64)
+    assert torch.equal(image, torch.from_numpy(np.moveaxis(rgb, -1, 0)).float() / 255)
+    assert torch.equal(target.bool(), torch.from_numpy(label))
+    before = data_hash(root, ds.names)
+    write_tile(root, ds.names[0], rgb[::-1].copy(), label)
+    assert data_hash(root, ds.names) != before
+
+
+def test_demo_dataset_is_deterministic_and_exportable(tmp_path: Path) -> None:
+    a = DemoTileDataset(4, 64, first_seed=7, augment=Augmentation(), seed=1,
+                        render=synthetic_tile)
+    b = DemoTileDataset(4, 64, first_seed=7, augment=Augmentation(), seed=1,
+                        render=synthetic_tile)
+    assert torch.equal(a[2][0], b[2][0]) and a.fingerprint() == b.fingerprint()
+    a.set_epoch(1)
+    assert not torch.equal(a[2][0], b[2][0])  # a new epoch draws new augmentations
+    split = export_demo_tiles(tmp_path / "demo", 5, 64, first_seed=7, render=synthetic_tile)
+    assert len(split["train"]) == 4 and len(split["test"]) == 1
+    assert (tmp_path / "demo" / "images" / "demo_000007.tif").exists()
+
+
+# -------------------------------------------------------------------------------- metrics
+
+
+def test_metrics_follow_equations_4_to_9() -> None:
+    c = Confusion(tp=8, fp=2, fn=4, tn=86)
+    m = c.metrics()
+    assert m["iou_damage"] == pytest.approx(8 / 14)
+    assert m["iou_background"] == pytest.approx(86 / 92)
+    assert m["miou"] == pytest.approx((8 / 14 + 86 / 92) / 2)
+    assert m["oa"] == pytest.approx(94 / 100)
+    assert m["precision"] == pytest.approx(0.8) and m["recall"] == pytest.approx(8 / 12)
+    assert m["f1"] == pytest.approx(2 * 0.8 * (8 / 12) / (0.8 + 8 / 12))
+    assert math.isnan(Confusion(tn=5).metrics()["precision"])
+
+
+masks = st.integers(1, 12).flatmap(lambda h: st.integers(1, 12).flatmap(
+    lambda w: st.tuples(*(st.lists(st.lists(st.booleans(), min_size=w, max_size=w),
+                                   min_size=h, max_size=h) for _ in range(2)))))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(masks, min_size=1, max_size=4))
+def test_pooled_counts_equal_an_independent_count(pairs: list) -> None:
+    arrays = [(f"i{k}", np.array(p), np.array(lab)) for k, (p, lab) in enumerate(pairs)]
+    result = evaluate_masks("set", arrays)
+    # independent count: bincount of 2*label + prediction -> [TN, FP, FN, TP]
+    codes = np.concatenate([(2 * lab.astype(int) + p.astype(int)).ravel()
+                            for _, p, lab in arrays])
+    tn, fp, fn, tp = np.bincount(codes, minlength=4)
+    assert result.pooled == Confusion(int(tp), int(fp), int(fn), int(tn))
+    for name, p, lab in arrays:
+        tn, fp, fn, tp = np.bincount((2 * lab.astype(int) + p.astype(int)).ravel(), minlength=4)
+        assert result.images[name] == Confusion(int(tp), int(fp), int(fn), int(tn))
+
+
+def test_difference_map_colours_like_fig7() -> None:
+    pred = np.array([[1, 1], [0, 0]], bool)
+    lab = np.array([[1, 0], [1, 0]], bool)
+    diff = difference_map(pred, lab)
+    assert diff[0, 0].tolist() == [255, 255, 255]  # TP white
+    assert diff[0, 1].tolist() == [255, 0, 0]  # FP red
+    assert diff[1, 0].tolist() == [0, 0, 255]  # FN blue
+    assert diff[1, 1].tolist() == [0, 0, 0]  # TN black
+    assert confusion(pred, lab, valid=np.array([[1, 0], [1, 1]], bool)) == Confusion(1, 0, 1, 1)
+
+
+# --------------------------------------------------------------------------- uncertainty
+
+
+def test_paper_factors_from_the_papers_numbers() -> None:
+    f = derive_factors(PAPER_EVALUATIONS, PAPER_RESTORATION)
+    assert round(f.lambda_min, 3) == 0.971 and round(f.lambda_max, 3) == 1.059
+    assert round(f.lambda_restoration, 3) == 1.044
+    assert round(f.lambda_upper_restored, 3) == 1.105
+
+
+def _eval_folder(root: Path, name: str, tp: int, fp: int, fn: int) -> Path:
+    """One label and one prediction map (0/255) with exactly tp/fp/fn; the rest is TN."""
+    side = math.isqrt(tp + fp + fn) + 8
+    lab = np.zeros(side * side, bool)
+    pred = np.zeros(side * side, bool)
+    lab[:tp] = pred[:tp] = True
+    pred[tp:tp + fp] = True
+    lab[tp + fp:tp + fp + fn] = True
+    rgb = np.zeros((side, side, 3), np.uint8)
+    write_tile(root, name, rgb, lab.reshape(side, side))
+    write_tile(root / "pred", name, rgb, pred.reshape(side, side))  # pred/labels/NAME_mask
+    (root / "test.txt").write_text(f"{name}\n")
+    return root
+
+
+def test_evaluate_and_uncertainty_commands_derive_the_papers_factors(tmp_path: Path) -> None:
+    app = build_app()
+    # pooled counts with exactly the paper's precision/recall (Table 3 and 5)
+    sets = {"test": (8164, 1836, 1544), "totten": (8384, 1616, 2207),
+            "restored": (9691, 309, 745)}
+    files = {}
+    for key, (tp, fp, fn) in sets.items():
+        root = _eval_folder(tmp_path / key, key, tp, fp, fn)
+        res = runner.invoke(app, ["evaluate", str(root), "--predictions", str(root / "pred"),
+                                  "--out", str(tmp_path / f"eval_{key}"), "--name", key])
+        assert res.exit_code == 0, res.output
+        files[key] = tmp_path / f"eval_{key}" / "evaluation.json"
+        data = json.loads(files[key].read_text())
+        assert data["pooled"]["tp"] == tp and data["pooled"]["fp"] == fp
+        assert data["precision"] == pytest.approx(tp / (tp + fp))
+        assert data["recall"] == pytest.approx(tp / (tp + fn))
+        png = tmp_path / f"eval_{key}" / "difference" / f"{key}_difference.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads(files["test"].read_text())["precision"] == pytest.approx(0.8164)
+    assert json.loads(files["totten"].read_text())["recall"] == pytest.approx(0.7916, abs=5e-5)
+    out = tmp_path / "factors.json"
+    res = runner.invoke(app, ["uncertainty", str(files["test"]), str(files["totten"]),
+                              "--restoration", str(files["restored"]), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    f = UncertaintyFactors.from_json(out.read_text())
+    assert (round(f.lambda_min, 3), round(f.lambda_max, 3)) == (0.971, 1.059)
+    assert round(f.lambda_restoration, 3) == 1.044
+    assert round(f.lambda_upper_restored, 3) == 1.105
+    assert f.sources == ("test", "totten", "restored")
+
+
+def test_uncertainty_without_evaluations_writes_the_papers_factors(tmp_path: Path) -> None:
+    res = runner.invoke(build_app(), ["uncertainty", "--out", str(tmp_path / "f.json")])
+    assert res.exit_code == 0, res.output
+    f = UncertaintyFactors.from_json((tmp_path / "f.json").read_text())
+    assert round(f.lambda_upper_restored, 3) == 1.105
+
+
+def test_uncertainty_rejects_an_evaluation_without_recall(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"name": "x", "precision": 0.9, "recall": None}))
+    res = runner.invoke(build_app(), ["uncertainty", str(bad), "--out", str(tmp_path / "f")])
+    assert res.exit_code != 0 and "recall" in res.output
+    assert not (tmp_path / "f").exists()
+
+
+def test_evaluation_factor_is_precision_over_recall() -> None:
+    assert Evaluation("x", 0.9, 0.6).factor == pytest.approx(1.5)
+
+
+# ------------------------------------------------------------------------------ training
+
+
+#: A tiny MiT (widths divisible by the 1/2/5/8 attention heads) for fast tests.
+TINY = {"depths": [1, 1, 1, 1], "hidden_sizes": [8, 16, 40, 64], "decoder_hidden_size": 32}
+
+
+def _config(out: Path, **changes: object) -> TrainConfig:
+    """A tiny demo-tile run on the synthetic renderer: a tiny MiT, 64² tiles."""
+    base = dict(out=str(out), demo=True, variant="b0", epochs=2, batch_size=4, demo_tiles=8,
+                demo_val_tiles=4, demo_size=64, start_lr=1e-3, peak_lr=2e-3, final_lr=1e-3,
+                warmup_epochs=1, cosine_epochs=2, seed=11, threads=1, model_overrides=TINY)
+    return TrainConfig(**(base | changes))
+
+
+def test_training_lowers_the_loss_and_writes_checkpoints(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    state = train(_config(tmp_path / "run", epochs=3, augment=False), render=synthetic_tile,
+                  console=Console(quiet=True))
+    losses = [h["train_loss"] for h in state.history]
+    assert losses[-1] < losses[0]
+    run = tmp_path / "run"
+    for name in ("last.safetensors", "last.json", "best.safetensors", "best.json",
+                 "history.json", "curves.png", "last_state.pt"):
+        assert (run / name).exists(), name
+    info = json.loads((run / "best.json").read_text())
+    assert len(info["data_sha256"]) == 64 and 0 <= info["metrics"]["miou"] <= 1
+    assert info["training"]["epoch"] == state.best_epoch
+    assert info["training"]["config"]["batch_size"] == 4
+    model, _ = load_checkpoint(run / "best.safetensors")
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    quiet = Console(quiet=True)
+    train(_config(tmp_path / "full", epochs=2), render=synthetic_tile, console=quiet)
+    train(_config(tmp_path / "split", epochs=1), render=synthetic_tile, console=quiet)
+    with pytest.raises(FileExistsError):
+        train(_config(tmp_path / "split", epochs=2), render=synthetic_tile, console=quiet)
+    with pytest.raises(ValueError, match="seed"):
+        train(_config(tmp_path / "split", epochs=2, seed=12), resume=True,
+              render=synthetic_tile, console=quiet)
+    state = train(_config(tmp_path / "split", epochs=2), resume=True, render=synthetic_tile,
+                  console=quiet)
+    assert [h["epoch"] for h in state.history] == [0, 1]
+    full = load_file(tmp_path / "full" / "last.safetensors")
+    split = load_file(tmp_path / "split" / "last.safetensors")
+    assert full.keys() == split.keys()
+    assert all(torch.equal(full[k], split[k]) for k in full)
