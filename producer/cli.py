@@ -12,6 +12,7 @@ import typer
 
 #: Modules whose ``register(app)`` adds commands to ``icedamage``.
 COMMAND_MODULES: tuple[str, ...] = (
+    "validation.commands",
     "catalog.commands",
 )
 
@@ -25,6 +26,11 @@ def build_app() -> typer.Typer:
         add_completion=False,
         pretty_exceptions_show_locals=False,
     )
+
+    @app.callback()
+    def _group() -> None:
+        """Keep ``icedamage`` a command group even while only one command is registered."""
+
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(app)
     return app

@@ -1,0 +1,89 @@
+"""``icedamage validate``: check a release folder against the spec, as a table and JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from producer.writer import atomic_path
+from validation.engine import ValidationReport, validate_release
+
+EXIT_OK = 0
+EXIT_PROBLEMS = 1
+EXIT_USAGE = 2
+
+
+def problem_table(report: ValidationReport) -> Table:
+    """The problems as a rich table, one row each, errors in red and warnings in yellow.
+
+    Cells are plain ``Text`` so that brackets in file names or messages are not read as markup.
+    """
+    table = Table(title=f"Problems in {report.release_dir}", show_lines=False, expand=True)
+    for column, style in (("File", "cyan"), ("Rule", "bold"), ("Found", ""), ("Expected", ""),
+                          ("Severity", "")):
+        table.add_column(column, style=style or None, overflow="fold")
+    for problem in report.problems:
+        colour = "yellow" if problem.severity == "warning" else "red"
+        table.add_row(Text(problem.file), Text(problem.rule), Text(problem.found),
+                      Text(problem.expected), Text(problem.severity, style=colour))
+    return table
+
+
+def write_json_report(report: ValidationReport, path: Path) -> None:
+    """Write the JSON report atomically (a reader never sees half a report)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(report.to_json(), encoding="utf-8")
+
+
+def summary(report: ValidationReport, strict: bool) -> str:
+    """One line: valid or not, with counts."""
+    counts = (f"{len(report.errors)} error(s), {len(report.warnings)} warning(s) in "
+              f"{report.product_files} product file(s), {report.seconds:.1f} s "
+              f"(rule sets: {', '.join(report.rule_sets)})")
+    if report.ok(strict):
+        return f"[green]valid[/green]: {counts}"
+    return f"[red]not valid{' (strict)' if strict else ''}[/red]: {counts}"
+
+
+def validate(
+    release_dir: Annotated[Path, typer.Argument(help="Release folder to check.")],
+    json_report: Annotated[Path | None, typer.Option(
+        "--json", metavar="REPORT", help="Also write the report as JSON to this file.")] = None,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Fail on warnings too, not only on errors.")] = False,
+    allow: Annotated[list[str] | None, typer.Option(
+        "--allow", metavar="GLOB",
+        help="Leave files/folders matching this glob (relative to the release root) alone; "
+             "repeat for several.")] = None,
+    workers: Annotated[int | None, typer.Option(
+        min=1, help="Threads for the pixel checks (default: available CPUs, at most 4).")] = None,
+) -> None:
+    """Check RELEASE_DIR against the product spec and report every problem.
+
+    Exit status: 0 valid, 1 problems found, 2 bad usage (e.g. no such folder).
+    """
+    console = Console(stderr=False)
+    errors = Console(stderr=True)
+    if not release_dir.is_dir():
+        errors.print(f"[red]error:[/red] release folder {release_dir} does not exist "
+                     "or is not a folder", soft_wrap=True, markup=True, highlight=False)
+        raise typer.Exit(EXIT_USAGE)
+    with errors.status(f"Validating {release_dir} ..."):
+        report = validate_release(release_dir, allow=tuple(allow or ()), workers=workers)
+    if report.problems:
+        console.print(problem_table(report))
+    if json_report is not None:
+        write_json_report(report, json_report)
+        console.print(f"JSON report written to {json_report}")
+    console.print(summary(report, strict))
+    raise typer.Exit(EXIT_OK if report.ok(strict) else EXIT_PROBLEMS)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``validate`` to the ``icedamage`` application."""
+    app.command("validate")(validate)
