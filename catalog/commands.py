@@ -167,7 +167,10 @@ def stats_command(
 
 
 def register(app: typer.Typer) -> None:
-    """Add the catalog's commands to the ``icedamage`` app."""
+    """Add the catalog's commands to the ``icedamage`` app (and its rules to ``validate``)."""
+    from catalog.rules import register_catalog_rule_sets
+
+    register_catalog_rule_sets()
     app.command("catalog")(catalog_command)
     app.command("search")(search_command)
     app.command("stats")(stats_command)

@@ -164,6 +164,7 @@ class StacSchemaRules:
         if not files:
             return
         checker = OfflineSchemas(self.schemas_folder)
+        unavailable: dict[str, str] = {}
         for path in files:
             data = json.loads(path.read_text())
             if "stac_version" not in data:
@@ -171,9 +172,7 @@ class StacSchemaRules:
             missing = [u for u in data.get("stac_extensions", [])
                        if u not in checker.cache]
             for url in missing:
-                yield Problem(_rel(release_dir, path), "stac-schema-unavailable", url,
-                              f"schema available offline (pass --schemas DIR or set "
-                              f"{SCHEMAS_ENV})", "warning")
+                unavailable.setdefault(url, _rel(release_dir, path))
             extensions = [u for u in data.get("stac_extensions", []) if u not in missing]
             for uri in (checker.core_uri(data), *extensions):
                 if uri is None:
@@ -183,6 +182,10 @@ class StacSchemaRules:
                     where = "/".join(str(p) for p in error.absolute_path) or "(root)"
                     yield Problem(_rel(release_dir, path), "stac-schema",
                                   f"{where}: {error.message[:200]}", f"valid against {uri}")
+        for url, first in sorted(unavailable.items()):
+            yield Problem(first, "stac-schema-unavailable", f"{url} not validated",
+                          f"the schema available offline (pass --schemas DIR or set "
+                          f"{SCHEMAS_ENV})", "warning")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -497,3 +500,35 @@ def _outside_roi(release_dir: Path, name: str, roi: Any,
 def catalog_rule_sets(schemas_folder: Path | None = None) -> list[Any]:
     """The catalog's rule sets, for the validator's registry."""
     return [StacSchemaRules(schemas_folder), CatalogConsistencyRules(), ReleaseMetadataRules()]
+
+
+# Factories for the validator's registry (``validation.engine.register_rule_set`` and the
+# ``icedamage.rule_sets`` entry points): each takes the run's options, which the catalog rules do
+# not need; the schema folder comes from ICEDAMAGE_STAC_SCHEMAS (``validate --schemas`` sets it).
+
+
+def stac_schema_rule_set(options: object = None) -> StacSchemaRules:
+    """Factory of the ``stac-schema`` rule set."""
+    return StacSchemaRules()
+
+
+def catalog_consistency_rule_set(options: object = None) -> CatalogConsistencyRules:
+    """Factory of the ``catalog-consistency`` rule set."""
+    return CatalogConsistencyRules()
+
+
+def release_metadata_rule_set(options: object = None) -> ReleaseMetadataRules:
+    """Factory of the ``release-metadata`` rule set."""
+    return ReleaseMetadataRules()
+
+
+RULE_SET_FACTORIES = (stac_schema_rule_set, catalog_consistency_rule_set,
+                      release_metadata_rule_set)
+
+
+def register_catalog_rule_sets() -> None:
+    """Add the catalog's rule sets to every default validation run."""
+    from validation.engine import register_rule_set
+
+    for factory in RULE_SET_FACTORIES:
+        register_rule_set(factory)

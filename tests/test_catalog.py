@@ -325,3 +325,27 @@ def test_provenance_dates_match_items(cataloged_pristine: Path) -> None:
         s.acquired.isoformat() for s in prov.scenes)
     assert shape(json.loads(item_path(cataloged_pristine, "amery-front-2012").read_text())[
         "geometry"]).is_valid
+
+
+def test_validate_runs_the_catalog_rule_sets(cataloged: Path) -> None:
+    runner = CliRunner()
+    ok = runner.invoke(build_app(), ["validate", str(cataloged), "--schemas", str(SCHEMAS)])
+    assert ok.exit_code == 0, ok.output
+    assert "catalog-consistency" in ok.output and "stac-schema" in ok.output
+    edit_json(item_path(cataloged, "larsen-b-2001"), lambda d: d["properties"].update(
+        {"icedamage:damage_area_km2": 0.5}))
+    report = cataloged.parent / "report.json"
+    bad = runner.invoke(build_app(), ["validate", str(cataloged), "--schemas", str(SCHEMAS),
+                                      "--json", str(report)])
+    assert bad.exit_code == 1
+    problems = json.loads(report.read_text())["problems"]
+    assert {p["rule"] for p in problems} == {"item-stats-mismatch"}
+
+
+def test_schema_warning_without_a_schema_folder(cataloged_pristine: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ICEDAMAGE_STAC_SCHEMAS", raising=False)
+    problems = list(StacSchemaRules().check(cataloged_pristine))
+    assert {p.rule for p in problems} == {"stac-schema-unavailable"}
+    assert all(p.severity == "warning" for p in problems)
+    assert not any("icedamage.github.io" in p.found for p in problems)  # ours is packaged
