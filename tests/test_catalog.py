@@ -58,9 +58,14 @@ def edit_json(path: Path, change: Callable[[dict], None]) -> None:
     path.write_text(json.dumps(data))
 
 
-def rules_found(release: Path) -> set[str]:
+def rules_found(release: Path, only: str | None = None) -> set[str]:
     rule_sets = [StacSchemaRules(SCHEMAS), CatalogConsistencyRules(), ReleaseMetadataRules()]
-    return {p.rule for rs in rule_sets for p in rs.check(release)}
+    return {p.rule for rs in rule_sets if only in (None, rs.name) for p in rs.check(release)}
+
+
+RULE_SET_OF = {"stac-schema": "stac-schema", "ods-row-missing": "release-metadata",
+               "acquisition-dates": "release-metadata", "roi-missing": "release-metadata",
+               "roi-crs": "release-metadata", "product-outside-roi": "release-metadata"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -274,7 +279,7 @@ CORRUPTIONS: list[tuple[str, Callable[[Path], None]]] = [
 def test_each_rule_catches_its_problem(cataloged: Path, rule: str,
                                        corrupt: Callable[[Path], None]) -> None:
     corrupt(cataloged)
-    assert rule in rules_found(cataloged)
+    assert rule in rules_found(cataloged, RULE_SET_OF.get(rule, "catalog-consistency"))
 
 
 # --------------------------------------------------------------------------------------------
