@@ -63,7 +63,8 @@ def rules_found(release: Path, only: str | None = None) -> set[str]:
     return {p.rule for rs in rule_sets if only in (None, rs.name) for p in rs.check(release)}
 
 
-RULE_SET_OF = {"stac-schema": "stac-schema", "ods-row-missing": "release-metadata",
+RULE_SET_OF = {"stac-schema": "stac-schema", "stac-json-invalid": "stac-schema",
+               "ods-unreadable": "release-metadata", "ods-row-missing": "release-metadata",
                "acquisition-dates": "release-metadata", "roi-missing": "release-metadata",
                "roi-crs": "release-metadata", "product-outside-roi": "release-metadata"}
 
@@ -256,6 +257,7 @@ CORRUPTIONS: list[tuple[str, Callable[[Path], None]]] = [
     ("stac-schema", lambda r: edit_json(item_path(r, "totten-2016"), lambda d: d["assets"][
         "damage_map"]["classification:classes"][0].update(name="not a name"))),
     ("product-without-item", lambda r: shutil.rmtree(item_path(r, "totten-2016").parent)),
+    ("stac-json-invalid", lambda r: item_path(r, "totten-2016").write_text("{not json")),
     ("asset-missing", lambda r: (r / "Totten/2016/LC08_Totten_2016_thumbnail.png").unlink()),
     ("asset-checksum", _append_byte),
     ("asset-size", _append_byte),
@@ -267,8 +269,11 @@ CORRUPTIONS: list[tuple[str, Callable[[Path], None]]] = [
         "properties"].update({"icedamage:model": None}))),
     ("demo-flag", _demo_provenance),
     ("index-missing", lambda r: (r / ITEMS_PARQUET).unlink()),
+    ("index-unreadable", lambda r: (r / ITEMS_PARQUET).write_bytes(b"not parquet")),
+    ("catalog-link-broken", lambda r: shutil.rmtree(item_path(r, "totten-2016").parent)),
     ("ods-row-missing", lambda r: _rewrite_ods(r, lambda rows: rows[1:])),
     ("acquisition-dates", lambda r: _rewrite_ods(r, _shift_date)),
+    ("ods-unreadable", lambda r: (r / METADATA_ODS).write_bytes(b"not a spreadsheet")),
     ("roi-missing", lambda r: (r / roi_geopackage_name("Totten")).unlink()),
     ("roi-crs", _gpkg_4326),
     ("product-outside-roi", _gpkg_far_away),
