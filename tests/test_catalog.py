@@ -15,6 +15,8 @@ import pandas as pd
 import pystac
 import pytest
 import rasterio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pyproj import Transformer
 from shapely.geometry import Point, box, shape
 from typer.testing import CliRunner
@@ -359,3 +361,45 @@ def test_schema_warning_without_a_schema_folder(cataloged_pristine: Path,
     assert {p.rule for p in problems} == {"stac-schema-unavailable"}
     assert all(p.severity == "warning" for p in problems)
     assert not any("icedamage.github.io" in p.found for p in problems)  # ours is packaged
+
+
+# --------------------------------------------------------------------------------------------
+# Property tests of the parsers / encoders
+# --------------------------------------------------------------------------------------------
+
+_dates = st.dates(min_value=dt.date(1999, 11, 1), max_value=dt.date(2030, 3, 31))
+_ids = st.text(alphabet=st.characters(whitelist_categories=("Lu", "Ll", "Nd"),
+                                      whitelist_characters="_-"), min_size=1, max_size=20)
+
+
+@settings(max_examples=10, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(scenes=st.lists(st.tuples(_ids, _dates, st.sampled_from(["LE07", "LC08", "LC09"])),
+                       min_size=0, max_size=4, unique_by=lambda t: t[0]),
+       restoration=st.sampled_from([None, "DiffGF"]))
+def test_metadata_ods_round_trips(tmp_path: Path, scenes: list, restoration: str | None) -> None:
+    row = OdsRow("Larsen B", 2005, "a_damage_map.tif", "a_damage.tif", ("LE07",), restoration,
+                 acquisition_dates=tuple(s[1] for s in scenes),
+                 scene_ids=tuple(s[0] for s in scenes),
+                 scene_sensors=tuple(s[2] for s in scenes),
+                 main_scene=scenes[0][0] if scenes else None,
+                 main_scene_date=scenes[0][1] if scenes else None)
+    path = tmp_path / "m.ods"
+    write_metadata_ods(path, [row])
+    assert read_metadata_ods(path) == [row]
+
+
+@settings(max_examples=60, deadline=None)
+@given(cx=st.floats(-2.5e6, 2.5e6), cy=st.floats(-2.5e6, 2.5e6),
+       half_w=st.floats(2e3, 3e5), half_h=st.floats(2e3, 3e5))
+def test_footprints_are_valid_and_cover_their_corners(cx: float, cy: float, half_w: float,
+                                                      half_h: float) -> None:
+    footprint = box(cx - half_w, cy - half_h, cx + half_w, cy + half_h)
+    geometry = footprint_lonlat(footprint)
+    assert geometry.is_valid and not geometry.is_empty
+    west, south, east, north = bbox_of(geometry)
+    assert -90 <= south < north <= -30 and -180 <= west <= 180 and -180 <= east <= 180
+    back = Transformer.from_crs("EPSG:3031", "EPSG:4326", always_xy=True)
+    for corner in footprint.exterior.coords:
+        lon, lat = back.transform(*corner)
+        assert geometry.buffer(1e-5).intersects(Point(lon, lat))
