@@ -403,3 +403,22 @@ def test_footprints_are_valid_and_cover_their_corners(cx: float, cy: float, half
     for corner in footprint.exterior.coords:
         lon, lat = back.transform(*corner)
         assert geometry.buffer(1e-5).intersects(Point(lon, lat))
+
+
+def test_rebuild_keeps_the_dois_the_publisher_wrote(cataloged: Path) -> None:
+    catalog = pystac.Catalog.from_file(str(cataloged / "stac" / "catalog.json"))
+    collection = catalog.get_child(COLLECTION)
+    collection.extra_fields["sci:doi"] = "10.5281/zenodo.20425951"
+    collection.add_link(pystac.Link("cite-as", "https://doi.org/10.5281/zenodo.20425951"))
+    catalog.save(pystac.CatalogType.SELF_CONTAINED)  # what the publisher does
+    catalog_release(cataloged, PAPER_FACTORS, force=True)
+    rebuilt = json.loads((cataloged / "stac" / COLLECTION / "collection.json").read_text())
+    assert rebuilt["sci:doi"] == "10.5281/zenodo.20425951"
+    assert any(link["rel"] == "cite-as" for link in rebuilt["links"])
+    assert rules_found(cataloged) == set()
+
+
+def test_catalog_refuses_a_bad_license(cataloged: Path) -> None:
+    result = CliRunner().invoke(build_app(), ["catalog", str(cataloged), "--force",
+                                              "--license", "CC BY 4.0"])
+    assert result.exit_code == 1 and "SPDX" in result.output
