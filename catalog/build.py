@@ -62,7 +62,8 @@ from producer.writer import atomic_path
 THUMBNAIL_MAX_SIDE = 512
 BUILD_STATE = ".build.json"
 
-Progress = Callable[[str], None]
+#: Progress callback: (what is being done, steps done, steps in all).
+Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -288,7 +289,14 @@ def catalog_release(release_dir: Path, factors: UncertaintyFactors,
                     progress: Progress | None = None) -> CatalogResult:
     """Build every catalog file of a release; see the module docstring."""
     release_dir = Path(release_dir).resolve()
-    step = progress or (lambda _text: None)
+    report = progress or (lambda _text, _done, _total: None)
+    done = 0
+
+    def step(text: str) -> None:
+        nonlocal done
+        report(text, done, total)
+        done += 1
+
     found = scan_release(release_dir)
     if not found:
         raise FileNotFoundError(f"{release_dir}: no product files under <Shelf>/<YYYY>/")
@@ -303,11 +311,13 @@ def catalog_release(release_dir: Path, factors: UncertaintyFactors,
                                software_version=software_version(),
                                dataset_version=str(meta["version"]) if meta.get("version")
                                else None)
+    shelves = sorted({f.name.shelf for f in found})
+    total = len(found) + len(shelves) + 3
     rows, write_ods = ods_rows(release_dir, found)
     ods_path = release_dir / METADATA_ODS
     write_ods &= force or not ods_path.exists() or read_metadata_ods(ods_path) != rows_sorted(rows)
+    step(f"writing {METADATA_ODS}" if write_ods else f"{METADATA_ODS} is up to date")
     if write_ods:
-        step(f"writing {METADATA_ODS}")
         write_metadata_ods(ods_path, rows)
     state = _state_digest(release_dir, found, factors, settings)
     catalog_json = release_dir / STAC_CATALOG_DIR / "catalog.json"
@@ -327,7 +337,7 @@ def catalog_release(release_dir: Path, factors: UncertaintyFactors,
         items.append(build_item(inputs, settings))
     release_files = {"metadata": _file_ref(release_dir / METADATA_ODS)} \
         if (release_dir / METADATA_ODS).exists() else {}
-    for shelf in sorted({f.name.shelf for f in found}):
+    for shelf in shelves:
         step(f"ROI GeoPackage of {shelf}")
         ensure_roi_geopackage(release_dir, shelf)
         release_files[f"roi-{get_shelf(shelf).slug}"] = _file_ref(
@@ -339,6 +349,7 @@ def catalog_release(release_dir: Path, factors: UncertaintyFactors,
     catalog_json = save_catalog(catalog, release_dir, state)
     step("writing the item index")
     write_index(release_dir, index_dicts(release_dir, catalog_json))
+    report("done", total, total)
     unknown = {i.id: i.properties["icedamage:unknown"] for i in items
                if i.properties["icedamage:unknown"]}
     return CatalogResult(catalog_json, len(items), False, write_ods, unknown)

@@ -130,7 +130,12 @@ def test_rerun_skips_and_force_rebuilds(cataloged: Path) -> None:
     before = (cataloged / "stac" / "catalog.json").stat().st_mtime_ns
     assert catalog_release(cataloged, PAPER_FACTORS).skipped
     assert (cataloged / "stac" / "catalog.json").stat().st_mtime_ns == before
-    assert not catalog_release(cataloged, PAPER_FACTORS, force=True).skipped
+    steps: list[tuple[str, int, int]] = []
+    result = catalog_release(cataloged, PAPER_FACTORS, force=True,
+                             progress=lambda text, done, total: steps.append((text, done, total)))
+    assert not result.skipped
+    assert [s[1] for s in steps] == list(range(len(steps) - 1)) + [steps[-1][2]]
+    assert any(text == "Totten 2021" for text, _, _ in steps)
 
 
 # --------------------------------------------------------------------------------------------
