@@ -27,8 +27,10 @@ from catalog.ods import OdsRow, read_metadata_ods, write_metadata_ods
 from catalog.rules import CatalogConsistencyRules, ReleaseMetadataRules, StacSchemaRules
 from catalog.uncertainty import PAPER_FACTORS
 from producer.cli import build_app
+from producer.grid import Grid
 from producer.provenance import provenance_path, read_provenance
 from producer.spec import ITEMS_PARQUET, METADATA_ODS, TYPE1, build_name, roi_geopackage_name
+from producer.writer import write_cog
 from tests.conftest import STAC_SCHEMAS
 from tests.release_factory import DEFAULT_SHELF_YEARS, build_release
 
@@ -427,3 +429,22 @@ def test_catalog_refuses_a_bad_license(cataloged: Path) -> None:
     result = CliRunner().invoke(build_app(), ["catalog", str(cataloged), "--force",
                                               "--license", "CC BY 4.0"])
     assert result.exit_code == 1 and "SPDX" in result.output
+
+
+def test_auxiliary_rasters_and_demo_source_are_cataloged(cataloged: Path) -> None:
+    name = build_name(("LC08",), "Totten", 2016, None, TYPE1)
+    folder = cataloged / name.relative_path().parent
+    with rasterio.open(folder / name.filename) as src:
+        grid = Grid(src.transform, src.width, src.height)
+    probability = np.full(grid.shape, 200, dtype=np.uint8)
+    write_cog(folder / name.auxiliary("probability"), probability, grid, None, nodata=None)
+    edit_json(provenance_path(cataloged, name), lambda d: d.update(source="demo"))
+    catalog_release(cataloged, PAPER_FACTORS)
+    item = json.loads(item_path(cataloged, "totten-2016").read_text())
+    asset = item["assets"]["probability"]
+    assert asset["roles"] == ["data"] and asset["proj:shape"] == [grid.height, grid.width]
+    assert asset["file:checksum"].startswith("1220") and "nodata" not in asset
+    assert item["properties"]["icedamage:demo"] is True
+    collection = json.loads((cataloged / "stac" / COLLECTION / "collection.json").read_text())
+    assert collection["summaries"]["icedamage:demo"] == [False, True]
+    assert rules_found(cataloged) == set()
