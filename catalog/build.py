@@ -300,8 +300,15 @@ def catalog_release(release_dir: Path, factors: UncertaintyFactors,
     found = scan_release(release_dir)
     if not found:
         raise FileNotFoundError(f"{release_dir}: no product files under <Shelf>/<YYYY>/")
+    seen: dict[tuple[str, int], Path] = {}
     for files in found:
         get_shelf(files.name.shelf)  # an unregistered shelf is an error naming the valid ones
+        key = (files.name.shelf, files.name.year)
+        product = files.damage_map or files.damage
+        if key in seen:
+            raise ValueError(f"{product} and {seen[key]}: two products for {key[0]} {key[1]}; "
+                             "a shelf-year has exactly one map (one STAC item)")
+        seen[key] = product
     meta = release_yaml(release_dir)
     chosen_license = license or meta.get("license") or CatalogSettings.license
     if not re.fullmatch(r"[\w\-.+]+", str(chosen_license)):

@@ -448,3 +448,11 @@ def test_auxiliary_rasters_and_demo_source_are_cataloged(cataloged: Path) -> Non
     collection = json.loads((cataloged / "stac" / COLLECTION / "collection.json").read_text())
     assert collection["summaries"]["icedamage:demo"] == [False, True]
     assert rules_found(cataloged) == set()
+
+
+def test_two_maps_for_one_shelf_year_are_refused(cataloged: Path) -> None:
+    folder = cataloged / "Totten" / "2016"
+    shutil.copy(folder / "LC08_Totten_2016_damage_map.tif",
+                folder / "LC08_LC09_Totten_2016_damage_map.tif")
+    result = CliRunner().invoke(build_app(), ["catalog", str(cataloged), "--force"])
+    assert result.exit_code == 1 and "two products for Totten 2016" in result.output
