@@ -12,8 +12,10 @@ import typer
 
 #: Modules whose ``register(app)`` adds commands to ``icedamage``.
 COMMAND_MODULES: tuple[str, ...] = (
+    "producer.commands",
     "validation.commands",
     "catalog.commands",
+    "publish.commands",
 )
 
 

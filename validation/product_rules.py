@@ -3,7 +3,8 @@
 For each shelf-year the two product files are opened once, their headers and COG layout
 checked, and then read side by side one window (a row of tiles) at a time: every window feeds
 the value tally of each file and the damage-consistency tally of the pair. Shelf-years are
-checked in a small thread pool (GDAL and numpy release the GIL while they decode and compare).
+checked in a thread pool when CPUs are free (GDAL and numpy release the GIL while they decode
+and compare).
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def _scan(group: list[_OpenFile], problems: list[Problem]) -> None:
     height, width = group[0].src.shape
     for window in windows(height, width):
         blocks = []
+        classes_only = True
         for item in group:
             if not item.readable:
                 continue
@@ -86,10 +88,10 @@ def _scan(group: list[_OpenFile], problems: list[Problem]) -> None:
                                         f"window {window.flatten()}: {_reason(exc)}",
                                         "every block readable (complete file)"))
                 continue
-            item.tally.update(block)
+            classes_only &= item.tally.update(block)
             blocks.append(block)
         if pair is not None and len(blocks) == 2:
-            pair.update(blocks[0], blocks[1])
+            pair.update(blocks[0], blocks[1], classes_only)
         if not any(item.readable for item in group):
             break
     if pair is not None:
@@ -132,12 +134,21 @@ def checked_pair(pair: Pair) -> list[Problem]:
 
 
 def default_workers() -> int:
-    """Threads for the pixel checks: the CPUs this process may use, at most 4."""
+    """Threads for the pixel checks: the CPUs that are free now (1 to 4).
+
+    Threads only help on idle cores; on a saturated machine they add contention and no speed
+    (measured: see docs/benchmarks.md), so the one-minute load average, less this process,
+    is taken off the CPUs this process may use.
+    """
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not on Linux
         cpus = os.cpu_count() or 1
-    return max(1, min(4, cpus))
+    try:
+        busy = max(0.0, os.getloadavg()[0] - 1.0)
+    except OSError:  # pragma: no cover - no load average on this platform
+        busy = 0.0
+    return max(1, min(4, cpus, int(cpus - busy + 0.5)))
 
 
 @dataclass(frozen=True)

@@ -201,10 +201,10 @@ class ValueTally:
                              out=self._buffers.get("shift", block.shape, np.uint8))
         return int(shifted.max()) < len(self.allowed)
 
-    def update(self, block: np.ndarray) -> None:
-        """Add a window's values."""
+    def update(self, block: np.ndarray) -> bool:
+        """Add a window's values; True if it held only allowed values."""
         if block.size == 0 or self._fast_ok(block):
-            return
+            return True
         if block.dtype == np.uint8:
             counts = np.bincount(block.ravel(), minlength=256)
             counts[self._allowed_array] = 0
@@ -214,8 +214,11 @@ class ValueTally:
             outside = block[~np.isin(block, self._allowed_array)]
             values, counts_ = np.unique(outside, return_counts=True)
             found = zip(values.tolist(), counts_.tolist(), strict=True)
+        clean = True
         for value, count in found:
             self.bad[value] = self.bad.get(value, 0) + count
+            clean = False
+        return clean
 
     def found_text(self, limit: int = 8) -> str:
         """The offending values with their pixel counts, most frequent first."""

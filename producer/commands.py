@@ -1,0 +1,119 @@
+"""The ``produce`` command (also ``icedamage produce``): scenes -> products of shelf-years."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from producer.pipeline import (
+    DEFAULT_OUT,
+    STAGES,
+    ProduceError,
+    ProduceOptions,
+    YearResult,
+    parse_years,
+    produce,
+    resolve_source,
+    resolve_weights,
+)
+from producer.shelves import UnknownShelfError
+from producer.spec import SpecError
+
+_STYLE = {"produced": "green", "skipped": "cyan", "not-mapped": "yellow", "failed": "red"}
+
+
+class _StageBars:
+    """One rich progress bar per stage, updated by the pipeline's progress callback."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.tasks: dict[str, TaskID] = {
+            stage: progress.add_task(stage, total=None, what="") for stage in STAGES
+        }
+
+    def __call__(self, stage: str, done: int, total: int, what: str) -> None:
+        self.progress.update(self.tasks[stage], completed=done, total=max(total, 1), what=what)
+
+
+def run_produce(
+    shelf: Annotated[str, typer.Option("--shelf", help="Released shelf name, e.g. Totten.")],
+    year: Annotated[str, typer.Option("--year", help="YYYY, YYYY-YYYY or a comma list.")],
+    source: Annotated[str, typer.Option(help="Scene source: gee, local:DIR or demo.")] = "demo",
+    weights: Annotated[Path | None, typer.Option(
+        help="Segmentation checkpoint (.pth or .safetensors); demo weights for --source demo."
+    )] = None,
+    diffgf: Annotated[Path | None, typer.Option(
+        help="DiffGF weights (file or folder) for Landsat 7 SLC-off years.")] = None,
+    restoration: Annotated[str, typer.Option(
+        help="SLC-off restoration: DiffGF (released) or FillNodata (explicit classical fill, "
+             "named in the file name).")] = "DiffGF",
+    extent: Annotated[Path | None, typer.Option(
+        "--extent", help="GeoPackage of effective extents (columns shelf, year).")] = None,
+    out: Annotated[Path, typer.Option(help="Release folder to write into.")] = DEFAULT_OUT,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    force: Annotated[bool, typer.Option(help="Redo shelf-years that are up to date.")] = False,
+    keep_probability: Annotated[bool, typer.Option(
+        help="Also write the damage probability (0-100) as an auxiliary COG.")] = False,
+    source_index: Annotated[bool, typer.Option(
+        help="Write the per-pixel source-scene index as an auxiliary COG.")] = True,
+    tta: Annotated[bool, typer.Option(help="Mirror test-time augmentation (paper).")] = True,
+    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 8,
+    demo_size: Annotated[int | None, typer.Option(
+        help="Demo window size in px (default 1024, or $ICEDAMAGE_DEMO_SIZE).")] = None,
+) -> None:
+    """Produce the type 1 and type 2 damage maps of a shelf for one or more years."""
+    console = Console(stderr=True)
+    if device not in ("auto", "cpu", "cuda"):
+        raise typer.BadParameter("use auto, cpu or cuda", param_hint="--device")
+    try:
+        years = parse_years(year)
+        scene_source = resolve_source(source, demo_size)
+        resolve_weights(weights, scene_source.name)
+    except (ValueError, ProduceError, SpecError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+    options = ProduceOptions(
+        out=out, weights=weights, diffgf=diffgf, restoration=restoration, extent_file=extent,
+        device=device, force=force, keep_probability=keep_probability, source_index=source_index,
+        tta=tta, batch_size=batch_size,
+    )
+
+    def report(result: YearResult) -> None:
+        style = _STYLE.get(result.status, "white")
+        console.print(f"[{style}]{result.shelf} {result.year}: {result.status}[/{style}] "
+                      f"{result.message}")
+
+    columns = (TextColumn("{task.description:<13}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("{task.fields[what]}"))
+    try:
+        with Progress(*columns, console=console, transient=False) as progress:
+            summary = produce(shelf, years, scene_source, options, _StageBars(progress), report)
+    except (ProduceError, UnknownShelfError, SpecError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+    if not summary.produced_any:
+        console.print("[red]nothing was produced[/red]")
+    raise typer.Exit(summary.exit_code)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``produce`` to the ``icedamage`` application."""
+    app.command("produce")(run_produce)
+
+
+def produce_app() -> typer.Typer:
+    """The stand-alone ``produce`` console script."""
+    app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
+    app.command()(run_produce)
+    return app

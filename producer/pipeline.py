@@ -1,0 +1,571 @@
+"""Produce the two products of a shelf-year from scenes, end to end (paper, section 2).
+
+Stages per shelf-year: scenes (from a source) -> merge plan on the scenes' usable masks ->
+SLC-off restoration of the planned Landsat 7 scenes -> segmentation of the planned scenes ->
+merge of their predictions -> clipping to the effective extent -> products, auxiliary COGs and
+the provenance record. Only the scenes the plan uses are restored and segmented, so a summer
+with one full clear scene costs one prediction.
+
+A shelf-year is skipped when its provenance record exists with the same ``inputs_digest`` (scene
+ids, weights hashes, software version, parameters) and its files are all present, unless
+``force``. Nothing is written for a year that cannot be mapped (no scene, shelf region not
+covered); files are written atomically and the provenance record last, so an interrupted run
+leaves either the previous complete shelf-year or a new one whose record is absent (redone).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import json
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from numpy.typing import NDArray
+from shapely.geometry.base import BaseGeometry
+
+from producer.extent import default_extent, extent_mask, read_extent, roi_mask
+from producer.grid import Grid
+from producer.merge import NO_SCENE, Candidate, MergePlan, NotCoveredError, compose, plan_merge
+from producer.provenance import ModelRecord, Provenance, SceneRecord, provenance_path
+from producer.shelves import get_shelf, roi_polygon
+from producer.slcoff import detect_gaps, footprint_of
+from producer.sources.base import Scene, SceneSource
+from producer.sources.demo import FOOTPRINT_KEY
+from producer.spec import (
+    AUXILIARY_SUFFIXES,
+    SENSORS,
+    TYPE1,
+    TYPE2,
+    SpecError,
+    build_name,
+    shelf_year_dir,
+    sort_sensors,
+)
+from producer.writer import WrittenProducts, atomic_path, write_cog, write_products
+
+#: The demo segmentation weights trained by the training command on demo scenes.
+DEMO_WEIGHTS = Path(__file__).resolve().parent / "weights" / "demo-segformer-b0.safetensors"
+#: Default release folder of ``produce``.
+DEFAULT_OUT = Path("release")
+#: Nodata of the auxiliary probability COG (probabilities are 0-100).
+PROBABILITY_NODATA = 255
+
+#: Progress callback of a stage: (stage, done, total, description).
+StageProgress = Callable[[str, int, int, str], None]
+STAGES: tuple[str, ...] = ("scenes", "restoration", "segmentation", "merge", "write")
+
+
+class ProduceError(RuntimeError):
+    """A shelf-year (or the whole run) cannot be produced; the message says why and what to do."""
+
+
+def parse_years(text: str) -> list[int]:
+    """Years from ``YYYY``, ``YYYY-YYYY`` (inclusive) or a comma list of either, sorted, unique."""
+    years: set[int] = set()
+    for part in (p.strip() for p in str(text).split(",")):
+        if not part:
+            raise ValueError(f"--year {text!r}: empty item in the list")
+        bounds = part.split("-")
+        if len(bounds) > 2 or not all(b.isdigit() and len(b) == 4 for b in bounds):
+            raise ValueError(f"--year {text!r}: {part!r} is not YYYY or YYYY-YYYY")
+        first, last = int(bounds[0]), int(bounds[-1])
+        if last < first:
+            raise ValueError(f"--year {text!r}: range {part!r} runs backwards")
+        years.update(range(first, last + 1))
+    return sorted(years)
+
+
+@dataclass(frozen=True)
+class ProduceOptions:
+    """Everything that decides what ``produce`` writes (and so enters the inputs digest)."""
+
+    out: Path = DEFAULT_OUT
+    weights: Path | None = None
+    diffgf: Path | None = None
+    restoration: str = "DiffGF"
+    extent_file: Path | None = None
+    device: str = "auto"
+    force: bool = False
+    keep_probability: bool = False
+    source_index: bool = True
+    tta: bool = True
+    batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class YearResult:
+    """What happened to one shelf-year."""
+
+    shelf: str
+    year: int
+    status: str
+    """"produced", "skipped", "not-mapped" or "failed"."""
+    message: str = ""
+    products: WrittenProducts | None = None
+    provenance: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the shelf-year's products exist after the run."""
+        return self.status in ("produced", "skipped")
+
+
+@dataclass
+class LoadedModel:
+    """The segmentation model loaded once per run, with its provenance record."""
+
+    model: Any
+    record: ModelRecord
+    path: Path
+
+
+@dataclass
+class _SceneMasks:
+    scene: Scene
+    usable: NDArray[np.bool_]
+    present: NDArray[np.bool_]
+    slc_off: bool
+    cloud_fraction: float
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs: weights, sources, extent
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_weights(weights: Path | None, source_name: str) -> Path:
+    """The segmentation weights to use: the given file, or the demo weights for the demo source.
+
+    Never falls back to random weights: without a usable file this is an error saying what to do.
+    """
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise ProduceError(f"--weights {weights}: file not found")
+        return Path(weights)
+    if source_name != "demo":
+        raise ProduceError(f"--weights FILE is required for the {source_name!r} source (the "
+                           "authors' .pth or our .safetensors checkpoint)")
+    if not DEMO_WEIGHTS.is_file():
+        raise ProduceError(
+            f"the demo weights {DEMO_WEIGHTS} do not exist yet: pass --weights FILE, or train "
+            "them on demo scenes with the training command (`icedamage train --help`); "
+            "random weights are never used as a default")
+    return DEMO_WEIGHTS
+
+
+def resolve_diffgf(diffgf: Path | None, source_name: str) -> Path | None:
+    """The DiffGF weights: the given path, or the demo DiffGF for the demo source if present."""
+    if diffgf is not None:
+        return Path(diffgf)
+    if source_name == "demo":
+        with contextlib.suppress(ImportError, AttributeError):
+            from producer.restoration import api
+
+            demo = Path(api.DEMO_WEIGHTS)
+            if demo.exists():
+                return demo
+    return None
+
+
+def load_model(weights: Path) -> LoadedModel:
+    """Load the segmentation checkpoint once (CPU; inference moves it to the device)."""
+    from producer.segmentation import load_checkpoint
+
+    model, info = load_checkpoint(weights)
+    return LoadedModel(model, info.model_record(), Path(weights))
+
+
+def resolve_source(spec: str, demo_size: int | None = None) -> SceneSource:
+    """A scene source from ``gee``, ``local:DIR`` or ``demo`` (``demo_size``: demo window px)."""
+    if spec == "demo":
+        from producer.sources.demo import DemoSource
+
+        return DemoSource(size=demo_size)
+    if demo_size is not None:
+        raise ProduceError(f"--demo-size applies to the demo source only, not {spec!r}")
+    from producer.sources.registry import get_source
+
+    return get_source(spec)
+
+
+def effective_extent(shelf: str, year: int, source: SceneSource, roi: BaseGeometry, grid: Grid,
+                     extent_file: Path | None) -> tuple[BaseGeometry, str]:
+    """The shelf-year's extent polygon and where it came from (for the provenance)."""
+    if extent_file is not None:
+        return read_extent(extent_file, shelf, year), f"file:{Path(extent_file).name}"
+    source_extent = getattr(source, "extent", None)
+    if callable(source_extent):
+        return source_extent(shelf, year, grid), f"source:{source.name}"
+    return default_extent(roi, grid), "default:roi-shrunk"
+
+
+# ---------------------------------------------------------------------------------------------
+# Digest, software versions and existing outputs
+# ---------------------------------------------------------------------------------------------
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, or of a directory's files (relative names and bytes, in name order)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            digest.update(str(f.relative_to(path)).encode())
+        with f.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def software_versions(restoration_used: bool = False) -> dict[str, str]:
+    """Versions of this package and the libraries that shape the products."""
+    names = ["icedamage", "numpy", "rasterio", "rio-cogeo", "shapely", "torch", "transformers"]
+    if restoration_used:
+        names.append("diffusers")
+    versions: dict[str, str] = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "unknown"
+    versions["gdal"] = rasterio.__gdal_version__
+    return versions
+
+
+def inputs_digest(source: str, scene_ids: Sequence[str], weights_sha: str,
+                  diffgf_sha: str | None, parameters: dict[str, Any]) -> str:
+    """SHA-256 over everything that decides a shelf-year's outputs."""
+    doc = {
+        "source": source,
+        "scenes": sorted(scene_ids),
+        "weights_sha256": weights_sha,
+        "diffgf_sha256": diffgf_sha,
+        "icedamage": software_versions()["icedamage"],
+        "parameters": parameters,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def existing_records(release: Path, shelf: str, year: int) -> list[tuple[Path, Provenance]]:
+    """Provenance records already in the shelf-year folder (unreadable ones are ignored)."""
+    folder = Path(release) / shelf_year_dir(shelf, year)
+    out = []
+    for path in sorted(folder.glob("*" + AUXILIARY_SUFFIXES["provenance"])):
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            out.append((path, Provenance.from_json(path.read_text())))
+    return out
+
+
+def is_up_to_date(release: Path, shelf: str, year: int, digest: str) -> Path | None:
+    """The provenance path of a complete shelf-year with this digest, else None."""
+    for path, record in existing_records(release, shelf, year):
+        if record.inputs_digest != digest:
+            continue
+        if all((path.parent / name).is_file() for name in record.products.values()):
+            return path
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages
+# ---------------------------------------------------------------------------------------------
+
+
+def _read_rgb(path: Path, grid: Grid) -> NDArray[np.uint8]:
+    with rasterio.open(path) as ds:
+        if ds.count != 3 or ds.dtypes[0] != "uint8":
+            raise ProduceError(f"{path}: expected 3 UInt8 bands, found {ds.count} {ds.dtypes[0]}")
+        if (ds.height, ds.width) != grid.shape or not ds.transform.almost_equals(grid.transform):
+            raise ProduceError(f"{path}: scene is not on the ROI grid {grid.shape}")
+        return np.moveaxis(ds.read(), 0, -1)
+
+
+def _read_band(path: Path) -> NDArray:
+    with rasterio.open(path) as ds:
+        return ds.read(1)
+
+
+def scene_footprint(scene: Scene, rgb: NDArray[np.uint8]) -> NDArray[np.bool_]:
+    """The imaged area of a scene: the source's footprint mask if it has one, else the hull."""
+    path = scene.metadata.get(FOOTPRINT_KEY)
+    if path is not None:
+        return _read_band(Path(path)) != 0
+    return footprint_of(rgb)
+
+
+def scene_masks(scene: Scene, year: int, grid: Grid) -> _SceneMasks:
+    """Usable and present pixels of a scene; SLC-off gaps count as usable (they get restored)."""
+    rgb = _read_rgb(scene.path, grid)
+    present = np.any(rgb != 0, axis=2)
+    slc_off = scene.sensor in SENSORS and SENSORS[scene.sensor].slc_off_in(year)
+    if slc_off:
+        present |= detect_gaps(rgb, scene_footprint(scene, rgb))
+    cloud = np.zeros(grid.shape, bool)
+    if scene.cloud_mask_path is not None:
+        cloud = _read_band(scene.cloud_mask_path) != 0
+    return _SceneMasks(scene, present & ~cloud, present, slc_off, float((cloud & present).mean()))
+
+
+def restore_scenes(used: Sequence[_SceneMasks], options: ProduceOptions, diffgf: Path | None,
+                   workdir: Path, progress: StageProgress) -> tuple[dict[str, Path], Any]:
+    """Restore the used SLC-off scenes; returns scene id -> image to segment, and the restoration
+    record (None when no scene needed it)."""
+    slc = [m for m in used if m.slc_off]
+    paths = {m.scene.scene_id: m.scene.path for m in used}
+    progress("restoration", 0, len(slc), "")
+    if not slc:
+        return paths, None
+    from producer.restoration import MissingWeightsError, restore_scene_file
+
+    method = options.restoration
+    if method == "DiffGF" and (diffgf is None or not Path(diffgf).exists()):
+        raise ProduceError(str(MissingWeightsError(diffgf)))
+    for k, masks in enumerate(slc):
+        dst = workdir / f"{masks.scene.scene_id}_restored.tif"
+        footprint = masks.scene.metadata.get(FOOTPRINT_KEY)
+        restore_scene_file(masks.scene.path, dst, method, diffgf if method == "DiffGF" else None,
+                           footprint=None if footprint is None else _read_band(footprint) != 0)
+        paths[masks.scene.scene_id] = dst
+        progress("restoration", k + 1, len(slc), masks.scene.scene_id)
+    record = (ModelRecord("DiffGF", file_sha256(diffgf), Path(diffgf).name)
+              if method == "DiffGF" else None)
+    return paths, record
+
+
+def segment_scenes(model: LoadedModel, images: dict[str, Path], order: Sequence[str],
+                   options: ProduceOptions, workdir: Path, progress: StageProgress
+                   ) -> dict[str, tuple[Path, Path | None]]:
+    """Predict every planned scene; scene id -> (0/1 prediction, probability or None)."""
+    from producer.segmentation import predict_scene
+
+    out: dict[str, tuple[Path, Path | None]] = {}
+    progress("segmentation", 0, len(order), "")
+    for k, scene_id in enumerate(order):
+        pred = workdir / f"{scene_id}_prediction.tif"
+        prob = workdir / f"{scene_id}_probability.tif" if options.keep_probability else None
+        predict_scene(model.model, images[scene_id], pred, probability_path=prob,
+                      tta=options.tta, batch_size=options.batch_size, device=options.device)
+        out[scene_id] = (pred, prob)
+        progress("segmentation", k + 1, len(order), scene_id)
+    return out
+
+
+def _write_json(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# One shelf-year
+# ---------------------------------------------------------------------------------------------
+
+
+def _no_progress(stage: str, done: int, total: int, what: str) -> None:
+    """Progress sink for callers without a display."""
+
+
+@contextlib.contextmanager
+def _workdir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="icedamage-produce-") as tmp:
+        yield Path(tmp)
+
+
+def produce_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
+                 options: ProduceOptions, diffgf: Path | None = None,
+                 progress: StageProgress = _no_progress) -> YearResult:
+    """Produce (or skip) one shelf-year; a year that cannot be mapped writes nothing."""
+    shelf = get_shelf(shelf).name
+    roi = roi_polygon(shelf)
+    grid = source.grid(shelf, roi)
+    with _workdir() as workdir:
+        progress("scenes", 0, 1, f"{shelf} {year}")
+        scenes = source.scenes(shelf, year, grid, workdir)
+        progress("scenes", 1, 1, f"{len(scenes)} scene(s)")
+        if not scenes:
+            return YearResult(shelf, year, "not-mapped", f"no scene of {shelf} in the summer "
+                              f"{year} from the {source.name} source")
+        extent_geom, extent_origin = effective_extent(shelf, year, source, roi, grid,
+                                                      options.extent_file)
+        extent = extent_mask(extent_geom, grid)
+        if not extent.any():
+            return YearResult(shelf, year, "failed", f"the effective extent ({extent_origin}) "
+                              "does not overlap the scenes' grid")
+        parameters = {
+            "restoration_method": options.restoration,
+            "tta": options.tta,
+            "extent": extent_origin,
+            "extent_sha256": hashlib.sha256(extent_geom.wkb).hexdigest(),
+            "grid": [list(grid.transform)[:6], grid.width, grid.height],
+            "keep_probability": options.keep_probability,
+            "source_index": options.source_index,
+        }
+        diffgf_sha = file_sha256(diffgf) if diffgf is not None and Path(diffgf).exists() else None
+        digest = inputs_digest(source.name, [s.scene_id for s in scenes],
+                               model.record.weights_sha256, diffgf_sha, parameters)
+        if not options.force:
+            done = is_up_to_date(options.out, shelf, year, digest)
+            if done is not None:
+                return YearResult(shelf, year, "skipped", "outputs are up to date "
+                                  "(same scenes, weights, software and parameters)",
+                                  provenance=done)
+
+        progress("merge", 0, 2, "planning")
+        masks = [scene_masks(s, year, grid) for s in scenes]
+        rmask = roi_mask(roi, grid)
+        candidates = [Candidate(m.scene.scene_id, m.scene.acquired, m.usable, m.present)
+                      for m in masks]
+        try:
+            plan = plan_merge(candidates, rmask, extent)
+        except NotCoveredError as err:
+            return YearResult(shelf, year, "not-mapped", f"{shelf} {year}: {err}")
+        progress("merge", 1, 2, "planned")
+        used = [masks[i] for i in plan.used]
+        images, restoration_model = restore_scenes(used, options, diffgf, workdir, progress)
+        predictions = segment_scenes(model, images, [m.scene.scene_id for m in used], options,
+                                     workdir, progress)
+        layers = [None] * len(masks)
+        prob_layers: list[NDArray | None] = [None] * len(masks)
+        for i in plan.used:
+            pred, prob = predictions[masks[i].scene.scene_id]
+            layers[i] = _read_band(pred)
+            if prob is not None:
+                prob_layers[i] = _read_band(prob)
+        damage = compose(plan, layers, fill=0)
+        progress("merge", 2, 2, "merged")
+        return _write_year(shelf, year, source, model, options, grid, plan, masks, damage,
+                           prob_layers, extent, restoration_model, parameters, digest, progress)
+
+
+def _write_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
+                options: ProduceOptions, grid: Grid, plan: MergePlan,
+                masks: Sequence[_SceneMasks], damage: NDArray, prob_layers: Sequence[Any],
+                extent: NDArray[np.bool_], restoration_model: ModelRecord | None,
+                parameters: dict[str, Any], digest: str, progress: StageProgress) -> YearResult:
+    """Write products, auxiliary COGs and the provenance record; remove files it supersedes."""
+    used = list(plan.used)
+    sensors = sort_sensors({masks[i].scene.sensor for i in used})
+    slc_used = any(masks[i].slc_off for i in used)
+    restoration = options.restoration if slc_used else None
+    total = 3 + int(options.keep_probability) + int(options.source_index)
+    progress("write", 0, total, "products")
+    written = write_products(options.out, shelf, year, sensors, restoration, damage, extent, grid)
+    folder = written.damage_map.parent
+    name = build_name(sensors, shelf, year, restoration, TYPE1)
+    products = {TYPE1.key: written.damage_map.name, TYPE2.key: written.damage.name}
+    progress("write", 2, total, "auxiliary files")
+    if options.keep_probability:
+        prob = compose(plan, prob_layers, fill=PROBABILITY_NODATA)
+        path = folder / name.auxiliary("probability")
+        write_cog(path, prob.astype(np.uint8), grid, None, nodata=PROBABILITY_NODATA,
+                  tags={"units": "percent", "description": "damage probability (0-100)"})
+        products["probability"] = path.name
+    if options.source_index:
+        remap = np.full(256, NO_SCENE, np.uint8)
+        for k, i in enumerate(used):
+            remap[i] = k
+        path = folder / name.auxiliary("source_scene")
+        write_cog(path, remap[plan.index], grid, None, nodata=NO_SCENE,
+                  tags={"scene_ids": json.dumps([masks[i].scene.scene_id for i in used])})
+        products["source_scene"] = path.name
+    roi_px = max(plan.roi_pixels, 1)
+    records = tuple(
+        SceneRecord(
+            scene_id=masks[i].scene.scene_id,
+            sensor=masks[i].scene.sensor,
+            acquired=masks[i].scene.acquired,
+            valid_fraction=round(float(masks[i].usable.sum()) / roi_px, 6),
+            map_fraction=round(plan.fractions[i], 6),
+            role="main" if i == plan.main else "fill",
+            cloud_fraction=round(masks[i].cloud_fraction, 6),
+            slc_off=masks[i].slc_off,
+            source_ids=masks[i].scene.source_ids,
+        )
+        for i in used
+    )
+    provenance = Provenance(
+        shelf=shelf, year=year, sensors=sensors, restoration=restoration, source=source.name,
+        scenes=records, segmentation=model.record, restoration_model=restoration_model,
+        software=software_versions(slc_used),
+        parameters={
+            **parameters,
+            "candidates": [m.scene.scene_id for m in masks],
+            "single_scene": plan.single_scene,
+            "cloudy_fill_fraction": round(plan.cloudy_fill_fraction, 6),
+            "uncovered_fraction": round(plan.uncovered_fraction, 6),
+            "extent_fraction": round(float(extent.mean()), 6),
+            "device": options.device,
+        },
+        products=products, inputs_digest=digest,
+    )
+    record_path = provenance_path(options.out, name)
+    _remove_superseded(options.out, shelf, year, record_path, set(products.values()))
+    _write_json(record_path, provenance.to_json())
+    progress("write", total, total, "provenance")
+    return YearResult(shelf, year, "produced",
+                      f"{name.stem}: {len(used)} scene(s), sensors {'_'.join(sensors)}",
+                      products=written, provenance=record_path)
+
+
+def _remove_superseded(release: Path, shelf: str, year: int, keep_record: Path,
+                       keep: set[str]) -> None:
+    """Delete the files of older records of this shelf-year that the new outputs replace."""
+    for path, record in existing_records(release, shelf, year):
+        for file_name in record.products.values():
+            if file_name not in keep:
+                (path.parent / file_name).unlink(missing_ok=True)
+        if path != keep_record:
+            path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# A whole run
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunSummary:
+    """Results of every shelf-year of a run."""
+
+    results: list[YearResult] = field(default_factory=list)
+
+    @property
+    def produced_any(self) -> bool:
+        """Whether at least one shelf-year has products after the run."""
+        return any(r.ok for r in self.results)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when something was produced (or was up to date) and nothing failed, else 1."""
+        if not self.produced_any or any(r.status == "failed" for r in self.results):
+            return 1
+        return 0
+
+
+def produce(shelf: str, years: Sequence[int], source: SceneSource, options: ProduceOptions,
+            progress: StageProgress = _no_progress,
+            report: Callable[[YearResult], None] | None = None) -> RunSummary:
+    """Produce every year of a shelf with one loaded model; errors of a year do not stop others."""
+    shelf = get_shelf(shelf).name
+    weights = resolve_weights(options.weights, source.name)
+    diffgf = resolve_diffgf(options.diffgf, source.name)
+    if options.restoration not in ("DiffGF", "FillNodata"):
+        raise ProduceError(f"--restoration {options.restoration!r}: use DiffGF or FillNodata")
+    model = load_model(weights)
+    summary = RunSummary()
+    for year in years:
+        try:
+            result = produce_year(shelf, year, source, model, options, diffgf, progress)
+        except (ProduceError, SpecError, FileNotFoundError, ValueError) as err:
+            result = YearResult(shelf, year, "failed", f"{shelf} {year}: {err}")
+        summary.results.append(result)
+        if report is not None:
+            report(result)
+    return summary

@@ -1,0 +1,519 @@
+"""Whole-scene damage inference: the authors' sliding-window algorithm, reproduced exactly.
+
+The algorithm (../shared/reference/README.md): 512 × 512 windows starting at 0 with stride 256
+and a last window flush with the far edge; scenes smaller than a window are zero-padded; input is
+RGB uint8 / 255; each window's softmax probabilities are averaged over four mirror views (identity,
+left-right, up-down, both; each flipped back), weighted by a Gaussian importance map (sigma =
+window / 8, normalised to max 1, floored at 1e-3), accumulated with the weights, divided by the
+summed weights, and the argmax is the class.
+
+Two implementations share ``window_starts`` and ``gaussian_importance``:
+
+* ``predict_array_reference`` — straightforward: whole scene in memory, one window and one view
+  per forward call, as the authors do. It is the yardstick of the equivalence tests and benchmark.
+* ``predict_scene`` / ``predict_array`` — production: windows are read from disk band by band, only
+  a strip of accumulators one window high is kept, finished rows are written out at once; windows
+  *and* views go through the model in batches under ``torch.inference_mode``; windows whose pixels
+  are all 0 (no data) are skipped; the decode head runs algebraically fused (``FusedDecodeHead``)
+  and CUDA + autocast are used when present. Valid pixels get the same result as the reference
+  (probabilities within float rounding); pixels covered only by empty windows get class 0.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.windows import Window
+from torch import nn
+
+from producer.segmentation.model import DamageSegmenter
+from producer.spec import ENCODING
+from producer.writer import atomic_path
+
+WINDOW = 512
+STRIDE = 256
+SIGMA_SCALE = 1.0 / 8.0
+WEIGHT_FLOOR = 1e-3
+#: Flip dimensions of the four test-time views on (N, C, H, W): identity, left-right, up-down, both.
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+#: Probability raster: 0–100 percent of the damage class, 255 where the scene has no data.
+PROBABILITY_NODATA = 255
+#: Images per decode-head call inside a batch; caps the (images, D, H/4, W/4) float maps.
+DECODER_CHUNK = 2
+
+Progress = Callable[[int, int], None]
+"""Called as ``progress(windows_done, windows_total)`` after each batch of windows."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Shared pieces of the algorithm
+# ------------------------------------------------------------------------------------------------
+
+
+def window_starts(length: int, window: int = WINDOW, stride: int = STRIDE) -> list[int]:
+    """Start offsets along one axis: 0, stride, 2·stride, … and a last one flush with the edge.
+
+    ``length`` is the (padded) axis length, at least ``window``.
+    """
+    if length < window:
+        raise ValueError(f"axis of {length} px is shorter than the {window} px window; pad first")
+    starts = list(range(0, length - window + 1, stride))
+    if starts[-1] + window < length:
+        starts.append(length - window)
+    return starts
+
+
+def gaussian_importance(window: int = WINDOW) -> np.ndarray:
+    """The (window, window) float32 Gaussian weight map: sigma = window/8, max 1, floor 1e-3.
+
+    Centred at (window - 1) / 2 so the map is symmetric under the TTA flips.
+    """
+    centre = (window - 1) / 2.0
+    sigma = window * SIGMA_SCALE
+    axis = np.exp(-((np.arange(window) - centre) ** 2) / (2.0 * sigma**2))
+    weights = np.outer(axis, axis)
+    weights /= weights.max()
+    return np.maximum(weights, WEIGHT_FLOOR).astype(np.float32)
+
+
+def as_band_first(rgb: np.ndarray) -> np.ndarray:
+    """An RGB uint8 array as (3, H, W); accepts (3, H, W) (rasterio) or (H, W, 3) (images)."""
+    array = np.asarray(rgb)
+    if array.ndim != 3 or 3 not in (array.shape[0], array.shape[-1]):
+        raise ValueError(f"expected an RGB array (3, H, W) or (H, W, 3), got shape {array.shape}")
+    if array.dtype != np.uint8:
+        raise ValueError(f"expected RGB uint8 (reflectance × 255), got dtype {array.dtype}")
+    return array if array.shape[0] == 3 else np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; anything else as torch understands it."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class ArrayPrediction:
+    """Class map (H, W) uint8 and per-class probabilities (C, H, W) float32 of one scene."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray
+
+    @property
+    def damage_probability(self) -> np.ndarray:
+        """Probability of the damage class (index 1), (H, W) float32."""
+        return self.probabilities[1]
+
+
+@dataclass
+class SceneStats:
+    """What one production run did: windows run and skipped, images through the model, time."""
+
+    height: int
+    width: int
+    windows_total: int = 0
+    windows_run: int = 0
+    windows_skipped: int = 0
+    images_forwarded: int = 0
+    forward_calls: int = 0
+    seconds: float = 0.0
+
+    @property
+    def megapixels_per_second(self) -> float:
+        """Scene pixels (not window pixels) per second, in millions."""
+        return self.height * self.width / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put ``model`` in eval mode for the block and restore its training flag afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _to_unit(tile_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 RGB → float32 in [0, 1]: divide by 255, no mean/std (the authors' normalisation)."""
+    return tile_uint8.to(torch.float32) / 255.0
+
+
+# ------------------------------------------------------------------------------------------------
+# Reference implementation (the authors' way)
+# ------------------------------------------------------------------------------------------------
+
+
+def predict_array_reference(model: DamageSegmenter, rgb: np.ndarray, *, tta: bool = True,
+                            window: int = WINDOW, stride: int = STRIDE) -> ArrayPrediction:
+    """The authors' whole-scene algorithm on an in-memory array, one window and view per call.
+
+    Runs on whatever device ``model`` is on. Deliberately unoptimised: it is what the production
+    path is checked and benchmarked against.
+    """
+    image = as_band_first(rgb)
+    _, height, width = image.shape
+    padded_h, padded_w = max(height, window), max(width, window)
+    padded = np.zeros((3, padded_h, padded_w), np.uint8)
+    padded[:, :height, :width] = image
+    weights = gaussian_importance(window)
+    num_labels = int(model.config.num_labels)
+    accumulated = np.zeros((num_labels, padded_h, padded_w), np.float32)
+    weight_sum = np.zeros((padded_h, padded_w), np.float32)
+    flips = TTA_FLIPS if tta else ((),)
+    device = next(model.parameters()).device
+    with _eval_mode(model), torch.no_grad():
+        for y in window_starts(padded_h, window, stride):
+            for x in window_starts(padded_w, window, stride):
+                tile = _to_unit(torch.from_numpy(padded[None, :, y:y + window, x:x + window]))
+                tile = tile.to(device)
+                summed: torch.Tensor | None = None
+                for dims in flips:
+                    view = tile.flip(dims) if dims else tile
+                    probs = torch.softmax(model(view), dim=1)
+                    probs = probs.flip(dims) if dims else probs
+                    summed = probs if summed is None else summed + probs
+                assert summed is not None
+                mean = (summed / len(flips))[0].cpu().numpy()
+                accumulated[:, y:y + window, x:x + window] += mean * weights
+                weight_sum[y:y + window, x:x + window] += weights
+    probabilities = (accumulated / weight_sum)[:, :height, :width]
+    return ArrayPrediction(np.argmax(probabilities, axis=0).astype(np.uint8), probabilities)
+
+
+# ------------------------------------------------------------------------------------------------
+# Production forward: batched views, fused decode head
+# ------------------------------------------------------------------------------------------------
+
+
+class FusedDecodeHead(nn.Module):
+    """SegFormer's all-MLP decode head with its linear layers folded together (eval mode only).
+
+    The head computes, per stage i, ``up(W_c_i x_i + b_c_i)``, concatenates, applies the 1×1
+    ``linear_fuse`` (no bias) and an eval-mode BatchNorm, then ReLU and the classifier. Bilinear
+    upsampling and 1×1 convolutions are both linear and commute, so fuse ∘ BN ∘ projection is one
+    matrix per stage applied at the stage's own (low) resolution before upsampling: the same
+    function, with about 25× fewer multiply-adds in the head (the concatenated 4·D → D fuse at
+    1/4 resolution dominates MiT-b2's cost). Only rounding differs (~1e-6 in the logits).
+    """
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        projections = head.linear_projections
+        fuse = head.linear_fuse.weight.detach().double()[:, :, 0, 0]  # (D, n·D)
+        norm = head.batch_norm
+        scale = norm.weight.detach().double() / torch.sqrt(norm.running_var.double() + norm.eps)
+        stages = len(projections)
+        decoder = fuse.shape[0]
+        bias = norm.bias.detach().double() - scale * norm.running_mean.double()
+        mats = []
+        for i, proj in enumerate(projections):
+            # concatenation order is reversed: the last stage's features come first
+            block = fuse[:, (stages - 1 - i) * decoder:(stages - i) * decoder]
+            mats.append((scale[:, None] * (block @ proj.proj.weight.detach().double())).float())
+            bias = bias + scale * (block @ proj.proj.bias.detach().double())
+        self.stage_weights = nn.ParameterList([nn.Parameter(m, requires_grad=False) for m in mats])
+        self.bias = nn.Parameter(bias.float()[None, :, None, None], requires_grad=False)
+        self.classifier = head.classifier
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Logits (N, num_labels, H/4, W/4) from the four (N, C_i, H_i, W_i) stage outputs."""
+        size = features[0].shape[-2:]
+        hidden: torch.Tensor | None = None
+        for feature, weight in zip(features, self.stage_weights, strict=True):
+            mapped = torch.einsum("dc,nchw->ndhw", weight.to(feature.dtype), feature)
+            if mapped.shape[-2:] != size:
+                mapped = nn.functional.interpolate(mapped, size=size, mode="bilinear",
+                                                   align_corners=False)
+            hidden = mapped if hidden is None else hidden.add_(mapped)
+        assert hidden is not None
+        hidden = torch.relu_(hidden.add_(self.bias.to(hidden.dtype)))
+        return self.classifier(hidden)
+
+
+class BatchedForward:
+    """Mean TTA probabilities of a batch of windows, all views through the model together."""
+
+    def __init__(self, model: DamageSegmenter, device: torch.device, *, tta: bool,
+                 batch_size: int, fuse_decoder: bool = True, amp: bool | None = None) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+        self.model = model
+        self.device = device
+        self.flips = TTA_FLIPS if tta else ((),)
+        self.batch_size = batch_size
+        self.num_labels = int(model.config.num_labels)
+        self.fused = FusedDecodeHead(model.model.decode_head).to(device) if fuse_decoder else None
+        self.amp = device.type == "cuda" if amp is None else amp
+        self.images_forwarded = 0
+        self.forward_calls = 0
+
+    @property
+    def windows_per_call(self) -> int:
+        """Windows per forward call: ``batch_size`` images are windows × views."""
+        return max(1, self.batch_size // len(self.flips))
+
+    def _logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Low-resolution logits (N, L, H/4, W/4) in float32."""
+        autocast = (torch.autocast(self.device.type, dtype=torch.float16) if self.amp
+                    else nullcontext())
+        with autocast:
+            if self.fused is None:
+                logits = self.model.model(pixel_values=pixels).logits
+            else:
+                features = []
+                hidden = pixels
+                for stage in self.model.model.segformer.stages:
+                    hidden = stage(hidden)
+                    features.append(hidden)
+                logits = torch.cat([
+                    self.fused([f[i:i + DECODER_CHUNK] for f in features])
+                    for i in range(0, pixels.shape[0], DECODER_CHUNK)
+                ])
+        return logits.float()
+
+    def __call__(self, tiles: np.ndarray) -> np.ndarray:
+        """(k, 3, w, w) uint8 windows → (k, L, w, w) float32 probabilities averaged over views."""
+        tile = _to_unit(torch.from_numpy(tiles).to(self.device, non_blocking=True))
+        count, size = tile.shape[0], tile.shape[-2:]
+        views = torch.cat([tile.flip(dims) if dims else tile for dims in self.flips])
+        self.images_forwarded += views.shape[0]
+        self.forward_calls += 1
+        logits = self._logits(views)
+        probs = torch.softmax(
+            nn.functional.interpolate(logits, size=size, mode="bilinear", align_corners=False),
+            dim=1,
+        )
+        summed: torch.Tensor | None = None
+        for index, dims in enumerate(self.flips):
+            part = probs[index * count:(index + 1) * count]
+            part = part.flip(dims) if dims else part
+            summed = part if summed is None else summed + part
+        assert summed is not None
+        return (summed / len(self.flips)).cpu().numpy()
+
+
+# ------------------------------------------------------------------------------------------------
+# Streaming core
+# ------------------------------------------------------------------------------------------------
+
+ReadRows = Callable[[int, int], np.ndarray]
+"""``read_rows(row0, row1)`` → (3, row1 - row0, width) uint8 scene rows."""
+EmitRows = Callable[[int, np.ndarray, np.ndarray, np.ndarray], None]
+"""``emit(row0, accumulated (L, n, Wp), weight_sum (n, Wp), pixels (3, n, Wp))``: finished rows."""
+
+
+def _stream(forward: BatchedForward, height: int, width: int, read_rows: ReadRows,
+            emit: EmitRows, *, skip_empty: bool, window: int, stride: int,
+            progress: Progress | None) -> SceneStats:
+    """Run the algorithm over a scene held anywhere, keeping one window-high strip in memory.
+
+    The strip holds input rows [top, top + window) and their accumulators; when the next window
+    row starts at y, rows [top, y) can receive no more windows: they are emitted and the strip
+    moves down, reading only the rows it has not read yet.
+    """
+    started = time.perf_counter()
+    padded_h, padded_w = max(height, window), max(width, window)
+    ys, xs = window_starts(padded_h, window, stride), window_starts(padded_w, window, stride)
+    stats = SceneStats(height, width, windows_total=len(ys) * len(xs))
+    weights = gaussian_importance(window)
+    accumulated = np.zeros((forward.num_labels, window, padded_w), np.float32)
+    weight_sum = np.zeros((window, padded_w), np.float32)
+    pixels = np.zeros((3, window, padded_w), np.uint8)
+    first = min(window, height)
+    pixels[:, :first, :width] = read_rows(0, first)
+    top = 0
+    done = 0
+    for y in ys:
+        if y > top:
+            shift = y - top
+            emit(top, accumulated[:, :shift], weight_sum[:shift], pixels[:, :shift])
+            for array in (accumulated, weight_sum, pixels):
+                array[..., :window - shift, :] = array[..., shift:, :]
+                array[..., window - shift:, :] = 0
+            row0, row1 = top + window, min(y + window, height)
+            if row1 > row0:
+                pixels[:, row0 - y:row1 - y, :width] = read_rows(row0, row1)
+            top = y
+        row = [x for x in xs if not skip_empty or pixels[:, :, x:x + window].any()]
+        stats.windows_skipped += len(xs) - len(row)
+        step = forward.windows_per_call
+        for i in range(0, len(row), step):
+            group = row[i:i + step]
+            tiles = np.stack([pixels[:, :, x:x + window] for x in group])
+            for x, probs in zip(group, forward(tiles), strict=True):
+                accumulated[:, :, x:x + window] += probs * weights
+                weight_sum[:, x:x + window] += weights
+            stats.windows_run += len(group)
+            if progress is not None:
+                progress(done + stats.windows_run, stats.windows_total)
+        done += len(xs) - len(row)
+    emit(top, accumulated[:, :padded_h - top], weight_sum[:padded_h - top],
+         pixels[:, :padded_h - top])
+    if progress is not None:
+        progress(stats.windows_total, stats.windows_total)
+    stats.images_forwarded = forward.images_forwarded
+    stats.forward_calls = forward.forward_calls
+    stats.seconds = time.perf_counter() - started
+    return stats
+
+
+def _finish(accumulated: np.ndarray, weight_sum: np.ndarray) -> np.ndarray:
+    """Accumulated probability × weight divided by the weights; 0 where no window contributed."""
+    out = np.zeros_like(accumulated)
+    np.divide(accumulated, weight_sum, out=out, where=weight_sum > 0)
+    return out
+
+
+@contextmanager
+def _prepared(model: DamageSegmenter, device: str | torch.device, *, tta: bool, batch_size: int,
+              fuse_decoder: bool, amp: bool | None) -> Iterator[BatchedForward]:
+    """The model on its device in eval + inference mode, wrapped for batched forwards."""
+    target = resolve_device(device)
+    model.to(target)
+    with _eval_mode(model), torch.inference_mode():
+        yield BatchedForward(model, target, tta=tta, batch_size=batch_size,
+                             fuse_decoder=fuse_decoder, amp=amp)
+
+
+def predict_array(model: DamageSegmenter, rgb: np.ndarray, *, tta: bool = True,
+                  batch_size: int = 8, device: str | torch.device = "auto",
+                  skip_empty: bool = True, fuse_decoder: bool = True, amp: bool | None = None,
+                  window: int = WINDOW, stride: int = STRIDE) -> ArrayPrediction:
+    """The production algorithm on an in-memory RGB uint8 array (training / evaluation use).
+
+    ``batch_size`` counts images per forward call (windows × TTA views). Moves ``model`` to
+    ``device``.
+    """
+    image = as_band_first(rgb)
+    _, height, width = image.shape
+    probabilities = np.zeros((int(model.config.num_labels), height, width), np.float32)
+
+    def emit(row0: int, acc: np.ndarray, wsum: np.ndarray, _pixels: np.ndarray) -> None:
+        rows = min(acc.shape[1], height - row0)
+        if rows > 0:
+            probabilities[:, row0:row0 + rows] = _finish(acc[:, :rows, :width], wsum[:rows, :width])
+
+    with _prepared(model, device, tta=tta, batch_size=batch_size, fuse_decoder=fuse_decoder,
+                   amp=amp) as forward:
+        _stream(forward, height, width, lambda r0, r1: image[:, r0:r1], emit,
+                skip_empty=skip_empty, window=window, stride=stride, progress=None)
+    return ArrayPrediction(np.argmax(probabilities, axis=0).astype(np.uint8), probabilities)
+
+
+# ------------------------------------------------------------------------------------------------
+# Disk to disk
+# ------------------------------------------------------------------------------------------------
+
+
+def _read_rows(src: Any, row0: int, row1: int) -> np.ndarray:
+    """Rows [row0, row1) of bands 1–3 of an open rasterio dataset (the only read of a scene)."""
+    return src.read(indexes=[1, 2, 3], window=Window(0, row0, src.width, row1 - row0))
+
+
+class _BlockRowWriter:
+    """Writes rows as they finish, in whole tile rows so no compressed tile is rewritten."""
+
+    def __init__(self, dataset: Any, block_rows: int) -> None:
+        self.dataset = dataset
+        self.block_rows = block_rows
+        self.pending: list[np.ndarray] = []
+        self.pending_rows = 0
+        self.next_row = 0
+
+    def write(self, rows: np.ndarray) -> None:
+        """Queue (n, width) rows following the previous ones; flush whole blocks."""
+        self.pending.append(rows)
+        self.pending_rows += rows.shape[0]
+        if self.pending_rows >= self.block_rows:
+            self._flush(self.pending_rows - self.pending_rows % self.block_rows)
+
+    def close(self) -> None:
+        """Write what is left (the last, partial tile row)."""
+        if self.pending_rows:
+            self._flush(self.pending_rows)
+
+    def _flush(self, count: int) -> None:
+        data = np.concatenate(self.pending, axis=0)
+        self.dataset.write(data[:count], 1, window=Window(0, self.next_row, data.shape[1], count))
+        self.next_row += count
+        rest = data[count:]
+        self.pending = [rest] if rest.shape[0] else []
+        self.pending_rows = rest.shape[0]
+
+
+def _output_profile(src: Any, nodata: int | None) -> dict[str, Any]:
+    """Single-band uint8 tiled LZW GeoTIFF on the input's grid and CRS."""
+    return {
+        "driver": "GTiff", "width": src.width, "height": src.height, "count": 1,
+        "dtype": "uint8", "crs": src.crs, "transform": src.transform, "nodata": nodata,
+        "tiled": True, "blockxsize": ENCODING.blocksize, "blockysize": ENCODING.blocksize,
+        "compress": ENCODING.compression,
+    }
+
+
+def _check_scene(src: Any, path: Path) -> None:
+    """A scene must be ≥ 3-band uint8 (RGB reflectance × 255, as the authors export it)."""
+    if src.count < 3:
+        raise ValueError(f"{path}: {src.count} band(s); segmentation needs RGB (3 bands)")
+    if src.dtypes[0] != "uint8":
+        raise ValueError(f"{path}: dtype {src.dtypes[0]}; expected uint8 RGB (reflectance × 255)")
+
+
+def predict_scene(model: DamageSegmenter, src_path: str | Path, dst_path: str | Path, *,
+                  probability_path: str | Path | None = None, tta: bool = True,
+                  batch_size: int = 8, device: str | torch.device = "auto",
+                  progress: Progress | None = None, skip_empty: bool = True,
+                  fuse_decoder: bool = True, amp: bool | None = None) -> SceneStats:
+    """Segment a scene GeoTIFF into a 0/1 uint8 GeoTIFF on the same grid, streaming from disk.
+
+    Memory is bounded by one window-high strip of the scene width (plus one batch), whatever
+    the scene height. ``probability_path`` optionally receives the damage probability as uint8
+    0–100 with nodata 255 where the scene has no data (all bands 0). ``batch_size`` counts images
+    per forward call (windows × TTA views). Outputs are written atomically (temp file + rename).
+    """
+    src_path, dst_path = Path(src_path), Path(dst_path)
+    with ExitStack() as stack:
+        src = stack.enter_context(rasterio.open(src_path))
+        _check_scene(src, src_path)
+        height, width = src.height, src.width
+        dst = stack.enter_context(rasterio.open(stack.enter_context(atomic_path(dst_path)), "w",
+                                                **_output_profile(src, None)))
+        labels_out = _BlockRowWriter(dst, ENCODING.blocksize)
+        prob_out: _BlockRowWriter | None = None
+        if probability_path is not None:
+            prob_tmp = stack.enter_context(atomic_path(Path(probability_path)))
+            prob_ds = stack.enter_context(rasterio.open(
+                prob_tmp, "w", **_output_profile(src, PROBABILITY_NODATA)))
+            prob_out = _BlockRowWriter(prob_ds, ENCODING.blocksize)
+
+        def emit(row0: int, acc: np.ndarray, wsum: np.ndarray, pixels: np.ndarray) -> None:
+            rows = min(acc.shape[1], height - row0)
+            if rows <= 0:
+                return
+            probs = _finish(acc[:, :rows, :width], wsum[:rows, :width])
+            labels_out.write(np.argmax(probs, axis=0).astype(np.uint8))
+            if prob_out is not None:
+                percent = np.rint(probs[1] * 100.0).astype(np.uint8)
+                percent[~pixels[:, :rows, :width].any(axis=0)] = PROBABILITY_NODATA
+                prob_out.write(percent)
+
+        with _prepared(model, device, tta=tta, batch_size=batch_size,
+                       fuse_decoder=fuse_decoder, amp=amp) as forward:
+            stats = _stream(forward, height, width, lambda r0, r1: _read_rows(src, r0, r1), emit,
+                            skip_empty=skip_empty, window=WINDOW, stride=STRIDE,
+                            progress=progress)
+        labels_out.close()
+        if prob_out is not None:
+            prob_out.close()
+    return stats

@@ -1,0 +1,172 @@
+"""Landsat 7 SLC-off gaps: simulate their real geometry and detect them in a scene.
+
+Geometry (see /work/shared/reference/README.md, "Landsat 7 SLC-off", and the dataset paper 2.2)
+    Landsat 7's ETM+ sweeps 16 detector lines per scan, alternately west-to-east and
+    east-to-west, across the ground track. The scan-line corrector (SLC) compensated the
+    satellite's forward motion during a sweep; since it failed on 2003-05-31 each sweep is
+    tilted, forward sweeps one way and reverse sweeps the other, so consecutive sweeps zig-zag:
+    they meet (no gap) along the scene's centre line (nadir, along the ground track) and drift
+    apart towards the swath edges. Between a forward sweep and the following reverse sweep the
+    gap opens on one side of the centre line; between the reverse sweep and the next forward
+    sweep it opens on the other side. The result is wedge-shaped stripes running along the scan
+    direction whose width grows linearly from nothing at the centre line to about 14 pixels
+    (30 m) at the swath edges, on each side repeating every two sweeps (32 lines), the two
+    sides offset by one sweep (16 lines). Averaged over the swath a gap is 7 px wide every
+    32 lines: 7 / 32 ~= 22 % of the scene is missing, none along the centre line.
+
+    The scan direction is roughly perpendicular to the ground track, which in a polar
+    stereographic grid (EPSG:3031) is rotated by an angle that depends on where the scene is;
+    ``angle_deg`` is the angle of the scan direction to the grid's x axis (counter-clockwise,
+    in the image as displayed, i.e. rows growing downwards).
+
+Detection
+    Earth Engine exports masked pixels as 0 after ``.toByte()``, so an SLC-off gap is a pixel
+    that is zero in every band while lying inside the scene's footprint; outside the footprint
+    zeros are simply "no scene". Without a given footprint, the footprint is the filled convex
+    hull of the non-zero pixels (a scene cropped to an ROI is the intersection of two convex
+    shapes, and the wedges reach the swath edge between sweeps that do not).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.spatial import ConvexHull, QhullError
+from skimage.draw import polygon2mask
+
+#: Lines swept by one ETM+ scan (16 detectors of 30 m).
+SCAN_LINES = 16
+#: Along-track repeat of the gap pattern on one side of the centre line: two sweeps.
+DEFAULT_PERIOD_PX = 2 * SCAN_LINES
+#: Width of a gap at the swath edge, in 30 m pixels.
+DEFAULT_MAX_GAP_PX = 14.0
+#: Width of one Landsat swath (185 km) in 30 m pixels, for masks of whole scenes.
+SWATH_WIDTH_PX = 6167
+
+
+def _scene_frame(
+    shape: tuple[int, int], angle_deg: float, centre_offset_px: float
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Per-pixel (across-track u, along-track v) coordinates in pixels.
+
+    ``u`` runs along the scan direction and is 0 on the centre line; ``v`` runs along the ground
+    track. Both are measured from the array centre (shifted by ``centre_offset_px`` across track).
+    """
+    rows, cols = shape
+    theta = np.deg2rad(angle_deg)
+    y = np.arange(rows, dtype=np.float64)[:, None] - (rows - 1) / 2.0
+    x = np.arange(cols, dtype=np.float64)[None, :] - (cols - 1) / 2.0
+    # Rows grow downwards: the displayed y axis is -row, so a counter-clockwise angle uses -y.
+    u = x * np.cos(theta) - y * np.sin(theta) - centre_offset_px
+    v = x * np.sin(theta) + y * np.cos(theta)
+    return u, v
+
+
+def simulate_slc_off_mask(
+    shape: tuple[int, int],
+    *,
+    angle_deg: float,
+    seed: int,
+    period_px: float = DEFAULT_PERIOD_PX,
+    max_gap_px: float = DEFAULT_MAX_GAP_PX,
+    swath_half_width_px: float | None = None,
+    centre_offset_px: float = 0.0,
+) -> NDArray[np.bool_]:
+    """A Landsat 7 SLC-off gap mask (True = missing) for an array of ``shape``.
+
+    ``angle_deg`` is the scan direction's angle to the grid x axis; ``seed`` picks the
+    along-track phase of the sweeps. ``swath_half_width_px`` is the distance from the centre
+    line at which a gap is ``max_gap_px`` wide; by default it is twice the mean across-track
+    distance of the array's pixels (half the width for an unrotated array), so the array spans a
+    whole swath and ~22 % of it is missing. Pass ``SWATH_WIDTH_PX / 2`` with a
+    ``centre_offset_px`` to place a small window inside a real 185 km swath instead. Widths are
+    clipped at ``max_gap_px`` beyond the swath half-width.
+    """
+    if len(shape) != 2 or min(shape) < 1:
+        raise ValueError(f"shape must be (rows, cols) with both >= 1, got {shape!r}")
+    if period_px <= max_gap_px or max_gap_px <= 0:
+        raise ValueError(
+            f"period_px ({period_px}) must exceed max_gap_px ({max_gap_px}) and both be > 0"
+        )
+    u, v = _scene_frame(shape, angle_deg, centre_offset_px)
+    half = swath_half_width_px
+    if half is None:
+        half = 2.0 * float(np.mean(np.abs(u))) if u.size > 1 else 1.0
+    if half <= 0:
+        raise ValueError(f"swath_half_width_px must be > 0, got {half}")
+    width = max_gap_px * np.minimum(np.abs(u) / half, 1.0)
+    phase = np.random.default_rng(seed).uniform(0.0, period_px)
+    # One side of the centre line opens its gaps between sweeps 2k/2k+1, the other side between
+    # 2k+1/2k+2: the two sides' stripes are offset by one sweep (half a period).
+    side_shift = np.where(u >= 0, 0.0, period_px / 2.0)
+    # Distance (along track) to the nearest sweep boundary where this side's gap opens.
+    offset = np.mod(v - phase - side_shift + period_px / 2.0, period_px) - period_px / 2.0
+    return np.abs(offset) < width / 2.0
+
+
+def apply_gaps(rgb: NDArray[np.uint8], gaps: NDArray[np.bool_]) -> NDArray[np.uint8]:
+    """A copy of an HWC image with the gap pixels set to 0 in every band (as Earth Engine)."""
+    if rgb.shape[:2] != gaps.shape:
+        raise ValueError(f"image {rgb.shape[:2]} and gap mask {gaps.shape} differ in size")
+    out = rgb.copy()
+    out[gaps] = 0
+    return out
+
+
+def _hull_candidates(present: NDArray[np.bool_]) -> NDArray[np.float64]:
+    """Corner points of the first/last present pixel of every row and column.
+
+    Only these can be vertices of the convex hull, so the hull of millions of pixels is found
+    from a few thousand points.
+    """
+    pts: list[NDArray[np.float64]] = []
+    for axis in (0, 1):
+        any_ = present.any(axis=1 - axis)
+        idx = np.flatnonzero(any_)
+        if idx.size == 0:
+            continue
+        lines = present if axis == 0 else present.T
+        first = np.argmax(lines[idx], axis=1)
+        last = lines.shape[1] - 1 - np.argmax(lines[idx][:, ::-1], axis=1)
+        for other in (first, last):
+            r, c = (idx, other) if axis == 0 else (other, idx)
+            for dr in (-0.5, 0.5):
+                for dc in (-0.5, 0.5):
+                    pts.append(np.stack([r + dr, c + dc], axis=1).astype(np.float64))
+    return np.concatenate(pts) if pts else np.empty((0, 2))
+
+
+def footprint_of(rgb: NDArray[np.uint8]) -> NDArray[np.bool_]:
+    """The scene footprint: the filled convex hull of the pixels non-zero in some band."""
+    present = np.any(rgb != 0, axis=2) if rgb.ndim == 3 else rgb != 0
+    pts = _hull_candidates(present)
+    if len(pts) == 0:
+        return np.zeros(present.shape, dtype=bool)
+    try:
+        hull = ConvexHull(pts)
+    except QhullError:  # degenerate (a line of pixels): the present pixels are the footprint
+        return present.copy()
+    poly = pts[hull.vertices]
+    # The hull runs along outer pixel corners, so every present pixel's centre lies inside.
+    return polygon2mask(present.shape, poly) | present
+
+
+def detect_gaps(
+    rgb: NDArray[np.uint8], footprint: NDArray[np.bool_] | None = None
+) -> NDArray[np.bool_]:
+    """SLC-off gaps of an HWC scene: pixels zero in all bands inside the scene footprint."""
+    if rgb.ndim != 3:
+        raise ValueError(f"expected an HWC image, got shape {rgb.shape}")
+    if footprint is None:
+        footprint = footprint_of(rgb)
+    elif footprint.shape != rgb.shape[:2]:
+        raise ValueError(f"footprint {footprint.shape} and image {rgb.shape[:2]} differ in size")
+    return np.all(rgb == 0, axis=2) & footprint
+
+
+def gap_fraction(gaps: NDArray[np.bool_], footprint: NDArray[np.bool_] | None = None) -> float:
+    """Share of the footprint (default: the whole array) that is a gap."""
+    if footprint is None:
+        return float(gaps.mean()) if gaps.size else 0.0
+    n = int(footprint.sum())
+    return float((gaps & footprint).sum()) / n if n else 0.0

@@ -1,0 +1,151 @@
+"""Merging per-scene predictions into one map (paper 2.4.1) and clipping to the extent."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import geopandas as gpd
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from shapely.geometry import box
+
+from producer.extent import ExtentError, default_extent, extent_mask, read_extent
+from producer.grid import Grid
+from producer.merge import NO_SCENE, Candidate, NotCoveredError, compose, plan_merge
+from producer.shelves import roi_polygon
+
+SHAPE = (20, 30)
+ROI = np.ones(SHAPE, bool)
+EXTENT = np.zeros(SHAPE, bool)
+EXTENT[5:15, 5:25] = True
+
+
+def _mask(rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
+    m = np.zeros(SHAPE, bool)
+    m[rows, cols] = True
+    return m
+
+
+def _cand(name: str, day: int, usable: np.ndarray, present: np.ndarray | None = None
+          ) -> Candidate:
+    return Candidate(name, dt.date(2021, 12, 1) + dt.timedelta(days=day), usable, present)
+
+
+def test_full_coverage_scene_is_the_map_alone() -> None:
+    partial = _cand("partial", 0, _mask(cols=slice(0, 20)))
+    full = _cand("full", 30, _mask())
+    also_full = _cand("also-full", 2, _mask())
+    plan = plan_merge([partial, full, also_full], ROI, EXTENT)
+    assert plan.single_scene and plan.main == 1  # the source's ranking decides between full ones
+    assert plan.used == (1,)
+    assert plan.fractions == (0.0, 1.0, 0.0)
+    assert (plan.index == 1).all()
+
+
+def test_gaps_filled_from_complementary_scenes_closest_date_first() -> None:
+    main = _cand("main", 0, _mask(cols=slice(0, 20)))  # best shelf coverage
+    far = _cand("far", 90, _mask(cols=slice(12, 30)))
+    near = _cand("near", 5, _mask(cols=slice(15, 30)))
+    plan = plan_merge([far, main, near], ROI, EXTENT)
+    assert plan.main == 1 and not plan.single_scene
+    assert (plan.index[:, :20] == 1).all()
+    assert (plan.index[:, 20:] == 2).all()  # the near date fills, the far one is not needed
+    assert plan.used == (1, 2)
+    assert plan.fractions[0] == 0.0
+    assert plan.fractions[1] == pytest.approx(20 / 30) and plan.fractions[2] == pytest.approx(
+        10 / 30)
+    pred = [np.full(SHAPE, v, np.uint8) for v in (7, 1, 0)]
+    merged = compose(plan, pred)
+    assert (merged[:, :20] == 1).all() and (merged[:, 20:] == 0).all()
+
+
+def test_far_scene_fills_what_the_near_one_cannot() -> None:
+    main = _cand("main", 0, _mask(cols=slice(0, 18)))
+    near = _cand("near", 3, _mask(rows=slice(0, 10), cols=slice(15, 30)))
+    far = _cand("far", 60, _mask(cols=slice(12, 30)))
+    plan = plan_merge([main, near, far], ROI, EXTENT)
+    assert (plan.index[:10, 18:] == 1).all()
+    assert (plan.index[10:, 18:] == 2).all()
+    assert plan.used == (0, 1, 2)
+
+
+def test_uncovered_shelf_means_no_map() -> None:
+    a = _cand("a", 0, _mask(cols=slice(0, 12)))
+    b = _cand("b", 4, _mask(cols=slice(0, 20)))
+    with pytest.raises(NotCoveredError) as err:
+        plan_merge([a, b], ROI, EXTENT)
+    assert err.value.missing_pixels == 10 * 5
+    assert "not fully covered" in str(err.value)
+    with pytest.raises(NotCoveredError, match="no scene"):
+        plan_merge([], ROI, EXTENT)
+
+
+def test_cloudy_pixels_fill_only_outside_the_shelf() -> None:
+    usable = _mask(rows=slice(0, 18))
+    cloudy_present = _mask()
+    a = _cand("a", 0, usable, cloudy_present)
+    plan = plan_merge([a], ROI, EXTENT)
+    assert (plan.index == 0).all()
+    assert plan.cloudy_fill_fraction == pytest.approx(2 / 20)
+    # Cloud over the shelf itself is never accepted.
+    usable_hole = _mask()
+    usable_hole[8, 8] = False
+    with pytest.raises(NotCoveredError):
+        plan_merge([_cand("b", 0, usable_hole, _mask())], ROI, EXTENT)
+
+
+def test_pixels_without_data_are_background_and_indexed_none() -> None:
+    a = _cand("a", 0, _mask(cols=slice(0, 27)))
+    plan = plan_merge([a], ROI, EXTENT)
+    assert (plan.index[:, 27:] == NO_SCENE).all()
+    assert plan.uncovered_fraction == pytest.approx(3 / 30)
+    merged = compose(plan, [np.ones(SHAPE, np.uint8)])
+    assert merged[:, 27:].max() == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 120), st.integers(0, 29), st.integers(1, 30)),
+                min_size=1, max_size=6))
+def test_plan_invariants(specs: list[tuple[int, int, int]]) -> None:
+    """Every indexed pixel is usable in its scene (or cloudy-filled off-shelf); fractions sum."""
+    cands = [_cand(f"s{i}", day, _mask(cols=slice(c0, c0 + w)))
+             for i, (day, c0, w) in enumerate(specs)]
+    try:
+        plan = plan_merge(cands, ROI, EXTENT)
+    except NotCoveredError:
+        union = np.logical_or.reduce([c.usable for c in cands])
+        assert (EXTENT & ~union).any()
+        return
+    for i, c in enumerate(cands):
+        assert c.usable[plan.index == i].all()
+    assert sum(plan.fractions) + plan.uncovered_fraction == pytest.approx(1.0)
+    assert not (EXTENT & (plan.index == NO_SCENE)).any()
+
+
+def test_extent_from_geopackage_clips_type1(tmp_path) -> None:
+    grid = Grid.from_bounds(0, 0, 300, 300)  # 10 x 10 px
+    frame = gpd.GeoDataFrame(
+        {"shelf": ["Totten", "Totten", "Amery"], "year": [2021, 2020, 2021]},
+        geometry=[box(0, 150, 150, 300), box(0, 0, 300, 300), box(0, 0, 30, 30)],
+        crs="EPSG:3031",
+    )
+    path = tmp_path / "extents.gpkg"
+    frame.to_file(path)
+    mask = extent_mask(read_extent(path, "Totten", 2021), grid)
+    assert mask.sum() == 25 and mask[:5, :5].all()
+    with pytest.raises(ExtentError, match="no row with shelf == 'Totten' and year == 2019"):
+        read_extent(path, "Totten", 2019)
+    frame.drop(columns="year").to_file(tmp_path / "bad.gpkg")
+    with pytest.raises(ExtentError, match="missing column"):
+        read_extent(tmp_path / "bad.gpkg", "Totten", 2021)
+
+
+def test_default_extent_is_the_roi_shrunk() -> None:
+    roi = roi_polygon("Totten")
+    grid = Grid.covering(roi, resolution=300.0)
+    inner = default_extent(roi, grid)
+    assert inner.within(roi) and inner.area < 0.9 * roi.area
+    m = extent_mask(inner, grid)
+    assert 0 < m.mean() < 0.95
