@@ -232,8 +232,10 @@ def index_dicts(release_dir: Path, catalog_json: Path) -> list[dict]:
 #: Fields and link relations that the publisher writes into a saved catalog (DOIs, citation,
 #: version links); a rebuild keeps them so re-cataloging never loses a published DOI.
 PUBLISHER_FIELDS = ("sci:doi", "sci:citation", "sci:publications")
-PUBLISHER_RELS = frozenset({"cite-as", "doi", "latest-version", "predecessor-version",
-                            "successor-version", "via"})
+PUBLISHER_RELS = frozenset({"alternate", "cite-as", "doi", "latest-version",
+                            "predecessor-version", "related", "successor-version", "via"})
+#: Extension schemas that come with those fields (scientific, alternate assets).
+PUBLISHER_EXTENSIONS = ("/scientific/", "/alternate-assets/")
 
 
 def _saved_objects(stac_dir: Path) -> dict[str, dict]:
@@ -256,11 +258,16 @@ def _carry(target: pystac.Collection | pystac.Item, old: dict) -> None:
         if key in fields:
             where[key] = fields[key]
     for link in old.get("links", []):
+        # only remote links are the publisher's (the catalog's own links are relative paths)
         if link.get("rel") in PUBLISHER_RELS and "://" in link.get("href", ""):
             target.add_link(pystac.Link.from_dict(link))
-    extensions = [u for u in old.get("stac_extensions", []) if "scientific" in u]
-    if extensions and any(k in fields for k in PUBLISHER_FIELDS):
-        target.stac_extensions = sorted(set(target.stac_extensions) | set(extensions))
+    for key, asset in old.get("assets", {}).items():
+        if "alternate" in asset and key in target.assets:
+            target.assets[key].extra_fields["alternate"] = asset["alternate"]
+    extensions = [u for u in old.get("stac_extensions", [])
+                  if any(part in u for part in PUBLISHER_EXTENSIONS)]
+    target.stac_extensions = [*target.stac_extensions,
+                              *(u for u in extensions if u not in target.stac_extensions)]
 
 
 def carry_publisher_fields(stac_dir: Path, collection: pystac.Collection,
