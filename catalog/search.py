@@ -285,6 +285,15 @@ def _select(source: str, clause: str, params: list[Any], columns: str) -> pa.Tab
                 else relation.arrow())  # DuckDB < 1.4 names it arrow()
 
 
+def _drop_filled_nulls(record: dict[str, Any]) -> dict[str, Any]:
+    """Remove the nulls a columnar round trip adds for fields an item never had (e.g. a
+    multi-sensor item's ``platform``); ``icedamage:`` nulls are meaningful and stay."""
+    props = record.get("properties", {})
+    record["properties"] = {k: v for k, v in props.items()
+                            if v is not None or k.startswith(P) or k == "datetime"}
+    return record
+
+
 def run_query(parquet: Path, release_dir: Path, query: Query) -> list[pystac.Item]:
     """Items of the index matching every filter of the query, sorted by id.
 
@@ -304,7 +313,7 @@ def run_query(parquet: Path, release_dir: Path, query: Query) -> list[pystac.Ite
                               table["file_row_number"].to_pylist())
     else:
         table = _select("read_parquet(?)", clause, [str(parquet), *params], "*")
-        records = list(sga.stac_table_to_items(_exact(table, geometry)))
+        records = [_drop_filled_nulls(r) for r in sga.stac_table_to_items(_exact(table, geometry))]
     root = str(Path(release_dir).resolve())
     return [pystac.Item.from_dict(_absolute(record, root), preserve_dict=False, migrate=False)
             for record in records]

@@ -129,3 +129,18 @@ def test_odc_stac_loads_a_search_result(release: Path) -> None:
             expected = src.read(1)
             assert data.x.values[0] == pytest.approx(src.transform.c + 15)
         np.testing.assert_array_equal(cube.isel(time=index).values, expected)
+
+
+def test_search_without_the_ndjson_decodes_the_parquet(release: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / ITEMS_PARQUET).write_bytes((release / ITEMS_PARQUET).read_bytes())
+    [expected] = search(release, sensors=["LE07"], bbox=[60, -75, 80, -60])
+    found = search(copy, sensors=["LE07"], bbox=[60, -75, 80, -60])
+    assert [i.id for i in found] == ["amery-front-2012"]
+    assert found[0].common_metadata.start_datetime == expected.common_metadata.start_datetime
+    times = ("start_datetime", "end_datetime", "datetime")
+    assert {k: v for k, v in found[0].properties.items() if k not in times} == \
+        {k: v for k, v in expected.properties.items() if k not in times}
+    assert Path(found[0].assets["damage_map"].href).relative_to(copy.resolve()) == \
+        Path(expected.assets["damage_map"].href).relative_to(release.resolve())
