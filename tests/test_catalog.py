@@ -463,3 +463,14 @@ def test_two_maps_for_one_shelf_year_are_refused(cataloged: Path) -> None:
                 folder / "LC08_LC09_Totten_2016_damage_map.tif")
     result = CliRunner().invoke(build_app(), ["catalog", str(cataloged), "--force"])
     assert result.exit_code == 1 and "two products for Totten 2016" in result.output
+
+
+def test_release_yaml_sets_version_and_license(cataloged: Path) -> None:
+    (cataloged / "release.yaml").write_text("version: '1.1'\nlicense: CC-BY-NC-4.0\n")
+    catalog_release(cataloged, PAPER_FACTORS)
+    item = json.loads(item_path(cataloged, "larsen-b-2005").read_text())
+    collection = json.loads((cataloged / "stac" / COLLECTION / "collection.json").read_text())
+    assert item["properties"]["version"] == "1.1" and collection["version"] == "1.1"
+    assert collection["license"] == "CC-BY-NC-4.0"
+    assert any("/version/" in uri for uri in item["stac_extensions"])
+    assert rules_found(cataloged, "stac-schema") == set()
