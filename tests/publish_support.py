@@ -59,6 +59,8 @@ def make_demo(release: Path) -> Path:
     path = sorted(release.rglob("*_provenance.json"))[0]
     record = dataclasses.replace(read_provenance(path), source="demo")
     path.write_text(record.to_json())
+    # re-catalog, as a producer run does: the catalog's demo-flag rule fails a stale catalog
+    catalog_release(release, PAPER_FACTORS)
     return path
 
 
