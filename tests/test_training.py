@@ -385,3 +385,30 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path: Path) -> N
     split = load_file(tmp_path / "split" / "last.safetensors")
     assert full.keys() == split.keys()
     assert all(torch.equal(full[k], split[k]) for k in full)
+
+
+def test_cli_split_export_train_and_resume_with_the_demo_renderer(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    app = build_app()
+    tiles = tmp_path / "tiles"
+    res = runner.invoke(app, ["export-demo-tiles", str(tiles), "--count", "5", "--size", "64"])
+    assert res.exit_code == 0, res.output
+    with rasterio.open(tiles / "images" / "demo_000000.tif") as src:
+        assert (src.count, src.dtypes[0], src.shape) == (3, "uint8", (64, 64))
+    res = runner.invoke(app, ["split-data", str(tiles)])
+    assert res.exit_code != 0 and "--force" in res.output  # export wrote a split already
+    res = runner.invoke(app, ["split-data", str(tiles), "--seed", "1", "--force"])
+    assert res.exit_code == 0 and "train: 4" in res.output
+    run = tmp_path / "run"
+    args = ["train", "--demo", "--variant", "b0", "--demo-tiles", "4", "--demo-val-tiles", "2",
+            "--demo-size", "64", "--batch-size", "4", "--threads", "1", "--out", str(run)]
+    res = runner.invoke(app, [*args, "--epochs", "1"])
+    assert res.exit_code == 0, res.output
+    assert (run / "best.safetensors").exists() and (run / "curves.png").exists()
+    res = runner.invoke(app, [*args, "--epochs", "2"])
+    assert res.exit_code != 0 and "--resume" in res.output
+    res = runner.invoke(app, ["train", "--resume", "--out", str(run), "--epochs", "2"])
+    assert res.exit_code == 0, res.output
+    history = json.loads((run / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1]
+    assert history[1]["lr"] == pytest.approx(LRSchedule().lr(1))
