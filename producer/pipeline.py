@@ -206,8 +206,11 @@ def resolve_source(spec: str, demo_size: int | None = None) -> SceneSource:
         return DemoSource(size=demo_size)
     if demo_size is not None:
         raise ProduceError(f"--demo-size applies to the demo source only, not {spec!r}")
-    from producer.sources.registry import get_source
-
+    try:
+        from producer.sources.registry import get_source
+    except ImportError as err:
+        raise ProduceError(f"--source {spec!r}: the scene-source registry is not available in "
+                           f"this build ({err}); use --source demo") from None
     return get_source(spec)
 
 
