@@ -125,10 +125,8 @@ class LoadedModel:
     """
 
     def __init__(self, path: Path) -> None:
-        from producer.segmentation import weights_sha256
-
         self.path = Path(path)
-        self.sha256 = weights_sha256(self.path)
+        self.sha256 = file_sha256(self.path)  # same digest as the checkpoint loader's, no torch
         self._loaded: tuple[Any, ModelRecord] | None = None
 
     def _load(self) -> tuple[Any, ModelRecord]:
