@@ -16,6 +16,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "validation.commands",
     "producer.restoration.commands",
     "producer.training.commands",
+    "catalog.commands",
+    "publish.commands",
 )
 
 

@@ -163,8 +163,9 @@ class Image(Node):
         return self._child("toByte")
 
     def reduceRegion(self, reducer: Reducer, geometry: Geometry, scale: float,  # noqa: N802
-                     maxPixels: float | None = None) -> Value:  # noqa: N803
-        self.fake.log("reduceRegion", (reducer.name, geometry, scale, maxPixels))
+                     crs: str | None = None, maxPixels: float | None = None  # noqa: N803
+                     ) -> Value:
+        self.fake.log("reduceRegion", (reducer.name, geometry, scale, crs, maxPixels))
         return Value(self.fake, "reduceRegion", (reducer, geometry, scale), self)
 
     def selected_bands(self) -> list[str]:

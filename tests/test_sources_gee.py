@@ -25,6 +25,7 @@ from producer.sources.gee import (
     roi_lonlat,
     tile_windows,
 )
+from producer.sources.local import LocalFolderSource
 from producer.spec import SENSORS
 from tests.fake_ee import FakeEE, FakeImage, pattern
 
@@ -67,10 +68,31 @@ def grid() -> Grid:
     return Grid.covering(ROI)
 
 
-def make_source(fake: FakeEE, **options: object) -> EarthEngineSource:
-    source = EarthEngineSource(ee_module=fake, tile_size=TILE, progress=False, **options)
+@pytest.fixture
+def cache(tmp_path: Path) -> Path:
+    """The gee cache folder of Totten 2021 when the cache root is ``tmp_path``."""
+    return tmp_path / "gee" / "Totten" / "2021"
+
+
+def make_source(fake: FakeEE, root: Path, **options: object) -> EarthEngineSource:
+    source = EarthEngineSource(ee_module=fake, tile_size=TILE, progress=False, cache_dir=root,
+                               **options)
     source.grid("Totten", ROI)
     return source
+
+
+def run(fake: FakeEE, root: Path, grid: Grid, year: int = 2021, **options: object) -> list:
+    """Scenes of Totten ``year`` with the cache under ``root`` (work folder unused)."""
+    return make_source(fake, root, **options).scenes("Totten", year, grid, root / "work")
+
+
+def test_downloads_go_to_the_persistent_cache(monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:
+    monkeypatch.setenv("ICEDAMAGE_CACHE", str(tmp_path / "c"))
+    assert EarthEngineSource().scene_dir("Larsen B", 2005) == tmp_path / "c/gee/Larsen B/2005"
+    monkeypatch.delenv("ICEDAMAGE_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert EarthEngineSource().cache_dir == tmp_path / "x" / "icedamage"
 
 
 def test_grid_is_the_aligned_roi_grid(grid: Grid) -> None:
@@ -78,10 +100,10 @@ def test_grid_is_the_aligned_roi_grid(grid: Grid) -> None:
     assert grid.resolution == (30.0, 30.0) and grid.crs == "EPSG:3031"
 
 
-def test_search_filters_ranking_and_downloads_follow_the_paper(tmp_path: Path,
-                                                               grid: Grid) -> None:
+def test_search_filters_ranking_and_downloads_follow_the_paper(tmp_path: Path, grid: Grid,
+                                                               cache: Path) -> None:
     fake = FakeEE(catalog())
-    scenes = make_source(fake, project="my-ee-project").scenes("Totten", 2021, grid, tmp_path)
+    scenes = run(fake, tmp_path, grid, project="my-ee-project")
 
     assert fake.initialize_calls == [{"project": "my-ee-project"}]
     # Tier 1 and Tier 2 TOA of the sensors plausible in 2021 only: LC08 and LC09, never LE07.
@@ -100,7 +122,7 @@ def test_search_filters_ranking_and_downloads_follow_the_paper(tmp_path: Path,
     mapped = fake.ops("map")
     assert mapped and all(body.update_mask_bits() == {8, 16} for (body,) in mapped)
     reductions = fake.ops("reduceRegion")
-    assert {(r[0], r[2]) for r in reductions} == {("count", 300)}
+    assert {(r[0], r[2], r[3]) for r in reductions} == {("count", 300, "EPSG:3031")}
     assert all(r[1] is geometry or r[1] == geometry for r in reductions)
 
     # Most valid first; same-day images combined; cloudy, out-of-window, out-of-ROI excluded;
@@ -110,7 +132,7 @@ def test_search_filters_ranking_and_downloads_follow_the_paper(tmp_path: Path,
         ("LC08", "2022-01-10", 0.7), ("LC08", "2022-03-31", 0.2)]
     assert scenes[1].source_ids == ("LC08_L1GT_089107_20211205_20211215_02_T1",
                                     "LC08_L1GT_089108_20211205_20211215_02_T1")
-    assert scenes[1].path.name == "LC08_Totten_composite_2021-12-05_uint8.tif"
+    assert scenes[1].path == cache / "LC08_Totten_composite_2021-12-05_uint8.tif"
     assert scenes[0].scene_id == "LC09_Totten_composite_2021-12-20"
 
     # Downloads: unmasked daily median clipped to the ROI, RGB × 255 as bytes, on our grid.
@@ -145,39 +167,45 @@ def test_search_filters_ranking_and_downloads_follow_the_paper(tmp_path: Path,
             assert src.transform == grid.transform and src.shape == grid.shape
             np.testing.assert_array_equal(src.read(), expected)
             assert src.tags()["SOURCE_IDS"].split(",") == list(scene.source_ids)
-    manifest = json.loads((tmp_path / "gee_Totten_2021.json").read_text())
+    # A folder of gee downloads is a valid local:DIR, product ids included.
+    local = LocalFolderSource(cache, progress=False)
+    local.grid("Totten", ROI)
+    again = local.scenes("Totten", 2021, grid, tmp_path / "local-work")
+    assert {(s.scene_id, s.source_ids) for s in again} == {(s.scene_id, s.source_ids)
+                                                          for s in scenes}
+    manifest = json.loads((cache / "gee_Totten_2021.json").read_text())
     assert len(manifest["candidates"]) == 5 and len(manifest["chosen"]) == 4
 
 
 def test_le07_summer_searches_landsat7_bands(tmp_path: Path, grid: Grid) -> None:
     fake = FakeEE([_image(LE07_T2, "LE07_L1GT_089107_20051207_20160101_02_T2",
                           "2005-12-07T01:00", 20, 0.8)])
-    scenes = make_source(fake).scenes("Totten", 2005, grid, tmp_path)
+    scenes = run(fake, tmp_path, grid, 2005)
     assert {a[0] for a in fake.ops("ImageCollection")} == set(SENSORS["LE07"].ee_collections)
     assert [s.sensor for s in scenes] == ["LE07"]
     assert {tuple(r["bandIds"]) for r in fake.pixel_requests} == {("B3", "B2", "B1")}
 
 
-def test_top_n_limits_downloads(tmp_path: Path, grid: Grid) -> None:
+def test_top_n_limits_downloads(tmp_path: Path, grid: Grid, cache: Path) -> None:
     fake = FakeEE(catalog())
-    scenes = make_source(fake, top=2).scenes("Totten", 2021, grid, tmp_path)
+    scenes = run(fake, tmp_path, grid, top=2)
     assert [s.acquired.isoformat() for s in scenes] == ["2021-12-20", "2021-12-05"]
-    assert sorted(p.name for p in tmp_path.glob("*.tif")) == [
+    assert sorted(p.name for p in cache.glob("*.tif")) == [
         "LC08_Totten_composite_2021-12-05_uint8.tif", "LC09_Totten_composite_2021-12-20_uint8.tif"]
 
 
 def test_no_imagery_gives_no_scenes(tmp_path: Path, grid: Grid) -> None:
     fake = FakeEE([])
-    assert make_source(fake).scenes("Totten", 2021, grid, tmp_path) == []
+    assert run(fake, tmp_path, grid) == []
     assert fake.pixel_requests == []
 
 
 def test_missing_credentials_give_a_clear_error(tmp_path: Path, grid: Grid) -> None:
     fake = FakeEE(catalog(), credentials=False)
     with pytest.raises(CredentialsError) as info:
-        make_source(fake).scenes("Totten", 2021, grid, tmp_path)
+        run(fake, tmp_path, grid)
     message = str(info.value)
-    assert "earthengine authenticate" in message and "--project" in message
+    assert "earthengine authenticate" in message and "set_project" in message
     assert "EE_PROJECT" in message and "--source demo" in message
     assert not list(tmp_path.glob("*"))
 
@@ -190,24 +218,24 @@ def test_real_client_without_credentials_gives_the_clear_error(
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.config/earthengine/credentials
     monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
     monkeypatch.setenv("EE_PROJECT", "some-project")
-    source = EarthEngineSource(ee_module=ee, progress=False)
+    source = EarthEngineSource(ee_module=ee, progress=False, cache_dir=tmp_path / "cache")
     with pytest.raises(CredentialsError, match="earthengine authenticate"):
         source.scenes("Totten", 2021, grid, tmp_path / "work")
 
 
 def test_rerun_uses_the_cache_without_earth_engine(tmp_path: Path, grid: Grid) -> None:
-    first = make_source(FakeEE(catalog())).scenes("Totten", 2021, grid, tmp_path)
+    first = run(FakeEE(catalog()), tmp_path, grid)
     stamps = {s.path: s.path.stat().st_mtime_ns for s in first}
 
     offline = FakeEE(catalog(), credentials=False)  # any Earth Engine use would fail
-    again = make_source(offline).scenes("Totten", 2021, grid, tmp_path)
+    again = run(offline, tmp_path, grid)
     assert again == first
     assert offline.initialize_calls == [] and offline.calls == []
     assert {s.path: s.path.stat().st_mtime_ns for s in again} == stamps
 
     first[1].path.unlink()  # one scene lost: only that one is fetched, no new ranking
     fake = FakeEE(catalog())
-    make_source(fake).scenes("Totten", 2021, grid, tmp_path)
+    run(fake, tmp_path, grid)
     assert fake.getinfo_calls == []
     windows = [w for w in tile_windows(grid, TILE) if box(*grid.subgrid(w).bounds).intersects(ROI)]
     assert len(fake.pixel_requests) == len(windows)
@@ -216,19 +244,19 @@ def test_rerun_uses_the_cache_without_earth_engine(tmp_path: Path, grid: Grid) -
 
 
 def test_changed_parameters_redo_the_ranking(tmp_path: Path, grid: Grid) -> None:
-    make_source(FakeEE(catalog())).scenes("Totten", 2021, grid, tmp_path)
+    run(FakeEE(catalog()), tmp_path, grid)
     fake = FakeEE(catalog())
-    scenes = make_source(fake, cloud_cover_max=20).scenes("Totten", 2021, grid, tmp_path)
+    scenes = run(fake, tmp_path, grid, cloud_cover_max=20)
     assert fake.getinfo_calls  # ranked again
     assert {a[2] for a in fake.ops("filter")} == {20.0}
     assert [s.acquired.isoformat() for s in scenes] == ["2021-12-20", "2021-12-05", "2022-03-31"]
 
 
-def test_failed_tile_leaves_no_partial_scene(tmp_path: Path, grid: Grid) -> None:
+def test_failed_tile_leaves_no_partial_scene(tmp_path: Path, grid: Grid, cache: Path) -> None:
     fake = FakeEE(catalog(), fail_pixels_after=3)
     with pytest.raises(SourceError, match=r"LC09_Totten_composite_2021-12-20_uint8\.tif tile"):
-        make_source(fake).scenes("Totten", 2021, grid, tmp_path)
-    assert not list(tmp_path.glob("*.tif")) and not list(tmp_path.glob(".*.tmp"))
+        run(fake, tmp_path, grid)
+    assert not list(cache.glob("*.tif")) and not list(cache.glob(".*.tmp"))
 
 
 @settings(max_examples=60, deadline=None)
@@ -312,10 +340,10 @@ def test_real_client_serializes_the_expected_graph(real_ee, tmp_path: Path, grid
 
     monkeypatch.setattr(ee.data, "computeValue", compute_value)
     monkeypatch.setattr(ee.data, "computePixels", compute_pixels)
-    source = EarthEngineSource(ee_module=ee, tile_size=64, progress=False)
+    source = EarthEngineSource(ee_module=ee, tile_size=64, progress=False, cache_dir=tmp_path)
     source._initialized = True  # ee.Initialize already ran against the stubbed API
     source.grid("Totten", ROI)
-    scenes = source.scenes("Totten", 2021, grid, tmp_path)
+    scenes = source.scenes("Totten", 2021, grid, tmp_path / "work")
     assert [(s.sensor, s.valid_fraction) for s in scenes] == [("LC08", 0.6)]
     search, counts, pixels = graphs[0], graphs[2], graphs[-1]
 
@@ -333,7 +361,7 @@ def test_real_client_serializes_the_expected_graph(real_ee, tmp_path: Path, grid
     assert {"Collection.map", "Image.bitwiseAnd", "Image.eq", "Image.and", "Image.updateMask",
             "reduce.median", "Image.clip", "Image.reduceRegion", "Reducer.count"} <= \
         functions(counts)
-    assert {"8", "16", "300", '"2021-12-05"', '"2021-12-06"'} <= constants(counts)
+    assert {"8", "16", "300", '"2021-12-05"', '"2021-12-06"', '"EPSG:3031"'} <= constants(counts)
     assert '"QA_PIXEL"' in counts
     assert {"reduce.median", "Image.clip", "Image.select", "Image.multiply",
             "Image.toByte"} <= functions(pixels)

@@ -10,6 +10,7 @@ import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,10 @@ from rasterio.io import MemoryFile
 from typer.testing import CliRunner
 
 from producer.cli import build_app
+from tests.release_factory import ShelfYear, build_release
+from validation import engine, product_rules
 from validation.engine import (
+    ENTRY_POINT_GROUP,
     RULE_SET_FAILED,
     ValidationOptions,
     ValidationReport,
@@ -371,3 +375,67 @@ def test_crashing_rule_set_is_reported_and_others_still_run(release: Path) -> No
     assert (RULE_SET_FAILED, ".") in found(report)
     assert ("layout-stray-file", "junk") in found(report)
     assert "boom" in next(p.found for p in report.problems if p.rule == RULE_SET_FAILED)
+
+
+def _needs_metadata(options: ValidationOptions) -> _Needs:
+    """An entry-point style factory (module:attribute) for the plug-in test."""
+    return _Needs("metadata.ods")
+
+
+def test_entry_point_rule_sets_are_loaded(release: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Installed distributions can add rule sets through the icedamage.rule_sets group."""
+    point = EntryPoint("needs", "tests.test_validate:_needs_metadata", ENTRY_POINT_GROUP)
+    monkeypatch.setattr(engine, "entry_points",
+                        lambda group: [point] if group == ENTRY_POINT_GROUP else [])
+    assert ("needs-file", "metadata.ods") in found(validate_release(release))
+
+
+def test_odd_sized_rasters_overviews_are_read_exactly(tmp_path: Path) -> None:
+    """Sizes that overview factors do not divide: valid passes, averaged overviews are caught."""
+    item = ShelfYear("Brunt", 2016, ("LC08",), size=(1030, 771))
+    root = build_release(tmp_path / "odd", (item,), with_provenance=False)
+    assert validate_release(root).problems == []
+    rel = "Brunt/2016/LC08_Brunt_2016_damage.tif"
+    rewrite(root / rel, overview_resampling="AVERAGE")
+    report = validate_release(root)
+    assert ("raster-overview-values", rel) in found(report)
+
+
+def test_threads_report_the_same_as_one_thread(release: Path) -> None:
+    """The thread pool changes nothing in the report but its speed."""
+    with_value(release, T16 + MAP, 9)
+    rewrite(release / (AMERY + DMG), overview_resampling="AVERAGE")
+    (release / (T21 + DMG)).unlink()
+    one, many = validate_release(release, workers=1), validate_release(release, workers=3)
+    assert one.problems == many.problems and len(one.problems) >= 4
+
+
+class _HalfBroken:
+    name = "half-broken"
+
+    def check(self, release_dir: Path):  # noqa: ANN201 - a generator, as rule sets may be
+        yield Problem("a.tif", "first-rule", "x", "y")
+        raise RuntimeError("late failure")
+
+
+def test_problems_before_a_crash_are_kept(release: Path) -> None:
+    """A rule set that fails midway keeps what it already found."""
+    report = validate_release(release, rule_sets=[_HalfBroken()])
+    assert found(report) == {("first-rule", "a.tif"), (RULE_SET_FAILED, ".")}
+
+
+def test_unexpected_error_in_one_shelf_year_spares_the_others(
+        release: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One shelf-year whose checks raise is reported; the other shelf-years are still checked."""
+    original = product_rules.check_pair
+
+    def flaky(pair: product_rules.Pair) -> list[Problem]:
+        if pair.files()[0].rel == T16 + MAP:
+            raise MemoryError("simulated")
+        return original(pair)
+
+    monkeypatch.setattr(product_rules, "check_pair", flaky)
+    with_value(release, T21 + MAP, 3)
+    report = validate_release(release, workers=1)
+    assert ("raster-check-failed", T16 + MAP) in found(report)
+    assert ("raster-values", T21 + MAP) in found(report)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 
-class SourceError(RuntimeError):
+class SourceError(ValueError):
     """A scene source cannot deliver: bad input files, a failed download, a bad option.
 
-    The message names the file (or request) and the field or rule that failed.
+    The message names the file (or request) and the field or rule that failed. It is a
+    ValueError so that commands treating bad input as ValueError (``produce`` reports a year as
+    failed, or a bad ``--source`` as an error) show the message and exit non-zero, no traceback.
     """
 
 

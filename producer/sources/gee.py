@@ -16,9 +16,12 @@ This is the authors' Earth Engine acquisition script (paper section 2.1.3; the f
    UInt8, inside Earth Engine's 48 MB / 32,768 px request limits), mosaicked into one GeoTIFF per
    scene named like the authors' exports, ``<SENSOR>_<Shelf>_composite_<YYYY-MM-DD>_uint8.tif``.
 
-Re-running is cheap: the ranking is kept in ``gee_<Shelf>_<YYYY>.json`` beside the scenes (reused
-while the search parameters are unchanged) and scenes already downloaded are not fetched again,
-so a complete cache is used without contacting Earth Engine at all.
+Downloads are costly (minutes per scene), so they are kept in a persistent cache rather than the
+caller's temporary work folder: ``<cache>/gee/<Shelf>/<YYYY>/`` where ``<cache>`` is the
+``cache_dir`` option, else ``$ICEDAMAGE_CACHE``, else ``$XDG_CACHE_HOME/icedamage`` (default
+``~/.cache/icedamage``). Re-running is cheap: the ranking is kept there in
+``gee_<Shelf>_<YYYY>.json`` (reused while the search parameters are unchanged) and scenes already
+downloaded are not fetched again, so a complete cache is used without contacting Earth Engine.
 
 The ``ee`` module is injected (``EarthEngineSource(ee_module=...)``) so tests can hand in a fake
 that records the requests; by default the real ``earthengine-api`` is imported on first use.
@@ -82,15 +85,23 @@ AUTH_HELP = (
     "Earth Engine credentials are missing or unusable: {error}\n"
     "To use --source gee:\n"
     "  1. run `earthengine authenticate` (or `python -c 'import ee; ee.Authenticate()'`) once;\n"
-    "  2. give the Google Cloud project registered for Earth Engine with --project PROJECT,\n"
-    "     the EE_PROJECT environment variable, or `earthengine set_project PROJECT`.\n"
+    "  2. name the Google Cloud project registered for Earth Engine: set EE_PROJECT=PROJECT\n"
+    "     or run `earthengine set_project PROJECT`.\n"
     "Without Earth Engine, use --source local:DIR (exported GeoTIFFs) or --source demo."
 )
 
 
 # --------------------------------------------------------------------------------------------
-# Pure helpers: geometry, tiling, requests, ranking
+# Pure helpers: cache, geometry, tiling, requests, ranking
 # --------------------------------------------------------------------------------------------
+
+
+def default_cache_dir() -> Path:
+    """``$ICEDAMAGE_CACHE``, else ``$XDG_CACHE_HOME/icedamage``, else ``~/.cache/icedamage``."""
+    if os.environ.get("ICEDAMAGE_CACHE"):
+        return Path(os.environ["ICEDAMAGE_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "icedamage"
 
 
 def roi_lonlat(roi: BaseGeometry) -> BaseGeometry:
@@ -249,8 +260,11 @@ class _Expressions:
             day.isoformat(), (day + dt.timedelta(days=1)).isoformat())
 
     def _count(self, image: Any, band: str) -> Any:
+        # In EPSG:3031 (equal-scale near the poles) rather than the composite's default WGS84
+        # degrees, so both counts measure the same ground area per pixel.
         return image.reduceRegion(reducer=self.ee.Reducer.count(), geometry=self.roi,
-                                  scale=RANKING_SCALE_M, maxPixels=1e13).get(band)
+                                  scale=RANKING_SCALE_M, crs=ENCODING.crs,
+                                  maxPixels=1e13).get(band)
 
     def valid_count(self, composite: DailyComposite) -> Any:
         """Valid (cloud- and shadow-free) pixels of the daily median composite over the ROI."""
@@ -310,6 +324,7 @@ class EarthEngineSource:
         tile_size: int = DEFAULT_TILE,
         min_valid_fraction: float = 0.0,
         rank_batch: int = DEFAULT_RANK_BATCH,
+        cache_dir: Path | str | None = None,
         force: bool = False,
         progress: bool = True,
         ee_module: ModuleType | Any | None = None,
@@ -323,6 +338,7 @@ class EarthEngineSource:
         self.tile_size = tile_size
         self.min_valid_fraction = min_valid_fraction
         self.rank_batch = max(1, rank_batch)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.force = force
         self.progress = progress
         self._ee = ee_module
@@ -361,20 +377,28 @@ class EarthEngineSource:
         self._rois[shelf] = roi
         return Grid.covering(roi)
 
+    def scene_dir(self, shelf: str, year: int) -> Path:
+        """The cache folder of a shelf-year: ``<cache>/gee/<Shelf>/<YYYY>``."""
+        return self.cache_dir / self.name / shelf / f"{year:04d}"
+
     def scene_path(self, workdir: Path, shelf: str, composite: DailyComposite) -> Path:
         """Where a composite is (or will be) cached: the authors' export name."""
         return Path(workdir) / export_name(composite.sensor, shelf, composite.day).filename
 
     def scenes(self, shelf: str, year: int, grid: Grid, workdir: Path) -> list[Scene]:
-        """Rank the summer's daily composites and download the best ones (cached) under workdir."""
-        workdir = Path(workdir)
+        """Rank the summer's daily composites and download the best ones into the cache.
+
+        ``workdir`` (the caller's temporary folder) is not used: downloads are kept in the
+        persistent cache (``scene_dir``) so a re-run does not fetch them again.
+        """
+        folder = self.scene_dir(shelf, year)
         roi = self._rois.get(shelf) or roi_polygon(shelf)
-        chosen = self._ranking(shelf, year, grid, roi, workdir)
+        chosen = self._ranking(shelf, year, grid, roi, folder)
         todo = [c for c in chosen
-                if self.force or not self.scene_path(workdir, shelf, c).exists()]
+                if self.force or not self.scene_path(folder, shelf, c).exists()]
         if todo:
-            self._download_all(shelf, year, grid, roi, workdir, todo)
-        return [self._scene(shelf, workdir, c, rank_) for rank_, c in enumerate(chosen, 1)]
+            self._download_all(shelf, year, grid, roi, folder, todo)
+        return [self._scene(shelf, folder, c, rank_) for rank_, c in enumerate(chosen, 1)]
 
     def _scene(self, shelf: str, workdir: Path, composite: DailyComposite, rank_: int) -> Scene:
         name = export_name(composite.sensor, shelf, composite.day)
@@ -487,7 +511,7 @@ class EarthEngineSource:
         }
         with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
             dst.update_tags(SENSOR=composite.sensor, ACQUIRED=composite.day.isoformat(),
-                            SOURCE_IDS=",".join(composite.source_ids),
+                            SOURCE_IDS=",".join(composite.source_ids),  # read by local
                             VALID_FRACTION=f"{composite.valid_fraction:.6f}",
                             EE_COLLECTIONS=",".join(SENSORS[composite.sensor].ee_collections),
                             EXPRESSION="median(day).clip(roi).select(rgb).multiply(255).toByte()")

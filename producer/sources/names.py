@@ -24,9 +24,8 @@ from dataclasses import dataclass
 from producer.spec import SENSOR_ORDER, SENSORS, SpecError
 
 EXPORT_SUFFIX = "_uint8.tif"
-_SENSORS = "|".join(SENSOR_ORDER)
 _EXPORT = re.compile(
-    rf"^(?P<sensor>{_SENSORS})_(?P<shelf>.+)_composite_(?P<date>\d{{4}}-\d{{2}}-\d{{2}})"
+    r"^(?P<sensor>L[A-Z]\d{2})_(?P<shelf>.+)_composite_(?P<date>\d{4}-\d{2}-\d{2})"
     r"_uint8\.tiff?$",
     re.IGNORECASE,
 )
@@ -117,6 +116,16 @@ def parse_product_id(filename: str) -> ProductId:
         collection=match["collection"],
         category=match["category"].upper(),
     )
+
+
+def looks_like_export_name(filename: str) -> bool:
+    """Whether a name has the shape of the export pattern (its fields may still be invalid)."""
+    return _EXPORT.match(filename) is not None
+
+
+def looks_like_product_id(filename: str) -> bool:
+    """Whether a name starts with the shape of a Landsat product id (fields may be invalid)."""
+    return _PRODUCT_ID.match(filename) is not None
 
 
 def shelf_key(name: str) -> str:
