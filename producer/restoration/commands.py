@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -38,6 +40,8 @@ def train_diffgf(
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 100,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.safetensors.")] = False,
     threads: Annotated[int, typer.Option(help="CPU threads for torch (0: torch default).")] = 0,
+    max_minutes: Annotated[float | None, typer.Option(
+        help="Wall-clock budget; the run ends early (weights written) when it is spent.")] = None,
 ) -> None:
     """Train DiffGF on complete images with simulated SLC-off gaps (SLCANT construction)."""
     import torch
@@ -66,7 +70,8 @@ def train_diffgf(
             bar.update(task, completed=step, info=f"{phase} loss {loss:.4f}")
 
         try:
-            _, state = train(config, out, resume=resume, progress=report)
+            _, state = train(config, out, resume=resume, progress=report,
+                             max_seconds=None if max_minutes is None else 60 * max_minutes)
         except (ValueError, FileNotFoundError) as exc:
             console.print(f"[red]{exc}")
             raise typer.Exit(1) from exc
@@ -89,6 +94,10 @@ def evaluate_restoration(
     size: Annotated[int, typer.Option(help="Synthetic tile size.")] = 256,
     seed: Annotated[int, typer.Option(help="Seed of masks and sampling.")] = 0,
     steps: Annotated[int, typer.Option(help="DDIM steps.")] = 20,
+    segmentation: Annotated[Path | None, typer.Option(
+        help="SegFormer weights: also report the damage-map agreement of restored vs original "
+             "(Table 5 style; its precision/recall give λ_restoration).", exists=True,
+        dir_okay=False)] = None,
 ) -> None:
     """Simulate SLC-off on complete images, restore, report PSNR/SSIM/UIQI/CC/RMSE."""
     from producer.restoration.api import MissingWeightsError, resolve_model
@@ -107,17 +116,32 @@ def evaluate_restoration(
             console.print(f"[red]{exc}")
             raise typer.Exit(1) from exc
     images = folder_images(data) if data else held_out_synthetic(synthetic, size)
+    segment = _segmenter(segmentation) if segmentation else None
     with _progress() as bar:
         task = bar.add_task("evaluate", total=len(images) * len(chosen), info="")
         report = evaluate(images, chosen, model, seed=seed, steps=steps,
-                          progress=lambda d, t: bar.update(task, completed=d))
+                          progress=lambda d, t: bar.update(task, completed=d), segment=segment)
+    report["segmentation_weights"] = str(segmentation) if segmentation else None
     report["data"] = str(data) if data else f"synthetic held-out tiles ({size} px)"
     report["diffgf_weights"] = str(diffgf) if diffgf else None
     report["ddim_steps"] = steps
     with atomic_path(out) as tmp:
         Path(tmp).write_text(json.dumps(_json_safe(report), indent=2))
     Console().print(summary_table(report))
+    if "segmentation_agreement" in report:
+        seg = report["segmentation_agreement"]
+        console.print(f"segmentation agreement ({seg['method']} vs original): "
+                      f"mIoU {seg['miou']:.4f} OA {seg['oa']:.4f} precision "
+                      f"{seg['precision']:.4f} recall {seg['recall']:.4f} F1 {seg['f1']:.4f}")
     console.print(f"LPIPS {report['LPIPS']}\nreport: {out}")
+
+
+def _segmenter(weights: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """A damage segmenter from SegFormer weights (the producer's whole-scene algorithm, TTA)."""
+    from producer.segmentation import load_checkpoint, predict_array
+
+    model, _ = load_checkpoint(weights)
+    return lambda rgb: predict_array(model, rgb, device="cpu").labels == 1
 
 
 def summary_table(report: dict) -> Table:

@@ -5,6 +5,11 @@ window of a 185 km swath, seeded per image), is restored by every requested meth
 same mask, and is scored with PSNR, SSIM, UIQI, CC and RMSE over the whole image (as the
 paper's Table 4) and over the gap pixels only. LPIPS needs pretrained network weights that are
 not stored locally, so it is reported as not computed rather than guessed.
+
+With a segmentation model, the damage map of each restored image is compared with the map of
+the complete original (the original's prediction is the reference), pixel counts pooled over
+the set, as the paper's Table 5; its precision/recall give λ_restoration (section 3.2.4) through
+``icedamage uncertainty --restoration``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from producer.evaluation import Confusion, confusion
 from producer.restoration.api import check_method, restore
 from producer.restoration.diffgf import DiffGF
 from producer.restoration.metrics import METRICS, restoration_metrics
@@ -26,6 +32,8 @@ from producer.restoration.train import HELD_OUT_SEED_BASE, list_tiles, random_ma
 from producer.slcoff import apply_gaps
 
 LPIPS_NOTE = "not computed: LPIPS needs pretrained network weights, none are stored locally"
+#: A damage segmenter: RGB uint8 HWC -> boolean damage mask.
+Segmenter = Callable[[NDArray[np.uint8]], NDArray[np.bool_]]
 
 
 @dataclass(frozen=True)
@@ -60,10 +68,15 @@ def evaluate(
     seed: int = 0,
     steps: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    segment: Segmenter | None = None,
 ) -> dict[str, Any]:
-    """Metrics per image and method, and their means; a JSON-ready dict."""
+    """Metrics per image and method, and their means; a JSON-ready dict.
+
+    ``segment`` (optional) adds the segmentation agreement of restored vs original images.
+    """
     for m in methods:
         check_method(m)
+    agreement = {m: Confusion() for m in methods}
     per_image: list[dict[str, Any]] = []
     total = len(images) * len(methods)
     for i, img in enumerate(images):
@@ -72,9 +85,14 @@ def evaluate(
         damaged = apply_gaps(img.pixels, gaps)
         row: dict[str, Any] = {"name": img.name, "gap_fraction": float(gaps.mean()),
                                "methods": {}}
+        reference_map = segment(img.pixels) if segment is not None else None
         for j, method in enumerate(methods):
             out = restore(damaged, gaps, method, weights, seed=seed, steps=steps)
             row["methods"][method] = restoration_metrics(img.pixels, out, gaps)
+            if segment is not None:
+                counts = confusion(segment(out), reference_map)
+                agreement[method] = agreement[method] + counts
+                row["methods"][method]["segmentation"] = _agreement_entry(counts)
             if progress is not None:
                 progress(i * len(methods) + j + 1, total)
         per_image.append(row)
@@ -86,7 +104,7 @@ def evaluate(
         }
         for method in methods
     }
-    return {
+    report: dict[str, Any] = {
         "metrics": list(METRICS),
         "rmse_scale": "[0, 1] (value / 255)",
         "n_images": len(images),
@@ -96,4 +114,15 @@ def evaluate(
         "per_image": per_image,
         "LPIPS": LPIPS_NOTE,
     }
+    if segment is not None:
+        by_method = {m: _agreement_entry(c) for m, c in agreement.items()}
+        main = "DiffGF" if "DiffGF" in by_method else methods[0]
+        report["segmentation_agreement"] = {"method": main, **by_method[main]}
+        report["segmentation_agreement_by_method"] = by_method
+    return report
+
+
+def _agreement_entry(counts: Confusion) -> dict[str, Any]:
+    """Pixel counts and mIoU/OA/precision/recall/F1 of a restored-vs-original comparison."""
+    return counts.to_dict() | counts.metrics()
 

@@ -8,7 +8,9 @@ exactly. Writing the result as ``generated + c``, the correction ``c`` is harmon
 gaps (discrete Laplace equation, 4-neighbourhood) with ``c = known - generated`` on known
 neighbours (Dirichlet) and zero normal derivative towards pixels that hold no data or lie outside
 the array (Neumann). A gap region with no known neighbour keeps the generated pixels (a tiny
-diagonal term pins ``c`` to 0 there). Known pixels are copied, never modified.
+diagonal term pins ``c`` to 0 there). Known pixels are copied, never modified; the generated
+values at known pixels (the autoencoder's reconstruction there) only supply the gradient across
+the gap's border, as in standard Poisson image editing.
 """
 
 from __future__ import annotations

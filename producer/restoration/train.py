@@ -253,13 +253,15 @@ def _resume(out: Path, config: TrainConfig) -> tuple[DiffGF, dict[str, torch.opt
                                                      TrainState]:
     model = load_diffgf(out / CHECKPOINT)
     saved = model.meta.get("train_config", {})
+    state = TrainState(**model.meta["state"])
     for key in ("seed", "batch", "crop", "vae_steps", "data"):
+        if key == "vae_steps" and state.step < min(saved.get(key, 0), config.vae_steps):
+            continue  # still in the autoencoder phase: its length may change without effect
         if saved.get(key) != getattr(config, key):
             raise ValueError(f"{out / CHECKPOINT}: field {key!r} is {saved.get(key)!r} but this "
                              f"run asks for {getattr(config, key)!r}; use a new output folder")
     opts = _optimizers(model, config)
     _load_optim(opts, load_file(str(out / "checkpoint.optim.safetensors")))
-    state = TrainState(**model.meta["state"])
     return model, opts, state
 
 
@@ -276,11 +278,14 @@ def train(
     model: DiffGF | None = None,
     progress: Callable[[int, int, float], None] | None = None,
     stop_after: int | None = None,
+    max_seconds: float | None = None,
 ) -> tuple[DiffGF, TrainState]:
     """Run (or resume) training into ``out``; returns the model and its final state.
 
     ``stop_after`` ends the run after that many steps of this call (checkpointing first),
-    which tests use to interrupt and resume.
+    which tests use to interrupt and resume. ``max_seconds`` is a wall-clock budget for the
+    whole run: when it is spent the run ends early as if finished (final weights and curve
+    written, the steps actually done recorded).
     """
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
@@ -318,9 +323,12 @@ def train(
             save_checkpoint(out, model, opts, config, state)
         if stopping:
             return model.eval(), state
+        if max_seconds is not None and state.seconds >= max_seconds:
+            break
     save_checkpoint(out, model, opts, config, state)
     facts = {"train_config": asdict(config), "state": {"step": state.step,
-             "seconds": round(state.seconds, 1), "final_loss": _tail_mean(state.losses)}}
+             "seconds": round(state.seconds, 1), "final_loss": _tail_mean(state.losses),
+             "stopped_by_time_budget": state.step < config.total_steps}}
     save_diffgf(model, out / FINAL, meta=facts, half=True)
     plot_losses(state.losses, config.vae_steps, out / CURVE)
     return model.eval(), state
