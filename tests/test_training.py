@@ -329,12 +329,12 @@ def _config(out: Path, **changes: object) -> TrainConfig:
 
 def test_training_lowers_the_loss_and_writes_checkpoints(tmp_path: Path) -> None:
     torch.set_num_threads(1)
-    state = train(_config(tmp_path / "run", epochs=3, augment=False), render=synthetic_tile,
-                  console=Console(quiet=True))
+    state = train(_config(tmp_path / "run", epochs=3, augment=False, pth=True),
+                  render=synthetic_tile, console=Console(quiet=True))
     losses = [h["train_loss"] for h in state.history]
     assert losses[-1] < losses[0]
     run = tmp_path / "run"
-    for name in ("last.safetensors", "last.json", "best.safetensors", "best.json",
+    for name in ("last.safetensors", "last.json", "best.safetensors", "best.json", "best.pth",
                  "history.json", "curves.png", "last_state.pt"):
         assert (run / name).exists(), name
     info = json.loads((run / "best.json").read_text())
@@ -342,7 +342,30 @@ def test_training_lowers_the_loss_and_writes_checkpoints(tmp_path: Path) -> None
     assert info["training"]["epoch"] == state.best_epoch
     assert info["training"]["config"]["batch_size"] == 4
     model, _ = load_checkpoint(run / "best.safetensors")
-    assert sum(p.numel() for p in model.parameters()) > 0
+    authors, authors_info = load_checkpoint(run / "best.pth")
+    assert authors_info.source_format == "pth-transformers4"  # the authors' 4.x key layout
+    ours, theirs = model.state_dict(), authors.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+    # evaluate --model: predictions with the segmentation package's inference, JSON + PNGs
+    data = tmp_path / "heldout"
+    export_demo_tiles(data, 3, 64, first_seed=500, render=synthetic_tile)
+    res = runner.invoke(build_app(), ["evaluate", str(data), "--model",
+                                      str(run / "best.safetensors"), "--split", "all",
+                                      "--out", str(tmp_path / "eval"), "--save-predictions"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert sorted(doc["images"]) == ["demo_000500", "demo_000501", "demo_000502"]
+    assert doc["pooled"]["tp"] + doc["pooled"]["fp"] + doc["pooled"]["fn"] \
+        + doc["pooled"]["tn"] == 3 * 64 * 64
+    assert len(list((tmp_path / "eval" / "difference").glob("*.png"))) == 3
+    # the saved maps re-evaluate to the same counts
+    res = runner.invoke(build_app(), ["evaluate", str(data), "--predictions",
+                                      str(tmp_path / "eval" / "predictions"), "--split", "all",
+                                      "--out", str(tmp_path / "eval2")])
+    assert res.exit_code == 0, res.output
+    again = json.loads((tmp_path / "eval2" / "evaluation.json").read_text())
+    assert again["pooled"] == doc["pooled"]
 
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path: Path) -> None:

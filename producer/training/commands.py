@@ -165,7 +165,7 @@ def _model_predictor(checkpoint: Path):  # noqa: ANN202 - returns a closure
 
     model, _info = load_checkpoint(checkpoint)
     model.eval()
-    return lambda rgb: np.asarray(predict_array(model, rgb)) > 0
+    return lambda rgb: predict_array(model, rgb, device="cpu").labels > 0
 
 
 def evaluate(
