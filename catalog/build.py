@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -61,7 +62,8 @@ from producer.writer import atomic_path
 THUMBNAIL_MAX_SIDE = 512
 BUILD_STATE = ".build.json"
 
-Progress = Callable[[str], None]
+#: Progress callback: (what is being done, steps done, steps in all).
+Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -227,6 +229,51 @@ def index_dicts(release_dir: Path, catalog_json: Path) -> list[dict]:
     return out
 
 
+#: Fields and link relations that the publisher writes into a saved catalog (DOIs, citation,
+#: version links); a rebuild keeps them so re-cataloging never loses a published DOI.
+PUBLISHER_FIELDS = ("sci:doi", "sci:citation", "sci:publications")
+PUBLISHER_RELS = frozenset({"cite-as", "doi", "latest-version", "predecessor-version",
+                            "successor-version", "via"})
+
+
+def _saved_objects(stac_dir: Path) -> dict[str, dict]:
+    """Saved collection and item dicts by id (empty when there is no catalog yet)."""
+    saved = {}
+    for path in stac_dir.rglob("*.json") if stac_dir.exists() else ():
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(data, dict) and data.get("type") in ("Collection", "Feature"):
+            saved[f"{data['type']}:{data.get('id')}"] = data
+    return saved
+
+
+def _carry(target: pystac.Collection | pystac.Item, old: dict) -> None:
+    fields = old.get("properties", {}) if old.get("type") == "Feature" else old
+    where = target.properties if isinstance(target, pystac.Item) else target.extra_fields
+    for key in PUBLISHER_FIELDS:
+        if key in fields:
+            where[key] = fields[key]
+    for link in old.get("links", []):
+        if link.get("rel") in PUBLISHER_RELS and "://" in link.get("href", ""):
+            target.add_link(pystac.Link.from_dict(link))
+    extensions = [u for u in old.get("stac_extensions", []) if "scientific" in u]
+    if extensions and any(k in fields for k in PUBLISHER_FIELDS):
+        target.stac_extensions = sorted(set(target.stac_extensions) | set(extensions))
+
+
+def carry_publisher_fields(stac_dir: Path, collection: pystac.Collection,
+                           items: list[pystac.Item]) -> None:
+    """Copy DOIs, citations and version links the publisher saved into the rebuilt objects."""
+    saved = _saved_objects(stac_dir)
+    if f"Collection:{collection.id}" in saved:
+        _carry(collection, saved[f"Collection:{collection.id}"])
+    for item in items:
+        if f"Feature:{item.id}" in saved:
+            _carry(item, saved[f"Feature:{item.id}"])
+
+
 def _up_to_date(release_dir: Path, state: str) -> bool:
     marker = release_dir / STAC_CATALOG_DIR / BUILD_STATE
     if not marker.exists():
@@ -242,22 +289,42 @@ def catalog_release(release_dir: Path, factors: UncertaintyFactors,
                     progress: Progress | None = None) -> CatalogResult:
     """Build every catalog file of a release; see the module docstring."""
     release_dir = Path(release_dir).resolve()
-    step = progress or (lambda _text: None)
+    report = progress or (lambda _text, _done, _total: None)
+    done = 0
+
+    def step(text: str) -> None:
+        nonlocal done
+        report(text, done, total)
+        done += 1
+
     found = scan_release(release_dir)
     if not found:
         raise FileNotFoundError(f"{release_dir}: no product files under <Shelf>/<YYYY>/")
+    seen: dict[tuple[str, int], Path] = {}
     for files in found:
         get_shelf(files.name.shelf)  # an unregistered shelf is an error naming the valid ones
+        key = (files.name.shelf, files.name.year)
+        product = files.damage_map or files.damage
+        if key in seen:
+            raise ValueError(f"{product} and {seen[key]}: two products for {key[0]} {key[1]}; "
+                             "a shelf-year has exactly one map (one STAC item)")
+        seen[key] = product
     meta = release_yaml(release_dir)
-    settings = CatalogSettings(license=license or meta.get("license") or CatalogSettings.license,
+    chosen_license = license or meta.get("license") or CatalogSettings.license
+    if not re.fullmatch(r"[\w\-.+]+", str(chosen_license)):
+        raise ValueError(f"license {chosen_license!r} is not an SPDX identifier "
+                         "(e.g. CC-BY-4.0); STAC 1.1 requires one, or 'other'")
+    settings = CatalogSettings(license=str(chosen_license),
                                software_version=software_version(),
                                dataset_version=str(meta["version"]) if meta.get("version")
                                else None)
+    shelves = sorted({f.name.shelf for f in found})
+    total = len(found) + len(shelves) + 3
     rows, write_ods = ods_rows(release_dir, found)
     ods_path = release_dir / METADATA_ODS
     write_ods &= force or not ods_path.exists() or read_metadata_ods(ods_path) != rows_sorted(rows)
+    step(f"writing {METADATA_ODS}" if write_ods else f"{METADATA_ODS} is up to date")
     if write_ods:
-        step(f"writing {METADATA_ODS}")
         write_metadata_ods(ods_path, rows)
     state = _state_digest(release_dir, found, factors, settings)
     catalog_json = release_dir / STAC_CATALOG_DIR / "catalog.json"
@@ -277,17 +344,19 @@ def catalog_release(release_dir: Path, factors: UncertaintyFactors,
         items.append(build_item(inputs, settings))
     release_files = {"metadata": _file_ref(release_dir / METADATA_ODS)} \
         if (release_dir / METADATA_ODS).exists() else {}
-    for shelf in sorted({f.name.shelf for f in found}):
+    for shelf in shelves:
         step(f"ROI GeoPackage of {shelf}")
         ensure_roi_geopackage(release_dir, shelf)
         release_files[f"roi-{get_shelf(shelf).slug}"] = _file_ref(
             release_dir / roi_geopackage_name(shelf))
     collection = build_collection(items, settings, release_files)
+    carry_publisher_fields(release_dir / STAC_CATALOG_DIR, collection, items)
     catalog = build_catalog(collection, items)
     step("saving the STAC catalog")
     catalog_json = save_catalog(catalog, release_dir, state)
     step("writing the item index")
     write_index(release_dir, index_dicts(release_dir, catalog_json))
+    report("done", total, total)
     unknown = {i.id: i.properties["icedamage:unknown"] for i in items
                if i.properties["icedamage:unknown"]}
     return CatalogResult(catalog_json, len(items), False, write_ods, unknown)

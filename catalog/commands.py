@@ -9,7 +9,14 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from catalog.uncertainty import load_factors
@@ -45,12 +52,16 @@ def catalog_command(
 
     try:
         chosen = load_factors(factors)
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                      console=err, transient=True) as progress:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                      MofNCompleteColumn(), TimeElapsedColumn(), console=err,
+                      transient=True) as progress:
             task = progress.add_task("scanning the release", total=None)
+
+            def show(text: str, done: int, total: int) -> None:
+                progress.update(task, description=text, completed=done, total=total)
+
             result = catalog_release(release_dir, chosen, license=license, force=force,
-                                     progress=lambda text: progress.update(task,
-                                                                           description=text))
+                                     progress=show)
     except (FileNotFoundError, ValueError, OSError) as error:
         raise _fail(str(error)) from error
     if result.skipped:
@@ -167,7 +178,10 @@ def stats_command(
 
 
 def register(app: typer.Typer) -> None:
-    """Add the catalog's commands to the ``icedamage`` app."""
+    """Add the catalog's commands to the ``icedamage`` app (and its rules to ``validate``)."""
+    from catalog.rules import register_catalog_rule_sets
+
+    register_catalog_rule_sets()
     app.command("catalog")(catalog_command)
     app.command("search")(search_command)
     app.command("stats")(stats_command)

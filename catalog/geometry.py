@@ -23,8 +23,11 @@ from shapely.ops import unary_union
 
 from producer.spec import ENCODING
 
-#: Densification step along footprint edges in metres (1 km keeps curvature errors < 1 m).
+#: Finest densification step along footprint edges in metres.
 DENSIFY_M = 1000.0
+#: Vertex budget of a footprint ring: 128 points keep a 500 km edge (16 km segments) within
+#: a few metres of the true curve, and items small enough to search quickly.
+MAX_VERTICES = 128
 _HALF_PLANE = 1e8
 _ROUND = 7
 
@@ -52,7 +55,8 @@ def _project(geometry: BaseGeometry, side: int) -> BaseGeometry:
 
 def footprint_lonlat(footprint: BaseGeometry, densify_m: float = DENSIFY_M) -> BaseGeometry:
     """An EPSG:3031 polygon as an EPSG:4326 (Multi)Polygon, split at the antimeridian."""
-    dense = segmentize(footprint, densify_m)
+    # at most ~MAX_VERTICES points around the ring, at least one every densify_m metres
+    dense = segmentize(footprint, max(densify_m, footprint.length / MAX_VERTICES))
     if dense.contains(Point(0.0, 0.0)):
         lat_max = max(_to_lonlat().transform(x, y)[1] for x, y in dense.exterior.coords)
         return box(-180.0, -90.0, 180.0, round(lat_max, _ROUND))

@@ -139,6 +139,20 @@ def _deepest(error: ValidationError) -> ValidationError:
     return max(leaves, key=lambda e: len(e.absolute_path)) if leaves else error
 
 
+def _json_or_none(path: Path) -> dict[str, Any] | None:
+    """A JSON object file's content, or None when it is not a JSON object."""
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def has_catalog(release_dir: Path) -> bool:
+    """Whether the release has been cataloged (its root catalog exists)."""
+    return (Path(release_dir) / STAC_CATALOG_DIR / "catalog.json").exists()
+
+
 def stac_files(release_dir: Path) -> list[Path]:
     """Every STAC JSON file of the release's catalog folder."""
     return sorted((Path(release_dir) / STAC_CATALOG_DIR).rglob("*.json"))
@@ -160,20 +174,23 @@ class StacSchemaRules:
 
     def check(self, release_dir: Path) -> Iterator[Problem]:
         """Validate each catalog, collection and item file."""
-        files = stac_files(release_dir)
+        files = stac_files(release_dir) if has_catalog(release_dir) else []
         if not files:
             return
         checker = OfflineSchemas(self.schemas_folder)
+        unavailable: dict[str, str] = {}
         for path in files:
-            data = json.loads(path.read_text())
+            data = _json_or_none(path)
+            if data is None:
+                yield Problem(_rel(release_dir, path), "stac-json-invalid", "not JSON",
+                              "a STAC JSON object")
+                continue
             if "stac_version" not in data:
                 continue
             missing = [u for u in data.get("stac_extensions", [])
                        if u not in checker.cache]
             for url in missing:
-                yield Problem(_rel(release_dir, path), "stac-schema-unavailable", url,
-                              f"schema available offline (pass --schemas DIR or set "
-                              f"{SCHEMAS_ENV})", "warning")
+                unavailable.setdefault(url, _rel(release_dir, path))
             extensions = [u for u in data.get("stac_extensions", []) if u not in missing]
             for uri in (checker.core_uri(data), *extensions):
                 if uri is None:
@@ -183,6 +200,10 @@ class StacSchemaRules:
                     where = "/".join(str(p) for p in error.absolute_path) or "(root)"
                     yield Problem(_rel(release_dir, path), "stac-schema",
                                   f"{where}: {error.message[:200]}", f"valid against {uri}")
+        for url, first in sorted(unavailable.items()):
+            yield Problem(first, "stac-schema-unavailable", f"{url} not validated",
+                          f"the schema available offline (pass --schemas DIR or set "
+                          f"{SCHEMAS_ENV})", "warning")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,8 +230,8 @@ def load_items(release_dir: Path) -> list[LoadedItem]:
     """Items of the release's catalog folder, read file by file so a broken link hides none."""
     items = []
     for path in stac_files(release_dir):
-        data = json.loads(path.read_text())
-        if data.get("type") == "Feature":
+        data = _json_or_none(path)
+        if data is not None and data.get("type") == "Feature":
             items.append(LoadedItem(pystac.Item.from_dict(data, href=str(path),
                                                           preserve_dict=False), path))
     return items
@@ -219,7 +240,7 @@ def load_items(release_dir: Path) -> list[LoadedItem]:
 def broken_links(release_dir: Path) -> Iterator[Problem]:
     """Relative links of catalog objects whose target file does not exist."""
     for path in stac_files(release_dir):
-        for link in json.loads(path.read_text()).get("links", []):
+        for link in (_json_or_none(path) or {}).get("links", []):
             href = link.get("href", "")
             if "://" in href or link.get("rel") == "self":
                 continue
@@ -264,9 +285,9 @@ class CatalogConsistencyRules:
     def check(self, release_dir: Path) -> Iterator[Problem]:
         """Every consistency problem between the catalog and the files of the release."""
         release_dir = Path(release_dir)
-        loaded = load_items(release_dir)
-        if not loaded and not (release_dir / STAC_CATALOG_DIR).exists():
+        if not has_catalog(release_dir):
             return
+        loaded = load_items(release_dir)
         by_id = {entry.item.id: entry for entry in loaded}
         found = scan_release(release_dir)
         yield from self._products_have_items(release_dir, found, by_id)
@@ -324,9 +345,14 @@ class CatalogConsistencyRules:
             yield Problem(ITEMS_PARQUET, "index-missing", "no file",
                           "the stac-geoparquet item index written by `icedamage catalog`")
             return
-        with duckdb.connect() as con:
-            indexed = {r[0] for r in con.execute("SELECT id FROM read_parquet(?)",
-                                                 [str(parquet)]).fetchall()}
+        try:
+            with duckdb.connect() as con:
+                indexed = {r[0] for r in con.execute("SELECT id FROM read_parquet(?)",
+                                                     [str(parquet)]).fetchall()}
+        except duckdb.Error as error:
+            yield Problem(ITEMS_PARQUET, "index-unreadable", str(error).splitlines()[0][:200],
+                          "a stac-geoparquet file")
+            return
         if indexed != ids:
             yield Problem(ITEMS_PARQUET, "index-stale",
                           f"extra {sorted(indexed - ids)}, missing {sorted(ids - indexed)}",
@@ -401,7 +427,7 @@ class ReleaseMetadataRules:
     def check(self, release_dir: Path) -> Iterator[Problem]:
         """Every problem of metadata.ods and the ROI GeoPackages."""
         release_dir = Path(release_dir)
-        if not (release_dir / STAC_CATALOG_DIR).exists():
+        if not has_catalog(release_dir):
             return
         found = scan_release(release_dir)
         items = {(e.item.properties.get(f"{P}shelf"), e.item.properties.get(f"{P}year")): e
@@ -418,8 +444,9 @@ class ReleaseMetadataRules:
             return
         try:
             rows = rows_by_key(read_metadata_ods(path))
-        except (ValueError, KeyError) as error:
-            yield Problem(METADATA_ODS, "ods-unreadable", str(error), "readable metadata.ods")
+        except Exception as error:  # noqa: BLE001 - odfpy/zip/pandas errors all mean unreadable
+            yield Problem(METADATA_ODS, "ods-unreadable", f"{type(error).__name__}: {error}",
+                          "readable metadata.ods")
             return
         for key in sorted(set(items) - set(rows), key=str):
             yield Problem(METADATA_ODS, "ods-row-missing", f"no row for {key[0]} {key[1]}",
@@ -497,3 +524,35 @@ def _outside_roi(release_dir: Path, name: str, roi: Any,
 def catalog_rule_sets(schemas_folder: Path | None = None) -> list[Any]:
     """The catalog's rule sets, for the validator's registry."""
     return [StacSchemaRules(schemas_folder), CatalogConsistencyRules(), ReleaseMetadataRules()]
+
+
+# Factories for the validator's registry (``validation.engine.register_rule_set`` and the
+# ``icedamage.rule_sets`` entry points): each takes the run's options, which the catalog rules do
+# not need; the schema folder comes from ICEDAMAGE_STAC_SCHEMAS (``validate --schemas`` sets it).
+
+
+def stac_schema_rule_set(options: object = None) -> StacSchemaRules:
+    """Factory of the ``stac-schema`` rule set."""
+    return StacSchemaRules()
+
+
+def catalog_consistency_rule_set(options: object = None) -> CatalogConsistencyRules:
+    """Factory of the ``catalog-consistency`` rule set."""
+    return CatalogConsistencyRules()
+
+
+def release_metadata_rule_set(options: object = None) -> ReleaseMetadataRules:
+    """Factory of the ``release-metadata`` rule set."""
+    return ReleaseMetadataRules()
+
+
+RULE_SET_FACTORIES = (stac_schema_rule_set, catalog_consistency_rule_set,
+                      release_metadata_rule_set)
+
+
+def register_catalog_rule_sets() -> None:
+    """Add the catalog's rule sets to every default validation run."""
+    from validation.engine import register_rule_set
+
+    for factory in RULE_SET_FACTORIES:
+        register_rule_set(factory)

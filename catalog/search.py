@@ -10,16 +10,23 @@ absolute paths, ready for odc-stac.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import posixpath
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pystac
+import shapely
 import stac_geoparquet.arrow as sga
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
@@ -30,6 +37,11 @@ from producer.spec import ENCODING, ITEMS_NDJSON, ITEMS_PARQUET, SENSOR_ORDER, S
 from producer.writer import atomic_path
 
 P = schemas.PREFIX
+#: Parquet file-metadata key holding each item's byte span in items.ndjson.
+OFFSETS_KEY = "icedamage:ndjson_offsets"
+#: Rows per parquet row group: statistics let DuckDB skip groups, while each group's metadata
+#: (the item schema is wide) costs time; 1024 was fastest for 10,000 items.
+ROW_GROUP_ROWS = 1024
 
 
 class SearchError(ValueError):
@@ -57,15 +69,33 @@ def release_relative(item_dict: dict[str, Any], item_path: Path, release_dir: Pa
 
 
 def write_index(release_dir: Path, items: Sequence[dict[str, Any]]) -> tuple[Path, Path]:
-    """Write items.parquet (stac-geoparquet) and items.ndjson, atomically."""
+    """Write items.parquet (stac-geoparquet) and items.ndjson, atomically.
+
+    The parquet's file metadata also records where each line of items.ndjson starts
+    (``icedamage:ndjson_offsets``, little-endian int64, base64), so a search reads only the
+    matching items' JSON instead of decoding every column of the parquet; readers that do not
+    know the key ignore it.
+    """
     release_dir = Path(release_dir)
     parquet, ndjson = release_dir / ITEMS_PARQUET, release_dir / ITEMS_NDJSON
-    ordered = sorted(items, key=lambda d: d["id"])
+    # Rows sorted by shelf and year in row groups: the min/max statistics of each group then
+    # let DuckDB skip most of the file for the usual shelf / year filters. The ndjson lines
+    # follow the same order, so parquet row n is line n.
+    ordered = sorted(items, key=lambda d: (str(d["properties"].get(f"{P}shelf")),
+                                           d["properties"].get(f"{P}year") or 0, d["id"]))
+    lines = [(json.dumps(d, sort_keys=True) + "\n").encode() for d in ordered]
+    offsets = np.concatenate([[0], np.cumsum([len(line) for line in lines])]).astype("<i8")
     with atomic_path(ndjson) as tmp:
-        tmp.write_text("".join(json.dumps(d, sort_keys=True) + "\n" for d in ordered))
+        tmp.write_bytes(b"".join(lines))
+    table = sga.parse_stac_items_to_arrow(ordered).read_all()
+    batches = pa.RecordBatchReader.from_batches(
+        table.schema, table.to_batches(max_chunksize=ROW_GROUP_ROWS))
     with atomic_path(parquet) as tmp:
-        reader = sga.parse_stac_items_to_arrow(ordered)
-        sga.to_parquet(reader.read_all(), tmp)
+        sga.to_parquet(batches, tmp)
+        written = pq.read_table(tmp)
+        extra = {OFFSETS_KEY: base64.b64encode(offsets.tobytes())}
+        pq.write_table(written.replace_schema_metadata({**written.schema.metadata, **extra}),
+                       tmp, row_group_size=ROW_GROUP_ROWS)
     return parquet, ndjson
 
 
@@ -173,31 +203,111 @@ def _sql(query: Query, geometry: BaseGeometry | None) -> tuple[str, list[Any]]:
     return (" WHERE " + " AND ".join(where)) if where else "", params
 
 
-def _absolute(item: dict[str, Any], release_dir: Path) -> dict[str, Any]:
+@cache
+def _connection() -> duckdb.DuckDBPyConnection:
+    """One in-memory DuckDB per process, caching parquet metadata between searches."""
+    con = duckdb.connect()
+    con.execute("SET parquet_metadata_cache = true")
+    return con
+
+
+def _absolute(item: dict[str, Any], root: str) -> dict[str, Any]:
     for asset in item.get("assets", {}).values():
         href = asset["href"]
         if "://" not in href and not posixpath.isabs(href):
-            asset["href"] = str((release_dir / href).resolve())
+            asset["href"] = posixpath.normpath(posixpath.join(root, href))
     return item
 
 
+def _exact(table: pa.Table, geometry: BaseGeometry | None) -> pa.Table:
+    """Rows whose geometry really intersects the query geometry (vectorised shapely)."""
+    if geometry is None or table.num_rows == 0:
+        return table
+    shapes = shapely.from_wkb(table["geometry"].to_numpy(zero_copy_only=False))
+    return table.filter(pa.array(shapely.intersects(shapes, geometry)))
+
+
+def _ndjson_offsets(parquet: Path, ndjson: Path) -> np.ndarray | None:
+    """Line offsets of items.ndjson when the index records them and they fit the file."""
+    if not ndjson.exists():
+        return None
+    stat = parquet.stat()
+    offsets = _offsets_of(str(parquet), stat.st_mtime_ns, stat.st_size)
+    if offsets is None or int(offsets[-1]) != ndjson.stat().st_size:
+        return None
+    return offsets
+
+
+@lru_cache(maxsize=8)
+def _offsets_of(parquet: str, _mtime_ns: int, _size: int) -> np.ndarray | None:
+    """The offsets array of an index file (cached per file version within a process)."""
+    with _connection().cursor() as con:
+        row = con.execute("SELECT value FROM parquet_kv_metadata(?) WHERE key = ?",
+                          [parquet, OFFSETS_KEY]).fetchone()
+    if row is None:
+        return None
+    return np.frombuffer(base64.b64decode(row[0]), dtype="<i8")
+
+
+def _read_lines(ndjson: Path, offsets: np.ndarray, rows: list[int]) -> list[dict[str, Any]]:
+    with open(ndjson, "rb") as handle:
+        records = []
+        for row in rows:
+            handle.seek(int(offsets[row]))
+            records.append(json.loads(handle.read(int(offsets[row + 1] - offsets[row]))))
+    return records
+
+
+#: Columns the filters use; a search keeps them in an in-memory table per index file.
+FILTER_COLUMNS = ("id", f'"{P}shelf"', f'"{P}year"', f'"{P}sensors"', f'"{P}restoration"',
+                  f'"{P}damage_fraction"', "bbox", "geometry", "file_row_number")
+
+
+@lru_cache(maxsize=8)
+def _filter_table(parquet: str, _mtime_ns: int, _size: int) -> str:
+    """Name of an in-memory table holding the filter columns of one index file version.
+
+    Binding ``read_parquet`` to the wide item schema costs more than the filtering itself, so
+    the narrow columns are loaded once per process and file version and queried from memory.
+    """
+    name = "idx_" + hashlib.sha1(f"{parquet}:{_mtime_ns}:{_size}".encode()).hexdigest()[:16]
+    with _connection().cursor() as con:
+        con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT {', '.join(FILTER_COLUMNS)} "
+                    "FROM read_parquet(?, file_row_number = true)", [parquet])
+    return name
+
+
+def _select(source: str, clause: str, params: list[Any], columns: str) -> pa.Table:
+    with _connection().cursor() as con:
+        relation = con.sql(f"SELECT {columns} FROM {source}{clause} ORDER BY id",
+                           params=params)
+        return (relation.to_arrow_table() if hasattr(relation, "to_arrow_table")
+                else relation.arrow())  # DuckDB < 1.4 names it arrow()
+
+
 def run_query(parquet: Path, release_dir: Path, query: Query) -> list[pystac.Item]:
-    """Items of the index matching every filter of the query, sorted by id."""
+    """Items of the index matching every filter of the query, sorted by id.
+
+    Filters run in DuckDB on the plain filter columns (kept in memory per index file), the
+    exact geometry test in shapely; the matching items are then read from items.ndjson at the
+    offsets the index records, or decoded from the parquet when those are missing or stale.
+    """
     geometry = query_geometry(query)
     clause, params = _sql(query, geometry)
-    with duckdb.connect() as con:
-        relation = con.sql(f"SELECT * FROM read_parquet(?){clause} ORDER BY id",
-                           params=[str(parquet), *params])
-        table = (relation.to_arrow_table() if hasattr(relation, "to_arrow_table")
-                 else relation.arrow())  # DuckDB < 1.4 names it arrow()
-    if table.num_rows == 0:
-        return []
-    items = []
-    for record in sga.stac_table_to_items(table):
-        if geometry is not None and not shape(record["geometry"]).intersects(geometry):
-            continue
-        items.append(pystac.Item.from_dict(_absolute(record, release_dir), preserve_dict=False))
-    return items
+    offsets = _ndjson_offsets(parquet, parquet.parent / ITEMS_NDJSON)
+    if offsets is not None:
+        stat = parquet.stat()
+        source = _filter_table(str(parquet), stat.st_mtime_ns, stat.st_size)
+        columns = "id, file_row_number" + (", geometry" if geometry is not None else "")
+        table = _exact(_select(source, clause, params, columns), geometry)
+        records = _read_lines(parquet.parent / ITEMS_NDJSON, offsets,
+                              table["file_row_number"].to_pylist())
+    else:
+        table = _select("read_parquet(?)", clause, [str(parquet), *params], "*")
+        records = list(sga.stac_table_to_items(_exact(table, geometry)))
+    root = str(Path(release_dir).resolve())
+    return [pystac.Item.from_dict(_absolute(record, root), preserve_dict=False, migrate=False)
+            for record in records]
 
 
 def search(source: Path | str, shelves: Iterable[str] | None = None, year: int | None = None,

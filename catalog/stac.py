@@ -420,6 +420,8 @@ def build_collection(items: list[pystac.Item], settings: CatalogSettings,
     platforms = sorted({SENSORS[t].platform for i in items for t in i.properties[f"{P}sensors"]})
     restorations = sorted({i.properties[f"{P}restoration"] for i in items
                            if i.properties[f"{P}restoration"]})
+    demo = sorted({i.properties[f"{P}demo"] for i in items
+                   if i.properties.get(f"{P}demo") is not None})
     summaries = pystac.Summaries({
         f"{P}shelf": sorted(by_shelf),
         f"{P}year": {"minimum": min(i.properties[f"{P}year"] for i in items),
@@ -431,7 +433,8 @@ def build_collection(items: list[pystac.Item], settings: CatalogSettings,
                                for t in i.properties[f"{P}sensors"]}),
         "gsd": [ENCODING.resolution],
         "proj:code": [ENCODING.crs],
-    } | ({f"{P}restoration": restorations} if restorations else {}))
+    } | ({f"{P}restoration": restorations} if restorations else {})
+      | ({f"{P}demo": demo} if demo else {}))
     collection = pystac.Collection(
         id=COLLECTION_ID, title=COLLECTION_TITLE,
         description=("30 m surface damage maps (crevasses, rifts, fractured zones) of Antarctic "

@@ -161,6 +161,7 @@ def plot_stats(rows: list[DamageStats], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from producer.writer import atomic_path
 
@@ -176,6 +177,9 @@ def plot_stats(rows: list[DamageStats], path: Path) -> Path:
         ax_area.fill_between(years, [r.damage_area_km2_low for r in series],
                              [r.damage_area_km2_high for r in series], color=colour, alpha=0.25,
                              linewidth=0)
+        if len(series) == 1:  # a band needs two summers; show a lone one's bounds as a bar
+            ax_area.vlines(years, series[0].damage_area_km2_low, series[0].damage_area_km2_high,
+                           color=colour, alpha=0.5, linewidth=6)
         fr = [(r.year, r.damage_fraction * 100, r.damage_fraction_low * 100,
                r.damage_fraction_high * 100) for r in series if r.damage_fraction is not None]
         if fr:
@@ -183,9 +187,13 @@ def plot_stats(rows: list[DamageStats], path: Path) -> Path:
                          markersize=4)
             ax_frac.fill_between([f[0] for f in fr], [f[2] for f in fr], [f[3] for f in fr],
                                  color=colour, alpha=0.25, linewidth=0)
+            if len(fr) == 1:
+                ax_frac.vlines([fr[0][0]], fr[0][2], fr[0][3], color=colour, alpha=0.5,
+                               linewidth=6)
     ax_area.set_ylabel("Damage area (km²)")
     ax_frac.set_ylabel("Damage fraction (%)")
     ax_frac.set_xlabel("Austral summer (year it starts)")
+    ax_frac.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_area.legend(loc="upper left", fontsize=8, ncols=2, frameon=False)
     for axis in (ax_area, ax_frac):
         axis.grid(alpha=0.3)

@@ -15,6 +15,8 @@ import pandas as pd
 import pystac
 import pytest
 import rasterio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pyproj import Transformer
 from shapely.geometry import Point, box, shape
 from typer.testing import CliRunner
@@ -25,8 +27,10 @@ from catalog.ods import OdsRow, read_metadata_ods, write_metadata_ods
 from catalog.rules import CatalogConsistencyRules, ReleaseMetadataRules, StacSchemaRules
 from catalog.uncertainty import PAPER_FACTORS
 from producer.cli import build_app
+from producer.grid import Grid
 from producer.provenance import provenance_path, read_provenance
 from producer.spec import ITEMS_PARQUET, METADATA_ODS, TYPE1, build_name, roi_geopackage_name
+from producer.writer import write_cog
 from tests.conftest import STAC_SCHEMAS
 from tests.release_factory import DEFAULT_SHELF_YEARS, build_release
 
@@ -58,9 +62,15 @@ def edit_json(path: Path, change: Callable[[dict], None]) -> None:
     path.write_text(json.dumps(data))
 
 
-def rules_found(release: Path) -> set[str]:
+def rules_found(release: Path, only: str | None = None) -> set[str]:
     rule_sets = [StacSchemaRules(SCHEMAS), CatalogConsistencyRules(), ReleaseMetadataRules()]
-    return {p.rule for rs in rule_sets for p in rs.check(release)}
+    return {p.rule for rs in rule_sets if only in (None, rs.name) for p in rs.check(release)}
+
+
+RULE_SET_OF = {"stac-schema": "stac-schema", "stac-json-invalid": "stac-schema",
+               "ods-unreadable": "release-metadata", "ods-row-missing": "release-metadata",
+               "acquisition-dates": "release-metadata", "roi-missing": "release-metadata",
+               "roi-crs": "release-metadata", "product-outside-roi": "release-metadata"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,7 +132,12 @@ def test_rerun_skips_and_force_rebuilds(cataloged: Path) -> None:
     before = (cataloged / "stac" / "catalog.json").stat().st_mtime_ns
     assert catalog_release(cataloged, PAPER_FACTORS).skipped
     assert (cataloged / "stac" / "catalog.json").stat().st_mtime_ns == before
-    assert not catalog_release(cataloged, PAPER_FACTORS, force=True).skipped
+    steps: list[tuple[str, int, int]] = []
+    result = catalog_release(cataloged, PAPER_FACTORS, force=True,
+                             progress=lambda text, done, total: steps.append((text, done, total)))
+    assert not result.skipped
+    assert [s[1] for s in steps] == list(range(len(steps) - 1)) + [steps[-1][2]]
+    assert any(text == "Totten 2021" for text, _, _ in steps)
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,6 +266,7 @@ CORRUPTIONS: list[tuple[str, Callable[[Path], None]]] = [
     ("stac-schema", lambda r: edit_json(item_path(r, "totten-2016"), lambda d: d["assets"][
         "damage_map"]["classification:classes"][0].update(name="not a name"))),
     ("product-without-item", lambda r: shutil.rmtree(item_path(r, "totten-2016").parent)),
+    ("stac-json-invalid", lambda r: item_path(r, "totten-2016").write_text("{not json")),
     ("asset-missing", lambda r: (r / "Totten/2016/LC08_Totten_2016_thumbnail.png").unlink()),
     ("asset-checksum", _append_byte),
     ("asset-size", _append_byte),
@@ -262,8 +278,11 @@ CORRUPTIONS: list[tuple[str, Callable[[Path], None]]] = [
         "properties"].update({"icedamage:model": None}))),
     ("demo-flag", _demo_provenance),
     ("index-missing", lambda r: (r / ITEMS_PARQUET).unlink()),
+    ("index-unreadable", lambda r: (r / ITEMS_PARQUET).write_bytes(b"not parquet")),
+    ("catalog-link-broken", lambda r: shutil.rmtree(item_path(r, "totten-2016").parent)),
     ("ods-row-missing", lambda r: _rewrite_ods(r, lambda rows: rows[1:])),
     ("acquisition-dates", lambda r: _rewrite_ods(r, _shift_date)),
+    ("ods-unreadable", lambda r: (r / METADATA_ODS).write_bytes(b"not a spreadsheet")),
     ("roi-missing", lambda r: (r / roi_geopackage_name("Totten")).unlink()),
     ("roi-crs", _gpkg_4326),
     ("product-outside-roi", _gpkg_far_away),
@@ -274,7 +293,7 @@ CORRUPTIONS: list[tuple[str, Callable[[Path], None]]] = [
 def test_each_rule_catches_its_problem(cataloged: Path, rule: str,
                                        corrupt: Callable[[Path], None]) -> None:
     corrupt(cataloged)
-    assert rule in rules_found(cataloged)
+    assert rule in rules_found(cataloged, RULE_SET_OF.get(rule, "catalog-consistency"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,3 +344,115 @@ def test_provenance_dates_match_items(cataloged_pristine: Path) -> None:
         s.acquired.isoformat() for s in prov.scenes)
     assert shape(json.loads(item_path(cataloged_pristine, "amery-front-2012").read_text())[
         "geometry"]).is_valid
+
+
+def test_validate_runs_the_catalog_rule_sets(cataloged: Path) -> None:
+    runner = CliRunner()
+    ok = runner.invoke(build_app(), ["validate", str(cataloged), "--schemas", str(SCHEMAS)])
+    assert ok.exit_code == 0, ok.output
+    assert "catalog-consistency" in ok.output and "stac-schema" in ok.output
+    edit_json(item_path(cataloged, "larsen-b-2001"), lambda d: d["properties"].update(
+        {"icedamage:damage_area_km2": 0.5}))
+    report = cataloged.parent / "report.json"
+    bad = runner.invoke(build_app(), ["validate", str(cataloged), "--schemas", str(SCHEMAS),
+                                      "--json", str(report)])
+    assert bad.exit_code == 1
+    problems = json.loads(report.read_text())["problems"]
+    assert {p["rule"] for p in problems} == {"item-stats-mismatch"}
+
+
+def test_schema_warning_without_a_schema_folder(cataloged_pristine: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ICEDAMAGE_STAC_SCHEMAS", raising=False)
+    problems = list(StacSchemaRules().check(cataloged_pristine))
+    assert {p.rule for p in problems} == {"stac-schema-unavailable"}
+    assert all(p.severity == "warning" for p in problems)
+    assert not any("icedamage.github.io" in p.found for p in problems)  # ours is packaged
+
+
+# --------------------------------------------------------------------------------------------
+# Property tests of the parsers / encoders
+# --------------------------------------------------------------------------------------------
+
+_dates = st.dates(min_value=dt.date(1999, 11, 1), max_value=dt.date(2030, 3, 31))
+_ids = st.text(alphabet=st.characters(whitelist_categories=("Lu", "Ll", "Nd"),
+                                      whitelist_characters="_-"), min_size=1, max_size=20)
+
+
+@settings(max_examples=10, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(scenes=st.lists(st.tuples(_ids, _dates, st.sampled_from(["LE07", "LC08", "LC09"])),
+                       min_size=0, max_size=4, unique_by=lambda t: t[0]),
+       restoration=st.sampled_from([None, "DiffGF"]))
+def test_metadata_ods_round_trips(tmp_path: Path, scenes: list, restoration: str | None) -> None:
+    row = OdsRow("Larsen B", 2005, "a_damage_map.tif", "a_damage.tif", ("LE07",), restoration,
+                 acquisition_dates=tuple(s[1] for s in scenes),
+                 scene_ids=tuple(s[0] for s in scenes),
+                 scene_sensors=tuple(s[2] for s in scenes),
+                 main_scene=scenes[0][0] if scenes else None,
+                 main_scene_date=scenes[0][1] if scenes else None)
+    path = tmp_path / "m.ods"
+    write_metadata_ods(path, [row])
+    assert read_metadata_ods(path) == [row]
+
+
+@settings(max_examples=60, deadline=None)
+@given(cx=st.floats(-2.5e6, 2.5e6), cy=st.floats(-2.5e6, 2.5e6),
+       half_w=st.floats(2e3, 3e5), half_h=st.floats(2e3, 3e5))
+def test_footprints_are_valid_and_cover_their_corners(cx: float, cy: float, half_w: float,
+                                                      half_h: float) -> None:
+    footprint = box(cx - half_w, cy - half_h, cx + half_w, cy + half_h)
+    geometry = footprint_lonlat(footprint)
+    assert geometry.is_valid and not geometry.is_empty
+    west, south, east, north = bbox_of(geometry)
+    assert -90 <= south < north <= -30 and -180 <= west <= 180 and -180 <= east <= 180
+    back = Transformer.from_crs("EPSG:3031", "EPSG:4326", always_xy=True)
+    for corner in footprint.exterior.coords:
+        lon, lat = back.transform(*corner)
+        assert geometry.buffer(1e-5).intersects(Point(lon, lat))
+
+
+def test_rebuild_keeps_the_dois_the_publisher_wrote(cataloged: Path) -> None:
+    catalog = pystac.Catalog.from_file(str(cataloged / "stac" / "catalog.json"))
+    collection = catalog.get_child(COLLECTION)
+    collection.extra_fields["sci:doi"] = "10.5281/zenodo.20425951"
+    collection.add_link(pystac.Link("cite-as", "https://doi.org/10.5281/zenodo.20425951"))
+    catalog.save(pystac.CatalogType.SELF_CONTAINED)  # what the publisher does
+    catalog_release(cataloged, PAPER_FACTORS, force=True)
+    rebuilt = json.loads((cataloged / "stac" / COLLECTION / "collection.json").read_text())
+    assert rebuilt["sci:doi"] == "10.5281/zenodo.20425951"
+    assert any(link["rel"] == "cite-as" for link in rebuilt["links"])
+    assert rules_found(cataloged) == set()
+
+
+def test_catalog_refuses_a_bad_license(cataloged: Path) -> None:
+    result = CliRunner().invoke(build_app(), ["catalog", str(cataloged), "--force",
+                                              "--license", "CC BY 4.0"])
+    assert result.exit_code == 1 and "SPDX" in result.output
+
+
+def test_auxiliary_rasters_and_demo_source_are_cataloged(cataloged: Path) -> None:
+    name = build_name(("LC08",), "Totten", 2016, None, TYPE1)
+    folder = cataloged / name.relative_path().parent
+    with rasterio.open(folder / name.filename) as src:
+        grid = Grid(src.transform, src.width, src.height)
+    probability = np.full(grid.shape, 200, dtype=np.uint8)
+    write_cog(folder / name.auxiliary("probability"), probability, grid, None, nodata=None)
+    edit_json(provenance_path(cataloged, name), lambda d: d.update(source="demo"))
+    catalog_release(cataloged, PAPER_FACTORS)
+    item = json.loads(item_path(cataloged, "totten-2016").read_text())
+    asset = item["assets"]["probability"]
+    assert asset["roles"] == ["data"] and asset["proj:shape"] == [grid.height, grid.width]
+    assert asset["file:checksum"].startswith("1220") and "nodata" not in asset
+    assert item["properties"]["icedamage:demo"] is True
+    collection = json.loads((cataloged / "stac" / COLLECTION / "collection.json").read_text())
+    assert collection["summaries"]["icedamage:demo"] == [False, True]
+    assert rules_found(cataloged) == set()
+
+
+def test_two_maps_for_one_shelf_year_are_refused(cataloged: Path) -> None:
+    folder = cataloged / "Totten" / "2016"
+    shutil.copy(folder / "LC08_Totten_2016_damage_map.tif",
+                folder / "LC08_LC09_Totten_2016_damage_map.tif")
+    result = CliRunner().invoke(build_app(), ["catalog", str(cataloged), "--force"])
+    assert result.exit_code == 1 and "two products for Totten 2016" in result.output
