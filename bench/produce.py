@@ -35,7 +35,6 @@ def random_b0(path: Path) -> Path:
 
 def ground_truth_iou(release: Path, shelf: str, year: int) -> float:
     """IoU of the produced full-ROI damage with the demo renderer's ground truth."""
-    import numpy as np
     import rasterio
 
     from producer.sources.demo import DemoSource
