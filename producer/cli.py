@@ -14,7 +14,10 @@ import typer
 COMMAND_MODULES: tuple[str, ...] = (
     "producer.commands",
     "validation.commands",
+    "producer.restoration.commands",
     "producer.training.commands",
+    "catalog.commands",
+    "publish.commands",
 )
 
 

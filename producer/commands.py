@@ -9,9 +9,9 @@ import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
     TaskID,
+    TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
 )
@@ -94,7 +94,7 @@ def run_produce(
         console.print(f"[{style}]{result.shelf} {result.year}: {result.status}[/{style}] "
                       f"{result.message}")
 
-    columns = (TextColumn("{task.description:<13}"), BarColumn(), MofNCompleteColumn(),
+    columns = (TextColumn("{task.description:<13}"), BarColumn(), TaskProgressColumn(),
                TimeElapsedColumn(), TextColumn("{task.fields[what]}"))
     try:
         with Progress(*columns, console=console, transient=False) as progress:

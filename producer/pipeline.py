@@ -117,13 +117,35 @@ class YearResult:
         return self.status in ("produced", "skipped")
 
 
-@dataclass
 class LoadedModel:
-    """The segmentation model loaded once per run, with its provenance record."""
+    """The segmentation model of a run: hashed at once, loaded on first use (once per run).
 
-    model: Any
-    record: ModelRecord
-    path: Path
+    Up-to-date shelf-years only need the weights' hash, so a re-run that skips everything never
+    pays for loading the model.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.sha256 = file_sha256(self.path)  # same digest as the checkpoint loader's, no torch
+        self._loaded: tuple[Any, ModelRecord] | None = None
+
+    def _load(self) -> tuple[Any, ModelRecord]:
+        if self._loaded is None:
+            from producer.segmentation import load_checkpoint
+
+            model, info = load_checkpoint(self.path)
+            self._loaded = (model, info.model_record())
+        return self._loaded
+
+    @property
+    def model(self) -> Any:
+        """The DamageSegmenter, in eval mode on the CPU (inference moves it to the device)."""
+        return self._load()[0]
+
+    @property
+    def record(self) -> ModelRecord:
+        """The provenance record of the weights (name, sha256, file, config)."""
+        return self._load()[1]
 
 
 @dataclass
@@ -174,14 +196,6 @@ def resolve_diffgf(diffgf: Path | None, source_name: str) -> Path | None:
     return None
 
 
-def load_model(weights: Path) -> LoadedModel:
-    """Load the segmentation checkpoint once (CPU; inference moves it to the device)."""
-    from producer.segmentation import load_checkpoint
-
-    model, info = load_checkpoint(weights)
-    return LoadedModel(model, info.model_record(), Path(weights))
-
-
 def resolve_source(spec: str, demo_size: int | None = None) -> SceneSource:
     """A scene source from ``gee``, ``local:DIR`` or ``demo`` (``demo_size``: demo window px)."""
     if spec == "demo":
@@ -190,8 +204,11 @@ def resolve_source(spec: str, demo_size: int | None = None) -> SceneSource:
         return DemoSource(size=demo_size)
     if demo_size is not None:
         raise ProduceError(f"--demo-size applies to the demo source only, not {spec!r}")
-    from producer.sources.registry import get_source
-
+    try:
+        from producer.sources.registry import get_source
+    except ImportError as err:
+        raise ProduceError(f"--source {spec!r}: the scene-source registry is not available in "
+                           f"this build ({err}); use --source demo") from None
     return get_source(spec)
 
 
@@ -347,14 +364,20 @@ def segment_scenes(model: LoadedModel, images: dict[str, Path], order: Sequence[
     from producer.segmentation import predict_scene
 
     out: dict[str, tuple[Path, Path | None]] = {}
-    progress("segmentation", 0, len(order), "")
+    progress("segmentation", 0, 100 * len(order), "")
     for k, scene_id in enumerate(order):
         pred = workdir / f"{scene_id}_prediction.tif"
         prob = workdir / f"{scene_id}_probability.tif" if options.keep_probability else None
+
+        def windows(done: int, total: int, k: int = k, scene_id: str = scene_id) -> None:
+            progress("segmentation", k * 100 + round(100 * done / max(total, 1)),
+                     100 * len(order), scene_id)
+
         predict_scene(model.model, images[scene_id], pred, probability_path=prob,
-                      tta=options.tta, batch_size=options.batch_size, device=options.device)
+                      tta=options.tta, batch_size=options.batch_size, device=options.device,
+                      progress=windows)
         out[scene_id] = (pred, prob)
-        progress("segmentation", k + 1, len(order), scene_id)
+        progress("segmentation", 100 * (k + 1), 100 * len(order), scene_id)
     return out
 
 
@@ -378,6 +401,39 @@ def _workdir() -> Iterator[Path]:
         yield Path(tmp)
 
 
+def run_parameters(options: ProduceOptions, grid: Grid, extent: BaseGeometry,
+                   extent_origin: str) -> dict[str, Any]:
+    """The parameters that shape a shelf-year's outputs (recorded and part of the digest)."""
+    return {
+        "restoration_method": options.restoration,
+        "tta": options.tta,
+        "extent": extent_origin,
+        "extent_sha256": hashlib.sha256(extent.wkb).hexdigest(),
+        "grid": [list(grid.transform)[:6], grid.width, grid.height],
+        "keep_probability": options.keep_probability,
+        "source_index": options.source_index,
+    }
+
+
+def _read_predictions(plan: MergePlan, masks: Sequence[_SceneMasks],
+                      predictions: dict[str, tuple[Path, Path | None]]
+                      ) -> tuple[list[NDArray | None], list[NDArray | None]]:
+    """Per-candidate prediction and probability arrays (None for scenes the plan leaves out)."""
+    layers: list[NDArray | None] = [None] * len(masks)
+    probs: list[NDArray | None] = [None] * len(masks)
+    for i in plan.used:
+        pred, prob = predictions[masks[i].scene.scene_id]
+        layers[i] = _read_band(pred)
+        if prob is not None:
+            probs[i] = _read_band(prob)
+    return layers, probs
+
+
+def _skipped(shelf: str, year: int, record: Path) -> YearResult:
+    return YearResult(shelf, year, "skipped", "outputs are up to date (same scenes, weights, "
+                      "software and parameters)", provenance=record)
+
+
 def produce_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
                  options: ProduceOptions, diffgf: Path | None = None,
                  progress: StageProgress = _no_progress) -> YearResult:
@@ -386,36 +442,33 @@ def produce_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
     roi = roi_polygon(shelf)
     grid = source.grid(shelf, roi)
     with _workdir() as workdir:
-        progress("scenes", 0, 1, f"{shelf} {year}")
-        scenes = source.scenes(shelf, year, grid, workdir)
-        progress("scenes", 1, 1, f"{len(scenes)} scene(s)")
-        if not scenes:
-            return YearResult(shelf, year, "not-mapped", f"no scene of {shelf} in the summer "
-                              f"{year} from the {source.name} source")
         extent_geom, extent_origin = effective_extent(shelf, year, source, roi, grid,
                                                       options.extent_file)
         extent = extent_mask(extent_geom, grid)
         if not extent.any():
             return YearResult(shelf, year, "failed", f"the effective extent ({extent_origin}) "
                               "does not overlap the scenes' grid")
-        parameters = {
-            "restoration_method": options.restoration,
-            "tta": options.tta,
-            "extent": extent_origin,
-            "extent_sha256": hashlib.sha256(extent_geom.wkb).hexdigest(),
-            "grid": [list(grid.transform)[:6], grid.width, grid.height],
-            "keep_probability": options.keep_probability,
-            "source_index": options.source_index,
-        }
+        parameters = run_parameters(options, grid, extent_geom, extent_origin)
         diffgf_sha = file_sha256(diffgf) if diffgf is not None and Path(diffgf).exists() else None
-        digest = inputs_digest(source.name, [s.scene_id for s in scenes],
-                               model.record.weights_sha256, diffgf_sha, parameters)
+        listed = getattr(source, "scene_ids", None)
+        if callable(listed) and not options.force:
+            digest = inputs_digest(source.name, listed(shelf, year, grid), model.sha256,
+                                   diffgf_sha, parameters)
+            done = is_up_to_date(options.out, shelf, year, digest)
+            if done is not None:
+                return _skipped(shelf, year, done)
+        progress("scenes", 0, 1, f"{shelf} {year}")
+        scenes = source.scenes(shelf, year, grid, workdir)
+        progress("scenes", 1, 1, f"{len(scenes)} scene(s)")
+        if not scenes:
+            return YearResult(shelf, year, "not-mapped", f"no scene of {shelf} in the summer "
+                              f"{year} from the {source.name} source")
+        digest = inputs_digest(source.name, [s.scene_id for s in scenes], model.sha256,
+                               diffgf_sha, parameters)
         if not options.force:
             done = is_up_to_date(options.out, shelf, year, digest)
             if done is not None:
-                return YearResult(shelf, year, "skipped", "outputs are up to date "
-                                  "(same scenes, weights, software and parameters)",
-                                  provenance=done)
+                return _skipped(shelf, year, done)
 
         progress("merge", 0, 2, "planning")
         masks = [scene_masks(s, year, grid) for s in scenes]
@@ -431,13 +484,7 @@ def produce_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
         images, restoration_model = restore_scenes(used, options, diffgf, workdir, progress)
         predictions = segment_scenes(model, images, [m.scene.scene_id for m in used], options,
                                      workdir, progress)
-        layers = [None] * len(masks)
-        prob_layers: list[NDArray | None] = [None] * len(masks)
-        for i in plan.used:
-            pred, prob = predictions[masks[i].scene.scene_id]
-            layers[i] = _read_band(pred)
-            if prob is not None:
-                prob_layers[i] = _read_band(prob)
+        layers, prob_layers = _read_predictions(plan, masks, predictions)
         damage = compose(plan, layers, fill=0)
         progress("merge", 2, 2, "merged")
         return _write_year(shelf, year, source, model, options, grid, plan, masks, damage,
@@ -558,7 +605,7 @@ def produce(shelf: str, years: Sequence[int], source: SceneSource, options: Prod
     diffgf = resolve_diffgf(options.diffgf, source.name)
     if options.restoration not in ("DiffGF", "FillNodata"):
         raise ProduceError(f"--restoration {options.restoration!r}: use DiffGF or FillNodata")
-    model = load_model(weights)
+    model = LoadedModel(weights)
     summary = RunSummary()
     for year in years:
         try:

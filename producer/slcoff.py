@@ -114,30 +114,32 @@ def apply_gaps(rgb: NDArray[np.uint8], gaps: NDArray[np.bool_]) -> NDArray[np.ui
 
 
 def _hull_candidates(present: NDArray[np.bool_]) -> NDArray[np.float64]:
-    """Corner points of the first/last present pixel of every row and column.
+    """Centres of the first and last present pixel of every row and column.
 
     Only these can be vertices of the convex hull, so the hull of millions of pixels is found
     from a few thousand points.
     """
     pts: list[NDArray[np.float64]] = []
     for axis in (0, 1):
-        any_ = present.any(axis=1 - axis)
-        idx = np.flatnonzero(any_)
+        lines = present if axis == 0 else present.T
+        idx = np.flatnonzero(lines.any(axis=1))
         if idx.size == 0:
             continue
-        lines = present if axis == 0 else present.T
         first = np.argmax(lines[idx], axis=1)
         last = lines.shape[1] - 1 - np.argmax(lines[idx][:, ::-1], axis=1)
         for other in (first, last):
             r, c = (idx, other) if axis == 0 else (other, idx)
-            for dr in (-0.5, 0.5):
-                for dc in (-0.5, 0.5):
-                    pts.append(np.stack([r + dr, c + dc], axis=1).astype(np.float64))
+            pts.append(np.stack([r, c], axis=1).astype(np.float64))
     return np.concatenate(pts) if pts else np.empty((0, 2))
 
 
 def footprint_of(rgb: NDArray[np.uint8]) -> NDArray[np.bool_]:
-    """The scene footprint: the filled convex hull of the pixels non-zero in some band."""
+    """The scene footprint: the filled convex hull of the pixels non-zero in some band.
+
+    The hull runs through pixel centres, so it never reaches a pixel outside a convex scene
+    outline; gap pixels on the outermost row of the footprint cannot be told from "no scene"
+    and are left out (pass the footprint explicitly when it is known).
+    """
     present = np.any(rgb != 0, axis=2) if rgb.ndim == 3 else rgb != 0
     pts = _hull_candidates(present)
     if len(pts) == 0:
@@ -147,7 +149,10 @@ def footprint_of(rgb: NDArray[np.uint8]) -> NDArray[np.bool_]:
     except QhullError:  # degenerate (a line of pixels): the present pixels are the footprint
         return present.copy()
     poly = pts[hull.vertices]
-    # The hull runs along outer pixel corners, so every present pixel's centre lies inside.
+    # Push the outline out by a hair so pixel centres lying exactly on it count as inside.
+    centre = poly.mean(axis=0)
+    outward = poly - centre
+    poly = poly + 1e-6 * outward / np.linalg.norm(outward, axis=1, keepdims=True)
     return polygon2mask(present.shape, poly) | present
 
 

@@ -393,6 +393,9 @@ def build_name(
         raise SpecError(f"[{Rule.SENSOR_ORDER.value}] sensors {list(sensors)} must be unique and "
                         f"in the order {list(SENSOR_ORDER)}")
     check_shelf_name_safe(shelf)
+    if shelf.split("_")[0] in SENSORS:
+        raise SpecError(f"shelf name {shelf!r} starts with a sensor token and '_': its file "
+                        "names would parse back with other sensors and shelf")
     if not 1000 <= year <= 9999:
         raise SpecError(f"year {year} must have four digits")
     restoration_token(restoration)

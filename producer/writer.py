@@ -87,6 +87,41 @@ def atomic_path(final: Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def check_pixels(name: str, pixels: np.ndarray, grid: Grid,
+                 product_type: ProductType | None) -> None:
+    """Refuse a raster whose shape, dtype or values break the spec, before anything is written."""
+    if pixels.shape != grid.shape:
+        raise SpecError(f"{name}: array shape {pixels.shape} != grid shape {grid.shape}")
+    if pixels.dtype != np.uint8:
+        raise SpecError(f"{name}: dtype {pixels.dtype} is not {ENCODING.dtype}")
+    if product_type is not None:
+        bad = np.setdiff1d(np.unique(pixels), sorted(product_type.values))
+        if bad.size:
+            raise SpecError(f"{name}: values {bad[:5].tolist()} are not allowed in type "
+                            f"{product_type.number} (allowed {sorted(product_type.values)})")
+
+
+def _translate(target: Path, pixels: np.ndarray, grid: Grid, nodata: int | None,
+               tags: dict[str, str] | None) -> None:
+    """Write the COG to ``target`` (not atomic: callers pass a temporary path)."""
+    src_profile = {
+        "driver": "GTiff", "dtype": ENCODING.dtype, "count": ENCODING.band_count,
+        "width": grid.width, "height": grid.height, "crs": grid.crs,
+        "transform": grid.transform, "nodata": nodata,
+    }
+    with MemoryFile() as memfile:
+        with memfile.open(**src_profile) as mem:
+            mem.write(pixels, 1)
+            if tags:
+                mem.update_tags(**tags)
+        with memfile.open() as src:
+            cog_translate(
+                src, str(target), cog_profile(), nodata=nodata,
+                overview_resampling=ENCODING.overview_resampling,
+                in_memory=True, quiet=True, use_cog_driver=False,
+            )
+
+
 def write_cog(path: Path, pixels: np.ndarray, grid: Grid, product_type: ProductType | None,
               nodata: int | None = None, tags: dict[str, str] | None = None) -> Path:
     """Write one single-band UInt8 COG (LZW, 512 tiles, nearest overviews) atomically.
@@ -94,32 +129,11 @@ def write_cog(path: Path, pixels: np.ndarray, grid: Grid, product_type: ProductT
     ``product_type`` sets the nodata tag and the allowed values; pass None for auxiliary rasters
     (probability, source index) and give ``nodata`` yourself.
     """
-    if pixels.shape != grid.shape:
-        raise SpecError(f"{path.name}: array shape {pixels.shape} != grid shape {grid.shape}")
-    if pixels.dtype != np.uint8:
-        raise SpecError(f"{path.name}: dtype {pixels.dtype} is not {ENCODING.dtype}")
+    check_pixels(path.name, pixels, grid, product_type)
     if product_type is not None:
         nodata = product_type.nodata
-        bad = np.setdiff1d(np.unique(pixels), sorted(product_type.values))
-        if bad.size:
-            raise SpecError(f"{path.name}: values {bad[:5].tolist()} are not allowed in type "
-                            f"{product_type.number} (allowed {sorted(product_type.values)})")
-    src_profile = {
-        "driver": "GTiff", "dtype": ENCODING.dtype, "count": ENCODING.band_count,
-        "width": grid.width, "height": grid.height, "crs": grid.crs,
-        "transform": grid.transform, "nodata": nodata,
-    }
-    with atomic_path(path) as tmp, MemoryFile() as memfile:
-        with memfile.open(**src_profile) as mem:
-            mem.write(pixels, 1)
-            if tags:
-                mem.update_tags(**tags)
-        with memfile.open() as src:
-            cog_translate(
-                src, str(tmp), cog_profile(), nodata=nodata,
-                overview_resampling=ENCODING.overview_resampling,
-                in_memory=True, quiet=True, use_cog_driver=False,
-            )
+    with atomic_path(path) as tmp:
+        _translate(tmp, pixels, grid, nodata, tags)
     return path
 
 
@@ -149,12 +163,17 @@ def write_products(
         if array.shape != grid.shape:
             raise SpecError(f"{what}: shape {array.shape} != grid shape {grid.shape}")
     release_dir = Path(release_dir)
-    paths = {}
-    for product_type, pixels in ((TYPE1, encode_type1(damage, extent)),
-                                 (TYPE2, encode_type2(damage))):
-        target = release_dir / build_name(name.sensors, shelf, year, restoration,
-                                          product_type).relative_path()
-        paths[product_type.key] = write_cog(target, pixels, grid, product_type)
+    rasters = ((TYPE1, encode_type1(damage, extent)), (TYPE2, encode_type2(damage)))
+    paths = {t.key: release_dir / build_name(name.sensors, shelf, year, restoration,
+                                             t).relative_path() for t, _ in rasters}
+    for product_type, pixels in rasters:
+        check_pixels(paths[product_type.key].name, pixels, grid, product_type)
+    # Both files are written to temporary paths first and renamed only when both are complete,
+    # so a failure leaves neither new file (and any earlier pair untouched).
+    with contextlib.ExitStack() as stack:
+        for product_type, pixels in rasters:
+            tmp = stack.enter_context(atomic_path(paths[product_type.key]))
+            _translate(tmp, pixels, grid, product_type.nodata, None)
     return WrittenProducts(name, paths[TYPE1.key], paths[TYPE2.key])
 
 

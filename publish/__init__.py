@@ -1,0 +1,2 @@
+"""Publish a validated release to Zenodo: packaging, metadata, a careful client, resumable
+state and write-back of DOIs (``icedamage publish``)."""

@@ -40,7 +40,8 @@ def fixture_grid(shelf: str, size: tuple[int, int]) -> Grid:
     """A small grid centred in the shelf's default ROI."""
     centre = roi_polygon(shelf).centroid
     height, width = size
-    left, top = round(centre.x / 30) * 30 - width * 15, round(centre.y / 30) * 30 + height * 15
+    left = round(centre.x / 30) * 30 - (width // 2) * 30  # aligned to 30 m, odd sizes too
+    top = round(centre.y / 30) * 30 + (height // 2) * 30
     return Grid.from_bounds(left, top - height * 30, left + width * 30, top)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -62,6 +63,10 @@ def validate(
              "repeat for several.")] = None,
     workers: Annotated[int | None, typer.Option(
         min=1, help="Threads for the pixel checks (default: available CPUs, at most 4).")] = None,
+    schemas: Annotated[Path | None, typer.Option(
+        "--schemas", metavar="DIR", envvar="ICEDAMAGE_STAC_SCHEMAS",
+        help="Folder of STAC extension schemas with schema-map.json, for validating the "
+             "catalog offline.")] = None,
 ) -> None:
     """Check RELEASE_DIR against the product spec and report every problem.
 
@@ -71,8 +76,10 @@ def validate(
     errors = Console(stderr=True)
     if not release_dir.is_dir():
         errors.print(f"[red]error:[/red] release folder {release_dir} does not exist "
-                     "or is not a folder")
+                     "or is not a folder", soft_wrap=True, markup=True, highlight=False)
         raise typer.Exit(EXIT_USAGE)
+    if schemas is not None:
+        os.environ["ICEDAMAGE_STAC_SCHEMAS"] = str(schemas)  # read by the catalog rule sets
     with errors.status(f"Validating {release_dir} ..."):
         report = validate_release(release_dir, allow=tuple(allow or ()), workers=workers)
     if report.problems:

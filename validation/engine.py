@@ -52,6 +52,12 @@ def register_rule_set(factory: RuleSetFactory) -> RuleSetFactory:
     return factory
 
 
+def unregister_rule_set(factory: RuleSetFactory) -> None:
+    """Remove a registered factory (for tests and for callers that swap a rule set)."""
+    if factory in _FACTORIES:
+        _FACTORIES.remove(factory)
+
+
 def _entry_point_factories() -> list[RuleSetFactory]:
     """Factories that installed distributions declare in the ``icedamage.rule_sets`` group."""
     return [ep.load() for ep in sorted(entry_points(group=ENTRY_POINT_GROUP),
@@ -125,13 +131,19 @@ class ValidationReport:
 
 
 def _run(rule_set: RuleSet, release_dir: Path) -> list[Problem]:
-    """All problems of one rule set; a crash becomes a problem instead of ending the run."""
+    """All problems of one rule set; a crash becomes one more problem instead of ending the run.
+
+    Problems the rule set yielded before it failed are kept.
+    """
+    problems: list[Problem] = []
     try:
-        return list(rule_set.check(release_dir))
+        problems.extend(rule_set.check(release_dir))
     except Exception as exc:  # noqa: BLE001 - report every rule set, even a broken one
         name = getattr(rule_set, "name", type(rule_set).__name__)
-        return [Problem(".", RULE_SET_FAILED, f"rule set {name!r} raised "
-                        f"{type(exc).__name__}: {exc}", "every rule set runs to completion")]
+        problems.append(Problem(".", RULE_SET_FAILED, f"rule set {name!r} raised "
+                                f"{type(exc).__name__}: {exc}",
+                                "every rule set runs to completion"))
+    return problems
 
 
 def validate_release(release_dir: Path, *, rule_sets: Sequence[RuleSet] | None = None,

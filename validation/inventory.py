@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from producer.shelves import SHELVES
 from producer.spec import (
     AUXILIARY_SUFFIXES,
     ITEMS_NDJSON,
@@ -122,6 +123,10 @@ def _is_year(name: str) -> bool:
     return len(name) == 4 and name.isascii() and name.isdigit()
 
 
+def _is_year_dir(entry: Entry) -> bool:
+    return entry.is_dir and _is_year(entry.rel.rsplit("/", 1)[1])
+
+
 def _shelf_safe(name: str) -> bool:
     try:
         check_shelf_name_safe(name)
@@ -146,16 +151,23 @@ def scan_year(root: Path, rel: str, shelf: str, year: str, allow: Sequence[str])
 
 
 def scan_release(root: Path, allow: Sequence[str] = ()) -> Inventory:
-    """Walk ``root`` two levels deep (``<Shelf>/<YYYY>/``) and sort what is there."""
+    """Walk ``root`` two levels deep (``<Shelf>/<YYYY>/``) and sort what is there.
+
+    A root folder counts as a shelf folder when its name is registered, or when it is a safe
+    name holding at least one year folder (an unregistered shelf); other root folders are
+    left to the layout rules as strays, without looking inside.
+    """
     inventory = Inventory(root)
     for entry in _entries(root, "", allow):
         if _root_allowed(entry.rel, entry.is_dir):
             continue
-        if not (entry.is_dir and _shelf_safe(entry.rel)):
+        subs = _entries(root / entry.rel, f"{entry.rel}/", allow) \
+            if entry.is_dir and _shelf_safe(entry.rel) else None
+        if subs is None or not (entry.rel in SHELVES or any(_is_year_dir(s) for s in subs)):
             inventory.root_others.append(entry)
             continue
         inventory.shelf_dirs.append(entry.rel)
-        for sub in _entries(root / entry.rel, f"{entry.rel}/", allow):
+        for sub in subs:
             year = sub.rel.rsplit("/", 1)[1]
             if sub.is_dir and _is_year(year):
                 inventory.years.append(scan_year(root, sub.rel, entry.rel, year, allow))

@@ -14,6 +14,7 @@ import numpy as np
 import rasterio
 
 from producer.spec import TYPE1, TYPE2
+from validation.raster_rules import Buffers
 from validation.report import Problem
 
 GRID = "pair-grid"
@@ -42,6 +43,28 @@ def grid_problems(rel1: str, src1: rasterio.io.DatasetReader, rel2: str,
                     "the same CRS, transform and shape in both product types")]
 
 
+def disagrees(value1: int, value2: int) -> bool:
+    """Whether a type 1 and a type 2 pixel value contradict each other (the pair rule)."""
+    return value1 != TYPE1.nodata and (value1 == TYPE1.damage) != (value2 == TYPE2.damage)
+
+
+def difference_code() -> int | None:
+    """K with: for class values, ``(type1 - type2) mod 256 == K`` exactly where they disagree.
+
+    Derived from the spec's class sets (for 0/1/255 against 0/255 it is 1), so a clean window
+    pair is checked with one wrapping subtraction instead of five comparisons. None if the
+    encodings ever stop allowing such a code.
+    """
+    bad, good = set(), set()
+    for value1 in TYPE1.values:
+        for value2 in TYPE2.values:
+            (bad if disagrees(value1, value2) else good).add((value1 - value2) % 256)
+    return next(iter(bad)) if len(bad) == 1 and not bad & good else None
+
+
+_CODE = difference_code()
+
+
 @dataclass
 class PairTally:
     """Pixels where type 1 (inside the extent) and type 2 disagree about damage."""
@@ -51,11 +74,29 @@ class PairTally:
     missed: int = 0
     """Type 2 says damage, type 1 says background."""
 
-    def update(self, type1: np.ndarray, type2: np.ndarray) -> None:
-        """Add one window of both files (same window, same shape)."""
-        inside = type1 != TYPE1.nodata
-        damage1 = type1 == TYPE1.damage
-        disagree = np.not_equal(damage1, type2 == TYPE2.damage)
+    def __post_init__(self) -> None:
+        self._buffers = Buffers()
+
+    def _surely_consistent(self, type1: np.ndarray, type2: np.ndarray) -> bool:
+        """Fast exact test for windows holding only class values (see ``difference_code``)."""
+        if _CODE is None or type1.dtype != np.uint8 or type2.dtype != np.uint8:
+            return False
+        diff = np.subtract(type1, type2, out=self._buffers.get("diff", type1.shape, np.uint8))
+        np.bitwise_xor(diff, np.uint8(_CODE), out=diff)
+        return bool(diff.size == 0 or diff.min() != 0)
+
+    def update(self, type1: np.ndarray, type2: np.ndarray, classes_only: bool = False) -> None:
+        """Add one window of both files (same window, same shape).
+
+        ``classes_only`` says both windows hold only their type's class values (the value
+        tallies found no other value), which allows the fast path.
+        """
+        if classes_only and self._surely_consistent(type1, type2):
+            return
+        inside = np.not_equal(type1, TYPE1.nodata, out=self._buffers.get("in", type1.shape, bool))
+        damage1 = np.equal(type1, TYPE1.damage, out=self._buffers.get("d1", type1.shape, bool))
+        disagree = np.equal(type2, TYPE2.damage, out=self._buffers.get("d2", type1.shape, bool))
+        np.not_equal(damage1, disagree, out=disagree)
         np.logical_and(disagree, inside, out=disagree)
         if not disagree.any():
             return

@@ -5,6 +5,7 @@ the catalog, validation, publish packages) stays importable without them.
 """
 
 from producer.segmentation.checkpoints import (
+    CheckpointError,
     ModelInfo,
     load_checkpoint,
     save_checkpoint,
@@ -22,6 +23,7 @@ from producer.segmentation.model import VARIANTS, DamageSegmenter, build_segform
 __all__ = [
     "VARIANTS",
     "ArrayPrediction",
+    "CheckpointError",
     "DamageSegmenter",
     "ModelInfo",
     "SceneStats",

@@ -113,6 +113,10 @@ class ArrayPrediction:
         """Probability of the damage class (index 1), (H, W) float32."""
         return self.probabilities[1]
 
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        """``np.asarray(prediction)`` is the class map, so callers may treat it as labels."""
+        return self.labels if dtype is None else self.labels.astype(dtype)
+
 
 @dataclass
 class SceneStats:

@@ -1,0 +1,365 @@
+"""Catalog a release folder: thumbnails, metadata.ods, ROI GeoPackages, STAC catalog, item index.
+
+The I/O layer around the pure builders of ``catalog.stac``. Every file is written through a
+temporary file (the STAC folder through a temporary folder swapped in at the end), so an
+interrupted run leaves the previous catalog intact. Re-running rebuilds nothing when no product
+changed and the settings are the same, unless forced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pystac
+import rasterio
+import yaml
+from PIL import Image
+
+from catalog.gpkg import ensure_roi_geopackage
+from catalog.ods import (
+    OdsRow,
+    read_metadata_ods,
+    row_from_name,
+    rows_by_key,
+    rows_sorted,
+    write_metadata_ods,
+)
+from catalog.release import ShelfYearFiles, file_checksum, raster_facts, scan_release
+from catalog.search import release_relative, write_index
+from catalog.stac import (
+    AUXILIARY_RASTERS,
+    CatalogSettings,
+    FileRef,
+    ItemInputs,
+    build_catalog,
+    build_collection,
+    build_item,
+)
+from catalog.stats import file_stats
+from catalog.uncertainty import UncertaintyFactors
+from producer.shelves import get_shelf
+from producer.spec import (
+    ENCODING,
+    METADATA_ODS,
+    RELEASE_METADATA,
+    STAC_CATALOG_DIR,
+    TYPE1,
+    TYPE2,
+    roi_geopackage_name,
+)
+from producer.writer import atomic_path
+
+THUMBNAIL_MAX_SIDE = 512
+BUILD_STATE = ".build.json"
+
+#: Progress callback: (what is being done, steps done, steps in all).
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class CatalogResult:
+    """What a catalog run did."""
+
+    catalog: Path
+    items: int
+    skipped: bool
+    metadata_written: bool
+    unknown_items: dict[str, list[str]]
+    """Item id -> unknown fields, for items that have any."""
+
+
+def software_version() -> str:
+    """The installed icedamage version (processing:software)."""
+    try:
+        return metadata.version("icedamage")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def release_yaml(release_dir: Path) -> dict:
+    """release.yaml at the release root, or {} when there is none."""
+    path = Path(release_dir) / RELEASE_METADATA
+    if not path.exists():
+        return {}
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Thumbnails
+# ---------------------------------------------------------------------------------------------
+
+
+def thumbnail_pixels(path: Path, max_side: int = THUMBNAIL_MAX_SIDE) -> np.ndarray:
+    """RGBA quicklook of a type-1 map: classes in their colour hints, nodata transparent."""
+    with rasterio.open(path) as src:
+        scale = max(1.0, max(src.width, src.height) / max_side)
+        shape = (max(1, round(src.height / scale)), max(1, round(src.width / scale)))
+        band = src.read(1, out_shape=shape)  # nearest: overviews and decimation keep classes
+    rgba = np.zeros((*band.shape, 4), dtype=np.uint8)
+    for cls in TYPE1.classes:
+        if cls.nodata:
+            continue
+        colour = [int(cls.color_hint[i:i + 2], 16) for i in (0, 2, 4)]
+        rgba[band == cls.value] = [*colour, 255]
+    return rgba
+
+
+def write_thumbnail(damage_map: Path, target: Path, force: bool = False) -> Path:
+    """Write the PNG quicklook unless it exists and is newer than the map."""
+    if target.exists() and not force and target.stat().st_mtime >= damage_map.stat().st_mtime:
+        return target
+    with atomic_path(target) as tmp:
+        Image.fromarray(thumbnail_pixels(damage_map), mode="RGBA").save(tmp, format="PNG")
+    return target
+
+
+# ---------------------------------------------------------------------------------------------
+# Collecting the facts of each shelf-year
+# ---------------------------------------------------------------------------------------------
+
+
+def _file_ref(path: Path) -> FileRef:
+    return FileRef(path, path.stat().st_size, file_checksum(path))
+
+
+def item_inputs(files: ShelfYearFiles, factors: UncertaintyFactors,
+                ods_row: OdsRow | None, thumbnail: Path | None) -> ItemInputs:
+    """Read everything the item builder needs for one shelf-year."""
+    if files.damage_map is None:
+        raise FileNotFoundError(f"{files.folder / files.name.filename}: the type 1 product is "
+                                "missing; statistics and the item need it")
+    rasters = {TYPE1.key: raster_facts(files.damage_map)}
+    if files.damage is not None:
+        rasters[TYPE2.key] = raster_facts(files.damage)
+    for role in AUXILIARY_RASTERS:
+        if role in files.auxiliary:
+            rasters[role] = raster_facts(files.auxiliary[role])
+    refs = {}
+    if thumbnail is not None:
+        refs["thumbnail"] = _file_ref(thumbnail)
+    if "provenance" in files.auxiliary:
+        refs["provenance"] = _file_ref(files.auxiliary["provenance"])
+    stats = file_stats(files.damage_map, files.name.shelf, files.name.year, factors)
+    return ItemInputs(files.name, rasters, stats, refs, files.provenance, ods_row)
+
+
+def ods_rows(release_dir: Path, found: list[ShelfYearFiles]) -> tuple[list[OdsRow], bool]:
+    """The rows metadata.ods should hold, and whether to (re)write the file.
+
+    Rows come from provenance records. A shelf-year without one keeps the row of an existing
+    metadata.ods (e.g. the published release's own file, which is then left untouched); if there
+    is no file either, the row holds only what the file names say.
+    """
+    path = Path(release_dir) / METADATA_ODS
+    existing = rows_by_key(read_metadata_ods(path)) if path.exists() else {}
+    rows, all_provenance = [], True
+    for files in found:
+        prov = files.provenance
+        all_provenance &= prov is not None
+        key = (files.name.shelf, files.name.year)
+        rows.append(row_from_name(files.name, prov) if prov is not None or key not in existing
+                    else existing[key])
+    return rows, all_provenance or not path.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving
+# ---------------------------------------------------------------------------------------------
+
+
+def _state_digest(release_dir: Path, found: list[ShelfYearFiles], factors: UncertaintyFactors,
+                  settings: CatalogSettings) -> str:
+    """Digest of the inputs (file sizes and mtimes, factors, settings) of a catalog run."""
+    parts = [factors.to_json(), json.dumps([settings.license, settings.software_version,
+                                            settings.dataset_version])]
+    for files in found:
+        for path in (files.damage_map, files.damage, *files.auxiliary.values()):
+            if path is not None and path.suffix != ".png":
+                stat = path.stat()
+                parts.append(f"{path.relative_to(release_dir)}:{stat.st_size}:{stat.st_mtime_ns}")
+    ods = release_dir / METADATA_ODS
+    if ods.exists():
+        parts.append(f"ods:{ods.stat().st_size}:{ods.stat().st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def save_catalog(root: pystac.Catalog, release_dir: Path, state: str) -> Path:
+    """Save self-contained with relative hrefs into ``<release>/stac``, swapping folders."""
+    final = release_dir / STAC_CATALOG_DIR
+    # no dot in the staging name: pystac would take a dotted folder name for a file name
+    staging = Path(tempfile.mkdtemp(prefix=f"_{STAC_CATALOG_DIR}_staging_", dir=release_dir))
+    try:
+        root.normalize_hrefs(str(staging))
+        root.make_all_asset_hrefs_relative()
+        root.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+        (staging / BUILD_STATE).write_text(json.dumps({"inputs": state}) + "\n")
+        old = None
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f"_{STAC_CATALOG_DIR}_old_", dir=release_dir))
+            os.replace(final, old / STAC_CATALOG_DIR)
+        os.replace(staging, final)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return final / "catalog.json"
+
+
+def index_dicts(release_dir: Path, catalog_json: Path) -> list[dict]:
+    """Item dicts of the saved catalog with hrefs relative to the release root."""
+    catalog = pystac.Catalog.from_file(str(catalog_json))
+    out = []
+    for item in catalog.get_items(recursive=True):
+        path = Path(item.get_self_href())
+        out.append(release_relative(json.loads(path.read_text()), path, release_dir))
+    return out
+
+
+#: Fields and link relations that the publisher writes into a saved catalog (DOIs, citation,
+#: version links); a rebuild keeps them so re-cataloging never loses a published DOI.
+PUBLISHER_FIELDS = ("sci:doi", "sci:citation", "sci:publications")
+PUBLISHER_RELS = frozenset({"cite-as", "doi", "latest-version", "predecessor-version",
+                            "successor-version", "via"})
+
+
+def _saved_objects(stac_dir: Path) -> dict[str, dict]:
+    """Saved collection and item dicts by id (empty when there is no catalog yet)."""
+    saved = {}
+    for path in stac_dir.rglob("*.json") if stac_dir.exists() else ():
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(data, dict) and data.get("type") in ("Collection", "Feature"):
+            saved[f"{data['type']}:{data.get('id')}"] = data
+    return saved
+
+
+def _carry(target: pystac.Collection | pystac.Item, old: dict) -> None:
+    fields = old.get("properties", {}) if old.get("type") == "Feature" else old
+    where = target.properties if isinstance(target, pystac.Item) else target.extra_fields
+    for key in PUBLISHER_FIELDS:
+        if key in fields:
+            where[key] = fields[key]
+    for link in old.get("links", []):
+        if link.get("rel") in PUBLISHER_RELS and "://" in link.get("href", ""):
+            target.add_link(pystac.Link.from_dict(link))
+    extensions = [u for u in old.get("stac_extensions", []) if "scientific" in u]
+    if extensions and any(k in fields for k in PUBLISHER_FIELDS):
+        target.stac_extensions = sorted(set(target.stac_extensions) | set(extensions))
+
+
+def carry_publisher_fields(stac_dir: Path, collection: pystac.Collection,
+                           items: list[pystac.Item]) -> None:
+    """Copy DOIs, citations and version links the publisher saved into the rebuilt objects."""
+    saved = _saved_objects(stac_dir)
+    if f"Collection:{collection.id}" in saved:
+        _carry(collection, saved[f"Collection:{collection.id}"])
+    for item in items:
+        if f"Feature:{item.id}" in saved:
+            _carry(item, saved[f"Feature:{item.id}"])
+
+
+def _up_to_date(release_dir: Path, state: str) -> bool:
+    marker = release_dir / STAC_CATALOG_DIR / BUILD_STATE
+    if not marker.exists():
+        return False
+    try:
+        return json.loads(marker.read_text()).get("inputs") == state
+    except json.JSONDecodeError:
+        return False
+
+
+def catalog_release(release_dir: Path, factors: UncertaintyFactors,
+                    license: str | None = None, force: bool = False,
+                    progress: Progress | None = None) -> CatalogResult:
+    """Build every catalog file of a release; see the module docstring."""
+    release_dir = Path(release_dir).resolve()
+    report = progress or (lambda _text, _done, _total: None)
+    done = 0
+
+    def step(text: str) -> None:
+        nonlocal done
+        report(text, done, total)
+        done += 1
+
+    found = scan_release(release_dir)
+    if not found:
+        raise FileNotFoundError(f"{release_dir}: no product files under <Shelf>/<YYYY>/")
+    seen: dict[tuple[str, int], Path] = {}
+    for files in found:
+        get_shelf(files.name.shelf)  # an unregistered shelf is an error naming the valid ones
+        key = (files.name.shelf, files.name.year)
+        product = files.damage_map or files.damage
+        if key in seen:
+            raise ValueError(f"{product} and {seen[key]}: two products for {key[0]} {key[1]}; "
+                             "a shelf-year has exactly one map (one STAC item)")
+        seen[key] = product
+    meta = release_yaml(release_dir)
+    chosen_license = license or meta.get("license") or CatalogSettings.license
+    if not re.fullmatch(r"[\w\-.+]+", str(chosen_license)):
+        raise ValueError(f"license {chosen_license!r} is not an SPDX identifier "
+                         "(e.g. CC-BY-4.0); STAC 1.1 requires one, or 'other'")
+    settings = CatalogSettings(license=str(chosen_license),
+                               software_version=software_version(),
+                               dataset_version=str(meta["version"]) if meta.get("version")
+                               else None)
+    shelves = sorted({f.name.shelf for f in found})
+    total = len(found) + len(shelves) + 3
+    rows, write_ods = ods_rows(release_dir, found)
+    ods_path = release_dir / METADATA_ODS
+    write_ods &= force or not ods_path.exists() or read_metadata_ods(ods_path) != rows_sorted(rows)
+    step(f"writing {METADATA_ODS}" if write_ods else f"{METADATA_ODS} is up to date")
+    if write_ods:
+        write_metadata_ods(ods_path, rows)
+    state = _state_digest(release_dir, found, factors, settings)
+    catalog_json = release_dir / STAC_CATALOG_DIR / "catalog.json"
+    if not force and catalog_json.exists() and _up_to_date(release_dir, state):
+        return CatalogResult(catalog_json, len(found), True, write_ods, {})
+
+    row_of = rows_by_key(rows)
+    items = []
+    for files in found:
+        step(f"{files.name.shelf} {files.name.year}")
+        thumb = None
+        if files.damage_map is not None:
+            thumb = write_thumbnail(files.damage_map,
+                                    files.folder / files.name.auxiliary("thumbnail"), force)
+        inputs = item_inputs(files, factors, row_of.get((files.name.shelf, files.name.year)),
+                             thumb)
+        items.append(build_item(inputs, settings))
+    release_files = {"metadata": _file_ref(release_dir / METADATA_ODS)} \
+        if (release_dir / METADATA_ODS).exists() else {}
+    for shelf in shelves:
+        step(f"ROI GeoPackage of {shelf}")
+        ensure_roi_geopackage(release_dir, shelf)
+        release_files[f"roi-{get_shelf(shelf).slug}"] = _file_ref(
+            release_dir / roi_geopackage_name(shelf))
+    collection = build_collection(items, settings, release_files)
+    carry_publisher_fields(release_dir / STAC_CATALOG_DIR, collection, items)
+    catalog = build_catalog(collection, items)
+    step("saving the STAC catalog")
+    catalog_json = save_catalog(catalog, release_dir, state)
+    step("writing the item index")
+    write_index(release_dir, index_dicts(release_dir, catalog_json))
+    report("done", total, total)
+    unknown = {i.id: i.properties["icedamage:unknown"] for i in items
+               if i.properties["icedamage:unknown"]}
+    return CatalogResult(catalog_json, len(items), False, write_ods, unknown)
+
+
+__all__ = ["ENCODING", "CatalogResult", "catalog_release", "thumbnail_pixels", "write_thumbnail"]

@@ -1,0 +1,187 @@
+"""``icedamage catalog``, ``icedamage search`` and ``icedamage stats`` (thin CLI layer)."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from catalog.uncertainty import load_factors
+
+err = Console(stderr=True)
+out = Console()
+
+
+class OutputFormat(StrEnum):
+    """How ``icedamage search`` prints its results."""
+
+    table = "table"
+    json = "json"
+    geojson = "geojson"
+    hrefs = "hrefs"
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}")
+    return typer.Exit(1)
+
+
+def catalog_command(
+    release_dir: Annotated[Path, typer.Argument(help="Release folder (<Shelf>/<YYYY>/...).")],
+    factors: Annotated[Path | None, typer.Option(
+        help="Uncertainty factors JSON (icedamage uncertainty); default: the paper's.")] = None,
+    license: Annotated[str | None, typer.Option(
+        help="SPDX license of the data (default: release.yaml's, else CC-BY-4.0).")] = None,
+    force: Annotated[bool, typer.Option(help="Rebuild even when nothing changed.")] = False,
+) -> None:
+    """Write the STAC catalog, metadata.ods, ROI GeoPackages, thumbnails and the item index."""
+    from catalog.build import catalog_release
+
+    try:
+        chosen = load_factors(factors)
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                      MofNCompleteColumn(), TimeElapsedColumn(), console=err,
+                      transient=True) as progress:
+            task = progress.add_task("scanning the release", total=None)
+
+            def show(text: str, done: int, total: int) -> None:
+                progress.update(task, description=text, completed=done, total=total)
+
+            result = catalog_release(release_dir, chosen, license=license, force=force,
+                                     progress=show)
+    except (FileNotFoundError, ValueError, OSError) as error:
+        raise _fail(str(error)) from error
+    if result.skipped:
+        out.print(f"catalog up to date ({result.items} items): {result.catalog} "
+                  "(use --force to rebuild)")
+        return
+    out.print(f"cataloged {result.items} shelf-years: {result.catalog}")
+    for item, fields in sorted(result.unknown_items.items()):
+        out.print(f"  {item}: unknown {', '.join(f.removeprefix('icedamage:') for f in fields)}")
+
+
+def _parse_bbox(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise _fail(f"--bbox {text!r}: expected minx,miny,maxx,maxy (4 numbers)")
+    return values
+
+
+def _parse_intersects(text: str | None) -> dict | None:
+    if text is None:
+        return None
+    candidate = Path(text)
+    try:
+        raw = candidate.read_text() if candidate.exists() else text
+        return json.loads(raw)
+    except (json.JSONDecodeError, OSError) as error:
+        raise _fail(f"--intersects: not a GeoJSON file or string ({error})") from error
+
+
+def search_command(
+    source: Annotated[Path, typer.Argument(help="Release folder, stac/catalog.json or "
+                                                "items.parquet.")],
+    shelf: Annotated[list[str] | None, typer.Option("--shelf", help="Shelf name(s).")] = None,
+    year: Annotated[int | None, typer.Option(help="Exactly this summer.")] = None,
+    year_from: Annotated[int | None, typer.Option("--from", help="First summer.")] = None,
+    year_to: Annotated[int | None, typer.Option("--to", help="Last summer.")] = None,
+    sensor: Annotated[list[str] | None, typer.Option(
+        "--sensor", help="LE07, LC08 or LC09 (any of them).")] = None,
+    restored: Annotated[bool | None, typer.Option(
+        "--restored/--not-restored", help="Only maps from restored (SLC-off) imagery, or none."
+    )] = None,
+    bbox: Annotated[str | None, typer.Option(help="minx,miny,maxx,maxy")] = None,
+    bbox_crs: Annotated[str, typer.Option(help="EPSG:4326 or EPSG:3031.")] = "EPSG:4326",
+    intersects: Annotated[str | None, typer.Option(
+        help="GeoJSON geometry (file or string, EPSG:4326).")] = None,
+    min_fraction: Annotated[float | None, typer.Option(help="Damage fraction ≥ this.")] = None,
+    format: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.table,
+) -> None:
+    """Find shelf-year maps in a cataloged release."""
+    from catalog.search import SearchError, search
+
+    try:
+        items = search(source, shelves=shelf, year=year, year_from=year_from, year_to=year_to,
+                       sensors=sensor, restored=restored, bbox=_parse_bbox(bbox),
+                       bbox_crs=bbox_crs, intersects=_parse_intersects(intersects),
+                       min_fraction=min_fraction)
+    except (SearchError, FileNotFoundError) as error:
+        raise _fail(str(error)) from error
+    if format is OutputFormat.json:
+        typer.echo(json.dumps([i.to_dict(transform_hrefs=False) for i in items], indent=2))
+    elif format is OutputFormat.geojson:
+        typer.echo(json.dumps({"type": "FeatureCollection",
+                               "features": [i.to_dict(transform_hrefs=False) for i in items]},
+                              indent=2))
+    elif format is OutputFormat.hrefs:
+        for item in items:
+            typer.echo(item.assets["damage_map"].href)
+    else:
+        table = Table("id", "shelf", "year", "sensors", "restoration", "damage km²", "fraction")
+        for item in items:
+            p = item.properties
+            fraction = p.get("icedamage:damage_fraction")
+            table.add_row(item.id, p["icedamage:shelf"], str(p["icedamage:year"]),
+                          " ".join(p["icedamage:sensors"]), p.get("icedamage:restoration") or "",
+                          f"{p['icedamage:damage_area_km2']:.2f}",
+                          f"{fraction:.4f}" if fraction is not None else "")
+        out.print(table)
+        out.print(f"{len(items)} item(s)")
+
+
+def stats_command(
+    release_dir: Annotated[Path, typer.Argument(help="Release folder.")],
+    factors: Annotated[Path | None, typer.Option(help="Uncertainty factors JSON.")] = None,
+    out_table: Annotated[Path | None, typer.Option("--out", help="Table file (.csv or .ods).")
+                         ] = None,
+    plot: Annotated[Path | None, typer.Option(help="Fig. 11 style PNG.")] = None,
+) -> None:
+    """Damage area, shelf area and fraction with uncertainty bounds per shelf-year."""
+    from catalog.stats import plot_stats, release_stats, write_stats_table
+
+    try:
+        rows = release_stats(release_dir, load_factors(factors))
+        if not rows:
+            raise ValueError(f"{release_dir}: no type 1 products found")
+        if out_table is not None:
+            write_stats_table(rows, out_table)
+        if plot is not None:
+            plot_stats(rows, plot)
+    except (FileNotFoundError, ValueError, OSError) as error:
+        raise _fail(str(error)) from error
+    table = Table("shelf", "year", "damage km² (low-high)", "shelf km²", "fraction % (low-high)")
+    for r in rows:
+        frac = (f"{r.damage_fraction * 100:.2f} ({r.damage_fraction_low * 100:.2f}-"
+                f"{r.damage_fraction_high * 100:.2f})" if r.damage_fraction is not None else "")
+        table.add_row(r.shelf, str(r.year), f"{r.damage_area_km2:.2f} "
+                      f"({r.damage_area_km2_low:.2f}-{r.damage_area_km2_high:.2f})",
+                      f"{r.valid_area_km2:.2f}", frac)
+    out.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the catalog's commands to the ``icedamage`` app (and its rules to ``validate``)."""
+    from catalog.rules import register_catalog_rule_sets
+
+    register_catalog_rule_sets()
+    app.command("catalog")(catalog_command)
+    app.command("search")(search_command)
+    app.command("stats")(stats_command)

@@ -1,0 +1,155 @@
+"""metadata.ods at the release root: the acquisition dates and scenes of every shelf-year.
+
+Section 4 of the paper says the release root holds a ``metadata.ods`` recording the acquisition
+dates of the imagery used. Ours has a ``Summary`` sheet with one row per shelf-year and one sheet
+per shelf holding that shelf's rows, so a user can trace each map back to its scenes. It is
+written with pandas' odf engine (odfpy) through a temporary file, and read back by the validator
+and when cataloging a release that has no provenance records.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import pandas as pd
+
+from producer.provenance import Provenance
+from producer.spec import TYPE2, ProductName
+from producer.writer import atomic_path
+
+SUMMARY_SHEET = "Summary"
+LIST_SEPARATOR = "; "
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+@dataclass(frozen=True)
+class OdsRow:
+    """One shelf-year of metadata.ods; empty tuples / None where a fact is unknown."""
+
+    shelf: str
+    year: int
+    damage_map_file: str
+    damage_file: str
+    sensors: tuple[str, ...]
+    restoration: str | None
+    acquisition_dates: tuple[dt.date, ...] = ()
+    scene_ids: tuple[str, ...] = ()
+    scene_sensors: tuple[str, ...] = ()
+    main_scene: str | None = None
+    main_scene_date: dt.date | None = None
+
+
+COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(OdsRow))
+_LIST_COLUMNS = ("sensors", "acquisition_dates", "scene_ids", "scene_sensors")
+
+
+def row_from_name(name: ProductName, provenance: Provenance | None) -> OdsRow:
+    """The row of a shelf-year from its product name and, when present, its provenance."""
+    base = dict(shelf=name.shelf, year=name.year, damage_map_file=name.filename,
+                damage_file=name.partner().filename if name.product_type is not TYPE2
+                else name.filename, sensors=name.sensors, restoration=name.restoration)
+    if provenance is None:
+        return OdsRow(**base)
+    scenes = sorted(provenance.scenes, key=lambda s: s.acquired)
+    main = provenance.main_scene
+    return OdsRow(**base, acquisition_dates=tuple(s.acquired for s in scenes),
+                  scene_ids=tuple(s.scene_id for s in scenes),
+                  scene_sensors=tuple(s.sensor for s in scenes),
+                  main_scene=main.scene_id, main_scene_date=main.acquired)
+
+
+def _cell(row: OdsRow, column: str) -> object:
+    value = getattr(row, column)
+    if column in _LIST_COLUMNS:
+        return LIST_SEPARATOR.join(str(v) for v in value)
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return "" if value is None else value
+
+
+def rows_sorted(rows: list[OdsRow]) -> list[OdsRow]:
+    """Rows in file order: by shelf, then year."""
+    return sorted(rows, key=lambda r: (r.shelf, r.year))
+
+
+def rows_frame(rows: list[OdsRow]) -> pd.DataFrame:
+    """A table of rows in the column order of the file."""
+    ordered = rows_sorted(rows)
+    return pd.DataFrame([{c: _cell(r, c) for c in COLUMNS} for r in ordered],
+                        columns=list(COLUMNS))
+
+
+def write_metadata_ods(path: Path, rows: list[OdsRow]) -> Path:
+    """Write the Summary sheet and one sheet per shelf, atomically."""
+    frame = rows_frame(rows)
+    with atomic_path(Path(path)) as tmp, pd.ExcelWriter(tmp, engine="odf") as writer:
+        frame.to_excel(writer, sheet_name=SUMMARY_SHEET, index=False)
+        for shelf in sorted(frame["shelf"].unique()):
+            frame[frame["shelf"] == shelf].to_excel(writer, sheet_name=shelf[:31],
+                                                    index=False)
+    return Path(path)
+
+
+def _split(text: object) -> tuple[str, ...]:
+    if text is None or (isinstance(text, float) and pd.isna(text)):
+        return ()
+    return tuple(p.strip() for p in re.split(r"[;,]", str(text)) if p.strip())
+
+
+def _dates(text: object) -> tuple[dt.date, ...]:
+    return tuple(dt.date.fromisoformat(d) for d in _DATE.findall(str(text or "")))
+
+
+def _text(value: object) -> str | None:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _row(record: dict[str, object]) -> OdsRow:
+    main_date = _dates(record.get("main_scene_date"))
+    return OdsRow(
+        shelf=str(record["shelf"]).strip(),
+        year=int(float(str(record["year"]))),
+        damage_map_file=_text(record.get("damage_map_file")) or "",
+        damage_file=_text(record.get("damage_file")) or "",
+        sensors=_split(record.get("sensors")),
+        restoration=_text(record.get("restoration")),
+        acquisition_dates=_dates(record.get("acquisition_dates")),
+        scene_ids=_split(record.get("scene_ids")),
+        scene_sensors=_split(record.get("scene_sensors")),
+        main_scene=_text(record.get("main_scene")),
+        main_scene_date=main_date[0] if main_date else None,
+    )
+
+
+def read_metadata_ods(path: Path) -> list[OdsRow]:
+    """The rows of metadata.ods (Summary sheet, or every sheet when there is none).
+
+    Column names are matched case-insensitively with spaces as underscores. A missing ``shelf``
+    or ``year`` column is an error naming the file and sheet; other missing columns read as
+    unknown.
+    """
+    sheets = pd.read_excel(path, sheet_name=None, engine="odf", dtype=str)
+    chosen = {SUMMARY_SHEET: sheets[SUMMARY_SHEET]} if SUMMARY_SHEET in sheets else sheets
+    rows: list[OdsRow] = []
+    for sheet, frame in chosen.items():
+        frame = frame.rename(columns=lambda c: str(c).strip().lower().replace(" ", "_"))
+        missing = [c for c in ("shelf", "year") if c not in frame.columns]
+        if missing:
+            raise ValueError(f"{path}: sheet {sheet!r} lacks column(s) {missing}; "
+                             f"expected {list(COLUMNS)}")
+        for record in frame.to_dict("records"):
+            if _text(record.get("shelf")) is None:
+                continue
+            rows.append(_row(record))
+    return rows
+
+
+def rows_by_key(rows: list[OdsRow]) -> dict[tuple[str, int], OdsRow]:
+    """Rows keyed by (shelf, year)."""
+    return {(r.shelf, r.year): r for r in rows}

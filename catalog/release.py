@@ -1,0 +1,131 @@
+"""Reading a release folder: which shelf-years it holds, and the facts of each raster file.
+
+This is the catalog's I/O layer for products: it finds ``<Shelf>/<YYYY>/`` folders, groups the
+files of a shelf-year by their shared stem (names parsed with ``producer.spec``), and reads what
+the STAC builders need from each raster (grid, nodata, data type, size, checksum) without
+loading whole rasters into memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import rasterio
+
+from producer.grid import Grid
+from producer.provenance import Provenance, provenance_path, read_provenance
+from producer.spec import (
+    AUXILIARY_SUFFIXES,
+    TYPE1,
+    TYPE2,
+    ProductName,
+    SpecError,
+    parse_name,
+)
+
+#: Multihash prefix of a sha2-256 digest (code 0x12, length 0x20), as the file extension wants.
+MULTIHASH_SHA256 = "1220"
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class RasterFacts:
+    """What the catalog records about one raster file."""
+
+    path: Path
+    grid: Grid
+    epsg: int | None
+    nodata: float | None
+    data_type: str
+    size: int
+    checksum: str
+    """Multihash (sha2-256) in hex."""
+
+
+@dataclass(frozen=True)
+class ShelfYearFiles:
+    """The files of one shelf-year found in a release (type-1 name as the key)."""
+
+    name: ProductName
+    folder: Path
+    damage_map: Path | None
+    damage: Path | None
+    auxiliary: dict[str, Path] = field(default_factory=dict)
+    """Role (see AUXILIARY_SUFFIXES) -> path of each auxiliary file present."""
+
+    @property
+    def provenance(self) -> Provenance | None:
+        """The provenance record, when the producer wrote one."""
+        path = self.auxiliary.get("provenance")
+        return read_provenance(path) if path is not None else None
+
+
+def file_checksum(path: Path) -> str:
+    """Multihash hex of a file's sha2-256 digest (``1220`` + 64 hex digits)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return MULTIHASH_SHA256 + digest.hexdigest()
+
+
+def raster_facts(path: Path, checksum: bool = True) -> RasterFacts:
+    """Grid, nodata, data type, size and checksum of a raster file."""
+    with rasterio.open(path) as src:
+        grid = Grid(src.transform, src.width, src.height,
+                    src.crs.to_string() if src.crs else "")
+        epsg = src.crs.to_epsg() if src.crs else None
+        nodata, dtype = src.nodata, src.dtypes[0]
+    return RasterFacts(path, grid, epsg, nodata, dtype, path.stat().st_size,
+                       file_checksum(path) if checksum else "")
+
+
+def _shelf_year_folders(release_dir: Path) -> list[Path]:
+    """``<Shelf>/<YYYY>`` folders under the release root, sorted."""
+    folders = []
+    for shelf_dir in sorted(p for p in release_dir.iterdir() if p.is_dir()):
+        if shelf_dir.name.startswith("."):
+            continue
+        folders.extend(sorted(p for p in shelf_dir.iterdir()
+                              if p.is_dir() and p.name.isdigit() and len(p.name) == 4))
+    return folders
+
+
+def _auxiliary(folder: Path, name: ProductName) -> dict[str, Path]:
+    found = {}
+    for role in AUXILIARY_SUFFIXES:
+        path = folder / name.auxiliary(role)
+        if role == "provenance":
+            path = provenance_path(folder.parent.parent, name)
+        if path.exists():
+            found[role] = path
+    return found
+
+
+def scan_release(release_dir: Path) -> list[ShelfYearFiles]:
+    """Every shelf-year of a release with its product and auxiliary files.
+
+    Files whose names do not parse as products are ignored here (the validator reports them);
+    a shelf-year appears when at least one of its two products exists.
+    """
+    release_dir = Path(release_dir)
+    if not release_dir.is_dir():
+        raise FileNotFoundError(f"{release_dir}: release folder not found")
+    found: list[ShelfYearFiles] = []
+    for folder in _shelf_year_folders(release_dir):
+        stems: dict[str, dict[int, Path]] = {}
+        names: dict[str, ProductName] = {}
+        for tif in sorted(folder.glob("*.tif")):
+            try:
+                parsed = parse_name(tif.name)
+            except SpecError:
+                continue
+            stems.setdefault(parsed.stem, {})[parsed.product_type.number] = tif
+            names[parsed.stem] = parsed if parsed.product_type is TYPE1 else parsed.partner()
+        for stem, files in sorted(stems.items()):
+            name = names[stem]
+            found.append(ShelfYearFiles(name, folder, files.get(TYPE1.number),
+                                        files.get(TYPE2.number), _auxiliary(folder, name)))
+    return found

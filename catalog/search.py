@@ -1,0 +1,329 @@
+"""Item index files (stac-geoparquet + ndjson) and search over them with plain DuckDB.
+
+The catalog step writes ``items.parquet`` (stac-geoparquet) and ``items.ndjson`` at the release
+root, with asset hrefs relative to the release root so the folder can move. ``search`` filters
+with SQL over the parquet's ordinary columns (shelf, year, sensors, restoration, fraction and the
+bbox struct) and then tests exact geometry with shapely, so no DuckDB extension is ever
+downloaded (extensions fail offline). Results come back as pystac Items whose asset hrefs are
+absolute paths, ready for odc-stac.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import posixpath
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cache, lru_cache
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pystac
+import shapely
+import stac_geoparquet.arrow as sga
+from shapely.geometry import shape
+from shapely.geometry.base import BaseGeometry
+
+import schemas
+from catalog.geometry import bbox_3031_to_lonlat, lonlat_bbox_geometry
+from producer.spec import ENCODING, ITEMS_NDJSON, ITEMS_PARQUET, SENSOR_ORDER, STAC_CATALOG_DIR
+from producer.writer import atomic_path
+
+P = schemas.PREFIX
+#: Parquet file-metadata key holding each item's byte span in items.ndjson.
+OFFSETS_KEY = "icedamage:ndjson_offsets"
+#: Rows per parquet row group: statistics let DuckDB skip groups, while each group's metadata
+#: (the item schema is wide) costs time; 1024 was fastest for 10,000 items.
+ROW_GROUP_ROWS = 1024
+
+
+class SearchError(ValueError):
+    """Bad search input (unknown sensor, malformed bbox, missing index); message says which."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing the index
+# ---------------------------------------------------------------------------------------------
+
+
+def release_relative(item_dict: dict[str, Any], item_path: Path, release_dir: Path) -> dict:
+    """A saved item's dict with asset hrefs relative to the release root and no links."""
+    out = dict(item_dict)
+    out["links"] = []
+    assets = {}
+    for key, asset in item_dict["assets"].items():
+        href = asset["href"]
+        if "://" not in href and not posixpath.isabs(href):
+            absolute = os.path.normpath(item_path.parent / href)
+            href = Path(os.path.relpath(absolute, release_dir)).as_posix()
+        assets[key] = {**asset, "href": href}
+    out["assets"] = assets
+    return out
+
+
+def write_index(release_dir: Path, items: Sequence[dict[str, Any]]) -> tuple[Path, Path]:
+    """Write items.parquet (stac-geoparquet) and items.ndjson, atomically.
+
+    The parquet's file metadata also records where each line of items.ndjson starts
+    (``icedamage:ndjson_offsets``, little-endian int64, base64), so a search reads only the
+    matching items' JSON instead of decoding every column of the parquet; readers that do not
+    know the key ignore it.
+    """
+    release_dir = Path(release_dir)
+    parquet, ndjson = release_dir / ITEMS_PARQUET, release_dir / ITEMS_NDJSON
+    # Rows sorted by shelf and year in row groups: the min/max statistics of each group then
+    # let DuckDB skip most of the file for the usual shelf / year filters. The ndjson lines
+    # follow the same order, so parquet row n is line n.
+    ordered = sorted(items, key=lambda d: (str(d["properties"].get(f"{P}shelf")),
+                                           d["properties"].get(f"{P}year") or 0, d["id"]))
+    lines = [(json.dumps(d, sort_keys=True) + "\n").encode() for d in ordered]
+    offsets = np.concatenate([[0], np.cumsum([len(line) for line in lines])]).astype("<i8")
+    with atomic_path(ndjson) as tmp:
+        tmp.write_bytes(b"".join(lines))
+    table = sga.parse_stac_items_to_arrow(ordered).read_all()
+    batches = pa.RecordBatchReader.from_batches(
+        table.schema, table.to_batches(max_chunksize=ROW_GROUP_ROWS))
+    with atomic_path(parquet) as tmp:
+        sga.to_parquet(batches, tmp)
+        written = pq.read_table(tmp)
+        extra = {OFFSETS_KEY: base64.b64encode(offsets.tobytes())}
+        pq.write_table(written.replace_schema_metadata({**written.schema.metadata, **extra}),
+                       tmp, row_group_size=ROW_GROUP_ROWS)
+    return parquet, ndjson
+
+
+# ---------------------------------------------------------------------------------------------
+# Searching
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Query:
+    """Search filters; None means "any"."""
+
+    shelves: tuple[str, ...] | None = None
+    year: int | None = None
+    year_from: int | None = None
+    year_to: int | None = None
+    sensors: tuple[str, ...] | None = None
+    restored: bool | None = None
+    bbox: tuple[float, float, float, float] | None = None
+    bbox_crs: str = "EPSG:4326"
+    intersects: dict[str, Any] | None = None
+    min_fraction: float | None = None
+
+
+def locate_index(source: Path) -> tuple[Path, Path]:
+    """(items.parquet, release root) for a release folder, a catalog.json or the parquet file."""
+    source = Path(source)
+    if source.is_file() and source.suffix == ".parquet":
+        return source, source.parent
+    if source.is_file() and source.name.endswith(".json"):
+        # <release>/stac/catalog.json (or deeper): walk up to the folder holding the index
+        for parent in source.parents:
+            if (parent / ITEMS_PARQUET).exists():
+                return parent / ITEMS_PARQUET, parent
+    if source.is_dir() and (source / ITEMS_PARQUET).exists():
+        return source / ITEMS_PARQUET, source
+    if source.is_dir() and source.name == STAC_CATALOG_DIR and \
+            (source.parent / ITEMS_PARQUET).exists():
+        return source.parent / ITEMS_PARQUET, source.parent
+    raise SearchError(f"{source}: no {ITEMS_PARQUET} found; run `icedamage catalog` on the "
+                      "release first")
+
+
+def query_geometry(query: Query) -> BaseGeometry | None:
+    """The lon/lat geometry that results must intersect (bbox and/or intersects), or None."""
+    geoms: list[BaseGeometry] = []
+    if query.bbox is not None:
+        if len(query.bbox) != 4:
+            raise SearchError(f"bbox needs 4 numbers (minx,miny,maxx,maxy), got {query.bbox}")
+        crs = query.bbox_crs.upper()
+        if crs in ("EPSG:4326", "OGC:CRS84", "CRS84"):
+            geoms.append(lonlat_bbox_geometry(query.bbox))
+        elif crs == ENCODING.crs:
+            minx, miny, maxx, maxy = query.bbox
+            if minx >= maxx or miny >= maxy:
+                raise SearchError(f"bbox {query.bbox} in {ENCODING.crs} must have min < max")
+            geoms.append(bbox_3031_to_lonlat(query.bbox))
+        else:
+            raise SearchError(f"bbox_crs {query.bbox_crs!r} is not EPSG:4326 or {ENCODING.crs}")
+    if query.intersects is not None:
+        geometry = query.intersects.get("geometry", query.intersects)
+        try:
+            geoms.append(shape(geometry))
+        except (KeyError, ValueError, TypeError, AttributeError) as error:
+            raise SearchError(f"intersects is not a GeoJSON geometry: {error}") from error
+    if not geoms:
+        return None
+    result = geoms[0]
+    for extra in geoms[1:]:
+        result = result.intersection(extra)
+    return result
+
+
+def _sql(query: Query, geometry: BaseGeometry | None) -> tuple[str, list[Any]]:
+    """WHERE clause and parameters of the plain-column filters (coarse bbox included)."""
+    where, params = [], []
+    if query.shelves:
+        where.append(f'"{P}shelf" IN (' + ", ".join("?" for _ in query.shelves) + ")")
+        params.extend(query.shelves)
+    if query.year is not None:
+        where.append(f'"{P}year" = ?')
+        params.append(query.year)
+    if query.year_from is not None:
+        where.append(f'"{P}year" >= ?')
+        params.append(query.year_from)
+    if query.year_to is not None:
+        where.append(f'"{P}year" <= ?')
+        params.append(query.year_to)
+    if query.sensors:
+        unknown = sorted(set(query.sensors) - set(SENSOR_ORDER))
+        if unknown:
+            raise SearchError(f"unknown sensor(s) {unknown}; valid: {list(SENSOR_ORDER)}")
+        where.append(f'list_has_any("{P}sensors", ?::VARCHAR[])')
+        params.append(list(query.sensors))
+    if query.restored is not None:
+        where.append(f'"{P}restoration" IS {"NOT " if query.restored else ""}NULL')
+    if query.min_fraction is not None:
+        where.append(f'"{P}damage_fraction" >= ?')
+        params.append(float(query.min_fraction))
+    if geometry is not None and not geometry.is_empty:
+        minx, miny, maxx, maxy = geometry.bounds
+        where.append("bbox.ymin <= ? AND bbox.ymax >= ? AND "
+                     "(bbox.xmin > bbox.xmax OR (bbox.xmin <= ? AND bbox.xmax >= ?))")
+        params.extend([maxy, miny, maxx, minx])
+    return (" WHERE " + " AND ".join(where)) if where else "", params
+
+
+@cache
+def _connection() -> duckdb.DuckDBPyConnection:
+    """One in-memory DuckDB per process, caching parquet metadata between searches."""
+    con = duckdb.connect()
+    con.execute("SET parquet_metadata_cache = true")
+    return con
+
+
+def _absolute(item: dict[str, Any], root: str) -> dict[str, Any]:
+    for asset in item.get("assets", {}).values():
+        href = asset["href"]
+        if "://" not in href and not posixpath.isabs(href):
+            asset["href"] = posixpath.normpath(posixpath.join(root, href))
+    return item
+
+
+def _exact(table: pa.Table, geometry: BaseGeometry | None) -> pa.Table:
+    """Rows whose geometry really intersects the query geometry (vectorised shapely)."""
+    if geometry is None or table.num_rows == 0:
+        return table
+    shapes = shapely.from_wkb(table["geometry"].to_numpy(zero_copy_only=False))
+    return table.filter(pa.array(shapely.intersects(shapes, geometry)))
+
+
+def _ndjson_offsets(parquet: Path, ndjson: Path) -> np.ndarray | None:
+    """Line offsets of items.ndjson when the index records them and they fit the file."""
+    if not ndjson.exists():
+        return None
+    stat = parquet.stat()
+    offsets = _offsets_of(str(parquet), stat.st_mtime_ns, stat.st_size)
+    if offsets is None or int(offsets[-1]) != ndjson.stat().st_size:
+        return None
+    return offsets
+
+
+@lru_cache(maxsize=8)
+def _offsets_of(parquet: str, _mtime_ns: int, _size: int) -> np.ndarray | None:
+    """The offsets array of an index file (cached per file version within a process)."""
+    with _connection().cursor() as con:
+        row = con.execute("SELECT value FROM parquet_kv_metadata(?) WHERE key = ?",
+                          [parquet, OFFSETS_KEY]).fetchone()
+    if row is None:
+        return None
+    return np.frombuffer(base64.b64decode(row[0]), dtype="<i8")
+
+
+def _read_lines(ndjson: Path, offsets: np.ndarray, rows: list[int]) -> list[dict[str, Any]]:
+    with open(ndjson, "rb") as handle:
+        records = []
+        for row in rows:
+            handle.seek(int(offsets[row]))
+            records.append(json.loads(handle.read(int(offsets[row + 1] - offsets[row]))))
+    return records
+
+
+#: Columns the filters use; a search keeps them in an in-memory table per index file.
+FILTER_COLUMNS = ("id", f'"{P}shelf"', f'"{P}year"', f'"{P}sensors"', f'"{P}restoration"',
+                  f'"{P}damage_fraction"', "bbox", "geometry", "file_row_number")
+
+
+@lru_cache(maxsize=8)
+def _filter_table(parquet: str, _mtime_ns: int, _size: int) -> str:
+    """Name of an in-memory table holding the filter columns of one index file version.
+
+    Binding ``read_parquet`` to the wide item schema costs more than the filtering itself, so
+    the narrow columns are loaded once per process and file version and queried from memory.
+    """
+    name = "idx_" + hashlib.sha1(f"{parquet}:{_mtime_ns}:{_size}".encode()).hexdigest()[:16]
+    with _connection().cursor() as con:
+        con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT {', '.join(FILTER_COLUMNS)} "
+                    "FROM read_parquet(?, file_row_number = true)", [parquet])
+    return name
+
+
+def _select(source: str, clause: str, params: list[Any], columns: str) -> pa.Table:
+    with _connection().cursor() as con:
+        relation = con.sql(f"SELECT {columns} FROM {source}{clause} ORDER BY id",
+                           params=params)
+        return (relation.to_arrow_table() if hasattr(relation, "to_arrow_table")
+                else relation.arrow())  # DuckDB < 1.4 names it arrow()
+
+
+def run_query(parquet: Path, release_dir: Path, query: Query) -> list[pystac.Item]:
+    """Items of the index matching every filter of the query, sorted by id.
+
+    Filters run in DuckDB on the plain filter columns (kept in memory per index file), the
+    exact geometry test in shapely; the matching items are then read from items.ndjson at the
+    offsets the index records, or decoded from the parquet when those are missing or stale.
+    """
+    geometry = query_geometry(query)
+    clause, params = _sql(query, geometry)
+    offsets = _ndjson_offsets(parquet, parquet.parent / ITEMS_NDJSON)
+    if offsets is not None:
+        stat = parquet.stat()
+        source = _filter_table(str(parquet), stat.st_mtime_ns, stat.st_size)
+        columns = "id, file_row_number" + (", geometry" if geometry is not None else "")
+        table = _exact(_select(source, clause, params, columns), geometry)
+        records = _read_lines(parquet.parent / ITEMS_NDJSON, offsets,
+                              table["file_row_number"].to_pylist())
+    else:
+        table = _select("read_parquet(?)", clause, [str(parquet), *params], "*")
+        records = list(sga.stac_table_to_items(_exact(table, geometry)))
+    root = str(Path(release_dir).resolve())
+    return [pystac.Item.from_dict(_absolute(record, root), preserve_dict=False, migrate=False)
+            for record in records]
+
+
+def search(source: Path | str, shelves: Iterable[str] | None = None, year: int | None = None,
+           year_from: int | None = None, year_to: int | None = None,
+           sensors: Iterable[str] | None = None, restored: bool | None = None,
+           bbox: Sequence[float] | None = None, bbox_crs: str = "EPSG:4326",
+           intersects: dict[str, Any] | None = None,
+           min_fraction: float | None = None) -> list[pystac.Item]:
+    """Items of a cataloged release (folder, catalog.json or items.parquet) matching the filters."""
+    parquet, release_dir = locate_index(Path(source))
+    query = Query(
+        shelves=tuple(shelves) if shelves else None, year=year, year_from=year_from,
+        year_to=year_to, sensors=tuple(sensors) if sensors else None, restored=restored,
+        bbox=tuple(float(v) for v in bbox) if bbox is not None else None,  # type: ignore[arg-type]
+        bbox_crs=bbox_crs, intersects=intersects, min_fraction=min_fraction,
+    )
+    return run_query(parquet, release_dir, query)
+
+

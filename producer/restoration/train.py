@@ -1,0 +1,371 @@
+"""Training DiffGF on complete images with real SLC-off gap geometry (the SLCANT construction).
+
+Each training example is a complete RGB tile (from a folder of 3-band UInt8 GeoTIFF/PNG tiles,
+or synthetic ice-like tiles rendered on the fly) with a simulated Landsat 7 SLC-off mask applied
+(``producer.slcoff``: a random window of a 185 km swath at a random scan angle and sweep phase,
+so local gap widths range from 0 to 14 px); the complete tile is the ground truth.
+
+Two phases, as in latent diffusion:
+1. ``vae_steps``: the autoencoder learns to reconstruct complete tiles (L1 + MSE + a small KL
+   term). Afterwards the latent scaling factor is set to 1 / std of the latents.
+2. ``unet_steps``: with the autoencoder frozen, the UNet learns the standard noise-prediction
+   objective on ``cat([noisy latent, max-pooled mask, masked-image latent])``, the squared error
+   weighted up on latent cells that touch a gap (``gap_weight``), where the restoration happens.
+
+Every step draws its data and noise from generators seeded by ``(seed, step)``, so a run is
+deterministic and a resumed run continues exactly as an uninterrupted one. Checkpoints are a
+safetensors file of the networks plus a JSON of configs and training state, and a safetensors
+file of the optimizer state.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numpy.typing import NDArray
+from safetensors.torch import load_file, save_file
+
+from producer.restoration.diffgf import (
+    DiffGF,
+    build_diffgf,
+    conditioning,
+    load_diffgf,
+    save_diffgf,
+    to_model_range,
+)
+from producer.restoration.synthetic import render_tile
+from producer.slcoff import SWATH_WIDTH_PX, simulate_slc_off_mask
+from producer.writer import atomic_path
+
+CHECKPOINT = "checkpoint.safetensors"
+FINAL = "diffgf.safetensors"
+CURVE = "loss_curve.png"
+#: Synthetic tiles with seeds at or above this are held out (never drawn for training).
+HELD_OUT_SEED_BASE = 10_000_000
+#: The (seed, step) key of the fixed batch that sets the latent scale (never a training step).
+SCALE_BATCH_STEP = 2**40
+
+
+@dataclass
+class TrainConfig:
+    """What a DiffGF training run does (recorded in every checkpoint)."""
+
+    vae_steps: int = 300
+    unet_steps: int = 1000
+    batch: int = 4
+    crop: int = 128
+    lr_vae: float = 2e-4
+    lr_unet: float = 2e-4
+    kl_weight: float = 1e-6
+    gap_weight: float = 4.0
+    seed: int = 0
+    checkpoint_every: int = 100
+    data: str | None = None
+    synthetic_pool: int = 100_000
+
+    @property
+    def total_steps(self) -> int:
+        """Steps of both phases."""
+        return self.vae_steps + self.unet_steps
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+
+def read_tile(path: Path) -> NDArray[np.uint8]:
+    """A complete RGB tile (HWC uint8) from a 3-band GeoTIFF or an RGB PNG."""
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import rasterio
+
+        with rasterio.open(path) as ds:
+            if ds.count < 3 or ds.dtypes[0] != "uint8":
+                raise ValueError(f"{path}: expected 3 UInt8 bands, found {ds.count} "
+                                 f"{ds.dtypes[0]}")
+            return np.moveaxis(ds.read([1, 2, 3]), 0, -1)
+    from skimage.io import imread
+
+    img = imread(path)
+    if img.ndim != 3 or img.shape[2] < 3 or img.dtype != np.uint8:
+        raise ValueError(f"{path}: expected an RGB uint8 image, found {img.dtype} {img.shape}")
+    return img[..., :3]
+
+
+def list_tiles(folder: Path) -> list[Path]:
+    """The image tiles of a data folder, sorted (so runs are reproducible)."""
+    files = sorted(p for p in Path(folder).rglob("*")
+                   if p.suffix.lower() in (".tif", ".tiff", ".png"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no .tif/.tiff/.png tiles found")
+    return files
+
+
+def random_mask(rng: np.random.Generator, size: int | tuple[int, int]) -> NDArray[np.bool_]:
+    """An SLC-off mask for a tile of ``size`` (square side or shape): a random window of a real
+    185 km swath, so the local gap width is anywhere from 0 to 14 px."""
+    half = SWATH_WIDTH_PX / 2
+    shape = (size, size) if isinstance(size, int) else size
+    return simulate_slc_off_mask(
+        shape, angle_deg=float(rng.uniform(-180, 180)), seed=int(rng.integers(2**31)),
+        swath_half_width_px=half, centre_offset_px=float(rng.uniform(-half, half)),
+    )
+
+
+class TileSampler:
+    """Draws the complete tiles of a step: random crops of folder tiles, or synthetic tiles."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.files = list_tiles(Path(config.data)) if config.data else []
+        self._cache: dict[Path, NDArray[np.uint8]] = {}
+
+    def _file(self, path: Path) -> NDArray[np.uint8]:
+        if path not in self._cache:
+            self._cache[path] = read_tile(path)
+        return self._cache[path]
+
+    def draw(self, rng: np.random.Generator) -> NDArray[np.uint8]:
+        """One complete ``crop``-sized tile."""
+        size = self.config.crop
+        if not self.files:
+            return render_tile(int(rng.integers(self.config.synthetic_pool)), size)
+        img = self._file(self.files[int(rng.integers(len(self.files)))])
+        if img.shape[0] < size or img.shape[1] < size:
+            raise ValueError(f"tile {img.shape[:2]} is smaller than the crop {size}")
+        r = int(rng.integers(img.shape[0] - size + 1))
+        c = int(rng.integers(img.shape[1] - size + 1))
+        out = img[r:r + size, c:c + size]
+        return np.rot90(out, int(rng.integers(4))).copy()
+
+
+def step_batch(
+    sampler: TileSampler, seed: int, step: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
+    """The (images in [-1, 1], masks, torch generator) of one step, a function of (seed, step)."""
+    rng = np.random.default_rng([seed, step])
+    tiles = np.stack([sampler.draw(rng) for _ in range(sampler.config.batch)])
+    masks = np.stack([random_mask(rng, sampler.config.crop) for _ in range(len(tiles))])
+    gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    return to_model_range(tiles), torch.from_numpy(masks[:, None].astype(np.float32)), gen
+
+
+# --------------------------------------------------------------------------------------------
+# Losses
+# --------------------------------------------------------------------------------------------
+
+
+def vae_loss(model: DiffGF, images: torch.Tensor, gen: torch.Generator, kl_weight: float
+             ) -> torch.Tensor:
+    """Autoencoder reconstruction loss (L1 + MSE + kl_weight × KL)."""
+    post = model.vae.encode(images).latent_dist
+    z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+    rec = model.vae.decode(z).sample
+    return (F.l1_loss(rec, images) + F.mse_loss(rec, images)
+            + kl_weight * post.kl().mean() / post.mean[0].numel())
+
+
+def diffusion_loss(model: DiffGF, images: torch.Tensor, masks: torch.Tensor,
+                   gen: torch.Generator, gap_weight: float) -> torch.Tensor:
+    """Noise-prediction MSE, weighted ``1 + gap_weight`` on latent cells touching a gap."""
+    with torch.no_grad():
+        z0 = model.vae.encode(images).latent_dist.mode() * model.vae.config.scaling_factor
+        mask_latent, cond = conditioning(model, images, masks)
+    noise = torch.randn(z0.shape, generator=gen)
+    n_train = model.scheduler.config.num_train_timesteps
+    t = torch.randint(0, n_train, (len(z0),), generator=gen)
+    zt = model.scheduler.add_noise(z0, noise, t)
+    pred = model.unet(torch.cat([zt, mask_latent, cond], dim=1), t).sample
+    weight = 1.0 + gap_weight * mask_latent
+    return ((pred - noise) ** 2 * weight).mean() / weight.mean()
+
+
+@torch.no_grad()
+def latent_scale(model: DiffGF, sampler: TileSampler, seed: int) -> float:
+    """1 / std of the latents of a fixed batch, so diffusion sees unit-variance latents."""
+    images, _, _ = step_batch(sampler, seed, SCALE_BATCH_STEP)
+    z = model.vae.encode(images).latent_dist.mode()
+    return float(1.0 / z.std().clamp_min(1e-6))
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainState:
+    """Where a run stands: the next step and the loss history."""
+
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _optim_tensors(opts: dict[str, torch.optim.Optimizer]) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for name, opt in opts.items():
+        for idx, state in opt.state_dict()["state"].items():
+            for key, val in state.items():
+                out[f"{name}.{idx}.{key}"] = torch.as_tensor(val).clone().contiguous()
+    return out
+
+
+def _load_optim(opts: dict[str, torch.optim.Optimizer], tensors: dict[str, torch.Tensor]
+                ) -> None:
+    for name, opt in opts.items():
+        sd = opt.state_dict()
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, val in tensors.items():
+            n, idx, field_ = key.split(".", 2)
+            if n == name:
+                state.setdefault(int(idx), {})[field_] = val
+        sd["state"] = state
+        opt.load_state_dict(sd)
+
+
+def save_checkpoint(out: Path, model: DiffGF, opts: dict[str, torch.optim.Optimizer],
+                    config: TrainConfig, state: TrainState) -> Path:
+    """Write the networks (+ JSON) and optimizer state of the run so far."""
+    meta = {"train_config": asdict(config), "state": asdict(state)}
+    path = save_diffgf(model, out / CHECKPOINT, meta=meta)
+    with atomic_path(out / "checkpoint.optim.safetensors") as tmp:
+        save_file(_optim_tensors(opts), str(tmp))
+    return path
+
+
+def _optimizers(model: DiffGF, config: TrainConfig) -> dict[str, torch.optim.Optimizer]:
+    return {
+        "vae": torch.optim.AdamW(model.vae.parameters(), lr=config.lr_vae),
+        "unet": torch.optim.AdamW(model.unet.parameters(), lr=config.lr_unet),
+    }
+
+
+def _resume(out: Path, config: TrainConfig) -> tuple[DiffGF, dict[str, torch.optim.Optimizer],
+                                                     TrainState]:
+    model = load_diffgf(out / CHECKPOINT)
+    saved = model.meta.get("train_config", {})
+    state = TrainState(**model.meta["state"])
+    for key in ("seed", "batch", "crop", "vae_steps", "data"):
+        if key == "vae_steps" and state.step < min(saved.get(key, 0), config.vae_steps):
+            continue  # still in the autoencoder phase: its length may change without effect
+        if saved.get(key) != getattr(config, key):
+            raise ValueError(f"{out / CHECKPOINT}: field {key!r} is {saved.get(key)!r} but this "
+                             f"run asks for {getattr(config, key)!r}; use a new output folder")
+    opts = _optimizers(model, config)
+    _load_optim(opts, load_file(str(out / "checkpoint.optim.safetensors")))
+    return model, opts, state
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+
+
+def train(
+    config: TrainConfig,
+    out: Path,
+    *,
+    resume: bool = False,
+    model: DiffGF | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+    stop_after: int | None = None,
+    max_seconds: float | None = None,
+) -> tuple[DiffGF, TrainState]:
+    """Run (or resume) training into ``out``; returns the model and its final state.
+
+    ``stop_after`` ends the run after that many steps of this call (checkpointing first),
+    which tests use to interrupt and resume. ``max_seconds`` is a wall-clock budget for the
+    whole run: when it is spent the run ends early as if finished (final weights and curve
+    written, the steps actually done recorded).
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    if resume and (out / CHECKPOINT).exists():
+        model, opts, state = _resume(out, config)
+    else:
+        model = model or build_diffgf(seed=config.seed)
+        opts = _optimizers(model, config)
+        state = TrainState()
+    sampler = TileSampler(config)
+    done_here = 0
+    t0 = time.perf_counter() - state.seconds
+    while state.step < config.total_steps:
+        step = state.step
+        if step == config.vae_steps and config.vae_steps > 0:
+            model.vae.register_to_config(scaling_factor=latent_scale(model, sampler, config.seed))
+        images, masks, gen = step_batch(sampler, config.seed, step)
+        vae_phase = step < config.vae_steps
+        model.vae.train(vae_phase)
+        model.unet.train(not vae_phase)
+        opt = opts["vae" if vae_phase else "unet"]
+        loss = (vae_loss(model, images, gen, config.kl_weight) if vae_phase
+                else diffusion_loss(model, images, masks, gen, config.gap_weight))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        state.step += 1
+        state.losses.append(float(loss.detach()))
+        state.seconds = time.perf_counter() - t0
+        done_here += 1
+        if progress is not None:
+            progress(state.step, config.total_steps, state.losses[-1])
+        stopping = stop_after is not None and done_here >= stop_after
+        if state.step % config.checkpoint_every == 0 or stopping:
+            save_checkpoint(out, model, opts, config, state)
+        if stopping:
+            return model.eval(), state
+        if max_seconds is not None and state.seconds >= max_seconds:
+            break
+    save_checkpoint(out, model, opts, config, state)
+    facts = {"train_config": asdict(config), "state": {"step": state.step,
+             "seconds": round(state.seconds, 1), "final_loss": _tail_mean(state.losses),
+             "stopped_by_time_budget": state.step < config.total_steps}}
+    save_diffgf(model, out / FINAL, meta=facts, half=True)
+    plot_losses(state.losses, config.vae_steps, out / CURVE)
+    return model.eval(), state
+
+
+def _tail_mean(losses: list[float], n: int = 50) -> float | None:
+    return float(np.mean(losses[-n:])) if losses else None
+
+
+def plot_losses(losses: list[float], vae_steps: int, path: Path) -> Path:
+    """Loss curve PNG: both phases, raw and smoothed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for ax, (name, part, start) in zip(
+        axes, (("autoencoder (L1+MSE+KL)", losses[:vae_steps], 0),
+               ("diffusion (gap-weighted noise MSE)", losses[vae_steps:], vae_steps)),
+        strict=True,
+    ):
+        x = np.arange(start, start + len(part))
+        ax.plot(x, part, alpha=0.3, lw=0.8)
+        if len(part) >= 10:
+            k = max(1, len(part) // 20)
+            ax.plot(x[k - 1:], np.convolve(part, np.ones(k) / k, mode="valid"), lw=1.5)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+    return path
+
+
+def config_summary(config: TrainConfig) -> dict[str, Any]:
+    """The config as a JSON-safe dict (for reports)."""
+    return json.loads(json.dumps(asdict(config)))

@@ -1,0 +1,526 @@
+"""The ``gee`` scene source: Landsat Collection 2 TOA daily composites from Earth Engine.
+
+This is the authors' Earth Engine acquisition script (paper section 2.1.3; the facts are listed in
+``/work/shared/reference/README.md``), automated and without Google Drive:
+
+1. For every sensor the spec allows in the summer (``Sensor.covers``), search the sensor's Tier 1
+   and Tier 2 TOA collections (they do not overlap) over the austral-summer window, filtered by the
+   ROI (given to Earth Engine in EPSG:4326) and ``CLOUD_COVER`` < 80.
+2. Group the images by acquisition day (UTC). For RANKING only, mask cloud (QA_PIXEL bit 3) and
+   cloud shadow (bit 4), take the daily median composite clipped to the ROI, and count its valid
+   pixels over the ROI with a count reducer at 300 m; valid fraction = that count / the ROI's
+   pixel count at the same scale.
+3. Keep the top N daily composites (default 30) by valid fraction, across sensors.
+4. Download each one UNMASKED as ``image.select(rgb_bands).multiply(255).toByte()`` in EPSG:3031
+   at 30 m directly on the ROI grid, with ``ee.data.computePixels`` in 2048² tiles (12 MB of RGB
+   UInt8, inside Earth Engine's 48 MB / 32,768 px request limits), mosaicked into one GeoTIFF per
+   scene named like the authors' exports, ``<SENSOR>_<Shelf>_composite_<YYYY-MM-DD>_uint8.tif``.
+
+Downloads are costly (minutes per scene), so they are kept in a persistent cache rather than the
+caller's temporary work folder: ``<cache>/gee/<Shelf>/<YYYY>/`` where ``<cache>`` is the
+``cache_dir`` option, else ``$ICEDAMAGE_CACHE``, else ``$XDG_CACHE_HOME/icedamage`` (default
+``~/.cache/icedamage``). Re-running is cheap: the ranking is kept there in
+``gee_<Shelf>_<YYYY>.json`` (reused while the search parameters are unchanged) and scenes already
+downloaded are not fetched again, so a complete cache is used without contacting Earth Engine.
+
+The ``ee`` module is injected (``EarthEngineSource(ee_module=...)``) so tests can hand in a fake
+that records the requests; by default the real ``earthengine-api`` is imported on first use.
+Credentials come from Earth Engine's own authentication (``earthengine authenticate``) and the
+Cloud project from ``project=``, ``$EE_PROJECT`` or ``earthengine set_project``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import rasterio
+import shapely
+from pyproj import Transformer
+from rasterio.io import MemoryFile
+from rasterio.windows import Window
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from shapely.geometry import box, mapping
+from shapely.geometry.base import BaseGeometry
+
+from producer.grid import Grid
+from producer.shelves import roi_polygon
+from producer.sources.base import Scene
+from producer.sources.errors import CredentialsError, SourceError
+from producer.sources.names import export_name
+from producer.spec import ENCODING, SENSOR_ORDER, SENSORS, summer_window
+from producer.writer import atomic_path
+
+#: The authors' screening threshold on the image property ``CLOUD_COVER`` (percent).
+CLOUD_COVER_MAX = 80.0
+#: QA_PIXEL bits masked for ranking: 3 = cloud, 4 = cloud shadow (Landsat Collection 2).
+QA_BAND = "QA_PIXEL"
+QA_CLOUD_BIT = 3
+QA_SHADOW_BIT = 4
+#: Scale (m) of the count reducer that measures a composite's valid pixels over the ROI.
+RANKING_SCALE_M = 300
+#: How many daily composites are downloaded per shelf-year (the authors exported 30).
+DEFAULT_TOP = 30
+#: Side of a computePixels tile: 2048² × 3 bands × 1 byte = 12.6 MB uncompressed.
+DEFAULT_TILE = 2048
+#: Earth Engine's limits on one computePixels request.
+EE_MAX_REQUEST_BYTES = 48 * 1024 * 1024
+EE_MAX_SIDE_PX = 32768
+#: Daily composites whose valid pixels are counted in one getInfo round trip.
+DEFAULT_RANK_BATCH = 25
+
+AUTH_HELP = (
+    "Earth Engine credentials are missing or unusable: {error}\n"
+    "To use --source gee:\n"
+    "  1. run `earthengine authenticate` (or `python -c 'import ee; ee.Authenticate()'`) once;\n"
+    "  2. name the Google Cloud project registered for Earth Engine: set EE_PROJECT=PROJECT\n"
+    "     or run `earthengine set_project PROJECT`.\n"
+    "Without Earth Engine, use --source local:DIR (exported GeoTIFFs) or --source demo."
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Pure helpers: cache, geometry, tiling, requests, ranking
+# --------------------------------------------------------------------------------------------
+
+
+def default_cache_dir() -> Path:
+    """``$ICEDAMAGE_CACHE``, else ``$XDG_CACHE_HOME/icedamage``, else ``~/.cache/icedamage``."""
+    if os.environ.get("ICEDAMAGE_CACHE"):
+        return Path(os.environ["ICEDAMAGE_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "icedamage"
+
+
+def roi_lonlat(roi: BaseGeometry) -> BaseGeometry:
+    """The EPSG:3031 ROI in EPSG:4326 (lon, lat), as Earth Engine's filterBounds takes it.
+
+    The registry's ROIs are densified, so planar lon/lat edges follow them closely. A ROI that
+    crosses the antimeridian would wrap round the globe in lon/lat and is refused.
+    """
+    to_lonlat = Transformer.from_crs(ENCODING.crs, "EPSG:4326", always_xy=True)
+    lonlat = shapely.transform(roi, lambda x, y: to_lonlat.transform(x, y), interleaved=False)
+    lon_min, _, lon_max, _ = lonlat.bounds
+    if lon_max - lon_min > 180:
+        raise SourceError(f"ROI spans longitudes {lon_min:.2f}..{lon_max:.2f}: it crosses the "
+                          "antimeridian, which this source cannot give Earth Engine as one polygon")
+    return lonlat
+
+
+def ee_geometry(ee: Any, roi: BaseGeometry) -> Any:
+    """The ROI as an ``ee.Geometry`` in EPSG:4326 with planar (non-geodesic) edges."""
+    geojson = json.loads(json.dumps(mapping(roi_lonlat(roi))))  # tuples -> lists
+    return ee.Geometry(geojson, "EPSG:4326", False)
+
+
+def tile_windows(grid: Grid, size: int = DEFAULT_TILE) -> list[Window]:
+    """Windows of at most ``size``² pixels that cover the grid exactly, row by row."""
+    if size < 1:
+        raise SourceError(f"tile size {size} must be positive")
+    return [
+        Window(col, row, min(size, grid.width - col), min(size, grid.height - row))
+        for row in range(0, grid.height, size)
+        for col in range(0, grid.width, size)
+    ]
+
+
+def check_tile_size(size: int, bands: int) -> None:
+    """Refuse a tile size that breaks Earth Engine's computePixels limits for UInt8 bands."""
+    if size > EE_MAX_SIDE_PX or size * size * bands > EE_MAX_REQUEST_BYTES:
+        raise SourceError(
+            f"tile size {size} px: {size}² × {bands} bands = {size * size * bands} bytes; Earth "
+            f"Engine allows at most {EE_MAX_REQUEST_BYTES} bytes and {EE_MAX_SIDE_PX} px a side"
+        )
+
+
+def pixel_request(expression: Any, grid: Grid, bands: tuple[str, ...]) -> dict[str, Any]:
+    """The ``ee.data.computePixels`` request for one tile: GeoTIFF on exactly this grid."""
+    t = grid.transform
+    return {
+        "expression": expression,
+        "fileFormat": "GEO_TIFF",
+        "bandIds": list(bands),
+        "grid": {
+            "dimensions": {"width": grid.width, "height": grid.height},
+            "affineTransform": {
+                "scaleX": t.a, "shearX": t.b, "translateX": t.c,
+                "shearY": t.d, "scaleY": t.e, "translateY": t.f,
+            },
+            "crsCode": grid.crs,
+        },
+    }
+
+
+@dataclass(frozen=True)
+class DailyComposite:
+    """One day of one sensor: the images combined and how much of the ROI is usable."""
+
+    sensor: str
+    day: dt.date
+    source_ids: tuple[str, ...]
+    valid_fraction: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready fields (date as ISO text)."""
+        record = asdict(self)
+        record["day"] = self.day.isoformat()
+        record["source_ids"] = list(self.source_ids)
+        return record
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> DailyComposite:
+        """Inverse of ``to_json``."""
+        return cls(record["sensor"], dt.date.fromisoformat(record["day"]),
+                   tuple(record["source_ids"]), float(record["valid_fraction"]))
+
+
+def group_by_day(sensor: str, ids: list[str], times_ms: list[int]) -> list[DailyComposite]:
+    """Images of one sensor grouped by UTC acquisition day, ids sorted, days in order."""
+    if len(ids) != len(times_ms):
+        raise SourceError(f"Earth Engine returned {len(ids)} product ids for {len(times_ms)} "
+                          "acquisition times")
+    days: dict[dt.date, list[str]] = {}
+    for product_id, millis in zip(ids, times_ms, strict=True):
+        day = dt.datetime.fromtimestamp(millis / 1000, tz=dt.UTC).date()
+        days.setdefault(day, []).append(str(product_id))
+    return [DailyComposite(sensor, day, tuple(sorted(days[day]))) for day in sorted(days)]
+
+
+def rank(composites: list[DailyComposite], top: int,
+         min_valid_fraction: float = 0.0) -> list[DailyComposite]:
+    """The best ``top`` composites: most valid first, then earlier, then sensor order.
+
+    Composites with no more than ``min_valid_fraction`` valid pixels are never chosen.
+    """
+    usable = [c for c in composites if c.valid_fraction > min_valid_fraction]
+    usable.sort(key=lambda c: (-c.valid_fraction, c.day, SENSOR_ORDER.index(c.sensor)))
+    return usable[:top]
+
+
+def _day_key(composite: DailyComposite) -> str:
+    return f"{composite.sensor}_{composite.day.isoformat()}"
+
+
+# --------------------------------------------------------------------------------------------
+# Earth Engine expressions (built with the injected module; nothing runs until getInfo/compute)
+# --------------------------------------------------------------------------------------------
+
+
+def mask_clouds(image: Any) -> Any:
+    """Mask cloud (QA_PIXEL bit 3) and cloud shadow (bit 4): used to RANK composites only."""
+    qa = image.select(QA_BAND)
+    clear = qa.bitwiseAnd(1 << QA_CLOUD_BIT).eq(0).And(qa.bitwiseAnd(1 << QA_SHADOW_BIT).eq(0))
+    return image.updateMask(clear)
+
+
+class _Expressions:
+    """Builds the Earth Engine objects of one shelf-year with a given ``ee`` module."""
+
+    def __init__(self, ee: Any, roi: Any, year: int, cloud_cover_max: float) -> None:
+        self.ee = ee
+        self.roi = roi
+        start, last = summer_window(year)
+        # filterDate's end is exclusive: the day after the window's last day.
+        self.start, self.end = start.isoformat(), (last + dt.timedelta(days=1)).isoformat()
+        self.cloud_cover_max = cloud_cover_max
+
+    def collection(self, sensor: str) -> Any:
+        """Tier 1 + Tier 2 TOA images of the sensor: summer window, ROI, CLOUD_COVER filter."""
+        ids = SENSORS[sensor].ee_collections
+        merged = self.ee.ImageCollection(ids[0])
+        for other in ids[1:]:
+            merged = merged.merge(self.ee.ImageCollection(other))
+        return (merged.filterDate(self.start, self.end)
+                .filterBounds(self.roi)
+                .filter(self.ee.Filter.lt("CLOUD_COVER", self.cloud_cover_max)))
+
+    def images_info(self, sensor: str) -> Any:
+        """Product ids and acquisition times of the sensor's images, for one getInfo."""
+        col = self.collection(sensor)
+        return self.ee.Dictionary({
+            "ids": col.aggregate_array("LANDSAT_PRODUCT_ID"),
+            "times": col.aggregate_array("system:time_start"),
+        })
+
+    def day(self, sensor: str, day: dt.date) -> Any:
+        """The sensor's images of one UTC day."""
+        return self.collection(sensor).filterDate(
+            day.isoformat(), (day + dt.timedelta(days=1)).isoformat())
+
+    def _count(self, image: Any, band: str) -> Any:
+        # In EPSG:3031 (equal-scale near the poles) rather than the composite's default WGS84
+        # degrees, so both counts measure the same ground area per pixel.
+        return image.reduceRegion(reducer=self.ee.Reducer.count(), geometry=self.roi,
+                                  scale=RANKING_SCALE_M, crs=ENCODING.crs,
+                                  maxPixels=1e13).get(band)
+
+    def valid_count(self, composite: DailyComposite) -> Any:
+        """Valid (cloud- and shadow-free) pixels of the daily median composite over the ROI."""
+        band = SENSORS[composite.sensor].rgb_bands[0]
+        masked = self.day(composite.sensor, composite.day).map(mask_clouds).median()
+        return self._count(masked.clip(self.roi).select([band]), band)
+
+    def roi_count(self) -> Any:
+        """Pixels of the ROI at the ranking scale (the denominator of the valid fraction)."""
+        return self._count(self.ee.Image.constant(1).clip(self.roi), "constant")
+
+    def export_image(self, composite: DailyComposite) -> Any:
+        """The UNMASKED daily median composite as the authors export it: RGB × 255, UInt8."""
+        bands = list(SENSORS[composite.sensor].rgb_bands)
+        image = self.day(composite.sensor, composite.day).median().clip(self.roi)
+        return image.select(bands).multiply(255).toByte()
+
+
+# --------------------------------------------------------------------------------------------
+# The source
+# --------------------------------------------------------------------------------------------
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), disable=not enabled)
+
+
+def decode_tile(data: bytes, grid: Grid, what: str) -> Any:
+    """The 3-band UInt8 pixels of a computePixels GeoTIFF, checked against the requested grid."""
+    try:
+        with MemoryFile(data) as memfile, memfile.open() as src:
+            if (src.count, src.dtypes[0], src.height, src.width) != (3, "uint8", grid.height,
+                                                                      grid.width):
+                raise SourceError(f"{what}: Earth Engine returned {src.count} band(s) of "
+                                  f"{src.dtypes[0]}, {src.height}×{src.width} px; expected 3 "
+                                  f"bands of uint8, {grid.height}×{grid.width} px")
+            if not src.transform.almost_equals(grid.transform, precision=1e-6):
+                raise SourceError(f"{what}: Earth Engine returned transform {tuple(src.transform)}"
+                                  f" instead of the requested {tuple(grid.transform)}")
+            return src.read()
+    except rasterio.errors.RasterioIOError as exc:
+        raise SourceError(f"{what}: Earth Engine's answer is not a readable GeoTIFF: "
+                          f"{exc}") from exc
+
+
+class EarthEngineSource:
+    """Daily Landsat composites from Earth Engine, ranked and downloaded on the ROI grid."""
+
+    name = "gee"
+
+    def __init__(
+        self,
+        project: str | None = None,
+        top: int = DEFAULT_TOP,
+        cloud_cover_max: float = CLOUD_COVER_MAX,
+        tile_size: int = DEFAULT_TILE,
+        min_valid_fraction: float = 0.0,
+        rank_batch: int = DEFAULT_RANK_BATCH,
+        cache_dir: Path | str | None = None,
+        force: bool = False,
+        progress: bool = True,
+        ee_module: ModuleType | Any | None = None,
+    ) -> None:
+        if top < 1:
+            raise SourceError(f"top={top}: at least one scene must be downloaded")
+        check_tile_size(tile_size, 3)
+        self.project = project or os.environ.get("EE_PROJECT") or None
+        self.top = top
+        self.cloud_cover_max = float(cloud_cover_max)
+        self.tile_size = tile_size
+        self.min_valid_fraction = min_valid_fraction
+        self.rank_batch = max(1, rank_batch)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.force = force
+        self.progress = progress
+        self._ee = ee_module
+        self._initialized = False
+        self._rois: dict[str, BaseGeometry] = {}
+
+    # -- Earth Engine session ----------------------------------------------------------------
+
+    @property
+    def ee(self) -> Any:
+        """The Earth Engine module (the injected one, else ``earthengine-api``), initialized."""
+        if self._ee is None:
+            import ee
+
+            self._ee = ee
+        if not self._initialized:
+            try:
+                self._ee.Initialize(project=self.project)
+            except self._ee.EEException as exc:
+                raise CredentialsError(AUTH_HELP.format(error=exc)) from exc
+            self._initialized = True
+        return self._ee
+
+    def _call(self, what: str, thunk: Any) -> Any:
+        """Run one Earth Engine round trip, turning its errors into a SourceError naming it."""
+        ee = self.ee
+        try:
+            return thunk()
+        except ee.EEException as exc:
+            raise SourceError(f"Earth Engine failed on {what}: {exc}") from exc
+
+    # -- SceneSource -------------------------------------------------------------------------
+
+    def grid(self, shelf: str, roi: BaseGeometry) -> Grid:
+        """The aligned 30 m EPSG:3031 grid covering the ROI (remembered for ``scenes``)."""
+        self._rois[shelf] = roi
+        return Grid.covering(roi)
+
+    def scene_dir(self, shelf: str, year: int) -> Path:
+        """The cache folder of a shelf-year: ``<cache>/gee/<Shelf>/<YYYY>``."""
+        return self.cache_dir / self.name / shelf / f"{year:04d}"
+
+    def scene_path(self, workdir: Path, shelf: str, composite: DailyComposite) -> Path:
+        """Where a composite is (or will be) cached: the authors' export name."""
+        return Path(workdir) / export_name(composite.sensor, shelf, composite.day).filename
+
+    def scenes(self, shelf: str, year: int, grid: Grid, workdir: Path) -> list[Scene]:
+        """Rank the summer's daily composites and download the best ones into the cache.
+
+        ``workdir`` (the caller's temporary folder) is not used: downloads are kept in the
+        persistent cache (``scene_dir``) so a re-run does not fetch them again.
+        """
+        folder = self.scene_dir(shelf, year)
+        roi = self._rois.get(shelf) or roi_polygon(shelf)
+        chosen = self._ranking(shelf, year, grid, roi, folder)
+        todo = [c for c in chosen
+                if self.force or not self.scene_path(folder, shelf, c).exists()]
+        if todo:
+            self._download_all(shelf, year, grid, roi, folder, todo)
+        return [self._scene(shelf, folder, c, rank_) for rank_, c in enumerate(chosen, 1)]
+
+    def _scene(self, shelf: str, workdir: Path, composite: DailyComposite, rank_: int) -> Scene:
+        name = export_name(composite.sensor, shelf, composite.day)
+        return Scene(
+            scene_id=name.scene_id, sensor=composite.sensor, acquired=composite.day,
+            path=self.scene_path(workdir, shelf, composite),
+            valid_fraction=composite.valid_fraction, source_ids=composite.source_ids,
+            metadata={"rank": rank_, "collections": list(SENSORS[composite.sensor].ee_collections),
+                      "cloud_cover_max": self.cloud_cover_max,
+                      "valid_fraction_scale_m": RANKING_SCALE_M,
+                      "qa_bits_masked_for_ranking": [QA_CLOUD_BIT, QA_SHADOW_BIT]},
+        )
+
+    # -- ranking -----------------------------------------------------------------------------
+
+    def search_parameters(self, year: int, grid: Grid, roi: BaseGeometry) -> dict[str, Any]:
+        """Everything the ranking depends on; a cached ranking is reused only if these match."""
+        start, last = summer_window(year)
+        sensors = [s for s in SENSOR_ORDER if SENSORS[s].covers(year)]
+        return {
+            "collections": {s: list(SENSORS[s].ee_collections) for s in sensors},
+            "window": [start.isoformat(), last.isoformat()],
+            "cloud_cover_max": self.cloud_cover_max,
+            "qa_bits": [QA_CLOUD_BIT, QA_SHADOW_BIT],
+            "scale_m": RANKING_SCALE_M,
+            "top": self.top,
+            "min_valid_fraction": self.min_valid_fraction,
+            "roi_sha256": hashlib.sha256(roi.wkb).hexdigest(),
+            "grid": [list(grid.transform)[:6], grid.width, grid.height, grid.crs],
+        }
+
+    def _ranking(self, shelf: str, year: int, grid: Grid, roi: BaseGeometry,
+                 workdir: Path) -> list[DailyComposite]:
+        """The chosen composites, from the cached ranking when its parameters still match."""
+        manifest = workdir / f"gee_{shelf}_{year}.json"
+        params = self.search_parameters(year, grid, roi)
+        if manifest.exists() and not self.force:
+            cached = json.loads(manifest.read_text())
+            if cached.get("parameters") == params:
+                return [DailyComposite.from_json(r) for r in cached["chosen"]]
+        ranked = self._rank(year, roi)
+        chosen = rank(ranked, self.top, self.min_valid_fraction)
+        workdir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(manifest) as tmp:
+            tmp.write_text(json.dumps({
+                "source": self.name, "shelf": shelf, "year": year, "parameters": params,
+                "candidates": [c.to_json() for c in ranked],
+                "chosen": [c.to_json() for c in chosen],
+            }, indent=2))
+        return chosen
+
+    def _rank(self, year: int, roi: BaseGeometry) -> list[DailyComposite]:
+        """Every daily composite of the summer, with its valid fraction over the ROI."""
+        ee = self.ee
+        exprs = _Expressions(ee, ee_geometry(ee, roi), year, self.cloud_cover_max)
+        days: list[DailyComposite] = []
+        for sensor in (s for s in SENSOR_ORDER if SENSORS[s].covers(year)):
+            info = self._call(f"the {sensor} image search of summer {year}",
+                              exprs.images_info(sensor).getInfo)
+            days += group_by_day(sensor, info.get("ids") or [], info.get("times") or [])
+        if not days:
+            return []
+        total = None
+        counted: dict[str, float] = {}
+        with _progress(self.progress) as progress:
+            task = progress.add_task(f"rank {year} composites", total=len(days))
+            for start in range(0, len(days), self.rank_batch):
+                batch = days[start:start + self.rank_batch]
+                request = {_day_key(c): exprs.valid_count(c) for c in batch}
+                if total is None:
+                    request["roi"] = exprs.roi_count()
+                answer = self._call(f"the valid-pixel counts of summer {year}",
+                                    ee.Dictionary(request).getInfo)
+                total = answer.get("roi", total)
+                counted.update({k: float(answer.get(k) or 0) for k in request if k != "roi"})
+                progress.advance(task, len(batch))
+        if not total:
+            raise SourceError(f"the ROI has no pixels at {RANKING_SCALE_M} m in Earth Engine")
+        return [DailyComposite(c.sensor, c.day, c.source_ids,
+                               min(1.0, counted[_day_key(c)] / float(total))) for c in days]
+
+    # -- download ----------------------------------------------------------------------------
+
+    def _download_all(self, shelf: str, year: int, grid: Grid, roi: BaseGeometry, workdir: Path,
+                      todo: list[DailyComposite]) -> None:
+        ee = self.ee
+        exprs = _Expressions(ee, ee_geometry(ee, roi), year, self.cloud_cover_max)
+        windows = [w for w in tile_windows(grid, self.tile_size)
+                   if box(*grid.subgrid(w).bounds).intersects(roi)]
+        with _progress(self.progress) as progress:
+            for composite in todo:
+                path = self.scene_path(workdir, shelf, composite)
+                task = progress.add_task(f"download {path.name}", total=len(windows))
+                self._download(exprs, composite, grid, windows, path,
+                               lambda task=task: progress.advance(task))
+
+    def _download(self, exprs: _Expressions, composite: DailyComposite, grid: Grid,
+                  windows: list[Window], path: Path, advance: Any) -> None:
+        """Fetch the tiles of one composite and write them into one GeoTIFF, atomically.
+
+        Tiles wholly outside the ROI are not requested: the composite is clipped to the ROI,
+        so they would be all zero, which is what the new file holds there.
+        """
+        bands = SENSORS[composite.sensor].rgb_bands
+        image = exprs.export_image(composite)
+        profile = {
+            "driver": "GTiff", "width": grid.width, "height": grid.height, "count": 3,
+            "dtype": "uint8", "crs": grid.crs, "transform": grid.transform, "tiled": True,
+            "blockxsize": 512, "blockysize": 512, "compress": "lzw", "BIGTIFF": "IF_SAFER",
+        }
+        with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+            dst.update_tags(SENSOR=composite.sensor, ACQUIRED=composite.day.isoformat(),
+                            SOURCE_IDS=",".join(composite.source_ids),  # read by local
+                            VALID_FRACTION=f"{composite.valid_fraction:.6f}",
+                            EE_COLLECTIONS=",".join(SENSORS[composite.sensor].ee_collections),
+                            EXPRESSION="median(day).clip(roi).select(rgb).multiply(255).toByte()")
+            for window in windows:
+                sub = grid.subgrid(window)
+                what = (f"{path.name} tile col {int(window.col_off)} row {int(window.row_off)} "
+                        f"({sub.width}×{sub.height} px)")
+                data = self._call(what, lambda sub=sub: self.ee.data.computePixels(
+                    pixel_request(image, sub, bands)))
+                dst.write(decode_tile(data, sub, what), window=window)
+                advance()
+

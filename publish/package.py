@@ -1,0 +1,298 @@
+"""Bundle a release into the few files a Zenodo record can hold, reproducibly.
+
+A record holds at most 100 files and no folders (bucket keys cannot contain "/"), while a release
+has hundreds of files in ``<Shelf>/<YYYY>/`` folders. So each shelf becomes one ZIP
+``<key>.zip`` holding ``<Shelf>/<YYYY>/…``; the STAC catalog and the GeoParquet/NDJSON item
+tables become ``stac.zip``; metadata.ods and the ROI GeoPackages travel as they are.
+
+ZIP entries are *stored* (no compression; the COGs are LZW-compressed already), so every COG
+sits contiguously inside its ZIP and GDAL reads it in place with ``/vsizip//vsicurl/<url>/…``
+using HTTP range requests. Entries are sorted, timestamped 1980-01-01 and marked 0644, so
+building twice gives byte-identical files with the same md5 (unchanged shelves are then not
+re-uploaded to a new version).
+
+Keys are ASCII ``[A-Za-z0-9._-]``: "Pine Island" becomes "Pine_Island.zip"; the manifest
+records every name -> key mapping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import zipfile
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from producer.spec import (
+    ITEMS_NDJSON,
+    ITEMS_PARQUET,
+    METADATA_ODS,
+    ROI_GEOPACKAGE_SUFFIX,
+    STAC_CATALOG_DIR,
+)
+from producer.writer import atomic_path
+
+MANIFEST_KEY = "manifest.json"
+CATALOG_KEY = "stac.zip"
+#: Hidden file beside the packages: the inputs and hashes of each package last built.
+BUILD_CACHE = ".build-cache.json"
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+_SAFE = re.compile(r"[A-Za-z0-9._-]+")
+_YEAR = re.compile(r"\d{4}")
+_CHUNK = 1 << 20
+
+
+class PackageError(ValueError):
+    """The release cannot be packaged as it is (the message names the file and the rule)."""
+
+
+def safe_key(name: str) -> str:
+    """An ASCII bucket key for a name: anything outside [A-Za-z0-9._-] becomes "_"."""
+    key = re.sub(r"[^A-Za-z0-9._-]", "_", name).strip(".")
+    if not key or not _SAFE.fullmatch(key):
+        raise PackageError(f"cannot make a Zenodo key from {name!r}")
+    return key
+
+
+@dataclass(frozen=True)
+class PackageSpec:
+    """What one uploaded file will hold: its key and (archive name, source path) members."""
+
+    key: str
+    kind: str
+    name: str
+    members: tuple[tuple[str, Path], ...]
+    zipped: bool = True
+
+
+@dataclass(frozen=True)
+class Member:
+    """One file inside a ZIP package: its path there, size and sha256."""
+
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One uploaded file: key, size, hashes, what it is and what it contains."""
+
+    key: str
+    size: int
+    md5: str
+    sha256: str
+    kind: str
+    name: str
+    contents: tuple[Member, ...] = ()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Every file of a record version (except manifest.json itself) and the key mapping."""
+
+    version: str
+    entries: tuple[ManifestEntry, ...]
+    key_map: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """Stable JSON (sorted keys, entries in key order)."""
+        data = {"version": self.version, "key_map": dict(sorted(self.key_map.items())),
+                "files": [asdict(e) for e in sorted(self.entries, key=lambda e: e.key)]}
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        """Parse ``to_json`` output."""
+        data = json.loads(text)
+        entries = tuple(ManifestEntry(**{**e, "contents": tuple(Member(**m)
+                                                                for m in e["contents"])})
+                        for e in data["files"])
+        return cls(data["version"], entries, data.get("key_map", {}))
+
+    def by_key(self) -> dict[str, ManifestEntry]:
+        """Entries by key."""
+        return {e.key: e for e in self.entries}
+
+    @property
+    def total_size(self) -> int:
+        """Bytes of all listed files."""
+        return sum(e.size for e in self.entries)
+
+
+def file_hashes(path: Path) -> tuple[int, str, str]:
+    """Size, md5 and sha256 of a file, read in chunks."""
+    md5, sha = hashlib.md5(), hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            md5.update(chunk)
+            sha.update(chunk)
+            size += len(chunk)
+    return size, md5.hexdigest(), sha.hexdigest()
+
+
+def _files_under(root: Path, base: Path) -> list[tuple[str, Path]]:
+    """(posix path relative to base, path) of every regular file under root, sorted.
+
+    Hidden files and folders (the publisher's own state folder among them) are never packaged.
+    """
+    return sorted((p.relative_to(base).as_posix(), p) for p in root.rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in
+                                             p.relative_to(base).parts))
+
+
+def shelf_dirs(release_dir: Path) -> list[Path]:
+    """Top-level shelf folders: those holding <YYYY> sub-folders."""
+    return sorted(p for p in release_dir.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and p.name != STAC_CATALOG_DIR
+                  and any(c.is_dir() and _YEAR.fullmatch(c.name) for c in p.iterdir()))
+
+
+def plan_packages(release_dir: Path) -> list[PackageSpec]:
+    """The files a record of this release holds, before anything is written."""
+    release_dir = Path(release_dir)
+    specs: list[PackageSpec] = []
+    for shelf in shelf_dirs(release_dir):
+        members = tuple(_files_under(shelf, release_dir))
+        specs.append(PackageSpec(safe_key(shelf.name) + ".zip", "shelf", shelf.name, members))
+    catalog: list[tuple[str, Path]] = []
+    stac = release_dir / STAC_CATALOG_DIR
+    if stac.is_dir():
+        catalog += _files_under(stac, release_dir)
+    for name in (ITEMS_PARQUET, ITEMS_NDJSON):
+        if (release_dir / name).is_file():
+            catalog.append((name, release_dir / name))
+    if catalog:
+        specs.append(PackageSpec(CATALOG_KEY, "catalog", STAC_CATALOG_DIR, tuple(catalog)))
+    ods = release_dir / METADATA_ODS
+    if ods.is_file():
+        specs.append(PackageSpec(safe_key(ods.name), "metadata", ods.name,
+                                 ((ods.name, ods),), zipped=False))
+    for gpkg in sorted(release_dir.glob("*.gpkg")):
+        kind = "roi" if gpkg.name.endswith(ROI_GEOPACKAGE_SUFFIX) else "geopackage"
+        specs.append(PackageSpec(safe_key(gpkg.name), kind, gpkg.name, ((gpkg.name, gpkg),),
+                                 zipped=False))
+    _check_unique(specs)
+    return specs
+
+
+def _check_unique(specs: Iterable[PackageSpec]) -> None:
+    seen: dict[str, str] = {}
+    for spec in specs:
+        if spec.key == MANIFEST_KEY or spec.key in seen:
+            other = seen.get(spec.key, MANIFEST_KEY)
+            raise PackageError(f"{spec.name!r} and {other!r} both map to the key {spec.key!r}; "
+                               "rename one of them")
+        seen[spec.key] = spec.name
+
+
+def write_zip(target: Path, members: Iterable[tuple[str, Path]]) -> tuple[Member, ...]:
+    """A stored (uncompressed) ZIP with fixed timestamps, permissions and order, atomically;
+    what it holds (path, size, sha256 of each member)."""
+    written = []
+    with atomic_path(target) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+        for arcname, path in sorted(members):
+            info = zipfile.ZipInfo(arcname, date_time=ZIP_EPOCH)
+            info.compress_type = zipfile.ZIP_STORED
+            info.create_system = 3
+            info.external_attr = (0o100644 & 0xFFFF) << 16
+            size = path.stat().st_size
+            info.file_size = size
+            digest = hashlib.sha256()
+            with open(path, "rb") as src, zf.open(info, "w",
+                                                   force_zip64=size > zipfile.ZIP64_LIMIT) as dst:
+                while chunk := src.read(_CHUNK):
+                    dst.write(chunk)
+                    digest.update(chunk)
+            written.append(Member(arcname, size, digest.hexdigest()))
+    return tuple(written)
+
+
+def _copy(target: Path, source: Path) -> None:
+    with atomic_path(target) as tmp, open(source, "rb") as src, open(tmp, "wb") as dst:
+        while chunk := src.read(_CHUNK):
+            dst.write(chunk)
+
+
+def inputs_fingerprint(spec: PackageSpec) -> str:
+    """Digest of a package's inputs (archive names, sizes, modification times)."""
+    digest = hashlib.sha256(f"{spec.key}|{spec.zipped}".encode())
+    for arcname, path in sorted(spec.members):
+        stat = path.stat()
+        digest.update(f"\n{arcname}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def _load_cache(out_dir: Path) -> dict[str, dict[str, object]]:
+    path = out_dir / BUILD_CACHE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def build_packages(release_dir: Path, out_dir: Path, version: str) -> Manifest:
+    """Write every package of the release into ``out_dir`` plus manifest.json; the manifest.
+
+    A package whose inputs (names, sizes, mtimes) are unchanged since the last build in
+    ``out_dir`` is kept as it is (re-running skips done work). Files in ``out_dir`` that no
+    longer belong to the release are removed, so the folder holds exactly what the record will
+    hold.
+    """
+    release_dir, out_dir = Path(release_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    specs = plan_packages(release_dir)
+    if not specs:
+        raise PackageError(f"{release_dir}: nothing to publish (no shelf folders, catalog, "
+                           f"{METADATA_ODS} or GeoPackages)")
+    cache, fresh = _load_cache(out_dir), {}
+    entries = []
+    for spec in specs:
+        target = out_dir / spec.key
+        fingerprint = inputs_fingerprint(spec)
+        known = cache.get(spec.key, {})
+        if (known.get("inputs") == fingerprint and target.is_file()
+                and target.stat().st_size == known.get("size")):
+            size, md5, sha = int(known["size"]), str(known["md5"]), str(known["sha256"])
+            contents = tuple(Member(**m) for m in known.get("contents", []))  # type: ignore
+        else:
+            contents = ()
+            if spec.zipped:
+                contents = write_zip(target, spec.members)
+            else:
+                _copy(target, spec.members[0][1])
+            size, md5, sha = file_hashes(target)
+        fresh[spec.key] = {"inputs": fingerprint, "size": size, "md5": md5, "sha256": sha,
+                           "contents": [asdict(m) for m in contents]}
+        entries.append(ManifestEntry(spec.key, size, md5, sha, spec.kind, spec.name, contents))
+    keep = {spec.key for spec in specs} | {MANIFEST_KEY}
+    for stale in out_dir.iterdir():
+        if stale.is_file() and stale.name not in keep and not stale.name.startswith("."):
+            stale.unlink()
+    manifest = Manifest(version, tuple(entries), {s.name: s.key for s in specs})
+    with atomic_path(out_dir / MANIFEST_KEY) as tmp:
+        tmp.write_text(manifest.to_json())
+    with atomic_path(out_dir / BUILD_CACHE) as tmp:
+        tmp.write_text(json.dumps(fresh, indent=1, sort_keys=True) + "\n")
+    return manifest
+
+
+def read_manifest(out_dir: Path) -> Manifest:
+    """The manifest written by ``build_packages``."""
+    return Manifest.from_json((Path(out_dir) / MANIFEST_KEY).read_text())
+
+
+def member_diff(previous: Manifest, current: Manifest) -> list[str]:
+    """Files added, changed and removed inside the ZIP packages between two manifests."""
+    lines = []
+    before = {m.path: m for e in previous.entries for m in e.contents}
+    after = {m.path: m for e in current.entries for m in e.contents}
+    lines += [f"added {p}" for p in sorted(after) if p not in before]
+    lines += [f"changed {p}" for p in sorted(after)
+              if p in before and before[p].sha256 != after[p].sha256]
+    lines += [f"removed {p}" for p in sorted(before) if p not in after]
+    return lines

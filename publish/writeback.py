@@ -1,0 +1,166 @@
+"""After publication: DOIs into the STAC catalog, Zenodo hrefs onto assets, release notes.
+
+The STAC collection gets the scientific extension's ``sci:doi`` (this version's DOI),
+``sci:citation`` and a ``cite-as`` link, plus links to the concept DOI (all versions) and the
+Zenodo record. Each asset of a product file gets an ``alternate`` href that reads the file in
+place inside its shelf ZIP on Zenodo: ``/vsizip//vsicurl/<base>/records/<id>/files/<key>/<path>``.
+The catalog is rewritten in a copy and swapped in, so a failure leaves the old one intact.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pystac
+from pystac.extensions.scientific import ScientificExtension
+
+from producer.spec import RELEASE_NOTES, STAC_CATALOG_DIR
+from producer.writer import atomic_path
+from publish.package import Manifest
+
+ALTERNATE_SCHEMA = "https://stac-extensions.github.io/alternate-assets/v1.2.0/schema.json"
+ALTERNATE_NAME = "zenodo"
+CONCEPT_TITLE = "All versions (concept DOI)"
+RECORD_TITLE = "Zenodo record"
+
+
+@dataclass(frozen=True)
+class Publication:
+    """What Zenodo assigned to a published version."""
+
+    record_id: int
+    doi: str
+    conceptdoi: str
+    version: str
+    base_url: str
+    citation: str
+    published: str
+
+    @property
+    def record_url(self) -> str:
+        """Landing page of this version."""
+        return f"{self.base_url}/records/{self.record_id}"
+
+    def file_url(self, key: str) -> str:
+        """Download URL of one file of the record."""
+        return f"{self.record_url}/files/{key}"
+
+
+def citation_text(creators: list[dict], title: str, version: str, year: int, doi: str) -> str:
+    """"Family, G., Family, G. (YYYY): Title (Version V) [Data set]. Zenodo. https://doi.org/…"."""
+    names = ", ".join(_short_name(c.get("name", "")) for c in creators)
+    return f"{names} ({year}): {title} (Version {version}) [Data set]. Zenodo. https://doi.org/{doi}"
+
+
+def _short_name(name: str) -> str:
+    family, _, given = name.partition(",")
+    initials = " ".join(f"{part[0]}." for part in given.split() if part)
+    return f"{family.strip()}, {initials}" if initials else family.strip()
+
+
+def alternate_href(pub: Publication, key: str, inner_path: str) -> str:
+    """GDAL path of a file inside a shelf ZIP of the record."""
+    return f"/vsizip//vsicurl/{pub.file_url(key)}/{inner_path}"
+
+
+def zenodo_href(pub: Publication, manifest: Manifest, stac_dir: Path, href: str) -> str | None:
+    """Where a local release file lives in the record: inside its shelf ZIP (a GDAL path) or
+    as a file of its own (a URL); None for files the record does not hold."""
+    try:
+        inner = Path(href).resolve().relative_to(stac_dir.parent.resolve()).as_posix()
+    except ValueError:
+        return None
+    top = inner.split("/", 1)[0]
+    key = manifest.key_map.get(top)
+    if key is not None and key.endswith(".zip") and "/" in inner:
+        return alternate_href(pub, key, inner)
+    key = manifest.key_map.get(inner)
+    if key is not None and not key.endswith(".zip"):
+        return pub.file_url(key)
+    return None
+
+
+def _collections(root: pystac.Catalog) -> list[pystac.Collection]:
+    found = [root] if isinstance(root, pystac.Collection) else []
+    return found + list(root.get_all_collections())
+
+
+def update_catalog(release_dir: Path, pub: Publication, manifest: Manifest) -> int:
+    """Write the publication into the STAC catalog; the number of assets given an alternate."""
+    release_dir = Path(release_dir)
+    stac = release_dir / STAC_CATALOG_DIR
+    if not (stac / "catalog.json").is_file():
+        return 0
+    # a sibling of stac/ keeps relative hrefs valid; no dot (pystac reads dotted names as files)
+    work = release_dir / f"_{STAC_CATALOG_DIR}_publish_tmp"
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(stac, work)
+    root = pystac.Catalog.from_file(str(work / "catalog.json"))
+    for collection in _collections(root):
+        sci = ScientificExtension.ext(collection, add_if_missing=True)
+        sci.doi = pub.doi
+        sci.citation = pub.citation
+        collection.links = [link for link in collection.links
+                            if link.rel != "cite-as" and not (link.title or "").startswith(
+                                (CONCEPT_TITLE, RECORD_TITLE))]
+        collection.add_link(pystac.Link("cite-as", f"https://doi.org/{pub.doi}",
+                                        title=f"Version {pub.version}"))
+        for rel, href, title in (
+                ("related", f"https://doi.org/{pub.conceptdoi}", CONCEPT_TITLE),
+                ("alternate", pub.record_url, f"{RECORD_TITLE} {pub.record_id}")):
+            collection.add_link(pystac.Link(rel, href, media_type="text/html", title=title))
+    updated = 0
+    for obj in [*_collections(root), *root.get_items(recursive=True)]:
+        for asset in obj.assets.values():
+            href = zenodo_href(pub, manifest, work, asset.get_absolute_href() or "")
+            if href is None:
+                continue
+            alternates = dict(asset.extra_fields.get("alternate", {}))
+            alternates[ALTERNATE_NAME] = {"href": href, "title": f"On Zenodo (record "
+                                                                 f"{pub.record_id})"}
+            asset.extra_fields["alternate"] = alternates
+            updated += 1
+            if ALTERNATE_SCHEMA not in obj.stac_extensions:
+                obj.stac_extensions.append(ALTERNATE_SCHEMA)
+    root.save()
+    old = release_dir / f"_{STAC_CATALOG_DIR}_publish_old"
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(stac, old)
+    os.replace(work, stac)
+    shutil.rmtree(old, ignore_errors=True)
+    return updated
+
+
+def release_notes_section(pub: Publication, manifest: Manifest, diff_lines: list[str]) -> str:
+    """The Markdown section of one version."""
+    lines = [f"## Version {pub.version} ({pub.published})", "",
+             f"- DOI of this version: https://doi.org/{pub.doi}",
+             f"- Concept DOI (all versions, resolves to the latest): "
+             f"https://doi.org/{pub.conceptdoi}",
+             f"- Zenodo record: {pub.record_url}", f"- Cite as: {pub.citation}", "",
+             "| File | Size (bytes) | MD5 | Holds |", "|---|---:|---|---|"]
+    for entry in sorted(manifest.entries, key=lambda e: e.key):
+        lines.append(f"| {entry.key} | {entry.size} | {entry.md5} | {entry.name} |")
+    lines += ["", "Changes since the previous version:", ""]
+    lines += [f"- {line}" for line in diff_lines] or ["- first version"]
+    return "\n".join(lines) + "\n"
+
+
+def write_release_notes(release_dir: Path, section: str) -> Path:
+    """Put the newest section first in RELEASE_NOTES (atomically)."""
+    path = Path(release_dir) / RELEASE_NOTES
+    header = "# Release notes\n\n"
+    old = path.read_text() if path.is_file() else header
+    body = old[len(header):] if old.startswith(header) else old
+    with atomic_path(path) as tmp:
+        tmp.write_text(header + section + ("\n" + body if body.strip() else ""))
+    return path
+
+
+def today_utc() -> dt.date:
+    """Today's date in UTC (Zenodo's publication dates are UTC)."""
+    return dt.datetime.now(dt.UTC).date()

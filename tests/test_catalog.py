@@ -1,0 +1,458 @@
+"""The catalog of a release: STAC items, metadata.ods, GeoPackages, stats, rules, no-provenance."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pystac
+import pytest
+import rasterio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pyproj import Transformer
+from shapely.geometry import Point, box, shape
+from typer.testing import CliRunner
+
+from catalog.build import catalog_release
+from catalog.geometry import bbox_of, footprint_lonlat
+from catalog.ods import OdsRow, read_metadata_ods, write_metadata_ods
+from catalog.rules import CatalogConsistencyRules, ReleaseMetadataRules, StacSchemaRules
+from catalog.uncertainty import PAPER_FACTORS
+from producer.cli import build_app
+from producer.grid import Grid
+from producer.provenance import provenance_path, read_provenance
+from producer.spec import ITEMS_PARQUET, METADATA_ODS, TYPE1, build_name, roi_geopackage_name
+from producer.writer import write_cog
+from tests.conftest import STAC_SCHEMAS
+from tests.release_factory import DEFAULT_SHELF_YEARS, build_release
+
+SCHEMAS = Path(os.environ.get("ICEDAMAGE_STAC_SCHEMAS") or STAC_SCHEMAS)
+COLLECTION = "antarctic-ice-shelf-surface-damage"
+
+
+@pytest.fixture(scope="module")
+def cataloged_pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fixture release with its catalog built once per module (never modify)."""
+    root = build_release(tmp_path_factory.mktemp("cat") / "release")
+    catalog_release(root, PAPER_FACTORS)
+    return root
+
+
+@pytest.fixture
+def cataloged(cataloged_pristine: Path, tmp_path: Path) -> Path:
+    """A private copy of the cataloged release that a test may corrupt."""
+    return Path(shutil.copytree(cataloged_pristine, tmp_path / "release"))
+
+
+def item_path(release: Path, item_id: str) -> Path:
+    return release / "stac" / COLLECTION / item_id / f"{item_id}.json"
+
+
+def edit_json(path: Path, change: Callable[[dict], None]) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def rules_found(release: Path, only: str | None = None) -> set[str]:
+    rule_sets = [StacSchemaRules(SCHEMAS), CatalogConsistencyRules(), ReleaseMetadataRules()]
+    return {p.rule for rs in rule_sets if only in (None, rs.name) for p in rs.check(release)}
+
+
+RULE_SET_OF = {"stac-schema": "stac-schema", "stac-json-invalid": "stac-schema",
+               "ods-unreadable": "release-metadata", "ods-row-missing": "release-metadata",
+               "acquisition-dates": "release-metadata", "roi-missing": "release-metadata",
+               "roi-crs": "release-metadata", "product-outside-roi": "release-metadata"}
+
+
+# --------------------------------------------------------------------------------------------
+# STAC content
+# --------------------------------------------------------------------------------------------
+
+
+def test_catalog_is_valid_offline_and_consistent(cataloged_pristine: Path) -> None:
+    assert SCHEMAS.joinpath("schema-map.json").exists(), "offline STAC schemas are needed"
+    problems = [p for rs in (StacSchemaRules(SCHEMAS), CatalogConsistencyRules(),
+                             ReleaseMetadataRules()) for p in rs.check(cataloged_pristine)]
+    assert problems == []
+
+
+def test_items_carry_sensors_grid_classes_and_uncertainty(cataloged_pristine: Path) -> None:
+    catalog = pystac.Catalog.from_file(str(cataloged_pristine / "stac" / "catalog.json"))
+    items = {i.id: i for i in catalog.get_items(recursive=True)}
+    assert sorted(items) == ["amery-front-2012", "larsen-b-2001", "larsen-b-2005",
+                             "totten-2016", "totten-2021"]
+    larsen = items["larsen-b-2005"]
+    props = larsen.properties
+    assert props["platform"] == "landsat-7" and props["instruments"] == ["etm+"]
+    assert props["icedamage:restoration"] == "DiffGF" and props["icedamage:slc_off"] is True
+    assert props["icedamage:lambda_upper_restored"] == pytest.approx(
+        PAPER_FACTORS.lambda_upper_restored)
+    assert props["icedamage:damage_area_km2_high"] == pytest.approx(
+        props["icedamage:damage_area_km2"] * PAPER_FACTORS.lambda_upper_restored)
+    multi = items["totten-2021"].properties
+    assert multi["icedamage:sensors"] == ["LC08", "LC09"] and "platform" not in multi
+    assert multi["start_datetime"] == "2021-12-10T00:00:00Z"
+    assert multi["end_datetime"] == "2021-12-19T23:59:59Z"
+    assert multi["datetime"] == "2021-12-10T00:00:00Z"
+    assert "icedamage:lambda_upper_restored" not in multi
+    damage_map, damage = larsen.assets["damage_map"], larsen.assets["damage"]
+    path = Path(damage_map.get_absolute_href())
+    with rasterio.open(path) as src:
+        assert damage_map.extra_fields["proj:shape"] == [src.height, src.width]
+        assert damage_map.extra_fields["proj:transform"] == list(src.transform)[:6]
+    assert damage_map.extra_fields["nodata"] == 255 and "nodata" not in damage.extra_fields
+    assert [c["value"] for c in damage.extra_fields["classification:classes"]] == [0, 255]
+    assert damage_map.extra_fields["file:checksum"].startswith("1220")
+    assert Path(larsen.assets["thumbnail"].get_absolute_href()).read_bytes()[:4] == b"\x89PNG"
+    collection = catalog.get_child(COLLECTION)
+    assert collection.license == "CC-BY-4.0"
+    assert len(collection.extent.spatial.bboxes) == 1 + 3  # union + one per shelf
+    assert {link.rel for link in collection.links} >= {"describedby", "related"}
+
+
+def test_catalog_moves_with_the_release(cataloged_pristine: Path, tmp_path: Path) -> None:
+    moved = Path(shutil.copytree(cataloged_pristine, tmp_path / "elsewhere" / "r"))
+    catalog = pystac.Catalog.from_file(str(moved / "stac" / "catalog.json"))
+    for item in catalog.get_items(recursive=True):
+        for asset in item.assets.values():
+            assert Path(asset.get_absolute_href()).is_relative_to(moved)
+            assert Path(asset.get_absolute_href()).exists()
+
+
+def test_rerun_skips_and_force_rebuilds(cataloged: Path) -> None:
+    before = (cataloged / "stac" / "catalog.json").stat().st_mtime_ns
+    assert catalog_release(cataloged, PAPER_FACTORS).skipped
+    assert (cataloged / "stac" / "catalog.json").stat().st_mtime_ns == before
+    steps: list[tuple[str, int, int]] = []
+    result = catalog_release(cataloged, PAPER_FACTORS, force=True,
+                             progress=lambda text, done, total: steps.append((text, done, total)))
+    assert not result.skipped
+    assert [s[1] for s in steps] == list(range(len(steps) - 1)) + [steps[-1][2]]
+    assert any(text == "Totten 2021" for text, _, _ in steps)
+
+
+# --------------------------------------------------------------------------------------------
+# Geometry near the pole and the antimeridian
+# --------------------------------------------------------------------------------------------
+
+
+def test_footprint_across_the_antimeridian_is_split() -> None:
+    to_polar = Transformer.from_crs("EPSG:4326", "EPSG:3031", always_xy=True)
+    x, y = to_polar.transform(180.0, -80.0)  # a Ross-like shelf straddling 180°
+    footprint = box(x - 60_000, y - 40_000, x + 60_000, y + 40_000)
+    geometry = footprint_lonlat(footprint)
+    assert geometry.geom_type == "MultiPolygon" and geometry.is_valid
+    west, south, east, north = bbox_of(geometry)
+    assert west > 170 and east < -170 and west > east  # RFC 7946 wrapping bbox
+    back = Transformer.from_crs("EPSG:3031", "EPSG:4326", always_xy=True)
+    for corner in footprint.exterior.coords:
+        lon, lat = back.transform(*corner)
+        assert geometry.buffer(1e-6).contains(Point(lon, lat))
+    assert not geometry.contains(Point(0.0, -80.0))
+
+
+def test_footprint_containing_the_pole_is_a_cap() -> None:
+    geometry = footprint_lonlat(box(-100_000, -100_000, 100_000, 100_000))
+    assert bbox_of(geometry)[0] == -180 and bbox_of(geometry)[1] == -90
+
+
+# --------------------------------------------------------------------------------------------
+# metadata.ods, GeoPackages, stats
+# --------------------------------------------------------------------------------------------
+
+
+def test_metadata_ods_reads_back_with_pandas(cataloged_pristine: Path) -> None:
+    sheets = pd.read_excel(cataloged_pristine / METADATA_ODS, sheet_name=None, engine="odf")
+    assert set(sheets) == {"Summary", "Totten", "Larsen B", "Amery_front"}
+    summary = sheets["Summary"]
+    assert len(summary) == len(DEFAULT_SHELF_YEARS)
+    row = summary[(summary["shelf"] == "Totten") & (summary["year"] == 2021)].iloc[0]
+    assert row["acquisition_dates"] == "2021-12-10; 2021-12-19"
+    assert row["damage_map_file"] == "LC08_LC09_Totten_2021_damage_map.tif"
+    assert row["main_scene"] == "LC08_Totten_composite_2021-12-10"
+    assert len(sheets["Larsen B"]) == 2
+
+
+def test_roi_geopackages_read_back(cataloged_pristine: Path) -> None:
+    for shelf in ("Totten", "Larsen B", "Amery_front"):
+        frame = gpd.read_file(cataloged_pristine / roi_geopackage_name(shelf))
+        assert frame.crs.to_epsg() == 3031
+        assert list(frame["shelf"]) == [shelf] and "approximate" in frame["source"].iloc[0]
+        assert frame.geometry.iloc[0].is_valid
+
+
+def test_stats_equal_an_independent_computation(cataloged_pristine: Path) -> None:
+    catalog = pystac.Catalog.from_file(str(cataloged_pristine / "stac" / "catalog.json"))
+    for item in catalog.get_items(recursive=True):
+        with rasterio.open(item.assets["damage_map"].get_absolute_href()) as src:
+            pixels, transform = src.read(1), src.transform
+        pixel_km2 = abs(transform.a * transform.e) / 1e6
+        damage = np.sum(pixels == 1) * pixel_km2
+        valid = np.sum(pixels != 255) * pixel_km2
+        restored = "diffgf" in item.assets["damage_map"].href.lower()
+        s1, s2, k = 0.8164 / 0.8410, 0.8384 / 0.7916, 0.9691 / 0.9286
+        high = max(s1, s2) * (k if restored else 1.0)
+        props = item.properties
+        assert props["icedamage:damage_area_km2"] == pytest.approx(damage)
+        assert props["icedamage:valid_area_km2"] == pytest.approx(valid)
+        assert props["icedamage:damage_fraction"] == pytest.approx(damage / valid)
+        assert props["icedamage:damage_area_km2_low"] == pytest.approx(damage * min(s1, s2))
+        assert props["icedamage:damage_area_km2_high"] == pytest.approx(damage * high)
+        assert props["icedamage:damage_fraction_high"] == pytest.approx(
+            min(1.0, damage / valid * high))
+
+
+def test_stats_command_writes_table_and_plot(cataloged_pristine: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(build_app(), [
+        "stats", str(cataloged_pristine), "--out", str(tmp_path / "t.csv"),
+        "--plot", str(tmp_path / "f.png")])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "t.csv")
+    item = json.loads(item_path(cataloged_pristine, "totten-2016").read_text())
+    row = table[(table["shelf"] == "Totten") & (table["year"] == 2016)].iloc[0]
+    assert row["damage_fraction"] == pytest.approx(item["properties"]["icedamage:damage_fraction"])
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# --------------------------------------------------------------------------------------------
+# Every rule catches what it is about
+# --------------------------------------------------------------------------------------------
+
+
+def _append_byte(release: Path) -> None:
+    with open(release / "Totten/2016/LC08_Totten_2016_damage_map.tif", "ab") as handle:
+        handle.write(b"\0")
+
+
+def _rewrite_ods(release: Path, change: Callable[[list[OdsRow]], list[OdsRow]]) -> None:
+    rows = read_metadata_ods(release / METADATA_ODS)
+    write_metadata_ods(release / METADATA_ODS, change(rows))
+
+
+def _shift_date(rows: list[OdsRow]) -> list[OdsRow]:
+    return [OdsRow(**{**r.__dict__, "acquisition_dates": (dt.date(r.year, 12, 1),)})
+            if r.shelf == "Totten" and r.year == 2016 else r for r in rows]
+
+
+def _demo_provenance(release: Path) -> None:
+    name = build_name(("LC08",), "Totten", 2016, None, TYPE1)
+    path = provenance_path(release, name)
+    edit_json(path, lambda d: d.update(source="demo"))
+
+
+def _gpkg_far_away(release: Path) -> None:
+    frame = gpd.GeoDataFrame({"shelf": ["Totten"], "source": ["test"]},
+                             geometry=[box(0, 0, 1000, 1000)], crs="EPSG:3031")
+    (release / roi_geopackage_name("Totten")).unlink()
+    frame.to_file(release / roi_geopackage_name("Totten"), driver="GPKG")
+
+
+def _gpkg_4326(release: Path) -> None:
+    frame = gpd.read_file(release / roi_geopackage_name("Totten")).to_crs("EPSG:4326")
+    (release / roi_geopackage_name("Totten")).unlink()
+    frame.to_file(release / roi_geopackage_name("Totten"), driver="GPKG")
+
+
+CORRUPTIONS: list[tuple[str, Callable[[Path], None]]] = [
+    ("stac-schema", lambda r: edit_json(item_path(r, "totten-2016"), lambda d: d["assets"][
+        "damage_map"]["classification:classes"][0].update(name="not a name"))),
+    ("product-without-item", lambda r: shutil.rmtree(item_path(r, "totten-2016").parent)),
+    ("stac-json-invalid", lambda r: item_path(r, "totten-2016").write_text("{not json")),
+    ("asset-missing", lambda r: (r / "Totten/2016/LC08_Totten_2016_thumbnail.png").unlink()),
+    ("asset-checksum", _append_byte),
+    ("asset-size", _append_byte),
+    ("item-grid-mismatch", lambda r: edit_json(item_path(r, "totten-2016"), lambda d: d[
+        "assets"]["damage_map"].update({"proj:shape": [1, 1]}))),
+    ("item-stats-mismatch", lambda r: edit_json(item_path(r, "totten-2016"), lambda d: d[
+        "properties"].update({"icedamage:damage_area_km2": 1.0}))),
+    ("unknown-not-listed", lambda r: edit_json(item_path(r, "totten-2016"), lambda d: d[
+        "properties"].update({"icedamage:model": None}))),
+    ("demo-flag", _demo_provenance),
+    ("index-missing", lambda r: (r / ITEMS_PARQUET).unlink()),
+    ("index-unreadable", lambda r: (r / ITEMS_PARQUET).write_bytes(b"not parquet")),
+    ("catalog-link-broken", lambda r: shutil.rmtree(item_path(r, "totten-2016").parent)),
+    ("ods-row-missing", lambda r: _rewrite_ods(r, lambda rows: rows[1:])),
+    ("acquisition-dates", lambda r: _rewrite_ods(r, _shift_date)),
+    ("ods-unreadable", lambda r: (r / METADATA_ODS).write_bytes(b"not a spreadsheet")),
+    ("roi-missing", lambda r: (r / roi_geopackage_name("Totten")).unlink()),
+    ("roi-crs", _gpkg_4326),
+    ("product-outside-roi", _gpkg_far_away),
+]
+
+
+@pytest.mark.parametrize(("rule", "corrupt"), CORRUPTIONS, ids=[c[0] for c in CORRUPTIONS])
+def test_each_rule_catches_its_problem(cataloged: Path, rule: str,
+                                       corrupt: Callable[[Path], None]) -> None:
+    corrupt(cataloged)
+    assert rule in rules_found(cataloged, RULE_SET_OF.get(rule, "catalog-consistency"))
+
+
+# --------------------------------------------------------------------------------------------
+# Releases without provenance (the published v1)
+# --------------------------------------------------------------------------------------------
+
+
+def test_release_without_provenance_lists_unknowns(tmp_path: Path) -> None:
+    root = build_release(tmp_path / "v1", DEFAULT_SHELF_YEARS[:2], with_provenance=False)
+    result = catalog_release(root, PAPER_FACTORS)
+    item = json.loads(item_path(root, "totten-2016").read_text())
+    props = item["properties"]
+    assert set(result.unknown_items) == {"totten-2016", "totten-2021"}
+    assert {"icedamage:acquisition_dates", "icedamage:scenes", "icedamage:main_scene",
+            "icedamage:model", "icedamage:model_weights_sha256", "icedamage:demo",
+            "icedamage:source"} == set(props["icedamage:unknown"])
+    assert props["datetime"] is None
+    assert props["start_datetime"] == "2016-11-01T00:00:00Z"  # the summer, not invented dates
+    assert props["end_datetime"] == "2017-03-31T23:59:59Z"
+    assert props["icedamage:damage_area_km2"] > 0
+    assert rules_found(root) == set()
+
+
+def test_release_without_provenance_takes_dates_from_its_metadata_ods(tmp_path: Path) -> None:
+    root = build_release(tmp_path / "v1", DEFAULT_SHELF_YEARS[:1], with_provenance=False)
+    shelf_year = DEFAULT_SHELF_YEARS[0]
+    name = build_name(shelf_year.sensors, shelf_year.shelf, shelf_year.year, None, TYPE1)
+    write_metadata_ods(root / METADATA_ODS, [OdsRow(
+        "Totten", 2021, name.filename, name.partner().filename, ("LC08", "LC09"), None,
+        acquisition_dates=(dt.date(2022, 1, 5), dt.date(2021, 12, 2)))])
+    original = (root / METADATA_ODS).read_bytes()
+    catalog_release(root, PAPER_FACTORS)
+    assert (root / METADATA_ODS).read_bytes() == original  # the authors' file is kept as is
+    props = json.loads(item_path(root, "totten-2021").read_text())["properties"]
+    assert props["icedamage:acquisition_dates"] == ["2021-12-02", "2022-01-05"]
+    assert props["start_datetime"] == "2021-12-02T00:00:00Z"
+    assert props["end_datetime"] == "2022-01-05T23:59:59Z"
+    assert "icedamage:acquisition_dates" not in props["icedamage:unknown"]
+    assert "icedamage:main_scene" in props["icedamage:unknown"]
+
+
+def test_provenance_dates_match_items(cataloged_pristine: Path) -> None:
+    name = build_name(("LE07", "LC08"), "Amery_front", 2012, "DiffGF", TYPE1)
+    prov = read_provenance(provenance_path(cataloged_pristine, name))
+    props = json.loads(item_path(cataloged_pristine, "amery-front-2012").read_text())[
+        "properties"]
+    assert props["icedamage:acquisition_dates"] == sorted(
+        s.acquired.isoformat() for s in prov.scenes)
+    assert shape(json.loads(item_path(cataloged_pristine, "amery-front-2012").read_text())[
+        "geometry"]).is_valid
+
+
+def test_validate_runs_the_catalog_rule_sets(cataloged: Path) -> None:
+    runner = CliRunner()
+    ok = runner.invoke(build_app(), ["validate", str(cataloged), "--schemas", str(SCHEMAS)])
+    assert ok.exit_code == 0, ok.output
+    assert "catalog-consistency" in ok.output and "stac-schema" in ok.output
+    edit_json(item_path(cataloged, "larsen-b-2001"), lambda d: d["properties"].update(
+        {"icedamage:damage_area_km2": 0.5}))
+    report = cataloged.parent / "report.json"
+    bad = runner.invoke(build_app(), ["validate", str(cataloged), "--schemas", str(SCHEMAS),
+                                      "--json", str(report)])
+    assert bad.exit_code == 1
+    problems = json.loads(report.read_text())["problems"]
+    assert {p["rule"] for p in problems} == {"item-stats-mismatch"}
+
+
+def test_schema_warning_without_a_schema_folder(cataloged_pristine: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ICEDAMAGE_STAC_SCHEMAS", raising=False)
+    problems = list(StacSchemaRules().check(cataloged_pristine))
+    assert {p.rule for p in problems} == {"stac-schema-unavailable"}
+    assert all(p.severity == "warning" for p in problems)
+    assert not any("icedamage.github.io" in p.found for p in problems)  # ours is packaged
+
+
+# --------------------------------------------------------------------------------------------
+# Property tests of the parsers / encoders
+# --------------------------------------------------------------------------------------------
+
+_dates = st.dates(min_value=dt.date(1999, 11, 1), max_value=dt.date(2030, 3, 31))
+_ids = st.text(alphabet=st.characters(whitelist_categories=("Lu", "Ll", "Nd"),
+                                      whitelist_characters="_-"), min_size=1, max_size=20)
+
+
+@settings(max_examples=10, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(scenes=st.lists(st.tuples(_ids, _dates, st.sampled_from(["LE07", "LC08", "LC09"])),
+                       min_size=0, max_size=4, unique_by=lambda t: t[0]),
+       restoration=st.sampled_from([None, "DiffGF"]))
+def test_metadata_ods_round_trips(tmp_path: Path, scenes: list, restoration: str | None) -> None:
+    row = OdsRow("Larsen B", 2005, "a_damage_map.tif", "a_damage.tif", ("LE07",), restoration,
+                 acquisition_dates=tuple(s[1] for s in scenes),
+                 scene_ids=tuple(s[0] for s in scenes),
+                 scene_sensors=tuple(s[2] for s in scenes),
+                 main_scene=scenes[0][0] if scenes else None,
+                 main_scene_date=scenes[0][1] if scenes else None)
+    path = tmp_path / "m.ods"
+    write_metadata_ods(path, [row])
+    assert read_metadata_ods(path) == [row]
+
+
+@settings(max_examples=60, deadline=None)
+@given(cx=st.floats(-2.5e6, 2.5e6), cy=st.floats(-2.5e6, 2.5e6),
+       half_w=st.floats(2e3, 3e5), half_h=st.floats(2e3, 3e5))
+def test_footprints_are_valid_and_cover_their_corners(cx: float, cy: float, half_w: float,
+                                                      half_h: float) -> None:
+    footprint = box(cx - half_w, cy - half_h, cx + half_w, cy + half_h)
+    geometry = footprint_lonlat(footprint)
+    assert geometry.is_valid and not geometry.is_empty
+    west, south, east, north = bbox_of(geometry)
+    assert -90 <= south < north <= -30 and -180 <= west <= 180 and -180 <= east <= 180
+    back = Transformer.from_crs("EPSG:3031", "EPSG:4326", always_xy=True)
+    for corner in footprint.exterior.coords:
+        lon, lat = back.transform(*corner)
+        assert geometry.buffer(1e-5).intersects(Point(lon, lat))
+
+
+def test_rebuild_keeps_the_dois_the_publisher_wrote(cataloged: Path) -> None:
+    catalog = pystac.Catalog.from_file(str(cataloged / "stac" / "catalog.json"))
+    collection = catalog.get_child(COLLECTION)
+    collection.extra_fields["sci:doi"] = "10.5281/zenodo.20425951"
+    collection.add_link(pystac.Link("cite-as", "https://doi.org/10.5281/zenodo.20425951"))
+    catalog.save(pystac.CatalogType.SELF_CONTAINED)  # what the publisher does
+    catalog_release(cataloged, PAPER_FACTORS, force=True)
+    rebuilt = json.loads((cataloged / "stac" / COLLECTION / "collection.json").read_text())
+    assert rebuilt["sci:doi"] == "10.5281/zenodo.20425951"
+    assert any(link["rel"] == "cite-as" for link in rebuilt["links"])
+    assert rules_found(cataloged) == set()
+
+
+def test_catalog_refuses_a_bad_license(cataloged: Path) -> None:
+    result = CliRunner().invoke(build_app(), ["catalog", str(cataloged), "--force",
+                                              "--license", "CC BY 4.0"])
+    assert result.exit_code == 1 and "SPDX" in result.output
+
+
+def test_auxiliary_rasters_and_demo_source_are_cataloged(cataloged: Path) -> None:
+    name = build_name(("LC08",), "Totten", 2016, None, TYPE1)
+    folder = cataloged / name.relative_path().parent
+    with rasterio.open(folder / name.filename) as src:
+        grid = Grid(src.transform, src.width, src.height)
+    probability = np.full(grid.shape, 200, dtype=np.uint8)
+    write_cog(folder / name.auxiliary("probability"), probability, grid, None, nodata=None)
+    edit_json(provenance_path(cataloged, name), lambda d: d.update(source="demo"))
+    catalog_release(cataloged, PAPER_FACTORS)
+    item = json.loads(item_path(cataloged, "totten-2016").read_text())
+    asset = item["assets"]["probability"]
+    assert asset["roles"] == ["data"] and asset["proj:shape"] == [grid.height, grid.width]
+    assert asset["file:checksum"].startswith("1220") and "nodata" not in asset
+    assert item["properties"]["icedamage:demo"] is True
+    collection = json.loads((cataloged / "stac" / COLLECTION / "collection.json").read_text())
+    assert collection["summaries"]["icedamage:demo"] == [False, True]
+    assert rules_found(cataloged) == set()
+
+
+def test_two_maps_for_one_shelf_year_are_refused(cataloged: Path) -> None:
+    folder = cataloged / "Totten" / "2016"
+    shutil.copy(folder / "LC08_Totten_2016_damage_map.tif",
+                folder / "LC08_LC09_Totten_2016_damage_map.tif")
+    result = CliRunner().invoke(build_app(), ["catalog", str(cataloged), "--force"])
+    assert result.exit_code == 1 and "two products for Totten 2016" in result.output

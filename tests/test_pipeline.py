@@ -1,0 +1,204 @@
+"""``produce`` end to end on the demo source: products, provenance, skipping, no-coverage years."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from producer.cli import build_app
+from producer.commands import produce_app
+from producer.pipeline import ProduceOptions, parse_years, produce
+from producer.provenance import read_provenance
+from producer.sources.demo import DemoSource, plan_summer
+from producer.spec import AUXILIARY_SUFFIXES, TYPE1, TYPE2
+from validation.engine import validate_release
+
+DEMO_SIZE = "128"
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-init SegFormer saved as our safetensors checkpoint (mechanics only)."""
+    from producer.segmentation import DamageSegmenter, ModelInfo, save_checkpoint
+
+    torch.manual_seed(0)
+    model = DamageSegmenter.build("custom", depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 32, 32],
+                                  decoder_hidden_size=16)
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    save_checkpoint(model, path, ModelInfo(name="tiny-random-test", variant="custom"))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _produce(args: list[str], weights: Path, out: Path, app: str = "produce"):
+    base = ["--weights", str(weights), "--out", str(out), "--demo-size", DEMO_SIZE, "--no-tta",
+            "--device", "cpu"]
+    if app == "produce":
+        return CliRunner().invoke(produce_app(), args + base)
+    return CliRunner().invoke(build_app(), ["produce", *args, *base])
+
+
+@given(st.integers(1999, 2030), st.integers(0, 5))
+def test_parse_years(first: int, span: int) -> None:
+    assert parse_years(f"{first}") == [first]
+    assert parse_years(f"{first}-{first + span}") == list(range(first, first + span + 1))
+    assert parse_years(f"{first + span},{first}") == sorted({first, first + span})
+
+
+@pytest.mark.parametrize("bad", ["21", "2021-2019", "2021,,2022", "2021-2022-2023", "abcd"])
+def test_parse_years_refuses(bad: str) -> None:
+    with pytest.raises(ValueError, match="--year"):
+        parse_years(bad)
+
+
+def test_produce_demo_writes_a_valid_release_then_skips(tiny_weights: Path,
+                                                        tmp_path: Path) -> None:
+    out = tmp_path / "release"
+    result = _produce(["--shelf", "Totten", "--year", "2021", "--keep-probability"],
+                      tiny_weights, out)
+    assert result.exit_code == 0, result.output
+    folder = out / "Totten" / "2021"
+    records = list(folder.glob("*" + AUXILIARY_SUFFIXES["provenance"]))
+    assert len(records) == 1
+    record = read_provenance(records[0])
+    assert record.source == "demo" and record.demo
+    assert json.loads(records[0].read_text())["demo"] is True
+    assert record.segmentation.name == "tiny-random-test"
+    assert len(record.segmentation.weights_sha256) == 64
+    assert record.inputs_digest and record.software["icedamage"]
+    assert sum(s.map_fraction for s in record.scenes) == pytest.approx(
+        1.0 - record.parameters["uncovered_fraction"], abs=1e-5)
+    assert [s.role for s in record.scenes].count("main") == 1
+    name = record.product_name()
+    damage_map = folder / name.filename
+    damage = folder / name.partner().filename
+    for path in (damage_map, damage, folder / name.auxiliary("probability"),
+                 folder / name.auxiliary("source_scene")):
+        assert path.is_file(), path
+    with rasterio.open(damage_map) as t1, rasterio.open(damage) as t2:
+        a, b = t1.read(1), t2.read(1)
+        assert t1.nodata == TYPE1.nodata and t2.nodata is None
+        assert t1.shape == (int(DEMO_SIZE), int(DEMO_SIZE))
+    extent = DemoSource(int(DEMO_SIZE)).layout("Totten", 2021).extent_mask
+    assert ((a == TYPE1.nodata) == ~extent).mean() > 0.99  # clipped to the floating shelf
+    inside = a != TYPE1.nodata
+    assert np.array_equal(a[inside] == TYPE1.damage, b[inside] == TYPE2.damage)
+    with rasterio.open(folder / name.auxiliary("source_scene")) as ds:
+        index = ds.read(1)
+        ids = json.loads(ds.tags()["scene_ids"])
+    assert ids == [s.scene_id for s in record.scenes]
+    for k, scene in enumerate(record.scenes):
+        assert (index == k).mean() == pytest.approx(scene.map_fraction, abs=1e-5)
+
+    report = validate_release(out)
+    assert report.ok(), report.to_json()
+
+    mtime = damage_map.stat().st_mtime_ns
+    again = _produce(["--shelf", "Totten", "--year", "2021", "--keep-probability"],
+                     tiny_weights, out, app="icedamage")
+    assert again.exit_code == 0, again.output
+    assert "skipped" in again.output and damage_map.stat().st_mtime_ns == mtime
+    forced = _produce(["--shelf", "Totten", "--year", "2021", "--keep-probability", "--force"],
+                      tiny_weights, out)
+    assert forced.exit_code == 0 and "produced" in forced.output
+    assert damage_map.stat().st_mtime_ns != mtime
+    # A changed parameter is a changed input: redone, and the probability file it no longer
+    # asks for is removed with the old record.
+    changed = _produce(["--shelf", "Totten", "--year", "2021"], tiny_weights, out)
+    assert changed.exit_code == 0 and "produced" in changed.output
+    assert not (folder / name.auxiliary("probability")).exists()
+    assert validate_release(out).ok()
+
+
+def test_year_without_imagery_writes_nothing_and_fails(tiny_weights: Path,
+                                                        tmp_path: Path) -> None:
+    out = tmp_path / "release"
+    result = _produce(["--shelf", "Totten", "--year", "1996-1997"], tiny_weights, out)
+    assert result.exit_code == 1
+    assert "not-mapped" in result.output and "nothing was produced" in result.output
+    assert not (out / "Totten").exists()
+
+
+class _CloudySource(DemoSource):
+    """Demo scenes whose cloud masks cover a band across the whole window (every date)."""
+
+    def scenes(self, shelf, year, grid, workdir):  # noqa: ANN001, ANN201 - protocol signature
+        scenes = super().scenes(shelf, year, grid, workdir)
+        for scene in scenes:
+            with rasterio.open(scene.cloud_mask_path, "r+") as ds:
+                mask = ds.read(1)
+                mask[40:80, :] = 1
+                ds.write(mask, 1)
+        return scenes
+
+
+def test_uncovered_shelf_is_not_mapped(tiny_weights: Path, tmp_path: Path) -> None:
+    reports = []
+    options = ProduceOptions(out=tmp_path / "release", weights=tiny_weights, tta=False,
+                             device="cpu")
+    summary = produce("Totten", [2021], _CloudySource(int(DEMO_SIZE)), options,
+                      report=reports.append)
+    assert summary.exit_code == 1 and not summary.produced_any
+    assert reports[0].status == "not-mapped" and "not fully covered" in reports[0].message
+    assert not (tmp_path / "release").exists()
+
+
+def test_merged_year_uses_several_scenes(tiny_weights: Path, tmp_path: Path) -> None:
+    """A summer without a full clear scene is merged from several, main scene first."""
+    year = next(y for y in range(2013, 2030)
+                if all(p.conditions.cloud_cover > 0 or p.conditions.footprint_cut
+                       for p in plan_summer("Totten", y)))
+    options = ProduceOptions(out=tmp_path / "release", weights=tiny_weights, tta=False,
+                             device="cpu", source_index=True)
+    summary = produce("Totten", [year], DemoSource(int(DEMO_SIZE)), options)
+    result = summary.results[0]
+    if result.status == "not-mapped":
+        pytest.skip(f"demo summer {year} is not coverable: {result.message}")
+    record = read_provenance(result.provenance)
+    assert len(record.scenes) >= 2 and not record.parameters["single_scene"]
+    main = record.main_scene
+    fills = [s for s in record.scenes if s.role == "fill"]
+    assert main.map_fraction > 0 and all(s.map_fraction > 0 for s in fills)
+
+
+def test_slc_off_year_needs_diffgf_or_explicit_fill(tiny_weights: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from producer.restoration import api
+
+    monkeypatch.setattr(api, "DEMO_WEIGHTS", tmp_path / "no-demo-diffgf.safetensors")
+    out = tmp_path / "release"
+    refused = _produce(["--shelf", "Totten", "--year", "2005"], tiny_weights, out)
+    assert refused.exit_code == 1
+    assert "--diffgf" in refused.output and "FillNodata" in refused.output
+    assert not list(out.rglob("*.tif"))
+    filled = _produce(["--shelf", "Totten", "--year", "2005", "--restoration", "FillNodata"],
+                      tiny_weights, out)
+    assert filled.exit_code == 0, filled.output
+    (tif,) = out.glob("Totten/2005/*_damage_map.tif")
+    assert tif.name == "LE07_Totten_2005_slc_off_FillNodata_damage_map.tif"
+    record = read_provenance(next(out.glob("Totten/2005/*_provenance.json")))
+    assert record.restoration == "FillNodata" and all(s.slc_off for s in record.scenes)
+    assert validate_release(out).ok()
+
+
+def test_missing_demo_weights_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
+    import producer.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "DEMO_WEIGHTS", tmp_path / "absent.safetensors")
+    result = CliRunner().invoke(produce_app(), ["--shelf", "Totten", "--year", "2021",
+                                                "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2
+    assert "--weights" in result.output and "random weights are never used" in result.output
+    assert not (tmp_path / "r").exists()

@@ -1,0 +1,268 @@
+"""icedamage publish against the Zenodo emulator: first record, new version, dry run, refusals,
+a token without publish rights. Everything goes over HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pystac
+import pystow.config_api
+import pytest
+import rasterio
+from zenodo_client import Zenodo
+
+from producer.spec import RELEASE_NOTES, roi_geopackage_name
+from producer.writer import read_band
+from publish.package import MANIFEST_KEY, read_manifest
+from publish.state import load_state, packages_dir
+from publish.zenodo import public_record
+from tests.publish_support import (
+    PAPER_DOI,
+    TOKEN,
+    WRITE_ONLY_TOKEN,
+    all_text_files,
+    change_shelf,
+    make_demo,
+    manifest_files,
+    publish_args,
+    put_keys,
+    run_cli,
+    server_files,
+    tree_digest,
+    withdraw_shelf,
+)
+from tests.zenodo_emulator import ZenodoEmulator
+
+#: The emulator and release fixtures live beside the helpers.
+pytest_plugins = ("tests.publish_fixtures",)
+
+
+def test_first_publication(pub_release: Path, emulator: ZenodoEmulator, tmp_path: Path) -> None:
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new"))
+    assert code == 0, out
+    [record] = emulator.published()
+    # The record holds exactly the manifest: one stored ZIP per shelf, catalog, GeoPackage.
+    assert server_files(emulator, record.id) == manifest_files(pub_release)
+    assert set(server_files(emulator, record.id)) == {
+        "Amery_front.zip", "Larsen_B.zip", "Totten.zip", "stac.zip", "metadata.ods",
+        "Amery_front_ROI.gpkg", "Larsen_B_ROI.gpkg", "Totten_ROI.gpkg", MANIFEST_KEY}
+    manifest = read_manifest(packages_dir(pub_release))
+    assert manifest.key_map["Larsen B"] == "Larsen_B.zip"
+    assert manifest.key_map[roi_geopackage_name("Larsen B")] == "Larsen_B_ROI.gpkg"
+    # Metadata as Zenodo stored it: links to the paper, version, dataset.
+    meta = record.metadata
+    assert meta["upload_type"] == "dataset" and meta["version"] == "1.0"
+    assert {"identifier": PAPER_DOI, "relation": "isDocumentedBy",
+            "resource_type": "publication-article", "scheme": "doi"} \
+        in meta["related_identifiers"]
+    # A COG downloaded inside its ZIP is readable in place (stored, not deflated).
+    zipped = tmp_path / "Larsen_B.zip"
+    zipped.write_bytes(record.files["Larsen_B.zip"].data)
+    inner = "Larsen B/2005/LE07_Larsen B_2005_slc_off_DiffGF_damage_map.tif"
+    with zipfile.ZipFile(zipped) as zf:
+        assert zf.getinfo(inner).compress_type == zipfile.ZIP_STORED
+    with rasterio.open(f"/vsizip/{zipped}/{inner}") as src:
+        np.testing.assert_array_equal(src.read(1), read_band(pub_release / inner))
+    # Write-back: DOI, citation and cite-as on the collection, alternate hrefs on assets.
+    catalog = pystac.Catalog.from_file(str(pub_release / "stac" / "catalog.json"))
+    [collection] = list(catalog.get_all_collections())
+    doi = f"10.5281/zenodo.{record.id}"
+    assert collection.extra_fields["sci:doi"] == doi
+    assert "Version 1.0" in collection.extra_fields["sci:citation"]
+    assert [link.href for link in collection.links if link.rel == "cite-as"] == \
+        [f"https://doi.org/{doi}"]
+    asset = next(a for item in catalog.get_items(recursive=True) for a in item.assets.values()
+                 if a.href.endswith(Path(inner).name))
+    assert asset.extra_fields["alternate"]["zenodo"]["href"] == (
+        f"/vsizip//vsicurl/{emulator.base_url}/records/{record.id}/files/Larsen_B.zip/{inner}")
+    # ... and that href reads the COG in place over HTTP (range requests into the ZIP).
+    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"), \
+            rasterio.open(asset.extra_fields["alternate"]["zenodo"]["href"]) as src:
+        np.testing.assert_array_equal(src.read(1), read_band(pub_release / inner))
+    ranged = [r for r in emulator.requests if r.path.startswith(f"/records/{record.id}/files/")]
+    assert ranged and all(r.status in (200, 206) for r in ranged)
+    gpkg = next(a for a in collection.assets.values() if a.href.endswith("Larsen B_ROI.gpkg"))
+    assert gpkg.extra_fields["alternate"]["zenodo"]["href"] == (
+        f"{emulator.base_url}/records/{record.id}/files/Larsen_B_ROI.gpkg")
+    notes = (pub_release / RELEASE_NOTES).read_text()
+    assert f"https://doi.org/{doi}" in notes and f"zenodo.{record.conceptrecid}" in notes
+    state = load_state(pub_release)
+    assert state is not None and state.stage == "published" and state.doi == doi
+    # The token travels only in the Authorization header, never in output or any file.
+    assert {r.auth for r in emulator.requests if r.path.startswith("/api/")} == {"bearer"}
+    assert TOKEN not in out
+    leaks = [p for p, data in all_text_files(pub_release) if TOKEN.encode() in data]
+    assert leaks == []
+    # Running again is safe: nothing left to do, no request that changes anything.
+    before = len(emulator.requests)
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new"))
+    assert code == 0 and "already published" in out
+    assert not [r for r in emulator.requests[before:] if r.mutating]
+
+
+def test_new_version_with_one_shelf_changed(pub_release: Path, emulator: ZenodoEmulator) -> None:
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new"))
+    assert code == 0, out
+    [v1] = emulator.published()
+    change_shelf(pub_release)
+    withdraw_shelf(pub_release, "Amery_front")
+    since = len(emulator.requests)
+    code, out = run_cli(publish_args(pub_release, emulator, "1.1",
+                                     "--concept-id", str(v1.conceptrecid)))
+    assert code == 0, out
+    v1_again, v2 = emulator.published(v1.conceptrecid)
+    assert v1_again.id == v1.id and v2.conceptrecid == v1.conceptrecid
+    # Of the shelves only the changed one is re-uploaded (with the rebuilt catalog, the table
+    # and the manifest); the inherited files of the withdrawn shelf are deleted.
+    sent = set(put_keys(emulator, since))
+    assert {k for k in sent if k.endswith(".zip") and k != "stac.zip"} == {"Totten.zip"}
+    assert sent <= {"Totten.zip", "stac.zip", "metadata.ods", MANIFEST_KEY}
+    deletes = [r.path for r in emulator.requests[since:] if r.method == "DELETE"]
+    assert sorted(p.rsplit("/", 1)[-1] for p in deletes) == ["Amery_front.zip",
+                                                             "Amery_front_ROI.gpkg"]
+    assert server_files(emulator, v2.id) == manifest_files(pub_release)
+    assert server_files(emulator, v2.id)["Larsen_B.zip"] == server_files(emulator,
+                                                                         v1.id)["Larsen_B.zip"]
+    assert server_files(emulator, v1.id)["Totten.zip"] != server_files(emulator,
+                                                                       v2.id)["Totten.zip"]
+    related = v2.metadata["related_identifiers"]
+    assert {"identifier": f"10.5281/zenodo.{v1.id}", "relation": "isNewVersionOf",
+            "resource_type": "dataset", "scheme": "doi"} in related
+    # Why we resolve the latest version ourselves: zenodo-client reads the id out of
+    # links.latest, which on today's Zenodo names the record itself, not the latest version.
+    reader = Zenodo(access_token="unused")
+    reader.api_base = emulator.base_url + "/api"
+    assert reader.get_latest_record(v1.id, authenticate=False) == str(v1.id)  # stale
+    assert public_record(emulator.base_url, v1.conceptrecid)["id"] == v2.id  # concept → latest
+    notes = (pub_release / RELEASE_NOTES).read_text()
+    assert notes.index("Version 1.1") < notes.index("Version 1.0")
+    assert "changed Totten.zip" in notes and "removed Amery_front.zip" in notes
+    assert "inside: removed Amery_front/2012/" in notes
+    # The same version string cannot be published twice.
+    code, out = run_cli(publish_args(pub_release, emulator, "1.1", "--concept-id",
+                                     str(v1.conceptrecid), "--dry-run"))
+    assert code == 0  # state says 1.1 is published: nothing to do
+    shutil.rmtree(pub_release / ".icedamage-publish")
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--concept-id",
+                                     str(v1.conceptrecid)))
+    assert code == 2 and "version: '1.0' is already used" in out
+
+
+def test_dry_run_changes_nothing(pub_release: Path, emulator: ZenodoEmulator) -> None:
+    assert run_cli(publish_args(pub_release, emulator, "1.0", "--new"))[0] == 0
+    [v1] = emulator.published()
+    change_shelf(pub_release)
+    shutil.rmtree(pub_release / ".icedamage-publish")  # as on another machine
+    before_tree = tree_digest(pub_release)
+    since = len(emulator.requests)
+    code, out = run_cli(publish_args(pub_release, emulator, "1.1", "--concept-id",
+                                     str(v1.conceptrecid), "--dry-run"))
+    assert code == 0, out
+    assert not [r for r in emulator.requests[since:] if r.mutating]
+    assert tree_digest(pub_release) == before_tree
+    assert f"/api/deposit/depositions/{v1.id}/actions/newversion" in out
+    assert "Totten.zip" in out and "changed Totten.zip" in out
+    assert "inside: changed Totten/2021/LC08_LC09_Totten_2021_damage.tif" in out
+    assert "inside: changed Totten/2016" not in out
+    assert "PUT" in out and "Larsen_B.zip (" not in out  # unchanged shelf not re-uploaded
+    unchanged = next(line for line in out.splitlines() if "unchanged" in line)
+    assert "Amery_front.zip" in unchanged and "Larsen_B.zip" in unchanged
+    assert len(emulator.published()) == 1 and not emulator.drafts()
+
+
+def test_token_without_publish_rights_leaves_verified_draft(pub_release: Path,
+                                                            emulator: ZenodoEmulator) -> None:
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new"),
+                        env={"ZENODO_TOKEN": WRITE_ONLY_TOKEN})
+    assert code == 1
+    assert "may not publish (403" in out and "verified draft" in out
+    assert WRITE_ONLY_TOKEN not in out
+    [draft] = emulator.drafts()
+    assert f"/deposit/{draft.id}" in " ".join(out.split())
+    assert server_files(emulator, draft.id) == manifest_files(pub_release)
+    assert draft.metadata["version"] == "1.0" and not emulator.published()
+    assert load_state(pub_release).stage == "verified"  # type: ignore[union-attr]
+    # With a token allowed to publish, --resume publishes that same draft: nothing re-sent.
+    since = len(emulator.requests)
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new", "--resume"))
+    assert code == 0, out
+    assert [d.id for d in emulator.published()] == [draft.id]
+    assert put_keys(emulator, since) == []
+
+
+def test_demo_release_refused_on_zenodo(pub_release: Path, emulator: ZenodoEmulator) -> None:
+    make_demo(pub_release)
+    code, out = run_cli(["publish", str(pub_release), "--version", "1.0", "--new"])
+    assert code == 2 and "demo" in out and "--sandbox" in out
+    # ... but the workflow can be tried against a test server.
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new", "--dry-run"))
+    assert code == 0, out
+
+
+def test_invalid_release_refused_before_any_request(pub_release: Path,
+                                                    emulator: ZenodoEmulator) -> None:
+    product = next(pub_release.glob("Totten/2021/*_damage_map.tif"))
+    product.rename(product.with_name(product.name.replace("LC08_LC09", "LC09_LC08")))
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new"))
+    assert code == 2 and "validator found" in out
+    assert emulator.requests == []
+
+
+def test_bad_metadata_refused_with_field_and_rule(pub_release: Path,
+                                                  emulator: ZenodoEmulator) -> None:
+    text = (pub_release / "release.yaml").read_text()
+    bad = text.replace("0000-0002-1825-0097", "0000-0002-1825-0098").replace(
+        "Bamber, Jonathan", "Jonathan Bamber")
+    (pub_release / "release.yaml").write_text(bad)
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new"))
+    flat = " ".join(out.split())
+    assert code == 2
+    assert "creators[0].orcid" in flat and "mod 11-2" in flat
+    assert "creators[1].name: 'Jonathan Bamber' is not 'Family, Given'" in flat
+    assert not emulator.mutating_requests()
+
+
+def test_missing_token_is_a_clear_error(pub_release: Path, emulator: ZenodoEmulator,
+                                        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PYSTOW_CONFIG_HOME", str(tmp_path / "no-config"))
+    monkeypatch.delenv("ZENODO_API_TOKEN", raising=False)
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new"),
+                        env={"ZENODO_TOKEN": ""})
+    assert code == 2 and "ZENODO_TOKEN" in out and emulator.requests == []
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new"),
+                        env={"ZENODO_TOKEN": "wrong-token"})
+    assert code == 2 and "refused the token (401)" in out
+    assert "wrong-token" not in out
+    # The config file zenodo-client reads works too (pystow caches it once per process).
+    pystow.config_api._get_cfp.cache_clear()
+    (tmp_path / "no-config").mkdir(exist_ok=True)
+    (tmp_path / "no-config" / "zenodo.ini").write_text(f"[zenodo]\napi_token = {TOKEN}\n")
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new", "--dry-run"),
+                        env={"ZENODO_TOKEN": ""})
+    assert code == 0, out
+    assert json.dumps([r.query for r in emulator.requests]).find("wrong-token") == -1
+
+
+def test_zenodo_client_against_the_emulator_keeps_inherited_files(
+        emulator: ZenodoEmulator, tmp_path: Path) -> None:
+    """The emulator speaks the API zenodo-client was written for (access_token in the query),
+    and shows why publishing goes through our client: a new version made with zenodo-client
+    still holds every file of the previous one."""
+    old, new = tmp_path / "Amery_front.zip", tmp_path / "Totten.zip"
+    old.write_bytes(b"withdrawn shelf")
+    new.write_bytes(b"new shelf")
+    client = Zenodo(access_token=TOKEN)
+    client.api_base = emulator.base_url + "/api"
+    client.depositions_base = client.api_base + "/deposit/depositions"
+    data = {"metadata": {"title": "t", "upload_type": "dataset", "description": "d",
+                         "creators": [{"name": "Tang, Xiao"}], "version": "1"}}
+    first = client.create(data, [old]).json()
+    client.update(str(first["id"]), [new])
+    latest = emulator.published()[-1]
+    assert latest.id != first["id"]
+    assert sorted(latest.files) == ["Amery_front.zip", "Totten.zip"]  # nothing was deleted
+    assert {r.auth for r in emulator.requests} == {"query"}

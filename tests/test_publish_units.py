@@ -1,0 +1,225 @@
+"""The publisher's building blocks: ORCID checksums, metadata rules, reproducible packages,
+Zenodo's limits and the request-rate limiter."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import string
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from hypothesis import given
+from hypothesis import strategies as st
+
+from producer.writer import read_band
+from publish.metadata import (
+    build_metadata,
+    metadata_problems,
+    orcid_check_char,
+    orcid_valid,
+)
+from publish.package import (
+    CATALOG_KEY,
+    MANIFEST_KEY,
+    PackageError,
+    build_packages,
+    plan_packages,
+    safe_key,
+)
+from publish.release import limit_problems, reconcile
+from publish.zenodo import RateLimiter, RetryPolicy
+from tests.publish_support import PAPER_DOI, RELEASE_YAML
+
+pytest_plugins = ("tests.publish_fixtures",)
+TODAY = dt.date(2026, 11, 23)
+
+
+# ------------------------------------------------------------------ ORCID
+
+
+@pytest.mark.parametrize("orcid", ["0000-0002-1825-0097", "0000-0001-5109-3700",
+                                   "0000-0002-1694-233X"])
+def test_published_orcid_examples_are_valid(orcid: str) -> None:
+    assert orcid_valid(orcid)
+
+
+@given(st.text(alphabet=string.digits, min_size=15, max_size=15),
+       st.integers(0, 14), st.integers(1, 9))
+def test_orcid_check_char_catches_every_single_digit_error(digits: str, pos: int,
+                                                           delta: int) -> None:
+    orcid = digits + orcid_check_char(digits)
+    formatted = "-".join(orcid[i:i + 4] for i in range(0, 16, 4))
+    assert orcid_valid(formatted)
+    typo = digits[:pos] + str((int(digits[pos]) + delta) % 10) + digits[pos + 1:]
+    wrong = typo + orcid_check_char(digits)
+    assert not orcid_valid("-".join(wrong[i:i + 4] for i in range(0, 16, 4)))
+
+
+def test_malformed_orcids_are_invalid() -> None:
+    for bad in ("0000-0002-1825-009", "0000000218250097", "https://orcid.org/0000-0002-1825-0097",
+                "0000-0002-1825-009x"):
+        assert not orcid_valid(bad)
+
+
+# ------------------------------------------------------------------ metadata
+
+
+def test_metadata_links_paper_and_previous_version() -> None:
+    meta = build_metadata(dict(RELEASE_YAML), "2.0", "10.5281/zenodo.102", TODAY)
+    assert meta["upload_type"] == "dataset" and meta["publication_date"] == "2026-11-23"
+    relations = {(r["relation"], r["identifier"]) for r in meta["related_identifiers"]}
+    assert relations == {("isDocumentedBy", PAPER_DOI),
+                         ("isNewVersionOf", "10.5281/zenodo.102")}
+    assert "paper_doi" not in meta
+    assert metadata_problems(meta, {"1.0"}, "10.5281/zenodo.102") == []
+
+
+def test_metadata_problems_name_field_and_rule() -> None:
+    raw = {**RELEASE_YAML, "upload_type": "software", "keywords": "ice",
+           "creators": [{"name": "Xiao Tang"}], "shelf": "Totten"}
+    raw.pop("paper_doi")
+    raw.pop("license")
+    meta = build_metadata(raw, "1.0", None, TODAY)
+    meta["related_identifiers"] = [{"identifier": "https://doi.org/10.1/x",
+                                    "relation": "cites"}]
+    problems = metadata_problems(meta, {"1.0"}, "10.5281/zenodo.9")
+    text = "\n".join(problems)
+    for expected in ("shelf: unknown key", "license: required", "upload_type: must be 'dataset'",
+                     "creators[0].name: 'Xiao Tang' is not 'Family, Given'",
+                     "version: '1.0' is already used", "keywords: must be a list",
+                     "is not a bare DOI", "no isDocumentedBy link",
+                     "no isNewVersionOf link to the previous version 10.5281/zenodo.9"):
+        assert expected in text, expected
+
+
+# ------------------------------------------------------------------ packages
+
+
+def test_packages_are_byte_identical_and_cogs_readable_in_place(pub_release: Path,
+                                                                tmp_path: Path) -> None:
+    first = build_packages(pub_release, tmp_path / "a", "1.0")
+    copy = tmp_path / "copy"
+    shutil.copytree(pub_release, copy)  # other mtimes and inode order, same content
+    second = build_packages(copy, tmp_path / "b", "1.0")
+    assert first.to_json() == second.to_json()
+    for name in [e.key for e in first.entries] + [MANIFEST_KEY]:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    entry = first.by_key()["Larsen_B.zip"]
+    assert entry.name == "Larsen B" and entry.size == (tmp_path / "a" / entry.key).stat().st_size
+    inner = "Larsen B/2001/LE07_Larsen B_2001_damage.tif"
+    members = {m.path: m for m in entry.contents}
+    assert members[inner].size == (pub_release / inner).stat().st_size
+    assert len(entry.sha256) == 64 and len(members[inner].sha256) == 64
+    with zipfile.ZipFile(tmp_path / "a" / entry.key) as zf:
+        infos = zf.infolist()
+        assert [i.filename for i in infos] == sorted(i.filename for i in infos)
+        assert {i.compress_type for i in infos} == {zipfile.ZIP_STORED}
+        assert {i.date_time for i in infos} == {(1980, 1, 1, 0, 0, 0)}
+    with rasterio.open(f"/vsizip/{tmp_path / 'a' / entry.key}/{inner}") as src:
+        np.testing.assert_array_equal(src.read(1), read_band(pub_release / inner))
+    with zipfile.ZipFile(tmp_path / "a" / CATALOG_KEY) as zf:
+        assert "stac/catalog.json" in zf.namelist()
+    assert not any(".icedamage-publish" in m.path for e in first.entries for m in e.contents)
+
+
+def test_unchanged_packages_are_not_rebuilt(pub_release: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    first = build_packages(pub_release, out, "1.0")
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    product = next(pub_release.glob("Totten/2021/*_damage.tif"))
+    data = bytearray(product.read_bytes())
+    data[-1] ^= 0xFF  # same size, other content, newer mtime
+    product.write_bytes(bytes(data))
+    second = build_packages(pub_release, out, "1.0")
+    rebuilt = {p.name for p in out.iterdir() if p.stat().st_mtime_ns != stamps.get(p.name)}
+    assert rebuilt >= {"Totten.zip"} and "Larsen_B.zip" not in rebuilt
+    assert first.by_key()["Larsen_B.zip"] == second.by_key()["Larsen_B.zip"]
+    assert first.by_key()["Totten.zip"].md5 != second.by_key()["Totten.zip"].md5
+
+
+def test_safe_keys_and_clashes(tmp_path: Path) -> None:
+    assert safe_key("Pine Island") == "Pine_Island"
+    assert safe_key("Larsen B_ROI.gpkg") == "Larsen_B_ROI.gpkg"
+    assert safe_key("Amery_front") == "Amery_front"
+    for shelf in ("Larsen B", "Larsen_B"):
+        (tmp_path / shelf / "2001").mkdir(parents=True)
+        (tmp_path / shelf / "2001" / "x.tif").write_bytes(b"x")
+    with pytest.raises(PackageError, match="both map to the key 'Larsen_B.zip'"):
+        plan_packages(tmp_path)
+
+
+def test_zenodo_limits() -> None:
+    assert limit_problems(100, 50 * 10**9) == []
+    assert "101 files exceed Zenodo's limit of 100" in limit_problems(101, 1)[0]
+    assert "exceed Zenodo's limit of 50000000000" in limit_problems(3, 50 * 10**9 + 1)[0]
+
+
+def test_reconcile_keeps_matches_deletes_extras_uploads_rest() -> None:
+    remote = {"a.zip": (1, "aa"), "old.gpkg": (2, "bb"), "b.zip": (3, "cc")}
+    wanted = {"a.zip": (1, "aa"), "b.zip": (3, "dd"), MANIFEST_KEY: (4, "ee"), "c.zip": (5, "ff")}
+    rec = reconcile(remote, wanted)
+    assert rec.delete == ("old.gpkg",) and rec.keep == ("a.zip",)
+    assert rec.upload == ("b.zip", "c.zip", MANIFEST_KEY)  # manifest last
+
+
+# ------------------------------------------------------------------ rate limiting
+
+
+def test_rate_limiter_keeps_under_100_per_minute() -> None:
+    now = [0.0]
+    policy = RetryPolicy(sleep=lambda s: now.__setitem__(0, now[0] + s))
+    limiter = RateLimiter(policy, limit=100, window=60.0, clock=lambda: now[0])
+    stamps = []
+    for _ in range(250):
+        limiter.acquire()
+        stamps.append(now[0])
+        now[0] += 0.01
+    stamps_arr = np.array(stamps)
+    assert max(int(np.sum((stamps_arr >= t) & (stamps_arr < t + 60))) for t in stamps) <= 100
+    assert stamps[-1] >= 120  # 250 requests need at least two full windows
+
+
+def test_rate_limiter_waits_for_reset_when_nothing_remains() -> None:
+    now = [1000.0]
+    policy = RetryPolicy(sleep=lambda s: now.__setitem__(0, now[0] + s))
+    limiter = RateLimiter(policy, clock=lambda: now[0])
+    limiter.observe({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "1042"})
+    limiter.acquire()
+    assert now[0] == pytest.approx(1042.0)
+
+
+@given(st.integers(0, 20))
+def test_backoff_grows_with_jitter_and_a_cap(attempt: int) -> None:
+    policy = RetryPolicy(base_delay=1.0, max_delay=120.0)
+    cap = min(120.0, 2.0 ** attempt)
+    assert cap / 2 <= policy.backoff(attempt) <= cap
+
+
+# ------------------------------------------------------------------ the emulator itself
+
+
+def test_emulator_rate_limit_and_quota_answers() -> None:
+    import requests
+
+    from tests.publish_support import TOKEN
+    from tests.zenodo_emulator import FULL_SCOPES, ZenodoEmulator
+
+    emu = ZenodoEmulator({TOKEN: FULL_SCOPES}, rate_limit=3, max_bytes=10).start()
+    try:
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {TOKEN}"
+        draft = session.post(f"{emu.base_url}/api/deposit/depositions", json={}).json()
+        bucket = draft["links"]["bucket"]
+        big = session.put(f"{bucket}/big.bin", data=b"x" * 11)
+        assert big.status_code == 400 and big.json()["message"] == "Bucket quota exceeded."
+        answers = [session.get(f"{emu.base_url}/api/deposit/depositions") for _ in range(2)]
+    finally:
+        emu.stop()
+    assert [a.status_code for a in answers] == [200, 429]  # the 4th request in the window
+    assert answers[0].headers["X-RateLimit-Remaining"] == "0"
+    assert int(answers[1].headers["Retry-After"]) >= 1
+    assert int(answers[1].headers["X-RateLimit-Reset"]) > 0

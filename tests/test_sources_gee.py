@@ -1,0 +1,369 @@
+"""The gee source against a fake of the Earth Engine boundary (and the real client, offline)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from shapely.geometry import Polygon, box
+
+from producer.grid import Grid
+from producer.sources.errors import CredentialsError, SourceError
+from producer.sources.gee import (
+    EE_MAX_REQUEST_BYTES,
+    DailyComposite,
+    EarthEngineSource,
+    check_tile_size,
+    rank,
+    roi_lonlat,
+    tile_windows,
+)
+from producer.sources.local import LocalFolderSource
+from producer.spec import SENSORS
+from tests.fake_ee import FakeEE, FakeImage, pattern
+
+LC08_T1, LC08_T2 = SENSORS["LC08"].ee_collections
+LC09_T1, LC09_T2 = SENSORS["LC09"].ee_collections
+LE07_T1, LE07_T2 = SENSORS["LE07"].ee_collections
+
+# A small ROI near Totten (EPSG:3031): a block with a spike, so some top tiles lie outside it.
+X0, Y0 = 2_250_000.0, -1_050_000.0
+ROI = Polygon([(X0, Y0), (X0 + 3000, Y0), (X0 + 3000, Y0 + 1050), (X0 + 1650, Y0 + 1050),
+               (X0 + 1500, Y0 + 2100), (X0 + 1350, Y0 + 1050), (X0, Y0 + 1050)])
+TILE = 32  # small tiles so the 100 × 70 px grid needs 12 of them, with ragged edges
+
+
+def _image(collection: str, pid: str, when: str, cloud: float = 10.0, clear: float = 1.0,
+           in_roi: bool = True) -> FakeImage:
+    return FakeImage(collection, pid, dt.datetime.fromisoformat(when), cloud, clear, in_roi)
+
+
+def catalog() -> list[FakeImage]:
+    """Fake Landsat images around the 2021 summer (1 Nov 2021 - 31 Mar 2022)."""
+    return [
+        _image(LC08_T1, "LC08_L1GT_089107_20211205_20211215_02_T1", "2021-12-05T01:20", clear=0.9),
+        _image(LC08_T1, "LC08_L1GT_089108_20211205_20211215_02_T1", "2021-12-05T01:21", clear=0.5),
+        _image(LC08_T2, "LC08_L1GT_090107_20220110_20220120_02_T2", "2022-01-10T01:30", 30, 0.7),
+        _image(LC08_T1, "LC08_L1GT_090107_20220201_20220210_02_T1", "2022-02-01T01:30", 85, 1.0),
+        _image(LC08_T1, "LC08_L1GT_090107_20220331_20220410_02_T1", "2022-03-31T23:59", 5, 0.2),
+        _image(LC08_T1, "LC08_L1GT_090107_20220401_20220410_02_T1", "2022-04-01T00:00", 5, 1.0),
+        _image(LC08_T1, "LC08_L1GT_090107_20211031_20211110_02_T1", "2021-10-31T23:59", 5, 1.0),
+        _image(LC08_T1, "LC08_L1GT_120107_20211206_20211216_02_T1", "2021-12-06T01:00", 5, 1.0,
+               in_roi=False),
+        _image(LC09_T1, "LC09_L1GT_089107_20211220_20211221_02_T1", "2021-12-20T01:20", clear=0.95),
+        _image(LC09_T2, "LC09_L1GT_089107_20220115_20220116_02_T2", "2022-01-15T01:20", clear=0.0),
+        _image(LE07_T1, "LE07_L1GT_089107_20211207_20211230_02_T1", "2021-12-07T01:00", 5, 1.0),
+    ]
+
+
+@pytest.fixture
+def grid() -> Grid:
+    return Grid.covering(ROI)
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Path:
+    """The gee cache folder of Totten 2021 when the cache root is ``tmp_path``."""
+    return tmp_path / "gee" / "Totten" / "2021"
+
+
+def make_source(fake: FakeEE, root: Path, **options: object) -> EarthEngineSource:
+    source = EarthEngineSource(ee_module=fake, tile_size=TILE, progress=False, cache_dir=root,
+                               **options)
+    source.grid("Totten", ROI)
+    return source
+
+
+def run(fake: FakeEE, root: Path, grid: Grid, year: int = 2021, **options: object) -> list:
+    """Scenes of Totten ``year`` with the cache under ``root`` (work folder unused)."""
+    return make_source(fake, root, **options).scenes("Totten", year, grid, root / "work")
+
+
+def test_downloads_go_to_the_persistent_cache(monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:
+    monkeypatch.setenv("ICEDAMAGE_CACHE", str(tmp_path / "c"))
+    assert EarthEngineSource().scene_dir("Larsen B", 2005) == tmp_path / "c/gee/Larsen B/2005"
+    monkeypatch.delenv("ICEDAMAGE_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert EarthEngineSource().cache_dir == tmp_path / "x" / "icedamage"
+
+
+def test_grid_is_the_aligned_roi_grid(grid: Grid) -> None:
+    assert grid.shape == (70, 100)
+    assert grid.resolution == (30.0, 30.0) and grid.crs == "EPSG:3031"
+
+
+def test_search_filters_ranking_and_downloads_follow_the_paper(tmp_path: Path, grid: Grid,
+                                                               cache: Path) -> None:
+    fake = FakeEE(catalog())
+    scenes = run(fake, tmp_path, grid, project="my-ee-project")
+
+    assert fake.initialize_calls == [{"project": "my-ee-project"}]
+    # Tier 1 and Tier 2 TOA of the sensors plausible in 2021 only: LC08 and LC09, never LE07.
+    searched = {args[0] for args in fake.ops("ImageCollection")}
+    assert searched == {LC08_T1, LC08_T2, LC09_T1, LC09_T2}
+    # Austral-summer window, end exclusive: 1 Nov 2021 .. 31 Mar 2022 inclusive.
+    assert fake.ops("filterDate")[0] == ("2021-11-01", "2022-04-01")
+    assert {args[0] for args in fake.ops("filter")} == {"lt"}
+    assert {args[1:] for args in fake.ops("filter")} == {("CLOUD_COVER", 80.0)}
+    geometry = fake.ops("filterBounds")[0][0]
+    assert (geometry.proj, geometry.geodesic) == ("EPSG:4326", False)
+    ring = np.array(geometry.geojson["coordinates"][0])
+    assert np.allclose(ring, np.array(roi_lonlat(ROI).exterior.coords))
+    assert ring[:, 0].min() > 100 and ring[:, 0].max() < 130 and ring[:, 1].max() < -60
+    # Ranking: cloud (bit 3) and shadow (bit 4) masked, daily median, count at 300 m.
+    mapped = fake.ops("map")
+    assert mapped and all(body.update_mask_bits() == {8, 16} for (body,) in mapped)
+    reductions = fake.ops("reduceRegion")
+    assert {(r[0], r[2], r[3]) for r in reductions} == {("count", 300, "EPSG:3031")}
+    assert all(r[1] is geometry or r[1] == geometry for r in reductions)
+
+    # Most valid first; same-day images combined; cloudy, out-of-window, out-of-ROI excluded;
+    # a composite with no valid pixel is never chosen.
+    assert [(s.sensor, s.acquired.isoformat(), s.valid_fraction) for s in scenes] == [
+        ("LC09", "2021-12-20", 0.95), ("LC08", "2021-12-05", 0.9),
+        ("LC08", "2022-01-10", 0.7), ("LC08", "2022-03-31", 0.2)]
+    assert scenes[1].source_ids == ("LC08_L1GT_089107_20211205_20211215_02_T1",
+                                    "LC08_L1GT_089108_20211205_20211215_02_T1")
+    assert scenes[1].path == cache / "LC08_Totten_composite_2021-12-05_uint8.tif"
+    assert scenes[0].scene_id == "LC09_Totten_composite_2021-12-20"
+
+    # Downloads: unmasked daily median clipped to the ROI, RGB × 255 as bytes, on our grid.
+    requested = fake.pixel_requests
+    windows = [w for w in tile_windows(grid, TILE) if box(*grid.subgrid(w).bounds).intersects(ROI)]
+    assert len(windows) < len(tile_windows(grid, TILE))  # corner tiles outside the ROI skipped
+    assert len(requested) == len(scenes) * len(windows)
+    for request in requested:
+        assert request["fileFormat"] == "GEO_TIFF"
+        assert request["grid"]["crsCode"] == "EPSG:3031"
+        t = request["grid"]["affineTransform"]
+        assert (t["scaleX"], t["scaleY"], t["shearX"], t["shearY"]) == (30.0, -30.0, 0.0, 0.0)
+        assert (t["translateX"] - grid.transform.c) % 30 == 0
+        dims = request["grid"]["dimensions"]
+        assert 0 < dims["width"] <= TILE and 0 < dims["height"] <= TILE
+        expression = request["expression"]
+        assert expression.chain()[-3:] == ["select", "multiply", "toByte"]
+        assert expression.parent.args == (255,)
+        assert expression.find("clip") is not None and expression.find("median") is not None
+        assert expression.find("map") is None  # downloaded UNMASKED
+    bands_by_sensor = {tuple(r["bandIds"]) for r in requested}
+    assert bands_by_sensor == {("B4", "B3", "B2")}
+
+    # Each scene is one GeoTIFF on the ROI grid; tiles land exactly where they belong.
+    inside = np.zeros(grid.shape, bool)
+    for w in windows:
+        inside[w.toslices()] = True
+    expected = np.where(inside, pattern(grid.transform, grid.width, grid.height), 0)
+    for scene in scenes:
+        with rasterio.open(scene.path) as src:
+            assert (src.count, src.dtypes, src.crs.to_epsg()) == (3, ("uint8",) * 3, 3031)
+            assert src.transform == grid.transform and src.shape == grid.shape
+            np.testing.assert_array_equal(src.read(), expected)
+            assert src.tags()["SOURCE_IDS"].split(",") == list(scene.source_ids)
+    # A folder of gee downloads is a valid local:DIR, product ids included.
+    local = LocalFolderSource(cache, progress=False)
+    local.grid("Totten", ROI)
+    again = local.scenes("Totten", 2021, grid, tmp_path / "local-work")
+    assert {(s.scene_id, s.source_ids) for s in again} == {(s.scene_id, s.source_ids)
+                                                          for s in scenes}
+    manifest = json.loads((cache / "gee_Totten_2021.json").read_text())
+    assert len(manifest["candidates"]) == 5 and len(manifest["chosen"]) == 4
+
+
+def test_le07_summer_searches_landsat7_bands(tmp_path: Path, grid: Grid) -> None:
+    fake = FakeEE([_image(LE07_T2, "LE07_L1GT_089107_20051207_20160101_02_T2",
+                          "2005-12-07T01:00", 20, 0.8)])
+    scenes = run(fake, tmp_path, grid, 2005)
+    assert {a[0] for a in fake.ops("ImageCollection")} == set(SENSORS["LE07"].ee_collections)
+    assert [s.sensor for s in scenes] == ["LE07"]
+    assert {tuple(r["bandIds"]) for r in fake.pixel_requests} == {("B3", "B2", "B1")}
+
+
+def test_top_n_limits_downloads(tmp_path: Path, grid: Grid, cache: Path) -> None:
+    fake = FakeEE(catalog())
+    scenes = run(fake, tmp_path, grid, top=2)
+    assert [s.acquired.isoformat() for s in scenes] == ["2021-12-20", "2021-12-05"]
+    assert sorted(p.name for p in cache.glob("*.tif")) == [
+        "LC08_Totten_composite_2021-12-05_uint8.tif", "LC09_Totten_composite_2021-12-20_uint8.tif"]
+
+
+def test_no_imagery_gives_no_scenes(tmp_path: Path, grid: Grid) -> None:
+    fake = FakeEE([])
+    assert run(fake, tmp_path, grid) == []
+    assert fake.pixel_requests == []
+
+
+def test_missing_credentials_give_a_clear_error(tmp_path: Path, grid: Grid) -> None:
+    fake = FakeEE(catalog(), credentials=False)
+    with pytest.raises(CredentialsError) as info:
+        run(fake, tmp_path, grid)
+    message = str(info.value)
+    assert "earthengine authenticate" in message and "set_project" in message
+    assert "EE_PROJECT" in message and "--source demo" in message
+    assert not list(tmp_path.glob("*"))
+
+
+def test_real_client_without_credentials_gives_the_clear_error(
+        tmp_path: Path, grid: Grid, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real earthengine-api raises EEException without credentials; we explain it."""
+    import ee
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.config/earthengine/credentials
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("EE_PROJECT", "some-project")
+    source = EarthEngineSource(ee_module=ee, progress=False, cache_dir=tmp_path / "cache")
+    with pytest.raises(CredentialsError, match="earthengine authenticate"):
+        source.scenes("Totten", 2021, grid, tmp_path / "work")
+
+
+def test_rerun_uses_the_cache_without_earth_engine(tmp_path: Path, grid: Grid) -> None:
+    first = run(FakeEE(catalog()), tmp_path, grid)
+    stamps = {s.path: s.path.stat().st_mtime_ns for s in first}
+
+    offline = FakeEE(catalog(), credentials=False)  # any Earth Engine use would fail
+    again = run(offline, tmp_path, grid)
+    assert again == first
+    assert offline.initialize_calls == [] and offline.calls == []
+    assert {s.path: s.path.stat().st_mtime_ns for s in again} == stamps
+
+    first[1].path.unlink()  # one scene lost: only that one is fetched, no new ranking
+    fake = FakeEE(catalog())
+    run(fake, tmp_path, grid)
+    assert fake.getinfo_calls == []
+    windows = [w for w in tile_windows(grid, TILE) if box(*grid.subgrid(w).bounds).intersects(ROI)]
+    assert len(fake.pixel_requests) == len(windows)
+    assert first[1].path.exists()
+    assert all(s.path.stat().st_mtime_ns == stamps[s.path] for s in first if s is not first[1])
+
+
+def test_changed_parameters_redo_the_ranking(tmp_path: Path, grid: Grid) -> None:
+    run(FakeEE(catalog()), tmp_path, grid)
+    fake = FakeEE(catalog())
+    scenes = run(fake, tmp_path, grid, cloud_cover_max=20)
+    assert fake.getinfo_calls  # ranked again
+    assert {a[2] for a in fake.ops("filter")} == {20.0}
+    assert [s.acquired.isoformat() for s in scenes] == ["2021-12-20", "2021-12-05", "2022-03-31"]
+
+
+def test_failed_tile_leaves_no_partial_scene(tmp_path: Path, grid: Grid, cache: Path) -> None:
+    fake = FakeEE(catalog(), fail_pixels_after=3)
+    with pytest.raises(SourceError, match=r"LC09_Totten_composite_2021-12-20_uint8\.tif tile"):
+        run(fake, tmp_path, grid)
+    assert not list(cache.glob("*.tif")) and not list(cache.glob(".*.tmp"))
+
+
+@settings(max_examples=60, deadline=None)
+@given(width=st.integers(1, 260), height=st.integers(1, 260), size=st.integers(16, 128))
+def test_tiles_cover_the_grid_exactly(width: int, height: int, size: int) -> None:
+    grid = Grid.from_bounds(0, 0, width * 30.0, height * 30.0)
+    hits = np.zeros(grid.shape, np.int32)
+    for window in tile_windows(grid, size):
+        assert 0 < window.width <= size and 0 < window.height <= size
+        hits[window.toslices()] += 1
+        sub = grid.subgrid(window)
+        assert sub.transform.c == grid.transform.c + window.col_off * 30
+    assert (hits == 1).all()
+
+
+def test_default_tiles_fit_earth_engine_limits() -> None:
+    check_tile_size(2048, 3)
+    assert EE_MAX_REQUEST_BYTES >= 2048 * 2048 * 3
+    check_tile_size(4096, 3)  # exactly 48 MiB is allowed
+    with pytest.raises(SourceError, match="50331648"):
+        check_tile_size(4097, 3)
+    with pytest.raises(SourceError):
+        EarthEngineSource(tile_size=40000)
+
+
+def test_rank_prefers_valid_then_early_then_sensor_order() -> None:
+    day = dt.date(2022, 1, 1)
+    composites = [DailyComposite("LC09", day, ("b",), 0.5),
+                  DailyComposite("LC08", day, ("a",), 0.5),
+                  DailyComposite("LC08", dt.date(2021, 12, 1), ("c",), 0.5),
+                  DailyComposite("LC08", day, ("d",), 0.0)]
+    assert [c.source_ids for c in rank(composites, 30)] == [("c",), ("a",), ("b",)]
+    assert len(rank(composites, 1)) == 1
+
+
+def test_antimeridian_roi_is_refused() -> None:
+    crossing = Polygon([(-50_000, -1_000_000), (50_000, -1_000_000), (50_000, -1_100_000),
+                        (-50_000, -1_100_000)])  # lon 180 is the -y axis of EPSG:3031
+    with pytest.raises(SourceError, match="antimeridian"):
+        roi_lonlat(crossing)
+
+
+# --------------------------------------------------------------------------------------------
+# The same source with the REAL earthengine-api client, offline (as ee.apitestcase runs it):
+# proves the calls we build are valid Earth Engine API and serialize to the expected graph.
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def real_ee(monkeypatch: pytest.MonkeyPatch):
+    import ee
+    from ee import apitestcase
+
+    monkeypatch.setattr(ee.data, "_install_cloud_api_resource", lambda: None)
+    monkeypatch.setattr(ee.data, "getAlgorithms", apitestcase.GetAlgorithms)
+    monkeypatch.setattr(ee.deprecation, "_FetchDataCatalogStac", lambda: {})
+    ee.Reset()
+    ee.Initialize(None, "", project="my-project")
+    yield ee
+    ee.Reset()
+
+
+def test_real_client_serializes_the_expected_graph(real_ee, tmp_path: Path, grid: Grid,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    ee = real_ee
+    graphs: list[str] = []
+    times = [int(dt.datetime(2021, 12, 5, 1, 20, tzinfo=dt.UTC).timestamp() * 1000)]
+
+    def compute_value(obj: object) -> object:
+        graph = json.dumps(ee.serializer.encode(obj, for_cloud_api=True))
+        graphs.append(graph)
+        if "AggregateFeatureCollection.array" in graph:
+            lc08 = "LANDSAT/LC08" in graph
+            return {"ids": ["LC08_L1GT_089107_20211205_20211215_02_T1"] if lc08 else [],
+                    "times": times if lc08 else []}
+        return {"LC08_2021-12-05": 600, "roi": 1000}
+
+    def compute_pixels(params: dict) -> bytes:
+        graphs.append(json.dumps(ee.serializer.encode(params["expression"], for_cloud_api=True)))
+        return FakeEE([]).data.computePixels(params)
+
+    monkeypatch.setattr(ee.data, "computeValue", compute_value)
+    monkeypatch.setattr(ee.data, "computePixels", compute_pixels)
+    source = EarthEngineSource(ee_module=ee, tile_size=64, progress=False, cache_dir=tmp_path)
+    source._initialized = True  # ee.Initialize already ran against the stubbed API
+    source.grid("Totten", ROI)
+    scenes = source.scenes("Totten", 2021, grid, tmp_path / "work")
+    assert [(s.sensor, s.valid_fraction) for s in scenes] == [("LC08", 0.6)]
+    search, counts, pixels = graphs[0], graphs[2], graphs[-1]
+
+    def functions(graph: str) -> set[str]:
+        return set(re.findall(r'"functionName": "([^"]+)"', graph))
+
+    def constants(graph: str) -> set[str]:
+        return set(re.findall(r'"constantValue": ("[^"]*"|[0-9.e+]+)', graph))
+
+    assert {"ImageCollection.load", "ImageCollection.merge", "Filter.intersects",
+            "Filter.lessThan", "Filter.dateRangeContains",
+            "AggregateFeatureCollection.array"} <= functions(search)
+    assert {f'"{LC08_T1}"', f'"{LC08_T2}"', '"CLOUD_COVER"', "80.0", '"2021-11-01"',
+            '"2022-04-01"', '"EPSG:4326"'} <= constants(search)
+    assert {"Collection.map", "Image.bitwiseAnd", "Image.eq", "Image.and", "Image.updateMask",
+            "reduce.median", "Image.clip", "Image.reduceRegion", "Reducer.count"} <= \
+        functions(counts)
+    assert {"8", "16", "300", '"2021-12-05"', '"2021-12-06"', '"EPSG:3031"'} <= constants(counts)
+    assert '"QA_PIXEL"' in counts
+    assert {"reduce.median", "Image.clip", "Image.select", "Image.multiply",
+            "Image.toByte"} <= functions(pixels)
+    assert "Collection.map" not in functions(pixels) and '"QA_PIXEL"' not in constants(pixels)
+    assert "255" in constants(pixels) and '["B4", "B3", "B2"]' in pixels

@@ -1,0 +1,313 @@
+"""The local:DIR source: real small GeoTIFFs written, selected, reprojected and read back."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pyproj import Transformer
+from rasterio.features import geometry_mask
+from shapely.geometry import Polygon
+
+from producer.grid import Grid
+from producer.shelves import SHELVES
+from producer.sources.errors import SourceError
+from producer.sources.local import LocalFolderSource, combine_day
+from producer.sources.names import (
+    export_name,
+    parse_export_name,
+    parse_product_id,
+    shelf_key,
+)
+from producer.spec import SENSOR_ORDER, SpecError
+
+X0, Y0 = 2_250_000.0, -1_050_000.0  # near Totten, EPSG:3031
+ROI = Polygon([(X0, Y0), (X0 + 3000, Y0), (X0 + 3000, Y0 + 1500), (X0 + 1500, Y0 + 2100),
+               (X0, Y0 + 1500)])
+GRID = Grid.covering(ROI)  # 100 x 70 px
+RGB = (100, 150, 200)
+
+
+def write_tif(path: Path, data: np.ndarray, transform: Affine, crs: str = "EPSG:3031") -> Path:
+    """A plain GeoTIFF of ``data`` (bands, rows, cols)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1],
+                       count=data.shape[0], dtype=data.dtype, crs=crs,
+                       transform=transform) as dst:
+        dst.write(data)
+    return path
+
+
+def on_grid(path: Path, rgb: tuple[int, int, int] = RGB, extra: np.ndarray | None = None,
+            cols: slice = slice(None)) -> Path:
+    """A scene exactly on GRID: ``rgb`` in the columns ``cols``, 0 (no data) elsewhere."""
+    data = np.zeros((3, *GRID.shape), np.uint8)
+    for band, value in enumerate(rgb):
+        data[band][:, cols] = value
+    if extra is not None:
+        data = np.concatenate([data, extra[None].astype(np.uint8)])
+    return write_tif(path, data, GRID.transform)
+
+
+def roi_inside() -> np.ndarray:
+    return geometry_mask([ROI], out_shape=GRID.shape, transform=GRID.transform, invert=True)
+
+
+def source(folder: Path, **options: object) -> LocalFolderSource:
+    src = LocalFolderSource(folder, progress=False, **options)
+    assert src.grid("Totten", ROI) == GRID
+    return src
+
+
+# --------------------------------------------------------------------------------------------
+# File-name parsers (hypothesis round trips)
+# --------------------------------------------------------------------------------------------
+
+shelf_names = st.one_of(
+    st.sampled_from(sorted(SHELVES)),
+    st.from_regex(r"[A-Za-z][A-Za-z0-9 _-]{0,30}", fullmatch=True).map(str.strip)
+    .filter(lambda s: s != "" and s[-1] not in " "),
+)
+dates = st.dates(dt.date(1984, 1, 1), dt.date(2099, 12, 31))
+
+
+@settings(deadline=None)
+@given(sensor=st.sampled_from(SENSOR_ORDER), shelf=shelf_names, day=dates)
+def test_export_name_round_trip(sensor: str, shelf: str, day: dt.date) -> None:
+    name = export_name(sensor, shelf, day)
+    assert name.filename == f"{sensor}_{shelf}_composite_{day.isoformat()}_uint8.tif"
+    assert parse_export_name(name.filename) == name
+
+
+@settings(deadline=None)
+@given(sensor=st.sampled_from(SENSOR_ORDER), level=st.sampled_from(["L1TP", "L1GT", "L1GS",
+                                                                    "L2SP"]),
+       path_row=st.integers(0, 999_999), acquired=dates, processed=dates,
+       category=st.sampled_from(["T1", "T2", "RT"]),
+       suffix=st.sampled_from(["", ".tif", "_refl.tif", "_B4.TIF", "_SR_stack.tiff"]))
+def test_product_id_round_trip(sensor: str, level: str, path_row: int, acquired: dt.date,
+                               processed: dt.date, category: str, suffix: str) -> None:
+    pid = (f"{sensor}_{level}_{path_row:06d}_{acquired:%Y%m%d}_{processed:%Y%m%d}_02_"
+           f"{category}")
+    parsed = parse_product_id(pid + suffix)
+    assert (parsed.product_id, parsed.sensor, parsed.acquired, parsed.processed) == (
+        pid, sensor, acquired, processed)
+    assert (parsed.wrs_path_row, parsed.collection, parsed.category) == (
+        f"{path_row:06d}", "02", category)
+
+
+@pytest.mark.parametrize(("name", "field"), [
+    ("LT05_Totten_composite_2001-01-05_uint8.tif", "sensor 'LT05'"),
+    ("LC08_Totten_composite_2021-02-30_uint8.tif", "acquisition date '2021-02-30'"),
+    ("LC08_Totten_2021-12-05.tif", "does not match"),
+])
+def test_export_name_errors_name_the_file_and_field(name: str, field: str) -> None:
+    with pytest.raises(SpecError, match=field) as info:
+        parse_export_name(name)
+    assert name in str(info.value)
+
+
+def test_product_id_errors_name_the_field() -> None:
+    with pytest.raises(SpecError, match="acquisition date '20221305'"):
+        parse_product_id("LC08_L1TP_101107_20221305_20221315_02_T1_refl.tif")
+    with pytest.raises(SpecError, match="LT05"):
+        parse_product_id("LT05_L1TP_101107_20020105_20220115_02_T1.tif")
+
+
+def test_shelf_names_compare_loosely() -> None:
+    assert shelf_key("Larsen B") == shelf_key("Larsen_B") == shelf_key("larsen-b")
+    assert shelf_key("Amery") != shelf_key("Amery_front")
+
+
+# --------------------------------------------------------------------------------------------
+# Selection, reprojection, masks, merging
+# --------------------------------------------------------------------------------------------
+
+
+def test_export_named_scenes_on_the_grid_are_used_in_place(tmp_path: Path) -> None:
+    folder = tmp_path / "scenes"
+    full = on_grid(folder / "LC08_Totten_composite_2021-12-05_uint8.tif")
+    half = on_grid(folder / "LC09_Totten_composite_2022-01-20_uint8.tif", cols=slice(0, 50))
+    on_grid(folder / "LC08_Totten_composite_2022-11-05_uint8.tif")  # summer 2022
+    on_grid(folder / "LC08_Amery_composite_2021-12-05_uint8.tif")  # another shelf
+    on_grid(folder / "LC08_Totten_composite_2021-06-05_uint8.tif")  # polar night
+    scenes = source(folder).scenes("Totten", 2021, GRID, tmp_path / "work")
+
+    assert [s.path for s in scenes] == [full, half]  # most usable first, not copied
+    assert [s.scene_id for s in scenes] == ["LC08_Totten_composite_2021-12-05",
+                                            "LC09_Totten_composite_2022-01-20"]
+    assert scenes[0].valid_fraction == 1.0
+    inside = roi_inside()
+    assert scenes[1].valid_fraction == pytest.approx(inside[:, :50].sum() / inside.sum())
+    assert scenes[1].sensor == "LC09" and scenes[1].acquired == dt.date(2022, 1, 20)
+    assert all(s.cloud_mask_path is None for s in scenes)
+
+
+def test_other_crs_is_reprojected_onto_the_grid_nearest(tmp_path: Path) -> None:
+    folder = tmp_path / "ee"
+    to_utm = Transformer.from_crs("EPSG:3031", "EPSG:32750", always_xy=True)
+    ux, uy = to_utm.transform(X0 + 1500, Y0 + 1000)  # footprint centred in the ROI
+    utm = Affine(60.0, 0, ux - 1200, 0, -60.0, uy + 1200)  # 40 x 40 px at 60 m: 2.4 km
+    data = np.stack([np.full((40, 40), v, np.uint8) for v in RGB])
+    write_tif(folder / "LC08_L1GT_101107_20211205_20211215_02_T1_refl.tif", data, utm,
+              "EPSG:32750")
+    far = Affine(60.0, 0, ux + 500_000, 0, -60.0, uy)  # an image of elsewhere: not selected
+    write_tif(folder / "LC08_L1GT_120107_20211205_20211215_02_T1_refl.tif", data, far,
+              "EPSG:32750")
+    (scene,) = source(folder).scenes("Totten", 2021, GRID, tmp_path / "work")
+
+    assert scene.path == tmp_path / "work" / "LC08_Totten_composite_2021-12-05_uint8.tif"
+    assert scene.source_ids == ("LC08_L1GT_101107_20211205_20211215_02_T1",)
+    assert scene.metadata["reprojected"] and scene.metadata["resampling"] == "nearest"
+    with rasterio.open(scene.path) as out:
+        assert (out.crs.to_epsg(), out.transform, out.shape, out.count) == (
+            3031, GRID.transform, GRID.shape, 3)
+        pixels = out.read()
+    present = pixels.any(axis=0)
+    assert 0.2 < present.mean() < 0.8  # the 2.4 km footprint inside the 3 x 2.1 km grid
+    for band, value in enumerate(RGB):  # nearest keeps the values exactly
+        assert set(np.unique(pixels[band][present])) == {value}
+    assert scene.valid_fraction == pytest.approx((present & roi_inside()).sum()
+                                                 / roi_inside().sum())
+
+
+def test_bilinear_does_not_blend_with_no_data(tmp_path: Path) -> None:
+    folder = tmp_path / "ee"
+    coarse = Affine(90.0, 0, X0 + 300, 0, -90.0, Y0 + 1800)  # 90 m, offset from the grid
+    data = np.stack([np.full((12, 20), v, np.uint8) for v in RGB])
+    write_tif(folder / "LC08_Totten_composite_2021-12-05_uint8.tif", data, coarse)
+    (scene,) = source(folder, resampling="bilinear").scenes("Totten", 2021, GRID, tmp_path / "w")
+    with rasterio.open(scene.path) as out:
+        pixels = out.read()
+    present = pixels.any(axis=0)
+    assert present.sum() > 100
+    for band, value in enumerate(RGB):
+        assert set(np.unique(pixels[band][present])) == {value}
+
+
+def test_cloud_mask_band_and_sidecar_mask(tmp_path: Path) -> None:
+    folder = tmp_path / "scenes"
+    cloud = np.zeros(GRID.shape, np.uint8)
+    cloud[:, :25] = 1
+    on_grid(folder / "LC08_Totten_composite_2021-12-05_uint8.tif", extra=cloud)
+    write_tif(folder / "my_mask.tif", cloud[None, :, ::-1].copy(), GRID.transform)
+    plain = on_grid(folder / "scene_b.tif")
+    (folder / "scene_b.tif.json").write_text(json.dumps(
+        {"sensor": "lc09", "date": "2022-02-03", "cloud_mask": "my_mask.tif",
+         "source_ids": ["LC09_L1GT_089107_20220203_20220204_02_T1"]}))
+    scenes = source(folder).scenes("Totten", 2021, GRID, tmp_path / "work")
+
+    assert len(scenes) == 2  # the mask file is not a scene
+    by_sensor = {s.sensor: s for s in scenes}
+    inside = roi_inside()
+    band4, sidecar = by_sensor["LC08"], by_sensor["LC09"]
+    assert band4.valid_fraction == pytest.approx((inside & (cloud == 0)).sum() / inside.sum())
+    assert sidecar.valid_fraction == pytest.approx(
+        (inside & (cloud[:, ::-1] == 0)).sum() / inside.sum())
+    assert sidecar.source_ids == ("LC09_L1GT_089107_20220203_20220204_02_T1",)
+    assert sidecar.path != plain  # a mask travels with the scene: written on the grid
+    for scene, expected in ((band4, cloud), (sidecar, cloud[:, ::-1])):
+        with rasterio.open(scene.cloud_mask_path) as msk:
+            np.testing.assert_array_equal(msk.read(1), expected)
+        with rasterio.open(scene.path) as rgb:
+            assert rgb.count == 3
+            np.testing.assert_array_equal(rgb.read(1), np.full(GRID.shape, RGB[0]))
+
+
+def test_same_day_files_are_combined_by_median(tmp_path: Path) -> None:
+    folder = tmp_path / "scenes"
+    on_grid(folder / "LC08_L1GT_089107_20211205_20211215_02_T1.tif", (10, 10, 10),
+            cols=slice(0, 60))
+    on_grid(folder / "LC08_L1GT_089108_20211205_20211215_02_T1.tif", (30, 30, 30),
+            cols=slice(40, 100))
+    (scene,) = source(folder).scenes("Totten", 2021, GRID, tmp_path / "work")
+    assert scene.source_ids == ("LC08_L1GT_089107_20211205_20211215_02_T1",
+                                "LC08_L1GT_089108_20211205_20211215_02_T1")
+    with rasterio.open(scene.path) as out:
+        band = out.read(1)
+    assert (band[:, :40] == 10).all() and (band[:, 40:60] == 20).all()
+    assert (band[:, 60:] == 30).all() and scene.valid_fraction == 1.0
+
+
+def test_combine_day_cloud_only_where_no_file_is_clear() -> None:
+    a = np.full((3, 1, 3), 50, np.uint8)
+    b = np.full((3, 1, 3), 70, np.uint8)
+    b[:, 0, 2] = 0  # no data in b at the third pixel
+    rgb, cloud = combine_day([a, b], [np.array([[1, 1, 1]]), np.array([[0, 1, 0]])])
+    assert rgb[0].tolist() == [[60, 60, 50]]
+    assert cloud.tolist() == [[False, True, True]]
+
+
+def test_implausible_sensor_is_skipped_with_a_reason(tmp_path: Path) -> None:
+    folder = tmp_path / "scenes"
+    path = on_grid(folder / "LE07_Totten_composite_2015-12-05_uint8.tif")
+    src = source(folder)
+    assert src.scenes("Totten", 2015, GRID, tmp_path / "work") == []
+    assert src.skipped == [(path, "LE07 is not used for summer 2015")]
+
+
+def test_rerun_reuses_derived_scenes_until_inputs_change(tmp_path: Path) -> None:
+    folder = tmp_path / "scenes"
+    cloud = np.zeros(GRID.shape, np.uint8)
+    path = on_grid(folder / "LC08_Totten_composite_2021-12-05_uint8.tif", extra=cloud)
+    (first,) = source(folder).scenes("Totten", 2021, GRID, tmp_path / "work")
+    stamp = first.path.stat().st_mtime_ns
+    (again,) = source(folder).scenes("Totten", 2021, GRID, tmp_path / "work")
+    assert again == first and again.path.stat().st_mtime_ns == stamp
+
+    cloud[:35] = 1
+    on_grid(path, extra=cloud)
+    os.utime(path, ns=(stamp + 10**9, stamp + 10**9))
+    (changed,) = source(folder).scenes("Totten", 2021, GRID, tmp_path / "work")
+    assert changed.valid_fraction < first.valid_fraction
+
+
+@pytest.mark.parametrize(("name", "data", "message"), [
+    ("scene.tif", np.zeros((3, 4, 4), np.uint8), r"scene\.tif: cannot tell the sensor.*sidecar"),
+    ("LC08_Totten_composite_2021-02-30_uint8.tif", np.zeros((3, 4, 4), np.uint8),
+     "acquisition date '2021-02-30'"),
+    ("LT05_L1TP_101107_20011205_20211215_02_T1.tif", np.zeros((3, 4, 4), np.uint8),
+     "sensor 'LT05'"),
+    ("LC08_Totten_composite_2021-12-05_uint8.tif", np.zeros((1, 4, 4), np.uint8),
+     "band count is 1"),
+    ("LC08_Totten_composite_2021-12-05_uint8.tif", np.zeros((3, 4, 4), np.uint16),
+     r"'uint16'.*expected uint8"),
+])
+def test_bad_files_fail_with_the_file_and_field(tmp_path: Path, name: str, data: np.ndarray,
+                                                message: str) -> None:
+    folder = tmp_path / "scenes"
+    path = write_tif(folder / name, data, GRID.transform)
+    with pytest.raises(SourceError, match=message) as info:
+        source(folder).scenes("Totten", 2021, GRID, tmp_path / "work")
+    assert str(path) in str(info.value)
+    assert not (tmp_path / "work").exists() or not list((tmp_path / "work").glob("*.tif"))
+
+
+@pytest.mark.parametrize(("sidecar", "message"), [
+    ({"sensor": "LC08"}, "field 'date' is missing"),
+    ({"sensor": "LT05", "date": "2021-12-05"}, "field 'sensor' is 'LT05'"),
+    ({"sensor": "LC08", "date": "5 Dec"}, "field 'date' is '5 Dec'"),
+    ({"sensor": "LC08", "date": "2021-12-05", "cloud_mask": "nope.tif"}, "field 'cloud_mask'"),
+])
+def test_bad_sidecars_name_the_field(tmp_path: Path, sidecar: dict, message: str) -> None:
+    folder = tmp_path / "scenes"
+    on_grid(folder / "scene.tif")
+    (folder / "scene.tif.json").write_text(json.dumps(sidecar))
+    with pytest.raises(SourceError, match=message) as info:
+        source(folder).scenes("Totten", 2021, GRID, tmp_path / "work")
+    assert "scene.tif.json" in str(info.value)
+
+
+def test_missing_folder_and_bad_resampling_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="does not exist"):
+        LocalFolderSource(tmp_path / "nope")
+    with pytest.raises(SourceError, match="resampling 'cubic'"):
+        LocalFolderSource(tmp_path, resampling="cubic")

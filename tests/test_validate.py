@@ -1,0 +1,441 @@
+"""``icedamage validate`` on the fixture release, and on corruptions written with plain rasterio.
+
+Each corruption changes one thing the way a careless tool would, and the report must name the
+rule it breaks and the file (relative to the release root) it breaks it in.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import rasterio.shutil
+from affine import Affine
+from rasterio.io import MemoryFile
+from typer.testing import CliRunner
+
+from producer.cli import build_app
+from tests.release_factory import ShelfYear, build_release
+from validation import engine, product_rules
+from validation.engine import (
+    ENTRY_POINT_GROUP,
+    RULE_SET_FAILED,
+    ValidationOptions,
+    ValidationReport,
+    default_rule_sets,
+    register_rule_set,
+    unregister_rule_set,
+    validate_release,
+)
+from validation.report import Problem
+
+T16 = "Totten/2016/LC08_Totten_2016"
+T21 = "Totten/2021/LC08_LC09_Totten_2021"
+L05 = "Larsen B/2005/LE07_Larsen B_2005_slc_off_DiffGF"
+AMERY = "Amery_front/2012/LE07_LC08_Amery_front_2012_slc_off_DiffGF"
+MAP, DMG = "_damage_map.tif", "_damage.tif"
+KEEP = object()
+
+
+def run_validate(*args: str) -> tuple[int, str]:
+    """Run ``icedamage validate`` in-process; (exit code, output)."""
+    result = CliRunner().invoke(build_app(), ["validate", *args])
+    return result.exit_code, result.output
+
+
+def found(report: ValidationReport) -> set[tuple[str, str]]:
+    """(rule, file) of every problem."""
+    return {(p.rule, p.file) for p in report.problems}
+
+
+# --------------------------------------------------------------------------------------------
+# Corruptions, written with plain rasterio (GDAL's GTiff and COG drivers), never the writer
+# --------------------------------------------------------------------------------------------
+
+
+def rewrite(path: Path, pixels: np.ndarray | None = None, *, driver: str = "COG",
+            nodata: object = KEEP, crs: str | None = None, transform: Affine | None = None,
+            compress: str = "LZW", overview_resampling: str = "NEAREST",
+            tiled: bool = True) -> None:
+    """Rewrite a product with plain rasterio, changing only what is asked."""
+    with rasterio.open(path) as src:
+        data = src.read() if pixels is None else pixels
+        profile = {"driver": "GTiff", "count": data.shape[0], "dtype": data.dtype.name,
+                   "height": data.shape[1], "width": data.shape[2],
+                   "crs": crs or src.crs, "transform": transform or src.transform,
+                   "nodata": src.nodata if nodata is KEEP else nodata}
+    if driver == "GTiff":
+        extra = {"tiled": True, "blockxsize": 512, "blockysize": 512} if tiled else {}
+        with rasterio.open(path, "w", compress=compress, **profile, **extra) as dst:
+            dst.write(data)
+        return
+    with MemoryFile() as mem, mem.open(**profile) as tmp:
+        tmp.write(data)
+        rasterio.shutil.copy(tmp, path, driver="COG", COMPRESS=compress, BLOCKSIZE=512,
+                             OVERVIEW_RESAMPLING=overview_resampling)
+
+
+def pixels_of(path: Path) -> np.ndarray:
+    """(1, rows, cols) pixels of a product."""
+    with rasterio.open(path) as src:
+        return src.read()
+
+
+def rename_stem(root: Path, old: str, new: str) -> None:
+    """Rename every file of a product stem (products and auxiliary files) to a new stem."""
+    folder = (root / old).parent
+    for path in folder.glob(f"{Path(old).name}_*"):
+        target = root / new
+        target.parent.mkdir(parents=True, exist_ok=True)
+        path.rename(target.parent / (Path(new).name + path.name[len(Path(old).name):]))
+
+
+def with_value(root: Path, rel: str, value: int) -> None:
+    """Set a few pixels inside the image to a value, rewritten as a proper COG."""
+    data = pixels_of(root / rel)
+    data[0, 300:303, 300:303] = value
+    rewrite(root / rel, data)
+
+
+def damage_outside(root: Path) -> None:
+    """Type 1 says damage (1) where type 2 says background, inside the extent."""
+    type1, type2 = pixels_of(root / (T16 + MAP)), pixels_of(root / (T16 + DMG))
+    spot = (type1[0] == 0) & (type2[0] == 0)
+    rows, cols = np.nonzero(spot)
+    type1[0, rows[:50], cols[:50]] = 1
+    rewrite(root / (T16 + MAP), type1)
+
+
+def averaged_overviews(root: Path) -> None:
+    """Overviews resampled with 'average', so they hold values between 0 and 255."""
+    rewrite(root / (AMERY + DMG), overview_resampling="AVERAGE")
+
+
+def overviews_after_data(root: Path) -> None:
+    """A tiled GeoTIFF whose overviews were added afterwards (IFDs after the data)."""
+    path = root / (AMERY + MAP)
+    rewrite(path, driver="GTiff")
+    with rasterio.open(path, "r+") as dst:
+        dst.build_overviews([2], rasterio.enums.Resampling.nearest)
+
+
+def truncate(root: Path) -> None:
+    """Cut a file in half, as an interrupted copy would."""
+    path = root / (T21 + MAP)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def shift_grid(root: Path) -> None:
+    """Type 2 one pixel to the east of type 1."""
+    with rasterio.open(root / (T16 + DMG)) as src:
+        moved = src.transform @ Affine.translation(1, 0)
+    rewrite(root / (T16 + DMG), transform=moved)
+
+
+def move(root: Path, old: str, new: str) -> None:
+    """Rename a file or folder under the root."""
+    (root / old).rename(root / new)
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """One way to break the fixture release, the rule it breaks and the file named."""
+
+    id: str
+    apply: Callable[[Path], None]
+    rule: str
+    file: str
+
+
+CORRUPTIONS: tuple[Corruption, ...] = (
+    Corruption("wrong-dtype", lambda r: rewrite(r / (T16 + MAP), pixels_of(r / (T16 + MAP))
+                                                .astype(np.uint16)), "raster-dtype", T16 + MAP),
+    Corruption("value-2", lambda r: with_value(r, T16 + MAP, 2), "raster-values", T16 + MAP),
+    Corruption("value-1-in-type-2", lambda r: with_value(r, T21 + DMG, 1), "raster-values",
+               T21 + DMG),
+    Corruption("nodata-on-type-2", lambda r: rewrite(r / (T16 + DMG), nodata=0),
+               "raster-nodata", T16 + DMG),
+    Corruption("nodata-missing-on-type-1", lambda r: rewrite(r / (T16 + MAP), nodata=None),
+               "raster-nodata", T16 + MAP),
+    Corruption("epsg-4326", lambda r: rewrite(r / (T16 + DMG), crs="EPSG:4326"),
+               "raster-crs", T16 + DMG),
+    Corruption("60m-pixels", lambda r: rewrite(
+        r / (L05 + MAP), transform=rasterio.open(r / (L05 + MAP)).transform @ Affine.scale(2)),
+        "raster-resolution", L05 + MAP),
+    Corruption("deflate", lambda r: rewrite(r / (T21 + DMG), compress="DEFLATE"),
+               "raster-compression", T21 + DMG),
+    Corruption("strip-layout", lambda r: rewrite(r / (T16 + MAP), driver="GTiff", tiled=False),
+               "raster-tiling", T16 + MAP),
+    Corruption("averaged-overviews", averaged_overviews, "raster-overview-values", AMERY + DMG),
+    Corruption("no-overviews", lambda r: rewrite(r / (AMERY + DMG), driver="GTiff"),
+               "raster-overviews", AMERY + DMG),
+    Corruption("overviews-after-data", overviews_after_data, "raster-cog", AMERY + MAP),
+    Corruption("two-bands", lambda r: rewrite(r / (T16 + DMG), np.repeat(
+        pixels_of(r / (T16 + DMG)), 2, axis=0)), "raster-band-count", T16 + DMG),
+    Corruption("truncated", truncate, "raster-unreadable", T21 + MAP),
+    Corruption("damage-outside-type-2", damage_outside, "pair-damage", T16 + MAP),
+    Corruption("pair-grid", shift_grid, "pair-grid", T16 + MAP),
+    Corruption("missing-partner", lambda r: (r / (T21 + DMG)).unlink(),
+               "layout-partner-missing", T21 + MAP),
+    Corruption("mismatched-sensors", lambda r: move(
+        r, T21 + DMG, "Totten/2021/LC09_Totten_2021_damage.tif"),
+        "layout-pair-sensors", T21 + MAP),
+    Corruption("mismatched-restoration", lambda r: move(
+        r, L05 + DMG, "Larsen B/2005/LE07_Larsen B_2005_slc_off_FillNodata_damage.tif"),
+        "layout-pair-restoration", L05 + MAP),
+    Corruption("le07-in-2016", lambda r: rename_stem(
+        r, T16, "Totten/2016/LE07_LC08_Totten_2016_slc_off_DiffGF"), "sensor-year",
+        "Totten/2016/LE07_LC08_Totten_2016_slc_off_DiffGF" + MAP),
+    Corruption("lc09-in-2015", lambda r: rename_stem(r, T16, "Totten/2015/LC09_Totten_2015"),
+               "sensor-year", "Totten/2015/LC09_Totten_2015" + DMG),
+    Corruption("diffgf-on-lc08", lambda r: rename_stem(
+        r, T16, "Totten/2016/LC08_Totten_2016_slc_off_DiffGF"), "restoration-unexpected",
+        "Totten/2016/LC08_Totten_2016_slc_off_DiffGF" + MAP),
+    Corruption("slc-off-without-token", lambda r: rename_stem(
+        r, L05, "Larsen B/2005/LE07_Larsen B_2005"), "restoration-missing",
+        "Larsen B/2005/LE07_Larsen B_2005" + MAP),
+    Corruption("year-mismatch", lambda r: rename_stem(r, T16, "Totten/2016/LC08_Totten_2017"),
+               "layout-year-mismatch", "Totten/2016/LC08_Totten_2017" + MAP),
+    Corruption("shelf-mismatch", lambda r: rename_stem(r, T16, "Totten/2016/LC08_Brunt_2016"),
+               "layout-shelf-mismatch", "Totten/2016/LC08_Brunt_2016" + DMG),
+    Corruption("unregistered-shelf", lambda r: move(r, "Totten", "Totten Glacier"),
+               "layout-unregistered-shelf", "Totten Glacier"),
+    Corruption("year-folder-not-4-digits", lambda r: move(r, "Totten/2016", "Totten/16"),
+               "layout-year-folder", "Totten/16"),
+    Corruption("unparseable-name", lambda r: move(
+        r, T16 + DMG, "Totten/2016/LX05_Totten_2016_damage.tif"), "layout-name-syntax",
+        "Totten/2016/LX05_Totten_2016_damage.tif"),
+    Corruption("stray-file", lambda r: (r / "Totten/2016/notes.txt").write_text("todo"),
+               "layout-stray-file", "Totten/2016/notes.txt"),
+    Corruption("stray-root-file", lambda r: (r / "old_metadata.ods").write_bytes(b"x"),
+               "layout-stray-file", "old_metadata.ods"),
+    Corruption("leftover-temp-file", lambda r: shutil.copy(
+        r / (T16 + MAP), r / "Totten/2016/.LC08_Totten_2016_damage_map.tif.x1y2.tmp"),
+        "layout-stray-file", "Totten/2016/.LC08_Totten_2016_damage_map.tif.x1y2.tmp"),
+    Corruption("orphan-auxiliary", lambda r: (r / "Totten/2016/LC09_Totten_2016_provenance.json")
+               .write_text("{}"), "layout-stray-file",
+               "Totten/2016/LC09_Totten_2016_provenance.json"),
+    Corruption("folder-in-year", lambda r: (r / "Totten/2016/tiles").mkdir(),
+               "layout-stray-folder", "Totten/2016/tiles"),
+    Corruption("two-products-in-a-year", lambda r: [shutil.copy(
+        r / (T16 + s), r / f"Totten/2016/LC08_LC09_Totten_2016{s}") for s in (MAP, DMG)],
+        "layout-multiple-products", "Totten/2016"),
+)
+
+
+def test_corruptions_are_distinct_and_many() -> None:
+    """At least 20 different corruptions, each caught by its own (rule, file)."""
+    assert len({c.id for c in CORRUPTIONS}) == len(CORRUPTIONS) >= 20
+    assert len({c.rule for c in CORRUPTIONS}) >= 20
+
+
+@pytest.mark.parametrize("corruption", CORRUPTIONS, ids=lambda c: c.id)
+def test_corruption_is_caught(release: Path, corruption: Corruption) -> None:
+    """The report names the broken rule and the file it is broken in, and the release fails."""
+    corruption.apply(release)
+    report = validate_release(release, workers=1)
+    assert (corruption.rule, corruption.file) in found(report), report.to_json()
+    assert not report.ok(strict=False)
+
+
+# --------------------------------------------------------------------------------------------
+# The fixture passes; CLI behaviour
+# --------------------------------------------------------------------------------------------
+
+
+def test_fixture_release_is_valid(pristine_release: Path) -> None:
+    """The writer's release passes: exit 0, no problem, all ten product files checked."""
+    code, output = run_validate(str(pristine_release), "--strict")
+    assert code == 0, output
+    assert "valid" in output and "not valid" not in output
+    report = validate_release(pristine_release)
+    assert report.problems == [] and report.product_files == 10
+
+
+def test_catalog_and_publish_files_are_allowed(release: Path) -> None:
+    """metadata.ods, ROI GeoPackages, STAC folder, items, notes and publish state are expected."""
+    for name in ("metadata.ods", "Totten_ROI.gpkg", "Larsen B_ROI.gpkg", "items.parquet",
+                 "items.ndjson", "RELEASE_NOTES.md", "release.yaml"):
+        (release / name).write_bytes(b"x")
+    for folder in ("stac/Totten", ".icedamage-publish"):
+        (release / folder).mkdir(parents=True)
+        (release / folder / "anything.json").write_text("{}")
+    assert validate_release(release).problems == []
+
+
+def test_allow_globs_silence_strays(release: Path) -> None:
+    """--allow leaves matching files and folders alone; others are still reported."""
+    (release / "README.txt").write_text("hello")
+    (release / "Totten/2016/notes.txt").write_text("todo")
+    (release / "scratch").mkdir()
+    (release / "scratch/x.tif").write_bytes(b"x")
+    code, _ = run_validate(str(release), "--allow", "*.txt", "--allow", "scratch")
+    assert code == 0
+    report = validate_release(release, allow=["README.txt"])
+    assert found(report) == {("layout-stray-file", "Totten/2016/notes.txt"),
+                             ("layout-stray-folder", "scratch")}
+
+
+def test_every_problem_is_reported_not_just_the_first(release: Path, tmp_path: Path) -> None:
+    """Three corruptions in three files: the JSON report lists them all, exit status 1."""
+    with_value(release, T16 + MAP, 7)
+    rewrite(release / (T21 + DMG), compress="DEFLATE")
+    (release / "Larsen B/2001/x.txt").write_text("x")
+    code, output = run_validate(str(release), "--json", str(tmp_path / "out" / "report.json"))
+    assert code == 1
+    assert "raster-values" in output
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert data["ok"] is False and data["errors"] == 4 and data["product_files"] == 10
+    assert {(p["rule"], p["file"]) for p in data["problems"]} == {
+        ("raster-values", T16 + MAP), ("raster-overview-values", T16 + MAP),
+        ("raster-compression", T21 + DMG),
+        ("layout-stray-file", "Larsen B/2001/x.txt")}
+    value = next(p for p in data["problems"] if p["rule"] == "raster-values")
+    assert value["found"] == "values 7: 9 px" and "0, 1, 255" in value["expected"]
+    assert set(value) == {"file", "rule", "found", "expected", "severity"}
+    assert not list((tmp_path / "out").glob(".*.tmp")), "temporary report left behind"
+
+
+def test_warnings_fail_only_with_strict(release: Path, tmp_path: Path) -> None:
+    """An empty year folder is a warning: exit 0 normally, 1 with --strict."""
+    (release / "Totten/2019").mkdir()
+    code, output = run_validate(str(release), "--json", str(tmp_path / "r.json"))
+    assert code == 0, output
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["ok"] is True and data["ok_strict"] is False and data["warnings"] == 1
+    assert data["problems"][0]["rule"] == "layout-empty-folder"
+    assert data["problems"][0]["file"] == "Totten/2019"
+    code, output = run_validate(str(release), "--strict")
+    assert code == 1 and "not valid (strict)" in output
+
+
+def test_missing_release_folder_exits_2(tmp_path: Path) -> None:
+    """A folder that does not exist is a usage error with a clear message."""
+    code, output = run_validate(str(tmp_path / "nope"))
+    assert code == 2
+    assert "does not exist" in output
+    with pytest.raises(NotADirectoryError):
+        validate_release(tmp_path / "nope")
+
+
+# --------------------------------------------------------------------------------------------
+# Plug-in rule sets
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Needs:
+    """A toy rule set (as the catalog would add): the root must hold a given file."""
+
+    required: str
+    name: str = "needs-file"
+
+    def check(self, release_dir: Path) -> list[Problem]:
+        if (release_dir / self.required).exists():
+            return []
+        return [Problem(self.required, "needs-file", "missing", "present")]
+
+
+class _Broken:
+    name = "broken"
+
+    def check(self, release_dir: Path) -> list[Problem]:
+        raise RuntimeError("boom")
+
+
+def test_registered_rule_set_runs_by_default(release: Path) -> None:
+    """A factory registered by another package runs in every default validation."""
+    def factory(options: ValidationOptions) -> _Needs:
+        return _Needs("metadata.ods")
+
+    register_rule_set(factory)
+    try:
+        assert "needs-file" in [r.name for r in default_rule_sets()]
+        report = validate_release(release)
+        assert found(report) == {("needs-file", "metadata.ods")}
+        assert "needs-file" in report.rule_sets
+    finally:
+        unregister_rule_set(factory)
+    assert validate_release(release).ok()
+    assert "needs-file" not in [r.name for r in default_rule_sets()]
+
+
+def test_crashing_rule_set_is_reported_and_others_still_run(release: Path) -> None:
+    """A rule set that raises becomes a problem; the other rule sets still report theirs."""
+    (release / "junk").write_text("x")
+    report = validate_release(release, rule_sets=[_Broken(), *default_rule_sets()])
+    assert (RULE_SET_FAILED, ".") in found(report)
+    assert ("layout-stray-file", "junk") in found(report)
+    assert "boom" in next(p.found for p in report.problems if p.rule == RULE_SET_FAILED)
+
+
+def _needs_metadata(options: ValidationOptions) -> _Needs:
+    """An entry-point style factory (module:attribute) for the plug-in test."""
+    return _Needs("metadata.ods")
+
+
+def test_entry_point_rule_sets_are_loaded(release: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Installed distributions can add rule sets through the icedamage.rule_sets group."""
+    point = EntryPoint("needs", "tests.test_validate:_needs_metadata", ENTRY_POINT_GROUP)
+    monkeypatch.setattr(engine, "entry_points",
+                        lambda group: [point] if group == ENTRY_POINT_GROUP else [])
+    assert ("needs-file", "metadata.ods") in found(validate_release(release))
+
+
+def test_odd_sized_rasters_overviews_are_read_exactly(tmp_path: Path) -> None:
+    """Sizes that overview factors do not divide: valid passes, averaged overviews are caught."""
+    item = ShelfYear("Brunt", 2016, ("LC08",), size=(1030, 771))
+    root = build_release(tmp_path / "odd", (item,), with_provenance=False)
+    assert validate_release(root).problems == []
+    rel = "Brunt/2016/LC08_Brunt_2016_damage.tif"
+    rewrite(root / rel, overview_resampling="AVERAGE")
+    report = validate_release(root)
+    assert ("raster-overview-values", rel) in found(report)
+
+
+def test_threads_report_the_same_as_one_thread(release: Path) -> None:
+    """The thread pool changes nothing in the report but its speed."""
+    with_value(release, T16 + MAP, 9)
+    rewrite(release / (AMERY + DMG), overview_resampling="AVERAGE")
+    (release / (T21 + DMG)).unlink()
+    one, many = validate_release(release, workers=1), validate_release(release, workers=3)
+    assert one.problems == many.problems and len(one.problems) >= 4
+
+
+class _HalfBroken:
+    name = "half-broken"
+
+    def check(self, release_dir: Path):  # noqa: ANN201 - a generator, as rule sets may be
+        yield Problem("a.tif", "first-rule", "x", "y")
+        raise RuntimeError("late failure")
+
+
+def test_problems_before_a_crash_are_kept(release: Path) -> None:
+    """A rule set that fails midway keeps what it already found."""
+    report = validate_release(release, rule_sets=[_HalfBroken()])
+    assert found(report) == {("first-rule", "a.tif"), (RULE_SET_FAILED, ".")}
+
+
+def test_unexpected_error_in_one_shelf_year_spares_the_others(
+        release: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One shelf-year whose checks raise is reported; the other shelf-years are still checked."""
+    original = product_rules.check_pair
+
+    def flaky(pair: product_rules.Pair) -> list[Problem]:
+        if pair.files()[0].rel == T16 + MAP:
+            raise MemoryError("simulated")
+        return original(pair)
+
+    monkeypatch.setattr(product_rules, "check_pair", flaky)
+    with_value(release, T21 + MAP, 3)
+    report = validate_release(release, workers=1)
+    assert ("raster-check-failed", T16 + MAP) in found(report)
+    assert ("raster-values", T21 + MAP) in found(report)
