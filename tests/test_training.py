@@ -25,7 +25,8 @@ from catalog.uncertainty import (
 )
 from producer.cli import build_app
 from producer.evaluation import Confusion, confusion, difference_map, evaluate_masks
-from producer.segmentation.checkpoints import load_checkpoint
+from producer.segmentation.checkpoints import ModelInfo, load_checkpoint, save_checkpoint
+from producer.segmentation.model import DamageSegmenter
 from producer.training.augment import Augmentation, rotate
 from producer.training.data import (
     DemoTileDataset,
@@ -41,6 +42,7 @@ from producer.training.schedule import LRSchedule
 from producer.training.train import TrainConfig, train
 
 runner = CliRunner()
+pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 
 
 def synthetic_tile(seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -412,3 +414,18 @@ def test_cli_split_export_train_and_resume_with_the_demo_renderer(tmp_path: Path
     history = json.loads((run / "history.json").read_text())
     assert [h["epoch"] for h in history] == [0, 1]
     assert history[1]["lr"] == pytest.approx(LRSchedule().lr(1))
+
+
+def test_init_from_a_checkpoint_with_other_classes_keeps_the_encoder(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    ade = DamageSegmenter.build("b0", num_labels=150, **TINY)
+    save_checkpoint(ade, tmp_path / "ade.safetensors", ModelInfo(name="ade", variant="custom"))
+    state = train(_config(tmp_path / "run", epochs=1, init=str(tmp_path / "ade.safetensors"),
+                          start_lr=1e-12, peak_lr=1e-12, final_lr=1e-12),
+                  render=synthetic_tile, console=Console(quiet=True))
+    assert state.epoch == 0
+    model, info = load_checkpoint(tmp_path / "run" / "last.safetensors")
+    assert info.config["num_labels"] == 2
+    ours, theirs = model.state_dict(), ade.state_dict()
+    key = "model.segformer.stages.0.patch_embeddings.proj.weight"
+    assert torch.allclose(ours[key], theirs[key], atol=1e-6)  # encoder kept (lr ~ 0)
