@@ -429,3 +429,36 @@ def test_init_from_a_checkpoint_with_other_classes_keeps_the_encoder(tmp_path: P
     ours, theirs = model.state_dict(), ade.state_dict()
     key = "model.segformer.stages.0.patch_embeddings.proj.weight"
     assert torch.allclose(ours[key], theirs[key], atol=1e-6)  # encoder kept (lr ~ 0)
+
+
+def test_uncertainty_reads_the_restoration_reports_segmentation_agreement(
+        tmp_path: Path) -> None:
+    report = tmp_path / "restoration.json"
+    report.write_text(json.dumps({"segmentation_agreement": {
+        "method": "DiffGF", "precision": 0.9691, "recall": 0.9286, "miou": 0.945}}))
+    out = tmp_path / "f.json"
+    res = runner.invoke(build_app(), ["uncertainty", "--restoration", str(report), "--out",
+                                      str(out)])
+    assert res.exit_code == 0, res.output
+    f = UncertaintyFactors.from_json(out.read_text())
+    assert (round(f.lambda_min, 3), round(f.lambda_max, 3)) == (0.971, 1.059)  # paper's P/R
+    assert round(f.lambda_restoration, 3) == 1.044 and f.sources[-1] == "restoration"
+
+
+def test_evaluate_skips_nodata_pixels_of_type1_maps(tmp_path: Path) -> None:
+    label = np.array([[1, 1, 0, 0]] * 4, bool)
+    write_tile(tmp_path, "a", np.zeros((4, 4, 3), np.uint8), label)
+    (tmp_path / "test.txt").write_text("a\n")
+    pred = np.array([[1, 0, 1, 0]] * 4, np.uint8)
+    pred[:, 3] = 255  # outside the effective extent
+    profile = {"driver": "GTiff", "width": 4, "height": 4, "count": 1, "dtype": "uint8",
+               "nodata": 255}
+    (tmp_path / "maps").mkdir()
+    with rasterio.open(tmp_path / "maps" / "a.tif", "w", **profile) as dst:
+        dst.write(pred[None])
+    res = runner.invoke(build_app(), ["evaluate", str(tmp_path), "--predictions",
+                                      str(tmp_path / "maps"), "--out", str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output
+    pooled = json.loads((tmp_path / "ev" / "evaluation.json").read_text())["pooled"]
+    assert {k: pooled[k] for k in ("tp", "fp", "fn", "tn")} == {"tp": 4, "fp": 4, "fn": 4,
+                                                                 "tn": 0}
