@@ -33,6 +33,20 @@ def random_b0(path: Path) -> Path:
     return path
 
 
+def ground_truth_iou(release: Path, shelf: str, year: int) -> float:
+    """IoU of the produced full-ROI damage with the demo renderer's ground truth."""
+    import rasterio
+
+    from producer.sources.demo import DemoSource
+    from producer.spec import TYPE2
+
+    (path,) = (release / shelf / str(year)).glob("*" + TYPE2.suffix)
+    with rasterio.open(path) as ds:
+        mapped = ds.read(1) == TYPE2.damage
+    truth = DemoSource().layout(shelf, year).damage
+    return float((mapped & truth).sum() / max((mapped | truth).sum(), 1))
+
+
 def run(args: list[str]) -> tuple[float, str]:
     """Wall time and output of one ``produce`` run in a fresh interpreter."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -60,10 +74,12 @@ def main() -> None:
                 "--out", str(Path(tmp) / "release"), "--weights", str(weights)]
         first, output = run(args)
         again, rerun = run(args)
+        iou = ground_truth_iou(Path(tmp) / "release", opts.shelf, int(opts.year))
     scenes = [line for line in output.splitlines() if "produced" in line]
     print(f"weights: {which}")
     print(f"threads: torch default, CPUs visible: {os.cpu_count()}")
     print(f"first run: {first:.1f} s  ({scenes[-1].strip() if scenes else output[-300:]})")
+    print(f"damage IoU of the type 2 map vs the demo ground truth: {iou:.3f}")
     print(f"re-run (skip): {again:.1f} s  ({'skipped' if 'skipped' in rerun else 'NOT skipped'})")
 
 

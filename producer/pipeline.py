@@ -125,10 +125,8 @@ class LoadedModel:
     """
 
     def __init__(self, path: Path) -> None:
-        from producer.segmentation import weights_sha256
-
         self.path = Path(path)
-        self.sha256 = weights_sha256(self.path)
+        self.sha256 = file_sha256(self.path)  # same digest as the checkpoint loader's, no torch
         self._loaded: tuple[Any, ModelRecord] | None = None
 
     def _load(self) -> tuple[Any, ModelRecord]:
@@ -206,8 +204,11 @@ def resolve_source(spec: str, demo_size: int | None = None) -> SceneSource:
         return DemoSource(size=demo_size)
     if demo_size is not None:
         raise ProduceError(f"--demo-size applies to the demo source only, not {spec!r}")
-    from producer.sources.registry import get_source
-
+    try:
+        from producer.sources.registry import get_source
+    except ImportError as err:
+        raise ProduceError(f"--source {spec!r}: the scene-source registry is not available in "
+                           f"this build ({err}); use --source demo") from None
     return get_source(spec)
 
 
@@ -400,6 +401,34 @@ def _workdir() -> Iterator[Path]:
         yield Path(tmp)
 
 
+def run_parameters(options: ProduceOptions, grid: Grid, extent: BaseGeometry,
+                   extent_origin: str) -> dict[str, Any]:
+    """The parameters that shape a shelf-year's outputs (recorded and part of the digest)."""
+    return {
+        "restoration_method": options.restoration,
+        "tta": options.tta,
+        "extent": extent_origin,
+        "extent_sha256": hashlib.sha256(extent.wkb).hexdigest(),
+        "grid": [list(grid.transform)[:6], grid.width, grid.height],
+        "keep_probability": options.keep_probability,
+        "source_index": options.source_index,
+    }
+
+
+def _read_predictions(plan: MergePlan, masks: Sequence[_SceneMasks],
+                      predictions: dict[str, tuple[Path, Path | None]]
+                      ) -> tuple[list[NDArray | None], list[NDArray | None]]:
+    """Per-candidate prediction and probability arrays (None for scenes the plan leaves out)."""
+    layers: list[NDArray | None] = [None] * len(masks)
+    probs: list[NDArray | None] = [None] * len(masks)
+    for i in plan.used:
+        pred, prob = predictions[masks[i].scene.scene_id]
+        layers[i] = _read_band(pred)
+        if prob is not None:
+            probs[i] = _read_band(prob)
+    return layers, probs
+
+
 def _skipped(shelf: str, year: int, record: Path) -> YearResult:
     return YearResult(shelf, year, "skipped", "outputs are up to date (same scenes, weights, "
                       "software and parameters)", provenance=record)
@@ -419,15 +448,7 @@ def produce_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
         if not extent.any():
             return YearResult(shelf, year, "failed", f"the effective extent ({extent_origin}) "
                               "does not overlap the scenes' grid")
-        parameters = {
-            "restoration_method": options.restoration,
-            "tta": options.tta,
-            "extent": extent_origin,
-            "extent_sha256": hashlib.sha256(extent_geom.wkb).hexdigest(),
-            "grid": [list(grid.transform)[:6], grid.width, grid.height],
-            "keep_probability": options.keep_probability,
-            "source_index": options.source_index,
-        }
+        parameters = run_parameters(options, grid, extent_geom, extent_origin)
         diffgf_sha = file_sha256(diffgf) if diffgf is not None and Path(diffgf).exists() else None
         listed = getattr(source, "scene_ids", None)
         if callable(listed) and not options.force:
@@ -463,13 +484,7 @@ def produce_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
         images, restoration_model = restore_scenes(used, options, diffgf, workdir, progress)
         predictions = segment_scenes(model, images, [m.scene.scene_id for m in used], options,
                                      workdir, progress)
-        layers = [None] * len(masks)
-        prob_layers: list[NDArray | None] = [None] * len(masks)
-        for i in plan.used:
-            pred, prob = predictions[masks[i].scene.scene_id]
-            layers[i] = _read_band(pred)
-            if prob is not None:
-                prob_layers[i] = _read_band(prob)
+        layers, prob_layers = _read_predictions(plan, masks, predictions)
         damage = compose(plan, layers, fill=0)
         progress("merge", 2, 2, "merged")
         return _write_year(shelf, year, source, model, options, grid, plan, masks, damage,

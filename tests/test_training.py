@@ -25,7 +25,8 @@ from catalog.uncertainty import (
 )
 from producer.cli import build_app
 from producer.evaluation import Confusion, confusion, difference_map, evaluate_masks
-from producer.segmentation.checkpoints import load_checkpoint
+from producer.segmentation.checkpoints import ModelInfo, load_checkpoint, save_checkpoint
+from producer.segmentation.model import DamageSegmenter
 from producer.training.augment import Augmentation, rotate
 from producer.training.data import (
     DemoTileDataset,
@@ -41,6 +42,7 @@ from producer.training.schedule import LRSchedule
 from producer.training.train import TrainConfig, train
 
 runner = CliRunner()
+pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 
 
 def synthetic_tile(seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -329,12 +331,12 @@ def _config(out: Path, **changes: object) -> TrainConfig:
 
 def test_training_lowers_the_loss_and_writes_checkpoints(tmp_path: Path) -> None:
     torch.set_num_threads(1)
-    state = train(_config(tmp_path / "run", epochs=3, augment=False), render=synthetic_tile,
-                  console=Console(quiet=True))
+    state = train(_config(tmp_path / "run", epochs=3, augment=False, pth=True),
+                  render=synthetic_tile, console=Console(quiet=True))
     losses = [h["train_loss"] for h in state.history]
     assert losses[-1] < losses[0]
     run = tmp_path / "run"
-    for name in ("last.safetensors", "last.json", "best.safetensors", "best.json",
+    for name in ("last.safetensors", "last.json", "best.safetensors", "best.json", "best.pth",
                  "history.json", "curves.png", "last_state.pt"):
         assert (run / name).exists(), name
     info = json.loads((run / "best.json").read_text())
@@ -342,7 +344,30 @@ def test_training_lowers_the_loss_and_writes_checkpoints(tmp_path: Path) -> None
     assert info["training"]["epoch"] == state.best_epoch
     assert info["training"]["config"]["batch_size"] == 4
     model, _ = load_checkpoint(run / "best.safetensors")
-    assert sum(p.numel() for p in model.parameters()) > 0
+    authors, authors_info = load_checkpoint(run / "best.pth")
+    assert authors_info.source_format == "pth-transformers4"  # the authors' 4.x key layout
+    ours, theirs = model.state_dict(), authors.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+    # evaluate --model: predictions with the segmentation package's inference, JSON + PNGs
+    data = tmp_path / "heldout"
+    export_demo_tiles(data, 3, 64, first_seed=500, render=synthetic_tile)
+    res = runner.invoke(build_app(), ["evaluate", str(data), "--model",
+                                      str(run / "best.safetensors"), "--split", "all",
+                                      "--out", str(tmp_path / "eval"), "--save-predictions"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert sorted(doc["images"]) == ["demo_000500", "demo_000501", "demo_000502"]
+    assert doc["pooled"]["tp"] + doc["pooled"]["fp"] + doc["pooled"]["fn"] \
+        + doc["pooled"]["tn"] == 3 * 64 * 64
+    assert len(list((tmp_path / "eval" / "difference").glob("*.png"))) == 3
+    # the saved maps re-evaluate to the same counts
+    res = runner.invoke(build_app(), ["evaluate", str(data), "--predictions",
+                                      str(tmp_path / "eval" / "predictions"), "--split", "all",
+                                      "--out", str(tmp_path / "eval2")])
+    assert res.exit_code == 0, res.output
+    again = json.loads((tmp_path / "eval2" / "evaluation.json").read_text())
+    assert again["pooled"] == doc["pooled"]
 
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path: Path) -> None:
@@ -362,3 +387,78 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path: Path) -> N
     split = load_file(tmp_path / "split" / "last.safetensors")
     assert full.keys() == split.keys()
     assert all(torch.equal(full[k], split[k]) for k in full)
+
+
+def test_cli_split_export_train_and_resume_with_the_demo_renderer(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    app = build_app()
+    tiles = tmp_path / "tiles"
+    res = runner.invoke(app, ["export-demo-tiles", str(tiles), "--count", "5", "--size", "64"])
+    assert res.exit_code == 0, res.output
+    with rasterio.open(tiles / "images" / "demo_000000.tif") as src:
+        assert (src.count, src.dtypes[0], src.shape) == (3, "uint8", (64, 64))
+    res = runner.invoke(app, ["split-data", str(tiles)])
+    assert res.exit_code != 0 and "--force" in res.output  # export wrote a split already
+    res = runner.invoke(app, ["split-data", str(tiles), "--seed", "1", "--force"])
+    assert res.exit_code == 0 and "train: 4" in res.output
+    run = tmp_path / "run"
+    args = ["train", "--demo", "--variant", "b0", "--demo-tiles", "4", "--demo-val-tiles", "2",
+            "--demo-size", "64", "--batch-size", "4", "--threads", "1", "--out", str(run)]
+    res = runner.invoke(app, [*args, "--epochs", "1"])
+    assert res.exit_code == 0, res.output
+    assert (run / "best.safetensors").exists() and (run / "curves.png").exists()
+    res = runner.invoke(app, [*args, "--epochs", "2"])
+    assert res.exit_code != 0 and "--resume" in res.output
+    res = runner.invoke(app, ["train", "--resume", "--out", str(run), "--epochs", "2"])
+    assert res.exit_code == 0, res.output
+    history = json.loads((run / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1]
+    assert history[1]["lr"] == pytest.approx(LRSchedule().lr(1))
+
+
+def test_init_from_a_checkpoint_with_other_classes_keeps_the_encoder(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    ade = DamageSegmenter.build("b0", num_labels=150, **TINY)
+    save_checkpoint(ade, tmp_path / "ade.safetensors", ModelInfo(name="ade", variant="custom"))
+    state = train(_config(tmp_path / "run", epochs=1, init=str(tmp_path / "ade.safetensors"),
+                          start_lr=1e-12, peak_lr=1e-12, final_lr=1e-12),
+                  render=synthetic_tile, console=Console(quiet=True))
+    assert state.epoch == 0
+    model, info = load_checkpoint(tmp_path / "run" / "last.safetensors")
+    assert info.config["num_labels"] == 2
+    ours, theirs = model.state_dict(), ade.state_dict()
+    key = "model.segformer.stages.0.patch_embeddings.proj.weight"
+    assert torch.allclose(ours[key], theirs[key], atol=1e-6)  # encoder kept (lr ~ 0)
+
+
+def test_uncertainty_reads_the_restoration_reports_segmentation_agreement(
+        tmp_path: Path) -> None:
+    report = tmp_path / "restoration.json"
+    report.write_text(json.dumps({"segmentation_agreement": {
+        "method": "DiffGF", "precision": 0.9691, "recall": 0.9286, "miou": 0.945}}))
+    out = tmp_path / "f.json"
+    res = runner.invoke(build_app(), ["uncertainty", "--restoration", str(report), "--out",
+                                      str(out)])
+    assert res.exit_code == 0, res.output
+    f = UncertaintyFactors.from_json(out.read_text())
+    assert (round(f.lambda_min, 3), round(f.lambda_max, 3)) == (0.971, 1.059)  # paper's P/R
+    assert round(f.lambda_restoration, 3) == 1.044 and f.sources[-1] == "restoration"
+
+
+def test_evaluate_skips_nodata_pixels_of_type1_maps(tmp_path: Path) -> None:
+    label = np.array([[1, 1, 0, 0]] * 4, bool)
+    write_tile(tmp_path, "a", np.zeros((4, 4, 3), np.uint8), label)
+    (tmp_path / "test.txt").write_text("a\n")
+    pred = np.array([[1, 0, 1, 0]] * 4, np.uint8)
+    pred[:, 3] = 255  # outside the effective extent
+    profile = {"driver": "GTiff", "width": 4, "height": 4, "count": 1, "dtype": "uint8",
+               "nodata": 255}
+    (tmp_path / "maps").mkdir()
+    with rasterio.open(tmp_path / "maps" / "a.tif", "w", **profile) as dst:
+        dst.write(pred[None])
+    res = runner.invoke(build_app(), ["evaluate", str(tmp_path), "--predictions",
+                                      str(tmp_path / "maps"), "--out", str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output
+    pooled = json.loads((tmp_path / "ev" / "evaluation.json").read_text())["pooled"]
+    assert {k: pooled[k] for k in ("tp", "fp", "fn", "tn")} == {"tp": 4, "fp": 4, "fn": 4,
+                                                                 "tn": 0}

@@ -98,6 +98,31 @@ def _lattice_sample(rng: np.random.Generator, rows: NDArray, cols: NDArray, scal
     return out.reshape(r.shape)
 
 
+def noise_where(rng: np.random.Generator, mask: NDArray[np.bool_], scale: float,
+                octaves: int = 2, coords: tuple[NDArray, NDArray] | None = None,
+                stretch: tuple[float, float] = (1.0, 1.0)) -> NDArray[np.float32]:
+    """Fine value noise evaluated only where ``mask`` is True (0 elsewhere): fine detail such as
+    segment breaks or rock streaks is needed on few pixels, so this saves most of the work."""
+    out = np.zeros(mask.shape, np.float32)
+    if not mask.any():
+        for _ in range(octaves):  # keep the generator's state independent of the mask
+            rng.uniform(-1.0, 1.0, size=(128, 128))
+        return out
+    if coords is None:
+        rows, cols = np.nonzero(mask)
+        rows, cols = rows.astype(np.float32), cols.astype(np.float32)
+    else:
+        rows, cols = coords[0][mask], coords[1][mask]
+    total = np.zeros(rows.shape, np.float32)
+    norm = 0.0
+    for k in range(octaves):
+        amp = 0.5**k
+        total += amp * _lattice_sample(rng, rows, cols, scale / 2**k, stretch)
+        norm += amp
+    out[mask] = np.clip(total / norm, -1.0, 1.0)
+    return out
+
+
 def fractal_noise(rng: np.random.Generator, shape: tuple[int, int], scale: float,
                   octaves: int = 3, coords: tuple[NDArray, NDArray] | None = None,
                   stretch: tuple[float, float] = (1.0, 1.0)) -> NDArray[np.float32]:
@@ -241,8 +266,8 @@ def build_layout(key: str, year: int, size: int) -> Layout:
         width = frng.uniform(1.4, 2.6)
         warp = 6.0 * fractal_noise(frng, shape_, 0.15 * size, 2)
         core, d, b = _line_family(along, across, line_angle, spacing, width, warp, speed * t)
-        segments = fractal_noise(_rng(key, "segments", k), shape_, 12.0, 2,
-                                 (along - speed * t, across), (3.0, 0.6)) > -0.15
+        segments = noise_where(_rng(key, "segments", k), inside, 12.0, 2,
+                               (along - speed * t, across), (3.0, 0.6)) > -0.15
         sel = inside & segments
         damage |= core & sel
         dark = np.maximum(dark, d * sel)
@@ -272,8 +297,8 @@ def build_layout(key: str, year: int, size: int) -> Layout:
     fractured = shelf & (along > front - depth) & blobs
     side = zrng.choice([-1.0, 1.0])
     fractured |= shelf & (side * across > half_width - 0.025 * size) & (along > 0)
-    cells = fractal_noise(_rng(key, "blocks", year), shape_, 5.0, 2)
-    gaps = np.abs(cells) < 0.18
+    cells = noise_where(_rng(key, "blocks", year), fractured, 5.0, 2)
+    gaps = (np.abs(cells) < 0.18) & fractured
     damage |= fractured
     dark = np.maximum(dark, (fractured & gaps).astype(np.float32) * 0.85)
     bright = np.maximum(bright, (fractured & (cells > 0.55)).astype(np.float32) * 0.6)
@@ -358,7 +383,7 @@ def _colourise(layout: Layout, cond: SceneConditions, rng: np.random.Generator,
     sea = sea + (6.0 * fractal_noise(rng, shape_, 20.0, 2))[..., None]
     img = np.where(ocean[..., None], sea, img)
     # Rock with sharp edges, dark streaks and snow patches.
-    streak = fractal_noise(_rng(date_key, "rock"), shape_, 4.0, 2)
+    streak = noise_where(_rng(date_key, "rock"), layout.rock, 4.0, 2)
     rock_img = rock_c + (30.0 * streak)[..., None]
     rock_img = np.where((streak > 0.6)[..., None], snow, rock_img)
     img = np.where(layout.rock[..., None], rock_img, img)

@@ -141,9 +141,15 @@ def _prediction_path(folder: Path, name: str) -> Path:
 
 def _read_prediction(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """A prediction map as (damage mask, valid mask or None); nodata pixels are not counted."""
-    import rasterio
+    import warnings
 
-    with rasterio.open(path) as src:
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # plain tiles are fine
+        src = rasterio.open(path)
+    with src:
         pixels = src.read(1)
         valid = None if src.nodata is None else pixels != src.nodata
     damage = pixels > 0 if valid is None else (pixels > 0) & valid
@@ -158,14 +164,15 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
         matplotlib.image.imsave(tmp, rgb, format="png")
 
 
-def _model_predictor(checkpoint: Path):  # noqa: ANN202 - returns a closure
-    """rgb uint8 (H, W, 3) -> boolean damage mask, with the segmentation package's inference."""
+def _model_predictor(checkpoint: Path, device: str):  # noqa: ANN202 - returns a closure
+    """rgb uint8 (H, W, 3) -> boolean damage mask, with the segmentation package's inference
+    (the authors' sliding windows, Gaussian weighting and 4-view TTA)."""
     from producer.segmentation.checkpoints import load_checkpoint
     from producer.segmentation.inference import predict_array
 
     model, _info = load_checkpoint(checkpoint)
     model.eval()
-    return lambda rgb: np.asarray(predict_array(model, rgb)) > 0
+    return lambda rgb: predict_array(model, rgb, device=device).labels > 0
 
 
 def evaluate(
@@ -176,6 +183,7 @@ def evaluate(
     split: Annotated[str, typer.Option(help="train, val, test or all")] = "test",
     name: Annotated[str | None, typer.Option(help="Name of this evaluation")] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda …")] = "auto",
     save_predictions: Annotated[bool, typer.Option(help="Write model maps (0/255)")] = False,
 ) -> None:
     """Evaluate damage maps against labels: mIoU, OA, precision, recall, F1 (Eq. 4-9)."""
@@ -202,7 +210,7 @@ def evaluate(
     predict = None
     if model is not None:
         try:
-            predict = _model_predictor(model)
+            predict = _model_predictor(model, device)
         except (OSError, ValueError, ImportError) as exc:
             _fail(f"{model}: {exc}")
     result = SetEvaluation(name or f"{Path(data).name}:{split}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -29,9 +30,9 @@ from torch.utils.data import Dataset
 
 from producer.evaluation import Confusion, confusion
 from producer.segmentation.checkpoints import ModelInfo, load_checkpoint, save_checkpoint
-from producer.segmentation.model import DamageSegmenter
+from producer.segmentation.model import ID2LABEL, DamageSegmenter
 from producer.training.augment import Augmentation
-from producer.training.data import DemoTileDataset, TileDataset, TileRenderer, read_split
+from producer.training.data import DemoTileDataset, TileDataset, TileRenderer
 from producer.training.losses import bced_loss, foreground_logit
 from producer.training.schedule import LRSchedule
 from producer.writer import atomic_path
@@ -117,6 +118,23 @@ def build_model(config: TrainConfig, init: str | None) -> DamageSegmenter:
     if init is None:
         return DamageSegmenter.build(config.variant, **config.model_overrides)
     model, _info = load_checkpoint(Path(init))
+    return with_two_classes(model)
+
+
+def with_two_classes(model: DamageSegmenter) -> DamageSegmenter:
+    """The model with a fresh 2-class classifier if it has another class count.
+
+    The authors initialise from the ADE20k (150-class) checkpoint: its encoder and decoder are
+    kept, only the final 1×1 classifier is replaced, as the authors' ``num_labels=2``
+    ``ignore_mismatched_sizes`` load does.
+    """
+    if int(model.config.num_labels) == len(ID2LABEL):
+        return model
+    head = model.model.decode_head
+    head.classifier = torch.nn.Conv2d(head.classifier.in_channels, len(ID2LABEL), kernel_size=1)
+    model.model.config.num_labels = len(ID2LABEL)
+    model.model.config.id2label = dict(ID2LABEL)
+    model.model.config.label2id = {v: k for k, v in ID2LABEL.items()}
     return model
 
 
@@ -136,8 +154,10 @@ def model_logits(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, device: torch.device) -> None:
     """Seed Python, NumPy and torch, and ask torch for deterministic kernels."""
+    if device.type == "cuda":  # cuBLAS is deterministic only with a fixed workspace
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -199,8 +219,9 @@ def datasets(config: TrainConfig,
     root = Path(str(config.data))
     val_split = "val" if (root / "val.txt").exists() else "test"
     train = TileDataset(root, "train", augment, config.seed, crop=config.crop)
-    val = TileDataset(root, val_split, None, config.seed, read_split(root, val_split))
-    return train, val, val_split, train.fingerprint()
+    val = TileDataset(root, val_split, None, config.seed)
+    digest = hashlib.sha256(f"{train.fingerprint()}:{val.fingerprint()}".encode())
+    return train, val, val_split, digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,7 +352,7 @@ def train(config: TrainConfig, resume: bool = False, render: TileRenderer | None
     if config.threads:
         torch.set_num_threads(config.threads)
     device = torch.device(config.device)
-    seed_everything(config.seed)
+    seed_everything(config.seed, device)
 
     saved = None
     if resume:
