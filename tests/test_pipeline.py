@@ -45,9 +45,10 @@ def _one_thread() -> None:
 def _produce(args: list[str], weights: Path, out: Path, app: str = "produce"):
     base = ["--weights", str(weights), "--out", str(out), "--demo-size", DEMO_SIZE, "--no-tta",
             "--device", "cpu"]
+    wide = {"COLUMNS": "250"}  # rich wraps messages at the terminal width
     if app == "produce":
-        return CliRunner().invoke(produce_app(), args + base)
-    return CliRunner().invoke(build_app(), ["produce", *args, *base])
+        return CliRunner().invoke(produce_app(), args + base, env=wide)
+    return CliRunner().invoke(build_app(), ["produce", *args, *base], env=wide)
 
 
 @given(st.integers(1999, 2030), st.integers(0, 5))
