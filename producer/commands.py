@@ -43,7 +43,9 @@ class _StageBars:
         }
 
     def __call__(self, stage: str, done: int, total: int, what: str) -> None:
-        self.progress.update(self.tasks[stage], completed=done, total=max(total, 1), what=what)
+        if total == 0:  # nothing to do in this stage for this year (e.g. no SLC-off scene)
+            done, total, what = 1, 1, what or "not needed"
+        self.progress.update(self.tasks[stage], completed=done, total=total, what=what)
 
 
 def run_produce(

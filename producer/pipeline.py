@@ -198,18 +198,11 @@ def resolve_diffgf(diffgf: Path | None, source_name: str) -> Path | None:
 
 def resolve_source(spec: str, demo_size: int | None = None) -> SceneSource:
     """A scene source from ``gee``, ``local:DIR`` or ``demo`` (``demo_size``: demo window px)."""
-    if spec == "demo":
-        from producer.sources.demo import DemoSource
+    from producer.sources.registry import get_source
 
-        return DemoSource(size=demo_size)
-    if demo_size is not None:
+    if demo_size is not None and spec != "demo":
         raise ProduceError(f"--demo-size applies to the demo source only, not {spec!r}")
-    try:
-        from producer.sources.registry import get_source
-    except ImportError as err:
-        raise ProduceError(f"--source {spec!r}: the scene-source registry is not available in "
-                           f"this build ({err}); use --source demo") from None
-    return get_source(spec)
+    return get_source(spec, size=demo_size)
 
 
 def effective_extent(shelf: str, year: int, source: SceneSource, roi: BaseGeometry, grid: Grid,

@@ -45,9 +45,10 @@ def _one_thread() -> None:
 def _produce(args: list[str], weights: Path, out: Path, app: str = "produce"):
     base = ["--weights", str(weights), "--out", str(out), "--demo-size", DEMO_SIZE, "--no-tta",
             "--device", "cpu"]
+    wide = {"COLUMNS": "250"}  # rich wraps messages at the terminal width
     if app == "produce":
-        return CliRunner().invoke(produce_app(), args + base)
-    return CliRunner().invoke(build_app(), ["produce", *args, *base])
+        return CliRunner().invoke(produce_app(), args + base, env=wide)
+    return CliRunner().invoke(build_app(), ["produce", *args, *base], env=wide)
 
 
 @given(st.integers(1999, 2030), st.integers(0, 5))
@@ -200,5 +201,36 @@ def test_missing_demo_weights_is_a_clear_error(tmp_path: Path, monkeypatch) -> N
     result = CliRunner().invoke(produce_app(), ["--shelf", "Totten", "--year", "2021",
                                                 "--out", str(tmp_path / "r")])
     assert result.exit_code == 2
-    assert "--weights" in result.output and "random weights are never used" in result.output
+    text = " ".join(result.output.split())  # rich wraps lines at the terminal width
+    assert "--weights" in text and "random weights are never used" in text
     assert not (tmp_path / "r").exists()
+
+
+def test_extent_file_clips_type1_and_is_recorded(tiny_weights: Path, tmp_path: Path) -> None:
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    from producer.shelves import roi_polygon
+
+    grid = DemoSource(int(DEMO_SIZE)).grid("Totten", roi_polygon("Totten"))
+    left, bottom, right, top = grid.bounds
+    half = box(left, bottom, (left + right) / 2, top)
+    path = tmp_path / "extents.gpkg"
+    gpd.GeoDataFrame({"shelf": ["Totten"], "year": [2021]}, geometry=[half],
+                     crs="EPSG:3031").to_file(path)
+    out = tmp_path / "release"
+    result = _produce(["--shelf", "Totten", "--year", "2021", "--extent", str(path)],
+                      tiny_weights, out)
+    assert result.exit_code == 0, result.output
+    (tif,) = out.glob("Totten/2021/*_damage_map.tif")
+    with rasterio.open(tif) as ds:
+        pixels = ds.read(1)
+    cols = int(DEMO_SIZE) // 2
+    assert (pixels[:, cols:] == TYPE1.nodata).all() and (pixels[:, :cols] != TYPE1.nodata).all()
+    record = read_provenance(next(out.glob("Totten/2021/*_provenance.json")))
+    assert record.parameters["extent"] == "file:extents.gpkg"
+    missing = _produce(["--shelf", "Totten", "--year", "2020", "--extent", str(path)],
+                       tiny_weights, out)
+    assert missing.exit_code == 1 and "no row with shelf == 'Totten' and year == 2020" in (
+        missing.output)
+    assert not (out / "Totten" / "2020").exists()
