@@ -481,14 +481,16 @@ def produce_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
         damage = compose(plan, layers, fill=0)
         progress("merge", 2, 2, "merged")
         return _write_year(shelf, year, source, model, options, grid, plan, masks, damage,
-                           prob_layers, extent, restoration_model, parameters, digest, progress)
+                           prob_layers, extent, rmask, restoration_model, parameters, digest,
+                           progress)
 
 
 def _write_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
                 options: ProduceOptions, grid: Grid, plan: MergePlan,
                 masks: Sequence[_SceneMasks], damage: NDArray, prob_layers: Sequence[Any],
-                extent: NDArray[np.bool_], restoration_model: ModelRecord | None,
-                parameters: dict[str, Any], digest: str, progress: StageProgress) -> YearResult:
+                extent: NDArray[np.bool_], roi: NDArray[np.bool_],
+                restoration_model: ModelRecord | None, parameters: dict[str, Any], digest: str,
+                progress: StageProgress) -> YearResult:
     """Write products, auxiliary COGs and the provenance record; remove files it supersedes."""
     used = list(plan.used)
     sensors = sort_sensors({masks[i].scene.sensor for i in used})
@@ -521,7 +523,7 @@ def _write_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
             scene_id=masks[i].scene.scene_id,
             sensor=masks[i].scene.sensor,
             acquired=masks[i].scene.acquired,
-            valid_fraction=round(float(masks[i].usable.sum()) / roi_px, 6),
+            valid_fraction=round(float((masks[i].usable & roi).sum()) / roi_px, 6),
             map_fraction=round(plan.fractions[i], 6),
             role="main" if i == plan.main else "fill",
             cloud_fraction=round(masks[i].cloud_fraction, 6),

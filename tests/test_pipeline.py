@@ -82,6 +82,7 @@ def test_produce_demo_writes_a_valid_release_then_skips(tiny_weights: Path,
     assert sum(s.map_fraction for s in record.scenes) == pytest.approx(
         1.0 - record.parameters["uncovered_fraction"], abs=1e-5)
     assert [s.role for s in record.scenes].count("main") == 1
+    assert all(0 < s.valid_fraction <= 1 for s in record.scenes)
     name = record.product_name()
     damage_map = folder / name.filename
     damage = folder / name.partner().filename
