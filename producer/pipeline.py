@@ -187,12 +187,10 @@ def resolve_diffgf(diffgf: Path | None, source_name: str) -> Path | None:
     if diffgf is not None:
         return Path(diffgf)
     if source_name == "demo":
-        with contextlib.suppress(ImportError, AttributeError):
-            from producer.restoration import api
+        from producer.restoration.api import DEMO_WEIGHTS
 
-            demo = Path(api.DEMO_WEIGHTS)
-            if demo.exists():
-                return demo
+        if DEMO_WEIGHTS.exists():
+            return DEMO_WEIGHTS
     return None
 
 
