@@ -57,5 +57,5 @@ class Grid:
 
     def subgrid(self, window: Window) -> Grid:
         """The grid of a window of this one."""
-        return Grid(self.transform * Affine.translation(window.col_off, window.row_off),
+        return Grid(self.transform @ Affine.translation(window.col_off, window.row_off),
                     int(window.width), int(window.height), self.crs)

@@ -18,6 +18,8 @@ from pathlib import Path
 import pystac
 from pystac.extensions.scientific import ScientificExtension
 
+from catalog.build import index_dicts
+from catalog.search import write_index
 from producer.spec import RELEASE_NOTES, STAC_CATALOG_DIR
 from producer.writer import atomic_path
 from publish.package import Manifest
@@ -132,6 +134,8 @@ def update_catalog(release_dir: Path, pub: Publication, manifest: Manifest) -> i
     os.replace(stac, old)
     os.replace(work, stac)
     shutil.rmtree(old, ignore_errors=True)
+    # search reads items.parquet / items.ndjson: they must carry the Zenodo hrefs too
+    write_index(release_dir, index_dicts(release_dir, stac / "catalog.json"))
     return updated
 
 

@@ -15,6 +15,7 @@ import pytest
 import rasterio
 from zenodo_client import Zenodo
 
+from catalog.search import search
 from producer.spec import RELEASE_NOTES, roi_geopackage_name
 from producer.writer import read_band
 from publish.package import MANIFEST_KEY, read_manifest
@@ -83,6 +84,10 @@ def test_first_publication(pub_release: Path, emulator: ZenodoEmulator, tmp_path
     with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"), \
             rasterio.open(asset.extra_fields["alternate"]["zenodo"]["href"]) as src:
         np.testing.assert_array_equal(src.read(1), read_band(pub_release / inner))
+    # ... and search results (read from items.parquet / items.ndjson) carry it as well.
+    [found] = [a for item in search(pub_release, shelves=["Larsen B"], year=2005)
+               for a in item.assets.values() if a.href.endswith(Path(inner).name)]
+    assert found.extra_fields["alternate"] == asset.extra_fields["alternate"]
     ranged = [r for r in emulator.requests if r.path.startswith(f"/records/{record.id}/files/")]
     assert ranged and all(r.status in (200, 206) for r in ranged)
     gpkg = next(a for a in collection.assets.values() if a.href.endswith("Larsen B_ROI.gpkg"))
