@@ -8,14 +8,13 @@ loading whole rasters into memory.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import rasterio
 
 from producer.grid import Grid
-from producer.provenance import Provenance, provenance_path, read_provenance
+from producer.provenance import Provenance, file_sha256, provenance_path, read_provenance
 from producer.spec import (
     AUXILIARY_SUFFIXES,
     TYPE1,
@@ -27,7 +26,6 @@ from producer.spec import (
 
 #: Multihash prefix of a sha2-256 digest (code 0x12, length 0x20), as the file extension wants.
 MULTIHASH_SHA256 = "1220"
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -64,11 +62,7 @@ class ShelfYearFiles:
 
 def file_checksum(path: Path) -> str:
     """Multihash hex of a file's sha2-256 digest (``1220`` + 64 hex digits)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return MULTIHASH_SHA256 + digest.hexdigest()
+    return MULTIHASH_SHA256 + file_sha256(path)
 
 
 def raster_facts(path: Path, checksum: bool = True) -> RasterFacts:

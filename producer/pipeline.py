@@ -33,7 +33,13 @@ from shapely.geometry.base import BaseGeometry
 from producer.extent import default_extent, extent_mask, read_extent, roi_mask
 from producer.grid import Grid
 from producer.merge import NO_SCENE, Candidate, MergePlan, NotCoveredError, compose, plan_merge
-from producer.provenance import ModelRecord, Provenance, SceneRecord, provenance_path
+from producer.provenance import (
+    ModelRecord,
+    Provenance,
+    SceneRecord,
+    file_sha256,
+    provenance_path,
+)
 from producer.shelves import get_shelf, roi_polygon
 from producer.slcoff import detect_gaps, footprint_of
 from producer.sources.base import Scene, SceneSource
@@ -217,20 +223,6 @@ def effective_extent(shelf: str, year: int, source: SceneSource, roi: BaseGeomet
 # ---------------------------------------------------------------------------------------------
 # Digest, software versions and existing outputs
 # ---------------------------------------------------------------------------------------------
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, or of a directory's files (relative names and bytes, in name order)."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        if path.is_dir():
-            digest.update(str(f.relative_to(path)).encode())
-        with f.open("rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def software_versions(restoration_used: bool = False) -> dict[str, str]:

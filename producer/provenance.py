@@ -7,6 +7,7 @@ alone, so everything a user needs to trace a map back to its imagery lives here.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -108,6 +109,21 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, dt.date):
         return value.isoformat()
     raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 identifying a weights file, or a folder of files (relative names and bytes,
+    in name order); the hash that provenance, checkpoints and catalog items record."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            digest.update(str(f.relative_to(path)).encode())
+        with f.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def provenance_path(release_dir: Path, name: ProductName) -> Path:

@@ -17,8 +17,9 @@ import numpy as np
 import rasterio
 from numpy.typing import NDArray
 
+from producer.provenance import file_sha256
 from producer.restoration.classical import restore_fillnodata
-from producer.restoration.diffgf import DiffGF, load_diffgf, restore_array, weights_sha256
+from producer.restoration.diffgf import DiffGF, load_diffgf, restore_array
 from producer.slcoff import detect_gaps, footprint_of
 from producer.spec import RESTORATION_METHODS
 from producer.writer import atomic_path
@@ -142,6 +143,6 @@ def restore_scene_file(
         gap_pixels=int(gaps.sum()),
         gap_fraction=float(gaps.sum() / max(1, (gaps | known_pixels(rgb, gaps)).sum())),
         weights=str(wpath) if wpath else None,
-        weights_sha256=weights_sha256(wpath) if wpath else None,
+        weights_sha256=file_sha256(wpath) if wpath else None,
         seed=seed,
     )

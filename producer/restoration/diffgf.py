@@ -23,7 +23,6 @@ the configurations beside it (``NAME.safetensors`` + ``NAME.json``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -220,18 +219,6 @@ def _load_pretrained_dir(path: Path) -> DiffGF:
     meta_file = path / "diffgf.json"
     meta = json.loads(meta_file.read_text()).get("meta", {}) if meta_file.is_file() else {}
     return DiffGF(vae, unet, sched, meta).eval()
-
-
-def weights_sha256(path: Path) -> str:
-    """SHA-256 of a weights file (or of a directory's files in name order), for provenance."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        with f.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------

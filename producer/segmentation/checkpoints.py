@@ -10,7 +10,6 @@ recording the config, variant, training facts, metrics and the training-data has
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -22,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from producer.provenance import ModelRecord
+from producer.provenance import file_sha256 as weights_sha256
 from producer.segmentation.model import (
     SHARED_ARCHITECTURE,
     VARIANTS,
@@ -70,7 +70,6 @@ NEW_TO_OLD: tuple[tuple[str, str], ...] = (
 
 _OLD_LAYOUT = re.compile(r"\bencoder\.(block|patch_embeddings|layer_norm)\.\d+\.")
 SIDECAR_FORMAT = 1
-_CHUNK = 1 << 20
 
 
 class CheckpointError(ValueError):
@@ -111,15 +110,6 @@ class ModelInfo:
             weights_file=self.weights_file,
             config={"variant": self.variant, **self.config},
         )
-
-
-def weights_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a weights file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _rename(key: str, rules: tuple[tuple[str, str], ...]) -> str:
