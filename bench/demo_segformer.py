@@ -5,8 +5,9 @@ docs/benchmarks.md (## Demo model) with the ``icedamage`` commands themselves:
 
     PYTHONPATH=. python bench/demo_segformer.py [WORKDIR] [--minutes 27] [--install]
 
-1. ``icedamage train --demo`` (settings below; stops at the time budget, best-by-validation
-   kept), 2. ``icedamage export-demo-tiles`` renders held-out tiles from a seed range disjoint from
+1. ``icedamage train --demo`` in four stages (settings below; each stops at the time budget,
+   keeps its best-by-validation checkpoint and initialises the next),
+2. ``icedamage export-demo-tiles`` renders held-out tiles from a seed range disjoint from
    training and validation, 3. ``icedamage evaluate --model best.safetensors --split all``
    (the authors' sliding-window + TTA inference), 4. with ``--install`` copies the best weights
    and sidecar to producer/weights/.
@@ -25,13 +26,19 @@ import torch
 from producer.cli import build_app
 from producer.segmentation.checkpoints import load_checkpoint, save_checkpoint
 
-#: The settings of the committed demo model.
-TRAIN_ARGS = [
-    "--demo", "--variant", "b0", "--epochs", "14", "--batch-size", "8",
-    "--start-lr", "1e-4", "--peak-lr", "1e-3", "--final-lr", "1e-4",
-    "--warmup-epochs", "1", "--cosine-epochs", "11", "--seed", "0",
-    "--demo-tiles", "160", "--demo-val-tiles", "16", "--demo-size", "256", "--crop", "128",
-    "--threads", "2",
+#: The committed demo model: four stages, each initialised from the previous stage's best
+#: checkpoint (random initialisation first: no pretrained weights are available offline).
+COMMON_ARGS = ["--demo", "--variant", "b0", "--batch-size", "8", "--demo-val-tiles", "16",
+               "--demo-size", "256", "--threads", "2", "--warmup-epochs", "1"]
+STAGES: list[list[str]] = [
+    ["--epochs", "14", "--start-lr", "1e-4", "--peak-lr", "1e-3", "--final-lr", "1e-4",
+     "--cosine-epochs", "11", "--seed", "0", "--demo-tiles", "160", "--crop", "128"],
+    ["--epochs", "16", "--start-lr", "2e-4", "--peak-lr", "5e-4", "--final-lr", "5e-5",
+     "--cosine-epochs", "14", "--seed", "1", "--demo-tiles", "320", "--crop", "128"],
+    ["--epochs", "24", "--start-lr", "1e-4", "--peak-lr", "3e-4", "--final-lr", "3e-5",
+     "--cosine-epochs", "22", "--seed", "2", "--demo-tiles", "480", "--crop", "192"],
+    ["--epochs", "10", "--start-lr", "5e-5", "--peak-lr", "1e-4", "--final-lr", "2e-5",
+     "--cosine-epochs", "9", "--seed", "3", "--demo-tiles", "640", "--crop", "192"],
 ]
 HELDOUT_FIRST_SEED = 2_000_000
 HELDOUT_COUNT = 12
@@ -56,10 +63,16 @@ def main() -> None:
     parser.add_argument("--install", action="store_true")
     opts = parser.parse_args()
     torch.set_num_threads(2)
-    run_dir, heldout, evaluation = (opts.workdir / n for n in ("run", "heldout", "eval"))
+    heldout, evaluation = opts.workdir / "heldout", opts.workdir / "eval"
     started = time.monotonic()
-    if not (run_dir / "last_state.pt").exists():
-        run(["train", *TRAIN_ARGS, "--out", str(run_dir), "--max-minutes", str(opts.minutes)])
+    init: list[str] = []
+    for number, stage in enumerate(STAGES, 1):
+        stage_dir = opts.workdir / f"stage{number}"
+        if not (stage_dir / "best.safetensors").exists():
+            run(["train", *COMMON_ARGS, *stage, *init, "--out", str(stage_dir),
+                 "--max-minutes", str(opts.minutes)])
+        init = ["--init", str(stage_dir / "best.safetensors")]
+    run_dir = opts.workdir / f"stage{len(STAGES)}"
     trained = time.monotonic()
     run(["export-demo-tiles", str(heldout), "--count", str(HELDOUT_COUNT), "--size",
          str(HELDOUT_SIZE), "--first-seed", str(HELDOUT_FIRST_SEED)])
@@ -77,7 +90,8 @@ def install(best: Path, evaluation: Path) -> None:
     """Re-save the best weights as producer/weights/demo-segformer-b0 with held-out metrics."""
     model, info = load_checkpoint(best)
     held_out = json.loads(evaluation.read_text())["pooled"]
-    info = replace(info, name="demo-segformer-b0",
+    training = {**info.training, "stages": [" ".join(COMMON_ARGS + stage) for stage in STAGES]}
+    info = replace(info, name="demo-segformer-b0", training=training,
                    metrics={"validation": info.metrics, "held_out": held_out})
     save_checkpoint(model, WEIGHTS / "demo-segformer-b0.safetensors", info)
 
