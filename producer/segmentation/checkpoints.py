@@ -32,41 +32,35 @@ from producer.segmentation.model import (
 )
 from producer.writer import atomic_path
 
-#: transformers 4.x → 5.9+ SegFormer parameter-name renames, applied in this order.
-OLD_TO_NEW: tuple[tuple[str, str], ...] = (
-    (r"\bencoder\.patch_embeddings\.(\d+)\.", r"stages.\1.patch_embeddings."),
-    (r"\bencoder\.block\.(\d+)\.", r"stages.\1.blocks."),
-    (r"\bencoder\.layer_norm\.(\d+)\.", r"stages.\1.layer_norm."),
-    (r"\battention\.self\.query\.", "attention.q_proj."),
-    (r"\battention\.self\.key\.", "attention.k_proj."),
-    (r"\battention\.self\.value\.", "attention.v_proj."),
-    (r"\battention\.self\.sr\.", "attention.sequence_reduction.sequence_reduction."),
-    (r"\battention\.self\.layer_norm\.", "attention.sequence_reduction.layer_norm."),
-    (r"\battention\.output\.dense\.", "attention.o_proj."),
-    (r"\bmlp\.dense1\.", "mlp.fc1."),
-    (r"\bmlp\.dense2\.", "mlp.fc2."),
-    (r"\blayer_norm_1\.", "layernorm_before."),
-    (r"\blayer_norm_2\.", "layernorm_after."),
-    (r"\bdecode_head\.linear_c\.", "decode_head.linear_projections."),
+#: transformers 4.x → 5.9+ SegFormer parameter-name renames (``{n}`` is a stage index), as
+#: listed in ../shared/reference/README.md; both directions below are derived from this table.
+RENAMES: tuple[tuple[str, str], ...] = (
+    ("encoder.patch_embeddings.{n}.", "stages.{n}.patch_embeddings."),
+    ("encoder.block.{n}.", "stages.{n}.blocks."),
+    ("encoder.layer_norm.{n}.", "stages.{n}.layer_norm."),
+    ("attention.self.query.", "attention.q_proj."),
+    ("attention.self.key.", "attention.k_proj."),
+    ("attention.self.value.", "attention.v_proj."),
+    ("attention.self.sr.", "attention.sequence_reduction.sequence_reduction."),
+    ("attention.self.layer_norm.", "attention.sequence_reduction.layer_norm."),
+    ("attention.output.dense.", "attention.o_proj."),
+    ("mlp.dense1.", "mlp.fc1."),
+    ("mlp.dense2.", "mlp.fc2."),
+    ("layer_norm_1.", "layernorm_before."),
+    ("layer_norm_2.", "layernorm_after."),
+    ("decode_head.linear_c.", "decode_head.linear_projections."),
 )
 
+
+def _rule(source: str, target: str) -> tuple[str, str]:
+    """A (pattern, replacement) pair turning name fragment ``source`` into ``target``."""
+    pattern = r"\b" + re.escape(source).replace(re.escape("{n}"), r"(\d+)")
+    return pattern, target.replace("{n}", r"\1")
+
+
+OLD_TO_NEW: tuple[tuple[str, str], ...] = tuple(_rule(old, new) for old, new in RENAMES)
 #: The inverse renames (5.9+ → 4.x), used to write checkpoints the authors' code can load.
-NEW_TO_OLD: tuple[tuple[str, str], ...] = (
-    (r"\bstages\.(\d+)\.patch_embeddings\.", r"encoder.patch_embeddings.\1."),
-    (r"\bstages\.(\d+)\.blocks\.", r"encoder.block.\1."),
-    (r"\bstages\.(\d+)\.layer_norm\.", r"encoder.layer_norm.\1."),
-    (r"\battention\.q_proj\.", "attention.self.query."),
-    (r"\battention\.k_proj\.", "attention.self.key."),
-    (r"\battention\.v_proj\.", "attention.self.value."),
-    (r"\battention\.sequence_reduction\.sequence_reduction\.", "attention.self.sr."),
-    (r"\battention\.sequence_reduction\.layer_norm\.", "attention.self.layer_norm."),
-    (r"\battention\.o_proj\.", "attention.output.dense."),
-    (r"\bmlp\.fc1\.", "mlp.dense1."),
-    (r"\bmlp\.fc2\.", "mlp.dense2."),
-    (r"\blayernorm_before\.", "layer_norm_1."),
-    (r"\blayernorm_after\.", "layer_norm_2."),
-    (r"\bdecode_head\.linear_projections\.", "decode_head.linear_c."),
-)
+NEW_TO_OLD: tuple[tuple[str, str], ...] = tuple(_rule(new, old) for old, new in RENAMES)
 
 _OLD_LAYOUT = re.compile(r"\bencoder\.(block|patch_embeddings|layer_norm)\.\d+\.")
 SIDECAR_FORMAT = 1
