@@ -319,6 +319,18 @@ def test_resumed_training_is_identical(tmp_path: Path) -> None:
     assert final.vae.config.scaling_factor != 1.0  # latent scale set after the VAE phase
 
 
+def test_training_with_tile_workers_is_identical(tmp_path: Path) -> None:
+    """Drawing tiles in worker processes (as a GPU run does) changes no number of the run."""
+    config = TrainConfig(vae_steps=2, unet_steps=2, batch=1, crop=32, checkpoint_every=100)
+    inline, state_inline = train(config, tmp_path / "a",
+                                 model=build_diffgf(TINY_VAE, TINY_UNET, seed=0))
+    pooled, state_pooled = train(config, tmp_path / "b",
+                                 model=build_diffgf(TINY_VAE, TINY_UNET, seed=0), workers=1)
+    assert state_pooled.losses == state_inline.losses
+    for k, v in inline.state_dict().items():
+        assert torch.equal(v, pooled.state_dict()[k]), k
+
+
 # --------------------------------------------------------------------------------------------
 # Commands
 # --------------------------------------------------------------------------------------------

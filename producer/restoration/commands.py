@@ -42,11 +42,15 @@ def train_diffgf(
     threads: Annotated[int, typer.Option(help="CPU threads for torch (0: torch default).")] = 0,
     max_minutes: Annotated[float | None, typer.Option(
         help="Wall-clock budget; the run ends early (weights written) when it is spent.")] = None,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
+    workers: Annotated[int, typer.Option(
+        help="Processes drawing training tiles ahead (0: none; a GPU needs several).")] = 0,
 ) -> None:
     """Train DiffGF on complete images with simulated SLC-off gaps (SLCANT construction)."""
     import torch
 
     from producer.restoration.train import CHECKPOINT, CURVE, FINAL, TrainConfig, train
+    from producer.segmentation.inference import resolve_device
 
     if crop % 16:
         raise typer.BadParameter(f"--crop {crop} must be a multiple of 16")
@@ -71,7 +75,8 @@ def train_diffgf(
 
         try:
             _, state = train(config, out, resume=resume, progress=report,
-                             max_seconds=None if max_minutes is None else 60 * max_minutes)
+                             max_seconds=None if max_minutes is None else 60 * max_minutes,
+                             device=resolve_device(device), workers=workers)
         except (ValueError, FileNotFoundError) as exc:
             console.print(f"[red]{exc}")
             raise typer.Exit(1) from exc

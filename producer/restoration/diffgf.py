@@ -92,6 +92,12 @@ class DiffGF:
     scheduler: DDIMScheduler
     meta: dict[str, Any]
 
+    def to(self, device: torch.device | str) -> DiffGF:
+        """Move both networks to ``device`` (in place); returns the model for chaining."""
+        self.vae.to(device)
+        self.unet.to(device)
+        return self
+
     @property
     def factor(self) -> int:
         """Pixels per latent cell along each axis."""

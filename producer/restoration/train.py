@@ -21,8 +21,10 @@ file of the optimizer state.
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,15 +149,66 @@ class TileSampler:
         return np.rot90(out, int(rng.integers(4))).copy()
 
 
-def step_batch(
-    sampler: TileSampler, seed: int, step: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
-    """The (images in [-1, 1], masks, torch generator) of one step, a function of (seed, step)."""
+def step_arrays(sampler: TileSampler, seed: int, step: int
+                ) -> tuple[NDArray[np.uint8], NDArray[np.bool_], int]:
+    """The (tiles, masks, noise seed) of one step as plain arrays: a function of (seed, step),
+    so worker processes can draw steps ahead in any order and the run stays reproducible."""
     rng = np.random.default_rng([seed, step])
     tiles = np.stack([sampler.draw(rng) for _ in range(sampler.config.batch)])
     masks = np.stack([random_mask(rng, sampler.config.crop) for _ in range(len(tiles))])
-    gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-    return to_model_range(tiles), torch.from_numpy(masks[:, None].astype(np.float32)), gen
+    return tiles, masks, int(rng.integers(2**62))
+
+
+def as_batch(arrays: tuple[NDArray[np.uint8], NDArray[np.bool_], int],
+             device: torch.device | str = "cpu"
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
+    """(images in [-1, 1], masks, CPU torch generator) of a step, tensors on ``device``.
+
+    Random draws stay on a CPU generator (and are moved), so a run gives the same numbers on
+    any device up to float rounding.
+    """
+    tiles, masks, noise_seed = arrays
+    gen = torch.Generator().manual_seed(noise_seed)
+    images = to_model_range(tiles).to(device)
+    return images, torch.from_numpy(masks[:, None].astype(np.float32)).to(device), gen
+
+
+def step_batch(
+    sampler: TileSampler, seed: int, step: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
+    """The (images in [-1, 1], masks, torch generator) of one step, a function of (seed, step)."""
+    return as_batch(step_arrays(sampler, seed, step), device)
+
+
+_WORKER_SAMPLER: TileSampler | None = None
+
+
+def _worker_init(config: TrainConfig) -> None:
+    global _WORKER_SAMPLER
+    _WORKER_SAMPLER = TileSampler(config)
+
+
+def _worker_step(seed_step: tuple[int, int]) -> tuple[NDArray[np.uint8], NDArray[np.bool_], int]:
+    assert _WORKER_SAMPLER is not None
+    return step_arrays(_WORKER_SAMPLER, *seed_step)
+
+
+@contextmanager
+def step_source(config: TrainConfig, first: int, workers: int
+                ) -> Iterator[Iterator[tuple[NDArray[np.uint8], NDArray[np.bool_], int]]]:
+    """Step arrays from ``first`` on, drawn in ``workers`` processes (0: in this process).
+
+    Rendering synthetic tiles costs more CPU than a GPU step; workers keep the GPU fed. The
+    order is the step order whatever the number of workers.
+    """
+    steps = ((config.seed, step) for step in range(first, config.total_steps))
+    if workers <= 0:
+        sampler = TileSampler(config)
+        yield (step_arrays(sampler, *pair) for pair in steps)
+        return
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(workers, initializer=_worker_init, initargs=(config,)) as pool:
+        yield pool.imap(_worker_step, steps, chunksize=4)
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,7 +220,7 @@ def vae_loss(model: DiffGF, images: torch.Tensor, gen: torch.Generator, kl_weigh
              ) -> torch.Tensor:
     """Autoencoder reconstruction loss (L1 + MSE + kl_weight × KL)."""
     post = model.vae.encode(images).latent_dist
-    z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+    z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(images.device)
     rec = model.vae.decode(z).sample
     return (F.l1_loss(rec, images) + F.mse_loss(rec, images)
             + kl_weight * post.kl().mean() / post.mean[0].numel())
@@ -179,9 +232,9 @@ def diffusion_loss(model: DiffGF, images: torch.Tensor, masks: torch.Tensor,
     with torch.no_grad():
         z0 = model.vae.encode(images).latent_dist.mode() * model.vae.config.scaling_factor
         mask_latent, cond = conditioning(model, images, masks)
-    noise = torch.randn(z0.shape, generator=gen)
+    noise = torch.randn(z0.shape, generator=gen).to(z0.device)
     n_train = model.scheduler.config.num_train_timesteps
-    t = torch.randint(0, n_train, (len(z0),), generator=gen)
+    t = torch.randint(0, n_train, (len(z0),), generator=gen).to(z0.device)
     zt = model.scheduler.add_noise(z0, noise, t)
     pred = model.unet(torch.cat([zt, mask_latent, cond], dim=1), t).sample
     weight = 1.0 + gap_weight * mask_latent
@@ -191,7 +244,7 @@ def diffusion_loss(model: DiffGF, images: torch.Tensor, masks: torch.Tensor,
 @torch.no_grad()
 def latent_scale(model: DiffGF, sampler: TileSampler, seed: int) -> float:
     """1 / std of the latents of a fixed batch, so diffusion sees unit-variance latents."""
-    images, _, _ = step_batch(sampler, seed, SCALE_BATCH_STEP)
+    images, _, _ = step_batch(sampler, seed, SCALE_BATCH_STEP, model.vae.device)
     z = model.vae.encode(images).latent_dist.mode()
     return float(1.0 / z.std().clamp_min(1e-6))
 
@@ -215,7 +268,7 @@ def _optim_tensors(opts: dict[str, torch.optim.Optimizer]) -> dict[str, torch.Te
     for name, opt in opts.items():
         for idx, state in opt.state_dict()["state"].items():
             for key, val in state.items():
-                out[f"{name}.{idx}.{key}"] = torch.as_tensor(val).clone().contiguous()
+                out[f"{name}.{idx}.{key}"] = torch.as_tensor(val).detach().cpu().contiguous()
     return out
 
 
@@ -249,9 +302,9 @@ def _optimizers(model: DiffGF, config: TrainConfig) -> dict[str, torch.optim.Opt
     }
 
 
-def _resume(out: Path, config: TrainConfig) -> tuple[DiffGF, dict[str, torch.optim.Optimizer],
-                                                     TrainState]:
-    model = load_diffgf(out / CHECKPOINT)
+def _resume(out: Path, config: TrainConfig, device: torch.device | str = "cpu"
+            ) -> tuple[DiffGF, dict[str, torch.optim.Optimizer], TrainState]:
+    model = load_diffgf(out / CHECKPOINT).to(device)
     saved = model.meta.get("train_config", {})
     state = TrainState(**model.meta["state"])
     for key in ("seed", "batch", "crop", "vae_steps", "data"):
@@ -279,61 +332,76 @@ def train(
     progress: Callable[[int, int, float], None] | None = None,
     stop_after: int | None = None,
     max_seconds: float | None = None,
+    device: torch.device | str = "cpu",
+    workers: int = 0,
 ) -> tuple[DiffGF, TrainState]:
     """Run (or resume) training into ``out``; returns the model and its final state.
 
     ``stop_after`` ends the run after that many steps of this call (checkpointing first),
     which tests use to interrupt and resume. ``max_seconds`` is a wall-clock budget for the
     whole run: when it is spent the run ends early as if finished (final weights and curve
-    written, the steps actually done recorded).
+    written, the steps actually done recorded). ``device`` runs the networks there (tiles and
+    random draws are made on the CPU, so a run is the same on any device up to rounding);
+    ``workers`` > 0 draws the steps' tiles in that many processes.
     """
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     if resume and (out / CHECKPOINT).exists():
-        model, opts, state = _resume(out, config)
+        model, opts, state = _resume(out, config, device)
     else:
-        model = model or build_diffgf(seed=config.seed)
+        model = (model or build_diffgf(seed=config.seed)).to(device)
         opts = _optimizers(model, config)
         state = TrainState()
     sampler = TileSampler(config)
     done_here = 0
     t0 = time.perf_counter() - state.seconds
-    while state.step < config.total_steps:
-        step = state.step
-        if step == config.vae_steps and config.vae_steps > 0:
-            model.vae.register_to_config(scaling_factor=latent_scale(model, sampler, config.seed))
-        images, masks, gen = step_batch(sampler, config.seed, step)
-        vae_phase = step < config.vae_steps
-        model.vae.train(vae_phase)
-        model.unet.train(not vae_phase)
-        opt = opts["vae" if vae_phase else "unet"]
-        loss = (vae_loss(model, images, gen, config.kl_weight) if vae_phase
-                else diffusion_loss(model, images, masks, gen, config.gap_weight))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        state.step += 1
-        state.losses.append(float(loss.detach()))
-        state.seconds = time.perf_counter() - t0
-        done_here += 1
-        if progress is not None:
-            progress(state.step, config.total_steps, state.losses[-1])
-        stopping = stop_after is not None and done_here >= stop_after
-        if state.step % config.checkpoint_every == 0 or stopping:
-            save_checkpoint(out, model, opts, config, state)
-        if stopping:
-            return model.eval(), state
-        if max_seconds is not None and state.seconds >= max_seconds:
-            break
+    with step_source(config, state.step, workers) as batches:
+        for arrays in batches:
+            step = state.step
+            if step == config.vae_steps and config.vae_steps > 0:
+                model.vae.register_to_config(
+                    scaling_factor=latent_scale(model, sampler, config.seed))
+            images, masks, gen = as_batch(arrays, device)
+            loss = _train_step(model, opts, config, step, images, masks, gen)
+            state.step += 1
+            state.losses.append(loss)
+            state.seconds = time.perf_counter() - t0
+            done_here += 1
+            if progress is not None:
+                progress(state.step, config.total_steps, loss)
+            stopping = stop_after is not None and done_here >= stop_after
+            if state.step % config.checkpoint_every == 0 or stopping:
+                save_checkpoint(out, model, opts, config, state)
+            if stopping:
+                return model.eval(), state
+            if max_seconds is not None and state.seconds >= max_seconds:
+                break
     save_checkpoint(out, model, opts, config, state)
     facts = {"train_config": asdict(config), "state": {"step": state.step,
              "seconds": round(state.seconds, 1),
              "final_vae_loss": _tail_mean(state.losses[:config.vae_steps]),
              "final_diffusion_loss": _tail_mean(state.losses[config.vae_steps:]),
-             "stopped_by_time_budget": state.step < config.total_steps}}
+             "stopped_by_time_budget": state.step < config.total_steps,
+             "device": torch.device(device).type}}
     save_diffgf(model, out / FINAL, meta=facts, half=True)
     plot_losses(state.losses, config.vae_steps, out / CURVE)
     return model.eval(), state
+
+
+def _train_step(model: DiffGF, opts: dict[str, torch.optim.Optimizer], config: TrainConfig,
+                step: int, images: torch.Tensor, masks: torch.Tensor, gen: torch.Generator
+                ) -> float:
+    """One optimizer step of the phase ``step`` belongs to; returns the loss."""
+    vae_phase = step < config.vae_steps
+    model.vae.train(vae_phase)
+    model.unet.train(not vae_phase)
+    opt = opts["vae" if vae_phase else "unet"]
+    loss = (vae_loss(model, images, gen, config.kl_weight) if vae_phase
+            else diffusion_loss(model, images, masks, gen, config.gap_weight))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
 
 
 def _tail_mean(losses: list[float], n: int = 50) -> float | None:
