@@ -286,8 +286,9 @@ class BatchedForward:
                 ])
         return logits.float()
 
-    def __call__(self, tiles: np.ndarray) -> np.ndarray:
-        """(k, 3, w, w) uint8 windows → (k, L, w, w) float32 probabilities averaged over views."""
+    def __call__(self, tiles: np.ndarray) -> torch.Tensor:
+        """(k, 3, w, w) uint8 windows → (k, L, w, w) float32 probabilities averaged over views,
+        left on the model's device (the accumulation happens there too)."""
         tile = _to_unit(torch.from_numpy(tiles).to(self.device, non_blocking=True))
         count, size = tile.shape[0], tile.shape[-2:]
         views = torch.cat([tile.flip(dims) if dims else tile for dims in self.flips])
@@ -304,7 +305,7 @@ class BatchedForward:
             part = part.flip(dims) if dims else part
             summed = part if summed is None else summed + part
         assert summed is not None
-        return (summed / len(self.flips)).cpu().numpy()
+        return summed / len(self.flips)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -322,17 +323,19 @@ def _stream(forward: BatchedForward, height: int, width: int, read_rows: ReadRow
             progress: Progress | None) -> SceneStats:
     """Run the algorithm over a scene held anywhere, keeping one window-high strip in memory.
 
-    The strip holds input rows [top, top + window) and their accumulators; when the next window
-    row starts at y, rows [top, y) can receive no more windows: they are emitted and the strip
-    moves down, reading only the rows it has not read yet.
+    The strip holds input rows [top, top + window) (host memory, where they are read) and their
+    accumulators (on the model's device, so a GPU never waits for the host to add windows up);
+    when the next window row starts at y, rows [top, y) can receive no more windows: they are
+    emitted and the strip moves down, reading only the rows it has not read yet.
     """
     started = time.perf_counter()
     padded_h, padded_w = max(height, window), max(width, window)
     ys, xs = window_starts(padded_h, window, stride), window_starts(padded_w, window, stride)
     stats = SceneStats(height, width, windows_total=len(ys) * len(xs))
-    weights = gaussian_importance(window)
-    accumulated = np.zeros((forward.num_labels, window, padded_w), np.float32)
-    weight_sum = np.zeros((window, padded_w), np.float32)
+    device = forward.device
+    weights = torch.from_numpy(gaussian_importance(window)).to(device)
+    accumulated = torch.zeros((forward.num_labels, window, padded_w), device=device)
+    weight_sum = torch.zeros((window, padded_w), device=device)
     pixels = np.zeros((3, window, padded_w), np.uint8)
     first = min(window, height)
     pixels[:, :first, :width] = read_rows(0, first)
@@ -341,10 +344,13 @@ def _stream(forward: BatchedForward, height: int, width: int, read_rows: ReadRow
     for y in ys:
         if y > top:
             shift = y - top
-            emit(top, accumulated[:, :shift], weight_sum[:shift], pixels[:, :shift])
-            for array in (accumulated, weight_sum, pixels):
-                array[..., :window - shift, :] = array[..., shift:, :]
-                array[..., window - shift:, :] = 0
+            emit(top, accumulated[:, :shift].cpu().numpy(), weight_sum[:shift].cpu().numpy(),
+                 pixels[:, :shift])
+            for tensor in (accumulated, weight_sum):
+                tensor[..., :window - shift, :] = tensor[..., shift:, :].clone()
+                tensor[..., window - shift:, :] = 0
+            pixels[:, :window - shift, :] = pixels[:, shift:, :]
+            pixels[:, window - shift:, :] = 0
             row0, row1 = top + window, min(y + window, height)
             if row1 > row0:
                 pixels[:, row0 - y:row1 - y, :width] = read_rows(row0, row1)
@@ -362,8 +368,8 @@ def _stream(forward: BatchedForward, height: int, width: int, read_rows: ReadRow
             if progress is not None:
                 progress(done + stats.windows_run, stats.windows_total)
         done += len(xs) - len(row)
-    emit(top, accumulated[:, :padded_h - top], weight_sum[:padded_h - top],
-         pixels[:, :padded_h - top])
+    emit(top, accumulated[:, :padded_h - top].cpu().numpy(),
+         weight_sum[:padded_h - top].cpu().numpy(), pixels[:, :padded_h - top])
     if progress is not None:
         progress(stats.windows_total, stats.windows_total)
     stats.images_forwarded = forward.images_forwarded
@@ -380,14 +386,34 @@ def _finish(accumulated: np.ndarray, weight_sum: np.ndarray) -> np.ndarray:
 
 
 @contextmanager
+def exact_float32(device: torch.device) -> Iterator[None]:
+    """On CUDA, run float32 as float32: no TF32 tensor-core rounding (cuDNN allows it by
+    default), so results match the CPU within float rounding. Restores the settings after."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@contextmanager
 def _prepared(model: DamageSegmenter, device: str | torch.device, *, tta: bool, batch_size: int,
               fuse_decoder: bool, amp: bool | None) -> Iterator[BatchedForward]:
-    """The model on its device in eval + inference mode, wrapped for batched forwards."""
+    """The model on its device in eval + inference mode, wrapped for batched forwards.
+
+    Without autocast, CUDA runs in exact float32 (``exact_float32``).
+    """
     target = resolve_device(device)
     model.to(target)
     with _eval_mode(model), torch.inference_mode():
-        yield BatchedForward(model, target, tta=tta, batch_size=batch_size,
-                             fuse_decoder=fuse_decoder, amp=amp)
+        forward = BatchedForward(model, target, tta=tta, batch_size=batch_size,
+                                 fuse_decoder=fuse_decoder, amp=amp)
+        with nullcontext() if forward.amp else exact_float32(target):
+            yield forward
 
 
 def predict_array(model: DamageSegmenter, rgb: np.ndarray, *, tta: bool = True,
