@@ -2,11 +2,16 @@
 
     PYTHONPATH=. python bench/inference.py                 # throughput b0/b2 ± TTA, 10k² peak RSS
     PYTHONPATH=. python bench/inference.py --size 1024 --variants b0 --no-rss
+    PYTHONPATH=. python bench/inference.py --device cuda --amp both --size 2048 --batch-size 32
+    PYTHONPATH=. python bench/inference.py --no-throughput --rss-dense --tta off   # dense 10k²
 
 Throughput is scene megapixels per second of random-init MiT models (the same weights for both
 implementations) on a synthetic Landsat-like scene; agreement is reported as the largest
 probability difference and the number of pixels whose class differs. Peak RSS is measured in a
-child process running ``predict_scene`` on a 10,000 × 10,000 GeoTIFF written here.
+child process running ``predict_scene`` on a 10,000 × 10,000 GeoTIFF written here: by default
+one with data in a single patch (fast), with ``--rss-dense`` one with data everywhere (every
+window runs). ``--device cuda`` runs both implementations on the GPU (the reference in float32,
+as the authors do; production with ``--amp off|on|both``: float32 or float16 autocast).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from producer.segmentation import (
     predict_array_reference,
     predict_scene,
 )
+from producer.segmentation.inference import exact_float32
 
 TRANSFORM = from_origin(2_200_000.0, -1_000_000.0, 30.0, 30.0)
 
@@ -54,21 +60,64 @@ def model_of(variant: str) -> DamageSegmenter:
     return model.eval()
 
 
-def throughput(variant: str, size: int, tta: bool, batch_size: int) -> dict[str, object]:
-    """Time reference and production on one size × size scene; compare their outputs."""
-    model = model_of(variant)
+def warm_up(model: DamageSegmenter, device: str, amps: tuple[bool, ...]) -> None:
+    """One small run of each implementation, so CUDA context, kernels and autotuning stay out."""
+    pixels = synthetic_scene(512, 512, seed=2)
+    model.to(device)
+    predict_array_reference(model, pixels, tta=False)
+    for amp in amps:
+        predict_array(model, pixels, tta=True, batch_size=8, device=device, amp=amp)
+
+
+def throughput(variant: str, size: int, tta: bool, batch_size: int, device: str = "cpu",
+               amps: tuple[bool, ...] = (False,)) -> list[dict[str, object]]:
+    """Time reference and production on one size × size scene; compare their outputs.
+
+    One row per production precision in ``amps`` (False: float32; True: float16 autocast), all
+    against the same float32 reference run on ``device``.
+    """
+    model = model_of(variant).to(device)
+    if device != "cpu":
+        warm_up(model, device, amps)
     pixels = synthetic_scene(size, size)
     megapixels = size * size / 1e6
+    default_s = None
+    if device != "cpu":  # the authors' code as PyTorch runs it by default (TF32 convolutions)
+        started = time.perf_counter()
+        predict_array_reference(model, pixels, tta=tta)
+        default_s = time.perf_counter() - started
     started, cpu = time.perf_counter(), time.process_time()
-    ref = predict_array_reference(model, pixels, tta=tta)
+    with exact_float32(torch.device(device)):
+        ref = predict_array_reference(model, pixels, tta=tta)
     ref_s, ref_cpu = time.perf_counter() - started, time.process_time() - cpu
-    started, cpu = time.perf_counter(), time.process_time()
-    fast = predict_array(model, pixels, tta=tta, batch_size=batch_size, device="cpu")
-    fast_s, fast_cpu = time.perf_counter() - started, time.process_time() - cpu
     margin = np.abs(ref.probabilities[1] - ref.probabilities[0])
+    rows = []
+    for amp in amps:
+        if device != "cpu":
+            torch.cuda.reset_peak_memory_stats()
+        started, cpu = time.perf_counter(), time.process_time()
+        fast = predict_array(model, pixels, tta=tta, batch_size=batch_size, device=device,
+                             amp=amp)
+        fast_s, fast_cpu = time.perf_counter() - started, time.process_time() - cpu
+        row = _compare(variant, tta, size, device, amp, megapixels, ref, fast, margin,
+                       (ref_s, ref_cpu, fast_s, fast_cpu))
+        if default_s is not None:
+            row["reference_tf32_s"] = round(default_s, 2)
+            row["speedup_vs_tf32_reference"] = round(default_s / fast_s, 2)
+        rows.append(row)
+    return rows
+
+
+def _compare(variant: str, tta: bool, size: int, device: str, amp: bool, megapixels: float,
+             ref: object, fast: object, margin: np.ndarray,
+             times: tuple[float, float, float, float]) -> dict[str, object]:
+    """One result row: speeds of both implementations and how far their outputs differ."""
+    ref_s, ref_cpu, fast_s, fast_cpu = times
     differ = fast.labels != ref.labels
+    extra = ({"gpu_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
+             if device != "cpu" else {})
     return {
-        "variant": variant, "tta": tta, "size": size,
+        "variant": variant, "tta": tta, "size": size, "device": device, "amp": amp,
         "reference_s": round(ref_s, 2), "production_s": round(fast_s, 2),
         "reference_mps": round(megapixels / ref_s, 4),
         "production_mps": round(megapixels / fast_s, 4),
@@ -79,10 +128,12 @@ def throughput(variant: str, size: int, tta: bool, batch_size: int) -> dict[str,
         "pixels_differing": int(differ.sum()),
         "pixels_differing_not_tie": int((differ & (margin > 1e-4)).sum()),
         "damage_fraction": round(float(ref.labels.mean()), 3),
+        **extra,
     }
 
 
-def disk_throughput(variant: str, size: int, tta: bool, batch_size: int) -> dict[str, object]:
+def disk_throughput(variant: str, size: int, tta: bool, batch_size: int,
+                    device: str = "cpu") -> dict[str, object]:
     """``predict_scene`` from a GeoTIFF to a GeoTIFF (plus probability raster)."""
     model = model_of(variant)
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,58 +143,73 @@ def disk_throughput(variant: str, size: int, tta: bool, batch_size: int) -> dict
             dst.write(synthetic_scene(size, size))
         stats = predict_scene(model, src, Path(tmp) / "out.tif",
                               probability_path=Path(tmp) / "p.tif", tta=tta,
-                              batch_size=batch_size, device="cpu")
-    return {"variant": variant, "tta": tta, "size": size, "seconds": round(stats.seconds, 2),
-            "mps": round(stats.megapixels_per_second, 4)}
+                              batch_size=batch_size, device=device)
+    return {"variant": variant, "tta": tta, "size": size, "device": device,
+            "seconds": round(stats.seconds, 2), "mps": round(stats.megapixels_per_second, 4)}
 
 
-def write_sparse_scene(path: Path, size: int, block: tuple[int, int, int]) -> None:
-    """A size² RGB GeoTIFF, zero (no data) except a synthetic patch; written strip by strip."""
-    row0, col0, side = block
+#: The data patch of the sparse scene: rows 0–200, columns 300–500 (two windows of row one).
+SPARSE_PATCH = (0, 300, 200)
+
+
+def write_scene(path: Path, size: int, dense: bool) -> None:
+    """A size² RGB GeoTIFF (tiled LZW), written strip by strip so the writer stays small.
+
+    Dense: synthetic ice everywhere, so every window runs. Sparse: zero (no data) except the
+    ``SPARSE_PATCH``, which lies in exactly two windows of the first window row.
+    """
+    row0, col0, side = SPARSE_PATCH
     patch = synthetic_scene(side, side, seed=1)
     with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3,
                        dtype="uint8", crs="EPSG:3031", transform=TRANSFORM, tiled=True,
                        blockxsize=512, blockysize=512, compress="lzw") as dst:
         for top in range(0, size, 512):
             rows = min(512, size - top)
-            strip = np.zeros((3, rows, size), np.uint8)
-            lo, hi = max(top, row0), min(top + rows, row0 + side)
-            if lo < hi:
-                strip[:, lo - top:hi - top, col0:col0 + side] = patch[:, lo - row0:hi - row0]
+            if dense:
+                strip = synthetic_scene(rows, size, seed=top)
+            else:
+                strip = np.zeros((3, rows, size), np.uint8)
+                lo, hi = max(top, row0), min(top + rows, row0 + side)
+                if lo < hi:
+                    strip[:, lo - top:hi - top, col0:col0 + side] = patch[:, lo - row0:hi - row0]
             dst.write(strip, window=Window(0, top, size, rows))
 
 
-def rss_child(src: str, variant: str, batch_size: int) -> None:
+def rss_child(src: str, variant: str, batch_size: int, tta: bool, device: str) -> None:
     """(Child process) run predict_scene and print stats and peak RSS as JSON."""
     model = model_of(variant)
     with tempfile.TemporaryDirectory() as tmp:
         stats = predict_scene(model, src, Path(tmp) / "out.tif",
                               probability_path=Path(tmp) / "p.tif", batch_size=batch_size,
-                              device="cpu")
+                              tta=tta, device=device)
+    extra = ({"gpu_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
+             if device != "cpu" else {})
     print(json.dumps({
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "windows_total": stats.windows_total, "windows_run": stats.windows_run,
-        "seconds": round(stats.seconds, 1),
+        "images_forwarded": stats.images_forwarded, "seconds": round(stats.seconds, 1),
+        "mps": round(stats.megapixels_per_second, 3), **extra,
     }))
 
 
-def peak_rss(variant: str, size: int, batch_size: int) -> dict[str, object]:
-    """Peak RSS of ``predict_scene`` on a size² scene, data only in a 200² patch (child process).
+def peak_rss(variant: str, size: int, batch_size: int, *, dense: bool = False, tta: bool = True,
+             device: str = "cpu", threads: int = 2) -> dict[str, object]:
+    """Peak RSS of ``predict_scene`` on a size² scene, in a fresh child process.
 
-    The patch (rows 0–200, columns 300–500) lies in exactly two windows of the first window row,
-    so one full forward batch (2 windows × 4 views) runs, and every row of the scene still
-    streams through the strip, reader and writers. Memory does not grow with the number of
-    windows run (the same buffers are reused), so this is the peak of a dense scene too.
+    The sparse scene still streams every row through the strip, reader and writers but runs one
+    forward batch; the dense one runs every window. Every batch reuses buffers of the same
+    sizes, so the two peaks differ only by allocator fragmentation.
     """
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "big.tif"
-        write_sparse_scene(src, size, (0, 300, 200))
+        write_scene(src, size, dense)
         out = subprocess.run(
-            [sys.executable, __file__, "--rss-child", str(src), variant, str(batch_size)],
+            [sys.executable, __file__, "--threads", str(threads), "--rss-child", str(src),
+             variant, str(batch_size), "on" if tta else "off", device],
             check=True, capture_output=True, text=True,
         )
-    return {"variant": variant, "size": size, "batch_size": batch_size,
-            **json.loads(out.stdout.strip().splitlines()[-1])}
+    return {"variant": variant, "size": size, "batch_size": batch_size, "dense": dense,
+            "tta": tta, "device": device, **json.loads(out.stdout.strip().splitlines()[-1])}
 
 
 def main() -> None:
@@ -155,27 +221,44 @@ def main() -> None:
     parser.add_argument("--tta", choices=("both", "on", "off"), default="both")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward call")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--amp", choices=("off", "on", "both"), default="off",
+                        help="production precision: float32, float16 autocast, or both")
     parser.add_argument("--rss-size", type=int, default=10_000)
     parser.add_argument("--rss-variant", default="b2")
+    parser.add_argument("--rss-dense", action="store_true", help="data in every window")
     parser.add_argument("--no-rss", action="store_true")
     parser.add_argument("--no-throughput", action="store_true")
-    parser.add_argument("--rss-child", nargs=3, metavar=("SRC", "VARIANT", "BATCH"))
+    parser.add_argument("--rss-child", nargs=5,
+                        metavar=("SRC", "VARIANT", "BATCH", "TTA", "DEVICE"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.rss_child:
-        rss_child(args.rss_child[0], args.rss_child[1], int(args.rss_child[2]))
+        src, variant, batch, tta, device = args.rss_child
+        rss_child(src, variant, int(batch), tta == "on", device)
         return
-    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads()}))
+    header = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+              "device": args.device}
+    if args.device != "cpu":
+        header["gpu"] = torch.cuda.get_device_name()
+    print(json.dumps(header), flush=True)
+    ttas = {"both": (True, False), "on": (True,), "off": (False,)}[args.tta]
+    amps = {"off": (False,), "on": (True,), "both": (False, True)}[args.amp]
     if not args.no_throughput:
         for variant in args.variants.split(","):
-            for tta in {"both": (True, False), "on": (True,), "off": (False,)}[args.tta]:
-                print(json.dumps(throughput(variant, args.size, tta, args.batch_size)), flush=True)
+            for tta in ttas:
+                for row in throughput(variant, args.size, tta, args.batch_size, args.device,
+                                      amps):
+                    print(json.dumps(row), flush=True)
         if args.disk:
-            print(json.dumps({"disk": disk_throughput("b0", args.size, True, args.batch_size)}),
-                  flush=True)
+            print(json.dumps({"disk": disk_throughput("b0", args.size, True, args.batch_size,
+                                                      args.device)}), flush=True)
     if not args.no_rss:
-        print(json.dumps({"rss": peak_rss(args.rss_variant, args.rss_size, args.batch_size)}),
-              flush=True)
+        for tta in ttas:
+            print(json.dumps({"rss": peak_rss(args.rss_variant, args.rss_size, args.batch_size,
+                                              dense=args.rss_dense, tta=tta,
+                                              device=args.device, threads=args.threads)}),
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,118 @@
+"""CUDA paths: inference (float32 and float16 autocast), SegFormer AMP and DiffGF training.
+
+Skipped where no CUDA device is present (CI has none); run on a GPU machine with
+``python -m pytest -q tests/test_cuda.py``. Models are random-init MiT-b0 / tiny DiffGF networks;
+the yardstick is always the CPU float32 result of the same weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from producer.restoration.diffgf import build_diffgf
+from producer.restoration.train import TrainConfig, train
+from producer.segmentation import DamageSegmenter, predict_array, predict_array_reference
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+TINY_VAE = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 1,
+    "down_block_types": ["DownEncoderBlock2D"] * 3, "up_block_types": ["UpDecoderBlock2D"] * 3,
+    "block_out_channels": [8, 16, 16], "norm_num_groups": 4, "sample_size": 32,
+    "mid_block_add_attention": False,
+}
+TINY_UNET = {
+    "sample_size": 16, "in_channels": 9, "out_channels": 4, "layers_per_block": 1,
+    "block_out_channels": [16, 32], "down_block_types": ["DownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "UpBlock2D"], "norm_num_groups": 8,
+}
+
+
+def _scene(size: int, seed: int = 0) -> np.ndarray:
+    """(3, size, size) uint8 ice-like scene with thin dark lines."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    base = 170 + 40 * np.sin(xx / 37.0) * np.cos(yy / 53.0)
+    lines = (np.sin((xx + 0.6 * yy) / 4.0) > 0.93) * -120
+    return np.clip(base + lines + rng.normal(0, 12, (3, size, size)), 1, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def b0() -> DamageSegmenter:
+    """Random-init MiT-b0 with a decisive classifier."""
+    torch.manual_seed(0)
+    model = DamageSegmenter.build("b0")
+    with torch.no_grad():
+        model.model.decode_head.classifier.weight.mul_(50.0)
+    return model.eval()
+
+
+def test_cuda_float32_equals_cpu_reference(b0: DamageSegmenter) -> None:
+    """Batched float32 inference on the GPU keeps the authors' result: argmax identical except
+    near-ties, probabilities within 1e-4 (cuDNN's TF32 convolutions included)."""
+    pixels = _scene(768)
+    ref = predict_array_reference(b0.to("cpu"), pixels, tta=True)
+    gpu = predict_array(b0, pixels, tta=True, batch_size=32, device="cuda", amp=False)
+    b0.to("cpu")
+    diff = np.abs(gpu.probabilities - ref.probabilities)
+    margin = np.abs(ref.probabilities[1] - ref.probabilities[0])
+    assert float(diff.max()) < 1e-4
+    assert int(((gpu.labels != ref.labels) & (margin > 2e-4)).sum()) == 0
+
+
+def test_cuda_autocast_stays_close_to_cpu_reference(b0: DamageSegmenter) -> None:
+    """float16 autocast (the GPU default) moves probabilities by rounding only: classes agree
+    except where the reference is itself nearly undecided."""
+    pixels = _scene(768, seed=1)
+    ref = predict_array_reference(b0.to("cpu"), pixels, tta=True)
+    gpu = predict_array(b0, pixels, tta=True, batch_size=32, device="cuda", amp=True)
+    b0.to("cpu")
+    diff = np.abs(gpu.probabilities - ref.probabilities)
+    margin = np.abs(ref.probabilities[1] - ref.probabilities[0])
+    assert float(diff.max()) < 2e-2
+    assert int(((gpu.labels != ref.labels) & (margin > 4e-2)).sum()) == 0
+
+
+def _tile(seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """An (size, size, 3) uint8 tile with dark lines and its damage label (the renderer's)."""
+    rgb = np.ascontiguousarray(_scene(size, seed).transpose(1, 2, 0))
+    return rgb, rgb[..., 0] < 100
+
+
+def test_segformer_amp_training_resumes_exactly(tmp_path: Path) -> None:
+    """Training on CUDA (float16 autocast + GradScaler) lowers nothing to NaN, and a run
+    resumed from its checkpoint ends with the same weights as an uninterrupted one."""
+    from rich.console import Console
+    from safetensors.torch import load_file
+
+    from producer.training.train import TrainConfig as SegConfig
+    from producer.training.train import train as train_seg
+
+    def config(out: Path, epochs: int) -> SegConfig:
+        return SegConfig(out=str(out), variant="b0", demo=True, epochs=epochs, batch_size=4,
+                         demo_tiles=8, demo_val_tiles=4, demo_size=128, device="cuda",
+                         warmup_epochs=1, cosine_epochs=1, seed=3)
+
+    quiet = Console(quiet=True)
+    state = train_seg(config(tmp_path / "full", 2), render=_tile, console=quiet)
+    assert all(np.isfinite(h["train_loss"]) for h in state.history)
+    train_seg(config(tmp_path / "split", 1), render=_tile, console=quiet)
+    train_seg(config(tmp_path / "split", 2), resume=True, render=_tile, console=quiet)
+    full = load_file(tmp_path / "full" / "last.safetensors")
+    split = load_file(tmp_path / "split" / "last.safetensors")
+    assert all(torch.allclose(full[k], split[k], atol=1e-6) for k in full)
+
+
+def test_diffgf_trains_on_cuda_like_on_cpu(tmp_path: Path) -> None:
+    """A DiffGF run on the GPU draws the same tiles and noise as on the CPU: the losses agree
+    up to float rounding, and the written weights load back."""
+    config = TrainConfig(vae_steps=2, unet_steps=3, batch=2, crop=32, checkpoint_every=100)
+    _, on_cpu = train(config, tmp_path / "cpu", model=build_diffgf(TINY_VAE, TINY_UNET, seed=0))
+    _, on_gpu = train(config, tmp_path / "gpu", model=build_diffgf(TINY_VAE, TINY_UNET, seed=0),
+                      device="cuda", workers=2)
+    assert on_gpu.losses == pytest.approx(on_cpu.losses, rel=2e-2, abs=1e-4)
+    assert (tmp_path / "gpu" / "diffgf.safetensors").stat().st_size > 0
