@@ -65,13 +65,13 @@ from producer.sources.names import (
     parse_export_name,
     parse_product_id,
     shelf_key,
+    sidecar_path,
 )
 from producer.spec import SENSOR_ORDER, SENSORS, SpecError, summer_of
 from producer.writer import atomic_path
 
 RESAMPLING: dict[str, Resampling] = {"nearest": Resampling.nearest,
                                      "bilinear": Resampling.bilinear}
-SIDECAR_SUFFIX = ".json"
 #: GeoTIFF tag in which the gee source records the Landsat product ids of a composite.
 SOURCE_IDS_TAG = "SOURCE_IDS"
 WINDOW = 2048
@@ -93,11 +93,6 @@ class LocalFile:
 # --------------------------------------------------------------------------------------------
 # Describing files: sidecar, export name, product id
 # --------------------------------------------------------------------------------------------
-
-
-def sidecar_path(path: Path) -> Path:
-    """The sidecar of a scene file: ``<file>.json``."""
-    return path.with_name(path.name + SIDECAR_SUFFIX)
 
 
 def _field(record: dict[str, Any], name: str, where: Path, required: bool = True) -> Any:
