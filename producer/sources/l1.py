@@ -53,7 +53,7 @@ CONTENTS = "PRODUCT_CONTENTS"
 TOA_FORMULA = ("TOA reflectance = (REFLECTANCE_MULT_BAND_n × DN + REFLECTANCE_ADD_BAND_n) / "
                "sin(SUN_ELEVATION)")
 #: Single-band files of a Level-1 product (besides the MTL): bands, QA bands, angle bands.
-_COMPONENT = re.compile(r"_(?:B\d+(?:_VCID_\d)?|QA_[A-Z]+|[SV][AZ]A)\.TIFF?$", re.IGNORECASE)
+_COMPONENT = re.compile(r"_(?:B\d{1,2}(?:_VCID_\d)?|QA_[A-Z]+|[SV][AZ]A)\.TIFF?$", re.IGNORECASE)
 #: Rows converted at a time (bounds memory: rows × width × a few float64 arrays).
 CHUNK_ROWS = 512
 
