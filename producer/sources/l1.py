@@ -260,6 +260,13 @@ class L1Product:
         return Calibration((mult[0], mult[1], mult[2]), (add[0], add[1], add[2]), sun)
 
 
+    def check(self) -> None:
+        """Fail early, naming file, field and rule, on a missing MTL field or band file."""
+        self.calibration()
+        for band in (*self.rgb_bands, QA_BAND):
+            self.band_path(band)
+
+
 def _product_id(name: str, where: Path) -> ProductId:
     try:
         return parse_product_id(name)

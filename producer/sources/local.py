@@ -68,7 +68,7 @@ from producer.sources.gee import tile_windows
 from producer.sources.l1 import L1Product, find_products
 from producer.sources.l1 import convert as convert_l1
 from producer.sources.l1 import signature as l1_signature
-from producer.sources.landsat import QA_BAND, daily_cloud
+from producer.sources.landsat import daily_cloud
 from producer.sources.names import (
     CLOUD_MASK_SUFFIX,
     EXPORT_SUFFIX,
@@ -310,10 +310,9 @@ class LocalFolderSource:
                 self.skipped.append((item.path, f"{item.sensor} is not used for summer {year}"))
                 continue
             if item.l1 is not None:
-                item.l1.calibration()  # a missing MTL field fails before any work
+                item.l1.check()  # a missing MTL field or band fails before any work
                 with rasterio.open(item.l1.band_path(item.l1.rgb_bands[0])) as src:
                     if overlaps(src, roi, grid):
-                        item.l1.band_path(QA_BAND)
                         groups.setdefault((item.sensor, item.acquired), []).append(item)
                 continue
             with rasterio.open(item.path) as src:
