@@ -315,7 +315,7 @@ def unquoted(tree: dict) -> dict:
     return {k: unquoted(v) if isinstance(v, dict) else v.strip('"') for k, v in tree.items()}
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(tree=trees)
 def test_mtl_text_and_json_parse_to_the_same_tree(tree: dict) -> None:
     text = "\n".join(render(tree) + ["END"]) + "\n"
