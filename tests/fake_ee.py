@@ -11,7 +11,8 @@ compositing, count reducer at 300 m, computePixels grids) and get believable ans
   daily composite (the best clear fraction of its images when QA bits 3 and 4 are masked, else
   full coverage);
 * ``data.computePixels`` returns a real GeoTIFF on the requested grid whose pixels are a known
-  function of the absolute pixel position (``pattern``), so a mosaic can be checked exactly.
+  function of the absolute pixel position (``pattern``; for the ``cloud`` band a 0/1
+  ``cloud_pattern``), so a mosaic can be checked exactly.
 """
 
 from __future__ import annotations
@@ -55,6 +56,15 @@ def pattern(transform: Affine, width: int, height: int, bands: int = 3) -> np.nd
     for b in range(bands):
         out[b] = ((cols * 7 + rows * 13 + b * 61) % 250 + 1).astype(np.uint8)
     return out
+
+
+def cloud_pattern(transform: Affine, width: int, height: int) -> np.ndarray:
+    """The 0/1 cloud mask the fake serves: diagonal bands of the absolute pixel position."""
+    col0 = round(transform.c / transform.a)
+    row0 = round(transform.f / transform.e)
+    rows = np.arange(row0, row0 + height)[:, None]
+    cols = np.arange(col0, col0 + width)[None, :]
+    return (((cols + rows) // 5) % 3 == 0).astype(np.uint8)[None]
 
 
 @dataclass
@@ -126,6 +136,10 @@ class Collection(Node):
         self.fake.log("median", ())
         return self._child("median", cls=Image)
 
+    def mean(self) -> Image:
+        self.fake.log("mean", ())
+        return self._child("mean", cls=Image)
+
     def aggregate_array(self, prop: str) -> Value:
         self.fake.log("aggregate_array", (prop,))
         getters = {"LANDSAT_PRODUCT_ID": lambda i: i.product_id,
@@ -148,6 +162,18 @@ class Image(Node):
 
     def And(self, other: Image) -> Image:  # noqa: N802
         return self._child("And", other)
+
+    def Not(self) -> Image:  # noqa: N802
+        return self._child("Not")
+
+    def gte(self, value: float) -> Image:
+        return self._child("gte", value)
+
+    def unmask(self, value: float) -> Image:
+        return self._child("unmask", value)
+
+    def rename(self, name: str) -> Image:
+        return self._child("rename", name)
 
     def updateMask(self, mask: Image) -> Image:  # noqa: N802
         return self._child("updateMask", mask)
@@ -182,6 +208,13 @@ class Image(Node):
     def update_mask_bits(self) -> set[int]:
         """QA_PIXEL bit values this ``updateMask`` node masks (empty for anything else)."""
         return _masked_bits(self.args[0]) if self.op == "updateMask" else set()
+
+    def flagged_qa_bits(self) -> set[int]:
+        """For ``Not(clear).updateMask(keep)``: the QA_PIXEL bit values whose being set makes
+        the flag 1 (empty for anything else)."""
+        if self.op != "updateMask" or self.parent is None or self.parent.op != "Not":
+            return set()
+        return _masked_bits(self.parent.parent)
 
 
 def _masked_bits(mask: Node) -> set[int]:
@@ -263,10 +296,12 @@ class FakeData:
         transform = Affine(a["scaleX"], a["shearX"], a["translateX"],
                            a["shearY"], a["scaleY"], a["translateY"])
         bands = len(params["bandIds"])
+        pixels = (cloud_pattern(transform, width, height) if params["bandIds"] == ["cloud"]
+                  else pattern(transform, width, height, bands))
         with MemoryFile() as memfile:
             with memfile.open(driver="GTiff", width=width, height=height, count=bands,
                               dtype="uint8", crs=grid["crsCode"], transform=transform) as dst:
-                dst.write(pattern(transform, width, height, bands))
+                dst.write(pixels)
             return bytes(memfile.read())
 
 

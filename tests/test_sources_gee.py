@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from shapely.geometry import Polygon, box
 
 from producer.grid import Grid
+from producer.pipeline import scene_masks
 from producer.sources.errors import CredentialsError, SourceError
 from producer.sources.gee import (
     EE_MAX_REQUEST_BYTES,
@@ -27,7 +28,7 @@ from producer.sources.gee import (
 )
 from producer.sources.local import LocalFolderSource
 from producer.spec import SENSORS
-from tests.fake_ee import FakeEE, FakeImage, pattern
+from tests.fake_ee import FakeEE, FakeImage, cloud_pattern, pattern
 
 LC08_T1, LC08_T2 = SENSORS["LC08"].ee_collections
 LC09_T1, LC09_T2 = SENSORS["LC09"].ee_collections
@@ -119,8 +120,12 @@ def test_search_filters_ranking_and_downloads_follow_the_paper(tmp_path: Path, g
     assert np.allclose(ring, np.array(roi_lonlat(ROI).exterior.coords))
     assert ring[:, 0].min() > 100 and ring[:, 0].max() < 130 and ring[:, 1].max() < -60
     # Ranking: cloud (bit 3) and shadow (bit 4) masked, daily median, count at 300 m.
-    mapped = fake.ops("map")
-    assert mapped and all(body.update_mask_bits() == {8, 16} for (body,) in mapped)
+    mapped = [body for (body,) in fake.ops("map")]
+    ranking = [body for body in mapped if body.update_mask_bits() == {8, 16}]
+    flagging = [body for body in mapped if body.flagged_qa_bits() == {8, 16}]
+    assert ranking and flagging and len(ranking) + len(flagging) == len(mapped)
+    # Cloud-mask flags: 1 where bit 3 or 4 is set, masked where bit 0 (fill) is set.
+    assert all(body.update_mask_bits() == {1} for body in flagging)
     reductions = fake.ops("reduceRegion")
     assert {(r[0], r[2], r[3]) for r in reductions} == {("count", 300, "EPSG:3031")}
     assert all(r[1] is geometry or r[1] == geometry for r in reductions)
@@ -136,10 +141,20 @@ def test_search_filters_ranking_and_downloads_follow_the_paper(tmp_path: Path, g
     assert scenes[0].scene_id == "LC09_Totten_composite_2021-12-20"
 
     # Downloads: unmasked daily median clipped to the ROI, RGB × 255 as bytes, on our grid.
-    requested = fake.pixel_requests
+    requested = [r for r in fake.pixel_requests if r["bandIds"] != ["cloud"]]
+    masks = [r for r in fake.pixel_requests if r["bandIds"] == ["cloud"]]
     windows = [w for w in tile_windows(grid, TILE) if box(*grid.subgrid(w).bounds).intersects(ROI)]
     assert len(windows) < len(tile_windows(grid, TILE))  # corner tiles outside the ROI skipped
-    assert len(requested) == len(scenes) * len(windows)
+    assert len(requested) == len(masks) == len(scenes) * len(windows)
+    # The cloud mask of each composite is requested tile by tile on the same grids as its RGB.
+    assert [r["grid"] for r in masks] == [r["grid"] for r in requested]
+    for request in masks:
+        expression = request["expression"]
+        assert expression.chain()[-7:] == ["map", "mean", "gte", "clip", "unmask", "toByte",
+                                           "rename"]
+        assert expression.find("gte").args == (0.5,) and expression.find("unmask").args == (0,)
+        assert expression.find("map").args[0].flagged_qa_bits() == {8, 16}
+        assert expression.find("median") is None
     for request in requested:
         assert request["fileFormat"] == "GEO_TIFF"
         assert request["grid"]["crsCode"] == "EPSG:3031"
@@ -161,18 +176,31 @@ def test_search_filters_ranking_and_downloads_follow_the_paper(tmp_path: Path, g
     for w in windows:
         inside[w.toslices()] = True
     expected = np.where(inside, pattern(grid.transform, grid.width, grid.height), 0)
+    expected_cloud = np.where(inside, cloud_pattern(grid.transform, grid.width, grid.height)[0], 0)
+    assert 0 < expected_cloud[inside].mean() < 1
     for scene in scenes:
         with rasterio.open(scene.path) as src:
             assert (src.count, src.dtypes, src.crs.to_epsg()) == (3, ("uint8",) * 3, 3031)
             assert src.transform == grid.transform and src.shape == grid.shape
             np.testing.assert_array_equal(src.read(), expected)
             assert src.tags()["SOURCE_IDS"].split(",") == list(scene.source_ids)
+        assert scene.cloud_mask_path == cache / f"{scene.scene_id}_cloud.tif"
+        with rasterio.open(scene.cloud_mask_path) as msk:
+            assert (msk.count, msk.dtypes, msk.transform) == (1, ("uint8",), grid.transform)
+            np.testing.assert_array_equal(msk.read(1), expected_cloud)
+        # Merge planning sees the clouds: usable = present and not cloudy.
+        masks_ = scene_masks(scene, 2021, grid)
+        np.testing.assert_array_equal(masks_.present, expected.any(axis=0))
+        np.testing.assert_array_equal(masks_.usable, expected.any(axis=0) & (expected_cloud == 0))
     # A folder of gee downloads is a valid local:DIR, product ids included.
     local = LocalFolderSource(cache, progress=False)
     local.grid("Totten", ROI)
     again = local.scenes("Totten", 2021, grid, tmp_path / "local-work")
     assert {(s.scene_id, s.source_ids) for s in again} == {(s.scene_id, s.source_ids)
                                                           for s in scenes}
+    for scene in again:  # the sidecar carries the cloud mask along
+        with rasterio.open(scene.cloud_mask_path) as msk:
+            np.testing.assert_array_equal(msk.read(1), expected_cloud)
     manifest = json.loads((cache / "gee_Totten_2021.json").read_text())
     assert len(manifest["candidates"]) == 5 and len(manifest["chosen"]) == 4
 
@@ -183,15 +211,18 @@ def test_le07_summer_searches_landsat7_bands(tmp_path: Path, grid: Grid) -> None
     scenes = run(fake, tmp_path, grid, 2005)
     assert {a[0] for a in fake.ops("ImageCollection")} == set(SENSORS["LE07"].ee_collections)
     assert [s.sensor for s in scenes] == ["LE07"]
-    assert {tuple(r["bandIds"]) for r in fake.pixel_requests} == {("B3", "B2", "B1")}
+    assert {tuple(r["bandIds"]) for r in fake.pixel_requests} == {("B3", "B2", "B1"),
+                                                                  ("cloud",)}
 
 
 def test_top_n_limits_downloads(tmp_path: Path, grid: Grid, cache: Path) -> None:
     fake = FakeEE(catalog())
     scenes = run(fake, tmp_path, grid, top=2)
     assert [s.acquired.isoformat() for s in scenes] == ["2021-12-20", "2021-12-05"]
-    assert sorted(p.name for p in cache.glob("*.tif")) == [
+    assert sorted(p.name for p in cache.glob("*_uint8.tif")) == [
         "LC08_Totten_composite_2021-12-05_uint8.tif", "LC09_Totten_composite_2021-12-20_uint8.tif"]
+    assert sorted(p.name for p in cache.glob("*_cloud.tif")) == [
+        "LC08_Totten_composite_2021-12-05_cloud.tif", "LC09_Totten_composite_2021-12-20_cloud.tif"]
 
 
 def test_no_imagery_gives_no_scenes(tmp_path: Path, grid: Grid) -> None:
@@ -239,8 +270,31 @@ def test_rerun_uses_the_cache_without_earth_engine(tmp_path: Path, grid: Grid) -
     assert fake.getinfo_calls == []
     windows = [w for w in tile_windows(grid, TILE) if box(*grid.subgrid(w).bounds).intersects(ROI)]
     assert len(fake.pixel_requests) == len(windows)
+    assert {r["bandIds"][0] for r in fake.pixel_requests} == {"B4"}
     assert first[1].path.exists()
     assert all(s.path.stat().st_mtime_ns == stamps[s.path] for s in first if s is not first[1])
+
+
+def test_cache_without_cloud_masks_fetches_only_the_masks(tmp_path: Path, grid: Grid,
+                                                          cache: Path) -> None:
+    """A cache written before cloud masks were downloaded gets them, RGB left untouched."""
+    first = run(FakeEE(catalog()), tmp_path, grid, top=2)
+    stamps = {s.path: s.path.stat().st_mtime_ns for s in first}
+    for scene in first:
+        scene.cloud_mask_path.unlink()
+        (cache / f"{scene.path.name}.json").unlink()
+    fake = FakeEE(catalog())
+    again = run(fake, tmp_path, grid, top=2)
+    assert fake.getinfo_calls == []  # the ranking is reused
+    windows = [w for w in tile_windows(grid, TILE) if box(*grid.subgrid(w).bounds).intersects(ROI)]
+    assert [r["bandIds"] for r in fake.pixel_requests] == [["cloud"]] * (2 * len(windows))
+    assert {s.path: s.path.stat().st_mtime_ns for s in again} == stamps
+    for scene in again:
+        assert scene.cloud_mask_path.exists()
+        sidecar = json.loads((cache / f"{scene.path.name}.json").read_text())
+        assert sidecar == {"sensor": scene.sensor, "date": scene.acquired.isoformat(),
+                           "shelf": "Totten", "cloud_mask": scene.cloud_mask_path.name,
+                           "source_ids": list(scene.source_ids)}
 
 
 def test_changed_parameters_redo_the_ranking(tmp_path: Path, grid: Grid) -> None:
@@ -257,6 +311,7 @@ def test_failed_tile_leaves_no_partial_scene(tmp_path: Path, grid: Grid, cache: 
     with pytest.raises(SourceError, match=r"LC09_Totten_composite_2021-12-20_uint8\.tif tile"):
         run(fake, tmp_path, grid)
     assert not list(cache.glob("*.tif")) and not list(cache.glob(".*.tmp"))
+    assert not list(cache.glob("*.tif.json"))
 
 
 @settings(max_examples=60, deadline=None)
@@ -345,7 +400,9 @@ def test_real_client_serializes_the_expected_graph(real_ee, tmp_path: Path, grid
     source.grid("Totten", ROI)
     scenes = source.scenes("Totten", 2021, grid, tmp_path / "work")
     assert [(s.sensor, s.valid_fraction) for s in scenes] == [("LC08", 0.6)]
-    search, counts, pixels = graphs[0], graphs[2], graphs[-1]
+    search, counts = graphs[0], graphs[2]
+    (pixels,) = {g for g in graphs[3:] if '["B4", "B3", "B2"]' in g}
+    (cloud,) = {g for g in graphs[3:] if '"cloud"' in g}
 
     def functions(graph: str) -> set[str]:
         return set(re.findall(r'"functionName": "([^"]+)"', graph))
@@ -367,3 +424,9 @@ def test_real_client_serializes_the_expected_graph(real_ee, tmp_path: Path, grid
             "Image.toByte"} <= functions(pixels)
     assert "Collection.map" not in functions(pixels) and '"QA_PIXEL"' not in constants(pixels)
     assert "255" in constants(pixels) and '["B4", "B3", "B2"]' in pixels
+    assert {"Collection.map", "Image.bitwiseAnd", "Image.eq", "Image.and", "Image.not",
+            "Image.updateMask", "reduce.mean", "Image.gte", "Image.clip", "Image.unmask",
+            "Image.toByte", "Image.rename"} <= functions(cloud)
+    assert "reduce.median" not in functions(cloud)
+    assert {"1", "8", "16", "0.5", "0"} <= constants(cloud)
+    assert '"QA_PIXEL"' in cloud and '"cloud"' in cloud

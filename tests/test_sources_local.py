@@ -237,13 +237,18 @@ def test_same_day_files_are_combined_by_median(tmp_path: Path) -> None:
     assert (band[:, 60:] == 30).all() and scene.valid_fraction == 1.0
 
 
-def test_combine_day_cloud_only_where_no_file_is_clear() -> None:
-    a = np.full((3, 1, 3), 50, np.uint8)
-    b = np.full((3, 1, 3), 70, np.uint8)
-    b[:, 0, 2] = 0  # no data in b at the third pixel
-    rgb, cloud = combine_day([a, b], [np.array([[1, 1, 1]]), np.array([[0, 1, 0]])])
-    assert rgb[0].tolist() == [[60, 60, 50]]
-    assert cloud.tolist() == [[False, True, True]]
+def test_combine_day_cloudy_where_at_least_half_the_files_with_data_are() -> None:
+    """The median of the files is bounded by clear values only where most files are clear."""
+    a = np.full((3, 1, 5), 50, np.uint8)
+    b = np.full((3, 1, 5), 70, np.uint8)
+    c = np.full((3, 1, 5), 90, np.uint8)
+    b[:, 0, 3] = 0  # no data in b and c at the fourth pixel, in c at the fifth
+    c[:, 0, 3:] = 0
+    rgb, cloud = combine_day([a, b, c], [np.array([[1, 1, 0, 1, 1]]),
+                                         np.array([[0, 1, 0, 0, 0]]), None])
+    assert rgb[0].tolist() == [[70, 70, 70, 50, 60]]
+    # cloudy shares: 1/3, 2/3, 0/3, 1/1 (only a has data), 1/2
+    assert cloud.tolist() == [[False, True, False, True, True]]
 
 
 def test_implausible_sensor_is_skipped_with_a_reason(tmp_path: Path) -> None:

@@ -15,6 +15,13 @@ This is the authors' Earth Engine acquisition script (paper section 2.1.3; the f
    at 30 m directly on the ROI grid, with ``ee.data.computePixels`` in 2048² tiles (12 MB of RGB
    UInt8, inside Earth Engine's 48 MB / 32,768 px request limits), mosaicked into one GeoTIFF per
    scene named like the authors' exports, ``<SENSOR>_<Shelf>_composite_<YYYY-MM-DD>_uint8.tif``.
+5. Beside it, download the composite's cloud mask ``<SENSOR>_<Shelf>_composite_<YYYY-MM-DD>
+   _cloud.tif`` (1 = cloud or shadow) with the same tiles on the same grid, so the merge knows
+   which pixels of the unmasked RGB are cloudy. Each image of the day gives a flag (QA_PIXEL bit 3
+   or 4 set; masked where bit 0 marks fill), and the day is cloudy where at least half of its
+   images with data flag it (``map(flags).mean().gte(0.5)``, the rule of ``landsat.py``: where
+   more than half are clear, the unmasked median lies between clear values). A sidecar
+   ``<scene>.tif.json`` names the mask, so a cache folder is also a valid ``local:DIR``.
 
 Downloads are costly (minutes per scene), so they are kept in a persistent cache rather than the
 caller's temporary work folder: ``<cache>/gee/<Shelf>/<YYYY>/`` where ``<cache>`` is the
@@ -59,16 +66,22 @@ from producer.grid import Grid
 from producer.shelves import roi_polygon
 from producer.sources.base import Scene
 from producer.sources.errors import CredentialsError, SourceError
-from producer.sources.names import export_name
+from producer.sources.landsat import (
+    CLOUDY_SHARE,
+    EXPORT_SCALE,
+    QA_BAND,
+    QA_CLOUD_BIT,
+    QA_FILL_BIT,
+    QA_SHADOW_BIT,
+)
+from producer.sources.names import ExportName, export_name, sidecar_path
 from producer.spec import ENCODING, SENSOR_ORDER, SENSORS, summer_window
 from producer.writer import atomic_path
 
 #: The authors' screening threshold on the image property ``CLOUD_COVER`` (percent).
 CLOUD_COVER_MAX = 80.0
-#: QA_PIXEL bits masked for ranking: 3 = cloud, 4 = cloud shadow (Landsat Collection 2).
-QA_BAND = "QA_PIXEL"
-QA_CLOUD_BIT = 3
-QA_SHADOW_BIT = 4
+#: Name of the band of the downloaded cloud mask (1 = cloud or shadow, 0 = clear or no data).
+CLOUD_BAND = "cloud"
 #: Scale (m) of the count reducer that measures a composite's valid pixels over the ROI.
 RANKING_SCALE_M = 300
 #: How many daily composites are downloaded per shelf-year (the authors exported 30).
@@ -80,6 +93,11 @@ EE_MAX_REQUEST_BYTES = 48 * 1024 * 1024
 EE_MAX_SIDE_PX = 32768
 #: Daily composites whose valid pixels are counted in one getInfo round trip.
 DEFAULT_RANK_BATCH = 25
+#: What the downloaded files hold (GeoTIFF tag EXPRESSION, scene metadata).
+RGB_EXPRESSION = "median(day).clip(roi).select(rgb).multiply(255).toByte()"
+CLOUD_MASK_RULE = ("map(QA_PIXEL bit 3 or 4 set, masked where bit 0 (fill)).mean().gte(0.5)"
+                   ".clip(roi).unmask(0).toByte(): 1 = cloud or shadow in at least half of the "
+                   "day's images with data")
 
 AUTH_HELP = (
     "Earth Engine credentials are missing or unusable: {error}\n"
@@ -218,11 +236,22 @@ def _day_key(composite: DailyComposite) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def qa_clear(image: Any) -> Any:
+    """1 where QA_PIXEL flags neither cloud (bit 3) nor cloud shadow (bit 4), else 0."""
+    qa = image.select(QA_BAND)
+    return qa.bitwiseAnd(1 << QA_CLOUD_BIT).eq(0).And(qa.bitwiseAnd(1 << QA_SHADOW_BIT).eq(0))
+
+
 def mask_clouds(image: Any) -> Any:
     """Mask cloud (QA_PIXEL bit 3) and cloud shadow (bit 4): used to RANK composites only."""
+    return image.updateMask(qa_clear(image))
+
+
+def cloud_flags(image: Any) -> Any:
+    """1 where QA_PIXEL flags cloud or shadow, 0 where clear; masked where bit 0 marks fill,
+    so images without data at a pixel do not count in the day's share of cloudy images."""
     qa = image.select(QA_BAND)
-    clear = qa.bitwiseAnd(1 << QA_CLOUD_BIT).eq(0).And(qa.bitwiseAnd(1 << QA_SHADOW_BIT).eq(0))
-    return image.updateMask(clear)
+    return qa_clear(image).Not().updateMask(qa.bitwiseAnd(1 << QA_FILL_BIT).eq(0))
 
 
 class _Expressions:
@@ -280,7 +309,14 @@ class _Expressions:
         """The UNMASKED daily median composite as the authors export it: RGB × 255, UInt8."""
         bands = list(SENSORS[composite.sensor].rgb_bands)
         image = self.day(composite.sensor, composite.day).median().clip(self.roi)
-        return image.select(bands).multiply(255).toByte()
+        return image.select(bands).multiply(EXPORT_SCALE).toByte()
+
+    def export_cloud_mask(self, composite: DailyComposite) -> Any:
+        """The composite's cloud mask: 1 where at least half of the day's images with data flag
+        cloud or shadow (``landsat.CLOUDY_SHARE``), 0 elsewhere (clear, no data, outside)."""
+        flags = self.day(composite.sensor, composite.day).map(cloud_flags)
+        return (flags.mean().gte(CLOUDY_SHARE).clip(self.roi).unmask(0).toByte()
+                .rename(CLOUD_BAND))
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,15 +329,15 @@ def _progress(enabled: bool) -> Progress:
                     TimeRemainingColumn(), disable=not enabled)
 
 
-def decode_tile(data: bytes, grid: Grid, what: str) -> Any:
-    """The 3-band UInt8 pixels of a computePixels GeoTIFF, checked against the requested grid."""
+def decode_tile(data: bytes, grid: Grid, what: str, bands: int = 3) -> Any:
+    """The UInt8 pixels of a computePixels GeoTIFF, checked against the requested grid/bands."""
     try:
         with MemoryFile(data) as memfile, memfile.open() as src:
-            if (src.count, src.dtypes[0], src.height, src.width) != (3, "uint8", grid.height,
-                                                                      grid.width):
+            if (src.count, src.dtypes[0], src.height, src.width) != (bands, "uint8",
+                                                                      grid.height, grid.width):
                 raise SourceError(f"{what}: Earth Engine returned {src.count} band(s) of "
-                                  f"{src.dtypes[0]}, {src.height}×{src.width} px; expected 3 "
-                                  f"bands of uint8, {grid.height}×{grid.width} px")
+                                  f"{src.dtypes[0]}, {src.height}×{src.width} px; expected "
+                                  f"{bands} band(s) of uint8, {grid.height}×{grid.width} px")
             if not src.transform.almost_equals(grid.transform, precision=1e-6):
                 raise SourceError(f"{what}: Earth Engine returned transform {tuple(src.transform)}"
                                   f" instead of the requested {tuple(grid.transform)}")
@@ -385,6 +421,17 @@ class EarthEngineSource:
         """Where a composite is (or will be) cached: the authors' export name."""
         return Path(workdir) / export_name(composite.sensor, shelf, composite.day).filename
 
+    def cloud_path(self, workdir: Path, shelf: str, composite: DailyComposite) -> Path:
+        """Where a composite's cloud mask is cached: ``<scene_id>_cloud.tif`` beside it."""
+        name = export_name(composite.sensor, shelf, composite.day)
+        return Path(workdir) / name.cloud_mask_filename
+
+    def _cached(self, workdir: Path, shelf: str, composite: DailyComposite) -> dict[str, bool]:
+        """Which of a composite's files are in the cache: RGB, cloud mask, sidecar."""
+        rgb = self.scene_path(workdir, shelf, composite)
+        return {"rgb": rgb.exists(), "cloud": self.cloud_path(workdir, shelf, composite).exists(),
+                "sidecar": sidecar_path(rgb).exists()}
+
     def scenes(self, shelf: str, year: int, grid: Grid, workdir: Path) -> list[Scene]:
         """Rank the summer's daily composites and download the best ones into the cache.
 
@@ -395,7 +442,7 @@ class EarthEngineSource:
         roi = self._rois.get(shelf) or roi_polygon(shelf)
         chosen = self._ranking(shelf, year, grid, roi, folder)
         todo = [c for c in chosen
-                if self.force or not self.scene_path(folder, shelf, c).exists()]
+                if self.force or not all(self._cached(folder, shelf, c).values())]
         if todo:
             self._download_all(shelf, year, grid, roi, folder, todo)
         return [self._scene(shelf, folder, c, rank_) for rank_, c in enumerate(chosen, 1)]
@@ -406,10 +453,12 @@ class EarthEngineSource:
             scene_id=name.scene_id, sensor=composite.sensor, acquired=composite.day,
             path=self.scene_path(workdir, shelf, composite),
             valid_fraction=composite.valid_fraction, source_ids=composite.source_ids,
+            cloud_mask_path=self.cloud_path(workdir, shelf, composite),
             metadata={"rank": rank_, "collections": list(SENSORS[composite.sensor].ee_collections),
                       "cloud_cover_max": self.cloud_cover_max,
                       "valid_fraction_scale_m": RANKING_SCALE_M,
-                      "qa_bits_masked_for_ranking": [QA_CLOUD_BIT, QA_SHADOW_BIT]},
+                      "qa_bits_masked_for_ranking": [QA_CLOUD_BIT, QA_SHADOW_BIT],
+                      "cloud_mask_rule": CLOUD_MASK_RULE},
         )
 
     # -- ranking -----------------------------------------------------------------------------
@@ -490,37 +539,60 @@ class EarthEngineSource:
                    if box(*grid.subgrid(w).bounds).intersects(roi)]
         with _progress(self.progress) as progress:
             for composite in todo:
-                path = self.scene_path(workdir, shelf, composite)
-                task = progress.add_task(f"download {path.name}", total=len(windows))
-                self._download(exprs, composite, grid, windows, path,
-                               lambda task=task: progress.advance(task))
+                have = ({"rgb": False, "cloud": False} if self.force
+                        else self._cached(workdir, shelf, composite))
+                name = export_name(composite.sensor, shelf, composite.day)
+                parts = [(path, image, bands) for missing, path, image, bands in (
+                    (not have["rgb"], workdir / name.filename, exprs.export_image(composite),
+                     SENSORS[composite.sensor].rgb_bands),
+                    (not have["cloud"], workdir / name.cloud_mask_filename,
+                     exprs.export_cloud_mask(composite), (CLOUD_BAND,))) if missing]
+                task = progress.add_task(f"download {name.filename}",
+                                         total=len(windows) * len(parts))
+                for path, image, bands in parts:
+                    self._download(image, bands, composite, grid, windows, path,
+                                   lambda task=task: progress.advance(task))
+                write_sidecar(workdir, shelf, composite, name)
 
-    def _download(self, exprs: _Expressions, composite: DailyComposite, grid: Grid,
-                  windows: list[Window], path: Path, advance: Any) -> None:
-        """Fetch the tiles of one composite and write them into one GeoTIFF, atomically.
+    def _download(self, image: Any, bands: tuple[str, ...], composite: DailyComposite,
+                  grid: Grid, windows: list[Window], path: Path, advance: Any) -> None:
+        """Fetch the tiles of one image of a composite (RGB or cloud mask) into one GeoTIFF,
+        atomically.
 
         Tiles wholly outside the ROI are not requested: the composite is clipped to the ROI,
         so they would be all zero, which is what the new file holds there.
         """
-        bands = SENSORS[composite.sensor].rgb_bands
-        image = exprs.export_image(composite)
         profile = {
-            "driver": "GTiff", "width": grid.width, "height": grid.height, "count": 3,
+            "driver": "GTiff", "width": grid.width, "height": grid.height, "count": len(bands),
             "dtype": "uint8", "crs": grid.crs, "transform": grid.transform, "tiled": True,
             "blockxsize": 512, "blockysize": 512, "compress": "lzw", "BIGTIFF": "IF_SAFER",
         }
+        is_mask = bands == (CLOUD_BAND,)
         with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
             dst.update_tags(SENSOR=composite.sensor, ACQUIRED=composite.day.isoformat(),
                             SOURCE_IDS=",".join(composite.source_ids),  # read by local
                             VALID_FRACTION=f"{composite.valid_fraction:.6f}",
                             EE_COLLECTIONS=",".join(SENSORS[composite.sensor].ee_collections),
-                            EXPRESSION="median(day).clip(roi).select(rgb).multiply(255).toByte()")
+                            EXPRESSION=CLOUD_MASK_RULE if is_mask else RGB_EXPRESSION)
             for window in windows:
                 sub = grid.subgrid(window)
                 what = (f"{path.name} tile col {int(window.col_off)} row {int(window.row_off)} "
                         f"({sub.width}×{sub.height} px)")
                 data = self._call(what, lambda sub=sub: self.ee.data.computePixels(
                     pixel_request(image, sub, bands)))
-                dst.write(decode_tile(data, sub, what), window=window)
+                dst.write(decode_tile(data, sub, what, len(bands)), window=window)
                 advance()
+
+
+def write_sidecar(workdir: Path, shelf: str, composite: DailyComposite, name: ExportName
+                  ) -> Path:
+    """The local source's sidecar of a downloaded scene, naming its cloud mask (written last,
+    so a cache folder is a valid ``local:DIR`` that carries the masks too)."""
+    path = sidecar_path(Path(workdir) / name.filename)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({
+            "sensor": composite.sensor, "date": composite.day.isoformat(), "shelf": shelf,
+            "cloud_mask": name.cloud_mask_filename, "source_ids": list(composite.source_ids),
+        }, indent=2))
+    return path
 

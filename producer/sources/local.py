@@ -12,12 +12,19 @@ mask (non-zero = cloud or shadow). Each file's sensor and acquisition date come 
 3. a leading Landsat product id (EarthExplorer downloads such as the LandsatLook natural-colour
    ``LC08_L1TP_101107_20220105_20220115_02_T1_refl.tif``).
 
+EarthExplorer Collection 2 Level-1 products are scenes too: a folder (or ``<PRODUCT_ID>.tar``)
+with ``<PRODUCT_ID>_MTL.txt``/``_MTL.json``, ``<PRODUCT_ID>_B<n>.TIF`` and ``_QA_PIXEL.TIF``
+(``producer/sources/l1.py``). Their RGB bands are converted to TOA reflectance × 255 UInt8 and
+QA_PIXEL bits 3/4 give their cloud mask, cropped to the ROI grid's bounds, under the work folder;
+from there on they are ordinary files of this source (selected, combined, reprojected alike).
+
 A file is used for a shelf-year when its acquisition date falls in that austral summer
 (``spec.summer_of``), its sensor is plausible that summer (``Sensor.covers``; others are skipped
 and listed in ``skipped``), and it belongs to the shelf: by the shelf name in the file name or
 sidecar when there is one (case, spaces and '_' ignored), else by its footprint overlapping the
 ROI. Files of the same sensor and day are combined into one daily scene (per-pixel median of the
-files that have data there, as the authors' daily median composites).
+files that have data there, as the authors' daily median composites), cloudy where at least half
+of the files with data there are (``landsat.daily_cloud``, the gee source's rule too).
 
 Scenes not already on the ROI grid (EPSG:3031, 30 m, same origin and size) are reprojected onto
 it with ``rasterio.warp.reproject``, window by window, so memory stays bounded. RGB resampling is
@@ -58,23 +65,31 @@ from producer.shelves import roi_polygon
 from producer.sources.base import Scene
 from producer.sources.errors import SourceError
 from producer.sources.gee import tile_windows
+from producer.sources.l1 import L1Product, find_products
+from producer.sources.l1 import convert as convert_l1
+from producer.sources.l1 import signature as l1_signature
+from producer.sources.landsat import daily_cloud
 from producer.sources.names import (
+    CLOUD_MASK_SUFFIX,
+    EXPORT_SUFFIX,
     export_name,
     looks_like_export_name,
     looks_like_product_id,
     parse_export_name,
     parse_product_id,
     shelf_key,
+    sidecar_path,
 )
 from producer.spec import SENSOR_ORDER, SENSORS, SpecError, summer_of
 from producer.writer import atomic_path
 
 RESAMPLING: dict[str, Resampling] = {"nearest": Resampling.nearest,
                                      "bilinear": Resampling.bilinear}
-SIDECAR_SUFFIX = ".json"
 #: GeoTIFF tag in which the gee source records the Landsat product ids of a composite.
 SOURCE_IDS_TAG = "SOURCE_IDS"
 WINDOW = 2048
+#: Sub-folder of the work folder holding converted Level-1 products.
+L1_DIR = "l1"
 
 
 @dataclass(frozen=True)
@@ -88,16 +103,15 @@ class LocalFile:
     source_ids: tuple[str, ...]
     cloud_mask: Path | None = None
     named_by: str = "export-name"
+    l1: L1Product | None = None
+    """The Level-1 product to convert first (``path`` is then its MTL or .tar)."""
+    origin: Path | None = None
+    """For a converted Level-1 product: its MTL or .tar (``path`` is then the conversion)."""
 
 
 # --------------------------------------------------------------------------------------------
 # Describing files: sidecar, export name, product id
 # --------------------------------------------------------------------------------------------
-
-
-def sidecar_path(path: Path) -> Path:
-    """The sidecar of a scene file: ``<file>.json``."""
-    return path.with_name(path.name + SIDECAR_SUFFIX)
 
 
 def _field(record: dict[str, Any], name: str, where: Path, required: bool = True) -> Any:
@@ -159,14 +173,20 @@ def describe(path: Path) -> LocalFile:
 
 
 def inventory(folder: Path) -> list[LocalFile]:
-    """Every scene GeoTIFF under ``folder``, described; cloud masks named by sidecars excluded."""
+    """Every scene under ``folder``, described: GeoTIFFs (cloud masks named by sidecars and the
+    bands of Level-1 products excluded) and Level-1 products."""
     if not folder.is_dir():
         raise SourceError(f"{folder}: local scene folder does not exist")
+    products, owned = find_products(folder)
     tiffs = sorted(p for p in folder.rglob("*") if p.is_file()
-                   and p.suffix.lower() in (".tif", ".tiff") and not p.name.startswith("."))
+                   and p.suffix.lower() in (".tif", ".tiff") and not p.name.startswith(".")
+                   and p.resolve() not in owned)
     by_sidecar = {p: read_sidecar(p) for p in tiffs if sidecar_path(p).exists()}
     masks = {f.cloud_mask.resolve() for f in by_sidecar.values() if f.cloud_mask is not None}
-    return [by_sidecar.get(p) or describe(p) for p in tiffs if p.resolve() not in masks]
+    files = [by_sidecar.get(p) or describe(p) for p in tiffs if p.resolve() not in masks]
+    return files + [LocalFile(p.source, p.sensor, p.product_id.acquired, None,
+                              (p.product_id.product_id,), named_by="l1-product", l1=p)
+                    for p in products]
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,8 +248,9 @@ def combine_day(rgbs: list[np.ndarray], clouds: list[np.ndarray | None]
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Merge one day's files of one window: RGB median over files with data, cloud mask.
 
-    A pixel is cloudy in the daily scene when it has data but no file shows it clear (as the
-    authors' ranking composites: a cloud-masked median keeps a pixel if any image is clear).
+    A pixel is cloudy in the daily scene when at least half of the files with data there flag
+    it (``landsat.daily_cloud``): only where more than half are clear is the median of the
+    files bounded by clear values. Files without a mask count as clear.
     """
     present = [np.any(rgb > 0, axis=0) for rgb in rgbs]
     if len(rgbs) == 1:
@@ -241,11 +262,7 @@ def combine_day(rgbs: list[np.ndarray], clouds: list[np.ndarray | None]
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels: no file has data
             med = np.nanmedian(stack, axis=0)
         out = np.nan_to_num(np.round(med), nan=0).astype(np.uint8)
-    any_present = np.any(present, axis=0)
-    clear = np.zeros_like(any_present)
-    for p, cloud in zip(present, clouds, strict=True):
-        clear |= p & (True if cloud is None else cloud == 0)
-    return out, any_present & ~clear
+    return out, daily_cloud(present, clouds)
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,6 +309,12 @@ class LocalFolderSource:
             if not SENSORS[item.sensor].covers(year):
                 self.skipped.append((item.path, f"{item.sensor} is not used for summer {year}"))
                 continue
+            if item.l1 is not None:
+                item.l1.check()  # a missing MTL field or band fails before any work
+                with rasterio.open(item.l1.band_path(item.l1.rgb_bands[0])) as src:
+                    if overlaps(src, roi, grid):
+                        groups.setdefault((item.sensor, item.acquired), []).append(item)
+                continue
             with rasterio.open(item.path) as src:
                 check_scene_file(src, item.path)
                 if item.shelf is None and not overlaps(src, roi, grid):
@@ -319,6 +342,7 @@ class LocalFolderSource:
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       disable=not self.progress) as progress:
             for (sensor, day), files in groups.items():
+                files = [self._convert_l1(f, grid, workdir, cache) for f in files]
                 out.append(self._day_scene(shelf, sensor, day, files, grid, roi, workdir, cache,
                                            progress))
         if groups:
@@ -327,6 +351,24 @@ class LocalFolderSource:
                 tmp.write_text(json.dumps(cache, indent=2, sort_keys=True))
         out.sort(key=lambda s: (-s.valid_fraction, s.acquired, SENSOR_ORDER.index(s.sensor)))
         return out if self.top is None else out[:self.top]
+
+    def _convert_l1(self, item: LocalFile, grid: Grid, workdir: Path, cache: dict[str, Any]
+                    ) -> LocalFile:
+        """A Level-1 product as a UInt8 RGB file and cloud mask (reused while its inputs and the
+        grid are unchanged); other files as they are."""
+        if item.l1 is None:
+            return item
+        pid = item.l1.product_id.product_id
+        rgb = workdir / L1_DIR / f"{pid}_toa{EXPORT_SUFFIX}"
+        cloud = workdir / L1_DIR / f"{pid}{CLOUD_MASK_SUFFIX}"
+        signature = l1_signature(item.l1, grid)
+        key = f"l1:{pid}"
+        if not (cache.get(key) == signature and rgb.exists() and cloud.exists()):
+            if not convert_l1(item.l1, grid, rgb, cloud):
+                raise SourceError(f"{item.l1.where}: the product's pixels do not reach the ROI "
+                                  "grid although its footprint overlaps the ROI")
+            cache[key] = signature
+        return replace(item, path=rgb, cloud_mask=cloud, l1=None, origin=item.path)
 
     def _signature(self, files: list[LocalFile], grid: Grid) -> str:
         parts: list[Any] = [list(grid.transform)[:6], grid.width, grid.height, grid.crs,
@@ -360,7 +402,7 @@ class LocalFolderSource:
             scene_id=name.scene_id, sensor=sensor, acquired=day, path=path,
             valid_fraction=fraction, cloud_mask_path=cloud_path,
             source_ids=tuple(i for f in files for i in f.source_ids),
-            metadata={"files": [str(f.path) for f in files],
+            metadata={"files": [str(f.origin or f.path) for f in files],
                       "named_by": [f.named_by for f in files],
                       "reprojected": not all(self._in_place(f, grid) for f in files),
                       "resampling": self.resampling, "used_in_place": in_place},

@@ -20,10 +20,15 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from producer.spec import SENSOR_ORDER, SENSORS, SpecError
 
 EXPORT_SUFFIX = "_uint8.tif"
+#: A scene file's sidecar (sensor, date, shelf, cloud mask, product ids) is ``<file>.json``.
+SIDECAR_SUFFIX = ".json"
+#: Suffix of a daily scene's cloud-mask file: ``<scene_id>_cloud.tif`` (1 = cloud or shadow).
+CLOUD_MASK_SUFFIX = "_cloud.tif"
 _EXPORT = re.compile(
     r"^(?P<sensor>L[A-Z]\d{2})_(?P<shelf>.+)_composite_(?P<date>\d{4}-\d{2}-\d{2})"
     r"_uint8\.tiff?$",
@@ -54,6 +59,11 @@ class ExportName:
     def filename(self) -> str:
         """The file name, as the authors' Earth Engine script writes it."""
         return self.scene_id + EXPORT_SUFFIX
+
+    @property
+    def cloud_mask_filename(self) -> str:
+        """The name of the scene's cloud-mask file, written beside it by our sources."""
+        return self.scene_id + CLOUD_MASK_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -116,6 +126,11 @@ def parse_product_id(filename: str) -> ProductId:
         collection=match["collection"],
         category=match["category"].upper(),
     )
+
+
+def sidecar_path(path: Path) -> Path:
+    """The sidecar of a scene file: ``<file>.json`` (read by the local source)."""
+    return path.with_name(path.name + SIDECAR_SUFFIX)
 
 
 def looks_like_export_name(filename: str) -> bool:
