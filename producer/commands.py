@@ -70,7 +70,11 @@ def run_produce(
     source_index: Annotated[bool, typer.Option(
         help="Write the per-pixel source-scene index as an auxiliary COG.")] = True,
     tta: Annotated[bool, typer.Option(help="Mirror test-time augmentation (paper).")] = True,
-    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 8,
+    batch_size: Annotated[int, typer.Option(
+        help="Images (windows × TTA views) per forward pass.")] = 8,
+    exact: Annotated[bool, typer.Option(
+        help="On CUDA, compute in float32 as the CPU does (no float16 autocast, no TF32): "
+             "slower, same classes as the CPU.")] = False,
     demo_size: Annotated[int | None, typer.Option(
         help="Demo window size in px (default 1024, or $ICEDAMAGE_DEMO_SIZE).")] = None,
 ) -> None:
@@ -88,7 +92,7 @@ def run_produce(
     options = ProduceOptions(
         out=out, weights=weights, diffgf=diffgf, restoration=restoration, extent_file=extent,
         device=device, force=force, keep_probability=keep_probability, source_index=source_index,
-        tta=tta, batch_size=batch_size,
+        tta=tta, batch_size=batch_size, exact=exact,
     )
 
     def report(result: YearResult) -> None:

@@ -103,6 +103,8 @@ class ProduceOptions:
     source_index: bool = True
     tta: bool = True
     batch_size: int = 8
+    exact: bool = False
+    """CUDA in exact float32 instead of float16 autocast (no effect on the CPU)."""
 
 
 @dataclass(frozen=True)
@@ -358,7 +360,7 @@ def segment_scenes(model: LoadedModel, images: dict[str, Path], order: Sequence[
 
         predict_scene(model.model, images[scene_id], pred, probability_path=prob,
                       tta=options.tta, batch_size=options.batch_size, device=options.device,
-                      progress=windows)
+                      amp=False if options.exact else None, progress=windows)
         out[scene_id] = (pred, prob)
         progress("segmentation", 100 * (k + 1), 100 * len(order), scene_id)
     return out
@@ -534,6 +536,7 @@ def _write_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
             "uncovered_fraction": round(plan.uncovered_fraction, 6),
             "extent_fraction": round(float(extent.mean()), 6),
             "device": options.device,
+            "exact_float32": options.exact,
         },
         products=products, inputs_digest=digest,
     )
