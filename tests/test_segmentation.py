@@ -372,3 +372,13 @@ def test_failed_scene_writes_nothing(tiny: DamageSegmenter, tmp_path: Path) -> N
     with pytest.raises(ValueError, match=r"gray\.tif: 1 band"):
         predict_scene(tiny, single, tmp_path / "out.tif", device="cpu")
     assert list(tmp_path.iterdir()) == [single]
+
+
+@given(st.integers(2, 5), st.integers(1, 40), st.integers(0, 2**31 - 1))
+def test_class_choice_matches_numpy_argmax_with_ties(labels: int, width: int, seed: int) -> None:
+    """The output classes equal ``np.argmax`` (first class wins a tie) on tie-heavy inputs."""
+    rng = np.random.default_rng(seed)
+    probs = rng.integers(0, 3, (labels, 3, width)).astype(np.float32) / 2  # many exact ties
+    chosen = inference._classes(torch.from_numpy(probs)).numpy()
+    assert chosen.dtype == np.uint8
+    assert np.array_equal(chosen, np.argmax(probs, axis=0))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,10 +287,12 @@ class BatchedForward:
                 ])
         return logits.float()
 
-    def __call__(self, tiles: np.ndarray) -> torch.Tensor:
+    def __call__(self, tiles: np.ndarray | torch.Tensor) -> torch.Tensor:
         """(k, 3, w, w) uint8 windows → (k, L, w, w) float32 probabilities averaged over views,
         left on the model's device (the accumulation happens there too)."""
-        tile = _to_unit(torch.from_numpy(tiles).to(self.device, non_blocking=True))
+        if isinstance(tiles, np.ndarray):
+            tiles = torch.from_numpy(tiles)
+        tile = _to_unit(tiles.to(self.device, non_blocking=True))
         count, size = tile.shape[0], tile.shape[-2:]
         views = torch.cat([tile.flip(dims) if dims else tile for dims in self.flips])
         self.images_forwarded += views.shape[0]
@@ -314,8 +317,24 @@ class BatchedForward:
 
 ReadRows = Callable[[int, int], np.ndarray]
 """``read_rows(row0, row1)`` → (3, row1 - row0, width) uint8 scene rows."""
-EmitRows = Callable[[int, np.ndarray, np.ndarray, np.ndarray], None]
-"""``emit(row0, accumulated (L, n, Wp), weight_sum (n, Wp), pixels (3, n, Wp))``: finished rows."""
+EmitRows = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
+"""``emit(row0, accumulated (L, n, Wp), weight_sum (n, Wp), pixels (3, n, Wp))``: finished rows,
+as tensors on the model's device (valid only during the call)."""
+
+
+def _row_reads(ys: list[int], window: int, height: int) -> list[tuple[int, int] | None]:
+    """For each window row, the scene rows it adds to the strip (None: nothing new to read)."""
+    reads: list[tuple[int, int] | None] = [(0, min(window, height))]
+    for previous, y in zip(ys, ys[1:], strict=False):
+        row0, row1 = previous + window, min(y + window, height)
+        reads.append((row0, row1) if row1 > row0 else None)
+    return reads
+
+
+def _filled_windows(pixels: np.ndarray, xs: list[int], window: int) -> list[int]:
+    """Window starts whose window holds any non-zero pixel (one pass over the strip)."""
+    filled = np.cumsum(np.concatenate([[0], pixels.any(axis=(0, 1))]))
+    return [x for x in xs if filled[x + window] > filled[x]]
 
 
 def _stream(forward: BatchedForward, height: int, width: int, read_rows: ReadRows,
@@ -323,10 +342,11 @@ def _stream(forward: BatchedForward, height: int, width: int, read_rows: ReadRow
             progress: Progress | None) -> SceneStats:
     """Run the algorithm over a scene held anywhere, keeping one window-high strip in memory.
 
-    The strip holds input rows [top, top + window) (host memory, where they are read) and their
-    accumulators (on the model's device, so a GPU never waits for the host to add windows up);
-    when the next window row starts at y, rows [top, y) can receive no more windows: they are
-    emitted and the strip moves down, reading only the rows it has not read yet.
+    The strip holds input rows [top, top + window) (read on the host, by a background thread
+    one window row ahead, then copied to the model's device once per window row) and their
+    accumulators (on the device, so a GPU never waits for the host to add windows up); when the
+    next window row starts at y, rows [top, y) can receive no more windows: they are emitted and
+    the strip moves down, reading only the rows it has not read yet.
     """
     started = time.perf_counter()
     padded_h, padded_w = max(height, window), max(width, window)
@@ -337,39 +357,47 @@ def _stream(forward: BatchedForward, height: int, width: int, read_rows: ReadRow
     accumulated = torch.zeros((forward.num_labels, window, padded_w), device=device)
     weight_sum = torch.zeros((window, padded_w), device=device)
     pixels = np.zeros((3, window, padded_w), np.uint8)
-    first = min(window, height)
-    pixels[:, :first, :width] = read_rows(0, first)
+    reads = _row_reads(ys, window, height)
     top = 0
     done = 0
-    for y in ys:
-        if y > top:
-            shift = y - top
-            emit(top, accumulated[:, :shift].cpu().numpy(), weight_sum[:shift].cpu().numpy(),
-                 pixels[:, :shift])
-            for tensor in (accumulated, weight_sum):
-                tensor[..., :window - shift, :] = tensor[..., shift:, :].clone()
-                tensor[..., window - shift:, :] = 0
-            pixels[:, :window - shift, :] = pixels[:, shift:, :]
-            pixels[:, window - shift:, :] = 0
-            row0, row1 = top + window, min(y + window, height)
-            if row1 > row0:
-                pixels[:, row0 - y:row1 - y, :width] = read_rows(row0, row1)
-            top = y
-        row = [x for x in xs if not skip_empty or pixels[:, :, x:x + window].any()]
-        stats.windows_skipped += len(xs) - len(row)
-        step = forward.windows_per_call
-        for i in range(0, len(row), step):
-            group = row[i:i + step]
-            tiles = np.stack([pixels[:, :, x:x + window] for x in group])
-            for x, probs in zip(group, forward(tiles), strict=True):
-                accumulated[:, :, x:x + window] += probs * weights
-                weight_sum[:, x:x + window] += weights
-            stats.windows_run += len(group)
-            if progress is not None:
-                progress(done + stats.windows_run, stats.windows_total)
-        done += len(xs) - len(row)
-    emit(top, accumulated[:, :padded_h - top].cpu().numpy(),
-         weight_sum[:padded_h - top].cpu().numpy(), pixels[:, :padded_h - top])
+    with ThreadPoolExecutor(1, thread_name_prefix="scene-reader") as reader:
+        def fetch(i: int) -> Future[np.ndarray] | None:
+            span = reads[i] if i < len(reads) else None
+            return reader.submit(read_rows, *span) if span else None
+
+        pending = fetch(0)
+        strip = torch.empty(0)
+        for i, y in enumerate(ys):
+            rows = pending.result() if pending is not None else None
+            pending = fetch(i + 1)
+            if y > top:
+                shift = y - top
+                emit(top, accumulated[:, :shift], weight_sum[:shift], strip[:, :shift])
+                for tensor in (accumulated, weight_sum):
+                    tensor[..., :window - shift, :] = tensor[..., shift:, :].clone()
+                    tensor[..., window - shift:, :] = 0
+                pixels[:, :window - shift, :] = pixels[:, shift:, :]
+                pixels[:, window - shift:, :] = 0
+                top = y
+            if rows is not None:
+                row0 = reads[i][0] - y  # type: ignore[index]
+                pixels[:, row0:row0 + rows.shape[1], :width] = rows
+            strip = torch.from_numpy(pixels).to(device)  # aliases `pixels` on the CPU: no copy
+            row = _filled_windows(pixels, xs, window) if skip_empty else xs
+            stats.windows_skipped += len(xs) - len(row)
+            step = forward.windows_per_call
+            for j in range(0, len(row), step):
+                group = row[j:j + step]
+                tiles = torch.stack([strip[:, :, x:x + window] for x in group])
+                for x, probs in zip(group, forward(tiles), strict=True):
+                    accumulated[:, :, x:x + window] += probs * weights
+                    weight_sum[:, x:x + window] += weights
+                stats.windows_run += len(group)
+                if progress is not None:
+                    progress(done + stats.windows_run, stats.windows_total)
+            done += len(xs) - len(row)
+    emit(top, accumulated[:, :padded_h - top], weight_sum[:padded_h - top],
+         strip[:, :padded_h - top])
     if progress is not None:
         progress(stats.windows_total, stats.windows_total)
     stats.images_forwarded = forward.images_forwarded
@@ -378,11 +406,24 @@ def _stream(forward: BatchedForward, height: int, width: int, read_rows: ReadRow
     return stats
 
 
-def _finish(accumulated: np.ndarray, weight_sum: np.ndarray) -> np.ndarray:
+def _finish(accumulated: torch.Tensor, weight_sum: torch.Tensor) -> torch.Tensor:
     """Accumulated probability × weight divided by the weights; 0 where no window contributed."""
-    out = np.zeros_like(accumulated)
-    np.divide(accumulated, weight_sum, out=out, where=weight_sum > 0)
-    return out
+    return torch.where(weight_sum > 0, accumulated / weight_sum, 0.0)
+
+
+def _classes(probabilities: torch.Tensor) -> torch.Tensor:
+    """Argmax over the class axis as uint8, the first class winning ties (as ``np.argmax``).
+
+    A running comparison over the few classes: torch's argmax over a leading axis is ~100×
+    slower on the CPU.
+    """
+    best = probabilities[0]
+    labels = torch.zeros(best.shape, dtype=torch.uint8, device=best.device)
+    for index in range(1, probabilities.shape[0]):
+        better = probabilities[index] > best
+        labels[better] = index
+        best = torch.maximum(best, probabilities[index])
+    return labels
 
 
 @contextmanager
@@ -429,10 +470,11 @@ def predict_array(model: DamageSegmenter, rgb: np.ndarray, *, tta: bool = True,
     _, height, width = image.shape
     probabilities = np.zeros((int(model.config.num_labels), height, width), np.float32)
 
-    def emit(row0: int, acc: np.ndarray, wsum: np.ndarray, _pixels: np.ndarray) -> None:
+    def emit(row0: int, acc: torch.Tensor, wsum: torch.Tensor, _pixels: torch.Tensor) -> None:
         rows = min(acc.shape[1], height - row0)
         if rows > 0:
-            probabilities[:, row0:row0 + rows] = _finish(acc[:, :rows, :width], wsum[:rows, :width])
+            probabilities[:, row0:row0 + rows] = _finish(acc[:, :rows, :width],
+                                                         wsum[:rows, :width]).cpu().numpy()
 
     with _prepared(model, device, tta=tta, batch_size=batch_size, fuse_decoder=fuse_decoder,
                    amp=amp) as forward:
@@ -527,22 +569,31 @@ def predict_scene(model: DamageSegmenter, src_path: str | Path, dst_path: str | 
                 prob_tmp, "w", **_output_profile(src, PROBABILITY_NODATA)))
             prob_out = _BlockRowWriter(prob_ds, ENCODING.blocksize)
 
-        def emit(row0: int, acc: np.ndarray, wsum: np.ndarray, pixels: np.ndarray) -> None:
+        writer = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="scene-writer"))
+        written: list[Future[None]] = []
+
+        def emit(row0: int, acc: torch.Tensor, wsum: torch.Tensor, pixels: torch.Tensor) -> None:
             rows = min(acc.shape[1], height - row0)
             if rows <= 0:
                 return
             probs = _finish(acc[:, :rows, :width], wsum[:rows, :width])
-            labels_out.write(np.argmax(probs, axis=0).astype(np.uint8))
+            labels = _classes(probs).cpu().numpy()
+            written.append(writer.submit(labels_out.write, labels))
             if prob_out is not None:
-                percent = np.rint(probs[1] * 100.0).astype(np.uint8)
-                percent[~pixels[:, :rows, :width].any(axis=0)] = PROBABILITY_NODATA
-                prob_out.write(percent)
+                percent = torch.round(probs[1] * 100.0).to(torch.uint8)
+                band = pixels[:, :rows, :width]
+                percent[(band[0] | band[1] | band[2]) == 0] = PROBABILITY_NODATA
+                written.append(writer.submit(prob_out.write, percent.cpu().numpy()))
+            while written and written[0].done():
+                written.pop(0).result()  # raise a writer error here, not at the end
 
         with _prepared(model, device, tta=tta, batch_size=batch_size,
                        fuse_decoder=fuse_decoder, amp=amp) as forward:
             stats = _stream(forward, height, width, lambda r0, r1: _read_rows(src, r0, r1), emit,
                             skip_empty=skip_empty, window=WINDOW, stride=STRIDE,
                             progress=progress)
+        for future in written:
+            future.result()
         labels_out.close()
         if prob_out is not None:
             prob_out.close()
