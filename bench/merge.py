@@ -9,12 +9,14 @@ the widest), each with clouds along the ROI's top margin (outside the shelf regi
 cloudy fill of rule 4 runs) and no scene reaches the right edge (uncovered pixels).
 
 Then, in a child process (so ``ru_maxrss`` is that of the stages alone), it runs the code that
-``produce_year`` runs after segmentation: the ROI and extent masks, the merge plan on the
-scenes' masks, composing the predictions, clipping to the effective extent and writing the two
-products and the source-scene COG with the provenance record (``producer.pipeline``). It
-reports wall time and peak RSS (``resource.getrusage``).
+``produce_year`` runs after segmentation: the ROI and extent masks (``ShelfArea``), the merge
+plan on the scenes' mask files, composing the predictions, clipping to the effective extent and
+writing the two products and the source-scene COG with the provenance record
+(``producer.pipeline._write_year``). It reports wall time and peak RSS (``resource.getrusage``).
+The version of this script before the bounded-memory merge (git history) measured the same
+stages with whole-grid arrays.
 
-Run: ``PYTHONPATH=. python bench/merge.py [--scenes 6] [--shelf Amery] [--rebuild]``
+Run: ``PYTHONPATH=. python bench/merge.py [--scenes 6] [--shelf Amery] [--rebuild] [--keep DIR]``
 (``--scale 0.25`` shrinks the grid for a quick try; the numbers in docs/benchmarks.md are at 1).
 """
 
@@ -37,14 +39,13 @@ import rasterio
 from rasterio.windows import Window
 
 from producer.grid import Grid
+from producer.pipeline import MASK_PRESENT, MASK_USABLE
 from producer.shelves import roi_polygon
 from producer.spec import ENCODING
 
 CACHE = Path(tempfile.gettempdir()) / "icedamage-bench-merge-v1"
 #: Rows written or read at once when building the case (one tile row).
 STRIP = ENCODING.blocksize
-#: Present-pixel bit and usable-pixel bit of the scene mask files.
-PRESENT, USABLE = 1, 2
 
 
 def bench_grid(shelf: str, scale: float) -> Grid:
@@ -80,6 +81,7 @@ def build_case(folder: Path, grid: Grid, scenes: int) -> list[dict]:
     first = dt.date(2021, 12, 1)
     items = []
     for k, (lo, hi) in enumerate(scene_bands(grid.width, scenes)):
+        cloudy = 0
         pred_path, mask_path = folder / f"s{k}_prediction.tif", folder / f"s{k}_mask.tif"
         with rasterio.open(pred_path, "w", **profile(grid)) as pred, \
                 rasterio.open(mask_path, "w", **profile(grid)) as mask:
@@ -89,13 +91,15 @@ def build_case(folder: Path, grid: Grid, scenes: int) -> list[dict]:
                 window = Window(0, r0, grid.width, rows.shape[0])
                 present = (cols >= lo) & (cols < hi) & (rows >= 0)
                 usable = present & (rows >= cloud_rows)
-                code = present * np.uint8(PRESENT) | usable * np.uint8(USABLE)
+                code = present * np.uint8(MASK_PRESENT) | usable * np.uint8(MASK_USABLE)
+                cloudy += int((present & ~usable).sum())
                 mask.write(code.astype(np.uint8), 1, window=window)
                 damage = ((rows * 3 + cols * (k + 1)) % 37 < 2) & present
                 pred.write(damage.astype(np.uint8), 1, window=window)
         items.append({"scene_id": f"LC08_bench_s{k}", "acquired": (
             first + dt.timedelta(days=7 * k)).isoformat(), "prediction": str(pred_path),
-            "mask": str(mask_path), "band": [lo, hi]})
+            "mask": str(mask_path), "band": [lo, hi],
+            "cloud_fraction": cloudy / (grid.width * grid.height)})
     (folder / "case.json").write_text(json.dumps(items, indent=1))
     return items
 
@@ -138,8 +142,8 @@ class _BenchModel:
 def run_stages(folder: Path, shelf: str, scale: float, out: Path) -> dict:
     """Run the post-segmentation stages of ``produce_year`` on the case; timings per stage."""
     from producer import pipeline
-    from producer.extent import default_extent, extent_mask, roi_mask
-    from producer.merge import Candidate, compose, plan_merge
+    from producer.extent import ShelfArea, default_extent
+    from producer.merge import plan_merge_rows
     from producer.sources.base import Scene
 
     items = json.loads((folder / "case.json").read_text())
@@ -155,41 +159,28 @@ def run_stages(folder: Path, shelf: str, scale: float, out: Path) -> dict:
         clock = now
 
     extent_geom = default_extent(roi, grid)
-    extent = extent_mask(extent_geom, grid)
-    rmask = roi_mask(roi, grid)
-    masks = []
-    for item in items:
-        with rasterio.open(item["mask"]) as ds:
-            code = ds.read(1)
-        scene = Scene(item["scene_id"], "LC08", dt.date.fromisoformat(item["acquired"]),
-                      Path(item["prediction"]), 0.0)
-        present = (code & PRESENT) != 0
-        masks.append(pipeline._SceneMasks(scene, (code & USABLE) != 0, present, False,
-                                          float((present & ~((code & USABLE) != 0)).mean())))
-        del code
+    area = ShelfArea(roi, extent_geom, grid)
+    masks = [pipeline._SceneMasks(
+        Scene(item["scene_id"], "LC08", dt.date.fromisoformat(item["acquired"]),
+              Path(item["prediction"]), 0.0), Path(item["mask"]), False, item["cloud_fraction"])
+        for item in items]
     lap("masks")
-    candidates = [Candidate(m.scene.scene_id, m.scene.acquired, m.usable, m.present)
-                  for m in masks]
-    plan = plan_merge(candidates, rmask, extent)
+    plan = plan_merge_rows([m.candidate() for m in masks], area.rows, grid.shape)
     lap("plan")
     predictions = {item["scene_id"]: (Path(item["prediction"]), None) for item in items}
-    layers, prob_layers = pipeline._read_predictions(plan, masks, predictions)
-    damage = compose(plan, layers, fill=0)
-    del layers
-    lap("compose")
     options = pipeline.ProduceOptions(out=out)
     parameters = pipeline.run_parameters(options, grid, extent_geom, "default:roi-shrunk")
     result = pipeline._write_year(shelf, 2021, _BenchSource(), _BenchModel(), options, grid,
-                                  plan, masks, damage, prob_layers, extent, rmask, None,
-                                  parameters, "bench", pipeline._no_progress)
-    lap("write")
+                                  plan, masks, predictions, area, None, parameters, "bench",
+                                  pipeline._no_progress)
+    lap("compose+write")
     return {"times": times, "used": len(plan.used), "status": result.status,
             "fractions": [round(f, 4) for f in plan.fractions],
             "cloudy": round(plan.cloudy_fill_fraction, 4),
             "uncovered": round(plan.uncovered_fraction, 4)}
 
 
-def child(folder: Path, shelf: str, scale: float) -> None:
+def child(folder: Path, shelf: str, scale: float, keep: Path | None) -> None:
     """Run the stages, print timings and ``ru_maxrss`` as one JSON line."""
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         started = time.perf_counter()
@@ -197,6 +188,8 @@ def child(folder: Path, shelf: str, scale: float) -> None:
         report["wall_s"] = round(time.perf_counter() - started, 2)
         report["outputs_mb"] = round(sum(p.stat().st_size for p in Path(tmp).rglob("*")
                                          if p.is_file()) / 1e6, 1)
+        if keep is not None:
+            shutil.copytree(Path(tmp) / "release", keep, dirs_exist_ok=True)
     report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     print(json.dumps(report))
 
@@ -207,17 +200,19 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=6)
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--rebuild", action="store_true")
+    parser.add_argument("--keep", type=Path, help="copy the written release here")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.child is not None:
-        child(opts.child, opts.shelf, opts.scale)
+        child(opts.child, opts.shelf, opts.scale, opts.keep)
         return
     folder = ensure_case(opts.shelf, opts.scale, opts.scenes, opts.rebuild)
     grid = bench_grid(opts.shelf, opts.scale)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.run(
         [sys.executable, __file__, "--child", str(folder), "--shelf", opts.shelf,
-         "--scale", str(opts.scale)], capture_output=True, text=True, env=env, check=False)
+         "--scale", str(opts.scale), *(["--keep", str(opts.keep.resolve())] if opts.keep else [])],
+        capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"the stages failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     report = json.loads(proc.stdout.strip().splitlines()[-1])
