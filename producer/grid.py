@@ -11,6 +11,15 @@ from shapely.geometry.base import BaseGeometry
 
 from producer.spec import ENCODING
 
+#: Rows read, merged or written at once by the stages that must not hold a whole grid (one row
+#: of product tiles: a strip of the Amery grid is ~10 Mpx).
+STRIP_ROWS = ENCODING.blocksize
+
+
+def row_strips(height: int, rows: int = STRIP_ROWS) -> list[tuple[int, int]]:
+    """(first, end) row of each strip of ``rows`` rows covering ``height`` rows."""
+    return [(r0, min(r0 + rows, height)) for r0 in range(0, height, max(1, rows))]
+
 
 @dataclass(frozen=True)
 class Grid:

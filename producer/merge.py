@@ -19,21 +19,32 @@ at scene seams would disturb the segmentation). The rules, automated:
 Planning needs only the masks, so the producer can restore and segment just the scenes the plan
 uses. ``compose`` then takes any per-scene layer (0/1 predictions, probabilities) through the
 plan's per-pixel source-scene index (uint8, ``NO_SCENE`` = 255 where no scene has data).
+
+Memory: every rule is either a per-pixel choice or a count over the grid, so planning reads the
+masks strip by strip (``STRIP_ROWS`` rows at a time; counts, then the index) and holds
+only the index (one byte per pixel) whatever the number of scenes; a candidate's masks can be
+arrays or a reader of row ranges (``Candidate.masks``), and ``compose_rows`` composes one strip
+at a time. On the largest ROI (Amery, ~313 Mpx) this keeps the merge well under a gigabyte.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
+from producer.grid import STRIP_ROWS, row_strips
+
 #: Source-scene index value of pixels no scene covers.
 NO_SCENE = 255
 #: Most candidate scenes one plan can index (uint8 index, 255 reserved).
 MAX_SCENES = 255
+#: Reads rows ``r0:r1`` of two full-width masks: (usable, data) of a scene, (roi, extent) of the
+#: grid.
+RowMasks = Callable[[int, int], tuple[NDArray[np.bool_], NDArray[np.bool_]]]
 
 
 class NotCoveredError(ValueError):
@@ -52,19 +63,36 @@ class NotCoveredError(ValueError):
 
 @dataclass(frozen=True)
 class Candidate:
-    """A scene's masks on the ROI grid, as the merge sees it."""
+    """A scene's masks on the ROI grid, as the merge sees it: arrays, or a reader of row strips."""
 
     scene_id: str
     acquired: dt.date
-    usable: NDArray[np.bool_]
+    usable: NDArray[np.bool_] | None = None
     """Present and cloud-free (SLC-off gaps inside the footprint count: they get restored)."""
     present: NDArray[np.bool_] | None = None
     """Has data, even cloudy (defaults to ``usable``)."""
+    masks: RowMasks | None = None
+    """Instead of the arrays: reads (usable, data) of rows r0:r1, for grids too big to hold."""
+
+    def __post_init__(self) -> None:
+        if (self.usable is None) == (self.masks is None):
+            raise ValueError(f"scene {self.scene_id}: give either the usable mask or a reader")
 
     @property
     def data(self) -> NDArray[np.bool_]:
-        """Where the scene has any data."""
+        """Where the scene has any data (array candidates only)."""
+        if self.usable is None:
+            raise ValueError(f"scene {self.scene_id}: masks are read by rows, not held")
         return self.usable if self.present is None else self.present | self.usable
+
+    def rows(self, r0: int, r1: int) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+        """(usable, data) of rows r0:r1."""
+        if self.masks is not None:
+            usable, data = self.masks(r0, r1)
+            return usable, data | usable
+        assert self.usable is not None
+        usable = self.usable[r0:r1]
+        return usable, usable if self.present is None else self.present[r0:r1] | usable
 
 
 @dataclass(frozen=True)
@@ -88,6 +116,8 @@ class MergePlan:
     """Share of the ROI no scene has data for (mapped as background)."""
     roi_pixels: int
     """Pixels of the ROI on the grid (the denominator of the fractions)."""
+    usable_fractions: tuple[float, ...] = ()
+    """Per candidate: share of the ROI where it is usable (its valid fraction)."""
 
     @property
     def used(self) -> tuple[int, ...]:
@@ -97,77 +127,155 @@ class MergePlan:
 
 def _check(candidates: Sequence[Candidate], roi: NDArray[np.bool_],
            extent: NDArray[np.bool_]) -> None:
-    if len(candidates) > MAX_SCENES:
-        raise ValueError(f"{len(candidates)} candidate scenes; at most {MAX_SCENES} can be merged")
     if roi.shape != extent.shape:
         raise ValueError(f"ROI mask {roi.shape} and extent mask {extent.shape} differ in shape")
     for c in candidates:
+        if c.usable is None:
+            continue
         if c.usable.shape != roi.shape or (c.present is not None and c.present.shape != roi.shape):
             raise ValueError(f"scene {c.scene_id}: mask shape {c.usable.shape} != {roi.shape}")
 
 
-def _choose_main(candidates: Sequence[Candidate], roi: NDArray[np.bool_],
-                 extent: NDArray[np.bool_]) -> tuple[int, bool]:
-    """(position of the main scene, whether it alone covers the whole ROI)."""
-    for i, c in enumerate(candidates):
-        if not np.any(roi & ~c.usable):
-            return i, True
-    shelf_px = max(int(extent.sum()), 1)
-    roi_px = max(int(roi.sum()), 1)
-
-    def score(i: int) -> tuple[float, float, int]:
-        c = candidates[i]
-        return (int((c.usable & extent).sum()) / shelf_px, int((c.usable & roi).sum()) / roi_px,
-                -i)
-
-    return max(range(len(candidates)), key=score), False
-
-
 def plan_merge(candidates: Sequence[Candidate], roi: NDArray[np.bool_],
-               extent: NDArray[np.bool_]) -> MergePlan:
+               extent: NDArray[np.bool_], strip_rows: int = STRIP_ROWS) -> MergePlan:
     """The merge plan of a shelf-year, or NotCoveredError if the shelf region stays uncovered.
 
     ``candidates`` come best first (the source's ranking); ``roi`` marks the ROI pixels of the
     grid and ``extent`` the shelf region (effective extent) that must be fully covered.
     """
     roi = np.asarray(roi, bool)
-    extent = np.asarray(extent, bool) & roi
+    extent = np.asarray(extent, bool)
     _check(candidates, roi, extent)
+    return plan_merge_rows(candidates, lambda r0, r1: (roi[r0:r1], extent[r0:r1]), roi.shape,
+                           strip_rows)
+
+
+@dataclass
+class _Tally:
+    """Pass 1 of the planner: per-candidate coverage counts over the whole grid."""
+
+    n: int
+    roi_px: int = 0
+    shelf_px: int = 0
+
+    def __post_init__(self) -> None:
+        self.full = [True] * self.n
+        self.on_shelf = [0] * self.n
+        self.on_roi = [0] * self.n
+
+    def add(self, i: int, usable: NDArray[np.bool_], roi: NDArray[np.bool_],
+            extent: NDArray[np.bool_]) -> None:
+        """Count scene i's usable pixels of one strip."""
+        if self.full[i] and np.any(roi & ~usable):
+            self.full[i] = False
+        self.on_shelf[i] += int(np.count_nonzero(usable & extent))
+        self.on_roi[i] += int(np.count_nonzero(usable & roi))
+
+    def choose_main(self) -> tuple[int, bool]:
+        """(position of the main scene, whether it alone covers the whole ROI) - rules 1 and 2."""
+        for i in range(self.n):
+            if self.full[i]:
+                return i, True
+        shelf_px, roi_px = max(self.shelf_px, 1), max(self.roi_px, 1)
+
+        def score(i: int) -> tuple[float, float, int]:
+            return self.on_shelf[i] / shelf_px, self.on_roi[i] / roi_px, -i
+
+        return max(range(self.n), key=score), False
+
+
+def plan_merge_rows(candidates: Sequence[Candidate], area: RowMasks, shape: tuple[int, int],
+                    strip_rows: int = STRIP_ROWS) -> MergePlan:
+    """``plan_merge`` reading every mask by strips of ``strip_rows`` rows.
+
+    ``area(r0, r1)`` gives the (roi, extent) rows of the grid of ``shape``. Memory: the index
+    plus a few strips, whatever the number of scenes; each candidate's masks are read at most
+    three times per strip (counts, usable fill, cloudy fill), not at all once a strip is full.
+    """
+    if len(candidates) > MAX_SCENES:
+        raise ValueError(f"{len(candidates)} candidate scenes; at most {MAX_SCENES} can be merged")
+    strips = row_strips(shape[0], strip_rows)
+    tally = _Tally(len(candidates))
+    for r0, r1 in strips:
+        roi, extent = _area_rows(area, r0, r1, shape)
+        tally.roi_px += int(np.count_nonzero(roi))
+        tally.shelf_px += int(np.count_nonzero(extent))
+        for i, c in enumerate(candidates):
+            tally.add(i, _scene_rows(c, r0, r1, shape)[0], roi, extent)
     if not candidates:
-        raise NotCoveredError(0.0, int(extent.sum()), 0)
-    main, single = _choose_main(candidates, roi, extent)
-    index = np.full(roi.shape, NO_SCENE, np.uint8)
+        raise NotCoveredError(0.0, tally.shelf_px, 0)
+    main, single = tally.choose_main()
     main_day = candidates[main].acquired
     by_date = sorted(
         (i for i in range(len(candidates)) if i != main),
         key=lambda i: (abs((candidates[i].acquired - main_day).days), i),
     )
     order = (main,) if single else (main, *by_date)
-    for i in order:
-        free = (index == NO_SCENE) & candidates[i].usable & roi
-        index[free] = i
-    missing = int((extent & (index == NO_SCENE)).sum())
+    index = np.full(shape, NO_SCENE, np.uint8)
+    missing = cloudy = 0
+    counts = np.zeros(NO_SCENE + 1, np.int64)
+    for r0, r1 in strips:
+        roi, extent = _area_rows(area, r0, r1, shape)
+        strip = index[r0:r1]
+        _fill(strip, candidates, order, roi, r0, r1, shape, usable_only=True)
+        missing += int(np.count_nonzero(extent & (strip == NO_SCENE)))
+        cloudy += _fill(strip, candidates, (main, *by_date), roi, r0, r1, shape, usable_only=False)
+        counts += np.bincount(strip[roi], minlength=NO_SCENE + 1)
     if missing:
-        shelf_px = int(extent.sum())
-        raise NotCoveredError(1.0 - missing / max(shelf_px, 1), missing, len(candidates))
-    cloudy = np.zeros(roi.shape, bool)
-    for i in (main, *by_date):
-        free = (index == NO_SCENE) & candidates[i].data & roi
-        index[free] = i
-        cloudy |= free
-    roi_px = max(int(roi.sum()), 1)
-    fractions = tuple(int(((index == i) & roi).sum()) / roi_px for i in range(len(candidates)))
-    used_order = tuple(i for i in (main, *by_date) if fractions[i] > 0)
+        raise NotCoveredError(1.0 - missing / max(tally.shelf_px, 1), missing, len(candidates))
+    roi_px = max(tally.roi_px, 1)
+    fractions = tuple(int(counts[i]) / roi_px for i in range(len(candidates)))
     return MergePlan(
         index=index,
         main=main,
-        order=used_order,
+        order=tuple(i for i in (main, *by_date) if fractions[i] > 0),
         fractions=fractions,
         single_scene=single,
-        cloudy_fill_fraction=int((cloudy & roi).sum()) / roi_px,
-        uncovered_fraction=int(((index == NO_SCENE) & roi).sum()) / roi_px,
-        roi_pixels=int(roi.sum()),
+        cloudy_fill_fraction=cloudy / roi_px,
+        uncovered_fraction=int(counts[NO_SCENE]) / roi_px,
+        roi_pixels=tally.roi_px,
+        usable_fractions=tuple(n / roi_px for n in tally.on_roi),
     )
+
+
+def _area_rows(area: RowMasks, r0: int, r1: int, shape: tuple[int, int]
+               ) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    """(roi, extent & roi) of rows r0:r1, shape-checked."""
+    roi, extent = (np.asarray(a, bool) for a in area(r0, r1))
+    want = (r1 - r0, shape[1])
+    if roi.shape != want or extent.shape != want:
+        raise ValueError(f"ROI/extent rows {r0}:{r1} are {roi.shape}/{extent.shape}, not {want}")
+    return roi, extent & roi
+
+
+def _scene_rows(c: Candidate, r0: int, r1: int, shape: tuple[int, int]
+                ) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    """(usable, data) of a candidate's rows r0:r1, shape-checked."""
+    usable, data = c.rows(r0, r1)
+    want = (r1 - r0, shape[1])
+    if usable.shape != want or data.shape != want:
+        raise ValueError(f"scene {c.scene_id}: mask rows {r0}:{r1} are {usable.shape}, not {want}")
+    return usable, data
+
+
+def _fill(strip: NDArray[np.uint8], candidates: Sequence[Candidate], order: Sequence[int],
+          roi: NDArray[np.bool_], r0: int, r1: int, shape: tuple[int, int],
+          usable_only: bool) -> int:
+    """Give pixels of the strip still without a source to the scenes in ``order`` (rules 2, 4).
+
+    With ``usable_only`` a scene takes only its usable pixels, else any pixel with data. Returns
+    how many pixels were filled; scenes are not read once every ROI pixel has a source.
+    """
+    filled = 0
+    for i in order:
+        open_px = (strip == NO_SCENE) & roi
+        if not open_px.any():
+            break
+        usable, data = _scene_rows(candidates[i], r0, r1, shape)
+        free = open_px & (usable if usable_only else data)
+        strip[free] = i
+        filled += int(np.count_nonzero(free))
+    return filled
 
 
 def compose(plan: MergePlan, layers: Sequence[NDArray | None], fill: int = 0) -> NDArray:
@@ -176,16 +284,35 @@ def compose(plan: MergePlan, layers: Sequence[NDArray | None], fill: int = 0) ->
     ``layers[i]`` is scene i's raster (e.g. its 0/1 prediction) or None for scenes the plan does
     not use; pixels with no source take ``fill``.
     """
+    return compose_rows(plan, 0, plan.index.shape[0], layers, fill)
+
+
+def compose_rows(plan: MergePlan, r0: int, r1: int, layers: Sequence[NDArray | None],
+                 fill: int = 0) -> NDArray:
+    """Rows r0:r1 of ``compose``: ``layers[i]`` are scene i's rows r0:r1.
+
+    A used scene's layer may be None when no pixel of these rows comes from it (so a caller
+    reads only the scenes a strip needs).
+    """
+    index = plan.index[r0:r1]
     dtypes = {np.asarray(layer).dtype for layer in layers if layer is not None}
     if len(dtypes) != 1:
         raise ValueError(f"layers must share one dtype, got {sorted(map(str, dtypes))}")
-    out = np.full(plan.index.shape, fill, dtype=dtypes.pop())
+    out = np.full(index.shape, fill, dtype=dtypes.pop())
     for i in plan.used:
+        take = index == i
         layer = layers[i]
         if layer is None:
-            raise ValueError(f"the plan uses scene {i} but its layer is missing")
-        if layer.shape != plan.index.shape:
-            raise ValueError(f"layer {i}: shape {layer.shape} != {plan.index.shape}")
-        take = plan.index == i
+            if take.any():
+                raise ValueError(f"the plan uses scene {i} but its layer is missing")
+            continue
+        if layer.shape != index.shape:
+            raise ValueError(f"layer {i}: shape {layer.shape} != {index.shape}")
         out[take] = layer[take]
     return out
+
+
+def scenes_in_rows(plan: MergePlan, r0: int, r1: int) -> tuple[int, ...]:
+    """Used candidate positions that give at least one pixel of rows r0:r1."""
+    present = np.bincount(plan.index[r0:r1].ravel(), minlength=NO_SCENE + 1) > 0
+    return tuple(i for i in plan.used if present[i])

@@ -28,11 +28,20 @@ from typing import Any
 import numpy as np
 import rasterio
 from numpy.typing import NDArray
+from rasterio.windows import Window
 from shapely.geometry.base import BaseGeometry
 
-from producer.extent import default_extent, extent_mask, read_extent, roi_mask
-from producer.grid import Grid
-from producer.merge import NO_SCENE, Candidate, MergePlan, NotCoveredError, compose, plan_merge
+from producer.extent import ShelfArea, default_extent, read_extent
+from producer.grid import Grid, row_strips
+from producer.merge import (
+    NO_SCENE,
+    Candidate,
+    MergePlan,
+    NotCoveredError,
+    compose_rows,
+    plan_merge_rows,
+    scenes_in_rows,
+)
 from producer.provenance import (
     ModelRecord,
     Provenance,
@@ -46,6 +55,7 @@ from producer.sources.base import Scene, SceneSource
 from producer.sources.demo import FOOTPRINT_KEY
 from producer.spec import (
     AUXILIARY_SUFFIXES,
+    ENCODING,
     SENSORS,
     TYPE1,
     TYPE2,
@@ -54,7 +64,7 @@ from producer.spec import (
     shelf_year_dir,
     sort_sensors,
 )
-from producer.writer import WrittenProducts, atomic_path, write_cog, write_products
+from producer.writer import WrittenProducts, atomic_path, write_cog_rows, write_products_rows
 
 #: The demo segmentation weights trained by the training command on demo scenes.
 DEMO_WEIGHTS = Path(__file__).resolve().parent / "weights" / "demo-segformer-b0.safetensors"
@@ -62,6 +72,8 @@ DEMO_WEIGHTS = Path(__file__).resolve().parent / "weights" / "demo-segformer-b0.
 DEFAULT_OUT = Path("release")
 #: Nodata of the auxiliary probability COG (probabilities are 0-100).
 PROBABILITY_NODATA = 255
+#: Bits of a scene's mask file (UInt8 on the ROI grid, in the work folder): has data, usable.
+MASK_PRESENT, MASK_USABLE = 1, 2
 
 #: Progress callback of a stage: (stage, done, total, description).
 StageProgress = Callable[[str, int, int, str], None]
@@ -158,11 +170,23 @@ class LoadedModel:
 
 @dataclass
 class _SceneMasks:
+    """A scene's masks, kept on disk (one byte a pixel, LZW) and read back strip by strip."""
+
     scene: Scene
-    usable: NDArray[np.bool_]
-    present: NDArray[np.bool_]
+    path: Path
+    """Mask file on the ROI grid: ``MASK_PRESENT`` | ``MASK_USABLE`` bits per pixel."""
     slc_off: bool
     cloud_fraction: float
+
+    def rows(self, r0: int, r1: int) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+        """(usable, present) of rows r0:r1."""
+        with rasterio.open(self.path) as ds:
+            code = ds.read(1, window=Window(0, r0, ds.width, r1 - r0))
+        return (code & MASK_USABLE) != 0, (code & MASK_PRESENT) != 0
+
+    def candidate(self) -> Candidate:
+        """The scene as the merge plans it, its masks read by strips."""
+        return Candidate(self.scene.scene_id, self.scene.acquired, masks=self.rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,12 +305,21 @@ def is_up_to_date(release: Path, shelf: str, year: int, digest: str) -> Path | N
 # ---------------------------------------------------------------------------------------------
 
 
+def _check_rgb(ds: Any, path: Path, grid: Grid) -> None:
+    if ds.count != 3 or ds.dtypes[0] != "uint8":
+        raise ProduceError(f"{path}: expected 3 UInt8 bands, found {ds.count} {ds.dtypes[0]}")
+    _check_on_grid(ds, path, grid)
+
+
+def _check_on_grid(ds: Any, path: Path, grid: Grid) -> None:
+    if (ds.height, ds.width) != grid.shape or not ds.transform.almost_equals(grid.transform):
+        raise ProduceError(f"{path}: raster {(ds.height, ds.width)} is not on the ROI grid "
+                           f"{grid.shape}")
+
+
 def _read_rgb(path: Path, grid: Grid) -> NDArray[np.uint8]:
     with rasterio.open(path) as ds:
-        if ds.count != 3 or ds.dtypes[0] != "uint8":
-            raise ProduceError(f"{path}: expected 3 UInt8 bands, found {ds.count} {ds.dtypes[0]}")
-        if (ds.height, ds.width) != grid.shape or not ds.transform.almost_equals(grid.transform):
-            raise ProduceError(f"{path}: scene is not on the ROI grid {grid.shape}")
+        _check_rgb(ds, path, grid)
         return np.moveaxis(ds.read(), 0, -1)
 
 
@@ -295,25 +328,53 @@ def _read_band(path: Path) -> NDArray:
         return ds.read(1)
 
 
-def scene_footprint(scene: Scene, rgb: NDArray[np.uint8]) -> NDArray[np.bool_]:
-    """The imaged area of a scene: the source's footprint mask if it has one, else the hull."""
-    path = scene.metadata.get(FOOTPRINT_KEY)
-    if path is not None:
-        return _read_band(Path(path)) != 0
-    return footprint_of(rgb)
+def _mask_profile(grid: Grid) -> dict[str, Any]:
+    """Tiled LZW UInt8 on the ROI grid: the work folder's mask files."""
+    return {"driver": "GTiff", "width": grid.width, "height": grid.height, "count": 1,
+            "dtype": "uint8", "crs": grid.crs, "transform": grid.transform, "tiled": True,
+            "blockxsize": ENCODING.blocksize, "blockysize": ENCODING.blocksize,
+            "compress": ENCODING.compression}
 
 
-def scene_masks(scene: Scene, year: int, grid: Grid) -> _SceneMasks:
-    """Usable and present pixels of a scene; SLC-off gaps count as usable (they get restored)."""
-    rgb = _read_rgb(scene.path, grid)
-    present = np.any(rgb != 0, axis=2)
+def scene_masks(scene: Scene, year: int, grid: Grid, workdir: Path) -> _SceneMasks:
+    """Usable and present pixels of a scene; SLC-off gaps count as usable (they get restored).
+
+    Read and written strip by strip (the masks go to a file in ``workdir``), so memory does not
+    grow with the grid or the number of scenes. Only an SLC-off scene without a footprint from
+    its source is read whole, as its footprint is the convex hull of all its pixels.
+    """
     slc_off = scene.sensor in SENSORS and SENSORS[scene.sensor].slc_off_in(year)
-    if slc_off:
-        present |= detect_gaps(rgb, scene_footprint(scene, rgb))
-    cloud = np.zeros(grid.shape, bool)
-    if scene.cloud_mask_path is not None:
-        cloud = _read_band(scene.cloud_mask_path) != 0
-    return _SceneMasks(scene, present & ~cloud, present, slc_off, float((cloud & present).mean()))
+    footprint_path = scene.metadata.get(FOOTPRINT_KEY)
+    hull = (footprint_of(_read_rgb(scene.path, grid)) if slc_off and footprint_path is None
+            else None)
+    path = Path(workdir) / f"{scene.scene_id}_masks.tif"
+    cloudy = 0
+    with contextlib.ExitStack() as stack:
+        src = stack.enter_context(rasterio.open(scene.path))
+        _check_rgb(src, scene.path, grid)
+        extra = {}
+        for key, extra_path in (("cloud", scene.cloud_mask_path),
+                                ("footprint", footprint_path if slc_off else None)):
+            if extra_path is not None:
+                extra[key] = stack.enter_context(rasterio.open(extra_path))
+                _check_on_grid(extra[key], Path(extra_path), grid)
+        out = stack.enter_context(rasterio.open(path, "w", **_mask_profile(grid)))
+        for r0, r1 in row_strips(grid.height):
+            window = Window(0, r0, grid.width, r1 - r0)
+            rgb = np.moveaxis(src.read(window=window), 0, -1)
+            present = np.any(rgb != 0, axis=2)
+            if slc_off:
+                footprint = (hull[r0:r1] if hull is not None
+                             else extra["footprint"].read(1, window=window) != 0)
+                present |= detect_gaps(rgb, footprint)
+            cloud = (extra["cloud"].read(1, window=window) != 0 if "cloud" in extra
+                     else np.zeros(present.shape, bool))
+            usable = present & ~cloud
+            cloudy += int(np.count_nonzero(cloud & present))
+            code = present.view(np.uint8) * np.uint8(MASK_PRESENT)
+            code |= usable.view(np.uint8) * np.uint8(MASK_USABLE)
+            out.write(code, 1, window=window)
+    return _SceneMasks(scene, path, slc_off, cloudy / (grid.width * grid.height))
 
 
 def restore_scenes(used: Sequence[_SceneMasks], options: ProduceOptions, diffgf: Path | None,
@@ -400,18 +461,29 @@ def run_parameters(options: ProduceOptions, grid: Grid, extent: BaseGeometry,
     }
 
 
-def _read_predictions(plan: MergePlan, masks: Sequence[_SceneMasks],
-                      predictions: dict[str, tuple[Path, Path | None]]
-                      ) -> tuple[list[NDArray | None], list[NDArray | None]]:
-    """Per-candidate prediction and probability arrays (None for scenes the plan leaves out)."""
-    layers: list[NDArray | None] = [None] * len(masks)
-    probs: list[NDArray | None] = [None] * len(masks)
-    for i in plan.used:
-        pred, prob = predictions[masks[i].scene.scene_id]
-        layers[i] = _read_band(pred)
-        if prob is not None:
-            probs[i] = _read_band(prob)
-    return layers, probs
+@contextlib.contextmanager
+def _composed(plan: MergePlan, paths: Sequence[Path | None], fill: int, grid: Grid
+              ) -> Iterator[Callable[[int, int], NDArray[np.uint8]]]:
+    """Rows r0:r1 of the merged map of per-scene UInt8 rasters (``paths[i]``: scene i's file,
+    None for scenes the plan leaves out), read and composed strip by strip."""
+    with contextlib.ExitStack() as stack:
+        datasets = {}
+        for i in plan.used:
+            if paths[i] is None:
+                raise ProduceError(f"the plan uses scene {i} but it has no raster to merge")
+            datasets[i] = stack.enter_context(rasterio.open(paths[i]))
+            _check_on_grid(datasets[i], Path(paths[i]), grid)
+
+        def rows(r0: int, r1: int) -> NDArray[np.uint8]:
+            window = Window(0, r0, grid.width, r1 - r0)
+            layers: list[NDArray | None] = [None] * len(paths)
+            for i in scenes_in_rows(plan, r0, r1):
+                layers[i] = datasets[i].read(1, window=window)
+            if all(layer is None for layer in layers):
+                return np.full((r1 - r0, grid.width), fill, np.uint8)
+            return compose_rows(plan, r0, r1, layers, fill)
+
+        yield rows
 
 
 def _skipped(shelf: str, year: int, record: Path) -> YearResult:
@@ -429,8 +501,8 @@ def produce_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
     with _workdir() as workdir:
         extent_geom, extent_origin = effective_extent(shelf, year, source, roi, grid,
                                                       options.extent_file)
-        extent = extent_mask(extent_geom, grid)
-        if not extent.any():
+        area = ShelfArea(roi, extent_geom, grid)
+        if not area.extent_pixels:
             return YearResult(shelf, year, "failed", f"the effective extent ({extent_origin}) "
                               "does not overlap the scenes' grid")
         parameters = run_parameters(options, grid, extent_geom, extent_origin)
@@ -456,12 +528,9 @@ def produce_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
                 return _skipped(shelf, year, done)
 
         progress("merge", 0, 2, "planning")
-        masks = [scene_masks(s, year, grid) for s in scenes]
-        rmask = roi_mask(roi, grid)
-        candidates = [Candidate(m.scene.scene_id, m.scene.acquired, m.usable, m.present)
-                      for m in masks]
+        masks = [scene_masks(s, year, grid, workdir) for s in scenes]
         try:
-            plan = plan_merge(candidates, rmask, extent)
+            plan = plan_merge_rows([m.candidate() for m in masks], area.rows, grid.shape)
         except NotCoveredError as err:
             return YearResult(shelf, year, "not-mapped", f"{shelf} {year}: {err}")
         progress("merge", 1, 2, "planned")
@@ -469,53 +538,57 @@ def produce_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
         images, restoration_model = restore_scenes(used, options, diffgf, workdir, progress)
         predictions = segment_scenes(model, images, [m.scene.scene_id for m in used], options,
                                      workdir, progress)
-        layers, prob_layers = _read_predictions(plan, masks, predictions)
-        damage = compose(plan, layers, fill=0)
         progress("merge", 2, 2, "merged")
-        return _write_year(shelf, year, source, model, options, grid, plan, masks, damage,
-                           prob_layers, extent, rmask, restoration_model, parameters, digest,
-                           progress)
+        return _write_year(shelf, year, source, model, options, grid, plan, masks, predictions,
+                           area, restoration_model, parameters, digest, progress)
 
 
 def _write_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
                 options: ProduceOptions, grid: Grid, plan: MergePlan,
-                masks: Sequence[_SceneMasks], damage: NDArray, prob_layers: Sequence[Any],
-                extent: NDArray[np.bool_], roi: NDArray[np.bool_],
-                restoration_model: ModelRecord | None, parameters: dict[str, Any], digest: str,
-                progress: StageProgress) -> YearResult:
-    """Write products, auxiliary COGs and the provenance record; remove files it supersedes."""
+                masks: Sequence[_SceneMasks], predictions: dict[str, tuple[Path, Path | None]],
+                area: ShelfArea, restoration_model: ModelRecord | None,
+                parameters: dict[str, Any], digest: str, progress: StageProgress) -> YearResult:
+    """Merge the predictions into the products, auxiliary COGs and the provenance record (strip
+    by strip: composed while written); remove the files it supersedes."""
     used = list(plan.used)
+    pred_paths: list[Path | None] = [None] * len(masks)
+    prob_paths: list[Path | None] = [None] * len(masks)
+    for i in used:
+        pred_paths[i], prob_paths[i] = predictions[masks[i].scene.scene_id]
     sensors = sort_sensors({masks[i].scene.sensor for i in used})
     slc_used = any(masks[i].slc_off for i in used)
     restoration = options.restoration if slc_used else None
     total = 3 + int(options.keep_probability) + int(options.source_index)
     progress("write", 0, total, "products")
-    written = write_products(options.out, shelf, year, sensors, restoration, damage, extent, grid)
+    with _composed(plan, pred_paths, 0, grid) as damage:
+        written = write_products_rows(options.out, shelf, year, sensors, restoration,
+                                      lambda r0, r1: (damage(r0, r1), area.rows(r0, r1)[1]),
+                                      grid)
     folder = written.damage_map.parent
     name = build_name(sensors, shelf, year, restoration, TYPE1)
     products = {TYPE1.key: written.damage_map.name, TYPE2.key: written.damage.name}
     progress("write", 2, total, "auxiliary files")
     if options.keep_probability:
-        prob = compose(plan, prob_layers, fill=PROBABILITY_NODATA)
         path = folder / name.auxiliary("probability")
-        write_cog(path, prob.astype(np.uint8), grid, None, nodata=PROBABILITY_NODATA,
-                  tags={"units": "percent", "description": "damage probability (0-100)"})
+        with _composed(plan, prob_paths, PROBABILITY_NODATA, grid) as prob:
+            write_cog_rows(path, prob, grid, None, nodata=PROBABILITY_NODATA,
+                           tags={"units": "percent", "description": "damage probability (0-100)"})
         products["probability"] = path.name
     if options.source_index:
         remap = np.full(256, NO_SCENE, np.uint8)
         for k, i in enumerate(used):
             remap[i] = k
         path = folder / name.auxiliary("source_scene")
-        write_cog(path, remap[plan.index], grid, None, nodata=NO_SCENE,
-                  tags={"scene_ids": json.dumps([masks[i].scene.scene_id for i in used])})
+        write_cog_rows(path, lambda r0, r1: remap[plan.index[r0:r1]], grid, None,
+                       nodata=NO_SCENE,
+                       tags={"scene_ids": json.dumps([masks[i].scene.scene_id for i in used])})
         products["source_scene"] = path.name
-    roi_px = max(plan.roi_pixels, 1)
     records = tuple(
         SceneRecord(
             scene_id=masks[i].scene.scene_id,
             sensor=masks[i].scene.sensor,
             acquired=masks[i].scene.acquired,
-            valid_fraction=round(float((masks[i].usable & roi).sum()) / roi_px, 6),
+            valid_fraction=round(plan.usable_fractions[i], 6),
             map_fraction=round(plan.fractions[i], 6),
             role="main" if i == plan.main else "fill",
             cloud_fraction=round(masks[i].cloud_fraction, 6),
@@ -534,7 +607,7 @@ def _write_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
             "single_scene": plan.single_scene,
             "cloudy_fill_fraction": round(plan.cloudy_fill_fraction, 6),
             "uncovered_fraction": round(plan.uncovered_fraction, 6),
-            "extent_fraction": round(float(extent.mean()), 6),
+            "extent_fraction": round(area.extent_pixels / (grid.width * grid.height), 6),
             "device": options.device,
             "exact_float32": options.exact,
         },

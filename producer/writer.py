@@ -1,7 +1,14 @@
 """Write the two product COGs of a shelf-year, atomically and reproducibly.
 
-Encodings come from ``producer.spec``; the arrays are checked against them before anything is
+Encodings come from ``producer.spec``; the pixels are checked against them before they are
 written, and both files appear (renamed from temporary files) only once both are complete.
+
+Memory: pixels go to the COGs strip by strip (``STRIP_ROWS`` rows): each file is first written
+as a plain tiled GeoTIFF in a scratch folder beside it, then ``cog_translate`` turns it into the
+COG (on disk above ``IN_MEMORY_PIXELS``), with GDAL's block cache capped at ``CACHE_BYTES``. So
+a caller can hand the pixels over by rows (``write_products_rows``, ``write_cog_rows``) and never
+hold the whole grid; the arrays API cuts its arrays into the same strips, and both give the same
+bytes.
 """
 
 from __future__ import annotations
@@ -9,17 +16,17 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.io import MemoryFile
+from rasterio.windows import Window
 from rio_cogeo.cogeo import cog_translate
 from rio_cogeo.profiles import cog_profiles
 
-from producer.grid import Grid
+from producer.grid import STRIP_ROWS, Grid, row_strips
 from producer.spec import (
     ENCODING,
     TYPE1,
@@ -31,6 +38,15 @@ from producer.spec import (
     plausibility_problems,
 )
 
+#: Rasters up to this many pixels are turned into COGs in memory, larger ones through a
+#: temporary file (rio-cogeo's intermediate is uncompressed: 313 MB for the Amery grid).
+IN_MEMORY_PIXELS = 4096 * 4096
+#: GDAL block cache while writing (its default, 5 % of RAM, would fill with a big grid's tiles).
+CACHE_BYTES = 256 * 1024 * 1024
+
+#: Rows r0:r1 of one or several rasters of a grid.
+RowReader = Callable[[int, int], Sequence[np.ndarray]]
+
 
 @dataclass(frozen=True)
 class WrittenProducts:
@@ -41,13 +57,24 @@ class WrittenProducts:
     damage: Path
 
 
+def _values_outside(array: np.ndarray, allowed: set[int] | frozenset[int]) -> np.ndarray:
+    """The sorted distinct values of an integer array that are not in ``allowed``.
+
+    One comparison per allowed value (a few ms per strip), ``unique`` only on the bad pixels.
+    """
+    ok = np.zeros(array.shape, bool)
+    for value in allowed:
+        ok |= array == value
+    return np.unique(array[~ok])
+
+
 def _binary(array: np.ndarray, what: str) -> np.ndarray:
     """``array`` as bool, refusing anything but {0, 1} / {False, True}."""
     if array.dtype == bool:
         return array
     if not np.issubdtype(array.dtype, np.integer):
         raise SpecError(f"{what}: dtype {array.dtype} is not boolean or integer")
-    bad = np.setdiff1d(np.unique(array), [0, 1])
+    bad = _values_outside(array, {0, 1})
     if bad.size:
         raise SpecError(f"{what}: values {bad[:5].tolist()} found; only 0 and 1 are allowed")
     return array.astype(bool)
@@ -55,14 +82,16 @@ def _binary(array: np.ndarray, what: str) -> np.ndarray:
 
 def encode_type1(damage: np.ndarray, extent: np.ndarray) -> np.ndarray:
     """Type 1 pixels: damage (1) / background (0) inside the extent, nodata (255) outside."""
-    out = np.where(damage, TYPE1.damage, TYPE1.background).astype(ENCODING.dtype)
+    dtype = np.dtype(ENCODING.dtype)
+    out = np.where(damage, dtype.type(TYPE1.damage), dtype.type(TYPE1.background))
     out[~extent] = TYPE1.nodata
     return out
 
 
 def encode_type2(damage: np.ndarray) -> np.ndarray:
     """Type 2 pixels: damage (255) / background (0) over the full ROI."""
-    return np.where(damage, TYPE2.damage, TYPE2.background).astype(ENCODING.dtype)
+    dtype = np.dtype(ENCODING.dtype)
+    return np.where(damage, dtype.type(TYPE2.damage), dtype.type(TYPE2.background))
 
 
 def cog_profile() -> dict:
@@ -88,38 +117,64 @@ def atomic_path(final: Path) -> Iterator[Path]:
 
 
 def check_pixels(name: str, pixels: np.ndarray, grid: Grid,
-                 product_type: ProductType | None) -> None:
-    """Refuse a raster whose shape, dtype or values break the spec, before anything is written."""
-    if pixels.shape != grid.shape:
+                 product_type: ProductType | None, rows: tuple[int, int] | None = None) -> None:
+    """Refuse a raster (or its ``rows`` r0:r1) whose shape, dtype or values break the spec."""
+    if rows is None and pixels.shape != grid.shape:
         raise SpecError(f"{name}: array shape {pixels.shape} != grid shape {grid.shape}")
+    if rows is not None and pixels.shape != (rows[1] - rows[0], grid.width):
+        raise SpecError(f"{name}: rows {rows[0]}:{rows[1]} have shape {pixels.shape}, not "
+                        f"{(rows[1] - rows[0], grid.width)} on grid {grid.shape}")
     if pixels.dtype != np.uint8:
         raise SpecError(f"{name}: dtype {pixels.dtype} is not {ENCODING.dtype}")
     if product_type is not None:
-        bad = np.setdiff1d(np.unique(pixels), sorted(product_type.values))
+        bad = _values_outside(pixels, product_type.values)
         if bad.size:
             raise SpecError(f"{name}: values {bad[:5].tolist()} are not allowed in type "
                             f"{product_type.number} (allowed {sorted(product_type.values)})")
 
 
-def _translate(target: Path, pixels: np.ndarray, grid: Grid, nodata: int | None,
-               tags: dict[str, str] | None) -> None:
-    """Write the COG to ``target`` (not atomic: callers pass a temporary path)."""
-    src_profile = {
+def _source_profile(grid: Grid, nodata: int | None) -> dict:
+    """The scratch GeoTIFF a COG is translated from: tiled like the COG, LZW."""
+    return {
         "driver": "GTiff", "dtype": ENCODING.dtype, "count": ENCODING.band_count,
         "width": grid.width, "height": grid.height, "crs": grid.crs,
-        "transform": grid.transform, "nodata": nodata,
+        "transform": grid.transform, "nodata": nodata, "tiled": True,
+        "blockxsize": ENCODING.blocksize, "blockysize": ENCODING.blocksize,
+        "compress": ENCODING.compression,
     }
-    with MemoryFile() as memfile:
-        with memfile.open(**src_profile) as mem:
-            mem.write(pixels, 1)
-            if tags:
-                mem.update_tags(**tags)
-        with memfile.open() as src:
-            cog_translate(
-                src, str(target), cog_profile(), nodata=nodata,
-                overview_resampling=ENCODING.overview_resampling,
-                in_memory=True, quiet=True, use_cog_driver=False,
-            )
+
+
+def _write_rows(targets: Sequence[tuple[Path, int | None, dict[str, str] | None]],
+                rows: RowReader, grid: Grid) -> None:
+    """Write one COG per target (path, nodata, tags) from strips of pixels, in one pass.
+
+    ``rows(r0, r1)`` returns the targets' rows r0:r1 (checked by the caller); the targets are
+    temporary paths (callers make them atomic). Nothing but a few strips and GDAL's capped
+    block cache is held in memory.
+    """
+    scratch_parent = targets[0][0].parent
+    with rasterio.Env(GDAL_CACHEMAX=CACHE_BYTES), \
+            tempfile.TemporaryDirectory(prefix=".icedamage-strips-", dir=scratch_parent) as tmp:
+        sources = [Path(tmp) / f"{k}.tif" for k in range(len(targets))]
+        with contextlib.ExitStack() as stack:
+            datasets = [stack.enter_context(rasterio.open(path, "w", **_source_profile(
+                grid, nodata))) for path, (_, nodata, _) in zip(sources, targets, strict=True)]
+            for r0, r1 in row_strips(grid.height, STRIP_ROWS):
+                window = Window(0, r0, grid.width, r1 - r0)
+                for dataset, pixels in zip(datasets, rows(r0, r1), strict=True):
+                    dataset.write(pixels, 1, window=window)
+            for dataset, (_, _, tags) in zip(datasets, targets, strict=True):
+                if tags:
+                    dataset.update_tags(**tags)
+        for source, (target, nodata, _) in zip(sources, targets, strict=True):
+            with rasterio.open(source) as src:
+                cog_translate(
+                    src, str(target), cog_profile(), nodata=nodata,
+                    overview_resampling=ENCODING.overview_resampling,
+                    in_memory=grid.width * grid.height <= IN_MEMORY_PIXELS, quiet=True,
+                    use_cog_driver=False,
+                )
+            source.unlink()
 
 
 def write_cog(path: Path, pixels: np.ndarray, grid: Grid, product_type: ProductType | None,
@@ -130,10 +185,26 @@ def write_cog(path: Path, pixels: np.ndarray, grid: Grid, product_type: ProductT
     (probability, source index) and give ``nodata`` yourself.
     """
     check_pixels(path.name, pixels, grid, product_type)
+    return write_cog_rows(path, lambda r0, r1: pixels[r0:r1], grid, product_type, nodata, tags)
+
+
+def write_cog_rows(path: Path, rows: Callable[[int, int], np.ndarray], grid: Grid,
+                   product_type: ProductType | None, nodata: int | None = None,
+                   tags: dict[str, str] | None = None) -> Path:
+    """``write_cog`` with the pixels read by ``rows(r0, r1)`` strip by strip (bounded memory).
+
+    Every strip is checked before it is written; a refused strip leaves no file.
+    """
     if product_type is not None:
         nodata = product_type.nodata
+
+    def checked(r0: int, r1: int) -> list[np.ndarray]:
+        pixels = rows(r0, r1)
+        check_pixels(path.name, pixels, grid, product_type, (r0, r1))
+        return [pixels]
+
     with atomic_path(path) as tmp:
-        _translate(tmp, pixels, grid, nodata, tags)
+        _write_rows([(tmp, nodata, tags)], checked, grid)
     return path
 
 
@@ -153,27 +224,56 @@ def write_products(
     ``extent_mask`` is True inside the effective ice-shelf extent. Refuses anything that breaks
     the spec (names, plausibility, values, shapes) before writing.
     """
+    damage, extent = np.asarray(full_roi_damage), np.asarray(extent_mask)
+    for what, array in (("full_roi_damage", damage), ("extent_mask", extent)):
+        if array.shape != grid.shape:
+            raise SpecError(f"{what}: shape {array.shape} != grid shape {grid.shape}")
+    return write_products_rows(release_dir, shelf, year, sensors, restoration,
+                               lambda r0, r1: (damage[r0:r1], extent[r0:r1]), grid)
+
+
+def write_products_rows(
+    release_dir: Path,
+    shelf: str,
+    year: int,
+    sensors: tuple[str, ...] | list[str],
+    restoration: str | None,
+    rows: RowReader,
+    grid: Grid,
+) -> WrittenProducts:
+    """``write_products`` with (damage, extent) rows r0:r1 read by ``rows`` strip by strip.
+
+    Names and plausibility are refused before anything is written; a strip breaking the spec
+    stops the writing with both files still temporary, so neither appears.
+    """
     name = build_name(sensors, shelf, year, restoration, TYPE1)
     problems = plausibility_problems(name.sensors, year, restoration)
     if problems:
         raise SpecError("; ".join(f"[{rule.value}] {text}" for rule, text in problems))
-    damage = _binary(np.asarray(full_roi_damage), "full_roi_damage")
-    extent = _binary(np.asarray(extent_mask), "extent_mask")
-    for what, array in (("full_roi_damage", damage), ("extent_mask", extent)):
-        if array.shape != grid.shape:
-            raise SpecError(f"{what}: shape {array.shape} != grid shape {grid.shape}")
     release_dir = Path(release_dir)
-    rasters = ((TYPE1, encode_type1(damage, extent)), (TYPE2, encode_type2(damage)))
+    types = (TYPE1, TYPE2)
     paths = {t.key: release_dir / build_name(name.sensors, shelf, year, restoration,
-                                             t).relative_path() for t, _ in rasters}
-    for product_type, pixels in rasters:
-        check_pixels(paths[product_type.key].name, pixels, grid, product_type)
+                                             t).relative_path() for t in types}
+
+    def encoded(r0: int, r1: int) -> list[np.ndarray]:
+        damage_rows, extent_rows = rows(r0, r1)
+        damage = _binary(np.asarray(damage_rows), "full_roi_damage")
+        extent = _binary(np.asarray(extent_rows), "extent_mask")
+        for what, array in (("full_roi_damage", damage), ("extent_mask", extent)):
+            if array.shape != (r1 - r0, grid.width):
+                raise SpecError(f"{what}: rows {r0}:{r1} have shape {array.shape}, not "
+                                f"{(r1 - r0, grid.width)} on grid {grid.shape}")
+        pixels = [encode_type1(damage, extent), encode_type2(damage)]
+        for product_type, array in zip(types, pixels, strict=True):
+            check_pixels(paths[product_type.key].name, array, grid, product_type, (r0, r1))
+        return pixels
+
     # Both files are written to temporary paths first and renamed only when both are complete,
     # so a failure leaves neither new file (and any earlier pair untouched).
     with contextlib.ExitStack() as stack:
-        for product_type, pixels in rasters:
-            tmp = stack.enter_context(atomic_path(paths[product_type.key]))
-            _translate(tmp, pixels, grid, product_type.nodata, None)
+        targets = [(stack.enter_context(atomic_path(paths[t.key])), t.nodata, None)
+                   for t in types]
+        _write_rows(targets, encoded, grid)
     return WrittenProducts(name, paths[TYPE1.key], paths[TYPE2.key])
 
 
