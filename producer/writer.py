@@ -16,8 +16,6 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from rasterio.io import MemoryFile
-from rio_cogeo.cogeo import cog_translate
-from rio_cogeo.profiles import cog_profiles
 
 from producer.grid import Grid
 from producer.spec import (
@@ -67,6 +65,8 @@ def encode_type2(damage: np.ndarray) -> np.ndarray:
 
 def cog_profile() -> dict:
     """The GTiff creation options shared by every product COG."""
+    from rio_cogeo.profiles import cog_profiles  # imported when writing: atomic_path users skip it
+
     profile = dict(cog_profiles.get(ENCODING.compression))
     profile.update(blockxsize=ENCODING.blocksize, blockysize=ENCODING.blocksize)
     return profile
@@ -109,6 +109,8 @@ def _translate(target: Path, pixels: np.ndarray, grid: Grid, nodata: int | None,
         "width": grid.width, "height": grid.height, "crs": grid.crs,
         "transform": grid.transform, "nodata": nodata,
     }
+    from rio_cogeo.cogeo import cog_translate
+
     with MemoryFile() as memfile:
         with memfile.open(**src_profile) as mem:
             mem.write(pixels, 1)
