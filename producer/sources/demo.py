@@ -226,8 +226,6 @@ class Zones:
     front: NDArray[np.float32]
     speed: float
     """Surface advection, px per year."""
-    rng: np.random.Generator
-    """The layout's generator, positioned after the draws that fixed the flow frame."""
 
     @property
     def extent_mask(self) -> NDArray[np.bool_]:
@@ -235,11 +233,17 @@ class Zones:
         return floating_ice(self.zone)
 
 
-def build_zones(key: str, year: int, size: int) -> Zones:
-    """Grounded ice upstream and beyond both margins, floating shelf, ocean beyond the front."""
+def _layout_rng(key: str, size: int) -> tuple[np.random.Generator, float, float]:
+    """A fresh layout generator after its first draws: flow angle and advection (px/year)."""
     rng = _rng(key, "layout")
     angle = rng.uniform(0, 2 * np.pi)
     speed = rng.uniform(0.004, 0.012) * size  # px per year of surface advection
+    return rng, float(angle), float(speed)
+
+
+def build_zones(key: str, year: int, size: int) -> Zones:
+    """Grounded ice upstream and beyond both margins, floating shelf, ocean beyond the front."""
+    _, angle, speed = _layout_rng(key, size)
     along, across = _flow_frame(size, angle)
     shape_ = (size, size)
     wig = fractal_noise(_rng(key, "margins"), shape_, 0.25 * size, 2, (along, across))
@@ -251,14 +255,15 @@ def build_zones(key: str, year: int, size: int) -> Zones:
     channel = np.abs(across) < half_width
     zone[channel & (along >= grounding)] = SHELF
     zone[along >= front] = OCEAN
-    return Zones(zone, along, across, half_width, front, float(speed), rng)
+    return Zones(zone, along, across, half_width, front, speed)
 
 
 def build_layout(key: str, year: int, size: int) -> Layout:
     """The zones and damage of the shelf ``key`` in the summer ``year`` on a size² window."""
     zones = build_zones(key, year, size)
     zone, along, across = zones.zone, zones.along, zones.across
-    half_width, front, speed, rng = zones.half_width, zones.front, zones.speed, zones.rng
+    half_width, front, speed = zones.half_width, zones.front, zones.speed
+    rng = _layout_rng(key, size)[0]  # the damage's draws follow the flow frame's
     t = year - BASE_YEAR
     shape_ = (size, size)
     shelf = zone == SHELF
