@@ -17,7 +17,9 @@ import pytest
 
 from producer import cache, pipeline
 from producer.cache import cached_sha256
+from producer.cli import build_app, command_names, invoked_command
 from producer.provenance import file_sha256, read_provenance
+from producer.shelves import roi_polygon
 from producer.sources import demo
 from producer.spec import AUXILIARY_SUFFIXES
 from tests.test_pipeline import DEMO_SIZE, _produce, tiny_weights  # noqa: F401 (fixture)
@@ -110,17 +112,29 @@ def test_changed_inputs_are_redone_unchanged_ones_skipped(
 def test_rerun_in_a_fresh_interpreter_skips_without_torch(weights: Path, tmp_path: Path) -> None:
     out = tmp_path / "release"
     assert _status(_produce(ARGS, weights, out)) == "produced"
-    code = ("import sys\nfrom producer.cli import produce_main\ntry:\n    produce_main()\n"
-            "finally:\n    print('heavy:', sorted(m for m in ('torch', 'diffusers', "
-            "'transformers') if m in sys.modules))\n")
-    proc = subprocess.run(
-        [sys.executable, "-c", code, *ARGS, "--weights", str(weights), "--out", str(out),
-         "--demo-size", DEMO_SIZE, "--no-tta", "--device", "cpu"],  # as _produce
-        capture_output=True, text=True, check=False,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "250"})
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "Totten 2021: skipped" in proc.stderr
-    assert "heavy: []" in proc.stdout
+    args = [*ARGS, "--weights", str(weights), "--out", str(out), "--demo-size", DEMO_SIZE,
+            "--no-tta", "--device", "cpu"]  # as _produce
+    for entry, argv in (("produce_main", args), ("icedamage_main", ["produce", *args])):
+        code = (f"import sys\nfrom producer.cli import {entry}\ntry:\n    {entry}()\n"
+                "finally:\n    print('heavy:', sorted(m for m in ('torch', 'diffusers', "
+                "'transformers', 'geopandas', 'validation') if m in sys.modules))\n")
+        proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True,
+                              text=True, check=False,
+                              env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "250"})
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "Totten 2021: skipped" in proc.stderr
+        assert "heavy: []" in proc.stdout, entry
+
+
+def test_icedamage_finds_every_command_without_importing_the_others() -> None:
+    every = command_names(build_app())
+    assert {"produce", "validate", "catalog", "publish", "train"} <= every
+    for name in every:
+        assert name in command_names(build_app(name))
+    assert command_names(build_app("produce")) == {"produce"}
+    assert command_names(build_app("no-such-command")) == every
+    assert invoked_command(["produce", "--shelf", "Totten"]) == "produce"
+    assert invoked_command(["--help", "produce"]) is None and invoked_command([]) is None
 
 
 def test_producer_cli_imports_no_heavy_libraries() -> None:
@@ -217,3 +231,13 @@ def test_corrupt_or_unwritable_cache_only_costs_a_rehash(
     blocker.write_text("")
     monkeypatch.setenv(cache.CACHE_ENV, str(blocker / "cache"))  # cannot be created
     assert cached_sha256(path) == file_sha256(path) and counting.calls == 2
+
+
+def test_demo_extent_from_zones_is_the_layouts() -> None:
+    """The skip path's extent (zones only) hashes like the one of a rendered year."""
+    source = demo.DemoSource(int(DEMO_SIZE))
+    grid = source.grid("Totten", roi_polygon("Totten"))
+    from_zones = source.extent("Totten", 2021, grid)
+    assert not source._layouts  # nothing rendered for it
+    source.layout("Totten", 2021)
+    assert source.extent("Totten", 2021, grid).wkb == from_zones.wkb
