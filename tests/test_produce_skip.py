@@ -117,7 +117,8 @@ def test_rerun_in_a_fresh_interpreter_skips_without_torch(weights: Path, tmp_pat
     for entry, argv in (("produce_main", args), ("icedamage_main", ["produce", *args])):
         code = (f"import sys\nfrom producer.cli import {entry}\ntry:\n    {entry}()\n"
                 "finally:\n    print('heavy:', sorted(m for m in ('torch', 'diffusers', "
-                "'transformers', 'geopandas', 'validation') if m in sys.modules))\n")
+                "'transformers', 'geopandas', 'validation', 'rio_cogeo', 'scipy.spatial') "
+                "if m in sys.modules))\n")
         proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True,
                               text=True, check=False,
                               env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "250"})
@@ -135,15 +136,6 @@ def test_icedamage_finds_every_command_without_importing_the_others() -> None:
     assert command_names(build_app("no-such-command")) == every
     assert invoked_command(["produce", "--shelf", "Totten"]) == "produce"
     assert invoked_command(["--help", "produce"]) is None and invoked_command([]) is None
-
-
-def test_producer_cli_imports_no_heavy_libraries() -> None:
-    code = ("import sys, producer.cli, producer.commands\n"
-            "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'rio_cogeo', "
-            "'scipy.spatial', 'producer.sources.demo') if m in sys.modules))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert proc.stdout.strip() == "[]"
 
 
 # ---------------------------------------------------------------------------------------------
