@@ -2,13 +2,19 @@
 
 Each package keeps its own commands in a ``commands`` module exposing ``register(app)``; this
 module only assembles them, so a command's code lives next to the package it belongs to.
+Importing a package's commands costs up to seconds (pandas, geopandas, torch ...), so
+``icedamage <command>`` registers modules only until one provides that command; ``icedamage``
+alone, ``--help`` or an unknown command registers them all.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
+from collections.abc import Sequence
 
 import typer
+from typer.main import get_command_name
 
 #: Modules whose ``register(app)`` adds commands to ``icedamage``.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -21,8 +27,9 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
-def build_app() -> typer.Typer:
-    """The ``icedamage`` application with every package's commands."""
+def build_app(command: str | None = None) -> typer.Typer:
+    """The ``icedamage`` application with every package's commands, or, given ``command``, with
+    the modules up to the first that registers it."""
     app = typer.Typer(
         name="icedamage",
         help="Produce, catalog, validate and publish the Antarctic ice-shelf damage dataset.",
@@ -37,12 +44,25 @@ def build_app() -> typer.Typer:
 
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(app)
+        if command is not None and command in command_names(app):
+            break
     return app
+
+
+def command_names(app: typer.Typer) -> set[str]:
+    """Names of the commands registered on ``app`` (as typer derives them)."""
+    return {info.name or get_command_name(info.callback.__name__)
+            for info in app.registered_commands if info.callback is not None}
+
+
+def invoked_command(argv: Sequence[str]) -> str | None:
+    """The command of an ``icedamage`` command line, when it comes first (not an option)."""
+    return argv[0] if argv and not argv[0].startswith("-") else None
 
 
 def icedamage_main() -> None:
     """Entry point of the ``icedamage`` console script."""
-    build_app()()
+    build_app(invoked_command(sys.argv[1:]))()
 
 
 def produce_main() -> None:

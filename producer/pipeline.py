@@ -31,6 +31,7 @@ from numpy.typing import NDArray
 from rasterio.windows import Window
 from shapely.geometry.base import BaseGeometry
 
+from producer.cache import cached_sha256
 from producer.extent import ShelfArea, default_extent, read_extent
 from producer.grid import Grid, row_strips
 from producer.merge import (
@@ -51,8 +52,7 @@ from producer.provenance import (
 )
 from producer.shelves import get_shelf, roi_polygon
 from producer.slcoff import detect_gaps, footprint_of
-from producer.sources.base import Scene, SceneSource
-from producer.sources.demo import FOOTPRINT_KEY
+from producer.sources.base import FOOTPRINT_KEY, Scene, SceneSource
 from producer.spec import (
     AUXILIARY_SUFFIXES,
     ENCODING,
@@ -146,7 +146,7 @@ class LoadedModel:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.sha256 = file_sha256(self.path)  # same digest as the checkpoint loader's, no torch
+        self.sha256 = cached_sha256(self.path)  # the checkpoint loader's digest, remembered
         self._loaded: tuple[Any, ModelRecord] | None = None
 
     def _load(self) -> tuple[Any, ModelRecord]:
@@ -256,14 +256,17 @@ def software_versions(restoration_used: bool = False) -> dict[str, str]:
     names = ["icedamage", "numpy", "rasterio", "rio-cogeo", "shapely", "torch", "transformers"]
     if restoration_used:
         names.append("diffusers")
-    versions: dict[str, str] = {}
-    for name in names:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "unknown"
+    versions = {name: package_version(name) for name in names}
     versions["gdal"] = rasterio.__gdal_version__
     return versions
+
+
+def package_version(name: str) -> str:
+    """The installed version of a distribution, or "unknown"."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def inputs_digest(source: str, scene_ids: Sequence[str], weights_sha: str,
@@ -274,7 +277,7 @@ def inputs_digest(source: str, scene_ids: Sequence[str], weights_sha: str,
         "scenes": sorted(scene_ids),
         "weights_sha256": weights_sha,
         "diffgf_sha256": diffgf_sha,
-        "icedamage": software_versions()["icedamage"],
+        "icedamage": package_version("icedamage"),
         "parameters": parameters,
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
@@ -506,7 +509,7 @@ def produce_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
             return YearResult(shelf, year, "failed", f"the effective extent ({extent_origin}) "
                               "does not overlap the scenes' grid")
         parameters = run_parameters(options, grid, extent_geom, extent_origin)
-        diffgf_sha = file_sha256(diffgf) if diffgf is not None and Path(diffgf).exists() else None
+        diffgf_sha = cached_sha256(diffgf) if diffgf is not None and Path(diffgf).exists() else None
         listed = getattr(source, "scene_ids", None)
         if callable(listed) and not options.force:
             digest = inputs_digest(source.name, listed(shelf, year, grid), model.sha256,

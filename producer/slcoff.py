@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.spatial import ConvexHull, QhullError
-from skimage.draw import polygon2mask
 
 #: Lines swept by one ETM+ scan (16 detectors of 30 m).
 SCAN_LINES = 16
@@ -140,6 +138,9 @@ def footprint_of(rgb: NDArray[np.uint8]) -> NDArray[np.bool_]:
     outline; gap pixels on the outermost row of the footprint cannot be told from "no scene"
     and are left out (pass the footprint explicitly when it is known).
     """
+    from scipy.spatial import ConvexHull, QhullError  # ~0.5 s: only when a hull is needed
+    from skimage.draw import polygon2mask
+
     present = np.any(rgb != 0, axis=2) if rgb.ndim == 3 else rgb != 0
     pts = _hull_candidates(present)
     if len(pts) == 0:

@@ -23,8 +23,6 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from rasterio.windows import Window
-from rio_cogeo.cogeo import cog_translate
-from rio_cogeo.profiles import cog_profiles
 
 from producer.grid import STRIP_ROWS, Grid, row_strips
 from producer.spec import (
@@ -96,6 +94,8 @@ def encode_type2(damage: np.ndarray) -> np.ndarray:
 
 def cog_profile() -> dict:
     """The GTiff creation options shared by every product COG."""
+    from rio_cogeo.profiles import cog_profiles  # imported when writing: atomic_path users skip it
+
     profile = dict(cog_profiles.get(ENCODING.compression))
     profile.update(blockxsize=ENCODING.blocksize, blockysize=ENCODING.blocksize)
     return profile
@@ -152,6 +152,8 @@ def _write_rows(targets: Sequence[tuple[Path, int | None, dict[str, str] | None]
     temporary paths (callers make them atomic). Nothing but a few strips and GDAL's capped
     block cache is held in memory.
     """
+    from rio_cogeo.cogeo import cog_translate  # heavy (pydantic, morecantile): only to write
+
     scratch_parent = targets[0][0].parent
     with rasterio.Env(GDAL_CACHEMAX=CACHE_BYTES), \
             tempfile.TemporaryDirectory(prefix=".icedamage-strips-", dir=scratch_parent) as tmp:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,14 @@ from tests.release_factory import build_release
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 STAC_SCHEMAS = Path(__file__).resolve().parents[1].parent / "shared" / "stac-schemas"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_user_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Caches (weights hashes, Earth Engine downloads) go to a session folder, not ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ICEDAMAGE_CACHE", str(tmp_path_factory.mktemp("user-cache")))
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,10 @@ The method is always named by the caller and recorded by the producer in the res
 and provenance (``producer.spec.RESTORATION_METHODS``); one method is never substituted for
 another. DiffGF needs weights from a local file; without them it fails with
 :class:`MissingWeightsError` rather than falling back to a classical fill.
+
+The DiffGF model (torch, diffusers: seconds to import) is imported only when a scene is
+restored with it, so ``produce`` can resolve ``DEMO_WEIGHTS`` and skip up-to-date shelf-years
+without paying for it.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
@@ -19,10 +24,12 @@ from numpy.typing import NDArray
 
 from producer.provenance import file_sha256
 from producer.restoration.classical import restore_fillnodata
-from producer.restoration.diffgf import DiffGF, load_diffgf, restore_array
 from producer.slcoff import detect_gaps, footprint_of
 from producer.spec import RESTORATION_METHODS
 from producer.writer import atomic_path
+
+if TYPE_CHECKING:
+    from producer.restoration.diffgf import DiffGF
 
 #: The demo DiffGF trained by ``icedamage train-diffgf`` (see DIFFGF_MODEL_CARD.md there).
 DEMO_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "diffgf_demo.safetensors"
@@ -63,11 +70,15 @@ def check_method(method: str) -> str:
 
 @lru_cache(maxsize=4)
 def _cached_model(path: str, mtime_ns: int) -> DiffGF:
+    from producer.restoration.diffgf import load_diffgf
+
     return load_diffgf(Path(path))
 
 
 def resolve_model(weights: Path | str | DiffGF | None) -> DiffGF:
     """A loaded DiffGF model from a model, a file or a ``save_pretrained`` directory."""
+    from producer.restoration.diffgf import DiffGF
+
     if isinstance(weights, DiffGF):
         return weights
     if weights is None:
@@ -106,6 +117,8 @@ def restore(
         if progress is not None:
             progress(1, 1)
         return out
+    from producer.restoration.diffgf import restore_array
+
     model = resolve_model(weights)
     kwargs = {} if steps is None else {"steps": steps}
     return restore_array(model, rgb, gaps, known, seed=seed, progress=progress, **kwargs)

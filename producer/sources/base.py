@@ -16,6 +16,10 @@ from shapely.geometry.base import BaseGeometry
 
 from producer.grid import Grid
 
+#: Scene.metadata key of a 1-band mask of the scene's footprint (1 = imaged), when known; the
+#: producer then finds SLC-off gaps reaching the window edge, which a hull cannot.
+FOOTPRINT_KEY = "footprint_path"
+
 
 @dataclass(frozen=True)
 class Scene:

@@ -49,7 +49,7 @@ from skimage.draw import polygon as draw_polygon
 
 from producer.grid import Grid
 from producer.slcoff import simulate_slc_off_mask
-from producer.sources.base import Scene
+from producer.sources.base import FOOTPRINT_KEY, Scene
 from producer.spec import ENCODING, SENSOR_ORDER, SENSORS, summer_window
 
 #: Default demo window, pixels a side (30 m pixels).
@@ -58,9 +58,6 @@ DEFAULT_DEMO_SIZE = 1024
 DEMO_SIZE_ENV = "ICEDAMAGE_DEMO_SIZE"
 #: Years the demo geometry is anchored to (advection and rift growth are measured from it).
 BASE_YEAR = 2000
-#: Scene.metadata key of a 1-band mask of the scene's footprint (1 = imaged), when known; the
-#: producer then finds SLC-off gaps reaching the window edge, which a hull cannot.
-FOOTPRINT_KEY = "footprint_path"
 #: Zone codes of the layout.
 GROUNDED, SHELF, OCEAN = 0, 1, 2
 
@@ -178,7 +175,12 @@ class Layout:
     @property
     def extent_mask(self) -> NDArray[np.bool_]:
         """The floating shelf (the effective extent of the demo shelf-year)."""
-        return self.zone == SHELF
+        return floating_ice(self.zone)
+
+
+def floating_ice(zone: NDArray[np.uint8]) -> NDArray[np.bool_]:
+    """The floating shelf of a zone map: the demo shelf-year's effective extent."""
+    return zone == SHELF
 
 
 def _flow_frame(size: int, angle: float) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
@@ -212,16 +214,38 @@ def _line_family(along: NDArray, across: NDArray, angle: float, spacing: float, 
     return core, dark, bright
 
 
-def build_layout(key: str, year: int, size: int) -> Layout:
-    """The zones and damage of the shelf ``key`` in the summer ``year`` on a size² window."""
+@dataclass(frozen=True)
+class Zones:
+    """The zones of a shelf-year and the flow frame they are drawn in (the first step of a
+    layout, cheap on its own: the extent needs nothing else)."""
+
+    zone: NDArray[np.uint8]
+    along: NDArray[np.float32]
+    across: NDArray[np.float32]
+    half_width: NDArray[np.float32]
+    front: NDArray[np.float32]
+    speed: float
+    """Surface advection, px per year."""
+
+    @property
+    def extent_mask(self) -> NDArray[np.bool_]:
+        """The floating shelf, as ``Layout.extent_mask``."""
+        return floating_ice(self.zone)
+
+
+def _layout_rng(key: str, size: int) -> tuple[np.random.Generator, float, float]:
+    """A fresh layout generator after its first draws: flow angle and advection (px/year)."""
     rng = _rng(key, "layout")
     angle = rng.uniform(0, 2 * np.pi)
     speed = rng.uniform(0.004, 0.012) * size  # px per year of surface advection
-    t = year - BASE_YEAR
+    return rng, float(angle), float(speed)
+
+
+def build_zones(key: str, year: int, size: int) -> Zones:
+    """Grounded ice upstream and beyond both margins, floating shelf, ocean beyond the front."""
+    _, angle, speed = _layout_rng(key, size)
     along, across = _flow_frame(size, angle)
     shape_ = (size, size)
-
-    # Zones: grounded upstream and beyond both margins, ocean beyond the front.
     wig = fractal_noise(_rng(key, "margins"), shape_, 0.25 * size, 2, (along, across))
     half_width = 0.36 * size * (1.0 + 0.12 * wig)
     grounding = -0.38 * size + 0.05 * size * wig
@@ -231,6 +255,17 @@ def build_layout(key: str, year: int, size: int) -> Layout:
     channel = np.abs(across) < half_width
     zone[channel & (along >= grounding)] = SHELF
     zone[along >= front] = OCEAN
+    return Zones(zone, along, across, half_width, front, speed)
+
+
+def build_layout(key: str, year: int, size: int) -> Layout:
+    """The zones and damage of the shelf ``key`` in the summer ``year`` on a size² window."""
+    zones = build_zones(key, year, size)
+    zone, along, across = zones.zone, zones.along, zones.across
+    half_width, front, speed = zones.half_width, zones.front, zones.speed
+    rng = _layout_rng(key, size)[0]  # the damage's draws follow the flow frame's
+    t = year - BASE_YEAR
+    shape_ = (size, size)
     shelf = zone == SHELF
 
     damage = np.zeros(shape_, bool)
@@ -611,7 +646,9 @@ class DemoSource:
     def extent(self, shelf: str, year: int, grid: Grid) -> BaseGeometry:
         """The demo shelf-year's floating ice (grounding line to front) as a polygon."""
         self._check_grid(grid)
-        mask = self.layout(shelf, year).extent_mask
+        # The zones alone give the extent (a re-run skips on the digest without a full layout).
+        ground = self._layouts.get((shelf, year)) or build_zones(shelf, year, self.size)
+        mask = ground.extent_mask
         polys = [shape(geom) for geom, value in features.shapes(
             mask.astype(np.uint8), mask=mask, transform=grid.transform) if value == 1]
         return unary_union(polys)

@@ -116,10 +116,9 @@ AUTH_HELP = (
 
 def default_cache_dir() -> Path:
     """``$ICEDAMAGE_CACHE``, else ``$XDG_CACHE_HOME/icedamage``, else ``~/.cache/icedamage``."""
-    if os.environ.get("ICEDAMAGE_CACHE"):
-        return Path(os.environ["ICEDAMAGE_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "icedamage"
+    from producer.cache import default_cache_dir as shared  # one rule for every cache
+
+    return shared()
 
 
 def roi_lonlat(roi: BaseGeometry) -> BaseGeometry:

@@ -1,0 +1,235 @@
+"""Re-running ``produce``: up-to-date shelf-years are skipped cheaply, changed inputs are redone.
+
+The skip rule (``producer.pipeline``): a shelf-year is redone when its scene set, the content of
+its weights, the software version or a parameter changed. The re-run that skips must not render
+scenes, load the model or import torch/diffusers (``docs/benchmarks.md``, "Re-run (skip) path").
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from producer import cache, pipeline
+from producer.cache import cached_sha256
+from producer.cli import build_app, command_names, invoked_command
+from producer.provenance import file_sha256, read_provenance
+from producer.shelves import roi_polygon
+from producer.sources import demo
+from producer.spec import AUXILIARY_SUFFIXES
+from tests.test_pipeline import DEMO_SIZE, _produce, tiny_weights  # noqa: F401 (fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = ["--shelf", "Totten", "--year", "2021"]
+
+
+@pytest.fixture
+def weights(tiny_weights: Path, tmp_path: Path) -> Path:  # noqa: F811 (the imported fixture)
+    """A private copy of ``test_pipeline``'s tiny random-init checkpoint, free to be changed."""
+    path = tmp_path / "weights" / "tiny.safetensors"
+    path.parent.mkdir()
+    path.write_bytes(tiny_weights.read_bytes())
+    return path
+
+
+def _status(result) -> str:
+    assert result.exit_code == 0, result.output
+    for status in ("skipped", "produced"):
+        if f"Totten 2021: {status}" in result.output:
+            return status
+    raise AssertionError(result.output)
+
+
+def _record(out: Path):
+    (path,) = (out / "Totten" / "2021").glob("*" + AUXILIARY_SUFFIXES["provenance"])
+    return read_provenance(path)
+
+
+def _flip_last_mantissa_byte_in_place(path: Path) -> None:
+    """Change the weights' content keeping size, inode and mtime (a float32 stays finite)."""
+    st = path.stat()
+    with path.open("r+b") as handle:
+        handle.seek(-4, os.SEEK_END)
+        byte = handle.read(1)
+        handle.seek(-4, os.SEEK_END)
+        handle.write(bytes([byte[0] ^ 1]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (st.st_size, st.st_mtime_ns,
+                                                                st.st_ino)
+
+
+def test_changed_inputs_are_redone_unchanged_ones_skipped(
+        weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cache, "RACY_NS", 0)  # the fresh copy may be remembered at once
+    out = tmp_path / "release"
+    assert _status(_produce(ARGS, weights, out)) == "produced"
+    first = _record(out)
+
+    # Up to date: skipped, without rendering scenes, building the layout or loading the model.
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the skip path did expensive work")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(demo.DemoSource, "scenes", forbidden)
+        patch.setattr(demo, "build_layout", forbidden)
+        patch.setattr(pipeline.LoadedModel, "_load", forbidden)
+        patch.setattr(cache, "file_sha256", forbidden)  # weights hashes come from the cache
+        assert _status(_produce(ARGS, weights, out)) == "skipped"
+
+    # Same size, same mtime, same inode, different bytes: the weights changed, so it is redone.
+    _flip_last_mantissa_byte_in_place(weights)
+    assert _status(_produce(ARGS, weights, out)) == "produced"
+    second = _record(out)
+    assert second.segmentation.weights_sha256 == file_sha256(weights)
+    assert second.segmentation.weights_sha256 != first.segmentation.weights_sha256
+    assert second.inputs_digest != first.inputs_digest
+
+    # A new icedamage version is a changed input.
+    real_version = importlib.metadata.version
+    with monkeypatch.context() as patch:
+        patch.setattr(importlib.metadata, "version",
+                      lambda name: "999.0" if name == "icedamage" else real_version(name))
+        assert _status(_produce(ARGS, weights, out)) == "produced"
+        assert _record(out).software["icedamage"] == "999.0"
+
+    # A changed scene set (one candidate fewer) is a changed input.
+    used = {s.scene_id for s in _record(out).scenes}
+    real_plan = demo.plan_summer
+    dropped = next(p.scene_id for p in real_plan("Totten", 2021) if p.scene_id not in used)
+    with monkeypatch.context() as patch:
+        patch.setattr(demo, "plan_summer", lambda shelf, year: [
+            p for p in real_plan(shelf, year) if p.scene_id != dropped])
+        assert _status(_produce(ARGS, weights, out)) == "produced"
+        assert dropped not in _record(out).parameters["candidates"]
+
+
+def test_rerun_in_a_fresh_interpreter_skips_without_torch(weights: Path, tmp_path: Path) -> None:
+    out = tmp_path / "release"
+    assert _status(_produce(ARGS, weights, out)) == "produced"
+    args = [*ARGS, "--weights", str(weights), "--out", str(out), "--demo-size", DEMO_SIZE,
+            "--no-tta", "--device", "cpu"]  # as _produce
+    for entry, argv in (("produce_main", args), ("icedamage_main", ["produce", *args])):
+        code = (f"import sys\nfrom producer.cli import {entry}\ntry:\n    {entry}()\n"
+                "finally:\n    print('heavy:', sorted(m for m in ('torch', 'diffusers', "
+                "'transformers', 'geopandas', 'validation', 'rio_cogeo', 'scipy.spatial') "
+                "if m in sys.modules))\n")
+        proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True,
+                              text=True, check=False,
+                              env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "250"})
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "Totten 2021: skipped" in proc.stderr
+        assert "heavy: []" in proc.stdout, entry
+
+
+def test_icedamage_finds_every_command_without_importing_the_others() -> None:
+    every = command_names(build_app())
+    assert {"produce", "validate", "catalog", "publish", "train"} <= every
+    for name in every:
+        assert name in command_names(build_app(name))
+    assert command_names(build_app("produce")) == {"produce"}
+    assert command_names(build_app("no-such-command")) == every
+    assert invoked_command(["produce", "--shelf", "Totten"]) == "produce"
+    assert invoked_command(["--help", "produce"]) is None and invoked_command([]) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# The weights-hash cache
+# ---------------------------------------------------------------------------------------------
+
+
+class _CountingHash:
+    """``file_sha256`` that counts the files it reads."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, path: Path) -> str:
+        self.calls += 1
+        return file_sha256(path)
+
+
+@pytest.fixture
+def counting(monkeypatch: pytest.MonkeyPatch) -> _CountingHash:
+    counter = _CountingHash()
+    monkeypatch.setattr(cache, "file_sha256", counter)
+    return counter
+
+
+def _aged(path: Path, data: bytes, mtime_ns: int | None = None) -> Path:
+    """Write ``data`` and set the mtime (default: an hour ago)."""
+    path.write_bytes(data)
+    mtime = mtime_ns if mtime_ns is not None else path.stat().st_mtime_ns - 3600 * 10**9
+    os.utime(path, ns=(mtime, mtime))
+    return path
+
+
+def test_hash_is_remembered_until_the_file_changes(tmp_path: Path, counting: _CountingHash,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cache, "RACY_NS", 0)
+    path = _aged(tmp_path / "w.bin", b"a" * 4096)
+    mtime = path.stat().st_mtime_ns
+    assert cached_sha256(path) == file_sha256(path) and counting.calls == 1
+    assert cached_sha256(path) == file_sha256(path) and counting.calls == 1  # remembered
+    assert cached_sha256(tmp_path / "." / "w.bin") == file_sha256(path) and counting.calls == 1
+
+    # Rewritten in place, same size and mtime: ctime moved, so it is hashed again.
+    _aged(path, b"b" * 4096, mtime)
+    assert cached_sha256(path) == file_sha256(path) and counting.calls == 2
+    # Replaced by another file of the same size and mtime (new inode).
+    _aged(tmp_path / "other.bin", b"c" * 4096, mtime).replace(path)
+    assert cached_sha256(path) == file_sha256(path) and counting.calls == 3
+
+
+def test_racily_fresh_file_is_not_trusted(tmp_path: Path, counting: _CountingHash) -> None:
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"fresh")  # ctime is now: a same-tick rewrite could keep the signature
+    cached_sha256(path)
+    cached_sha256(path)
+    assert counting.calls == 2
+
+
+def test_folder_hash_follows_its_files(tmp_path: Path, counting: _CountingHash,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cache, "RACY_NS", 0)
+    folder = tmp_path / "diffgf"
+    (folder / "unet").mkdir(parents=True)
+    _aged(folder / "unet" / "model.safetensors", b"u" * 100)
+    _aged(folder / "config.json", b"{}")
+    before = cached_sha256(folder)
+    assert cached_sha256(folder) == before and counting.calls == 1
+    _aged(folder / "vae.safetensors", b"v")
+    after = cached_sha256(folder)
+    assert after == file_sha256(folder) != before and counting.calls == 2
+
+
+def test_corrupt_or_unwritable_cache_only_costs_a_rehash(
+        tmp_path: Path, counting: _CountingHash, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cache, "RACY_NS", 0)
+    path = _aged(tmp_path / "w.bin", b"x" * 64)
+    store = tmp_path / "cache"
+    monkeypatch.setenv(cache.CACHE_ENV, str(store))
+    store.mkdir()
+    (store / cache.HASH_CACHE_FILE).write_text("{not json")
+    assert cached_sha256(path) == file_sha256(path)
+    assert cached_sha256(path) == file_sha256(path) and counting.calls == 1  # rewritten, used
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv(cache.CACHE_ENV, str(blocker / "cache"))  # cannot be created
+    assert cached_sha256(path) == file_sha256(path) and counting.calls == 2
+
+
+def test_demo_extent_from_zones_is_the_layouts() -> None:
+    """The skip path's extent (zones only) hashes like the one of a rendered year."""
+    source = demo.DemoSource(int(DEMO_SIZE))
+    grid = source.grid("Totten", roi_polygon("Totten"))
+    from_zones = source.extent("Totten", 2021, grid)
+    assert not source._layouts  # nothing rendered for it
+    source.layout("Totten", 2021)
+    assert source.extent("Totten", 2021, grid).wkb == from_zones.wkb
