@@ -40,20 +40,10 @@ from producer.slcoff import (
     gap_fraction,
     simulate_slc_off_mask,
 )
+from tests.tiny_models import TINY_UNET, TINY_VAE
 
 torch.set_num_threads(1)
 
-TINY_VAE = {
-    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 1,
-    "down_block_types": ["DownEncoderBlock2D"] * 3, "up_block_types": ["UpDecoderBlock2D"] * 3,
-    "block_out_channels": [8, 16, 16], "norm_num_groups": 4, "sample_size": 32,
-    "mid_block_add_attention": False,
-}
-TINY_UNET = {
-    "sample_size": 16, "in_channels": 9, "out_channels": 4, "layers_per_block": 1,
-    "block_out_channels": [16, 32], "down_block_types": ["DownBlock2D", "DownBlock2D"],
-    "up_block_types": ["UpBlock2D", "UpBlock2D"], "norm_num_groups": 8,
-}
 
 
 @pytest.fixture
