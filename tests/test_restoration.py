@@ -25,8 +25,8 @@ from producer.restoration.diffgf import (
 from producer.restoration.harmonize import harmonize
 from producer.restoration.metrics import cc, psnr, restoration_metrics, rmse, ssim, uiqi
 from producer.restoration.synthetic import render_tile
+from producer.restoration.tiles import TileSampler
 from producer.restoration.train import (
-    TileSampler,
     TrainConfig,
     diffusion_loss,
     step_batch,

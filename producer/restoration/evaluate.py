@@ -28,7 +28,7 @@ from producer.restoration.api import check_method, restore
 from producer.restoration.diffgf import DiffGF
 from producer.restoration.metrics import METRICS, restoration_metrics
 from producer.restoration.synthetic import render_tile
-from producer.restoration.train import HELD_OUT_SEED_BASE, list_tiles, random_mask, read_tile
+from producer.restoration.tiles import HELD_OUT_SEED_BASE, list_tiles, random_mask, read_tile
 from producer.slcoff import apply_gaps
 
 LPIPS_NOTE = "not computed: LPIPS needs pretrained network weights, none are stored locally"
