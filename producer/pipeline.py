@@ -114,7 +114,8 @@ class ProduceOptions:
     keep_probability: bool = False
     source_index: bool = True
     tta: bool = True
-    batch_size: int = 8
+    batch_size: int | None = None
+    """Images per forward call; default 8 on the CPU, 32 on CUDA (see docs/benchmarks.md)."""
     exact: bool = False
     """CUDA in exact float32 instead of float16 autocast (no effect on the CPU)."""
 
@@ -423,7 +424,7 @@ def segment_scenes(model: LoadedModel, images: dict[str, Path], order: Sequence[
                      100 * len(order), scene_id)
 
         predict_scene(model.model, images[scene_id], pred, probability_path=prob,
-                      tta=options.tta, batch_size=options.batch_size, device=options.device,
+                      tta=options.tta, batch_size=batch_size_for(options), device=options.device,
                       amp=False if options.exact else None, progress=windows)
         out[scene_id] = (pred, prob)
         progress("segmentation", 100 * (k + 1), 100 * len(order), scene_id)
@@ -448,6 +449,16 @@ def _no_progress(stage: str, done: int, total: int, what: str) -> None:
 def _workdir() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="icedamage-produce-") as tmp:
         yield Path(tmp)
+
+
+def batch_size_for(options: ProduceOptions) -> int:
+    """The batch size asked for, else 8 images per call on the CPU and 32 on CUDA (a GPU needs
+    more images in flight; the CPU gains nothing beyond a few)."""
+    if options.batch_size is not None:
+        return options.batch_size
+    from producer.segmentation.inference import resolve_device
+
+    return 32 if resolve_device(options.device).type == "cuda" else 8
 
 
 def run_parameters(options: ProduceOptions, grid: Grid, extent: BaseGeometry,
