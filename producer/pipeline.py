@@ -478,9 +478,10 @@ def run_parameters(options: ProduceOptions, grid: Grid, extent: BaseGeometry,
                    extent_origin: str, full_coverage: int | None = None) -> dict[str, Any]:
     """The parameters that shape a shelf-year's outputs (recorded and part of the digest).
 
-    ``compare_scenes`` is one only where it can change the map: when more than one scene would
-    be compared, i.e. at most the number of full-coverage scenes (``full_coverage``, None while
-    unknown). A summer with fewer than two such scenes (most) keeps its digest whatever K is.
+    ``compare_scenes`` is a parameter only where it can change the map: when more than one
+    scene would be compared, i.e. counted up to the number of full-coverage scenes
+    (``full_coverage``, None while unknown). A summer with fewer than two such scenes (most)
+    keeps its digest whatever K is.
     """
     parameters: dict[str, Any] = {
         "restoration_method": options.restoration,
@@ -598,9 +599,12 @@ def produce_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
 
 
 def _recorded_full_coverage(record: Provenance) -> int | None:
-    """Full-coverage scenes a record's summer had (None in records older than comparisons)."""
+    """Full-coverage scenes a record's summer had; records older than comparisons know it only
+    for merged summers (none), else None (unknown)."""
     value = record.parameters.get("full_coverage_scenes")
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return 0 if record.parameters.get("single_scene") is False else None
 
 
 def _to_compare(plan: MergePlan, requested: int) -> tuple[int, ...]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 from pathlib import Path
 
 import numpy as np
@@ -227,6 +228,16 @@ def test_compare_scenes_is_an_input_only_where_it_can_change_the_map(
     assert read_provenance(first.results[0].provenance).parameters["full_coverage_scenes"] == 1
     again = produce("Totten", [2021], plain, _options(demo, tiny_weights, compare_scenes=4))
     assert again.results[0].status == "skipped"
+    # Records written before comparisons existed lack the count: a merged summer had no
+    # full-coverage scene (still up to date), a single-scene one may have had several (redone).
+    path = first.results[0].provenance
+    data = json.loads(path.read_text())
+    del data["parameters"]["full_coverage_scenes"]
+    for single, status in ((False, "skipped"), (True, "produced")):
+        data["parameters"]["single_scene"] = single
+        path.write_text(json.dumps(data))
+        rerun = produce("Totten", [2021], plain, _options(demo, tiny_weights, compare_scenes=4))
+        assert rerun.results[0].status == status
 
 
 def test_compare_scenes_below_one_is_refused(tiny_weights: Path,  # noqa: F811
