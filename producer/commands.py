@@ -16,6 +16,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from producer.compare import DEFAULT_COMPARE_SCENES
 from producer.pipeline import (
     DEFAULT_OUT,
     STAGES,
@@ -76,6 +77,11 @@ def run_produce(
     exact: Annotated[bool, typer.Option(
         help="On CUDA, compute in float32 as the CPU does (no float16 autocast, no TF32): "
              "slower, same classes as the CPU.")] = False,
+    compare_scenes: Annotated[int, typer.Option(
+        min=1, help="When several scenes cover the whole ROI cloud-free, segment up to this many "
+                    "(best-ranked first) and keep the prediction that agrees best with the "
+                    "others (paper 2.4.1's comparative evaluation); 1: the source's ranking "
+                    "decides, one segmentation.")] = DEFAULT_COMPARE_SCENES,
     demo_size: Annotated[int | None, typer.Option(
         help="Demo window size in px (default 1024, or $ICEDAMAGE_DEMO_SIZE).")] = None,
 ) -> None:
@@ -93,7 +99,7 @@ def run_produce(
     options = ProduceOptions(
         out=out, weights=weights, diffgf=diffgf, restoration=restoration, extent_file=extent,
         device=device, force=force, keep_probability=keep_probability, source_index=source_index,
-        tta=tta, batch_size=batch_size, exact=exact,
+        tta=tta, batch_size=batch_size, exact=exact, compare_scenes=compare_scenes,
     )
 
     def report(result: YearResult) -> None:

@@ -5,7 +5,9 @@ at scene seams would disturb the segmentation). The rules, automated:
 
 1. If one scene is usable (present, cloud-free, SLC-off gaps counted as usable because they are
    restored before segmentation) over the whole ROI, its prediction is the map. When several
-   are, the source's ranking (best first) decides.
+   are, the plan takes the source's ranking (best first) and lists them all
+   (``MergePlan.full_coverage``); the producer may then compare their predictions and make
+   another one the map (``with_main``; the comparison is ``producer.compare``).
 2. Otherwise the main scene is the one usable over most of the shelf region (the effective
    extent; the ROI breaks ties), and the pixels it leaves uncovered are filled from the other
    scenes in order of acquisition-date distance to the main scene (close dates first, as ice
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -118,6 +120,9 @@ class MergePlan:
     """Pixels of the ROI on the grid (the denominator of the fractions)."""
     usable_fractions: tuple[float, ...] = ()
     """Per candidate: share of the ROI where it is usable (its valid fraction)."""
+    full_coverage: tuple[int, ...] = ()
+    """Candidate positions usable over the whole ROI, in ranking order (rule 1; the main scene
+    first when the plan is single-scene)."""
 
     @property
     def used(self) -> tuple[int, ...]:
@@ -235,7 +240,23 @@ def plan_merge_rows(candidates: Sequence[Candidate], area: RowMasks, shape: tupl
         uncovered_fraction=int(counts[NO_SCENE]) / roi_px,
         roi_pixels=tally.roi_px,
         usable_fractions=tuple(n / roi_px for n in tally.on_roi),
+        full_coverage=tuple(i for i in range(len(candidates)) if tally.full[i]),
     )
+
+
+def with_main(plan: MergePlan, scene: int) -> MergePlan:
+    """The single-scene plan with another full-coverage candidate as the map (rule 1, after a
+    comparison of the full-coverage predictions): same ROI, every ROI pixel from ``scene``."""
+    if not plan.single_scene or scene not in plan.full_coverage:
+        raise ValueError(f"candidate {scene} is not a full-coverage scene of a single-scene plan "
+                         f"(full coverage: {list(plan.full_coverage)})")
+    if scene == plan.main:
+        return plan
+    index = plan.index.copy()
+    index[index == plan.main] = scene
+    fractions = [0.0] * len(plan.fractions)
+    fractions[scene] = plan.fractions[plan.main]
+    return replace(plan, index=index, main=scene, order=(scene,), fractions=tuple(fractions))
 
 
 def _area_rows(area: RowMasks, r0: int, r1: int, shape: tuple[int, int]

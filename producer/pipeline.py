@@ -4,7 +4,9 @@ Stages per shelf-year: scenes (from a source) -> merge plan on the scenes' usabl
 SLC-off restoration of the planned Landsat 7 scenes -> segmentation of the planned scenes ->
 merge of their predictions -> clipping to the effective extent -> products, auxiliary COGs and
 the provenance record. Only the scenes the plan uses are restored and segmented, so a summer
-with one full clear scene costs one prediction.
+with one full clear scene costs one prediction; when several scenes cover the whole ROI, up to
+``compare_scenes`` of them are segmented and compared, and the medoid prediction becomes the map
+(``producer.compare``, paper 2.4.1).
 
 A shelf-year is skipped when its provenance record exists with the same ``inputs_digest`` (scene
 ids, weights hashes, software version, parameters) and its files are all present, unless
@@ -32,6 +34,12 @@ from rasterio.windows import Window
 from shapely.geometry.base import BaseGeometry
 
 from producer.cache import cached_sha256
+from producer.compare import (
+    DEFAULT_COMPARE_SCENES,
+    ComparedPrediction,
+    compare_predictions,
+    scenes_to_compare,
+)
 from producer.extent import ShelfArea, default_extent, read_extent
 from producer.grid import Grid, row_strips
 from producer.merge import (
@@ -42,6 +50,7 @@ from producer.merge import (
     compose_rows,
     plan_merge_rows,
     scenes_in_rows,
+    with_main,
 )
 from producer.provenance import (
     ModelRecord,
@@ -118,6 +127,8 @@ class ProduceOptions:
     """Images per forward call; default 8 on the CPU, 32 on CUDA (see docs/benchmarks.md)."""
     exact: bool = False
     """CUDA in exact float32 instead of float16 autocast (no effect on the CPU)."""
+    compare_scenes: int = DEFAULT_COMPARE_SCENES
+    """Most full-coverage scenes of a summer segmented and compared (1: the ranking decides)."""
 
 
 @dataclass(frozen=True)
@@ -294,10 +305,15 @@ def existing_records(release: Path, shelf: str, year: int) -> list[tuple[Path, P
     return out
 
 
-def is_up_to_date(release: Path, shelf: str, year: int, digest: str) -> Path | None:
-    """The provenance path of a complete shelf-year with this digest, else None."""
+def is_up_to_date(release: Path, shelf: str, year: int,
+                  digest: str | Callable[[Provenance], str]) -> Path | None:
+    """The provenance path of a complete shelf-year with this digest, else None.
+
+    ``digest`` may be a function of the record, for parameters whose effect depends on facts
+    the record keeps (``compare_scenes`` matters only up to the number of full-coverage scenes).
+    """
     for path, record in existing_records(release, shelf, year):
-        if record.inputs_digest != digest:
+        if record.inputs_digest != (digest(record) if callable(digest) else digest):
             continue
         if all((path.parent / name).is_file() for name in record.products.values()):
             return path
@@ -408,26 +424,34 @@ def restore_scenes(used: Sequence[_SceneMasks], options: ProduceOptions, diffgf:
 
 
 def segment_scenes(model: LoadedModel, images: dict[str, Path], order: Sequence[str],
-                   options: ProduceOptions, workdir: Path, progress: StageProgress
+                   options: ProduceOptions, workdir: Path, progress: StageProgress,
+                   labels: dict[str, str] | None = None, probabilities: Sequence[str] = ()
                    ) -> dict[str, tuple[Path, Path | None]]:
-    """Predict every planned scene; scene id -> (0/1 prediction, probability or None)."""
+    """Predict every planned scene; scene id -> (0/1 prediction, probability or None).
+
+    ``labels`` name a scene on the progress bar (default: its id); ``probabilities`` are scenes
+    whose probability is needed even without ``keep_probability`` (compared scenes).
+    """
     from producer.segmentation import predict_scene
 
     out: dict[str, tuple[Path, Path | None]] = {}
+    labels = labels or {}
     progress("segmentation", 0, 100 * len(order), "")
     for k, scene_id in enumerate(order):
         pred = workdir / f"{scene_id}_prediction.tif"
-        prob = workdir / f"{scene_id}_probability.tif" if options.keep_probability else None
+        prob = (workdir / f"{scene_id}_probability.tif"
+                if options.keep_probability or scene_id in probabilities else None)
+        label = labels.get(scene_id, scene_id)
 
-        def windows(done: int, total: int, k: int = k, scene_id: str = scene_id) -> None:
+        def windows(done: int, total: int, k: int = k, label: str = label) -> None:
             progress("segmentation", k * 100 + round(100 * done / max(total, 1)),
-                     100 * len(order), scene_id)
+                     100 * len(order), label)
 
         predict_scene(model.model, images[scene_id], pred, probability_path=prob,
                       tta=options.tta, batch_size=batch_size_for(options), device=options.device,
                       amp=False if options.exact else None, progress=windows)
         out[scene_id] = (pred, prob)
-        progress("segmentation", 100 * (k + 1), 100 * len(order), scene_id)
+        progress("segmentation", 100 * (k + 1), 100 * len(order), label)
     return out
 
 
@@ -462,9 +486,15 @@ def batch_size_for(options: ProduceOptions) -> int:
 
 
 def run_parameters(options: ProduceOptions, grid: Grid, extent: BaseGeometry,
-                   extent_origin: str) -> dict[str, Any]:
-    """The parameters that shape a shelf-year's outputs (recorded and part of the digest)."""
-    return {
+                   extent_origin: str, full_coverage: int | None = None) -> dict[str, Any]:
+    """The parameters that shape a shelf-year's outputs (recorded and part of the digest).
+
+    ``compare_scenes`` is a parameter only where it can change the map: when more than one
+    scene would be compared, i.e. counted up to the number of full-coverage scenes
+    (``full_coverage``, None while unknown). A summer with fewer than two such scenes (most)
+    keeps its digest whatever K is.
+    """
+    parameters: dict[str, Any] = {
         "restoration_method": options.restoration,
         "tta": options.tta,
         "extent": extent_origin,
@@ -473,6 +503,10 @@ def run_parameters(options: ProduceOptions, grid: Grid, extent: BaseGeometry,
         "keep_probability": options.keep_probability,
         "source_index": options.source_index,
     }
+    compared = scenes_to_compare(options.compare_scenes, full_coverage)
+    if compared > 1:
+        parameters["compare_scenes"] = compared
+    return parameters
 
 
 @contextlib.contextmanager
@@ -519,13 +553,19 @@ def produce_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
         if not area.extent_pixels:
             return YearResult(shelf, year, "failed", f"the effective extent ({extent_origin}) "
                               "does not overlap the scenes' grid")
-        parameters = run_parameters(options, grid, extent_geom, extent_origin)
         diffgf_sha = cached_sha256(diffgf) if diffgf is not None and Path(diffgf).exists() else None
+
+        def digest_of(scene_ids: Sequence[str], full_coverage: int | None) -> str:
+            return inputs_digest(source.name, scene_ids, model.sha256, diffgf_sha, run_parameters(
+                options, grid, extent_geom, extent_origin, full_coverage))
+
+        def up_to_date(scene_ids: Sequence[str]) -> Path | None:
+            return is_up_to_date(options.out, shelf, year, lambda record: digest_of(
+                scene_ids, _recorded_full_coverage(record)))
+
         listed = getattr(source, "scene_ids", None)
         if callable(listed) and not options.force:
-            digest = inputs_digest(source.name, listed(shelf, year, grid), model.sha256,
-                                   diffgf_sha, parameters)
-            done = is_up_to_date(options.out, shelf, year, digest)
+            done = up_to_date(listed(shelf, year, grid))
             if done is not None:
                 return _skipped(shelf, year, done)
         progress("scenes", 0, 1, f"{shelf} {year}")
@@ -534,10 +574,8 @@ def produce_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
         if not scenes:
             return YearResult(shelf, year, "not-mapped", f"no scene of {shelf} in the summer "
                               f"{year} from the {source.name} source")
-        digest = inputs_digest(source.name, [s.scene_id for s in scenes], model.sha256,
-                               diffgf_sha, parameters)
         if not options.force:
-            done = is_up_to_date(options.out, shelf, year, digest)
+            done = up_to_date([s.scene_id for s in scenes])
             if done is not None:
                 return _skipped(shelf, year, done)
 
@@ -548,20 +586,69 @@ def produce_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
         except NotCoveredError as err:
             return YearResult(shelf, year, "not-mapped", f"{shelf} {year}: {err}")
         progress("merge", 1, 2, "planned")
-        used = [masks[i] for i in plan.used]
-        images, restoration_model = restore_scenes(used, options, diffgf, workdir, progress)
-        predictions = segment_scenes(model, images, [m.scene.scene_id for m in used], options,
-                                     workdir, progress)
+        parameters = run_parameters(options, grid, extent_geom, extent_origin,
+                                    len(plan.full_coverage))
+        digest = digest_of([s.scene_id for s in scenes], len(plan.full_coverage))
+        compared = _to_compare(plan, options.compare_scenes)
+        segment = [*plan.used, *(i for i in compared if i not in plan.used)]
+        images, restoration_model = restore_scenes([masks[i] for i in segment], options, diffgf,
+                                                   workdir, progress)
+        compared_ids = [masks[i].scene.scene_id for i in compared]
+        labels = {scene_id: f"compare {k + 1}/{len(compared)}: {scene_id}"
+                  for k, scene_id in enumerate(compared_ids)}
+        predictions = segment_scenes(model, images, [masks[i].scene.scene_id for i in segment],
+                                     options, workdir, progress, labels, compared_ids)
+        comparison = None
+        if compared:
+            plan, comparison = _compare(plan, compared, masks, predictions, area, grid,
+                                        options.compare_scenes, progress)
+            if not any(masks[i].slc_off for i in plan.used):
+                restoration_model = None  # only a compared scene was restored
         progress("merge", 2, 2, "merged")
         return _write_year(shelf, year, source, model, options, grid, plan, masks, predictions,
-                           area, restoration_model, parameters, digest, progress)
+                           area, restoration_model, parameters, digest, progress, comparison)
+
+
+def _recorded_full_coverage(record: Provenance) -> int | None:
+    """Full-coverage scenes a record's summer had; records older than comparisons know it only
+    for merged summers (none), else None (unknown)."""
+    value = record.parameters.get("full_coverage_scenes")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return 0 if record.parameters.get("single_scene") is False else None
+
+
+def _to_compare(plan: MergePlan, requested: int) -> tuple[int, ...]:
+    """Candidate positions whose predictions are compared (ranking order; empty: none)."""
+    count = scenes_to_compare(requested, len(plan.full_coverage))
+    return plan.full_coverage[:count] if plan.single_scene and count > 1 else ()
+
+
+def _compare(plan: MergePlan, compared: Sequence[int], masks: Sequence[_SceneMasks],
+             predictions: dict[str, tuple[Path, Path | None]], area: ShelfArea, grid: Grid,
+             requested: int, progress: StageProgress) -> tuple[MergePlan, dict[str, Any]]:
+    """Compare the full-coverage predictions; the plan with the chosen one as the map, and the
+    comparison's provenance record (paper 2.4.1, ``producer.compare``)."""
+    progress("merge", 1, 2, f"comparing {len(compared)} predictions")
+    ids = [masks[i].scene.scene_id for i in compared]
+
+    def inside(r0: int, r1: int) -> NDArray[np.bool_]:
+        roi, extent = area.rows(r0, r1)
+        return roi & extent
+
+    result = compare_predictions([ComparedPrediction(i, *predictions[i]) for i in ids], inside,
+                                 grid.shape)
+    full = [masks[i].scene.scene_id for i in plan.full_coverage]
+    progress("merge", 1, 2, f"chose {ids[result.chosen]} ({result.decided_by})")
+    return with_main(plan, compared[result.chosen]), result.to_record(requested, full)
 
 
 def _write_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
                 options: ProduceOptions, grid: Grid, plan: MergePlan,
                 masks: Sequence[_SceneMasks], predictions: dict[str, tuple[Path, Path | None]],
                 area: ShelfArea, restoration_model: ModelRecord | None,
-                parameters: dict[str, Any], digest: str, progress: StageProgress) -> YearResult:
+                parameters: dict[str, Any], digest: str, progress: StageProgress,
+                comparison: dict[str, Any] | None = None) -> YearResult:
     """Merge the predictions into the products, auxiliary COGs and the provenance record (strip
     by strip: composed while written); remove the files it supersedes."""
     used = list(plan.used)
@@ -619,20 +706,23 @@ def _write_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
             **parameters,
             "candidates": [m.scene.scene_id for m in masks],
             "single_scene": plan.single_scene,
+            "full_coverage_scenes": len(plan.full_coverage),
             "cloudy_fill_fraction": round(plan.cloudy_fill_fraction, 6),
             "uncovered_fraction": round(plan.uncovered_fraction, 6),
             "extent_fraction": round(area.extent_pixels / (grid.width * grid.height), 6),
             "device": options.device,
             "exact_float32": options.exact,
         },
-        products=products, inputs_digest=digest,
+        products=products, inputs_digest=digest, comparison=comparison,
     )
     record_path = provenance_path(options.out, name)
     _remove_superseded(options.out, shelf, year, record_path, set(products.values()))
     _write_json(record_path, provenance.to_json())
     progress("write", total, total, "provenance")
+    chosen = (f", chosen of {len(comparison['compared'])} compared full-coverage scenes "
+              f"({comparison['decided_by']})" if comparison else "")
     return YearResult(shelf, year, "produced",
-                      f"{name.stem}: {len(used)} scene(s), sensors {'_'.join(sensors)}",
+                      f"{name.stem}: {len(used)} scene(s), sensors {'_'.join(sensors)}{chosen}",
                       products=written, provenance=record_path)
 
 
@@ -680,6 +770,9 @@ def produce(shelf: str, years: Sequence[int], source: SceneSource, options: Prod
     diffgf = resolve_diffgf(options.diffgf, source.name)
     if options.restoration not in ("DiffGF", "FillNodata"):
         raise ProduceError(f"--restoration {options.restoration!r}: use DiffGF or FillNodata")
+    if options.compare_scenes < 1:
+        raise ProduceError(f"--compare-scenes {options.compare_scenes}: must be at least 1 "
+                           "(1 = no comparison, the source's ranking decides)")
     model = LoadedModel(weights)
     summary = RunSummary()
     for year in years:

@@ -67,6 +67,11 @@ class Provenance:
     inputs_digest: str = ""
     """Digest of scene ids, weights hashes and software version; unchanged inputs skip work."""
     schema_version: str = SCHEMA_VERSION
+    comparison: dict[str, Any] | None = None
+    """When several scenes covered the whole ROI and their predictions were compared: which
+    (``compared``), their agreement (``pairs``, ``mean_agreement``), which was ``chosen`` and
+    why (``decided_by``, ``reason``); see ``producer.compare``. None when nothing was compared
+    (and in records written before comparisons existed)."""
 
     @property
     def demo(self) -> bool:

@@ -13,7 +13,14 @@ from shapely.geometry import box
 
 from producer.extent import ExtentError, default_extent, extent_mask, read_extent
 from producer.grid import Grid
-from producer.merge import NO_SCENE, Candidate, NotCoveredError, compose, plan_merge
+from producer.merge import (
+    NO_SCENE,
+    Candidate,
+    NotCoveredError,
+    compose,
+    plan_merge,
+    with_main,
+)
 from producer.shelves import roi_polygon
 
 SHAPE = (20, 30)
@@ -42,6 +49,13 @@ def test_full_coverage_scene_is_the_map_alone() -> None:
     assert plan.used == (1,)
     assert plan.fractions == (0.0, 1.0, 0.0)
     assert (plan.index == 1).all()
+    assert plan.full_coverage == (1, 2)  # listed for a comparison, in ranking order
+    other = with_main(plan, 2)  # a comparison chose the other full-coverage scene
+    assert other.main == 2 and other.used == (2,) and other.single_scene
+    assert other.fractions == (0.0, 0.0, 1.0) and (other.index == 2).all()
+    assert compose(other, [None, None, np.full(SHAPE, 7, np.uint8)]).min() == 7
+    with pytest.raises(ValueError, match="not a full-coverage scene"):
+        with_main(plan, 0)
 
 
 def test_gaps_filled_from_complementary_scenes_closest_date_first() -> None:
