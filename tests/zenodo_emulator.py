@@ -398,6 +398,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.extra_headers: dict[str, str] = {}
         self.answer = True
         self.corrupt = False
+        self.logged = False
         token, self.auth_kind = self._token()
         self.token = token
         self.user = emu.owners.get(token or "", token or "")
@@ -419,9 +420,17 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self._route(method)
         finally:
-            emu.requests.append(LoggedRequest(method, self.req_path, self.query,
-                                              self.status_sent, self.body_read, self.auth_kind,
-                                              self.fault_name))
+            self._log()
+
+    def _log(self) -> None:
+        """Record this request once, before the client can see its answer: a test that
+        counts requests right after a call returns must find that call's request logged."""
+        if self.logged:
+            return
+        self.logged = True
+        self.server_state.requests.append(LoggedRequest(
+            self.command, self.req_path, self.query, self.status_sent, self.body_read,
+            self.auth_kind, self.fault_name))
 
     def _fault(self, method: str, fault: Fault) -> bool:
         """Apply a fault; True when the request is fully answered by it."""
@@ -438,6 +447,7 @@ class _Handler(BaseHTTPRequestHandler):
             if fault.kind == "hang":
                 self.server_state.hang_release.wait(timeout=30)
             self.close_connection = True
+            self._log()
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
             return True
@@ -487,6 +497,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(payload)))
         for name, value in {**self.extra_headers, **(headers or {})}.items():
             self.send_header(name, value)
+        self._log()
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(payload)
@@ -828,6 +839,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for name, value in {**self.extra_headers, **extra}.items():
             self.send_header(name, value)
+        self._log()
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
