@@ -12,6 +12,8 @@ child process running ``predict_scene`` on a 10,000 × 10,000 GeoTIFF written he
 one with data in a single patch (fast), with ``--rss-dense`` one with data everywhere (every
 window runs). ``--device cuda`` runs both implementations on the GPU (the reference in float32,
 as the authors do; production with ``--amp off|on|both``: float32 or float16 autocast).
+``--compile MODE`` adds rows for the production path compiled by TorchInductor (``auto``: CUDA
+graphs on CUDA) and compiles the RSS run too; compile time is reported apart (``compile_s``).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from producer.segmentation import (
     predict_array_reference,
     predict_scene,
 )
-from producer.segmentation.inference import exact_float32
+from producer.segmentation.inference import COMPILE_MODES, exact_float32
 
 TRANSFORM = from_origin(2_200_000.0, -1_000_000.0, 30.0, 30.0)
 
@@ -73,11 +75,13 @@ def warm_up(model: DamageSegmenter, device: str, pixels: np.ndarray, tta: bool,
 
 
 def throughput(variant: str, size: int, tta: bool, batch_size: int, device: str = "cpu",
-               amps: tuple[bool, ...] = (False,)) -> list[dict[str, object]]:
+               amps: tuple[bool, ...] = (False,),
+               compile_mode: str | None = None) -> list[dict[str, object]]:
     """Time reference and production on one size × size scene; compare their outputs.
 
     One row per production precision in ``amps`` (False: float32; True: float16 autocast), all
-    against the same float32 reference run on ``device``.
+    against the same float32 reference run on ``device``. With ``compile_mode`` each precision
+    also gets a compiled row; compiling (the first call, on one window) is timed apart.
     """
     model = model_of(variant).to(device)
     pixels = synthetic_scene(size, size)
@@ -108,7 +112,34 @@ def throughput(variant: str, size: int, tta: bool, batch_size: int, device: str 
             row["reference_tf32_s"] = round(default_s, 2)
             row["speedup_vs_tf32_reference"] = round(default_s / fast_s, 2)
         rows.append(row)
+        if compile_mode is not None:
+            rows.append(_compiled_row(model, pixels, variant, tta, batch_size, device, amp,
+                                      compile_mode, ref, margin, (ref_s, ref_cpu), default_s))
     return rows
+
+
+def _compiled_row(model: DamageSegmenter, pixels: np.ndarray, variant: str, tta: bool,
+                  batch_size: int, device: str, amp: bool, compile_mode: str, ref: object,
+                  margin: np.ndarray, ref_times: tuple[float, float],
+                  default_s: float | None) -> dict[str, object]:
+    """The production path compiled: compile on one window (timed apart), then time the scene."""
+    options = {"tta": tta, "batch_size": batch_size, "device": device, "amp": amp,
+               "compile_mode": compile_mode}
+    started = time.perf_counter()
+    predict_array(model, pixels[:, :512, :512], **options)  # compiles the one batch shape
+    compile_s = time.perf_counter() - started
+    if device != "cpu":
+        torch.cuda.reset_peak_memory_stats()
+    started, cpu = time.perf_counter(), time.process_time()
+    fast = predict_array(model, pixels, **options)
+    fast_s, fast_cpu = time.perf_counter() - started, time.process_time() - cpu
+    row = _compare(variant, tta, pixels.shape[1], device, amp, pixels[0].size / 1e6, ref, fast,
+                   margin, (*ref_times, fast_s, fast_cpu))
+    row.update(compile=compile_mode, compile_s=round(compile_s, 1))
+    if default_s is not None:
+        row["reference_tf32_s"] = round(default_s, 2)
+        row["speedup_vs_tf32_reference"] = round(default_s / fast_s, 2)
+    return row
 
 
 def _compare(variant: str, tta: bool, size: int, device: str, amp: bool, megapixels: float,
@@ -178,13 +209,24 @@ def write_scene(path: Path, size: int, dense: bool) -> None:
             dst.write(strip, window=Window(0, top, size, rows))
 
 
-def rss_child(src: str, variant: str, batch_size: int, tta: bool, device: str) -> None:
-    """(Child process) run predict_scene and print stats and peak RSS as JSON."""
+def rss_child(src: str, variant: str, batch_size: int, tta: bool, device: str,
+              compile_mode: str | None = None) -> None:
+    """(Child process) run predict_scene and print stats and peak RSS as JSON.
+
+    With ``compile_mode``, compiling (on one window) is timed apart from the scene."""
     model = model_of(variant)
+    compile_s = None
+    if compile_mode is not None:
+        started = time.perf_counter()
+        predict_array(model, synthetic_scene(512, 512), tta=tta, batch_size=batch_size,
+                      device=device, compile_mode=compile_mode)
+        compile_s = round(time.perf_counter() - started, 1)
     with tempfile.TemporaryDirectory() as tmp:
         stats = predict_scene(model, src, Path(tmp) / "out.tif",
                               probability_path=Path(tmp) / "p.tif", batch_size=batch_size,
-                              tta=tta, device=device)
+                              tta=tta, device=device, compile_mode=compile_mode)
+    if compile_s is not None:
+        print(json.dumps({"compile": compile_mode, "compile_s": compile_s}))
     extra = ({"gpu_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
              if device != "cpu" else {})
     print(json.dumps({
@@ -196,7 +238,8 @@ def rss_child(src: str, variant: str, batch_size: int, tta: bool, device: str) -
 
 
 def peak_rss(variant: str, size: int, batch_size: int, *, dense: bool = False, tta: bool = True,
-             device: str = "cpu", threads: int = 2) -> dict[str, object]:
+             device: str = "cpu", threads: int = 2,
+             compile_mode: str | None = None) -> dict[str, object]:
     """Peak RSS of ``predict_scene`` on a size² scene, in a fresh child process.
 
     The sparse scene still streams every row through the strip, reader and writers but runs one
@@ -208,11 +251,12 @@ def peak_rss(variant: str, size: int, batch_size: int, *, dense: bool = False, t
         write_scene(src, size, dense)
         out = subprocess.run(
             [sys.executable, __file__, "--threads", str(threads), "--rss-child", str(src),
-             variant, str(batch_size), "on" if tta else "off", device],
+             variant, str(batch_size), "on" if tta else "off", device, compile_mode or "none"],
             check=True, capture_output=True, text=True,
         )
+    lines = [json.loads(line) for line in out.stdout.strip().splitlines() if line.startswith("{")]
     return {"variant": variant, "size": size, "batch_size": batch_size, "dense": dense,
-            "tta": tta, "device": device, **json.loads(out.stdout.strip().splitlines()[-1])}
+            "tta": tta, "device": device, **{k: v for line in lines for k, v in line.items()}}
 
 
 def main() -> None:
@@ -227,18 +271,21 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--amp", choices=("off", "on", "both"), default="off",
                         help="production precision: float32, float16 autocast, or both")
+    parser.add_argument("--compile", choices=COMPILE_MODES, default=None,
+                        help="also time the production path compiled in this torch.compile mode")
     parser.add_argument("--rss-size", type=int, default=10_000)
     parser.add_argument("--rss-variant", default="b2")
     parser.add_argument("--rss-dense", action="store_true", help="data in every window")
     parser.add_argument("--no-rss", action="store_true")
     parser.add_argument("--no-throughput", action="store_true")
-    parser.add_argument("--rss-child", nargs=5,
-                        metavar=("SRC", "VARIANT", "BATCH", "TTA", "DEVICE"))
+    parser.add_argument("--rss-child", nargs=6,
+                        metavar=("SRC", "VARIANT", "BATCH", "TTA", "DEVICE", "COMPILE"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.rss_child:
-        src, variant, batch, tta, device = args.rss_child
-        rss_child(src, variant, int(batch), tta == "on", device)
+        src, variant, batch, tta, device, compile_mode = args.rss_child
+        rss_child(src, variant, int(batch), tta == "on", device,
+                  None if compile_mode == "none" else compile_mode)
         return
     header = {"torch": torch.__version__, "threads": torch.get_num_threads(),
               "device": args.device}
@@ -251,7 +298,7 @@ def main() -> None:
         for variant in args.variants.split(","):
             for tta in ttas:
                 for row in throughput(variant, args.size, tta, args.batch_size, args.device,
-                                      amps):
+                                      amps, args.compile):
                     print(json.dumps(row), flush=True)
         if args.disk:
             print(json.dumps({"disk": disk_throughput("b0", args.size, True, args.batch_size,
@@ -260,7 +307,8 @@ def main() -> None:
         for tta in ttas:
             print(json.dumps({"rss": peak_rss(args.rss_variant, args.rss_size, args.batch_size,
                                               dense=args.rss_dense, tta=tta,
-                                              device=args.device, threads=args.threads)}),
+                                              device=args.device, threads=args.threads,
+                                              compile_mode=args.compile)}),
                   flush=True)
 
 

@@ -77,6 +77,10 @@ def run_produce(
     exact: Annotated[bool, typer.Option(
         help="On CUDA, compute in float32 as the CPU does (no float16 autocast, no TF32): "
              "slower, same classes as the CPU.")] = False,
+    compile_model: Annotated[bool, typer.Option(
+        "--compile", help="Compile the segmentation forward with TorchInductor (CUDA graphs on "
+                          "CUDA; needs a C++ compiler on the CPU): about a minute once per "
+                          "process, then faster windows; pays off on full-size scenes.")] = False,
     compare_scenes: Annotated[int, typer.Option(
         min=1, help="When several scenes cover the whole ROI cloud-free, segment up to this many "
                     "(best-ranked first) and keep the prediction that agrees best with the "
@@ -100,6 +104,7 @@ def run_produce(
         out=out, weights=weights, diffgf=diffgf, restoration=restoration, extent_file=extent,
         device=device, force=force, keep_probability=keep_probability, source_index=source_index,
         tta=tta, batch_size=batch_size, exact=exact, compare_scenes=compare_scenes,
+        compile=compile_model,
     )
 
     def report(result: YearResult) -> None:

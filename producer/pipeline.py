@@ -127,6 +127,9 @@ class ProduceOptions:
     """Images per forward call; default 8 on the CPU, 32 on CUDA (see docs/benchmarks.md)."""
     exact: bool = False
     """CUDA in exact float32 instead of float16 autocast (no effect on the CPU)."""
+    compile: bool = False
+    """Segment with the forward compiled by TorchInductor (CUDA graphs on CUDA): a fixed cost
+    per process, then faster windows; results equal up to float rounding, so not in the digest."""
     compare_scenes: int = DEFAULT_COMPARE_SCENES
     """Most full-coverage scenes of a summer segmented and compared (1: the ranking decides)."""
 
@@ -449,7 +452,8 @@ def segment_scenes(model: LoadedModel, images: dict[str, Path], order: Sequence[
 
         predict_scene(model.model, images[scene_id], pred, probability_path=prob,
                       tta=options.tta, batch_size=batch_size_for(options), device=options.device,
-                      amp=False if options.exact else None, progress=windows)
+                      amp=False if options.exact else None, progress=windows,
+                      compile_mode="auto" if options.compile else None)
         out[scene_id] = (pred, prob)
         progress("segmentation", 100 * (k + 1), 100 * len(order), label)
     return out
@@ -712,6 +716,7 @@ def _write_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
             "extent_fraction": round(area.extent_pixels / (grid.width * grid.height), 6),
             "device": options.device,
             "exact_float32": options.exact,
+            "compiled": options.compile,
         },
         products=products, inputs_digest=digest, comparison=comparison,
     )

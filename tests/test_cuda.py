@@ -41,17 +41,20 @@ def b0() -> DamageSegmenter:
     return model.eval()
 
 
-@pytest.mark.parametrize(("amp", "prob_bound", "tie_margin"), [
-    (False, 1e-4, 2e-4),  # exact float32 (no TF32): the authors' result up to rounding
-    (True, 2e-2, 4e-2),   # float16 autocast, the GPU default: rounding-level differences
+@pytest.mark.parametrize(("amp", "prob_bound", "tie_margin", "compile_mode"), [
+    (False, 1e-4, 2e-4, None),  # exact float32 (no TF32): the authors' result up to rounding
+    (True, 2e-2, 4e-2, None),   # float16 autocast, the GPU default: rounding-level differences
+    (True, 2e-2, 4e-2, "auto"),  # --compile: Inductor kernels replayed as CUDA graphs
 ])
 def test_cuda_inference_matches_the_cpu_reference(b0: DamageSegmenter, amp: bool,
-                                                  prob_bound: float, tie_margin: float) -> None:
+                                                  prob_bound: float, tie_margin: float,
+                                                  compile_mode: str | None) -> None:
     """Batched inference on the GPU keeps the CPU float32 reference's probabilities within the
     precision's bound, and its classes wherever the reference is not nearly undecided."""
     pixels = _scene(768, seed=int(amp))
     ref = predict_array_reference(b0.to("cpu"), pixels, tta=True)
-    gpu = predict_array(b0, pixels, tta=True, batch_size=32, device="cuda", amp=amp)
+    gpu = predict_array(b0, pixels, tta=True, batch_size=32, device="cuda", amp=amp,
+                        compile_mode=compile_mode)
     b0.to("cpu")
     margin = np.abs(ref.probabilities[1] - ref.probabilities[0])
     assert float(np.abs(gpu.probabilities - ref.probabilities).max()) < prob_bound

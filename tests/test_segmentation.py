@@ -382,3 +382,38 @@ def test_class_choice_matches_numpy_argmax_with_ties(labels: int, width: int, se
     chosen = inference._classes(torch.from_numpy(probs)).numpy()
     assert chosen.dtype == np.uint8
     assert np.array_equal(chosen, np.argmax(probs, axis=0))
+
+
+def test_compiled_forward_matches_reference_and_compiles_once(tiny: DamageSegmenter,
+                                                              tmp_path: Path) -> None:
+    """``--compile``: TorchInductor's forward gives the reference's result, one compiled shape
+    serves short batches and later scenes, and new weights are never served stale."""
+    from torch._dynamo.utils import counters
+
+    pixels = scene_pixels(700, 900, seed=5)
+    ref = predict_array_reference(tiny, pixels)  # installs transformers' output-capture hooks
+    hooks = sum(len(m._forward_hooks) for m in tiny.modules())
+    counters.clear()
+    # 2 window rows of 3 windows, 2 per call: each row ends on a short (padded) batch
+    fast = predict_array(tiny, pixels, device="cpu", batch_size=8, compile_mode="default")
+    assert_equivalent(fast.probabilities, fast.labels, ref)
+    src = write_scene(tmp_path / "scene.tif", pixels)
+    stats = predict_scene(tiny, src, tmp_path / "damage.tif", device="cpu", batch_size=8,
+                          compile_mode="auto")
+    with rasterio.open(tmp_path / "damage.tif") as out:
+        assert np.array_equal(out.read(1), fast.labels)
+    assert stats.windows_run == 6 and stats.forward_calls == 4
+    assert stats.images_forwarded == 4 * 2 * 4  # the padded windows went through the model
+    # one graph: no break at the hooks, and the second scene reused the compiled forward
+    assert counters["stats"]["unique_graphs"] == 1
+    assert sum(len(m._forward_hooks) for m in tiny.modules()) == hooks > 0  # the model keeps them
+    with torch.no_grad():
+        tiny.model.decode_head.classifier.bias.add_(torch.tensor([5.0, -5.0]))
+    try:
+        shifted = predict_array(tiny, pixels, device="cpu", batch_size=8, compile_mode="default")
+        assert shifted.labels.mean() < fast.labels.mean()  # rebuilt from the new weights
+    finally:
+        with torch.no_grad():
+            tiny.model.decode_head.classifier.bias.sub_(torch.tensor([5.0, -5.0]))
+    with pytest.raises(ValueError, match="unknown compile mode 'fastest'"):
+        predict_array(tiny, pixels, device="cpu", compile_mode="fastest")

@@ -21,7 +21,9 @@ Two implementations share ``window_starts`` and ``gaussian_importance``:
 
 from __future__ import annotations
 
+import copy
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -250,7 +252,8 @@ class BatchedForward:
     """Mean TTA probabilities of a batch of windows, all views through the model together."""
 
     def __init__(self, model: DamageSegmenter, device: torch.device, *, tta: bool,
-                 batch_size: int, fuse_decoder: bool = True, amp: bool | None = None) -> None:
+                 batch_size: int, fuse_decoder: bool = True, amp: bool | None = None,
+                 compile_mode: str | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
         self.model = model
@@ -260,6 +263,11 @@ class BatchedForward:
         self.num_labels = int(model.config.num_labels)
         self.fused = FusedDecodeHead(model.model.decode_head).to(device) if fuse_decoder else None
         self.amp = device.type == "cuda" if amp is None else amp
+        self.stages = model.model.segformer.stages
+        self.compiled = None
+        if compile_mode is not None:
+            self.stages = _without_forward_hooks(copy.deepcopy(self.stages))
+            self.compiled = compiled_forward(self._mean_probabilities, compile_mode, device)
         self.images_forwarded = 0
         self.forward_calls = 0
 
@@ -278,25 +286,47 @@ class BatchedForward:
             else:
                 features = []
                 hidden = pixels
-                for stage in self.model.model.segformer.stages:
+                for stage in self.stages:
                     hidden = stage(hidden)
                     features.append(hidden)
-                logits = torch.cat([
-                    self.fused([f[i:i + DECODER_CHUNK] for f in features])
-                    for i in range(0, pixels.shape[0], DECODER_CHUNK)
-                ])
+                if self.compiled is not None:  # chunks would fix the (dynamic) batch size
+                    logits = self.fused(features)
+                else:
+                    logits = torch.cat([
+                        self.fused([f[i:i + DECODER_CHUNK] for f in features])
+                        for i in range(0, pixels.shape[0], DECODER_CHUNK)
+                    ])
         return logits.float()
 
     def __call__(self, tiles: np.ndarray | torch.Tensor) -> torch.Tensor:
         """(k, 3, w, w) uint8 windows → (k, L, w, w) float32 probabilities averaged over views,
-        left on the model's device (the accumulation happens there too)."""
+        left on the model's device (the accumulation happens there too).
+
+        A compiled forward is compiled once for any number of windows (the batch dimension is
+        dynamic); a lone window is paired with an empty one, whose result is dropped, because
+        TorchDynamo specialises size-1 dimensions (a second compile).
+        """
         if isinstance(tiles, np.ndarray):
             tiles = torch.from_numpy(tiles)
-        tile = _to_unit(tiles.to(self.device, non_blocking=True))
+        tiles = tiles.to(self.device, non_blocking=True)
+        count = tiles.shape[0]
+        self.forward_calls += 1
+        if self.compiled is None:
+            self.images_forwarded += count * len(self.flips)
+            return self._mean_probabilities(tiles)
+        if count == 1:
+            tiles = torch.cat([tiles, torch.zeros_like(tiles)])
+        self.images_forwarded += tiles.shape[0] * len(self.flips)
+        torch._dynamo.mark_dynamic(tiles, 0)
+        # the previous call's output is consumed: a CUDA graph may reuse its memory
+        torch.compiler.cudagraph_mark_step_begin()
+        return self.compiled(tiles)[:count]
+
+    def _mean_probabilities(self, tiles: torch.Tensor) -> torch.Tensor:
+        """The forward itself: uint8 windows on the device → mean probabilities over views."""
+        tile = _to_unit(tiles)
         count, size = tile.shape[0], tile.shape[-2:]
         views = torch.cat([tile.flip(dims) if dims else tile for dims in self.flips])
-        self.images_forwarded += views.shape[0]
-        self.forward_calls += 1
         logits = self._logits(views)
         probs = torch.softmax(
             nn.functional.interpolate(logits, size=size, mode="bilinear", align_corners=False),
@@ -309,6 +339,41 @@ class BatchedForward:
             summed = part if summed is None else summed + part
         assert summed is not None
         return summed / len(self.flips)
+
+
+def _without_forward_hooks(module: nn.Module) -> nn.Module:
+    """``module`` with the forward hooks of all its submodules removed, for compiling.
+
+    transformers installs output-capturing hooks on SegFormer's layers at the model's first
+    top-level call; they read a ``ContextVar``, which TorchDynamo cannot trace, so every layer
+    would break the graph (and recompile per shape until Dynamo gives up and runs eagerly).
+    Only a private copy is stripped: the caller's model keeps its hooks.
+    """
+    for submodule in module.modules():
+        submodule._forward_hooks.clear()
+    return module
+
+
+#: ``torch.compile`` modes ``compile_mode`` accepts; "auto" picks per device (``compiled_forward``).
+COMPILE_MODES: tuple[str, ...] = ("auto", "default", "reduce-overhead", "max-autotune",
+                                  "max-autotune-no-cudagraphs")
+
+
+def compiled_forward(function: Callable[[torch.Tensor], torch.Tensor], mode: str,
+                     device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``function`` compiled by TorchInductor (batch sizes marked dynamic by the caller).
+
+    Fusing SegFormer's many small element-wise and normalisation kernels is what an eager
+    forward cannot do; on CUDA, "auto" also replays the forward as a CUDA graph
+    ("reduce-overhead"), so the host no longer launches every kernel. The first call compiles
+    (about a minute for MiT-b0 on a 2-core CPU; Inductor caches on disk, so later processes
+    start faster); compiled probabilities stay within float rounding of eager ones.
+    """
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"unknown compile mode {mode!r}; valid: {', '.join(COMPILE_MODES)}")
+    if mode == "auto":
+        mode = "reduce-overhead" if device.type == "cuda" else "default"
+    return torch.compile(function, mode=mode)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -441,9 +506,43 @@ def exact_float32(device: torch.device) -> Iterator[None]:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
+#: The compiled forward last used with each model: compiling takes long, and a fresh
+#: ``torch.compile`` per scene would recompile per scene (and fall back to eager after eight).
+_COMPILED: weakref.WeakKeyDictionary[DamageSegmenter, tuple[tuple[Any, ...], BatchedForward]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _weights_version(model: nn.Module) -> tuple[int, ...]:
+    """In-place modification counters of the parameters: they change when training steps do,
+    so a forward built from older weights (the fused head folds them) is never reused."""
+    return tuple(parameter._version for parameter in model.parameters())
+
+
+def _batched_forward(model: DamageSegmenter, device: torch.device, *, tta: bool,
+                     batch_size: int, fuse_decoder: bool, amp: bool | None,
+                     compile_mode: str | None) -> BatchedForward:
+    """A new ``BatchedForward``, or with ``compile_mode`` the model's compiled one if it was
+    built for the same settings and weights (its counters reset)."""
+    if compile_mode is None:
+        return BatchedForward(model, device, tta=tta, batch_size=batch_size,
+                              fuse_decoder=fuse_decoder, amp=amp)
+    key = (str(device), tta, batch_size, fuse_decoder, amp, compile_mode,
+           _weights_version(model))
+    cached = _COMPILED.get(model)
+    if cached is not None and cached[0] == key:
+        forward = cached[1]
+        forward.images_forwarded = forward.forward_calls = 0
+        return forward
+    forward = BatchedForward(model, device, tta=tta, batch_size=batch_size,
+                             fuse_decoder=fuse_decoder, amp=amp, compile_mode=compile_mode)
+    _COMPILED[model] = (key, forward)
+    return forward
+
+
 @contextmanager
 def _prepared(model: DamageSegmenter, device: str | torch.device, *, tta: bool, batch_size: int,
-              fuse_decoder: bool, amp: bool | None) -> Iterator[BatchedForward]:
+              fuse_decoder: bool, amp: bool | None,
+              compile_mode: str | None = None) -> Iterator[BatchedForward]:
     """The model on its device in eval + inference mode, wrapped for batched forwards.
 
     Without autocast, CUDA runs in exact float32 (``exact_float32``).
@@ -451,8 +550,8 @@ def _prepared(model: DamageSegmenter, device: str | torch.device, *, tta: bool, 
     target = resolve_device(device)
     model.to(target)
     with _eval_mode(model), torch.inference_mode():
-        forward = BatchedForward(model, target, tta=tta, batch_size=batch_size,
-                                 fuse_decoder=fuse_decoder, amp=amp)
+        forward = _batched_forward(model, target, tta=tta, batch_size=batch_size,
+                                   fuse_decoder=fuse_decoder, amp=amp, compile_mode=compile_mode)
         with nullcontext() if forward.amp else exact_float32(target):
             yield forward
 
@@ -460,11 +559,12 @@ def _prepared(model: DamageSegmenter, device: str | torch.device, *, tta: bool, 
 def predict_array(model: DamageSegmenter, rgb: np.ndarray, *, tta: bool = True,
                   batch_size: int = 8, device: str | torch.device = "auto",
                   skip_empty: bool = True, fuse_decoder: bool = True, amp: bool | None = None,
-                  window: int = WINDOW, stride: int = STRIDE) -> ArrayPrediction:
+                  window: int = WINDOW, stride: int = STRIDE,
+                  compile_mode: str | None = None) -> ArrayPrediction:
     """The production algorithm on an in-memory RGB uint8 array (training / evaluation use).
 
     ``batch_size`` counts images per forward call (windows × TTA views). Moves ``model`` to
-    ``device``.
+    ``device``. ``compile_mode`` (one of ``COMPILE_MODES``) runs the forward compiled.
     """
     image = as_band_first(rgb)
     _, height, width = image.shape
@@ -477,7 +577,7 @@ def predict_array(model: DamageSegmenter, rgb: np.ndarray, *, tta: bool = True,
                                                          wsum[:rows, :width]).cpu().numpy()
 
     with _prepared(model, device, tta=tta, batch_size=batch_size, fuse_decoder=fuse_decoder,
-                   amp=amp) as forward:
+                   amp=amp, compile_mode=compile_mode) as forward:
         _stream(forward, height, width, lambda r0, r1: image[:, r0:r1], emit,
                 skip_empty=skip_empty, window=window, stride=stride, progress=None)
     return ArrayPrediction(np.argmax(probabilities, axis=0).astype(np.uint8), probabilities)
@@ -546,13 +646,16 @@ def predict_scene(model: DamageSegmenter, src_path: str | Path, dst_path: str | 
                   probability_path: str | Path | None = None, tta: bool = True,
                   batch_size: int = 8, device: str | torch.device = "auto",
                   progress: Progress | None = None, skip_empty: bool = True,
-                  fuse_decoder: bool = True, amp: bool | None = None) -> SceneStats:
+                  fuse_decoder: bool = True, amp: bool | None = None,
+                  compile_mode: str | None = None) -> SceneStats:
     """Segment a scene GeoTIFF into a 0/1 uint8 GeoTIFF on the same grid, streaming from disk.
 
     Memory is bounded by one window-high strip of the scene width (plus one batch), whatever
     the scene height. ``probability_path`` optionally receives the damage probability as uint8
     0–100 with nodata 255 where the scene has no data (all bands 0). ``batch_size`` counts images
-    per forward call (windows × TTA views). Outputs are written atomically (temp file + rename).
+    per forward call (windows × TTA views). ``compile_mode`` (one of ``COMPILE_MODES``) runs the
+    forward compiled, which pays off on scenes of many windows. Outputs are written atomically
+    (temp file + rename).
     """
     src_path, dst_path = Path(src_path), Path(dst_path)
     with ExitStack() as stack:
@@ -588,7 +691,7 @@ def predict_scene(model: DamageSegmenter, src_path: str | Path, dst_path: str | 
                 written.pop(0).result()  # raise a writer error here, not at the end
 
         with _prepared(model, device, tta=tta, batch_size=batch_size,
-                       fuse_decoder=fuse_decoder, amp=amp) as forward:
+                       fuse_decoder=fuse_decoder, amp=amp, compile_mode=compile_mode) as forward:
             stats = _stream(forward, height, width, lambda r0, r1: _read_rows(src, r0, r1), emit,
                             skip_empty=skip_empty, window=WINDOW, stride=STRIDE,
                             progress=progress)
