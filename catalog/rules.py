@@ -3,10 +3,11 @@
 Three rule sets, each reporting every problem it finds as ``validation.report.Problem``:
 
 ``stac-schema``
-    Every STAC object under ``stac/`` validates offline: core 1.1.0 from pystac's bundled schemas,
+    Every STAC object under ``stac/`` validates: core 1.1.0 from pystac's bundled schemas,
     official extensions from a local schema folder (``--schemas DIR`` or the environment variable
-    ``ICEDAMAGE_STAC_SCHEMAS``; the folder holds ``schema-map.json`` mapping URLs to files), our
-    product extension from the ``schemas`` package.
+    ``ICEDAMAGE_STAC_SCHEMAS``; the folder holds ``schema-map.json`` mapping URLs to files), else
+    fetched once and cached (``catalog.schema_fetch``), our product extension from the
+    ``schemas`` package.
 ``catalog-consistency``
     Products ⇔ items, assets exist with the recorded size and checksum, grid / nodata / data type
     fields agree with the files, statistics agree with the type-1 raster, null facts are listed as
@@ -36,6 +37,7 @@ from jsonschema.validators import validator_for
 from pystac.serialization import identify_stac_object_type
 from pystac.validation import JsonSchemaSTACValidator
 from referencing import Registry, Resource
+from referencing.exceptions import NoSuchResource
 from referencing.jsonschema import DRAFT7
 from shapely.geometry import box
 
@@ -43,6 +45,7 @@ import schemas
 from catalog.gpkg import read_roi
 from catalog.ods import read_metadata_ods, rows_by_key
 from catalog.release import RasterFacts, ShelfYearFiles, file_checksum, raster_facts, scan_release
+from catalog.schema_fetch import SchemaFetcher
 from catalog.stac import item_id
 from catalog.stats import count_pixels, damage_stats, is_diffgf_derived, stats_close
 from catalog.uncertainty import UncertaintyFactors
@@ -99,19 +102,49 @@ def offline_validator(schemas_folder: Path | None = None) -> JsonSchemaSTACValid
 
 
 class OfflineSchemas:
-    """Compiled JSON Schema validators over one registry built from the offline schema cache.
+    """Compiled JSON Schema validators over one registry of the schemas at hand.
 
-    pystac's validator rebuilds its registry and re-checks the schema on every call; compiling
-    each schema once keeps validating a release of hundreds of items fast.
+    The registry starts from the offline cache (core, the local folder, ours); an extension
+    schema, or a ``$ref`` target, that none of them holds comes from ``fetcher`` (the user's cache,
+    else the network: ``catalog.schema_fetch``), if one is given. pystac's validator rebuilds its
+    registry and re-checks the schema on every call; compiling each schema once keeps validating
+    a release of hundreds of items fast.
     """
 
-    def __init__(self, schemas_folder: Path | None = None) -> None:
+    def __init__(self, schemas_folder: Path | None = None,
+                 fetcher: SchemaFetcher | None = None) -> None:
         self.pystac = offline_validator(schemas_folder)
         self.cache = self.pystac.schema_cache
-        self.registry = Registry().with_resources(
+        self.fetcher = fetcher
+        self.registry = Registry(retrieve=self._retrieve).with_resources(
             [(url, Resource.from_contents(schema, default_specification=DRAFT7))
              for url, schema in self.cache.items()])
         self._compiled: dict[str, Any] = {}
+
+    def available(self, uri: str) -> bool:
+        """Whether schema ``uri`` is at hand, fetching it if it is not and a fetcher may."""
+        if uri in self.cache:
+            return True
+        schema = self.fetcher.get(uri) if self.fetcher is not None else None
+        if schema is None:
+            return False
+        self.cache[uri] = schema
+        self.registry = self.registry.with_resource(
+            uri, Resource.from_contents(schema, default_specification=DRAFT7))
+        return True
+
+    def unavailable_reason(self, uri: str) -> str:
+        """Why ``uri`` could not be had (for the warning)."""
+        if self.fetcher is not None and uri in self.fetcher.reasons:
+            return self.fetcher.reasons[uri]
+        return "no local schema folder holds it"
+
+    def _retrieve(self, uri: str) -> Resource:
+        """A ``$ref`` target outside the registry, through the fetcher."""
+        schema = self.fetcher.get(uri) if self.fetcher is not None else None
+        if schema is None:
+            raise NoSuchResource(ref=uri)
+        return Resource.from_contents(schema, default_specification=DRAFT7)
 
     def core_uri(self, data: dict[str, Any]) -> str | None:
         """The core schema URL of a STAC dict."""
@@ -167,9 +200,14 @@ def _rel(release_dir: Path, path: Path) -> str:
 
 @dataclass
 class StacSchemaRules:
-    """Every STAC object validates against core 1.1.0 and its extensions, offline."""
+    """Every STAC object validates against core 1.1.0 and its extensions.
+
+    Extension schemas come from the local folder, else (``fetch``) from the user's cache or the
+    network (``catalog.schema_fetch``; ``ICEDAMAGE_OFFLINE=1`` forbids the network).
+    """
 
     schemas_folder: Path | None = None
+    fetch: bool = True
     name: str = "stac-schema"
 
     def check(self, release_dir: Path) -> Iterator[Problem]:
@@ -177,7 +215,8 @@ class StacSchemaRules:
         files = stac_files(release_dir) if has_catalog(release_dir) else []
         if not files:
             return
-        checker = OfflineSchemas(self.schemas_folder)
+        checker = OfflineSchemas(self.schemas_folder,
+                                 SchemaFetcher() if self.fetch else None)
         unavailable: dict[str, str] = {}
         for path in files:
             data = _json_or_none(path)
@@ -188,7 +227,7 @@ class StacSchemaRules:
             if "stac_version" not in data:
                 continue
             missing = [u for u in data.get("stac_extensions", [])
-                       if u not in checker.cache]
+                       if not checker.available(u)]
             for url in missing:
                 unavailable.setdefault(url, _rel(release_dir, path))
             extensions = [u for u in data.get("stac_extensions", []) if u not in missing]
@@ -201,9 +240,10 @@ class StacSchemaRules:
                     yield Problem(_rel(release_dir, path), "stac-schema",
                                   f"{where}: {error.message[:200]}", f"valid against {uri}")
         for url, first in sorted(unavailable.items()):
-            yield Problem(first, "stac-schema-unavailable", f"{url} not validated",
-                          f"the schema available offline (pass --schemas DIR or set "
-                          f"{SCHEMAS_ENV})", "warning")
+            yield Problem(first, "stac-schema-unavailable",
+                          f"{url} not validated: {checker.unavailable_reason(url)}",
+                          f"the schema at hand: online, in the user cache, or in a local "
+                          f"folder (--schemas DIR or {SCHEMAS_ENV})", "warning")
 
 
 # ---------------------------------------------------------------------------------------------

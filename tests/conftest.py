@@ -16,9 +16,11 @@ STAC_SCHEMAS = Path(__file__).resolve().parents[1].parent / "shared" / "stac-sch
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_user_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Caches (weights hashes, Earth Engine downloads) go to a session folder, not ~/.cache."""
+    """Caches (weights hashes, Earth Engine downloads, STAC schemas) go to a session folder,
+    not ~/.cache; nothing is fetched from the internet (tests that fetch use a loopback mirror)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ICEDAMAGE_CACHE", str(tmp_path_factory.mktemp("user-cache")))
+        patch.setenv("ICEDAMAGE_OFFLINE", "1")
         yield
 
 

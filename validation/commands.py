@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from catalog.schema_fetch import OFFLINE_ENV
 from producer.writer import atomic_path
 from validation.engine import ValidationReport, validate_release
 
@@ -66,7 +67,10 @@ def validate(
     schemas: Annotated[Path | None, typer.Option(
         "--schemas", metavar="DIR", envvar="ICEDAMAGE_STAC_SCHEMAS",
         help="Folder of STAC extension schemas with schema-map.json, for validating the "
-             "catalog offline.")] = None,
+             "catalog offline. Schemas it lacks are fetched once and cached.")] = None,
+    offline: Annotated[bool, typer.Option(
+        "--offline", help="Never fetch a STAC extension schema over the network (those not at "
+                          "hand are reported unvalidated).")] = False,
 ) -> None:
     """Check RELEASE_DIR against the product spec and report every problem.
 
@@ -80,6 +84,8 @@ def validate(
         raise typer.Exit(EXIT_USAGE)
     if schemas is not None:
         os.environ["ICEDAMAGE_STAC_SCHEMAS"] = str(schemas)  # read by the catalog rule sets
+    if offline:
+        os.environ[OFFLINE_ENV] = "1"
     with errors.status(f"Validating {release_dir} ..."):
         report = validate_release(release_dir, allow=tuple(allow or ()), workers=workers)
     if report.problems:
