@@ -97,6 +97,10 @@ def run_produce(
         years = parse_years(year)
         scene_source = resolve_source(source, demo_size)
         resolve_weights(weights, scene_source.name)
+        if compile_model:  # torch is imported only when asked: a skipping re-run needs none
+            from producer.segmentation.inference import check_compile_ready, resolve_device
+
+            check_compile_ready(resolve_device(device))
     except (ValueError, ProduceError, SpecError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from None

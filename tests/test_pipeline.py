@@ -207,6 +207,26 @@ def test_missing_demo_weights_is_a_clear_error(tmp_path: Path, monkeypatch) -> N
     assert not (tmp_path / "r").exists()
 
 
+def test_compile_without_a_cpp_compiler_is_a_clear_error(tiny_weights: Path, tmp_path: Path,
+                                                         monkeypatch) -> None:
+    """``--compile`` on the CPU needs a C++ compiler: said before any work, nothing written."""
+    from torch._inductor.cpp_builder import cpp_compiler_search
+
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no g++ / clang++ to find
+    monkeypatch.delenv("CXX", raising=False)
+    cpp_compiler_search.cache_clear()  # Inductor remembers the compiler it found earlier
+    out = tmp_path / "r"
+    try:
+        result = _produce(["--shelf", "Totten", "--year", "2021", "--compile"], tiny_weights, out)
+    finally:
+        cpp_compiler_search.cache_clear()
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert "needs a C++ compiler" in text and "without --compile" in text
+    assert not out.exists()
+
+
 def test_extent_file_clips_type1_and_is_recorded(tiny_weights: Path, tmp_path: Path) -> None:
     import geopandas as gpd
     from shapely.geometry import box

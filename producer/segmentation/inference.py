@@ -354,6 +354,25 @@ def _without_forward_hooks(module: nn.Module) -> nn.Module:
     return module
 
 
+def check_compile_ready(device: torch.device) -> None:
+    """Raise ValueError, saying what is missing, when Inductor cannot compile for ``device``:
+    a C++ compiler for the CPU, Triton for CUDA. Checked before any work, not mid-scene."""
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            raise ValueError("compiling for CUDA needs Triton (the `triton` package that CUDA "
+                             "builds of torch ship with); run without --compile")
+        return
+    from torch._inductor import cpp_builder
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except Exception as err:  # Inductor raises its own InvalidCxxCompiler
+        raise ValueError(f"compiling for the CPU needs a C++ compiler (g++ or clang++ on PATH, "
+                         f"or $CXX): {err}; install one or run without --compile") from None
+
+
 #: ``torch.compile`` modes ``compile_mode`` accepts; "auto" picks per device (``compiled_forward``).
 COMPILE_MODES: tuple[str, ...] = ("auto", "default", "reduce-overhead", "max-autotune",
                                   "max-autotune-no-cudagraphs")
@@ -371,6 +390,7 @@ def compiled_forward(function: Callable[[torch.Tensor], torch.Tensor], mode: str
     """
     if mode not in COMPILE_MODES:
         raise ValueError(f"unknown compile mode {mode!r}; valid: {', '.join(COMPILE_MODES)}")
+    check_compile_ready(device)
     if mode == "auto":
         mode = "reduce-overhead" if device.type == "cuda" else "default"
     return torch.compile(function, mode=mode)
