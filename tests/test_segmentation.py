@@ -415,5 +415,11 @@ def test_compiled_forward_matches_reference_and_compiles_once(tiny: DamageSegmen
     finally:
         with torch.no_grad():
             tiny.model.decode_head.classifier.bias.sub_(torch.tensor([5.0, -5.0]))
+    # one window per call (4 TTA views of batch 4): every call alike, nothing padded
+    single = predict_scene(tiny, src, tmp_path / "single.tif", device="cpu", batch_size=4,
+                           compile_mode="default")
+    assert single.forward_calls == 6 and single.images_forwarded == 6 * 4
+    with rasterio.open(tmp_path / "single.tif") as out:
+        assert np.array_equal(out.read(1), fast.labels)
     with pytest.raises(ValueError, match="unknown compile mode 'fastest'"):
         predict_array(tiny, pixels, device="cpu", compile_mode="fastest")

@@ -303,8 +303,9 @@ class BatchedForward:
         left on the model's device (the accumulation happens there too).
 
         A compiled forward is compiled once for any number of windows (the batch dimension is
-        dynamic); a lone window is paired with an empty one, whose result is dropped, because
-        TorchDynamo specialises size-1 dimensions (a second compile).
+        dynamic); where batches of several windows occur, a lone window is paired with an empty
+        one, whose result is dropped, because TorchDynamo specialises size-1 dimensions (a
+        second compile).
         """
         if isinstance(tiles, np.ndarray):
             tiles = torch.from_numpy(tiles)
@@ -314,10 +315,11 @@ class BatchedForward:
         if self.compiled is None:
             self.images_forwarded += count * len(self.flips)
             return self._mean_probabilities(tiles)
-        if count == 1:
-            tiles = torch.cat([tiles, torch.zeros_like(tiles)])
+        if self.windows_per_call > 1:
+            if count == 1:
+                tiles = torch.cat([tiles, torch.zeros_like(tiles)])
+            torch._dynamo.mark_dynamic(tiles, 0)
         self.images_forwarded += tiles.shape[0] * len(self.flips)
-        torch._dynamo.mark_dynamic(tiles, 0)
         # the previous call's output is consumed: a CUDA graph may reuse its memory
         torch.compiler.cudagraph_mark_step_begin()
         return self.compiled(tiles)[:count]
@@ -533,9 +535,10 @@ _COMPILED: weakref.WeakKeyDictionary[DamageSegmenter, tuple[tuple[Any, ...], Bat
 
 
 def _weights_version(model: nn.Module) -> tuple[int, ...]:
-    """In-place modification counters of the parameters: they change when training steps do,
-    so a forward built from older weights (the fused head folds them) is never reused."""
-    return tuple(parameter._version for parameter in model.parameters())
+    """In-place modification counters of the parameters and buffers: they change when training
+    steps (and BatchNorm statistics) do, so a forward built from older weights (the fused head
+    folds them) is never reused."""
+    return tuple(tensor._version for tensor in (*model.parameters(), *model.buffers()))
 
 
 def _batched_forward(model: DamageSegmenter, device: torch.device, *, tta: bool,
