@@ -18,6 +18,8 @@ lint:
 # Performance targets live here, not in timed tests; results go to docs/benchmarks.md.
 bench:
 	for f in bench/*.py; do echo "== $$f"; PYTHONPATH=. $(PY) $$f || exit 1; done
+	echo "== bench/inference.py --compile auto"
+	PYTHONPATH=. $(PY) bench/inference.py --variants b2 --tta on --no-rss --compile auto
 
 # Slow tests (excluded from the default run) plus the benchmarks.
 nightly:
