@@ -445,6 +445,8 @@ def segment_scenes(model: LoadedModel, images: dict[str, Path], order: Sequence[
         prob = (workdir / f"{scene_id}_probability.tif"
                 if options.keep_probability or scene_id in probabilities else None)
         label = labels.get(scene_id, scene_id)
+        if options.compile and k == 0:  # the first batch compiles: minutes without a tick
+            progress("segmentation", 0, 100 * len(order), f"compiling, then {label}")
 
         def windows(done: int, total: int, k: int = k, label: str = label) -> None:
             progress("segmentation", k * 100 + round(100 * done / max(total, 1)),
