@@ -37,7 +37,7 @@ from jsonschema.validators import validator_for
 from pystac.serialization import identify_stac_object_type
 from pystac.validation import JsonSchemaSTACValidator
 from referencing import Registry, Resource
-from referencing.exceptions import NoSuchResource
+from referencing.exceptions import NoSuchResource, Unresolvable
 from referencing.jsonschema import DRAFT7
 from shapely.geometry import box
 
@@ -120,6 +120,8 @@ class OfflineSchemas:
             [(url, Resource.from_contents(schema, default_specification=DRAFT7))
              for url, schema in self.cache.items()])
         self._compiled: dict[str, Any] = {}
+        #: schemas whose ``$ref`` targets could not be had, and why
+        self.unresolvable: dict[str, str] = {}
 
     def available(self, uri: str) -> bool:
         """Whether schema ``uri`` is at hand, fetching it if it is not and a fetcher may."""
@@ -134,7 +136,9 @@ class OfflineSchemas:
         return True
 
     def unavailable_reason(self, uri: str) -> str:
-        """Why ``uri`` could not be had (for the warning)."""
+        """Why ``uri`` could not be had, or could not be used (for the warning)."""
+        if uri in self.unresolvable:
+            return self.unresolvable[uri]
         if self.fetcher is not None and uri in self.fetcher.reasons:
             return self.fetcher.reasons[uri]
         return "no local schema folder holds it"
@@ -232,9 +236,14 @@ class StacSchemaRules:
                 unavailable.setdefault(url, _rel(release_dir, path))
             extensions = [u for u in data.get("stac_extensions", []) if u not in missing]
             for uri in (checker.core_uri(data), *extensions):
-                if uri is None:
+                if uri is None or uri in checker.unresolvable:
                     continue
-                error = checker.error(data, uri)
+                try:
+                    error = checker.error(data, uri)
+                except Unresolvable as err:  # a schema it refers to could not be had
+                    checker.unresolvable[uri] = f"its reference {err.ref} could not be had"
+                    unavailable.setdefault(uri, _rel(release_dir, path))
+                    continue
                 if error is not None:
                     where = "/".join(str(p) for p in error.absolute_path) or "(root)"
                     yield Problem(_rel(release_dir, path), "stac-schema",

@@ -68,13 +68,17 @@ class SchemaFetcher:
         self.session = session or requests.Session()
         self.reasons: dict[str, str] = {}
         self.fetched: list[str] = []
+        self._memory: dict[str, dict[str, Any]] = {}
         self._failed_hosts: dict[str, str] = {}
 
     def get(self, url: str) -> dict[str, Any] | None:
         """The schema at ``url`` (a JSON object), or None with the reason in ``reasons``."""
+        if url in self._memory:
+            return self._memory[url]
         path = cache_file(url, self.folder)
         cached = _read_json_object(path)
         if cached is not None:
+            self._memory[url] = cached
             return cached
         if not self.allow_fetch:
             self.reasons[url] = f"offline ({OFFLINE_ENV} is set) and not in {self.folder}"
@@ -95,6 +99,7 @@ class SchemaFetcher:
             return None
         self._store(path, schema)
         self.fetched.append(url)
+        self._memory[url] = schema
         return schema
 
     def _download(self, location: str) -> dict[str, Any]:

@@ -160,3 +160,14 @@ def test_a_schema_the_server_lacks_is_reported_with_its_status(mirror: Mirror,
         f"could not fetch from {mirror.url}/stac-extensions.github.io/nothing/v1.0.0/schema.json"
         " (HTTP 404)")
     assert fetcher.get(PROJECTION) is not None  # a 404 does not stop the host being asked
+
+
+def test_a_schema_referring_to_an_unreachable_one_is_a_warning_not_a_crash(
+        cataloged_release: Path, mirror: Mirror) -> None:
+    missing = "https://stac-extensions.github.io/nowhere/v1.0.0/schema.json"
+    mirror.put(PROJECTION, {"$schema": "http://json-schema.org/draft-07/schema#",
+                            "$id": PROJECTION, "$ref": missing})
+    problems = list(StacSchemaRules().check(cataloged_release))
+    assert {(p.rule, p.severity) for p in problems} == {("stac-schema-unavailable", "warning")}
+    (only,) = problems
+    assert PROJECTION in only.found and f"its reference {missing} could not be had" in only.found
