@@ -423,3 +423,25 @@ def test_compiled_forward_matches_reference_and_compiles_once(tiny: DamageSegmen
         assert np.array_equal(out.read(1), fast.labels)
     with pytest.raises(ValueError, match="unknown compile mode 'fastest'"):
         predict_array(tiny, pixels, device="cpu", compile_mode="fastest")
+
+
+def test_a_compiled_forward_does_not_keep_its_model_alive() -> None:
+    """The per-model cache of compiled forwards lets models go (GPU memory with them)."""
+    import gc
+    import weakref
+
+    torch.manual_seed(0)
+    model = DamageSegmenter.build("custom", **TINY).eval()
+    cached = len(inference._COMPILED)  # other tests' models may be cached too
+    with torch.inference_mode():
+        forward = inference._batched_forward(  # compiles lazily: nothing is compiled here
+            model, torch.device("cpu"), tta=True, batch_size=8, fuse_decoder=True, amp=None,
+            compile_mode="default")
+        again = inference._batched_forward(
+            model, torch.device("cpu"), tta=True, batch_size=8, fuse_decoder=True, amp=None,
+            compile_mode="default")
+    assert again is forward and forward.model is model
+    alive = weakref.ref(model)
+    del model, forward, again
+    gc.collect()
+    assert alive() is None and len(inference._COMPILED) == cached

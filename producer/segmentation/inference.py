@@ -256,7 +256,8 @@ class BatchedForward:
                  compile_mode: str | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
-        self.model = model
+        # weakly: a compiled forward is cached per model (``_COMPILED``) and must not keep it alive
+        self._model = weakref.ref(model)
         self.device = device
         self.flips = TTA_FLIPS if tta else ((),)
         self.batch_size = batch_size
@@ -270,6 +271,14 @@ class BatchedForward:
             self.compiled = compiled_forward(self._mean_probabilities, compile_mode, device)
         self.images_forwarded = 0
         self.forward_calls = 0
+
+    @property
+    def model(self) -> DamageSegmenter:
+        """The segmenter this forward runs (alive while its caller holds it)."""
+        model = self._model()
+        if model is None:
+            raise RuntimeError("the model of this forward has been garbage-collected")
+        return model
 
     @property
     def windows_per_call(self) -> int:
