@@ -11,11 +11,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 import torch
+from rasterio.transform import from_origin
 
 from producer.restoration.diffgf import build_diffgf
 from producer.restoration.train import TrainConfig, train
-from producer.segmentation import DamageSegmenter, predict_array, predict_array_reference
+from producer.segmentation import (
+    DamageSegmenter,
+    predict_array,
+    predict_array_reference,
+    predict_scene,
+)
 from tests.tiny_models import TINY_UNET, TINY_VAE
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -59,6 +66,46 @@ def test_cuda_inference_matches_the_cpu_reference(b0: DamageSegmenter, amp: bool
     margin = np.abs(ref.probabilities[1] - ref.probabilities[0])
     assert float(np.abs(gpu.probabilities - ref.probabilities).max()) < prob_bound
     assert int(((gpu.labels != ref.labels) & (margin > tie_margin)).sum()) == 0
+
+
+@pytest.fixture(scope="module")
+def scene_with_a_hole(b0: DamageSegmenter, tmp_path_factory: pytest.TempPathFactory
+                      ) -> tuple[Path, np.ndarray, np.ndarray, np.ndarray]:
+    """A 900 × 1000 GeoTIFF scene with a corner without data (holding one whole window), its
+    pixels, and the CPU float32 probabilities and classes of ``b0`` on it."""
+    pixels = np.ascontiguousarray(_scene(1000, seed=2)[:, :900])
+    pixels[:, 380:, :520] = 0
+    src = tmp_path_factory.mktemp("scene") / "scene.tif"
+    with rasterio.open(src, "w", driver="GTiff", width=pixels.shape[2], height=pixels.shape[1],
+                       count=3, dtype="uint8", crs="EPSG:3031",
+                       transform=from_origin(0, 0, 30, 30)) as dst:
+        dst.write(pixels)
+    cpu = predict_array(b0.to("cpu"), pixels, tta=True, device="cpu")
+    return src, pixels, cpu.probabilities, cpu.labels
+
+
+@pytest.mark.parametrize(("amp", "prob_bound", "tie_margin"), [(False, 1e-4, 2e-4),
+                                                              (True, 2e-2, 4e-2)])
+def test_cuda_scene_disk_to_disk_matches_the_cpu(
+        b0: DamageSegmenter, scene_with_a_hole: tuple[Path, np.ndarray, np.ndarray, np.ndarray],
+        tmp_path: Path, amp: bool, prob_bound: float, tie_margin: float) -> None:
+    """predict_scene on the GPU (rows copied to and from the device without waiting, written by
+    the writer thread) writes the CPU's classes and probability raster; the window without data
+    is skipped and pixels without data are nodata in the probability raster."""
+    src, pixels, probabilities, cpu_labels = scene_with_a_hole
+    stats = predict_scene(b0, src, tmp_path / "damage.tif", probability_path=tmp_path / "p.tif",
+                          tta=True, batch_size=32, device="cuda", amp=amp)
+    b0.to("cpu")
+    with rasterio.open(tmp_path / "damage.tif") as labels_ds, \
+            rasterio.open(tmp_path / "p.tif") as percent_ds:
+        labels, percent = labels_ds.read(1), percent_ds.read(1)
+    valid = pixels.any(axis=0)
+    margin = np.abs(probabilities[1] - probabilities[0])
+    assert stats.windows_skipped == 1 and stats.windows_run == 8
+    assert int(((labels != cpu_labels) & valid & (margin > tie_margin)).sum()) == 0
+    expected = np.rint(probabilities[1] * 100)
+    assert np.abs(percent[valid].astype(int) - expected[valid]).max() <= 1 + 100 * prob_bound
+    assert (percent[~valid] == 255).all()
 
 
 def _tile(seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -478,7 +478,7 @@ def _stream(forward: BatchedForward, height: int, width: int, read_rows: ReadRow
             if rows is not None:
                 row0 = reads[i][0] - y  # type: ignore[index]
                 pixels[:, row0:row0 + rows.shape[1], :width] = rows
-            strip = torch.from_numpy(pixels).to(device)  # aliases `pixels` on the CPU: no copy
+            strip = _to_device(pixels, device)
             row = _filled_windows(pixels, xs, window) if skip_empty else xs
             stats.windows_skipped += len(xs) - len(row)
             step = forward.windows_per_call
@@ -516,10 +516,47 @@ def _classes(probabilities: torch.Tensor) -> torch.Tensor:
     best = probabilities[0]
     labels = torch.zeros(best.shape, dtype=torch.uint8, device=best.device)
     for index in range(1, probabilities.shape[0]):
-        better = probabilities[index] > best
-        labels[better] = index
+        labels.masked_fill_(probabilities[index] > best, index)  # no host sync, unlike x[m] = v
         best = torch.maximum(best, probabilities[index])
     return labels
+
+
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``array`` on ``device``; on the CPU it is aliased, not copied.
+
+    To a GPU it goes through pinned memory without waiting: a copy from pageable memory would
+    make the host wait for every kernel queued before it, once per window row.
+    """
+    host = torch.from_numpy(array)
+    if device.type != "cuda":
+        return host.to(device)
+    # the caching host allocator keeps the pinned block until the copy reading it has run
+    return host.pin_memory().to(device, non_blocking=True)
+
+
+HostArray = Callable[[], np.ndarray]
+"""Waits for a copy started by ``_to_host`` and returns the host array."""
+
+
+def _to_host(tensor: torch.Tensor) -> HostArray:
+    """Start copying ``tensor`` to host memory; calling the result waits for it.
+
+    From a GPU the copy goes to pinned memory behind a CUDA event, so the host keeps queueing
+    windows while the GPU finishes rows and copies them back; whoever writes the rows out
+    waits for the event.
+    """
+    if tensor.device.type != "cuda":
+        array = tensor.numpy()
+        return lambda: array
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    host.copy_(tensor, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+
+    def wait() -> np.ndarray:
+        copied.synchronize()
+        return host.numpy()
+    return wait
 
 
 @contextmanager
@@ -601,17 +638,26 @@ def predict_array(model: DamageSegmenter, rgb: np.ndarray, *, tta: bool = True,
     image = as_band_first(rgb)
     _, height, width = image.shape
     probabilities = np.zeros((int(model.config.num_labels), height, width), np.float32)
+    copying: list[tuple[int, HostArray]] = []  # finished row bands on their way to the host
+
+    def settle(keep: int) -> None:
+        """Store the bands that have arrived, leaving the newest ``keep`` in flight."""
+        while len(copying) > keep:
+            start, band = copying.pop(0)
+            arrived = band()
+            probabilities[:, start:start + arrived.shape[1]] = arrived
 
     def emit(row0: int, acc: torch.Tensor, wsum: torch.Tensor, _pixels: torch.Tensor) -> None:
         rows = min(acc.shape[1], height - row0)
         if rows > 0:
-            probabilities[:, row0:row0 + rows] = _finish(acc[:, :rows, :width],
-                                                         wsum[:rows, :width]).cpu().numpy()
+            copying.append((row0, _to_host(_finish(acc[:, :rows, :width], wsum[:rows, :width]))))
+        settle(1)  # the GPU may still be finishing the newest band: queue windows meanwhile
 
     with _prepared(model, device, tta=tta, batch_size=batch_size, fuse_decoder=fuse_decoder,
                    amp=amp, compile_mode=compile_mode) as forward:
         _stream(forward, height, width, lambda r0, r1: image[:, r0:r1], emit,
                 skip_empty=skip_empty, window=window, stride=stride, progress=None)
+    settle(0)
     return ArrayPrediction(np.argmax(probabilities, axis=0).astype(np.uint8), probabilities)
 
 
@@ -654,6 +700,11 @@ class _BlockRowWriter:
         rest = data[count:]
         self.pending = [rest] if rest.shape[0] else []
         self.pending_rows = rest.shape[0]
+
+
+def _write_rows(out: _BlockRowWriter, rows: HostArray) -> None:
+    """Write rows once their copy to the host has arrived (in the writer thread)."""
+    out.write(rows())
 
 
 def _output_profile(src: Any, nodata: int | None) -> dict[str, Any]:
@@ -712,13 +763,12 @@ def predict_scene(model: DamageSegmenter, src_path: str | Path, dst_path: str | 
             if rows <= 0:
                 return
             probs = _finish(acc[:, :rows, :width], wsum[:rows, :width])
-            labels = _classes(probs).cpu().numpy()
-            written.append(writer.submit(labels_out.write, labels))
+            written.append(writer.submit(_write_rows, labels_out, _to_host(_classes(probs))))
             if prob_out is not None:
                 percent = torch.round(probs[1] * 100.0).to(torch.uint8)
                 band = pixels[:, :rows, :width]
-                percent[(band[0] | band[1] | band[2]) == 0] = PROBABILITY_NODATA
-                written.append(writer.submit(prob_out.write, percent.cpu().numpy()))
+                percent.masked_fill_((band[0] | band[1] | band[2]) == 0, PROBABILITY_NODATA)
+                written.append(writer.submit(_write_rows, prob_out, _to_host(percent)))
             while written and written[0].done():
                 written.pop(0).result()  # raise a writer error here, not at the end
 
