@@ -741,18 +741,22 @@ def predict_scene(model: DamageSegmenter, src_path: str | Path, dst_path: str | 
     (temp file + rename).
     """
     src_path, dst_path = Path(src_path), Path(dst_path)
+    target = resolve_device(device)
+    # a GPU outruns one core's LZW: tiles are decoded and encoded on all cores (a CPU run
+    # leaves its cores to the model)
+    gdal_threads = {"NUM_THREADS": "ALL_CPUS"} if target.type == "cuda" else {}
     with ExitStack() as stack:
-        src = stack.enter_context(rasterio.open(src_path))
+        src = stack.enter_context(rasterio.open(src_path, **gdal_threads))
         _check_scene(src, src_path)
         height, width = src.height, src.width
         dst = stack.enter_context(rasterio.open(stack.enter_context(atomic_path(dst_path)), "w",
-                                                **_output_profile(src, None)))
+                                                **_output_profile(src, None), **gdal_threads))
         labels_out = _BlockRowWriter(dst, ENCODING.blocksize)
         prob_out: _BlockRowWriter | None = None
         if probability_path is not None:
             prob_tmp = stack.enter_context(atomic_path(Path(probability_path)))
             prob_ds = stack.enter_context(rasterio.open(
-                prob_tmp, "w", **_output_profile(src, PROBABILITY_NODATA)))
+                prob_tmp, "w", **_output_profile(src, PROBABILITY_NODATA), **gdal_threads))
             prob_out = _BlockRowWriter(prob_ds, ENCODING.blocksize)
 
         writer = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="scene-writer"))
@@ -772,7 +776,7 @@ def predict_scene(model: DamageSegmenter, src_path: str | Path, dst_path: str | 
             while written and written[0].done():
                 written.pop(0).result()  # raise a writer error here, not at the end
 
-        with _prepared(model, device, tta=tta, batch_size=batch_size,
+        with _prepared(model, target, tta=tta, batch_size=batch_size,
                        fuse_decoder=fuse_decoder, amp=amp, compile_mode=compile_mode) as forward:
             stats = _stream(forward, height, width, lambda r0, r1: _read_rows(src, r0, r1), emit,
                             skip_empty=skip_empty, window=WINDOW, stride=STRIDE,
