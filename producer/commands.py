@@ -23,10 +23,10 @@ from producer.pipeline import (
     ProduceError,
     ProduceOptions,
     YearResult,
+    check_request,
     parse_years,
     produce,
     resolve_source,
-    resolve_weights,
 )
 from producer.shelves import UnknownShelfError
 from producer.spec import SpecError
@@ -93,23 +93,23 @@ def run_produce(
     console = Console(stderr=True)
     if device not in ("auto", "cpu", "cuda"):
         raise typer.BadParameter("use auto, cpu or cuda", param_hint="--device")
-    try:
-        years = parse_years(year)
-        scene_source = resolve_source(source, demo_size)
-        resolve_weights(weights, scene_source.name)
-        if compile_model:  # torch is imported only when asked: a skipping re-run needs none
-            from producer.segmentation.inference import check_compile_ready, resolve_device
-
-            check_compile_ready(resolve_device(device))
-    except (ValueError, ProduceError, SpecError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
     options = ProduceOptions(
         out=out, weights=weights, diffgf=diffgf, restoration=restoration, extent_file=extent,
         device=device, force=force, keep_probability=keep_probability, source_index=source_index,
         tta=tta, batch_size=batch_size, exact=exact, compare_scenes=compare_scenes,
         compile=compile_model,
     )
+    try:
+        years = parse_years(year)
+        scene_source = resolve_source(source, demo_size)
+        check_request(shelf, scene_source, options)
+        if compile_model:  # torch is imported only when asked: a skipping re-run needs none
+            from producer.segmentation.inference import check_compile_ready, resolve_device
+
+            check_compile_ready(resolve_device(device))
+    except (ValueError, ProduceError, SpecError) as err:  # UnknownShelfError is a SpecError
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
 
     def report(result: YearResult) -> None:
         style = _STYLE.get(result.status, "white")

@@ -768,18 +768,27 @@ class RunSummary:
         return 0
 
 
-def produce(shelf: str, years: Sequence[int], source: SceneSource, options: ProduceOptions,
-            progress: StageProgress = _no_progress,
-            report: Callable[[YearResult], None] | None = None) -> RunSummary:
-    """Produce every year of a shelf with one loaded model; errors of a year do not stop others."""
-    shelf = get_shelf(shelf).name
-    weights = resolve_weights(options.weights, source.name)
-    diffgf = resolve_diffgf(options.diffgf, source.name)
+def check_request(shelf: str, source: SceneSource, options: ProduceOptions) -> str:
+    """The released name of ``shelf``, once the request is known to be runnable: a registered
+    shelf, usable weights, a known restoration and a sane comparison count. The command calls
+    it before drawing progress bars, so a mistyped option is one clear line."""
+    name = get_shelf(shelf).name
+    resolve_weights(options.weights, source.name)
     if options.restoration not in ("DiffGF", "FillNodata"):
         raise ProduceError(f"--restoration {options.restoration!r}: use DiffGF or FillNodata")
     if options.compare_scenes < 1:
         raise ProduceError(f"--compare-scenes {options.compare_scenes}: must be at least 1 "
                            "(1 = no comparison, the source's ranking decides)")
+    return name
+
+
+def produce(shelf: str, years: Sequence[int], source: SceneSource, options: ProduceOptions,
+            progress: StageProgress = _no_progress,
+            report: Callable[[YearResult], None] | None = None) -> RunSummary:
+    """Produce every year of a shelf with one loaded model; errors of a year do not stop others."""
+    shelf = check_request(shelf, source, options)
+    weights = resolve_weights(options.weights, source.name)
+    diffgf = resolve_diffgf(options.diffgf, source.name)
     model = LoadedModel(weights)
     summary = RunSummary()
     for year in years:

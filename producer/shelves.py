@@ -10,6 +10,8 @@ with ``load_roi_geopackage`` (or the ``--roi`` options of the commands).
 
 from __future__ import annotations
 
+import difflib
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -77,10 +79,30 @@ def get_shelf(name: str) -> ShelfRecord:
     try:
         return SHELVES[name]
     except KeyError:
+        hint = closest_shelf_name(name)
         raise UnknownShelfError(
-            f"shelf {name!r} is not registered; valid names: "
-            + ", ".join(repr(n) for n in SHELVES)
+            f"shelf {name!r} is not registered"
+            + (f" (did you mean {hint!r}?)" if hint else "")
+            + "; valid names: " + ", ".join(repr(n) for n in SHELVES)
         ) from None
+
+
+def shelf_key(name: str) -> str:
+    """A shelf name compared loosely: case, spaces, '_', '-' ignored ("Larsen B" ~ "Larsen_B")."""
+    return re.sub(r"[\s_\-]+", "", name).lower()
+
+
+def closest_shelf_name(name: str) -> str | None:
+    """The registered name a mistyped one most likely meant, if any is close.
+
+    Names are matched exactly everywhere (they are folder names); this only feeds error
+    messages.
+    """
+    by_key = {shelf_key(n): n for n in SHELVES}
+    if shelf_key(name) in by_key:
+        return by_key[shelf_key(name)]
+    close = difflib.get_close_matches(shelf_key(name), list(by_key), n=1, cutoff=0.75)
+    return by_key[close[0]] if close else None
 
 
 @cache

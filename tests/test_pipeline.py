@@ -207,6 +207,24 @@ def test_missing_demo_weights_is_a_clear_error(tmp_path: Path, monkeypatch) -> N
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize(("args", "says"), [
+    (["--shelf", "larsen_b"], "shelf 'larsen_b' is not registered (did you mean 'Larsen B'?)"),
+    (["--shelf", "Ross"], "shelf 'Ross' is not registered; valid names: 'Amery'"),
+    (["--shelf", "Totten", "--restoration", "NSPI"], "--restoration 'NSPI': use DiffGF or"),
+])
+def test_a_request_that_cannot_run_is_one_line_before_any_work(
+        tiny_weights: Path, tmp_path: Path, args: list[str], says: str) -> None:
+    """A mistyped shelf (with the name it probably meant) or restoration is refused with exit
+    2 before the progress bars are drawn, and nothing is written."""
+    out = tmp_path / "r"
+    result = _produce([*args, "--year", "2021"], tiny_weights, out)
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert text.startswith("error: ") and says in text
+    assert "segmentation" not in text  # no stage bars
+    assert not out.exists()
+
+
 def test_compile_without_a_cpp_compiler_is_a_clear_error(tiny_weights: Path, tmp_path: Path,
                                                          monkeypatch) -> None:
     """``--compile`` on the CPU needs a C++ compiler: said before any work, nothing written."""

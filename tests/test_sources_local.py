@@ -18,14 +18,13 @@ from rasterio.features import geometry_mask
 from shapely.geometry import Polygon
 
 from producer.grid import Grid
-from producer.shelves import SHELVES
+from producer.shelves import SHELVES, shelf_key
 from producer.sources.errors import SourceError
 from producer.sources.local import LocalFolderSource, combine_day
 from producer.sources.names import (
     export_name,
     parse_export_name,
     parse_product_id,
-    shelf_key,
 )
 from producer.spec import SENSOR_ORDER, SpecError
 

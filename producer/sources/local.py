@@ -61,7 +61,7 @@ from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
 from producer.grid import Grid
-from producer.shelves import roi_polygon
+from producer.shelves import roi_polygon, shelf_key
 from producer.sources.base import Scene
 from producer.sources.errors import SourceError
 from producer.sources.gee import tile_windows
@@ -77,7 +77,6 @@ from producer.sources.names import (
     looks_like_product_id,
     parse_export_name,
     parse_product_id,
-    shelf_key,
     sidecar_path,
 )
 from producer.spec import SENSOR_ORDER, SENSORS, SpecError, summer_of

@@ -143,6 +143,3 @@ def looks_like_product_id(filename: str) -> bool:
     return _PRODUCT_ID.match(filename) is not None
 
 
-def shelf_key(name: str) -> str:
-    """A shelf name compared loosely: case, spaces, '_', '-' ignored ("Larsen B" ~ "Larsen_B")."""
-    return re.sub(r"[\s_\-]+", "", name).lower()
