@@ -33,7 +33,15 @@ from shapely.geometry.base import BaseGeometry
 
 import schemas
 from catalog.geometry import bbox_3031_to_lonlat, lonlat_bbox_geometry
-from producer.spec import ENCODING, ITEMS_NDJSON, ITEMS_PARQUET, SENSOR_ORDER, STAC_CATALOG_DIR
+from producer.shelves import released_name
+from producer.spec import (
+    ENCODING,
+    ITEMS_NDJSON,
+    ITEMS_PARQUET,
+    SENSOR_ORDER,
+    STAC_CATALOG_DIR,
+    SpecError,
+)
 from producer.writer import atomic_path
 
 P = schemas.PREFIX
@@ -319,6 +327,14 @@ def run_query(parquet: Path, release_dir: Path, query: Query) -> list[pystac.Ite
             for record in records]
 
 
+def _released_names(shelves: Iterable[str]) -> list[str]:
+    """Shelf filters as released names; a name no shelf has is an error, not an empty result."""
+    try:
+        return [released_name(name) for name in shelves]
+    except SpecError as error:
+        raise SearchError(str(error)) from None
+
+
 def search(source: Path | str, shelves: Iterable[str] | None = None, year: int | None = None,
            year_from: int | None = None, year_to: int | None = None,
            sensors: Iterable[str] | None = None, restored: bool | None = None,
@@ -328,7 +344,8 @@ def search(source: Path | str, shelves: Iterable[str] | None = None, year: int |
     """Items of a cataloged release (folder, catalog.json or items.parquet) matching the filters."""
     parquet, release_dir = locate_index(Path(source))
     query = Query(
-        shelves=tuple(shelves) if shelves else None, year=year, year_from=year_from,
+        shelves=tuple(_released_names(shelves)) if shelves else None, year=year,
+        year_from=year_from,
         year_to=year_to, sensors=tuple(sensors) if sensors else None, restored=restored,
         bbox=tuple(float(v) for v in bbox) if bbox is not None else None,  # type: ignore[arg-type]
         bbox_crs=bbox_crs, intersects=intersects, min_fraction=min_fraction,

@@ -59,7 +59,7 @@ from producer.provenance import (
     file_sha256,
     provenance_path,
 )
-from producer.shelves import get_shelf, roi_polygon
+from producer.shelves import get_shelf, released_name, roi_polygon
 from producer.slcoff import detect_gaps, footprint_of
 from producer.sources.base import FOOTPRINT_KEY, Scene, SceneSource
 from producer.spec import (
@@ -769,10 +769,11 @@ class RunSummary:
 
 
 def check_request(shelf: str, source: SceneSource, options: ProduceOptions) -> str:
-    """The released name of ``shelf``, once the request is known to be runnable: a registered
-    shelf, usable weights, a known restoration and a sane comparison count. The command calls
-    it before drawing progress bars, so a mistyped option is one clear line."""
-    name = get_shelf(shelf).name
+    """The released name of ``shelf`` (typed loosely: "pine island" is "Pine Island"), once the
+    request is known to be runnable: a registered shelf, usable weights, a known restoration and
+    a sane comparison count. The command calls it before drawing progress bars, so a mistyped
+    option is one clear line."""
+    name = released_name(shelf)
     resolve_weights(options.weights, source.name)
     if options.restoration not in ("DiffGF", "FillNodata"):
         raise ProduceError(f"--restoration {options.restoration!r}: use DiffGF or FillNodata")

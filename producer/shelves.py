@@ -87,6 +87,16 @@ def get_shelf(name: str) -> ShelfRecord:
         ) from None
 
 
+def released_name(name: str) -> str:
+    """The registered name that ``name`` spells loosely (case, spaces, '_' and '-' ignored), for
+    names users type as filters ("larsen_b" → "Larsen B"); else ``UnknownShelfError`` with the
+    likely name. Paths and file names keep matching exactly (``get_shelf``)."""
+    for registered in SHELVES:
+        if shelf_key(registered) == shelf_key(name):
+            return registered
+    return get_shelf(name).name  # raises, naming the valid names
+
+
 def shelf_key(name: str) -> str:
     """A shelf name compared loosely: case, spaces, '_', '-' ignored ("Larsen B" ~ "Larsen_B")."""
     return re.sub(r"[\s_\-]+", "", name).lower()

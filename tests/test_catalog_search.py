@@ -40,6 +40,8 @@ def _totten_bbox_3031() -> list[float]:
 CASES: list[tuple[str, dict[str, Any], list[str]]] = [
     ("everything", {}, ALL),
     ("one shelf", {"shelves": ["Totten"]}, ["totten-2016", "totten-2021"]),
+    ("shelf spelled loosely", {"shelves": ["larsen_b", "amery front"]},
+     ["amery-front-2012", "larsen-b-2001", "larsen-b-2005"]),
     ("two shelves", {"shelves": ["Totten", "Amery_front"]},
      ["amery-front-2012", "totten-2016", "totten-2021"]),
     ("exact year", {"year": 2005}, ["larsen-b-2005"]),
@@ -83,6 +85,8 @@ def test_search_rejects_bad_input(release: Path, tmp_path: Path) -> None:
         search(release, bbox=[0, 0, 1, 1], bbox_crs="EPSG:32633")
     with pytest.raises(SearchError, match="icedamage catalog"):
         search(tmp_path)
+    with pytest.raises(SearchError, match=r"'Thwaits' is not registered \(did you mean 'Thwaites'"):
+        search(release, shelves=["Thwaits"])  # an error, not a silently empty result
 
 
 def test_search_across_the_antimeridian(release: Path, tmp_path: Path) -> None:

@@ -208,7 +208,7 @@ def test_missing_demo_weights_is_a_clear_error(tmp_path: Path, monkeypatch) -> N
 
 
 @pytest.mark.parametrize(("args", "says"), [
-    (["--shelf", "larsen_b"], "shelf 'larsen_b' is not registered (did you mean 'Larsen B'?)"),
+    (["--shelf", "Thwaits"], "shelf 'Thwaits' is not registered (did you mean 'Thwaites'?)"),
     (["--shelf", "Ross"], "shelf 'Ross' is not registered; valid names: 'Amery'"),
     (["--shelf", "Totten", "--restoration", "NSPI"], "--restoration 'NSPI': use DiffGF or"),
 ])
@@ -223,6 +223,14 @@ def test_a_request_that_cannot_run_is_one_line_before_any_work(
     assert text.startswith("error: ") and says in text
     assert "segmentation" not in text  # no stage bars
     assert not out.exists()
+
+
+def test_shelf_names_are_typed_loosely_and_written_as_released(tiny_weights: Path) -> None:
+    from producer.pipeline import check_request
+
+    options = ProduceOptions(out=Path("unused"), weights=tiny_weights)
+    for typed in ("pine island", "Pine_Island", "PINE-ISLAND"):
+        assert check_request(typed, DemoSource(), options) == "Pine Island"
 
 
 def test_compile_without_a_cpp_compiler_is_a_clear_error(tiny_weights: Path, tmp_path: Path,
