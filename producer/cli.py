@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Annotated
 
 import typer
 from typer.main import get_command_name
@@ -27,6 +28,24 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+def print_version(asked: bool) -> None:
+    """``--version``: this package's version and those of the libraries that shape the products
+    (the ones each provenance record lists), then exit."""
+    if not asked:
+        return
+    from producer.pipeline import software_versions
+
+    versions = software_versions(restoration_used=True)
+    typer.echo(f"icedamage {versions.pop('icedamage')}")
+    typer.echo(", ".join(f"{name} {version}" for name, version in versions.items()))
+    raise typer.Exit()
+
+
+VersionOption = Annotated[bool, typer.Option(
+    "--version", callback=print_version, is_eager=True,
+    help="Show the versions of icedamage and the libraries that shape the products, and exit.")]
+
+
 def build_app(command: str | None = None) -> typer.Typer:
     """The ``icedamage`` application with every package's commands, or, given ``command``, with
     the modules up to the first that registers it."""
@@ -39,7 +58,7 @@ def build_app(command: str | None = None) -> typer.Typer:
     )
 
     @app.callback()
-    def _group() -> None:
+    def _group(version: VersionOption = False) -> None:
         """Keep ``icedamage`` a command group even while only one command is registered."""
 
     for module_name in COMMAND_MODULES:

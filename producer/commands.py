@@ -16,6 +16,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from producer.cli import VersionOption
 from producer.compare import DEFAULT_COMPARE_SCENES
 from producer.pipeline import (
     DEFAULT_OUT,
@@ -88,6 +89,7 @@ def run_produce(
                     "decides, one segmentation.")] = DEFAULT_COMPARE_SCENES,
     demo_size: Annotated[int | None, typer.Option(
         help="Demo window size in px (default 1024, or $ICEDAMAGE_DEMO_SIZE).")] = None,
+    version: VersionOption = False,
 ) -> None:
     """Produce the type 1 and type 2 damage maps of a shelf for one or more years."""
     console = Console(stderr=True)

@@ -281,3 +281,17 @@ def test_extent_file_clips_type1_and_is_recorded(tiny_weights: Path, tmp_path: P
     assert missing.exit_code == 1 and "no row with shelf == 'Totten' and year == 2020" in (
         missing.output)
     assert not (out / "Totten" / "2020").exists()
+
+
+def test_version_names_the_package_and_the_libraries_in_provenance() -> None:
+    """``--version`` on both console scripts: what a bug report and a provenance record need."""
+    import importlib.metadata
+
+    expected = f"icedamage {importlib.metadata.version('icedamage')}"
+    for app, args in ((produce_app(), ["--version"]), (build_app(), ["--version"]),
+                      (build_app("produce"), ["produce", "--version"])):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        lines = result.output.splitlines()
+        assert lines[0] == expected
+        assert f"torch {torch.__version__}" in lines[1] and "gdal " in lines[1]
