@@ -134,10 +134,12 @@ def source(folder: Path) -> LocalFolderSource:
     return src
 
 
-@pytest.mark.parametrize("suffix", ["_MTL.txt", "_MTL.json"])
-def test_product_folder_becomes_a_toa_scene_with_its_cloud_mask(tmp_path: Path,
-                                                                suffix: str) -> None:
-    folder, bands, qa, inner = aligned_product(tmp_path, suffix=suffix)
+@pytest.mark.parametrize(("suffix", "bom"), [("_MTL.txt", ""), ("_MTL.json", ""),
+                                             ("_MTL.txt", "\ufeff")])  # a byte-order mark too
+def test_product_folder_becomes_a_toa_scene_with_its_cloud_mask(tmp_path: Path, suffix: str,
+                                                                bom: str) -> None:
+    folder, bands, qa, inner = aligned_product(tmp_path, suffix=suffix,
+                                               mtl=bom + mtl_text(LC08_ID))
     (scene,) = source(tmp_path / "scenes").scenes("Totten", 2021, GRID, tmp_path / "work")
 
     assert (scene.sensor, scene.acquired) == ("LC08", dt.date(2022, 1, 5))

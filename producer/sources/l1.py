@@ -232,9 +232,9 @@ class L1Product:
         if self.source.suffix.lower() == ".tar":
             with tarfile.open(self.source) as tar:
                 member = tar.extractfile(self.mtl_name)
-                text = member.read().decode("utf-8", "replace") if member else ""
+                text = member.read().decode("utf-8-sig", "replace") if member else ""
         else:
-            text = self.source.read_text(encoding="utf-8", errors="replace")
+            text = self.source.read_text(encoding="utf-8-sig", errors="replace")  # BOM or not
         mtl = read_mtl(self.where, text)
         named = mtl.text(CONTENTS, "LANDSAT_PRODUCT_ID")
         if named is not None and named.upper() != self.product_id.product_id:
