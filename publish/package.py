@@ -122,6 +122,24 @@ class Manifest:
         return sum(e.size for e in self.entries)
 
 
+def record_file_url(record_url: str, key: str) -> str:
+    """Download URL of one file of a published record (answers HTTP range requests)."""
+    return f"{record_url.rstrip('/')}/files/{key}"
+
+
+def release_file_href(record_url: str, key_map: dict[str, str], inner: str) -> str | None:
+    """Where the release file at release-relative POSIX path ``inner`` lives in a published
+    record: inside its shelf ZIP, as a GDAL path that reads it in place over HTTP (members are
+    stored, not deflated), or as a file of its own (a URL); None for files the record lacks."""
+    key = key_map.get(inner.split("/", 1)[0])
+    if key is not None and key.endswith(".zip") and "/" in inner:
+        return f"/vsizip//vsicurl/{record_file_url(record_url, key)}/{inner}"
+    key = key_map.get(inner)
+    if key is not None and not key.endswith(".zip"):
+        return record_file_url(record_url, key)
+    return None
+
+
 def file_hashes(path: Path) -> tuple[int, str, str]:
     """Size, md5 and sha256 of a file, read in chunks."""
     md5, sha = hashlib.md5(), hashlib.sha256()

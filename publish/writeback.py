@@ -22,7 +22,7 @@ from catalog.build import index_dicts
 from catalog.search import write_index
 from producer.spec import RELEASE_NOTES, STAC_CATALOG_DIR
 from producer.writer import atomic_path
-from publish.package import Manifest
+from publish.package import Manifest, record_file_url, release_file_href
 
 ALTERNATE_SCHEMA = "https://stac-extensions.github.io/alternate-assets/v1.2.0/schema.json"
 ALTERNATE_NAME = "zenodo"
@@ -49,7 +49,7 @@ class Publication:
 
     def file_url(self, key: str) -> str:
         """Download URL of one file of the record."""
-        return f"{self.record_url}/files/{key}"
+        return record_file_url(self.record_url, key)
 
 
 def citation_text(creators: list[dict], title: str, version: str, year: int, doi: str) -> str:
@@ -64,11 +64,6 @@ def _short_name(name: str) -> str:
     return f"{family.strip()}, {initials}" if initials else family.strip()
 
 
-def alternate_href(pub: Publication, key: str, inner_path: str) -> str:
-    """GDAL path of a file inside a shelf ZIP of the record."""
-    return f"/vsizip//vsicurl/{pub.file_url(key)}/{inner_path}"
-
-
 def zenodo_href(pub: Publication, manifest: Manifest, stac_dir: Path, href: str) -> str | None:
     """Where a local release file lives in the record: inside its shelf ZIP (a GDAL path) or
     as a file of its own (a URL); None for files the record does not hold."""
@@ -76,14 +71,7 @@ def zenodo_href(pub: Publication, manifest: Manifest, stac_dir: Path, href: str)
         inner = Path(href).resolve().relative_to(stac_dir.parent.resolve()).as_posix()
     except ValueError:
         return None
-    top = inner.split("/", 1)[0]
-    key = manifest.key_map.get(top)
-    if key is not None and key.endswith(".zip") and "/" in inner:
-        return alternate_href(pub, key, inner)
-    key = manifest.key_map.get(inner)
-    if key is not None and not key.endswith(".zip"):
-        return pub.file_url(key)
-    return None
+    return release_file_href(pub.record_url, manifest.key_map, inner)
 
 
 def _collections(root: pystac.Catalog) -> list[pystac.Collection]:
