@@ -97,8 +97,10 @@ def _parse_intersects(text: str | None) -> dict | None:
 
 
 def search_command(
-    source: Annotated[Path, typer.Argument(help="Release folder, stac/catalog.json or "
-                                                "items.parquet.")],
+    source: Annotated[str, typer.Argument(
+        help="Release folder, stac/catalog.json or items.parquet; or a published record: "
+             "https://zenodo.org/records/ID, zenodo:ID or its DOI 10.5281/zenodo.ID (its index "
+             "is fetched once and cached; hrefs then read the maps in place over HTTP).")],
     shelf: Annotated[list[str] | None, typer.Option("--shelf", help="Shelf name(s).")] = None,
     year: Annotated[int | None, typer.Option(help="Exactly this summer.")] = None,
     year_from: Annotated[int | None, typer.Option("--from", help="First summer.")] = None,

@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import posixpath
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
@@ -219,11 +219,21 @@ def _connection() -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _absolute(item: dict[str, Any], root: str) -> dict[str, Any]:
+HrefResolver = Callable[[str], str]
+"""Maps a release-relative asset href to where the file is (a local path, a record's URL)."""
+
+
+def local_hrefs(release_dir: Path) -> HrefResolver:
+    """Relative hrefs as absolute paths under a local release folder."""
+    root = str(Path(release_dir).resolve())
+    return lambda href: posixpath.normpath(posixpath.join(root, href))
+
+
+def _absolute(item: dict[str, Any], resolve: HrefResolver) -> dict[str, Any]:
     for asset in item.get("assets", {}).values():
         href = asset["href"]
         if "://" not in href and not posixpath.isabs(href):
-            asset["href"] = posixpath.normpath(posixpath.join(root, href))
+            asset["href"] = resolve(href)
     return item
 
 
@@ -302,7 +312,7 @@ def _drop_filled_nulls(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def run_query(parquet: Path, release_dir: Path, query: Query) -> list[pystac.Item]:
+def run_query(parquet: Path, resolve: HrefResolver, query: Query) -> list[pystac.Item]:
     """Items of the index matching every filter of the query, sorted by id.
 
     Filters run in DuckDB on the plain filter columns (kept in memory per index file), the
@@ -322,8 +332,8 @@ def run_query(parquet: Path, release_dir: Path, query: Query) -> list[pystac.Ite
     else:
         table = _select("read_parquet(?)", clause, [str(parquet), *params], "*")
         records = [_drop_filled_nulls(r) for r in sga.stac_table_to_items(_exact(table, geometry))]
-    root = str(Path(release_dir).resolve())
-    return [pystac.Item.from_dict(_absolute(record, root), preserve_dict=False, migrate=False)
+    return [pystac.Item.from_dict(_absolute(record, resolve), preserve_dict=False,
+                                  migrate=False)
             for record in records]
 
 
@@ -341,8 +351,14 @@ def search(source: Path | str, shelves: Iterable[str] | None = None, year: int |
            bbox: Sequence[float] | None = None, bbox_crs: str = "EPSG:4326",
            intersects: dict[str, Any] | None = None,
            min_fraction: float | None = None) -> list[pystac.Item]:
-    """Items of a cataloged release (folder, catalog.json or items.parquet) matching the filters."""
-    parquet, release_dir = locate_index(Path(source))
+    """Items of a cataloged release matching the filters.
+
+    ``source`` is a local release (its folder, stac/catalog.json or items.parquet; asset hrefs
+    become absolute paths) or a published record (``https://zenodo.org/records/<id>``,
+    ``zenodo:<id>``, a Zenodo DOI; its item index is fetched once, and asset hrefs point into
+    the record, readable in place over HTTP — see ``publish.remote``).
+    """
+    parquet, resolve = _index_of(source)
     query = Query(
         shelves=tuple(_released_names(shelves)) if shelves else None, year=year,
         year_from=year_from,
@@ -350,6 +366,22 @@ def search(source: Path | str, shelves: Iterable[str] | None = None, year: int |
         bbox=tuple(float(v) for v in bbox) if bbox is not None else None,  # type: ignore[arg-type]
         bbox_crs=bbox_crs, intersects=intersects, min_fraction=min_fraction,
     )
-    return run_query(parquet, release_dir, query)
+    return run_query(parquet, resolve, query)
+
+
+def _index_of(source: Path | str) -> tuple[Path, HrefResolver]:
+    """The items.parquet to search and how its relative hrefs resolve."""
+    if isinstance(source, str):
+        from publish.remote import RemoteError, parse_record_ref, record_index
+
+        ref = parse_record_ref(source)
+        if ref is not None:
+            try:
+                index = record_index(ref)
+            except RemoteError as error:
+                raise SearchError(str(error)) from None
+            return index.parquet, index.href
+    parquet, release_dir = locate_index(Path(source))
+    return parquet, local_hrefs(release_dir)
 
 

@@ -72,7 +72,8 @@ class Fault:
     kind: "status" (answer ``status``, optionally with ``retry_after``), "after" (do the
     request, then answer ``status`` instead: a DELETE or publish that answers 500/504 but took
     effect; "delete_500" is the same), "corrupt" (PUT stores a corrupted body and answers 201
-    with its checksum), "drop" (read half the body, close the connection), "hang" (block until
+    with its checksum; a file download arrives with one byte flipped), "drop" (read half the
+    body, close the connection), "hang" (block until
     ``Emulator.release_hangs()``, then drop). The first ``skip`` matches pass untouched, the
     next ``times`` misbehave.
     """
@@ -827,6 +828,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _raw(self, data: bytes) -> None:
         """Bytes of a file, honouring a single ``Range: bytes=a-b`` (as GDAL's /vsicurl/ asks)."""
         status, body, extra = 200, data, {"Accept-Ranges": "bytes"}
+        if self.corrupt and data:  # a "corrupt" fault on a download: one byte flipped in transit
+            data = bytes([data[0] ^ 0xFF]) + data[1:]
+            body = data
         match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
         if match:
             start = int(match[1])

@@ -1,0 +1,138 @@
+"""Searching a published record in place (``publish.remote``), against the Zenodo emulator on
+127.0.0.1: the item index is fetched once and checked, hrefs stream the maps over HTTP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from hypothesis import given
+from hypothesis import strategies as st
+
+from catalog.search import SearchError, search
+from producer.writer import read_band
+from publish.remote import ZENODO_URL, RecordRef, parse_record_ref, record_cache_dir
+from tests.publish_support import publish_args, run_cli
+from tests.zenodo_emulator import ZenodoEmulator
+
+pytest_plugins = ("tests.publish_fixtures",)
+
+INNER = "Larsen B/2005/LE07_Larsen B_2005_slc_off_DiffGF_damage_map.tif"
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private icedamage cache, and fetching allowed (the suite runs offline by default)."""
+    monkeypatch.setenv("ICEDAMAGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("ICEDAMAGE_OFFLINE", raising=False)
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def published(pub_release: Path, emulator: ZenodoEmulator) -> tuple[Path, str, int]:
+    """The fixture release published as version 1.0: (release, record URL, record id)."""
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new"))
+    assert code == 0, out
+    [record] = emulator.published()
+    return pub_release, f"{emulator.base_url}/records/{record.id}", record.id
+
+
+@given(record_id=st.integers(1, 10**12))
+def test_record_references_parse(record_id: int) -> None:
+    zenodo = RecordRef(ZENODO_URL, record_id)
+    for text in (f"zenodo:{record_id}", f"10.5281/zenodo.{record_id}",
+                 f"https://doi.org/10.5281/zenodo.{record_id}", f"doi:10.5281/zenodo.{record_id}",
+                 f"https://zenodo.org/records/{record_id}", f"https://zenodo.org/records/{record_id}/",
+                 f"https://zenodo.org/api/records/{record_id}"):
+        assert parse_record_ref(text) == zenodo, text
+    assert parse_record_ref(f"https://sandbox.zenodo.org/records/{record_id}") == \
+        RecordRef("https://sandbox.zenodo.org", record_id)
+    for local in (f"records/{record_id}", f"/data/records/{record_id}", "release",
+                  f"zenodo-{record_id}", f"10.5281/other.{record_id}"):
+        assert parse_record_ref(local) is None, local
+
+
+def test_a_published_record_is_searched_and_streamed_in_place(
+        published: tuple[Path, str, int], emulator: ZenodoEmulator, cache: Path) -> None:
+    release, url, record_id = published
+    before = len(emulator.requests)
+    [item] = search(url, shelves=["Larsen B"], year=2005)
+    fetched = [r.path for r in emulator.requests[before:]]
+    assert fetched == [f"/api/records/{record_id}",
+                       f"/api/records/{record_id}/files/manifest.json/content",
+                       f"/api/records/{record_id}/files/stac.zip/content"]
+    href = item.assets["damage_map"].href
+    assert href == f"/vsizip//vsicurl/{url}/files/Larsen_B.zip/{INNER}"
+    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"), rasterio.open(href) as src:
+        np.testing.assert_array_equal(src.read(1), read_band(release / INNER))
+    # The index is cached: later searches of the record make no request at all.
+    before = len(emulator.requests)
+    assert [i.id for i in search(url)] == [i.id for i in search(release)]
+    assert len(emulator.requests) == before
+    assert (record_cache_dir(RecordRef(emulator.base_url, record_id)) / "items.parquet").is_file()
+
+
+def test_odc_stac_streams_a_time_series_from_the_record(published: tuple[Path, str, int],
+                                                      cache: Path) -> None:
+    """The README recipe on a record: odc-stac reads the maps inside the shelf ZIP over HTTP."""
+    odc_stac = pytest.importorskip("odc.stac")
+    release, url, _ = published
+    items = search(url, shelves=["Larsen B"])
+    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+        data = odc_stac.load(items, bands=["damage_map"], crs="EPSG:3031", resolution=30,
+                             chunks=None)
+    cube = data["damage_map"]
+    assert cube.sizes["time"] == len(items) == 2
+    local = sorted(search(release, shelves=["Larsen B"]), key=lambda i: i.datetime)
+    for index, item in enumerate(local):
+        np.testing.assert_array_equal(cube.isel(time=index).values,
+                                      read_band(Path(item.assets["damage_map"].href)))
+
+
+def test_the_search_command_takes_a_record_url(published: tuple[Path, str, int],
+                                               cache: Path) -> None:
+    _, url, _ = published
+    code, out = run_cli(["search", url, "--shelf", "larsen b", "--year", "2005",
+                         "--format", "hrefs"])
+    assert code == 0, out
+    assert out.strip().splitlines() == [f"/vsizip//vsicurl/{url}/files/Larsen_B.zip/{INNER}"]
+
+
+def test_a_concept_record_searches_its_latest_version(published: tuple[Path, str, int],
+                                                      emulator: ZenodoEmulator,
+                                                      cache: Path) -> None:
+    _, _, record_id = published
+    [record] = emulator.published()
+    [item] = search(f"{emulator.base_url}/records/{record.conceptrecid}", year=2005)
+    assert f"/records/{record_id}/files/" in item.assets["damage_map"].href
+
+
+def test_a_corrupted_download_is_refused_and_not_cached(published: tuple[Path, str, int],
+                                                        emulator: ZenodoEmulator,
+                                                        cache: Path) -> None:
+    _, url, record_id = published
+    emulator.add_fault("corrupt", "GET", r"/files/stac\.zip/content$")
+    with pytest.raises(SearchError, match=r"stac\.zip/content: MD5 \w+ differs from the record"):
+        search(url)
+    assert not record_cache_dir(RecordRef(emulator.base_url, record_id)).exists()
+    assert [i.id for i in search(url, year=2005)] == ["larsen-b-2005"]  # the next try works
+
+
+def test_a_busy_server_is_retried(published: tuple[Path, str, int], emulator: ZenodoEmulator,
+                                  cache: Path) -> None:
+    _, url, _ = published
+    fault = emulator.add_fault("status", "GET", r"/files/manifest\.json/content$", status=503,
+                               retry_after=1)
+    assert [i.id for i in search(url, year=2005)] == ["larsen-b-2005"]
+    assert fault.fired == 1
+
+
+def test_records_that_cannot_be_searched_say_why(emulator: ZenodoEmulator, cache: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(SearchError, match=r"records/999999: HTTP 404"):
+        search(f"{emulator.base_url}/records/999999")
+    monkeypatch.setenv("ICEDAMAGE_OFFLINE", "1")
+    with pytest.raises(SearchError, match="not in the cache, and ICEDAMAGE_OFFLINE=1"):
+        search(f"{emulator.base_url}/records/123")
