@@ -96,6 +96,7 @@ class Node:
 
     def getInfo(self) -> Any:  # noqa: N802 (ee's spelling)
         self.fake.getinfo_calls.append(self)
+        self.fake.maybe_fail("getInfo")
         return self.evaluate()
 
     def evaluate(self) -> Any:
@@ -287,6 +288,7 @@ class FakeData:
     def computePixels(self, params: dict) -> bytes:  # noqa: N802
         fake = self.fake
         fake.pixel_requests.append(params)
+        fake.maybe_fail("computePixels")
         if fake.fail_pixels_after is not None and \
                 len(fake.pixel_requests) > fake.fail_pixels_after:
             raise FakeEEException("Computation timed out.")
@@ -313,8 +315,12 @@ class FakeEE:
     Reducer = Reducer
 
     def __init__(self, catalog: list[FakeImage], credentials: bool = True,
-                 roi_pixels: int = 1000, fail_pixels_after: int | None = None) -> None:
+                 roi_pixels: int = 1000, fail_pixels_after: int | None = None,
+                 errors: dict[str, BaseException] | None = None) -> None:
         self.catalog = catalog
+        self.errors = dict(errors or {})
+        """Call name ("Initialize", "getInfo", "computePixels") -> what it raises, as the real
+        client lets network and token-refresh failures through unconverted."""
         self.credentials = credentials
         self.roi_pixels = roi_pixels
         self.fail_pixels_after = fail_pixels_after
@@ -332,6 +338,11 @@ class FakeEE:
 
         self.Image = _ImageNamespace
 
+    def maybe_fail(self, call: str) -> None:
+        """Raise the failure planned for ``call``, if any."""
+        if call in self.errors:
+            raise self.errors[call]
+
     def log(self, op: str, args: tuple) -> None:
         self.calls.append((op, args))
 
@@ -343,6 +354,7 @@ class FakeEE:
 
     def Initialize(self, project: str | None = None, **kwargs: Any) -> None:  # noqa: N802
         self.initialize_calls.append({"project": project, **kwargs})
+        self.maybe_fail("Initialize")
         if not self.credentials:
             raise FakeEEException("Please authorize access to your Earth Engine account by "
                                   "running\n\nearthengine authenticate\n\nin your command line")

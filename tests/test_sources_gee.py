@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -239,6 +240,41 @@ def test_missing_credentials_give_a_clear_error(tmp_path: Path, grid: Grid) -> N
     assert "earthengine authenticate" in message and "set_project" in message
     assert "EE_PROJECT" in message and "--source demo" in message
     assert not list(tmp_path.glob("*"))
+
+
+def _refresh_error() -> BaseException:
+    from google.auth.exceptions import RefreshError
+
+    return RefreshError("invalid_grant: Token has been expired or revoked.")
+
+
+def _transport_error() -> BaseException:
+    from google.auth.exceptions import TransportError
+
+    return TransportError("Failed to resolve 'oauth2.googleapis.com'")
+
+
+@pytest.mark.parametrize(("call", "error", "kind", "says"), [
+    ("Initialize", _transport_error, SourceError,
+     r"cannot reach Earth Engine on the session start \(TransportError"),
+    ("Initialize", _refresh_error, CredentialsError, "earthengine authenticate"),
+    ("getInfo", lambda: ConnectionError("Connection aborted."), SourceError,
+     r"cannot reach Earth Engine on the LC08 image search of summer 2021 \(ConnectionError"),
+    ("computePixels", lambda: TimeoutError("read timed out"), SourceError,
+     r"on LC09_Totten_composite_2021-12-20_uint8\.tif tile .*\(TimeoutError: read timed out\)"),
+    ("computePixels", _refresh_error, CredentialsError, "expired or revoked"),
+])
+def test_network_and_token_failures_are_clear_errors(tmp_path: Path, grid: Grid, cache: Path,
+                                                     call: str, error: Callable[[], BaseException],
+                                                     kind: type,
+                                                     says: str) -> None:
+    """The real client converts only Earth Engine's HTTP answers into EEException; a dropped
+    connection, a timeout or a token that no longer refreshes comes through raw. Each becomes
+    a SourceError (or CredentialsError) naming the step, and no partial scene stays behind."""
+    fake = FakeEE(catalog(), errors={call: error()})
+    with pytest.raises(kind, match=says):
+        run(fake, tmp_path, grid)
+    assert not list(cache.glob("*.tif")) and not list(cache.glob(".*.tmp"))
 
 
 def test_real_client_without_credentials_gives_the_clear_error(

@@ -38,6 +38,7 @@ Cloud project from ``project=``, ``$EE_PROJECT`` or ``earthengine set_project``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -107,6 +108,31 @@ AUTH_HELP = (
     "     or run `earthengine set_project PROJECT`.\n"
     "Without Earth Engine, use --source local:DIR (exported GeoTIFFs) or --source demo."
 )
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    """What earthengine-api lets through unconverted (it turns only HTTP error answers into
+    EEException): dropped connections and timeouts (OSError, httplib2), and google-auth's
+    failures to refresh the stored token."""
+    errors: list[type[BaseException]] = [OSError]
+    with contextlib.suppress(ImportError):
+        import httplib2
+
+        errors.append(httplib2.HttpLib2Error)
+    with contextlib.suppress(ImportError):
+        from google.auth import exceptions as auth
+
+        errors.append(auth.GoogleAuthError)
+    return tuple(errors)
+
+
+def _unreachable(what: str, exc: BaseException) -> SourceError:
+    """The clear error for a failure outside Earth Engine's own answers on ``what``: stored
+    credentials that no longer refresh, or no connection."""
+    if type(exc).__name__ == "RefreshError":  # google-auth: revoked or expired credentials
+        return CredentialsError(AUTH_HELP.format(error=f"{type(exc).__name__}: {exc}"))
+    return SourceError(f"cannot reach Earth Engine on {what} ({type(exc).__name__}: {exc}); "
+                       "check the network and run again (downloaded scenes stay in the cache)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -394,6 +420,8 @@ class EarthEngineSource:
                 self._ee.Initialize(project=self.project)
             except self._ee.EEException as exc:
                 raise CredentialsError(AUTH_HELP.format(error=exc)) from exc
+            except _connection_errors() as exc:
+                raise _unreachable("the session start", exc) from exc
             self._initialized = True
         return self._ee
 
@@ -404,6 +432,8 @@ class EarthEngineSource:
             return thunk()
         except ee.EEException as exc:
             raise SourceError(f"Earth Engine failed on {what}: {exc}") from exc
+        except _connection_errors() as exc:
+            raise _unreachable(what, exc) from exc
 
     # -- SceneSource -------------------------------------------------------------------------
 
