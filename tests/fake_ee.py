@@ -294,6 +294,11 @@ class FakeData:
             raise FakeEEException("Computation timed out.")
         grid = params["grid"]
         width, height = grid["dimensions"]["width"], grid["dimensions"]["height"]
+        if params.get("fileFormat") != "GEO_TIFF":  # the real default is AUTO_JPEG_PNG
+            raise FakeEEException(f"fake serves GEO_TIFF only, got {params.get('fileFormat')}")
+        if width * height * len(params["bandIds"]) > 48 * 2**20 or max(width, height) > 32768:
+            raise FakeEEException("Total request size must be less than or equal to 50331648 "
+                                  "bytes.")  # the v1 computePixels limits, as the service says
         a = grid["affineTransform"]
         transform = Affine(a["scaleX"], a["shearX"], a["translateX"],
                            a["shearY"], a["scaleY"], a["translateY"])
