@@ -29,7 +29,7 @@ from producer.pipeline import (
     produce,
     resolve_source,
 )
-from producer.shelves import UnknownShelfError
+from producer.shelves import UnknownShelfError, parse_shelves
 from producer.spec import SpecError
 
 _STYLE = {"produced": "green", "skipped": "cyan", "not-mapped": "yellow", "failed": "red"}
@@ -51,7 +51,9 @@ class _StageBars:
 
 
 def run_produce(
-    shelf: Annotated[str, typer.Option("--shelf", help="Released shelf name, e.g. Totten.")],
+    shelf: Annotated[str, typer.Option(
+        "--shelf", help="Released shelf name (e.g. Totten; case, spaces, '_' and '-' do not "
+                        "matter), a comma list, or all.")],
     year: Annotated[str, typer.Option("--year", help="YYYY, YYYY-YYYY or a comma list.")],
     source: Annotated[str, typer.Option(help="Scene source: gee, local:DIR or demo.")] = "demo",
     weights: Annotated[Path | None, typer.Option(
@@ -104,7 +106,9 @@ def run_produce(
     try:
         years = parse_years(year)
         scene_source = resolve_source(source, demo_size)
-        check_request(shelf, scene_source, options)
+        shelves = parse_shelves(shelf)
+        for name in shelves:
+            check_request(name, scene_source, options)
         if compile_model:  # torch is imported only when asked: a skipping re-run needs none
             from producer.segmentation.inference import check_compile_ready, resolve_device
 
@@ -122,7 +126,8 @@ def run_produce(
                TimeElapsedColumn(), TextColumn("{task.fields[what]}"))
     try:
         with Progress(*columns, console=console, transient=False) as progress:
-            summary = produce(shelf, years, scene_source, options, _StageBars(progress), report)
+            summary = produce(shelves, years, scene_source, options, _StageBars(progress),
+                              report)
     except (ProduceError, UnknownShelfError, SpecError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from None

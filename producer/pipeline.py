@@ -783,21 +783,24 @@ def check_request(shelf: str, source: SceneSource, options: ProduceOptions) -> s
     return name
 
 
-def produce(shelf: str, years: Sequence[int], source: SceneSource, options: ProduceOptions,
-            progress: StageProgress = _no_progress,
+def produce(shelves: str | Sequence[str], years: Sequence[int], source: SceneSource,
+            options: ProduceOptions, progress: StageProgress = _no_progress,
             report: Callable[[YearResult], None] | None = None) -> RunSummary:
-    """Produce every year of a shelf with one loaded model; errors of a year do not stop others."""
-    shelf = check_request(shelf, source, options)
+    """Produce every year of one shelf or several, shelf by shelf, with one loaded model;
+    errors of a shelf-year do not stop the others."""
+    names = [check_request(shelf, source, options)
+             for shelf in ([shelves] if isinstance(shelves, str) else shelves)]
     weights = resolve_weights(options.weights, source.name)
     diffgf = resolve_diffgf(options.diffgf, source.name)
     model = LoadedModel(weights)
     summary = RunSummary()
-    for year in years:
-        try:
-            result = produce_year(shelf, year, source, model, options, diffgf, progress)
-        except (ProduceError, SpecError, FileNotFoundError, ValueError) as err:
-            result = YearResult(shelf, year, "failed", f"{shelf} {year}: {err}")
-        summary.results.append(result)
-        if report is not None:
-            report(result)
+    for shelf in names:
+        for year in years:
+            try:
+                result = produce_year(shelf, year, source, model, options, diffgf, progress)
+            except (ProduceError, SpecError, FileNotFoundError, ValueError) as err:
+                result = YearResult(shelf, year, "failed", f"{shelf} {year}: {err}")
+            summary.results.append(result)
+            if report is not None:
+                report(result)
     return summary

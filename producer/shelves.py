@@ -97,6 +97,21 @@ def released_name(name: str) -> str:
     return get_shelf(name).name  # raises, naming the valid names
 
 
+def parse_shelves(text: str) -> list[str]:
+    """Released names from ``--shelf``: one name, a comma list, or ``all`` (registry order);
+    each typed loosely (``released_name``), repeats dropped, the given order kept."""
+    if text.strip().lower() == "all":
+        return list(SHELVES)
+    names: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            raise UnknownShelfError(f"--shelf {text!r}: empty item in the list")
+        name = released_name(part)
+        if name not in names:
+            names.append(name)
+    return names
+
+
 def shelf_key(name: str) -> str:
     """A shelf name compared loosely: case, spaces, '_', '-' ignored ("Larsen B" ~ "Larsen_B")."""
     return re.sub(r"[\s_\-]+", "", name).lower()

@@ -124,6 +124,18 @@ def test_produce_demo_writes_a_valid_release_then_skips(tiny_weights: Path,
     assert validate_release(out).ok()
 
 
+def test_several_shelves_in_one_call(tiny_weights: Path, tmp_path: Path) -> None:
+    """``--shelf "totten, dotson"``: both shelf-years are produced with one model load, in
+    folders of the released names, and the release validates."""
+    out = tmp_path / "release"
+    result = _produce(["--shelf", "totten, dotson", "--year", "2021"], tiny_weights, out)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "Totten 2021: produced" in text and "Dotson 2021: produced" in text
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["Dotson", "Totten"]
+    assert validate_release(out).ok()
+
+
 def test_year_without_imagery_writes_nothing_and_fails(tiny_weights: Path,
                                                         tmp_path: Path) -> None:
     out = tmp_path / "release"

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from producer.shelves import SHELVES
+from producer.shelves import SHELVES, UnknownShelfError, parse_shelves
 from producer.spec import (
     PRODUCT_TYPES,
     RESTORATION_METHODS,
@@ -166,3 +166,22 @@ def test_summer_window_bounds(year: int) -> None:
     assert summer_of(start) == summer_of(end) == year
     assert summer_of(start - dt.timedelta(days=1)) is None
     assert summer_of(end + dt.timedelta(days=1)) is None
+
+
+@given(picked=st.lists(st.sampled_from(list(SHELVES)), min_size=1, max_size=12),
+       upper=st.lists(st.booleans(), min_size=12, max_size=12),
+       pad=st.sampled_from(["", " ", "  "]))
+def test_shelf_lists_parse_loosely_in_order_without_repeats(picked: list[str], upper: list[bool],
+                                                            pad: str) -> None:
+    typed = [(n.upper() if u else n.lower()).replace(" ", "_") for n, u in
+             zip(picked, upper[:len(picked)], strict=True)]
+    expected = list(dict.fromkeys(picked))
+    assert parse_shelves((pad + "," + pad).join(typed)) == expected
+    assert parse_shelves(" ALL ") == list(SHELVES)
+
+
+@pytest.mark.parametrize(("text", "says"), [("Totten,,Dotson", "empty item"),
+                                            ("Totten,Ross", "'Ross' is not registered")])
+def test_bad_shelf_lists_are_refused(text: str, says: str) -> None:
+    with pytest.raises(UnknownShelfError, match=says):
+        parse_shelves(text)
