@@ -108,6 +108,17 @@ def test_cuda_scene_disk_to_disk_matches_the_cpu(
     assert (percent[~valid] == 255).all()
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_a_gpu_other_than_the_current_one_gives_the_same_result(b0: DamageSegmenter) -> None:
+    """Rows copied back from cuda:1 are waited for on cuda:1's stream, not the current
+    device's (an event there completes at once and the host would read a half-copied row)."""
+    pixels = _scene(768, seed=5)
+    cpu = predict_array(b0.to("cpu"), pixels, tta=True, device="cpu")
+    other = predict_array(b0, pixels, tta=True, batch_size=32, device="cuda:1", amp=False)
+    b0.to("cpu")
+    assert float(np.abs(other.probabilities - cpu.probabilities).max()) < 1e-4
+
+
 def _tile(seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """An (size, size, 3) uint8 tile with dark lines and its damage label (the renderer's)."""
     rgb = np.ascontiguousarray(_scene(size, seed).transpose(1, 2, 0))

@@ -49,6 +49,9 @@ WEIGHT_FLOOR = 1e-3
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 #: Probability raster: 0–100 percent of the damage class, 255 where the scene has no data.
 PROBABILITY_NODATA = 255
+#: Finished row bands queued for the writer thread at most (each holds a pinned host buffer
+#: on a GPU): when LZW falls behind, the GPU waits rather than memory growing.
+MAX_ROWS_QUEUED = 8
 #: Images per decode-head call inside a batch; caps the (images, D, H/4, W/4) float maps.
 DECODER_CHUNK = 2
 
@@ -550,8 +553,10 @@ def _to_host(tensor: torch.Tensor) -> HostArray:
         return lambda: array
     host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
     host.copy_(tensor, non_blocking=True)
-    copied = torch.cuda.Event()
-    copied.record()
+    # on the stream of the tensor's own GPU (the copy's), which need not be the current device;
+    # a blocking event lets the waiting thread sleep instead of spinning a core
+    copied = torch.cuda.Event(blocking=True)
+    copied.record(torch.cuda.current_stream(tensor.device))
 
     def wait() -> np.ndarray:
         copied.synchronize()
@@ -618,7 +623,9 @@ def _prepared(model: DamageSegmenter, device: str | torch.device, *, tta: bool, 
     """
     target = resolve_device(device)
     model.to(target)
-    with _eval_mode(model), torch.inference_mode():
+    # the target GPU is the current one: streams, events and compiled graphs all use it
+    on_gpu = torch.cuda.device(target) if target.type == "cuda" else nullcontext()
+    with on_gpu, _eval_mode(model), torch.inference_mode():
         forward = _batched_forward(model, target, tta=tta, batch_size=batch_size,
                                    fuse_decoder=fuse_decoder, amp=amp, compile_mode=compile_mode)
         with nullcontext() if forward.amp else exact_float32(target):
@@ -773,8 +780,8 @@ def predict_scene(model: DamageSegmenter, src_path: str | Path, dst_path: str | 
                 band = pixels[:, :rows, :width]
                 percent.masked_fill_((band[0] | band[1] | band[2]) == 0, PROBABILITY_NODATA)
                 written.append(writer.submit(_write_rows, prob_out, _to_host(percent)))
-            while written and written[0].done():
-                written.pop(0).result()  # raise a writer error here, not at the end
+            while written and (written[0].done() or len(written) > MAX_ROWS_QUEUED):
+                written.pop(0).result()  # a writer error is raised here, not at the end
 
         with _prepared(model, target, tta=tta, batch_size=batch_size,
                        fuse_decoder=fuse_decoder, amp=amp, compile_mode=compile_mode) as forward:
