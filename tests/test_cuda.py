@@ -119,6 +119,36 @@ def test_a_gpu_other_than_the_current_one_gives_the_same_result(b0: DamageSegmen
     assert float(np.abs(other.probabilities - cpu.probabilities).max()) < 1e-4
 
 
+def test_streaming_on_cuda_does_not_synchronise_per_row(b0: DamageSegmenter,
+                                                        tmp_path: Path) -> None:
+    """With CUDA's sync debug mode on, a scene of many window rows makes no more synchronising
+    calls than a scene of few: the host never waits for the GPU once per row."""
+    import warnings
+
+    def syncs(height: int) -> int:
+        pixels = np.ascontiguousarray(_scene(max(height, 1000), seed=height)[:, :height, :1000])
+        src = tmp_path / f"scene{height}.tif"
+        with rasterio.open(src, "w", driver="GTiff", width=1000, height=height, count=3,
+                           dtype="uint8", crs="EPSG:3031",
+                           transform=from_origin(0, 0, 30, 30)) as dst:
+            dst.write(pixels)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                predict_scene(b0, src, tmp_path / f"out{height}.tif", tta=True,
+                              batch_size=32, device="cuda")
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    syncs(600)  # first use: the model's upload, kernels, allocator
+    try:
+        assert syncs(1800) == syncs(600)  # 6 window rows against 2
+    finally:
+        b0.to("cpu")
+
+
 def _tile(seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """An (size, size, 3) uint8 tile with dark lines and its damage label (the renderer's)."""
     rgb = np.ascontiguousarray(_scene(size, seed).transpose(1, 2, 0))
