@@ -150,24 +150,33 @@ def search_command(
 
 
 def stats_command(
-    release_dir: Annotated[Path, typer.Argument(help="Release folder.")],
-    factors: Annotated[Path | None, typer.Option(help="Uncertainty factors JSON.")] = None,
+    release_dir: Annotated[str, typer.Argument(
+        help="Release folder, or a published record (https://zenodo.org/records/ID, zenodo:ID, "
+             "10.5281/zenodo.ID): then the numbers its catalog recorded.")],
+    factors: Annotated[Path | None, typer.Option(
+        help="Uncertainty factors JSON (default: the paper's; for a record, its own).")] = None,
     out_table: Annotated[Path | None, typer.Option("--out", help="Table file (.csv or .ods).")
                          ] = None,
     plot: Annotated[Path | None, typer.Option(help="Fig. 11 style PNG.")] = None,
 ) -> None:
     """Damage area, shelf area and fraction with uncertainty bounds per shelf-year."""
-    from catalog.stats import plot_stats, release_stats, write_stats_table
+    from catalog.search import SearchError, search
+    from catalog.stats import catalogued_stats, plot_stats, release_stats, write_stats_table
+    from publish.remote import parse_record_ref
 
     try:
-        rows = release_stats(release_dir, load_factors(factors))
+        if parse_record_ref(release_dir) is not None:
+            rows = catalogued_stats(search(release_dir),
+                                    load_factors(factors) if factors is not None else None)
+        else:
+            rows = release_stats(Path(release_dir), load_factors(factors))
         if not rows:
             raise ValueError(f"{release_dir}: no type 1 products found")
         if out_table is not None:
             write_stats_table(rows, out_table)
         if plot is not None:
             plot_stats(rows, plot)
-    except (FileNotFoundError, ValueError, OSError) as error:
+    except (FileNotFoundError, ValueError, OSError, SearchError) as error:
         raise _fail(str(error)) from error
     table = Table("shelf", "year", "damage km² (low-high)", "shelf km²", "fraction % (low-high)")
     for r in rows:

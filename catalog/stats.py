@@ -11,16 +11,20 @@ DiffGF-derived maps), fractions clipped to [0, 1]. The same numbers feed the STA
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pystac
 import rasterio
 
+import schemas
 from catalog.uncertainty import UncertaintyFactors
-from producer.spec import RELEASED_RESTORATION, TYPE1
+from producer.spec import ENCODING, RELEASED_RESTORATION, TYPE1
 
 M2_PER_KM2 = 1e6
+P = schemas.PREFIX
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,29 @@ def release_stats(release_dir: Path, factors: UncertaintyFactors) -> list[Damage
 
     rows = [file_stats(f.damage_map, f.name.shelf, f.name.year, factors)
             for f in scan_release(release_dir) if f.damage_map is not None]
+    return sorted(rows, key=lambda s: (s.shelf, s.year))
+
+
+def catalogued_stats(items: Iterable[pystac.Item],
+                     factors: UncertaintyFactors | None = None) -> list[DamageStats]:
+    """Stats of cataloged items from the numbers their ``icedamage:`` fields record, sorted by
+    shelf and year: for a published record, whose maps are not on disk. Those numbers are what
+    ``icedamage catalog`` computed from the pixels (areas are pixel counts × the pixel area), so
+    the rows equal ``release_stats`` of the release itself; bounds use ``factors`` when given,
+    else the λ the record was cataloged with."""
+    rows = []
+    for item in items:
+        props = item.properties
+        pixel_m2 = float(props.get("gsd") or ENCODING.resolution) ** 2
+        counts = PixelCounts(round(props[f"{P}damage_area_km2"] * M2_PER_KM2 / pixel_m2),
+                             round(props[f"{P}valid_area_km2"] * M2_PER_KM2 / pixel_m2), pixel_m2)
+        upper_restored = props.get(f"{P}lambda_upper_restored")
+        restored = upper_restored is not None
+        lambdas = factors or UncertaintyFactors(
+            props[f"{P}lambda_lower"], props[f"{P}lambda_upper"],
+            upper_restored / props[f"{P}lambda_upper"] if restored else 1.0)
+        rows.append(damage_stats(props[f"{P}shelf"], int(props[f"{P}year"]), counts, restored,
+                                 lambdas))
     return sorted(rows, key=lambda s: (s.shelf, s.year))
 
 

@@ -136,3 +136,26 @@ def test_records_that_cannot_be_searched_say_why(emulator: ZenodoEmulator, cache
     monkeypatch.setenv("ICEDAMAGE_OFFLINE", "1")
     with pytest.raises(SearchError, match="not in the cache, and ICEDAMAGE_OFFLINE=1"):
         search(f"{emulator.base_url}/records/123")
+
+
+def test_stats_of_a_record_equal_the_release_stats(published: tuple[Path, str, int],
+                                                   cache: Path, tmp_path: Path) -> None:
+    """``icedamage stats <record>``: the Fig. 11 numbers from the record's catalog alone equal
+    the ones counted from the release's pixels."""
+    from catalog.stats import catalogued_stats, release_stats, stats_close
+    from catalog.uncertainty import PAPER_FACTORS
+
+    release, url, _ = published
+    local = release_stats(release, PAPER_FACTORS)
+    remote = catalogued_stats(search(url))
+    assert [(r.shelf, r.year, r.restored) for r in remote] == \
+        [(r.shelf, r.year, r.restored) for r in local]
+    for a, b in zip(remote, local, strict=True):
+        assert (a.damage_pixels, a.valid_pixels) == (b.damage_pixels, b.valid_pixels)
+        for field in ("damage_area_km2", "damage_fraction", "damage_area_km2_low",
+                      "damage_area_km2_high", "damage_fraction_low", "damage_fraction_high"):
+            assert stats_close(getattr(a, field), getattr(b, field), rel=1e-6), field
+    plot = tmp_path / "fig11.png"
+    code, out = run_cli(["stats", url, "--plot", str(plot)])
+    assert code == 0, out
+    assert plot.stat().st_size > 0 and "Larsen B" in out
