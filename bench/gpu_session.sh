@@ -3,7 +3,7 @@
 #
 #   bash bench/gpu_session.sh            # OUT=<folder for logs and weights>, default ./gpu-out
 #   STAGES="tests throughput" bash bench/gpu_session.sh      # a subset (default: all five)
-#   Each device call may run 600 s: split the stages, e.g. "tests compile", then the rest.
+#   Each device call may run 600 s: split the stages, e.g. "dense compile", then "tests".
 #
 # 1. tests/test_cuda.py (CUDA inference, SegFormer AMP training, DiffGF training on the GPU);
 # 2. bench/inference.py on CUDA: reference vs production (float32 and float16 autocast), b0/b2,
