@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -11,11 +13,14 @@ import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     SpinnerColumn,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
+    TransferSpeedColumn,
 )
 from rich.table import Table
 
@@ -73,6 +78,21 @@ def catalog_command(
         out.print(f"  {item}: unknown {', '.join(f.removeprefix('icedamage:') for f in fields)}")
 
 
+@contextmanager
+def _record_download() -> Iterator[Callable[[str, int, int], None]]:
+    """A transient bar on stderr while a published record's index arrives (first search only)."""
+    with Progress(TextColumn("fetching {task.description}"), BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), console=err, transient=True) as progress:
+        tasks: dict[str, TaskID] = {}
+
+        def show(key: str, done: int, total: int) -> None:
+            if key not in tasks:
+                tasks[key] = progress.add_task(key, total=total or None)
+            progress.update(tasks[key], completed=done)
+
+        yield show
+
+
 def _parse_bbox(text: str | None) -> tuple[float, ...] | None:
     if text is None:
         return None
@@ -121,10 +141,12 @@ def search_command(
     from catalog.search import SearchError, search
 
     try:
-        items = search(source, shelves=shelf, year=year, year_from=year_from, year_to=year_to,
-                       sensors=sensor, restored=restored, bbox=_parse_bbox(bbox),
-                       bbox_crs=bbox_crs, intersects=_parse_intersects(intersects),
-                       min_fraction=min_fraction)
+        with _record_download() as progress:
+            items = search(source, shelves=shelf, year=year, year_from=year_from,
+                           year_to=year_to, sensors=sensor, restored=restored,
+                           bbox=_parse_bbox(bbox), bbox_crs=bbox_crs,
+                           intersects=_parse_intersects(intersects),
+                           min_fraction=min_fraction, progress=progress)
     except (SearchError, FileNotFoundError) as error:
         raise _fail(str(error)) from error
     if format is OutputFormat.json:
@@ -166,8 +188,9 @@ def stats_command(
 
     try:
         if parse_record_ref(release_dir) is not None:
-            rows = catalogued_stats(search(release_dir),
-                                    load_factors(factors) if factors is not None else None)
+            with _record_download() as progress:
+                items = search(release_dir, progress=progress)
+            rows = catalogued_stats(items, load_factors(factors) if factors is not None else None)
         else:
             rows = release_stats(Path(release_dir), load_factors(factors))
         if not rows:

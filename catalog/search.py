@@ -350,15 +350,17 @@ def search(source: Path | str, shelves: Iterable[str] | None = None, year: int |
            sensors: Iterable[str] | None = None, restored: bool | None = None,
            bbox: Sequence[float] | None = None, bbox_crs: str = "EPSG:4326",
            intersects: dict[str, Any] | None = None,
-           min_fraction: float | None = None) -> list[pystac.Item]:
+           min_fraction: float | None = None,
+           progress: Callable[[str, int, int], None] | None = None) -> list[pystac.Item]:
     """Items of a cataloged release matching the filters.
 
     ``source`` is a local release (its folder, stac/catalog.json or items.parquet; asset hrefs
     become absolute paths) or a published record (``https://zenodo.org/records/<id>``,
     ``zenodo:<id>``, a Zenodo DOI; its item index is fetched once, and asset hrefs point into
-    the record, readable in place over HTTP — see ``publish.remote``).
+    the record, readable in place over HTTP — see ``publish.remote``). ``progress(key, done,
+    total)`` sees that fetch.
     """
-    parquet, resolve = _index_of(source)
+    parquet, resolve = _index_of(source, progress)
     query = Query(
         shelves=tuple(_released_names(shelves)) if shelves else None, year=year,
         year_from=year_from,
@@ -369,15 +371,17 @@ def search(source: Path | str, shelves: Iterable[str] | None = None, year: int |
     return run_query(parquet, resolve, query)
 
 
-def _index_of(source: Path | str) -> tuple[Path, HrefResolver]:
-    """The items.parquet to search and how its relative hrefs resolve."""
+def _index_of(source: Path | str, progress: Callable[[str, int, int], None] | None = None
+              ) -> tuple[Path, HrefResolver]:
+    """The items.parquet to search and how its relative hrefs resolve (``progress`` sees the
+    bytes of a published record's index arrive, the first time)."""
     if isinstance(source, str):
         from publish.remote import RemoteError, parse_record_ref, record_index
 
         ref = parse_record_ref(source)
         if ref is not None:
             try:
-                index = record_index(ref)
+                index = record_index(ref, progress=progress)
             except RemoteError as error:
                 raise SearchError(str(error)) from None
             return index.parquet, index.href

@@ -22,6 +22,7 @@ import re
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,13 +140,22 @@ def _file_url(entry: dict[str, Any], ref: RecordRef) -> str:
                                   f"{entry['key']}/content"
 
 
-def _download(session: requests.Session, url: str, target: Path, md5: str | None) -> None:
+Progress = Callable[[str, int, int], None]
+"""Called as ``progress(key, bytes_done, bytes_total)`` while a file of the record arrives."""
+
+
+def _download(session: requests.Session, url: str, target: Path, md5: str | None,
+              progress: Progress | None = None, key: str = "", size: int = 0) -> None:
     """Stream ``url`` into ``target`` and check its MD5 against the record's listing."""
     digest = hashlib.md5()
+    done = 0
     with _get(session, url, stream=True) as resp, open(target, "wb") as out:
         for chunk in resp.iter_content(1 << 20):
             digest.update(chunk)
             out.write(chunk)
+            done += len(chunk)
+            if progress is not None:
+                progress(key, done, size)
     if md5 and digest.hexdigest() != md5:
         raise RemoteError(f"{url}: MD5 {digest.hexdigest()} differs from the record's {md5} "
                           "(download corrupted; try again)")
@@ -164,7 +174,8 @@ def _extract_index(archive: Path, folder: Path, url: str) -> None:
                     shutil.copyfileobj(src, dst)
 
 
-def record_index(ref: RecordRef, cache_dir: Path | None = None) -> RecordIndex:
+def record_index(ref: RecordRef, cache_dir: Path | None = None,
+                 progress: Progress | None = None) -> RecordIndex:
     """The item index of a published record: from the cache, else fetched once and cached.
 
     Raises ``RemoteError`` naming the URL and the reason (offline, HTTP status, not an
@@ -199,7 +210,8 @@ def record_index(ref: RecordRef, cache_dir: Path | None = None) -> RecordIndex:
         work = Path(tmp)
         for key in (MANIFEST_KEY, CATALOG_KEY):
             md5 = str(files[key].get("checksum", "")).removeprefix("md5:") or None
-            _download(session, _file_url(files[key], latest), work / key, md5)
+            _download(session, _file_url(files[key], latest), work / key, md5, progress, key,
+                      int(files[key].get("size", 0)))
         manifest = Manifest.from_json((work / MANIFEST_KEY).read_text())
         index = work / "index"
         index.mkdir()

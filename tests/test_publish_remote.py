@@ -58,7 +58,11 @@ def test_a_published_record_is_searched_and_streamed_in_place(
         published: tuple[Path, str, int], emulator: ZenodoEmulator, cache: Path) -> None:
     release, url, record_id = published
     before = len(emulator.requests)
-    [item] = search(url, shelves=["Larsen B"], year=2005)
+    seen: dict[str, tuple[int, int]] = {}
+    [item] = search(url, shelves=["Larsen B"], year=2005,
+                    progress=lambda key, done, total: seen.__setitem__(key, (done, total)))
+    assert set(seen) == {"manifest.json", "stac.zip"}
+    assert all(done == total > 0 for done, total in seen.values())  # the bar reaches its end
     fetched = [r.path for r in emulator.requests[before:]]
     assert fetched == [f"/api/records/{record_id}",
                        f"/api/records/{record_id}/files/manifest.json/content",
