@@ -134,7 +134,9 @@ def read_metadata_ods(path: Path) -> list[OdsRow]:
     or ``year`` column is an error naming the file and sheet; other missing columns read as
     unknown.
     """
-    sheets = pd.read_excel(path, sheet_name=None, engine="odf", dtype=str)
+    # cells are text as written: pandas would read a scene id "NaN", "NA" or "null" as missing
+    sheets = pd.read_excel(path, sheet_name=None, engine="odf", dtype=str,
+                           keep_default_na=False)
     chosen = {SUMMARY_SHEET: sheets[SUMMARY_SHEET]} if SUMMARY_SHEET in sheets else sheets
     rows: list[OdsRow] = []
     for sheet, frame in chosen.items():

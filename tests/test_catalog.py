@@ -15,7 +15,7 @@ import pandas as pd
 import pystac
 import pytest
 import rasterio
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pyproj import Transformer
 from shapely.geometry import Point, box, shape
@@ -381,6 +381,8 @@ _ids = st.text(alphabet=st.characters(whitelist_categories=("Lu", "Ll", "Nd"),
 
 @settings(max_examples=10, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(scenes=[("NaN", dt.date(2000, 1, 1), "LE07"), ("NA", dt.date(2000, 1, 2), "LE07"),
+                 ("null", dt.date(2000, 1, 3), "LC08")], restoration=None)  # not "missing"
 @given(scenes=st.lists(st.tuples(_ids, _dates, st.sampled_from(["LE07", "LC08", "LC09"])),
                        min_size=0, max_size=4, unique_by=lambda t: t[0]),
        restoration=st.sampled_from([None, "DiffGF"]))
