@@ -121,7 +121,9 @@ def search_command(
         help="Release folder, stac/catalog.json or items.parquet; or a published record: "
              "https://zenodo.org/records/ID, zenodo:ID or its DOI 10.5281/zenodo.ID (its index "
              "is fetched once and cached; hrefs then read the maps in place over HTTP).")],
-    shelf: Annotated[list[str] | None, typer.Option("--shelf", help="Shelf name(s).")] = None,
+    shelf: Annotated[list[str] | None, typer.Option(
+        "--shelf", help="Shelf name, repeatable (case, spaces, '_' and '-' do not matter)."
+    )] = None,
     year: Annotated[int | None, typer.Option(help="Exactly this summer.")] = None,
     year_from: Annotated[int | None, typer.Option("--from", help="First summer.")] = None,
     year_to: Annotated[int | None, typer.Option("--to", help="Last summer.")] = None,
