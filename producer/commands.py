@@ -131,6 +131,8 @@ def run_produce(
     except (ProduceError, UnknownShelfError, SpecError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from None
+    if len(summary.results) > 1:
+        console.print(f"{len(summary.results)} shelf-years: {summary.tally()}")
     if not summary.produced_any:
         console.print("[red]nothing was produced[/red]")
     raise typer.Exit(summary.exit_code)

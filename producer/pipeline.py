@@ -22,6 +22,7 @@ import hashlib
 import importlib.metadata
 import json
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -759,6 +760,12 @@ class RunSummary:
     def produced_any(self) -> bool:
         """Whether at least one shelf-year has products after the run."""
         return any(r.ok for r in self.results)
+
+    def tally(self) -> str:
+        """One line counting the shelf-years by outcome, e.g. "3 produced, 1 failed"."""
+        counts = Counter(r.status for r in self.results)
+        return ", ".join(f"{counts[status]} {status}" for status in
+                         ("produced", "skipped", "not-mapped", "failed") if counts[status])
 
     @property
     def exit_code(self) -> int:

@@ -132,6 +132,7 @@ def test_several_shelves_in_one_call(tiny_weights: Path, tmp_path: Path) -> None
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "Totten 2021: produced" in text and "Dotson 2021: produced" in text
+    assert "2 shelf-years: 2 produced" in text  # the tally a long run ends with
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["Dotson", "Totten"]
     assert validate_release(out).ok()
 
