@@ -256,8 +256,12 @@ def test_fixture_release_is_valid(pristine_release: Path) -> None:
     code, output = run_validate(str(pristine_release), "--strict")
     assert code == 0, output
     assert "valid" in output and "not valid" not in output
-    report = validate_release(pristine_release)
+    seen: list[tuple[int, int]] = []
+    report = validate_release(pristine_release, workers=2,
+                              progress=lambda done, total: seen.append((done, total)))
     assert report.problems == [] and report.product_files == 10
+    # the progress bar counts the five shelf-years' pixel checks up to the end
+    assert seen[0] == (0, 5) and seen[-1] == (5, 5) and len(seen) == 6
 
 
 def test_catalog_and_publish_files_are_allowed(release: Path) -> None:

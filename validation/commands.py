@@ -8,6 +8,14 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -86,8 +94,18 @@ def validate(
         os.environ["ICEDAMAGE_STAC_SCHEMAS"] = str(schemas)  # read by the catalog rule sets
     if offline:
         os.environ[OFFLINE_ENV] = "1"
-    with errors.status(f"Validating {release_dir} ..."):
-        report = validate_release(release_dir, allow=tuple(allow or ()), workers=workers)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                  MofNCompleteColumn(), TimeElapsedColumn(), console=errors,
+                  transient=True) as bars:
+        task = bars.add_task("checking the pixels of each shelf-year", total=None)
+
+        def show(done: int, total: int) -> None:
+            bars.update(task, completed=done, total=total, description=(
+                "checking the pixels of each shelf-year" if done < total else
+                "checking layout, plausibility, catalog and metadata"))
+
+        report = validate_release(release_dir, allow=tuple(allow or ()), workers=workers,
+                                  progress=show)
     if report.problems:
         console.print(problem_table(report))
     if json_report is not None:

@@ -39,6 +39,8 @@ class ValidationOptions:
     """Extra globs (relative to the release root) of files and folders to leave alone."""
     workers: int | None = None
     """Threads for pixel checks; None picks from the CPUs available."""
+    progress: Callable[[int, int], None] | None = field(default=None, compare=False)
+    """Sees ``(shelf-years checked, total)`` as the pixel checks go."""
 
 
 RuleSetFactory = Callable[[ValidationOptions], RuleSet]
@@ -79,7 +81,7 @@ def _layout(options: ValidationOptions) -> RuleSet:
 
 @register_rule_set
 def _products(options: ValidationOptions) -> RuleSet:
-    return product_rules(options.allow, options.workers)
+    return product_rules(options.allow, options.workers, options.progress)
 
 
 @register_rule_set
@@ -147,19 +149,21 @@ def _run(rule_set: RuleSet, release_dir: Path) -> list[Problem]:
 
 
 def validate_release(release_dir: Path, *, rule_sets: Sequence[RuleSet] | None = None,
-                     allow: Sequence[str] = (), workers: int | None = None) -> ValidationReport:
+                     allow: Sequence[str] = (), workers: int | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> ValidationReport:
     """Check a release folder against the spec with every rule set; collect all problems.
 
-    ``allow`` (globs relative to the root) and ``workers`` configure the default rule sets;
-    rule sets passed explicitly are used as they are. Raises NotADirectoryError if
-    ``release_dir`` is not a folder.
+    ``allow`` (globs relative to the root), ``workers`` and ``progress`` (shelf-years whose
+    pixels are checked, of the total) configure the default rule sets; rule sets passed
+    explicitly are used as they are. Raises NotADirectoryError if ``release_dir`` is not a
+    folder.
     """
     release_dir = Path(release_dir)
     if not release_dir.is_dir():
         raise NotADirectoryError(f"release folder {release_dir} does not exist or is not a folder")
     started = time.perf_counter()
     if rule_sets is None:
-        rule_sets = default_rule_sets(ValidationOptions(tuple(allow), workers))
+        rule_sets = default_rule_sets(ValidationOptions(tuple(allow), workers, progress))
     problems = [p for rule_set in rule_sets for p in _run(rule_set, release_dir)]
     problems.sort(key=lambda p: (p.file, p.rule, p.found))
     return ValidationReport(

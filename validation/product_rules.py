@@ -10,7 +10,7 @@ and compare).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -158,6 +158,8 @@ class ProductRules:
     allow: tuple[str, ...] = ()
     workers: int | None = None
     name: str = "products"
+    progress: Callable[[int, int], None] | None = field(default=None, compare=False)
+    """Called as ``progress(pairs_checked, pairs_total)`` after each shelf-year's pair."""
 
     def check(self, release_dir: Path) -> Iterator[Problem]:
         """Every raster and pair problem, shelf-years checked in parallel."""
@@ -165,15 +167,23 @@ class ProductRules:
         pairs = [pair for folder in inventory.years for pair in pairs_of(folder)]
         workers = self.workers or default_workers()
         if workers == 1 or len(pairs) < 2:
-            results = map(checked_pair, pairs)
-            for problems in results:
-                yield from problems
+            results: Iterator[list[Problem]] = map(checked_pair, pairs)
+            yield from self._counted(results, len(pairs))
             return
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="validate") as pool:
-            for problems in pool.map(checked_pair, pairs):
-                yield from problems
+            yield from self._counted(pool.map(checked_pair, pairs), len(pairs))
+
+    def _counted(self, results: Iterator[list[Problem]], total: int) -> Iterator[Problem]:
+        """The problems of each pair in turn, reporting progress as pairs complete."""
+        if self.progress is not None:
+            self.progress(0, total)
+        for done, problems in enumerate(results, start=1):
+            yield from problems
+            if self.progress is not None:
+                self.progress(done, total)
 
 
-def product_rules(allow: Sequence[str] = (), workers: int | None = None) -> ProductRules:
+def product_rules(allow: Sequence[str] = (), workers: int | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> ProductRules:
     """The pixel-level rule set."""
-    return ProductRules(tuple(allow), workers)
+    return ProductRules(tuple(allow), workers, progress=progress)
