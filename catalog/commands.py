@@ -194,7 +194,13 @@ def stats_command(
                 items = search(release_dir, progress=progress)
             rows = catalogued_stats(items, load_factors(factors) if factors is not None else None)
         else:
-            rows = release_stats(Path(release_dir), load_factors(factors))
+            with Progress(TextColumn("counting damage pixels"), BarColumn(),
+                          MofNCompleteColumn(), TimeElapsedColumn(), console=err,
+                          transient=True) as bars:
+                task = bars.add_task("maps", total=None)
+                rows = release_stats(Path(release_dir), load_factors(factors),
+                                     lambda done, total: bars.update(task, completed=done,
+                                                                     total=total))
         if not rows:
             raise ValueError(f"{release_dir}: no type 1 products found")
         if out_table is not None:

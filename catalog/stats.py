@@ -11,7 +11,7 @@ DiffGF-derived maps), fractions clipped to [0, 1]. The same numbers feed the STA
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -124,12 +124,19 @@ OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "
              "#000000", "#999999")
 
 
-def release_stats(release_dir: Path, factors: UncertaintyFactors) -> list[DamageStats]:
-    """Stats of every type-1 product of a release, sorted by shelf and year."""
+def release_stats(release_dir: Path, factors: UncertaintyFactors,
+                  progress: Callable[[int, int], None] | None = None) -> list[DamageStats]:
+    """Stats of every type-1 product of a release, sorted by shelf and year (``progress`` sees
+    the maps counted so far and their total)."""
     from catalog.release import scan_release
 
-    rows = [file_stats(f.damage_map, f.name.shelf, f.name.year, factors)
-            for f in scan_release(release_dir) if f.damage_map is not None]
+    maps = [f for f in scan_release(release_dir) if f.damage_map is not None]
+    rows = []
+    for done, found in enumerate(maps, start=1):
+        assert found.damage_map is not None
+        rows.append(file_stats(found.damage_map, found.name.shelf, found.name.year, factors))
+        if progress is not None:
+            progress(done, len(maps))
     return sorted(rows, key=lambda s: (s.shelf, s.year))
 
 

@@ -150,7 +150,9 @@ def test_stats_of_a_record_equal_the_release_stats(published: tuple[Path, str, i
     from catalog.uncertainty import PAPER_FACTORS
 
     release, url, _ = published
-    local = release_stats(release, PAPER_FACTORS)
+    counted: list[tuple[int, int]] = []
+    local = release_stats(release, PAPER_FACTORS, lambda done, total: counted.append((done, total)))
+    assert counted[-1] == (len(local), len(local))  # the bar of the local count ends full
     remote = catalogued_stats(search(url))
     assert [(r.shelf, r.year, r.restored) for r in remote] == \
         [(r.shelf, r.year, r.restored) for r in local]
