@@ -519,7 +519,7 @@ def _classes(probabilities: torch.Tensor) -> torch.Tensor:
     best = probabilities[0]
     labels = torch.zeros(best.shape, dtype=torch.uint8, device=best.device)
     for index in range(1, probabilities.shape[0]):
-        labels.masked_fill_(probabilities[index] > best, index)  # no host sync, unlike x[m] = v
+        labels.masked_fill_(probabilities[index] > best, index)  # never waits for the GPU
         best = torch.maximum(best, probabilities[index])
     return labels
 
