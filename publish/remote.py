@@ -219,6 +219,8 @@ def record_index(ref: RecordRef, cache_dir: Path | None = None,
         (index / RECORD_FILE).write_text(json.dumps(
             {"record_url": latest.url, "key_map": manifest.key_map,
              "version": manifest.version}, indent=2, sort_keys=True) + "\n")
+        if folder.exists() and _cached(folder) is None:  # damaged by hand: fetched anew
+            shutil.rmtree(folder)
         try:
             os.replace(index, folder)
         except OSError:  # another process cached it meanwhile

@@ -120,8 +120,12 @@ def test_a_corrupted_download_is_refused_and_not_cached(published: tuple[Path, s
     emulator.add_fault("corrupt", "GET", r"/files/stac\.zip/content$")
     with pytest.raises(SearchError, match=r"stac\.zip/content: MD5 \w+ differs from the record"):
         search(url)
-    assert not record_cache_dir(RecordRef(emulator.base_url, record_id)).exists()
+    folder = record_cache_dir(RecordRef(emulator.base_url, record_id))
+    assert not folder.exists()
     assert [i.id for i in search(url, year=2005)] == ["larsen-b-2005"]  # the next try works
+    (folder / "record.json").unlink()  # a cache damaged by hand is fetched anew, not an error
+    assert [i.id for i in search(url, year=2005)] == ["larsen-b-2005"]
+    assert (folder / "record.json").is_file()
 
 
 def test_a_busy_server_is_retried(published: tuple[Path, str, int], emulator: ZenodoEmulator,
