@@ -129,15 +129,17 @@ def _get(session: requests.Session, url: str, **kwargs: Any) -> requests.Respons
         raise RemoteError(f"{url}: could not fetch ({type(error).__name__})") from None
     if resp.status_code != 200:
         raise RemoteError(f"{url}: HTTP {resp.status_code}"
-                          + (" (no such record)" if resp.status_code in (404, 410) else ""))
+                          + (" (no such file)" if resp.status_code in (404, 410) else ""))
     return resp
 
 
 def _file_url(entry: dict[str, Any], ref: RecordRef) -> str:
     """The API download link of a file of the record JSON (raw bytes, never a preview page)."""
-    link = entry.get("links", {}).get("self") or entry.get("links", {}).get("content")
-    return str(link) if link else f"{ref.base_url}/api/records/{ref.record_id}/files/" \
-                                  f"{entry['key']}/content"
+    links = entry.get("links", {})
+    link = links.get("self") or links.get("content")
+    if link:
+        return str(link)
+    return f"{ref.base_url}/api/records/{ref.record_id}/files/{entry['key']}/content"
 
 
 Progress = Callable[[str, int, int], None]
