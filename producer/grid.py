@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from affine import Affine
 from rasterio.windows import Window
@@ -63,6 +64,15 @@ class Grid:
     def resolution(self) -> tuple[float, float]:
         """Pixel width and height (positive)."""
         return abs(self.transform.a), abs(self.transform.e)
+
+    def holds(self, dataset: Any) -> bool:
+        """Whether an open raster (rasterio dataset) lies exactly on this grid: same shape, same
+        transform (to float rounding) and, when it has one, the same CRS."""
+        if (dataset.height, dataset.width) != self.shape:
+            return False
+        if not dataset.transform.almost_equals(self.transform):
+            return False
+        return dataset.crs is None or dataset.crs == self.crs
 
     def subgrid(self, window: Window) -> Grid:
         """The grid of a window of this one."""

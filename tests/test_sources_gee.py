@@ -342,6 +342,21 @@ def test_changed_parameters_redo_the_ranking(tmp_path: Path, grid: Grid) -> None
     assert [s.acquired.isoformat() for s in scenes] == ["2021-12-20", "2021-12-05", "2022-03-31"]
 
 
+def test_a_revised_roi_downloads_its_scenes_again(tmp_path: Path, grid: Grid) -> None:
+    """Cached files of an earlier grid are not passed off as scenes of the new one."""
+    run(FakeEE(catalog()), tmp_path, grid)
+    wider = box(*ROI.buffer(600).bounds)
+    fake = FakeEE(catalog())
+    source = EarthEngineSource(ee_module=fake, tile_size=TILE, progress=False, cache_dir=tmp_path)
+    new_grid = source.grid("Totten", wider)
+    scenes = source.scenes("Totten", 2021, new_grid, tmp_path / "work")
+    assert fake.getinfo_calls and fake.pixel_requests  # ranked and downloaded again
+    for scene in scenes:
+        for path in (scene.path, scene.cloud_mask_path):
+            with rasterio.open(path) as ds:
+                assert new_grid.holds(ds), path
+
+
 def test_failed_tile_leaves_no_partial_scene(tmp_path: Path, grid: Grid, cache: Path) -> None:
     fake = FakeEE(catalog(), fail_pixels_after=3)
     with pytest.raises(SourceError, match=r"LC09_Totten_composite_2021-12-20_uint8\.tif tile"):

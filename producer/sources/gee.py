@@ -349,6 +349,17 @@ class _Expressions:
 # --------------------------------------------------------------------------------------------
 
 
+def _on_grid(path: Path, grid: Grid) -> bool:
+    """Whether a cached GeoTIFF exists, opens and lies on ``grid``."""
+    if not path.exists():
+        return False
+    try:
+        with rasterio.open(path) as ds:
+            return grid.holds(ds)
+    except rasterio.errors.RasterioError:  # a damaged cache file is fetched again
+        return False
+
+
 def _progress(enabled: bool) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeRemainingColumn(), disable=not enabled)
@@ -455,10 +466,15 @@ class EarthEngineSource:
         name = export_name(composite.sensor, shelf, composite.day)
         return Path(workdir) / name.cloud_mask_filename
 
-    def _cached(self, workdir: Path, shelf: str, composite: DailyComposite) -> dict[str, bool]:
-        """Which of a composite's files are in the cache: RGB, cloud mask, sidecar."""
+    def _cached(self, workdir: Path, shelf: str, composite: DailyComposite,
+                grid: Grid) -> dict[str, bool]:
+        """Which of a composite's files are in the cache on ``grid``: RGB, cloud mask, sidecar.
+
+        A file from an earlier grid (the ROI changed) does not count: it is downloaded again.
+        """
         rgb = self.scene_path(workdir, shelf, composite)
-        return {"rgb": rgb.exists(), "cloud": self.cloud_path(workdir, shelf, composite).exists(),
+        return {"rgb": _on_grid(rgb, grid),
+                "cloud": _on_grid(self.cloud_path(workdir, shelf, composite), grid),
                 "sidecar": sidecar_path(rgb).exists()}
 
     def scenes(self, shelf: str, year: int, grid: Grid, workdir: Path) -> list[Scene]:
@@ -471,7 +487,7 @@ class EarthEngineSource:
         roi = self._rois.get(shelf) or roi_polygon(shelf)
         chosen = self._ranking(shelf, year, grid, roi, folder)
         todo = [c for c in chosen
-                if self.force or not all(self._cached(folder, shelf, c).values())]
+                if self.force or not all(self._cached(folder, shelf, c, grid).values())]
         if todo:
             self._download_all(shelf, year, grid, roi, folder, todo)
         return [self._scene(shelf, folder, c, rank_) for rank_, c in enumerate(chosen, 1)]
@@ -569,7 +585,7 @@ class EarthEngineSource:
         with _progress(self.progress) as progress:
             for composite in todo:
                 have = ({"rgb": False, "cloud": False} if self.force
-                        else self._cached(workdir, shelf, composite))
+                        else self._cached(workdir, shelf, composite, grid))
                 name = export_name(composite.sensor, shelf, composite.day)
                 parts = [(path, image, bands) for missing, path, image, bands in (
                     (not have["rgb"], workdir / name.filename, exprs.export_image(composite),
