@@ -11,7 +11,10 @@ take those polygons from a GeoPackage of extents (one row per shelf-year: column
   2.1.1), clipped to the grid. This default is an approximation, recorded as such in the
   provenance; pass ``--extent`` for the real thing.
 
-Pixels whose centre lies inside the polygon belong to the extent (rasterio.features).
+Pixels whose centre lies inside the polygon belong to the extent (rasterio.features). The
+products cover the ROI only, so the extent used is its part inside the ROI; what lies outside
+(an extent file drawn beyond an approximate ROI) is NoData in the type 1 map and its share is
+recorded in the provenance.
 ``ShelfArea`` holds a grid's ROI and extent masks bit-packed (2 bits a pixel), rasterized strip
 by strip, for grids too big to hold as boolean arrays (Amery: 313 Mpx).
 """
@@ -19,6 +22,7 @@ by strip, for grids too big to hold as boolean arrays (Amery: 313 Mpx).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -28,6 +32,7 @@ from shapely.geometry import box, mapping
 from shapely.geometry.base import BaseGeometry
 
 from producer.grid import STRIP_ROWS, Grid, row_strips
+from producer.shelves import shelf_key
 from producer.spec import ENCODING, SpecError
 
 #: Inward buffer of the default extent, as a share of the ROI bounding box's smaller side.
@@ -41,7 +46,8 @@ class ExtentError(SpecError):
 def read_extent(path: Path, shelf: str, year: int) -> BaseGeometry:
     """The extent polygon of one shelf-year from a GeoPackage (columns shelf, year), in EPSG:3031.
 
-    Several rows of the same shelf-year are united. Missing columns, no CRS or no matching row
+    Shelf names match loosely, as everywhere ("Pine_Island" is "Pine Island"). Several rows of
+    the same shelf-year are united. Missing columns, no CRS or no matching row
     are errors that name the file.
     """
     import geopandas as gpd
@@ -56,13 +62,40 @@ def read_extent(path: Path, shelf: str, year: int) -> BaseGeometry:
                           "per shelf-year with columns 'shelf' and 'year'")
     if frame.crs is None:
         raise ExtentError(f"{path}: layer has no CRS; expected {ENCODING.crs} or any defined CRS")
-    rows = frame[(frame["shelf"] == shelf) & (frame["year"].astype(int) == int(year))]
+    years = _years_column(frame, path)
+    same_shelf = frame["shelf"].map(lambda name: isinstance(name, str)
+                                    and shelf_key(name) == shelf_key(shelf))
+    rows = frame[same_shelf & (years == int(year))]
     if rows.empty:
         raise ExtentError(f"{path}: no row with shelf == {shelf!r} and year == {year}")
     geometry = rows.to_crs(ENCODING.crs).geometry.union_all()
     if geometry.is_empty:
         raise ExtentError(f"{path}: the extent of {shelf} {year} is an empty geometry")
     return geometry
+
+
+def _years_column(frame: Any, path: Path) -> Any:
+    """The 'year' column as integers; a value that is not a whole year names its row."""
+    import pandas as pd
+
+    years = pd.to_numeric(frame["year"], errors="coerce")
+    bad = years.isna() | (years.notna() & (years != years.round()))
+    if bad.any():
+        row = int(bad.to_numpy().nonzero()[0][0])
+        raise ExtentError(f"{path}: row {row + 1}, column 'year' is "
+                          f"{frame['year'].iloc[row]!r}; expected a year such as 2021")
+    return years.astype(int)
+
+
+def share_outside(extent: BaseGeometry, roi: BaseGeometry) -> float:
+    """The share of the extent's area that lies outside the ROI (0 when it lies within).
+
+    The products cover the ROI only: there is no imagery beyond it, so that part of an extent
+    is NoData in the type 1 map, and the provenance records how much of the extent it was.
+    """
+    if extent.is_empty or extent.area == 0:
+        return 0.0
+    return float(extent.difference(roi).area / extent.area)
 
 
 def default_extent(roi: BaseGeometry, grid: Grid, shrink: float = DEFAULT_SHRINK) -> BaseGeometry:
@@ -97,17 +130,20 @@ class ShelfArea:
         self.grid = grid
         self._roi = np.empty((grid.height, (grid.width + 7) // 8), np.uint8)
         self._extent = np.empty_like(self._roi)
+        self.outside_share = share_outside(extent, roi)
+        """Share of the extent's area outside the ROI: NoData in the type 1 map."""
         self.extent_pixels = 0
-        """Pixels of the grid inside the extent (not only those inside the ROI)."""
+        """Pixels inside both the extent and the ROI: the valid pixels of the type 1 map."""
         for r0, r1 in row_strips(grid.height, strip_rows):
             sub = grid.subgrid(Window(0, r0, grid.width, r1 - r0))
-            self._roi[r0:r1] = np.packbits(roi_mask(roi, sub), axis=1)
-            strip = extent_mask(extent, sub)
+            roi_strip = roi_mask(roi, sub)
+            self._roi[r0:r1] = np.packbits(roi_strip, axis=1)
+            strip = extent_mask(extent, sub) & roi_strip
             self._extent[r0:r1] = np.packbits(strip, axis=1)
             self.extent_pixels += int(np.count_nonzero(strip))
 
     def rows(self, r0: int, r1: int) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
-        """(roi, extent) of rows r0:r1."""
+        """(roi, extent within the ROI) of rows r0:r1."""
         width = self.grid.width
         return (np.unpackbits(self._roi[r0:r1], axis=1, count=width).view(bool),
                 np.unpackbits(self._extent[r0:r1], axis=1, count=width).view(bool))

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import rasterio
 from numpy.typing import NDArray
+from rasterio.errors import RasterioError
 from rasterio.windows import Window
 from shapely.geometry.base import BaseGeometry
 
@@ -72,6 +73,7 @@ from producer.spec import (
     SpecError,
     build_name,
     shelf_year_dir,
+    slc_off_possible,
     sort_sensors,
 )
 from producer.writer import WrittenProducts, atomic_path, write_cog_rows, write_products_rows
@@ -336,9 +338,10 @@ def _check_rgb(ds: Any, path: Path, grid: Grid) -> None:
 
 
 def _check_on_grid(ds: Any, path: Path, grid: Grid) -> None:
-    if (ds.height, ds.width) != grid.shape or not ds.transform.almost_equals(grid.transform):
-        raise ProduceError(f"{path}: raster {(ds.height, ds.width)} is not on the ROI grid "
-                           f"{grid.shape}")
+    if not grid.holds(ds):
+        raise ProduceError(f"{path}: raster {(ds.height, ds.width)} at {tuple(ds.transform)[:6]} "
+                           f"({ds.crs}) is not on the ROI grid {grid.shape} at "
+                           f"{tuple(grid.transform)[:6]} ({grid.crs})")
 
 
 def _read_rgb(path: Path, grid: Grid) -> NDArray[np.uint8]:
@@ -559,8 +562,12 @@ def produce_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
         area = ShelfArea(roi, extent_geom, grid)
         if not area.extent_pixels:
             return YearResult(shelf, year, "failed", f"the effective extent ({extent_origin}) "
-                              "does not overlap the scenes' grid")
-        diffgf_sha = cached_sha256(diffgf) if diffgf is not None and Path(diffgf).exists() else None
+                              f"does not overlap the ROI of {shelf} on the scenes' grid")
+        # DiffGF weights shape only SLC-off summers restored with DiffGF: other years keep
+        # their digest (and are skipped) when those weights change
+        diffgf_used = options.restoration == "DiffGF" and slc_off_possible(year)
+        diffgf_sha = (cached_sha256(diffgf) if diffgf_used and diffgf is not None
+                      and Path(diffgf).exists() else None)
 
         def digest_of(scene_ids: Sequence[str], full_coverage: int | None) -> str:
             return inputs_digest(source.name, scene_ids, model.sha256, diffgf_sha, run_parameters(
@@ -667,6 +674,7 @@ def _write_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
     slc_used = any(masks[i].slc_off for i in used)
     restoration = options.restoration if slc_used else None
     total = 3 + int(options.keep_probability) + int(options.source_index)
+    previous = _withdraw_records(options.out, shelf, year)
     progress("write", 0, total, "products")
     with _composed(plan, pred_paths, 0, grid) as damage:
         written = write_products_rows(options.out, shelf, year, sensors, restoration,
@@ -717,6 +725,7 @@ def _write_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
             "cloudy_fill_fraction": round(plan.cloudy_fill_fraction, 6),
             "uncovered_fraction": round(plan.uncovered_fraction, 6),
             "extent_fraction": round(area.extent_pixels / (grid.width * grid.height), 6),
+            "extent_outside_roi_fraction": round(area.outside_share, 6),
             "device": options.device,
             "exact_float32": options.exact,
             "compiled": options.compile,
@@ -724,25 +733,40 @@ def _write_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
         products=products, inputs_digest=digest, comparison=comparison,
     )
     record_path = provenance_path(options.out, name)
-    _remove_superseded(options.out, shelf, year, record_path, set(products.values()))
     _write_json(record_path, provenance.to_json())
+    _remove_superseded(previous, set(products.values()))
     progress("write", total, total, "provenance")
     chosen = (f", chosen of {len(comparison['compared'])} compared full-coverage scenes "
               f"({comparison['decided_by']})" if comparison else "")
+    outside = (f"; {area.outside_share:.1%} of the effective extent lies outside the ROI and is "
+               "NoData in the type 1 map" if area.outside_share >= 0.0005 else "")
     return YearResult(shelf, year, "produced",
-                      f"{name.stem}: {len(used)} scene(s), sensors {'_'.join(sensors)}{chosen}",
+                      f"{name.stem}: {len(used)} scene(s), sensors {'_'.join(sensors)}{chosen}"
+                      f"{outside}",
                       products=written, provenance=record_path)
 
 
-def _remove_superseded(release: Path, shelf: str, year: int, keep_record: Path,
-                       keep: set[str]) -> None:
-    """Delete the files of older records of this shelf-year that the new outputs replace."""
-    for path, record in existing_records(release, shelf, year):
+def _withdraw_records(release: Path, shelf: str, year: int) -> list[tuple[Path, Provenance]]:
+    """Delete this shelf-year's provenance records before its products are overwritten.
+
+    A record vouches for the files beside it: were it left while new products replace them, a
+    run interrupted before its own record is written would leave the old record next to new
+    files, and the next run would skip the shelf-year as up to date. Without a record the
+    next run redoes it. Returns the withdrawn records, whose other files are removed once the
+    new record is written.
+    """
+    previous = existing_records(release, shelf, year)
+    for path, _ in previous:
+        path.unlink(missing_ok=True)
+    return previous
+
+
+def _remove_superseded(previous: list[tuple[Path, Provenance]], keep: set[str]) -> None:
+    """Delete the files of withdrawn records of this shelf-year that the new outputs replace."""
+    for path, record in previous:
         for file_name in record.products.values():
             if file_name not in keep:
                 (path.parent / file_name).unlink(missing_ok=True)
-        if path != keep_record:
-            path.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -805,7 +829,8 @@ def produce(shelves: str | Sequence[str], years: Sequence[int], source: SceneSou
         for year in years:
             try:
                 result = produce_year(shelf, year, source, model, options, diffgf, progress)
-            except (ProduceError, SpecError, FileNotFoundError, ValueError) as err:
+            except (ProduceError, SpecError, ValueError, OSError, RasterioError) as err:
+                # a bad file or a full disk fails this shelf-year; the others still run
                 result = YearResult(shelf, year, "failed", f"{shelf} {year}: {err}")
             summary.results.append(result)
             if report is not None:

@@ -27,7 +27,8 @@ class SceneRecord:
     sensor: str
     acquired: dt.date
     valid_fraction: float
-    """Share of the ROI with usable (cloud-free, gap-free) pixels in this scene."""
+    """Share of the ROI with usable pixels in this scene: imaged and cloud-free, SLC-off gaps
+    included (they are restored before segmentation)."""
     map_fraction: float
     """Share of the merged full-ROI map taken from this scene's prediction."""
     role: str = "fill"

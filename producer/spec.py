@@ -103,6 +103,12 @@ SENSORS: dict[str, Sensor] = {
     )
 }
 SENSOR_ORDER: tuple[str, ...] = tuple(SENSORS)
+
+
+def slc_off_possible(year: int) -> bool:
+    """Whether imagery of the summer ``year`` may have SLC-off gaps (a sensor the product may
+    use for that summer had lost its scan-line corrector)."""
+    return any(s.covers(year) and s.slc_off_in(year) for s in SENSORS.values())
 CONSTELLATION = "landsat"
 
 # --------------------------------------------------------------------------------------------

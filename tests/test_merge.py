@@ -156,6 +156,18 @@ def test_extent_from_geopackage_clips_type1(tmp_path) -> None:
         read_extent(tmp_path / "bad.gpkg", "Totten", 2021)
 
 
+def test_extent_file_names_match_loosely_and_bad_years_name_the_row(tmp_path) -> None:
+    """Extents drawn in GIS carry names like "Pine_Island" and stray values in 'year'."""
+    frame = gpd.GeoDataFrame({"shelf": ["pine_island", "Larsen-B"], "year": [2021.0, None]},
+                             geometry=[box(0, 0, 300, 300), box(0, 0, 30, 30)], crs="EPSG:3031")
+    path = tmp_path / "extents.gpkg"
+    frame.to_file(path)
+    with pytest.raises(ExtentError, match=r"extents\.gpkg: row 2, column 'year' is"):
+        read_extent(path, "Pine Island", 2021)
+    frame.iloc[:1].to_file(path)
+    assert read_extent(path, "Pine Island", 2021).area == 300 * 300
+
+
 def test_default_extent_is_the_roi_shrunk() -> None:
     roi = roi_polygon("Totten")
     grid = Grid.covering(roi, resolution=300.0)

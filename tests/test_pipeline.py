@@ -170,6 +170,29 @@ def test_uncovered_shelf_is_not_mapped(tiny_weights: Path, tmp_path: Path) -> No
     assert not (tmp_path / "release").exists()
 
 
+class _DamagedYearSource(DemoSource):
+    """Demo scenes, except that the 2022 summer's scene cannot be read (a truncated file)."""
+
+    def scenes(self, shelf, year, grid, workdir):  # noqa: ANN001, ANN201 - protocol signature
+        if year == 2022:
+            raise rasterio.errors.RasterioIOError(f"{workdir}/scene_2022.tif: not recognized "
+                                                  "as being in a supported file format")
+        return super().scenes(shelf, year, grid, workdir)
+
+
+def test_a_damaged_year_fails_alone(tiny_weights: Path, tmp_path: Path) -> None:
+    """A year whose input cannot be read is reported as failed; the years after it still run."""
+    reports = []
+    options = ProduceOptions(out=tmp_path / "release", weights=tiny_weights, tta=False,
+                             device="cpu")
+    summary = produce("Totten", [2021, 2022, 2019], _DamagedYearSource(int(DEMO_SIZE)),
+                      options, report=reports.append)
+    assert [(r.year, r.status) for r in reports] == [
+        (2021, "produced"), (2022, "failed"), (2019, "produced")]
+    assert "scene_2022.tif" in reports[1].message
+    assert summary.exit_code == 1 and summary.tally() == "2 produced, 1 failed"
+
+
 def test_merged_year_uses_several_scenes(tiny_weights: Path, tmp_path: Path) -> None:
     """A summer without a full clear scene is merged from several, main scene first."""
     year = next(y for y in range(2013, 2030)
@@ -294,6 +317,53 @@ def test_extent_file_clips_type1_and_is_recorded(tiny_weights: Path, tmp_path: P
     assert missing.exit_code == 1 and "no row with shelf == 'Totten' and year == 2020" in (
         missing.output)
     assert not (out / "Totten" / "2020").exists()
+
+
+class _WindowSource(DemoSource):
+    """Demo scenes on the demo window of the registered Totten ROI, whatever ROI it is given."""
+
+    def grid(self, shelf, roi):  # noqa: ANN001, ANN201 - protocol signature
+        from producer.shelves import roi_polygon
+
+        return super().grid(shelf, roi_polygon(shelf))
+
+
+def test_extent_beyond_the_roi_is_nodata_and_recorded(tiny_weights: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """An extent file drawn past the ROI: the part outside has no imagery, so it is NoData in
+    the type 1 map (never "background"), and the provenance says how much of the extent it was."""
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    from producer import pipeline
+
+    source = _WindowSource(int(DEMO_SIZE))
+    grid = source.grid("Totten", None)
+    left, bottom, right, top = grid.bounds
+    cols = 3 * int(DEMO_SIZE) // 4
+    monkeypatch.setattr(pipeline, "roi_polygon",
+                        lambda shelf: box(left, bottom, left + 30.0 * cols, top))
+    path = tmp_path / "extents.gpkg"
+    gpd.GeoDataFrame({"shelf": ["Totten"], "year": [2021]}, geometry=[box(*grid.bounds)],
+                     crs="EPSG:3031").to_file(path)
+    options = ProduceOptions(out=tmp_path / "release", weights=tiny_weights, tta=False,
+                             device="cpu", extent_file=path)
+    (result,) = produce("Totten", [2021], source, options).results
+    assert result.status == "produced", result.message
+    assert "25.0% of the effective extent lies outside the ROI" in result.message
+    with rasterio.open(result.products.damage_map) as ds:
+        pixels = ds.read(1)
+    assert (pixels[:, cols:] == TYPE1.nodata).all() and (pixels[:, :cols] != TYPE1.nodata).all()
+    record = read_provenance(result.provenance)
+    assert record.parameters["extent_outside_roi_fraction"] == pytest.approx(0.25)
+
+    monkeypatch.setattr(pipeline, "roi_polygon",  # an extent wholly outside the ROI
+                        lambda shelf: box(left - 3000.0, bottom, left - 1500.0, top))
+    gpd.GeoDataFrame({"shelf": ["Totten"], "year": [2020]}, geometry=[box(*grid.bounds)],
+                     crs="EPSG:3031").to_file(path)
+    (result,) = produce("Totten", [2020], source, options).results
+    assert result.status == "failed" and "does not overlap the ROI" in result.message
+    assert not (tmp_path / "release" / "Totten" / "2020").exists()
 
 
 def test_version_names_the_package_and_the_libraries_in_provenance() -> None:

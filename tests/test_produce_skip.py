@@ -109,6 +109,42 @@ def test_changed_inputs_are_redone_unchanged_ones_skipped(
         assert dropped not in _record(out).parameters["candidates"]
 
 
+def test_new_diffgf_weights_do_not_redo_years_without_slc_off(weights: Path,
+                                                               tmp_path: Path) -> None:
+    """DiffGF shapes only SLC-off summers: a Landsat 8 year stays up to date when it changes."""
+    out = tmp_path / "release"
+    diffgf = tmp_path / "diffgf.safetensors"
+    diffgf.write_bytes(b"first weights")
+    assert _status(_produce([*ARGS, "--diffgf", str(diffgf)], weights, out)) == "produced"
+    diffgf.write_bytes(b"other weights")
+    assert _status(_produce([*ARGS, "--diffgf", str(diffgf)], weights, out)) == "skipped"
+
+
+def test_a_rerun_interrupted_while_writing_is_redone(
+        weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C after the products were replaced but before the new record was written: the old
+    record must not vouch for the new files, so the next run redoes the shelf-year."""
+    out = tmp_path / "release"
+    assert _status(_produce(ARGS, weights, out)) == "produced"
+    _flip_last_mantissa_byte_in_place(weights)  # new weights: the products will change
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "_write_json", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            pipeline.produce("Totten", [2021], demo.DemoSource(int(DEMO_SIZE)),
+                             pipeline.ProduceOptions(out=out, weights=weights, tta=False,
+                                                     device="cpu"))
+    folder = out / "Totten" / "2021"
+    assert list(folder.glob("*_damage.tif"))  # new products were written ...
+    assert not list(folder.glob("*" + AUXILIARY_SUFFIXES["provenance"]))  # ... no stale record
+    _flip_last_mantissa_byte_in_place(weights)  # back to the first run's weights
+    assert _status(_produce(ARGS, weights, out)) == "produced"  # not "skipped"
+    assert _record(out).segmentation.weights_sha256 == file_sha256(weights)
+
+
 def test_rerun_in_a_fresh_interpreter_skips_without_torch(weights: Path, tmp_path: Path) -> None:
     out = tmp_path / "release"
     assert _status(_produce(ARGS, weights, out)) == "produced"

@@ -295,6 +295,16 @@ def test_bad_files_fail_with_the_file_and_field(tmp_path: Path, name: str, data:
     assert not (tmp_path / "work").exists() or not list((tmp_path / "work").glob("*.tif"))
 
 
+def test_damaged_scene_file_names_the_file(tmp_path: Path) -> None:
+    """A truncated download is a clear SourceError naming the file, not a rasterio traceback."""
+    folder = tmp_path / "scenes"
+    path = on_grid(folder / "LC08_Totten_composite_2021-12-05_uint8.tif")
+    path.write_bytes(path.read_bytes()[:20])
+    with pytest.raises(SourceError, match="not a readable GeoTIFF") as info:
+        source(folder).scenes("Totten", 2021, GRID, tmp_path / "work")
+    assert str(path) in str(info.value)
+
+
 @pytest.mark.parametrize(("sidecar", "message"), [
     ({"sensor": "LC08"}, "field 'date' is missing"),
     ({"sensor": "LT05", "date": "2021-12-05"}, "field 'sensor' is 'LT05'"),

@@ -303,30 +303,43 @@ class LocalFolderSource:
         for item in inventory(self.folder):
             if summer_of(item.acquired) != year:
                 continue
-            if item.shelf is not None and shelf_key(item.shelf) != shelf_key(shelf):
-                continue
-            if not SENSORS[item.sensor].covers(year):
-                self.skipped.append((item.path, f"{item.sensor} is not used for summer {year}"))
-                continue
-            if item.l1 is not None:
-                item.l1.check()  # a missing MTL field or band fails before any work
-                with rasterio.open(item.l1.band_path(item.l1.rgb_bands[0])) as src:
-                    if overlaps(src, roi, grid):
-                        groups.setdefault((item.sensor, item.acquired), []).append(item)
-                continue
-            with rasterio.open(item.path) as src:
-                check_scene_file(src, item.path)
-                if item.shelf is None and not overlaps(src, roi, grid):
-                    continue
-                tagged = src.tags().get(SOURCE_IDS_TAG, "")
-            if tagged and item.named_by == "export-name":  # written by the gee source
-                item = replace(item, source_ids=tuple(tagged.split(",")))
-            if item.cloud_mask is not None:
-                with rasterio.open(item.cloud_mask) as msk:
-                    check_mask_file(msk, item.cloud_mask)
-            groups.setdefault((item.sensor, item.acquired), []).append(item)
+            try:
+                item = self._checked(item, shelf, year, roi, grid)
+            except rasterio.errors.RasterioError as exc:
+                raise SourceError(f"{item.path}: not a readable GeoTIFF ({exc}); replace or "
+                                  "remove the file") from exc
+            if item is not None:
+                groups.setdefault((item.sensor, item.acquired), []).append(item)
         return {key: groups[key] for key in sorted(groups, key=lambda k: (k[1],
                                                                           SENSOR_ORDER.index(k[0])))}
+
+    def _checked(self, item: LocalFile, shelf: str, year: int, roi: BaseGeometry,
+                 grid: Grid) -> LocalFile | None:
+        """A file of the summer, checked and completed from its tags; None if it is not used."""
+        if item.shelf is not None and shelf_key(item.shelf) != shelf_key(shelf):
+            return None
+        if not SENSORS[item.sensor].covers(year):
+            self.skipped.append((item.path, f"{item.sensor} is not used for summer {year}"))
+            return None
+        if item.l1 is not None:
+            item.l1.check()  # a missing MTL field or band fails before any work
+            with rasterio.open(item.l1.band_path(item.l1.rgb_bands[0])) as src:
+                return item if overlaps(src, roi, grid) else None
+        with rasterio.open(item.path) as src:
+            check_scene_file(src, item.path)
+            if item.shelf is None and not overlaps(src, roi, grid):
+                return None
+            tagged = src.tags().get(SOURCE_IDS_TAG, "")
+        if tagged and item.named_by == "export-name":  # written by the gee source
+            item = replace(item, source_ids=tuple(tagged.split(",")))
+        if item.cloud_mask is not None:
+            try:
+                with rasterio.open(item.cloud_mask) as msk:
+                    check_mask_file(msk, item.cloud_mask)
+            except rasterio.errors.RasterioError as exc:
+                raise SourceError(f"{item.cloud_mask}: not a readable GeoTIFF ({exc}); replace "
+                                  "or remove the file") from exc
+        return item
 
     # -- SceneSource -------------------------------------------------------------------------
 
