@@ -24,7 +24,8 @@ Detection
     that is zero in every band while lying inside the scene's footprint; outside the footprint
     zeros are simply "no scene". Without a given footprint, the footprint is the filled convex
     hull of the non-zero pixels (a scene cropped to an ROI is the intersection of two convex
-    shapes, and the wedges reach the swath edge between sweeps that do not).
+    shapes, and the wedges reach the swath edge between sweeps that do not), less the holes too
+    wide to be gaps (``GAP_HOLE_MAX_PX``): imagery that never arrived is not restored.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ DEFAULT_PERIOD_PX = 2 * SCAN_LINES
 DEFAULT_MAX_GAP_PX = 14.0
 #: Width of one Landsat swath (185 km) in 30 m pixels, for masks of whole scenes.
 SWATH_WIDTH_PX = 6167
+#: Holes in a scene narrower than this (px) can be SLC-off gaps: the widest gap is
+#: ``DEFAULT_MAX_GAP_PX``, plus a margin for resampling onto the product grid. A wider hole
+#: inside a scene's outline is imagery that was never delivered (a missing WRS-2 row, a tile
+#: that failed), which no restoration may invent.
+GAP_HOLE_MAX_PX = 17
 
 
 def _scene_frame(
@@ -131,12 +137,31 @@ def _hull_candidates(present: NDArray[np.bool_]) -> NDArray[np.float64]:
     return np.concatenate(pts) if pts else np.empty((0, 2))
 
 
+def narrow_holes(present: NDArray[np.bool_], outline: NDArray[np.bool_],
+                 width: int = GAP_HOLE_MAX_PX) -> NDArray[np.bool_]:
+    """Pixels inside ``outline`` without data that lie in holes narrower than ``width`` px.
+
+    A morphological closing of the present pixels by a ``width``-pixel square, with everything
+    outside the outline counted as present, so that gaps running out to the scene's edge stay
+    narrow holes. Wider holes keep the pixels farther than ``width // 2`` from the data out.
+    """
+    from scipy import ndimage
+
+    solid = (present | ~outline).view(np.uint8)
+    grown = ndimage.maximum_filter(solid, size=width, mode="constant", cval=1)
+    closed = ndimage.minimum_filter(grown, size=width, mode="constant", cval=1)
+    return closed.view(bool) & outline & ~present
+
+
 def footprint_of(rgb: NDArray[np.uint8]) -> NDArray[np.bool_]:
-    """The scene footprint: the filled convex hull of the pixels non-zero in some band.
+    """The scene footprint: the present pixels (non-zero in some band) and the holes among
+    them narrow enough to be SLC-off gaps, within their filled convex hull.
 
     The hull runs through pixel centres, so it never reaches a pixel outside a convex scene
     outline; gap pixels on the outermost row of the footprint cannot be told from "no scene"
-    and are left out (pass the footprint explicitly when it is known).
+    and are left out (pass the footprint explicitly when it is known). Holes wider than
+    ``GAP_HOLE_MAX_PX`` are missing imagery, not gaps: they stay outside the footprint, so the
+    merge fills them from other scenes instead of having them restored.
     """
     from scipy.spatial import ConvexHull, QhullError  # ~0.5 s: only when a hull is needed
     from skimage.draw import polygon2mask
@@ -154,7 +179,8 @@ def footprint_of(rgb: NDArray[np.uint8]) -> NDArray[np.bool_]:
     centre = poly.mean(axis=0)
     outward = poly - centre
     poly = poly + 1e-6 * outward / np.linalg.norm(outward, axis=1, keepdims=True)
-    return polygon2mask(present.shape, poly) | present
+    hull = polygon2mask(present.shape, poly)
+    return narrow_holes(present, hull) | present
 
 
 def detect_gaps(

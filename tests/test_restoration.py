@@ -11,6 +11,7 @@ import pytest
 import rasterio
 import torch
 from rasterio.transform import from_origin
+from scipy.ndimage import binary_dilation
 from typer.testing import CliRunner
 
 from producer.cli import build_app
@@ -34,6 +35,7 @@ from producer.restoration.train import (
     vae_loss,
 )
 from producer.slcoff import (
+    GAP_HOLE_MAX_PX,
     apply_gaps,
     detect_gaps,
     footprint_of,
@@ -123,6 +125,22 @@ def test_detect_gaps_inside_a_rotated_footprint() -> None:
     assert not (found & ~footprint).any()
     assert (found & gaps).sum() / gaps.sum() > 0.97
     assert abs(gap_fraction(found, footprint_of(scene)) - gap_fraction(gaps, footprint)) < 0.01
+
+
+def test_imagery_never_delivered_is_not_a_gap() -> None:
+    """A hole wider than any SLC-off gap inside the scene's outline (a missing WRS-2 row, a
+    failed tile) is not restored: it stays outside the footprint, so other scenes fill it."""
+    h, w = 300, 320
+    gaps = simulate_slc_off_mask((h, w), angle_deg=25.0, seed=4)
+    scene = apply_gaps(render_tile(2, 320)[:h], gaps)
+    missing = np.zeros((h, w), bool)
+    missing[120:170, :] = True  # a 50-row band across the scene: data above and below it
+    scene[missing] = 0
+    found = detect_gaps(scene)
+    assert not (found & missing).any()
+    assert not footprint_of(scene)[missing].any()
+    away = ~binary_dilation(missing, iterations=GAP_HOLE_MAX_PX)  # gaps not touching the hole
+    assert (found & gaps & away).sum() / (gaps & away).sum() > 0.97
 
 
 # --------------------------------------------------------------------------------------------
