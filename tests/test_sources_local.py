@@ -221,6 +221,22 @@ def test_cloud_mask_band_and_sidecar_mask(tmp_path: Path) -> None:
             np.testing.assert_array_equal(rgb.read(1), np.full(GRID.shape, RGB[0]))
 
 
+def test_cloud_mask_named_after_its_scene_is_used(tmp_path: Path) -> None:
+    """``<scene id>_cloud.tif`` beside an export-named scene (the gee cache's layout, sidecar
+    lost or never written) is that scene's cloud mask, not a scene of its own."""
+    folder = tmp_path / "scenes"
+    cloud = np.zeros(GRID.shape, np.uint8)
+    cloud[:, 60:] = 1
+    on_grid(folder / "LC08_Totten_composite_2021-12-05_uint8.tif")
+    write_tif(folder / "LC08_Totten_composite_2021-12-05_cloud.tif", cloud[None],
+              GRID.transform)
+    (scene,) = source(folder).scenes("Totten", 2021, GRID, tmp_path / "work")
+    inside = roi_inside()
+    assert scene.valid_fraction == pytest.approx((inside & (cloud == 0)).sum() / inside.sum())
+    with rasterio.open(scene.cloud_mask_path) as msk:
+        np.testing.assert_array_equal(msk.read(1), cloud)
+
+
 def test_same_day_files_are_combined_by_median(tmp_path: Path) -> None:
     folder = tmp_path / "scenes"
     on_grid(folder / "LC08_L1GT_089107_20211205_20211215_02_T1.tif", (10, 10, 10),

@@ -150,6 +150,18 @@ def read_sidecar(path: Path) -> LocalFile:
                      mask_path, "sidecar")
 
 
+def companion_mask(path: Path) -> Path | None:
+    """The cloud mask named after an export-named scene (``<scene id>_cloud.tif`` beside it, as
+    the gee source writes it), when that file exists."""
+    if not looks_like_export_name(path.name):
+        return None
+    try:
+        mask = path.parent / parse_export_name(path.name).cloud_mask_filename
+    except SpecError:
+        return None
+    return mask if mask.is_file() else None
+
+
 def describe(path: Path) -> LocalFile:
     """Sensor, date, shelf and ids of a scene file, from its sidecar or its name."""
     if sidecar_path(path).exists():
@@ -157,7 +169,8 @@ def describe(path: Path) -> LocalFile:
     try:
         if looks_like_export_name(path.name):
             name = parse_export_name(path.name)
-            return LocalFile(path, name.sensor, name.acquired, name.shelf, (name.scene_id,))
+            return LocalFile(path, name.sensor, name.acquired, name.shelf, (name.scene_id,),
+                             companion_mask(path))
         if looks_like_product_id(path.name):
             pid = parse_product_id(path.name)
             return LocalFile(path, pid.sensor, pid.acquired, None, (pid.product_id,),
@@ -172,8 +185,9 @@ def describe(path: Path) -> LocalFile:
 
 
 def inventory(folder: Path) -> list[LocalFile]:
-    """Every scene under ``folder``, described: GeoTIFFs (cloud masks named by sidecars and the
-    bands of Level-1 products excluded) and Level-1 products."""
+    """Every scene under ``folder``, described: GeoTIFFs (cloud masks, named by sidecars or
+    beside their export-named scenes, and the bands of Level-1 products excluded) and Level-1
+    products."""
     if not folder.is_dir():
         raise SourceError(f"{folder}: local scene folder does not exist")
     products, owned = find_products(folder)
@@ -182,6 +196,7 @@ def inventory(folder: Path) -> list[LocalFile]:
                    and p.resolve() not in owned)
     by_sidecar = {p: read_sidecar(p) for p in tiffs if sidecar_path(p).exists()}
     masks = {f.cloud_mask.resolve() for f in by_sidecar.values() if f.cloud_mask is not None}
+    masks |= {m.resolve() for m in map(companion_mask, tiffs) if m is not None}
     files = [by_sidecar.get(p) or describe(p) for p in tiffs if p.resolve() not in masks]
     return files + [LocalFile(p.source, p.sensor, p.product_id.acquired, None,
                               (p.product_id.product_id,), named_by="l1-product", l1=p)
