@@ -84,8 +84,9 @@ DEMO_WEIGHTS = Path(__file__).resolve().parent / "weights" / "demo-segformer-b0.
 DEFAULT_OUT = Path("release")
 #: Nodata of the auxiliary probability COG (probabilities are 0-100).
 PROBABILITY_NODATA = 255
-#: Bits of a scene's mask file (UInt8 on the ROI grid, in the work folder): has data, usable.
-MASK_PRESENT, MASK_USABLE = 1, 2
+#: Bits of a scene's mask file (UInt8 on the ROI grid, in the work folder): has data, usable,
+#: SLC-off gap (present because it is restored).
+MASK_PRESENT, MASK_USABLE, MASK_GAP = 1, 2, 4
 
 #: Progress callback of a stage: (stage, done, total, description).
 StageProgress = Callable[[str, int, int, str], None]
@@ -192,15 +193,22 @@ class _SceneMasks:
 
     scene: Scene
     path: Path
-    """Mask file on the ROI grid: ``MASK_PRESENT`` | ``MASK_USABLE`` bits per pixel."""
+    """Mask file on the ROI grid: ``MASK_PRESENT`` | ``MASK_USABLE`` | ``MASK_GAP`` bits."""
     slc_off: bool
     cloud_fraction: float
 
+    def _code(self, r0: int, r1: int) -> NDArray[np.uint8]:
+        with rasterio.open(self.path) as ds:
+            return ds.read(1, window=Window(0, r0, ds.width, r1 - r0))
+
     def rows(self, r0: int, r1: int) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
         """(usable, present) of rows r0:r1."""
-        with rasterio.open(self.path) as ds:
-            code = ds.read(1, window=Window(0, r0, ds.width, r1 - r0))
+        code = self._code(r0, r1)
         return (code & MASK_USABLE) != 0, (code & MASK_PRESENT) != 0
+
+    def gap_rows(self, r0: int, r1: int) -> NDArray[np.bool_]:
+        """SLC-off gap pixels of rows r0:r1 (restored before segmentation)."""
+        return (self._code(r0, r1) & MASK_GAP) != 0
 
     def candidate(self) -> Candidate:
         """The scene as the merge plans it, its masks read by strips."""
@@ -390,16 +398,19 @@ def scene_masks(scene: Scene, year: int, grid: Grid, workdir: Path) -> _SceneMas
             window = Window(0, r0, grid.width, r1 - r0)
             rgb = np.moveaxis(src.read(window=window), 0, -1)
             present = np.any(rgb != 0, axis=2)
+            gaps = np.zeros(present.shape, bool)
             if slc_off:
                 footprint = (hull[r0:r1] if hull is not None
                              else extra["footprint"].read(1, window=window) != 0)
-                present |= detect_gaps(rgb, footprint)
+                gaps = detect_gaps(rgb, footprint)
+                present |= gaps
             cloud = (extra["cloud"].read(1, window=window) != 0 if "cloud" in extra
                      else np.zeros(present.shape, bool))
             usable = present & ~cloud
             cloudy += int(np.count_nonzero(cloud & present))
             code = present.view(np.uint8) * np.uint8(MASK_PRESENT)
             code |= usable.view(np.uint8) * np.uint8(MASK_USABLE)
+            code |= gaps.view(np.uint8) * np.uint8(MASK_GAP)
             out.write(code, 1, window=window)
     return _SceneMasks(scene, path, slc_off, cloudy / (grid.width * grid.height))
 
@@ -699,6 +710,7 @@ def _write_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
                        nodata=NO_SCENE,
                        tags={"scene_ids": json.dumps([masks[i].scene.scene_id for i in used])})
         products["source_scene"] = path.name
+    restored, restored_extent = restored_shares(plan, masks, area)
     records = tuple(
         SceneRecord(
             scene_id=masks[i].scene.scene_id,
@@ -710,6 +722,7 @@ def _write_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
             cloud_fraction=round(masks[i].cloud_fraction, 6),
             slc_off=masks[i].slc_off,
             source_ids=masks[i].scene.source_ids,
+            restored_fraction=round(restored.get(i, 0.0), 6),
         )
         for i in used
     )
@@ -726,6 +739,8 @@ def _write_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
             "uncovered_fraction": round(plan.uncovered_fraction, 6),
             "extent_fraction": round(area.extent_pixels / (grid.width * grid.height), 6),
             "extent_outside_roi_fraction": round(area.outside_share, 6),
+            "restored_fraction": round(sum(restored.values()), 6),
+            "restored_extent_fraction": round(restored_extent, 6),
             "device": options.device,
             "exact_float32": options.exact,
             "compiled": options.compile,
@@ -744,6 +759,26 @@ def _write_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
                       f"{name.stem}: {len(used)} scene(s), sensors {'_'.join(sensors)}{chosen}"
                       f"{outside}",
                       products=written, provenance=record_path)
+
+
+def restored_shares(plan: MergePlan, masks: Sequence[_SceneMasks], area: ShelfArea
+                    ) -> tuple[dict[int, float], float]:
+    """How much of the map rests on restored SLC-off gap pixels: per used SLC-off scene the
+    share of the ROI whose map pixels come from its gaps, and that share of the effective
+    extent (the type 1 map's valid pixels). Scientists weigh restored maps by it (paper 3.2.4).
+    """
+    slc = [i for i in plan.used if masks[i].slc_off]
+    counts = dict.fromkeys(slc, 0)
+    in_extent = 0
+    for r0, r1 in row_strips(area.grid.height) if slc else ():
+        index = plan.index[r0:r1]
+        extent = area.rows(r0, r1)[1]
+        for i in slc:
+            from_gaps = (index == i) & masks[i].gap_rows(r0, r1)
+            counts[i] += int(np.count_nonzero(from_gaps))
+            in_extent += int(np.count_nonzero(from_gaps & extent))
+    return ({i: n / max(plan.roi_pixels, 1) for i, n in counts.items()},
+            in_extent / max(area.extent_pixels, 1))
 
 
 def _withdraw_records(release: Path, shelf: str, year: int) -> list[tuple[Path, Provenance]]:

@@ -37,6 +37,9 @@ class SceneRecord:
     slc_off: bool = False
     source_ids: tuple[str, ...] = ()
     """Landsat product ids combined into this daily composite, when known."""
+    restored_fraction: float | None = None
+    """Share of the full-ROI map taken from this scene's restored SLC-off gap pixels (0 for a
+    scene without gaps; None in records written before it was counted)."""
 
 
 @dataclass(frozen=True)

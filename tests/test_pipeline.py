@@ -17,7 +17,7 @@ from producer.cli import build_app
 from producer.commands import produce_app
 from producer.pipeline import ProduceOptions, parse_years, produce
 from producer.provenance import read_provenance
-from producer.sources.demo import DemoSource, plan_summer
+from producer.sources.demo import DemoSource, plan_summer, render_planned
 from producer.spec import AUXILIARY_SUFFIXES, TYPE1, TYPE2
 from validation.engine import validate_release
 
@@ -221,14 +221,32 @@ def test_slc_off_year_needs_diffgf_or_explicit_fill(tiny_weights: Path, tmp_path
     assert refused.exit_code == 1
     assert "--diffgf" in refused.output and "FillNodata" in refused.output
     assert not list(out.rglob("*.tif"))
-    filled = _produce(["--shelf", "Totten", "--year", "2005", "--restoration", "FillNodata"],
-                      tiny_weights, out)
+    filled = _produce(["--shelf", "Totten", "--year", "2005", "--restoration", "FillNodata",
+                       "--source-index"], tiny_weights, out)
     assert filled.exit_code == 0, filled.output
     (tif,) = out.glob("Totten/2005/*_damage_map.tif")
     assert tif.name == "LE07_Totten_2005_slc_off_FillNodata_damage_map.tif"
     record = read_provenance(next(out.glob("Totten/2005/*_provenance.json")))
     assert record.restoration == "FillNodata" and all(s.slc_off for s in record.scenes)
     assert validate_release(out).ok()
+
+    # How much of the map rests on restored gap pixels: recounted from the source-scene index
+    # and the demo scenes' own gap masks.
+    with rasterio.open(next(out.glob("Totten/2005/*_source_scene.tif"))) as ds:
+        index = ds.read(1)
+    with rasterio.open(tif) as ds:
+        valid = ds.read(1) != TYPE1.nodata
+    gaps = {p.scene_id: render_planned("Totten", 2005, p, int(DEMO_SIZE)).gaps
+            for p in plan_summer("Totten", 2005)}
+    restored = np.zeros(index.shape, bool)
+    for k, scene in enumerate(record.scenes):
+        from_gaps = (index == k) & gaps[scene.scene_id]
+        assert scene.restored_fraction == pytest.approx(from_gaps.sum() / (index != 255).sum(),
+                                                        abs=1e-6)
+        restored |= from_gaps
+    assert 0.05 < record.parameters["restored_fraction"] < 0.4
+    assert record.parameters["restored_extent_fraction"] == pytest.approx(
+        (restored & valid).sum() / valid.sum(), abs=1e-6)
 
 
 def test_missing_demo_weights_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
