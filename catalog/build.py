@@ -3,7 +3,8 @@
 The I/O layer around the pure builders of ``catalog.stac``. Every file is written through a
 temporary file (the STAC folder through a temporary folder swapped in at the end), so an
 interrupted run leaves the previous catalog intact. Re-running rebuilds nothing when no product
-changed and the settings are the same, unless forced.
+changed, the settings are the same and every file the last run wrote is still there, unless
+forced.
 """
 
 from __future__ import annotations
@@ -31,25 +32,29 @@ from catalog.ods import (
     read_metadata_ods,
     row_from_name,
     rows_by_key,
-    rows_sorted,
     write_metadata_ods,
 )
 from catalog.release import ShelfYearFiles, file_checksum, raster_facts, scan_release
 from catalog.search import release_relative, write_index
 from catalog.stac import (
     AUXILIARY_RASTERS,
+    COLLECTION_ID,
     CatalogSettings,
     FileRef,
     ItemInputs,
     build_catalog,
     build_collection,
     build_item,
+    item_id,
+    make_file_links_relative,
 )
 from catalog.stats import file_stats
 from catalog.uncertainty import UncertaintyFactors
 from producer.shelves import get_shelf
 from producer.spec import (
     ENCODING,
+    ITEMS_NDJSON,
+    ITEMS_PARQUET,
     METADATA_ODS,
     RELEASE_METADATA,
     STAC_CATALOG_DIR,
@@ -156,15 +161,20 @@ def item_inputs(files: ShelfYearFiles, factors: UncertaintyFactors,
     return ItemInputs(files.name, rasters, stats, refs, files.provenance, ods_row)
 
 
-def ods_rows(release_dir: Path, found: list[ShelfYearFiles]) -> tuple[list[OdsRow], bool]:
+def ods_rows(release_dir: Path, found: list[ShelfYearFiles],
+             force: bool = False) -> tuple[list[OdsRow], bool]:
     """The rows metadata.ods should hold, and whether to (re)write the file.
 
     Rows come from provenance records. A shelf-year without one keeps the row of an existing
-    metadata.ods (e.g. the published release's own file, which is then left untouched); if there
-    is no file either, the row holds only what the file names say.
+    metadata.ods (e.g. the published release's own file); if there is no file either, the row
+    holds only what the file names say. The file is written when it is missing or its rows
+    differ from these (a shelf-year added or removed, a provenance record changed), so an
+    existing file is left untouched as long as it already says everything; ``force`` rewrites
+    it only when every row comes from provenance (never an authors' file that is up to date).
     """
     path = Path(release_dir) / METADATA_ODS
-    existing = rows_by_key(read_metadata_ods(path)) if path.exists() else {}
+    current = rows_by_key(read_metadata_ods(path)) if path.exists() else None
+    existing = current or {}
     rows, all_provenance = [], True
     for files in found:
         prov = files.provenance
@@ -172,7 +182,7 @@ def ods_rows(release_dir: Path, found: list[ShelfYearFiles]) -> tuple[list[OdsRo
         key = (files.name.shelf, files.name.year)
         rows.append(row_from_name(files.name, prov) if prov is not None or key not in existing
                     else existing[key])
-    return rows, all_provenance or not path.exists()
+    return rows, current != rows_by_key(rows) or (force and all_provenance)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,6 +214,7 @@ def save_catalog(root: pystac.Catalog, release_dir: Path, state: str) -> Path:
     try:
         root.normalize_hrefs(str(staging))
         root.make_all_asset_hrefs_relative()
+        make_file_links_relative(root)
         root.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
         (staging / BUILD_STATE).write_text(json.dumps({"inputs": state}) + "\n")
         old = None
@@ -281,9 +292,27 @@ def carry_publisher_fields(stac_dir: Path, collection: pystac.Collection,
             _carry(item, saved[f"Feature:{item.id}"])
 
 
-def _up_to_date(release_dir: Path, state: str) -> bool:
+def catalog_outputs(release_dir: Path, found: list[ShelfYearFiles]) -> list[Path]:
+    """Every file a catalog run leaves in the release: STAC JSON files, metadata.ods, ROI
+    GeoPackages, thumbnails and the item index (what "up to date" requires to exist)."""
+    stac = release_dir / STAC_CATALOG_DIR
+    outputs = [stac / "catalog.json", stac / COLLECTION_ID / "collection.json",
+               release_dir / METADATA_ODS, release_dir / ITEMS_PARQUET,
+               release_dir / ITEMS_NDJSON]
+    for shelf in sorted({f.name.shelf for f in found}):
+        outputs.append(release_dir / roi_geopackage_name(shelf))
+    for files in found:
+        identifier = item_id(files.name)
+        outputs.append(stac / COLLECTION_ID / identifier / f"{identifier}.json")
+        if files.damage_map is not None:
+            outputs.append(files.folder / files.name.auxiliary("thumbnail"))
+    return outputs
+
+
+def _up_to_date(release_dir: Path, found: list[ShelfYearFiles], state: str) -> bool:
+    """Whether the last run had these inputs and every file it wrote is still there."""
     marker = release_dir / STAC_CATALOG_DIR / BUILD_STATE
-    if not marker.exists():
+    if not marker.exists() or not all(p.exists() for p in catalog_outputs(release_dir, found)):
         return False
     try:
         return json.loads(marker.read_text()).get("inputs") == state
@@ -327,15 +356,14 @@ def catalog_release(release_dir: Path, factors: UncertaintyFactors,
                                else None)
     shelves = sorted({f.name.shelf for f in found})
     total = len(found) + len(shelves) + 3
-    rows, write_ods = ods_rows(release_dir, found)
+    rows, write_ods = ods_rows(release_dir, found, force)
     ods_path = release_dir / METADATA_ODS
-    write_ods &= force or not ods_path.exists() or read_metadata_ods(ods_path) != rows_sorted(rows)
     step(f"writing {METADATA_ODS}" if write_ods else f"{METADATA_ODS} is up to date")
     if write_ods:
         write_metadata_ods(ods_path, rows)
     state = _state_digest(release_dir, found, factors, settings)
     catalog_json = release_dir / STAC_CATALOG_DIR / "catalog.json"
-    if not force and catalog_json.exists() and _up_to_date(release_dir, state):
+    if not force and _up_to_date(release_dir, found, state):
         return CatalogResult(catalog_json, len(found), True, write_ods, {})
 
     row_of = rows_by_key(rows)

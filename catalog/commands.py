@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -105,15 +105,22 @@ def _parse_bbox(text: str | None) -> tuple[float, ...] | None:
     return values
 
 
-def _parse_intersects(text: str | None) -> dict | None:
+def _parse_intersects(text: str | None) -> Any:
+    """The JSON of ``--intersects``: inline GeoJSON (text starting with ``{`` or ``[``), else a
+    file. Inline JSON is tried first, so a long GeoJSON string is never taken for a file name
+    (which fails with "File name too long"); what the JSON holds is checked by the search."""
     if text is None:
         return None
-    candidate = Path(text)
+    inline = text.lstrip().startswith(("{", "["))
     try:
-        raw = candidate.read_text() if candidate.exists() else text
-        return json.loads(raw)
-    except (json.JSONDecodeError, OSError) as error:
-        raise _fail(f"--intersects: not a GeoJSON file or string ({error})") from error
+        return json.loads(text if inline else Path(text).read_text())
+    except json.JSONDecodeError as error:
+        what = "inline GeoJSON" if inline else f"file {text}"
+        raise _fail(f"--intersects: {what} is not valid JSON ({error})") from None
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        raise _fail(f"--intersects {text!r}: not a GeoJSON string (it does not start with "
+                    f"'{{') nor a readable file ({reason})") from None
 
 
 def search_command(
@@ -135,7 +142,8 @@ def search_command(
     bbox: Annotated[str | None, typer.Option(help="minx,miny,maxx,maxy")] = None,
     bbox_crs: Annotated[str, typer.Option(help="EPSG:4326 or EPSG:3031.")] = "EPSG:4326",
     intersects: Annotated[str | None, typer.Option(
-        help="GeoJSON geometry (file or string, EPSG:4326).")] = None,
+        help="GeoJSON geometry, Feature or FeatureCollection (file or inline string, "
+             "EPSG:4326).")] = None,
     min_fraction: Annotated[float | None, typer.Option(help="Damage fraction ≥ this.")] = None,
     format: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.table,
 ) -> None:

@@ -6,7 +6,9 @@ and the meridian 0° the ray x = 0, y > 0; splitting the footprint into its x �
 gives two pieces that each map to a continuous longitude range ([0, 180] and [-180, 0]). Pieces
 that meet at 0° are merged again; pieces that meet at ±180° stay a MultiPolygon, and the bbox
 then wraps (west > east) as RFC 7946 says. A footprint that contains the pole becomes a polar cap
-(all longitudes, up to its northernmost latitude).
+(all longitudes, up to its northernmost latitude). A footprint whose boundary touches the pole
+(a corner or an edge through it) is also split at y = 0, so the pole is a vertex of each piece;
+there it becomes the stretch of the -90° parallel between the meridians of its two edges.
 """
 
 from __future__ import annotations
@@ -42,15 +44,45 @@ def _to_polar() -> Transformer:
     return Transformer.from_crs("EPSG:4326", ENCODING.crs, always_xy=True)
 
 
-def _project(geometry: BaseGeometry, side: int) -> BaseGeometry:
-    """Reproject one half (side +1: x ≥ 0, -1: x ≤ 0) to lon/lat, pinning ±180 to that side."""
-    def fn(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        lon, lat = _to_lonlat().transform(np.asarray(x), np.asarray(y))
-        lon = np.where(np.isclose(np.abs(lon), 180.0), 180.0 * side, lon)
-        lon = np.where(np.asarray(x) == 0, np.where(np.asarray(y) >= 0, 0.0, 180.0 * side), lon)
-        return np.round(lon, _ROUND), np.round(lat, _ROUND)
+def _lonlat(x: np.ndarray, y: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lon/lat of EPSG:3031 points of one half (side +1: x ≥ 0, -1: x ≤ 0), ±180 on that side."""
+    lon, lat = _to_lonlat().transform(x, y)
+    lon = np.where(np.isclose(np.abs(lon), 180.0), 180.0 * side, lon)
+    lon = np.where(x == 0, np.where(y >= 0, 0.0, 180.0 * side), lon)
+    return np.round(lon, _ROUND), np.round(lat, _ROUND)
 
-    return shapely.transform(geometry, lambda xy: np.column_stack(fn(xy[:, 0], xy[:, 1])))
+
+def _project_ring(coords: np.ndarray, side: int) -> list[tuple[float, float]]:
+    """A closed EPSG:3031 ring in lon/lat; a vertex at the pole (which has no longitude) becomes
+    the stretch of the -90° parallel between the meridians of the edges meeting there."""
+    points = coords[:-1]
+    lon, lat = _lonlat(points[:, 0], points[:, 1], side)
+    at_pole = (points[:, 0] == 0) & (points[:, 1] == 0)
+    out: list[tuple[float, float]] = []
+    for i in range(len(points)):
+        if not at_pole[i]:
+            out.append((float(lon[i]), float(lat[i])))
+            continue
+        # straight lines through the pole are meridians: the neighbours' longitudes are theirs
+        for j in (i - 1, (i + 1) % len(points)):
+            if not at_pole[j] and (not out or out[-1] != (float(lon[j]), -90.0)):
+                out.append((float(lon[j]), -90.0))
+    return [*out, out[0]]
+
+
+def _project(geometry: BaseGeometry, side: int) -> BaseGeometry:
+    """Reproject the polygons of one half (side +1: x ≥ 0, -1: x ≤ 0) to lon/lat."""
+    polygons = []
+    for part in getattr(geometry, "geoms", [geometry]):
+        if isinstance(part, Polygon) and part.area > 0:
+            rings = [_project_ring(np.asarray(r.coords), side)
+                     for r in (part.exterior, *part.interiors)]
+            polygons.append(Polygon(rings[0], rings[1:]))
+    return unary_union(polygons)
+
+
+def _touches_pole(geometry: BaseGeometry) -> bool:
+    return geometry.boundary.distance(Point(0.0, 0.0)) == 0
 
 
 def footprint_lonlat(footprint: BaseGeometry, densify_m: float = DENSIFY_M) -> BaseGeometry:
@@ -60,13 +92,16 @@ def footprint_lonlat(footprint: BaseGeometry, densify_m: float = DENSIFY_M) -> B
     if dense.contains(Point(0.0, 0.0)):
         lat_max = max(_to_lonlat().transform(x, y)[1] for x, y in dense.exterior.coords)
         return box(-180.0, -90.0, 180.0, round(lat_max, _ROUND))
+    # a boundary through the pole is cut at y = 0 too, which puts a vertex exactly on the pole
+    rows = ((-_HALF_PLANE, 0.0), (0.0, _HALF_PLANE)) if _touches_pole(dense) else \
+        ((-_HALF_PLANE, _HALF_PLANE),)
     pieces = []
     for side in (1, -1):
-        half = dense.intersection(box(0.0, -_HALF_PLANE, _HALF_PLANE, _HALF_PLANE)
-                                  if side == 1 else
-                                  box(-_HALF_PLANE, -_HALF_PLANE, 0.0, _HALF_PLANE))
-        if not half.is_empty and half.area > 0:
-            pieces.append(_project(half, side))
+        xmin, xmax = (0.0, _HALF_PLANE) if side == 1 else (-_HALF_PLANE, 0.0)
+        for ymin, ymax in rows:
+            piece = dense.intersection(box(xmin, ymin, xmax, ymax))
+            if not piece.is_empty and piece.area > 0:
+                pieces.append(_project(piece, side))
     merged = unary_union(pieces)
     return merged.buffer(0) if not merged.is_valid else merged
 
@@ -79,16 +114,43 @@ def crosses_antimeridian(geometry: BaseGeometry) -> bool:
     return any(b[2] >= 180.0 for b in bounds) and any(b[0] <= -180.0 for b in bounds)
 
 
+def lon_span(intervals: list[tuple[float, float]]) -> tuple[float, float]:
+    """(west, east) of the shortest arc of longitudes covering every interval.
+
+    Intervals are (west, east) with west ≤ east, or west > east for one wrapping across 180°.
+    The arc is the complement of the widest gap between the covered stretches; west > east when
+    it crosses 180°, (-180, 180) when there is no gap.
+    """
+    flat: list[tuple[float, float]] = []
+    for west, east in intervals:
+        flat.extend([(west, 180.0), (-180.0, east)] if west > east else [(west, east)])
+    merged: list[list[float]] = []
+    for west, east in sorted(flat):
+        if merged and west <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], east)
+        else:
+            merged.append([west, east])
+    # gap i lies after merged[i]; the last one wraps across 180° to merged[0]
+    gaps = [merged[i + 1][0] - merged[i][1] for i in range(len(merged) - 1)]
+    gaps.append(merged[0][0] + 360.0 - merged[-1][1])
+    widest = max(range(len(gaps)), key=lambda i: gaps[i])
+    if gaps[widest] <= 0:
+        return -180.0, 180.0
+    if widest == len(merged) - 1:
+        return merged[0][0], merged[-1][1]
+    return merged[widest + 1][0], merged[widest][1]
+
+
 def bbox_of(geometry: BaseGeometry) -> list[float]:
-    """RFC 7946 bbox: [west, south, east, north], wrapping (west > east) across 180°."""
-    minx, miny, maxx, maxy = geometry.bounds
-    if crosses_antimeridian(geometry):
-        east_parts = [p for p in geometry.geoms if p.bounds[2] >= 180.0]
-        west_parts = [p for p in geometry.geoms if p.bounds[0] <= -180.0]
-        west = min(p.bounds[0] for p in east_parts)
-        east = max(p.bounds[2] for p in west_parts)
-        return [west, miny, east, maxy]
-    return [minx, miny, maxx, maxy]
+    """RFC 7946 bbox: [west, south, east, north], wrapping (west > east) across 180°.
+
+    The longitudes are the shortest arc covering every part, so a MultiPolygon split at 180°
+    together with parts elsewhere (a shelf's footprints of several years) is covered whole.
+    """
+    _, miny, _, maxy = geometry.bounds
+    parts = getattr(geometry, "geoms", [geometry])
+    west, east = lon_span([(p.bounds[0], p.bounds[2]) for p in parts if not p.is_empty])
+    return [west, miny, east, maxy]
 
 
 def grid_footprint(bounds: tuple[float, float, float, float]) -> Polygon:

@@ -28,8 +28,10 @@ import pyarrow.parquet as pq
 import pystac
 import shapely
 import stac_geoparquet.arrow as sga
+from shapely.errors import ShapelyError
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
+from shapely.ops import unary_union
 
 import schemas
 from catalog.geometry import bbox_3031_to_lonlat, lonlat_bbox_geometry
@@ -61,18 +63,29 @@ class SearchError(ValueError):
 # ---------------------------------------------------------------------------------------------
 
 
+def _release_href(href: str, item_path: Path, release_dir: Path) -> str:
+    """A local href of a saved item, relative to the release root (remote hrefs unchanged)."""
+    if "://" in href or posixpath.isabs(href):
+        return href
+    absolute = os.path.normpath(item_path.parent / href)
+    return Path(os.path.relpath(absolute, release_dir)).as_posix()
+
+
 def release_relative(item_dict: dict[str, Any], item_path: Path, release_dir: Path) -> dict:
-    """A saved item's dict with asset hrefs relative to the release root and no links."""
+    """A saved item's dict as items.ndjson holds it: hrefs relative to the release root.
+
+    The only link kept is ``rel=collection`` (STAC requires it whenever an item names its
+    collection), pointing at the collection file from the release root where items.ndjson
+    lies; the catalog's other links only make sense beside the item's own JSON file. An item
+    without a collection link loses its ``collection`` field rather than become invalid.
+    """
     out = dict(item_dict)
-    out["links"] = []
-    assets = {}
-    for key, asset in item_dict["assets"].items():
-        href = asset["href"]
-        if "://" not in href and not posixpath.isabs(href):
-            absolute = os.path.normpath(item_path.parent / href)
-            href = Path(os.path.relpath(absolute, release_dir)).as_posix()
-        assets[key] = {**asset, "href": href}
-    out["assets"] = assets
+    out["links"] = [{**link, "href": _release_href(link["href"], item_path, release_dir)}
+                    for link in item_dict.get("links", []) if link.get("rel") == "collection"]
+    if not out["links"]:
+        out.pop("collection", None)
+    out["assets"] = {key: {**asset, "href": _release_href(asset["href"], item_path, release_dir)}
+                     for key, asset in item_dict["assets"].items()}
     return out
 
 
@@ -147,6 +160,44 @@ def locate_index(source: Path) -> tuple[Path, Path]:
                       "release first")
 
 
+def _feature_geometry(feature: Any, where: str) -> dict[str, Any]:
+    """The geometry dict of a GeoJSON Feature (``where`` names it in errors)."""
+    geometry = feature.get("geometry") if isinstance(feature, dict) else None
+    if not isinstance(geometry, dict):
+        raise SearchError(f"intersects: {where} has no GeoJSON geometry")
+    return geometry
+
+
+def intersects_geometry(value: Any) -> BaseGeometry:
+    """A lon/lat shapely geometry from a GeoJSON geometry, Feature or FeatureCollection.
+
+    A FeatureCollection (what QGIS and most GIS export) stands for the union of its features'
+    geometries. Anything else is a ``SearchError`` saying what was expected.
+    """
+    if not isinstance(value, dict):
+        raise SearchError("intersects must be a GeoJSON object (a geometry, Feature or "
+                          f"FeatureCollection), not a {type(value).__name__}")
+    kind = value.get("type")
+    if kind == "FeatureCollection":
+        features = value.get("features")
+        if not isinstance(features, list) or not features:
+            raise SearchError("intersects: the FeatureCollection holds no features")
+        geometries = [_feature_geometry(f, f"feature {i}") for i, f in enumerate(features)]
+    elif kind == "Feature":
+        geometries = [_feature_geometry(value, "the Feature")]
+    else:
+        geometries = [value]
+    try:
+        shapes = [shape(g) for g in geometries]
+        result = unary_union([s if s.is_valid else shapely.make_valid(s) for s in shapes])
+    except (ShapelyError, KeyError, ValueError, TypeError, AttributeError, IndexError) as error:
+        raise SearchError(f"intersects is not a valid GeoJSON geometry, Feature or "
+                          f"FeatureCollection (type {kind!r}): {error}") from None
+    if result.is_empty:
+        raise SearchError("intersects: the GeoJSON geometry is empty")
+    return result
+
+
 def query_geometry(query: Query) -> BaseGeometry | None:
     """The lon/lat geometry that results must intersect (bbox and/or intersects), or None."""
     geoms: list[BaseGeometry] = []
@@ -164,11 +215,7 @@ def query_geometry(query: Query) -> BaseGeometry | None:
         else:
             raise SearchError(f"bbox_crs {query.bbox_crs!r} is not EPSG:4326 or {ENCODING.crs}")
     if query.intersects is not None:
-        geometry = query.intersects.get("geometry", query.intersects)
-        try:
-            geoms.append(shape(geometry))
-        except (KeyError, ValueError, TypeError, AttributeError) as error:
-            raise SearchError(f"intersects is not a GeoJSON geometry: {error}") from error
+        geoms.append(intersects_geometry(query.intersects))
     if not geoms:
         return None
     result = geoms[0]
@@ -230,10 +277,17 @@ def local_hrefs(release_dir: Path) -> HrefResolver:
 
 
 def _absolute(item: dict[str, Any], resolve: HrefResolver) -> dict[str, Any]:
-    for asset in item.get("assets", {}).values():
-        href = asset["href"]
+    """Resolve the release-relative hrefs of an indexed item (assets and its collection link).
+
+    An item from an index written before the collection link was kept loses its
+    ``collection`` field, which STAC allows only together with such a link.
+    """
+    for entry in (*item.get("assets", {}).values(), *item.get("links", [])):
+        href = entry["href"]
         if "://" not in href and not posixpath.isabs(href):
-            asset["href"] = resolve(href)
+            entry["href"] = resolve(href)
+    if not any(link.get("rel") == "collection" for link in item.get("links", [])):
+        item.pop("collection", None)
     return item
 
 
@@ -303,12 +357,51 @@ def _select(source: str, clause: str, params: list[Any], columns: str) -> pa.Tab
                 else relation.arrow())  # DuckDB < 1.4 names it arrow()
 
 
+#: Product fields whose null is a value of its own, never listed in ``icedamage:unknown``.
+MEANINGFUL_NULLS = frozenset({f"{P}restoration"})
+#: Product fields that are null (not applicable) when a map has no valid pixel.
+NO_VALID_PIXEL_NULLS = frozenset({f"{P}damage_fraction", f"{P}damage_fraction_low",
+                                  f"{P}damage_fraction_high"})
+#: Timestamp properties, which the columnar round trip spells with microseconds.
+DATETIME_FIELDS = frozenset({"datetime", "start_datetime", "end_datetime", "created", "updated"})
+
+
+def _strip_nulls(value: Any) -> Any:
+    """``value`` without null members of the objects it holds, at any depth."""
+    if isinstance(value, dict):
+        return {k: _strip_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_strip_nulls(v) for v in value]
+    return value
+
+
+def _kept_null(key: str, props: dict[str, Any]) -> bool:
+    """Whether a null property is one the item really has (not one a column filled in)."""
+    if key == "datetime" or key in MEANINGFUL_NULLS or key in props.get(f"{P}unknown", ()):
+        return True
+    return key in NO_VALID_PIXEL_NULLS and props.get(f"{P}valid_area_km2") == 0
+
+
 def _drop_filled_nulls(record: dict[str, Any]) -> dict[str, Any]:
-    """Remove the nulls a columnar round trip adds for fields an item never had (e.g. a
-    multi-sensor item's ``platform``); ``icedamage:`` nulls are meaningful and stay."""
+    """Remove the nulls a columnar round trip adds for fields an item never had.
+
+    A parquet column exists for every field any item has, so an item decoded from the parquet
+    gets nulls for the others: a multi-sensor item's ``platform``, the restoration fields of a
+    map not restored, ``nodata`` of classification classes that are not nodata. Those fail the
+    schemas. Nulls an item really holds are kept: ``datetime`` (a range instead), product fields
+    listed in ``icedamage:unknown``, ``icedamage:restoration`` and the fractions of a map with
+    no valid pixel. The values of product fields (scene records) are kept as they are.
+    """
     props = record.get("properties", {})
-    record["properties"] = {k: v for k, v in props.items()
-                            if v is not None or k.startswith(P) or k == "datetime"}
+    record = {k: _strip_nulls(v) for k, v in record.items()
+              if k != "properties" and v is not None}
+    record["properties"] = {
+        k: (v if k.startswith(P) else _strip_nulls(v)) for k, v in props.items()
+        if v is not None or _kept_null(k, props)}
+    for key in DATETIME_FIELDS & record["properties"].keys():
+        if isinstance(record["properties"][key], str):  # the catalog's spelling, not +.000000
+            record["properties"][key] = pystac.utils.datetime_to_str(
+                pystac.utils.str_to_datetime(record["properties"][key]))
     return record
 
 
@@ -345,15 +438,26 @@ def _released_names(shelves: Iterable[str]) -> list[str]:
         raise SearchError(str(error)) from None
 
 
-def search(source: Path | str, shelves: Iterable[str] | None = None, year: int | None = None,
-           year_from: int | None = None, year_to: int | None = None,
-           sensors: Iterable[str] | None = None, restored: bool | None = None,
+def _values(value: str | Iterable[str] | None) -> tuple[str, ...] | None:
+    """A filter given as one string or several, as a tuple (a string is one value, not a
+    sequence of characters); None or empty means "any"."""
+    if value is None:
+        return None
+    values = (value,) if isinstance(value, str) else tuple(value)
+    return values or None
+
+
+def search(source: Path | str, shelves: str | Iterable[str] | None = None,
+           year: int | None = None, year_from: int | None = None, year_to: int | None = None,
+           sensors: str | Iterable[str] | None = None, restored: bool | None = None,
            bbox: Sequence[float] | None = None, bbox_crs: str = "EPSG:4326",
            intersects: dict[str, Any] | None = None,
            min_fraction: float | None = None,
            progress: Callable[[str, int, int], None] | None = None) -> list[pystac.Item]:
     """Items of a cataloged release matching the filters.
 
+    ``shelves`` and ``sensors`` take one name or several. ``intersects`` is a GeoJSON
+    geometry, Feature or FeatureCollection (the union of its features) in EPSG:4326.
     ``source`` is a local release (its folder, stac/catalog.json or items.parquet; asset hrefs
     become absolute paths) or a published record (``https://zenodo.org/records/<id>``,
     ``zenodo:<id>``, a Zenodo DOI; its item index is fetched once, and asset hrefs point into
@@ -361,10 +465,10 @@ def search(source: Path | str, shelves: Iterable[str] | None = None, year: int |
     total)`` sees that fetch.
     """
     parquet, resolve = _index_of(source, progress)
+    shelf_names, sensor_names = _values(shelves), _values(sensors)
     query = Query(
-        shelves=tuple(_released_names(shelves)) if shelves else None, year=year,
-        year_from=year_from,
-        year_to=year_to, sensors=tuple(sensors) if sensors else None, restored=restored,
+        shelves=tuple(_released_names(shelf_names)) if shelf_names else None, year=year,
+        year_from=year_from, year_to=year_to, sensors=sensor_names, restored=restored,
         bbox=tuple(float(v) for v in bbox) if bbox is not None else None,  # type: ignore[arg-type]
         bbox_crs=bbox_crs, intersects=intersects, min_fraction=min_fraction,
     )

@@ -23,7 +23,7 @@ from pystac.extensions.version import VersionExtension
 from shapely.geometry import shape
 
 import schemas
-from catalog.geometry import bbox_of, geojson_and_bbox, grid_footprint
+from catalog.geometry import bbox_of, geojson_and_bbox, grid_footprint, lon_span
 from catalog.ods import OdsRow
 from catalog.release import RasterFacts
 from catalog.stats import DamageStats
@@ -361,11 +361,9 @@ def default_providers() -> list[pystac.Provider]:
 
 
 def _union_bbox(bboxes: list[list[float]]) -> list[float]:
-    south = min(b[1] for b in bboxes)
-    north = max(b[3] for b in bboxes)
-    if any(b[0] > b[2] for b in bboxes):
-        return [-180.0, south, 180.0, north]
-    return [min(b[0] for b in bboxes), south, max(b[2] for b in bboxes), north]
+    """The bbox covering every (possibly wrapping) bbox: the shortest arc of longitudes."""
+    west, east = lon_span([(b[0], b[2]) for b in bboxes])
+    return [west, min(b[1] for b in bboxes), east, max(b[3] for b in bboxes)]
 
 
 def _shelf_bbox(items: list[pystac.Item]) -> list[float]:
@@ -474,6 +472,24 @@ def _release_file_assets(collection: pystac.Collection, files: dict[str, FileRef
         _file_fields(asset, ref.size, ref.checksum)
         collection.add_link(pystac.Link(rel="describedby" if is_ods else "related",
                                         target=str(ref.path), media_type=media, title=title))
+
+
+def make_file_links_relative(root: pystac.Catalog) -> None:
+    """Turn links to local files (metadata.ods, ROI GeoPackages) into paths relative to the
+    object holding them, as asset hrefs are, so a copied or moved release keeps them working.
+
+    pystac makes only hierarchical links relative; call this after ``normalize_hrefs``.
+    """
+    for obj in (root, *root.get_all_collections(), *root.get_items(recursive=True)):
+        self_href = obj.get_self_href()
+        for link in obj.links:
+            if (self_href is None or link.rel == pystac.RelType.SELF or link.is_hierarchical()
+                    or not link.has_target_href()):
+                continue
+            href = link.get_href(transform_href=False)
+            if not href or "://" in href or not pystac.utils.is_absolute_href(href):
+                continue
+            link.target = pystac.utils.make_relative_href(href, self_href)
 
 
 def build_catalog(collection: pystac.Collection, items: list[pystac.Item]) -> pystac.Catalog:

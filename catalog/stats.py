@@ -3,7 +3,10 @@
 The authors' time-series analysis (see ../shared/reference/README.md) reads each type-1
 ``*_damage_map.tif``: valid pixels are those != nodata, damage pixels are value 1, area is pixels
 times |a·e| of the transform, fraction = damage area / valid area, and a map is DiffGF-derived when
-its path contains "diffgf" (any case). Bounds multiply by λ_min / λ_max (× λ_restoration for
+its path contains "diffgf" (any case). Areas are thus map areas in EPSG:3031, not true ground
+areas: polar stereographic is true to area only at 71°S (its areal scale is ~1.05 at 64°S and
+~0.95 at 85°S); we keep the authors' numbers so they compare with the paper's. Fractions are
+ratios within one map and unaffected. Bounds multiply by λ_min / λ_max (× λ_restoration for
 DiffGF-derived maps), fractions clipped to [0, 1]. The same numbers feed the STAC items and
 ``icedamage stats``; rasters are read block by block so a full-size shelf never sits in memory.
 """
@@ -85,7 +88,10 @@ def count_pixels(path: Path) -> PixelCounts:
 
 def damage_stats(shelf: str, year: int, counts: PixelCounts, restored: bool,
                  factors: UncertaintyFactors) -> DamageStats:
-    """Areas, fraction and their bounds from pixel counts (pure)."""
+    """Areas, fraction and their bounds from pixel counts (pure).
+
+    Areas are pixel counts × the EPSG:3031 cell area (not true ground area; see the module).
+    """
     damage_km2 = counts.damage_pixels * counts.pixel_area_m2 / M2_PER_KM2
     valid_km2 = counts.valid_pixels * counts.pixel_area_m2 / M2_PER_KM2
     fraction = damage_km2 / valid_km2 if counts.valid_pixels else None

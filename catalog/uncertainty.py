@@ -10,6 +10,7 @@ what the authors' time-series analysis does (see ../shared/reference/README.md).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -66,12 +67,69 @@ class UncertaintyFactors:
         return json.dumps(data, indent=2) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> UncertaintyFactors:
-        """Read a factors file written by ``to_json``."""
-        data = json.loads(text)
-        data.pop("lambda_upper_restored", None)
-        data["sources"] = tuple(data.get("sources", ()))
-        return cls(**data)
+    def from_json(cls, text: str, where: str = "factors file") -> UncertaintyFactors:
+        """Read a factors file written by ``to_json``; ``where`` names it in errors.
+
+        ``lambda_upper_restored`` is derived (λ_max · λ_restoration), so the file may give it
+        instead of ``lambda_restoration`` (which is then derived from it); given both, they must
+        agree, so a hand-edited value is never silently ignored. Anything malformed is a
+        ``ValueError`` naming the file and the key.
+        """
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{where}: not JSON ({error})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: expected a JSON object with lambda_min, lambda_max and "
+                             f"lambda_restoration, not a {type(data).__name__}")
+        unknown = sorted(set(data) - FACTOR_KEYS)
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown}; valid: {sorted(FACTOR_KEYS)}")
+        lam_min, lam_max = _factor(data, "lambda_min", where), _factor(data, "lambda_max", where)
+        if lam_min > lam_max:
+            raise ValueError(f"{where}: lambda_min {lam_min} is greater than lambda_max {lam_max}")
+        restoration = _restoration_factor(data, lam_max, where)
+        sources = data.get("sources", [])
+        if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
+            raise ValueError(f"{where}: key 'sources' must be a list of strings")
+        return cls(lam_min, lam_max, restoration, tuple(sources))
+
+
+#: Keys a factors file may hold.
+FACTOR_KEYS = frozenset({"lambda_min", "lambda_max", "lambda_restoration",
+                         "lambda_upper_restored", "sources"})
+#: Relative tolerance between a file's lambda_upper_restored and λ_max · λ_restoration.
+UPPER_RESTORED_RTOL = 1e-9
+
+
+def _factor(data: dict, key: str, where: str, required: bool = True) -> float | None:
+    """A positive finite number at ``key`` (None when absent and not required)."""
+    if key not in data:
+        if required:
+            raise ValueError(f"{where}: key {key!r} is missing")
+        return None
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or value <= 0:
+        raise ValueError(f"{where}: key {key!r} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _restoration_factor(data: dict, lambda_max: float, where: str) -> float:
+    """λ_restoration of a file: given, or derived from lambda_upper_restored; both must agree."""
+    restoration = _factor(data, "lambda_restoration", where, required=False)
+    upper = _factor(data, "lambda_upper_restored", where, required=False)
+    if restoration is None and upper is None:
+        raise ValueError(f"{where}: key 'lambda_restoration' is missing (or give "
+                         "'lambda_upper_restored', which is lambda_max * lambda_restoration)")
+    if restoration is None:
+        return upper / lambda_max
+    if upper is not None and not math.isclose(upper, lambda_max * restoration,
+                                              rel_tol=UPPER_RESTORED_RTOL):
+        raise ValueError(f"{where}: key 'lambda_upper_restored' is {upper} but lambda_max * "
+                         f"lambda_restoration is {lambda_max * restoration}; it is derived from "
+                         "them, so change lambda_restoration (or drop one of the two)")
+    return restoration
 
 
 def derive_factors(evaluations: tuple[Evaluation, ...] | list[Evaluation],
@@ -89,4 +147,6 @@ PAPER_FACTORS = derive_factors(PAPER_EVALUATIONS, PAPER_RESTORATION)
 
 def load_factors(path: Path | None) -> UncertaintyFactors:
     """Factors from a file written by ``icedamage uncertainty``, or the paper's when None."""
-    return PAPER_FACTORS if path is None else UncertaintyFactors.from_json(Path(path).read_text())
+    if path is None:
+        return PAPER_FACTORS
+    return UncertaintyFactors.from_json(Path(path).read_text(), where=str(path))

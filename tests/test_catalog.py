@@ -19,20 +19,41 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pyproj import Transformer
 from shapely.geometry import Point, box, shape
+from shapely.geometry.base import BaseGeometry
+from shapely.ops import unary_union
 from typer.testing import CliRunner
 
 from catalog.build import catalog_release
-from catalog.geometry import bbox_of, footprint_lonlat
+from catalog.geometry import (
+    bbox_of,
+    footprint_lonlat,
+    geojson_and_bbox,
+    lonlat_bbox_geometry,
+)
 from catalog.ods import OdsRow, read_metadata_ods, write_metadata_ods
-from catalog.rules import CatalogConsistencyRules, ReleaseMetadataRules, StacSchemaRules
-from catalog.uncertainty import PAPER_FACTORS
+from catalog.rules import (
+    CatalogConsistencyRules,
+    OfflineSchemas,
+    ReleaseMetadataRules,
+    StacSchemaRules,
+)
+from catalog.search import search
+from catalog.stac import CatalogSettings, build_collection
+from catalog.uncertainty import PAPER_FACTORS, UncertaintyFactors
 from producer.cli import build_app
 from producer.grid import Grid
 from producer.provenance import provenance_path, read_provenance
-from producer.spec import ITEMS_PARQUET, METADATA_ODS, TYPE1, build_name, roi_geopackage_name
+from producer.spec import (
+    ITEMS_NDJSON,
+    ITEMS_PARQUET,
+    METADATA_ODS,
+    TYPE1,
+    build_name,
+    roi_geopackage_name,
+)
 from producer.writer import write_cog
 from tests.conftest import STAC_SCHEMAS
-from tests.release_factory import DEFAULT_SHELF_YEARS, build_release
+from tests.release_factory import DEFAULT_SHELF_YEARS, ShelfYear, build_release
 
 SCHEMAS = Path(os.environ.get("ICEDAMAGE_STAC_SCHEMAS") or STAC_SCHEMAS)
 COLLECTION = "antarctic-ice-shelf-surface-damage"
@@ -140,6 +161,38 @@ def test_rerun_skips_and_force_rebuilds(cataloged: Path) -> None:
     assert any(text == "Totten 2021" for text, _, _ in steps)
 
 
+def test_collection_links_to_release_files_are_relative(cataloged: Path, tmp_path: Path) -> None:
+    moved = cataloged.rename(tmp_path / "moved")  # the original path is gone
+    collection = json.loads((moved / "stac" / COLLECTION / "collection.json").read_text())
+    links = [link for link in collection["links"] if link["rel"] in ("describedby", "related")]
+    assert sorted(Path(link["href"]).name for link in links) == [
+        "Amery_front_ROI.gpkg", "Larsen B_ROI.gpkg", "Totten_ROI.gpkg", METADATA_ODS]
+    for link in links:
+        assert not Path(link["href"]).is_absolute(), link
+        target = (moved / "stac" / COLLECTION / link["href"]).resolve()
+        assert target.parent == moved.resolve() and target.exists()
+    assert rules_found(moved) == set()  # no catalog-link-broken after the move
+
+
+OUTPUTS: list[tuple[str, Callable[[Path], Path]]] = [
+    ("items.parquet", lambda r: r / ITEMS_PARQUET),
+    ("items.ndjson", lambda r: r / ITEMS_NDJSON),
+    ("roi-geopackage", lambda r: r / roi_geopackage_name("Totten")),
+    ("thumbnail", lambda r: r / "Totten/2016/LC08_Totten_2016_thumbnail.png"),
+    ("item-json", lambda r: item_path(r, "totten-2016")),
+]
+
+
+@pytest.mark.parametrize("where", [o[1] for o in OUTPUTS], ids=[o[0] for o in OUTPUTS])
+def test_rerun_rebuilds_a_deleted_output(cataloged: Path, where: Callable[[Path], Path]) -> None:
+    where(cataloged).unlink()
+    result = catalog_release(cataloged, PAPER_FACTORS)
+    assert not result.skipped and where(cataloged).exists()
+    assert [i.id for i in search(cataloged, shelves=["Totten"])] == ["totten-2016", "totten-2021"]
+    assert rules_found(cataloged) == set()
+    assert catalog_release(cataloged, PAPER_FACTORS).skipped  # now up to date again
+
+
 # --------------------------------------------------------------------------------------------
 # Geometry near the pole and the antimeridian
 # --------------------------------------------------------------------------------------------
@@ -163,6 +216,67 @@ def test_footprint_across_the_antimeridian_is_split() -> None:
 def test_footprint_containing_the_pole_is_a_cap() -> None:
     geometry = footprint_lonlat(box(-100_000, -100_000, 100_000, 100_000))
     assert bbox_of(geometry)[0] == -180 and bbox_of(geometry)[1] == -90
+
+
+def _lonlat(x: float, y: float) -> tuple[float, float]:
+    return Transformer.from_crs("EPSG:3031", "EPSG:4326", always_xy=True).transform(x, y)
+
+
+POLE_CASES = [  # footprint, (west, east) its bbox must have
+    ("corner at the pole", box(0, -100_000, 100_000, 0), (90.0, 180.0)),
+    ("corner at the pole, y > 0", box(0, 0, 100_000, 100_000), (0.0, 90.0)),
+    ("edge through the pole", box(-100_000, -100_000, 100_000, 0), (90.0, -90.0)),
+    ("edge along x = 0 through the pole", box(-100_000, -100_000, 0, 100_000), (-180.0, 0.0)),
+]
+
+
+@pytest.mark.parametrize(("footprint", "west_east"), [c[1:] for c in POLE_CASES],
+                         ids=[c[0] for c in POLE_CASES])
+def test_footprints_touching_the_pole(footprint: BaseGeometry,
+                                      west_east: tuple[float, float]) -> None:
+    geometry = footprint_lonlat(footprint)
+    assert geometry.is_valid and not geometry.is_empty
+    west, south, east, north = bbox_of(geometry)
+    assert (west, east) == west_east and south == -90.0
+    assert north == pytest.approx(max(_lonlat(*c)[1] for c in footprint.exterior.coords))
+    minx, miny, maxx, maxy = footprint.bounds
+    for x in np.linspace(minx + 2_000, maxx - 2_000, 6):  # interior points, none at x = 0
+        for y in np.linspace(miny + 2_000, maxy - 2_000, 6):
+            lon, lat = _lonlat(x, y)
+            assert geometry.buffer(1e-6).contains(Point(lon, lat)), (x, y, lon, lat)
+    to_polar = Transformer.from_crs("EPSG:4326", "EPSG:3031", always_xy=True)
+    for part in getattr(geometry, "geoms", [geometry]):  # and nothing outside the footprint
+        point = part.representative_point()
+        assert footprint.buffer(1.0).contains(Point(to_polar.transform(point.x, point.y)))
+
+
+def _shelf_item(identifier: str, footprint: BaseGeometry) -> pystac.Item:
+    """A minimal item with this EPSG:3031 footprint, of a made-up shelf across 180° (no
+    released shelf is there; the Ross ice shelf is)."""
+    geometry, bbox = geojson_and_bbox(footprint)
+    return pystac.Item(identifier, geometry, bbox, dt.datetime(2021, 12, 1, tzinfo=dt.UTC), {
+        "start_datetime": "2021-12-01T00:00:00Z", "end_datetime": "2021-12-31T23:59:59Z",
+        "icedamage:shelf": "Ross West", "icedamage:year": 2021, "icedamage:sensors": ["LC08"],
+        "icedamage:restoration": None})
+
+
+def test_shelf_extent_covers_every_footprint_across_the_antimeridian() -> None:
+    crossing = box(-300e3, -1300e3, 200e3, -700e3)  # lon 164 .. -157, across 180°
+    beside = box(-1000e3, -900e3, -800e3, -700e3)  # same shelf, another year: lon -138 .. -125
+    union = unary_union([footprint_lonlat(crossing), footprint_lonlat(beside)])
+    west, south, east, north = bbox_of(union)
+    eastern = [g for g in footprint_lonlat(crossing).geoms if g.bounds[2] == 180.0]
+    assert west == min(g.bounds[0] for g in eastern) and 160 < west < 170
+    assert east == footprint_lonlat(beside).bounds[2] and -130 < east < -120  # the 2nd part too
+    assert lonlat_bbox_geometry((west, south, east, north)).buffer(1e-9).covers(union)
+    items = [_shelf_item("ross-west-2020", crossing), _shelf_item("ross-west-2021", beside)]
+    collection = build_collection(items, CatalogSettings(), {})
+    [extent] = collection.extent.spatial.bboxes
+    assert extent == [west, south, east, north]
+    checker = OfflineSchemas(SCHEMAS)
+    data = collection.to_dict(include_self_link=False)
+    for uri in (checker.core_uri(data), *data["stac_extensions"]):
+        assert checker.available(uri) and checker.error(data, uri) is None, uri
 
 
 # --------------------------------------------------------------------------------------------
@@ -335,6 +449,22 @@ def test_release_without_provenance_takes_dates_from_its_metadata_ods(tmp_path: 
     assert "icedamage:main_scene" in props["icedamage:unknown"]
 
 
+def test_new_shelf_year_gets_its_ods_row_beside_one_without_provenance(tmp_path: Path) -> None:
+    root = build_release(tmp_path / "r", (ShelfYear("Totten", 2016, ("LC08",)),),
+                         with_provenance=False)
+    catalog_release(root, PAPER_FACTORS)
+    [old_row] = read_metadata_ods(root / METADATA_ODS)
+    build_release(root, (ShelfYear("Totten", 2021, ("LC08", "LC09")),))  # newly produced
+    result = catalog_release(root, PAPER_FACTORS)
+    assert result.metadata_written
+    rows = {(r.shelf, r.year): r for r in read_metadata_ods(root / METADATA_ODS)}
+    assert rows[("Totten", 2016)] == old_row  # kept: it has no provenance to rebuild it from
+    assert rows[("Totten", 2021)].acquisition_dates == (dt.date(2021, 12, 10),
+                                                        dt.date(2021, 12, 19))
+    assert rules_found(root) == set()  # no ods-row-missing
+    assert not catalog_release(root, PAPER_FACTORS, force=True).metadata_written
+
+
 def test_provenance_dates_match_items(cataloged_pristine: Path) -> None:
     name = build_name(("LE07", "LC08"), "Amery_front", 2012, "DiffGF", TYPE1)
     prov = read_provenance(provenance_path(cataloged_pristine, name))
@@ -438,6 +568,48 @@ def test_catalog_refuses_a_bad_license(cataloged: Path) -> None:
     result = CliRunner().invoke(build_app(), ["catalog", str(cataloged), "--force",
                                               "--license", "CC BY 4.0"])
     assert result.exit_code == 1 and "SPDX" in result.output
+
+
+BAD_FACTORS: list[tuple[str, object, str]] = [
+    ("a list", [0.9, 1.1, 1.04], "not a list"),
+    ("no lambda_restoration", {"lambda_min": 0.9, "lambda_max": 1.1}, "'lambda_restoration'"),
+    ("a string", {"lambda_min": "0.9", "lambda_max": 1.1, "lambda_restoration": 1.04},
+     "'lambda_min' must be a positive number"),
+    ("an unknown key", {"lambda_min": 0.9, "lambda_max": 1.1, "lambda_restored": 1.04},
+     "unknown key(s) ['lambda_restored']"),
+    ("an edited upper bound", {"lambda_min": 0.9, "lambda_max": 1.1, "lambda_restoration": 1.04,
+                               "lambda_upper_restored": 1.3}, "'lambda_upper_restored' is 1.3"),
+]
+
+
+@pytest.mark.parametrize(("content", "message"), [c[1:] for c in BAD_FACTORS],
+                         ids=[c[0] for c in BAD_FACTORS])
+def test_malformed_factors_files_are_clear_errors(cataloged: Path, tmp_path: Path,
+                                                  content: object, message: str) -> None:
+    factors = tmp_path / "factors.json"
+    factors.write_text(json.dumps(content))
+    result = CliRunner().invoke(build_app(), ["catalog", str(cataloged), "--force",
+                                              "--factors", str(factors)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    bare = "".join(result.output.split())  # rich wraps long paths anywhere, spaces included
+    assert str(factors).replace(" ", "") in bare and message.replace(" ", "") in bare
+    assert "Traceback" not in result.output
+
+
+def test_factors_file_giving_the_restored_upper_bound(cataloged: Path, tmp_path: Path) -> None:
+    factors = tmp_path / "factors.json"
+    factors.write_text(json.dumps({"lambda_min": 0.9, "lambda_max": 1.1,
+                                   "lambda_upper_restored": 1.2}))
+    assert UncertaintyFactors.from_json(factors.read_text()).lambda_upper_restored == \
+        pytest.approx(1.2)
+    result = CliRunner().invoke(build_app(), ["catalog", str(cataloged), "--force",
+                                              "--factors", str(factors)])
+    assert result.exit_code == 0, result.output
+    props = json.loads(item_path(cataloged, "larsen-b-2005").read_text())["properties"]
+    assert props["icedamage:lambda_upper_restored"] == pytest.approx(1.2)
+    assert props["icedamage:damage_area_km2_high"] == pytest.approx(
+        props["icedamage:damage_area_km2"] * 1.2)
+    assert rules_found(cataloged) == set()
 
 
 def test_auxiliary_rasters_and_demo_source_are_cataloged(cataloged: Path) -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pystac
 import pytest
 import rasterio
 from pyproj import Transformer
@@ -15,12 +18,17 @@ from typer.testing import CliRunner
 
 from catalog.build import catalog_release
 from catalog.geometry import geojson_and_bbox
+from catalog.rules import OfflineSchemas
 from catalog.search import SearchError, search, write_index
 from catalog.uncertainty import PAPER_FACTORS
 from producer.cli import build_app
 from producer.shelves import roi_polygon
 from producer.spec import ITEMS_NDJSON, ITEMS_PARQUET
-from tests.release_factory import build_release
+from tests.conftest import STAC_SCHEMAS
+from tests.release_factory import DEFAULT_SHELF_YEARS, build_release
+
+SCHEMAS = Path(os.environ.get("ICEDAMAGE_STAC_SCHEMAS") or STAC_SCHEMAS)
+COLLECTION = "antarctic-ice-shelf-surface-damage"
 
 ALL = ["amery-front-2012", "larsen-b-2001", "larsen-b-2005", "totten-2016", "totten-2021"]
 
@@ -40,6 +48,7 @@ def _totten_bbox_3031() -> list[float]:
 CASES: list[tuple[str, dict[str, Any], list[str]]] = [
     ("everything", {}, ALL),
     ("one shelf", {"shelves": ["Totten"]}, ["totten-2016", "totten-2021"]),
+    ("one shelf as a string", {"shelves": "Totten"}, ["totten-2016", "totten-2021"]),
     ("shelf spelled loosely", {"shelves": ["larsen_b", "amery front"]},
      ["amery-front-2012", "larsen-b-2001", "larsen-b-2005"]),
     ("two shelves", {"shelves": ["Totten", "Amery_front"]},
@@ -48,6 +57,7 @@ CASES: list[tuple[str, dict[str, Any], list[str]]] = [
     ("year range", {"year_from": 2005, "year_to": 2016},
      ["amery-front-2012", "larsen-b-2005", "totten-2016"]),
     ("sensor LC09", {"sensors": ["LC09"]}, ["totten-2021"]),
+    ("one sensor as a string", {"sensors": "LC09"}, ["totten-2021"]),
     ("sensor LE07", {"sensors": ["LE07"]}, ["amery-front-2012", "larsen-b-2001", "larsen-b-2005"]),
     ("any of two sensors", {"sensors": ["LC09", "LE07"]},
      ["amery-front-2012", "larsen-b-2001", "larsen-b-2005", "totten-2021"]),
@@ -59,6 +69,14 @@ CASES: list[tuple[str, dict[str, Any], list[str]]] = [
     ("bbox nowhere", {"bbox": [0.0, -80.0, 10.0, -75.0]}, []),
     ("intersects point", {"intersects": {"type": "Point", "coordinates": [72.0, -69.8]}},
      ["amery-front-2012"]),
+    ("intersects Feature", {"intersects": {"type": "Feature", "properties": {},
+                                           "geometry": mapping(box(71, -70, 73, -69))}},
+     ["amery-front-2012"]),
+    ("intersects FeatureCollection (union)", {"intersects": {
+        "type": "FeatureCollection", "features": [
+            {"type": "Feature", "properties": {}, "geometry": mapping(box(71, -70, 73, -69))},
+            {"type": "Feature", "properties": {}, "geometry": mapping(box(-63, -66, -60, -65))},
+        ]}}, ["amery-front-2012", "larsen-b-2001", "larsen-b-2005"]),
     ("min fraction", {"min_fraction": 0.08}, ["totten-2021"]),
     ("combined", {"shelves": ["Larsen B"], "restored": False}, ["larsen-b-2001"]),
 ]
@@ -87,6 +105,109 @@ def test_search_rejects_bad_input(release: Path, tmp_path: Path) -> None:
         search(tmp_path)
     with pytest.raises(SearchError, match=r"'Thwaits' is not registered \(did you mean 'Thwaites'"):
         search(release, shelves=["Thwaits"])  # an error, not a silently empty result
+
+
+def stac_errors(data: dict[str, Any]) -> list[str]:
+    """Errors of a STAC dict against core 1.1.0 and every extension it declares (offline)."""
+    checker = OfflineSchemas(SCHEMAS)
+    errors = []
+    for uri in (checker.core_uri(data), *data.get("stac_extensions", [])):
+        assert checker.available(uri), f"{uri} is not in {SCHEMAS}"
+        error = checker.error(data, uri)
+        if error is not None:
+            errors.append(f"{data.get('id')}: {uri}: {list(error.absolute_path)} {error.message}")
+    return errors
+
+
+def test_index_lines_are_valid_items_with_a_collection_link(release: Path) -> None:
+    for line in (release / ITEMS_NDJSON).read_text().splitlines():
+        item = json.loads(line)
+        assert stac_errors(item) == []
+        [link] = [link for link in item["links"] if link["rel"] == "collection"]
+        assert item["collection"] == COLLECTION
+        assert link["href"] == f"stac/{COLLECTION}/collection.json"  # from the release root
+        assert (release / link["href"]).exists()
+
+
+@pytest.mark.parametrize("output", ["json", "geojson"])
+def test_search_output_is_valid_stac(release: Path, output: str) -> None:
+    result = CliRunner().invoke(build_app(), ["search", str(release), "--format", output])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    features = data["features"] if output == "geojson" else data
+    assert [f["id"] for f in features] == ALL
+    for feature in features:
+        assert stac_errors(feature) == []
+        [link] = [link for link in feature["links"] if link["rel"] == "collection"]
+        assert pystac.Collection.from_file(link["href"]).id == feature["collection"]
+
+
+def _same_items(found: list[pystac.Item], expected: list[pystac.Item], copy: Path,
+                release: Path) -> None:
+    """The items decoded from the parquet equal those read from items.ndjson (hrefs aside)."""
+    assert [i.id for i in found] == [i.id for i in expected]
+    for a, b in zip(found, expected, strict=True):
+        da, db = a.to_dict(transform_hrefs=False), b.to_dict(transform_hrefs=False)
+        for entry in (*da["assets"].values(), *da["links"]):
+            entry["href"] = str(Path(entry["href"]).relative_to(copy.resolve()))
+        for entry in (*db["assets"].values(), *db["links"]):
+            entry["href"] = str(Path(entry["href"]).relative_to(release.resolve()))
+        assert da == db
+        assert stac_errors(da) == []
+
+
+def test_search_without_the_ndjson_gives_the_same_valid_items(release: Path,
+                                                              tmp_path: Path) -> None:
+    copy = Path(shutil.copytree(release, tmp_path / "copy"))
+    (copy / ITEMS_NDJSON).unlink()
+    _same_items(search(copy), search(release), copy, release)
+
+
+def test_parquet_fallback_keeps_the_nulls_an_item_has(tmp_path: Path) -> None:
+    root = build_release(tmp_path / "v1", DEFAULT_SHELF_YEARS[:3], with_provenance=False)
+    catalog_release(root, PAPER_FACTORS)
+    copy = Path(shutil.copytree(root, tmp_path / "copy"))
+    (copy / ITEMS_NDJSON).unlink()
+    found, expected = search(copy), search(root)
+    _same_items(found, expected, copy, root)
+    restored = next(i for i in found if i.id == "larsen-b-2005").properties
+    assert restored["icedamage:restoration_model"] is None  # unknown, listed, kept
+    assert "icedamage:restoration_model" in restored["icedamage:unknown"]
+
+
+LONG_POLYGON = mapping(box(71, -70, 73, -69).segmentize(0.05))
+
+
+def test_search_command_intersects(release: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    inline = json.dumps(LONG_POLYGON)
+    assert len(inline) > 255  # longer than a file name may be
+    collection = tmp_path / "qgis.geojson"
+    collection.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"name": "a"}, "geometry": LONG_POLYGON},
+        {"type": "Feature", "properties": {"name": "b"},
+         "geometry": mapping(box(110, -70, 120, -60))}]}))
+    for value, expected in ((inline, ["amery-front-2012"]),
+                            (collection, ["amery-front-2012", "totten-2016", "totten-2021"])):
+        result = runner.invoke(build_app(), ["search", str(release), "--intersects", str(value),
+                                             "--format", "json"])
+        assert result.exit_code == 0, result.output
+        assert [i["id"] for i in json.loads(result.output)] == expected
+    for value, message in (("[1,2]", "GeoJSON object"), ('{"type": "Polygon"}', "not a valid"),
+                           (str(tmp_path / "missing.geojson"), "readable file"),
+                           ('{"type": "Feature", "geometry": null}', "no GeoJSON geometry"),
+                           ("{not json", "not valid JSON")):
+        result = runner.invoke(build_app(), ["search", str(release), "--intersects", value])
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+        assert message in " ".join(result.output.split()) and "Traceback" not in result.output
+
+
+def test_search_rejects_bad_intersects(release: Path) -> None:
+    for value in ([1, 2], "POINT (1 2)", {"type": "Nope", "coordinates": [1, 2]},
+                  {"type": "Polygon", "coordinates": [[1, 2]]},
+                  {"type": "FeatureCollection", "features": []}):
+        with pytest.raises(SearchError, match="intersects"):
+            search(release, intersects=value)  # type: ignore[arg-type]
 
 
 def test_search_across_the_antimeridian(release: Path, tmp_path: Path) -> None:
