@@ -116,7 +116,7 @@ def _scenes(inputs: ItemInputs) -> list[dict[str, Any]] | None:
     if inputs.provenance is not None:
         return [{"id": s.scene_id, "sensor": s.sensor, "acquired": s.acquired.isoformat(),
                  "role": s.role, "slc_off": s.slc_off, "valid_fraction": s.valid_fraction,
-                 "map_fraction": s.map_fraction}
+                 "map_fraction": s.map_fraction, "restored_fraction": s.restored_fraction}
                 for s in sorted(inputs.provenance.scenes, key=lambda s: s.acquired)]
     row = inputs.ods_row
     if row is None or not row.acquisition_dates or len(row.scene_ids) != len(row.acquisition_dates):
@@ -164,6 +164,8 @@ def product_properties(inputs: ItemInputs) -> dict[str, Any]:
         model = prov.restoration_model if prov else None
         props[f"{P}restoration_model"] = model.name if model else None
         props[f"{P}restoration_weights_sha256"] = model.weights_sha256 if model else None
+        props[f"{P}restored_fraction"] = (prov.parameters.get("restored_extent_fraction")
+                                          if prov else None)
     props.update({
         f"{P}damage_area_km2": stats.damage_area_km2,
         f"{P}valid_area_km2": stats.valid_area_km2,

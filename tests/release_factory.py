@@ -67,6 +67,7 @@ def fixture_provenance(item: ShelfYear) -> Provenance:
             map_fraction=0.8 if i == 0 else 0.2 / max(1, len(item.sensors) - 1),
             role="main" if i == 0 else "fill",
             slc_off=sensor == "LE07" and item.restoration is not None,
+            restored_fraction=0.15 if sensor == "LE07" and item.restoration else 0.0,
         )
         for i, (sensor, day) in enumerate(
             (s, first + dt.timedelta(days=9 * k)) for k, s in enumerate(item.sensors))
@@ -78,6 +79,7 @@ def fixture_provenance(item: ShelfYear) -> Provenance:
         segmentation=ModelRecord("segformer-mit-b2", "0" * 64, "fixture.pth"),
         restoration_model=ModelRecord("diffgf", "1" * 64) if item.restoration else None,
         software={"icedamage": "test"},
+        parameters={"restored_extent_fraction": 0.17} if item.restoration else {},
         products={TYPE1.key: name.filename, TYPE2.key: name.partner().filename},
     )
 

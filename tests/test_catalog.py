@@ -115,6 +115,8 @@ def test_items_carry_sensors_grid_classes_and_uncertainty(cataloged_pristine: Pa
     props = larsen.properties
     assert props["platform"] == "landsat-7" and props["instruments"] == ["etm+"]
     assert props["icedamage:restoration"] == "DiffGF" and props["icedamage:slc_off"] is True
+    assert props["icedamage:restored_fraction"] == 0.17  # of the type 1 map's valid pixels
+    assert [s["restored_fraction"] for s in props["icedamage:scenes"]] == [0.15]
     assert props["icedamage:lambda_upper_restored"] == pytest.approx(
         PAPER_FACTORS.lambda_upper_restored)
     assert props["icedamage:damage_area_km2_high"] == pytest.approx(
@@ -125,6 +127,7 @@ def test_items_carry_sensors_grid_classes_and_uncertainty(cataloged_pristine: Pa
     assert multi["end_datetime"] == "2021-12-19T23:59:59Z"
     assert multi["datetime"] == "2021-12-10T00:00:00Z"
     assert "icedamage:lambda_upper_restored" not in multi
+    assert "icedamage:restored_fraction" not in multi
     damage_map, damage = larsen.assets["damage_map"], larsen.assets["damage"]
     path = Path(damage_map.get_absolute_href())
     with rasterio.open(path) as src:
