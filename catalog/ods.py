@@ -22,7 +22,7 @@ from producer.writer import atomic_path
 
 SUMMARY_SHEET = "Summary"
 LIST_SEPARATOR = "; "
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 
 
 @dataclass(frozen=True)

@@ -382,7 +382,8 @@ _TOKEN = "|".join(SENSOR_ORDER)
 _NAME = re.compile(
     rf"^(?P<sensors>(?:{_TOKEN})(?:_(?:{_TOKEN}))*)_(?P<shelf>.+?)_(?P<year>\d{{4}})"
     rf"(?:{RESTORATION_PREFIX}(?P<restoration>[A-Za-z0-9]+))?"
-    rf"(?P<suffix>{'|'.join(re.escape(t.suffix) for t in PRODUCT_TYPES)})$"
+    rf"(?P<suffix>{'|'.join(re.escape(t.suffix) for t in PRODUCT_TYPES)})$",
+    re.ASCII,  # \d would take any script's digits ("٢٠١٦"), which int() reads as 2016
 )
 
 

@@ -86,6 +86,7 @@ def test_released_example_names_parse() -> None:
     "LC08_../x_2016_damage.tif",                   # path escape in the shelf
     "LC08_ Totten_2016_damage.tif",                # leading space in the shelf
     "Totten_2016_damage.tif",                      # no sensor
+    "LC08_Totten_\u0662\u0660\u0661\u0666_damage.tif",  # Arabic-Indic digits for the year
     "",
 ])
 def test_bad_names_are_refused(filename: str) -> None:

@@ -32,13 +32,13 @@ CLOUD_MASK_SUFFIX = "_cloud.tif"
 _EXPORT = re.compile(
     r"^(?P<sensor>L[A-Z]\d{2})_(?P<shelf>.+)_composite_(?P<date>\d{4}-\d{2}-\d{2})"
     r"_uint8\.tiff?$",
-    re.IGNORECASE,
+    re.IGNORECASE | re.ASCII,
 )
 _PRODUCT_ID = re.compile(
     r"^(?P<id>(?P<sensor>L[A-Z]\d{2})_(?P<level>L[0-9][A-Z0-9]{2})_(?P<pathrow>\d{6})_"
     r"(?P<acquired>\d{8})_(?P<processed>\d{8})_(?P<collection>\d{2})_(?P<category>RT|T1|T2))"
     r"(?P<rest>[_.].*)?$",
-    re.IGNORECASE,
+    re.IGNORECASE | re.ASCII,
 )
 
 
