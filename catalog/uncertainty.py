@@ -26,8 +26,10 @@ class Evaluation:
     @property
     def factor(self) -> float:
         """λ = precision / recall."""
-        if self.recall <= 0 or self.precision <= 0:
-            raise ValueError(f"evaluation {self.name!r}: precision and recall must be > 0")
+        if not (math.isfinite(self.precision) and math.isfinite(self.recall)) \
+                or self.recall <= 0 or self.precision <= 0:
+            raise ValueError(f"evaluation {self.name!r}: precision and recall must be finite "
+                             f"and > 0 (got {self.precision}, {self.recall})")
         return self.precision / self.recall
 
 

@@ -177,6 +177,20 @@ def read_precision_recall(path: Path) -> tuple[str, float, float]:
         if isinstance(node, dict) and node.get("precision") is not None \
                 and node.get("recall") is not None:
             name = str(data.get("name") or Path(path).stem)
-            return name, float(node["precision"]), float(node["recall"])
+            precision, recall = _finite(node["precision"]), _finite(node["recall"])
+            if precision is None or recall is None:
+                raise ValueError(f"{path}: precision {node['precision']!r} / recall "
+                                 f"{node['recall']!r} are not numbers (no damage mapped or "
+                                 "labelled?); λ = precision/recall needs both")
+            return name, precision, recall
     raise ValueError(f"{path}: field 'precision'/'recall' missing or null "
                      "(rule: an evaluation needs both to derive λ = precision/recall)")
+
+
+def _finite(value: object) -> float | None:
+    """A finite float from a JSON number (or numeric string); None for NaN, inf or text."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None

@@ -159,6 +159,28 @@ def test_pth_with_a_missing_tensor_is_refused(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "broken.pth")
 
 
+def test_hugging_face_model_safetensors_loads_like_its_pth(tmp_path: Path) -> None:
+    """A bare Hugging Face ``model.safetensors`` (no ``model.`` wrapper, 4.x names, no
+    sidecar), as an ADE20k SegFormer is downloaded, loads with the same logits as its .pth;
+    one missing tensor is a CheckpointError naming it, not a KeyError."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(2)
+    model = DamageSegmenter.build("custom", **TINY).eval()
+    bare = {k.removeprefix("model."): v.contiguous()
+            for k, v in ckpt.to_old_layout(model.state_dict()).items()}
+    save_file(bare, str(tmp_path / "model.safetensors"))
+    loaded, info = load_checkpoint(tmp_path / "model.safetensors")
+    pixels = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(pixels), loaded(pixels))
+    assert info.config["hidden_sizes"] == [8, 16, 40, 64]
+    del bare["segformer.encoder.block.0.0.mlp.dense1.weight"]
+    save_file(bare, str(tmp_path / "broken.safetensors"))
+    with pytest.raises(ckpt.CheckpointError, match="mlp.fc1.weight"):
+        load_checkpoint(tmp_path / "broken.safetensors")
+
+
 def test_variant_is_inferred_from_shapes(tmp_path: Path) -> None:
     for name in VARIANTS:
         with torch.device("meta"):  # shapes only: no memory, no time

@@ -121,8 +121,10 @@ def test_rotation_keeps_labels_binary_and_quarter_turn_is_exact() -> None:
     img90, lab90 = rotate(image, label, 90.0)
     assert torch.equal(lab90, torch.rot90(label, 1, (0, 1))) or torch.equal(
         lab90, torch.rot90(label, -1, (0, 1)))
-    _, lab = rotate(image, label, 33.0)
+    img, lab = rotate(image, label, 33.0)
     assert set(lab.unique().tolist()) <= {0.0, 1.0}
+    # nearest for the image too (the authors' rotation): every pixel is an input pixel or 0
+    assert set(img.unique().tolist()) <= set(image.unique().tolist()) | {0.0}
 
 
 def test_augmentation_is_reproducible_and_within_bounds() -> None:
@@ -312,6 +314,21 @@ def test_uncertainty_rejects_an_evaluation_without_recall(tmp_path: Path) -> Non
 
 def test_evaluation_factor_is_precision_over_recall() -> None:
     assert Evaluation("x", 0.9, 0.6).factor == pytest.approx(1.5)
+    with pytest.raises(ValueError, match="finite"):
+        Evaluation("x", float("nan"), 0.6).factor  # noqa: B018 - the property raises
+
+
+def test_uncertainty_rejects_a_restoration_report_without_damage(tmp_path: Path) -> None:
+    """A restoration report whose maps show no damage has precision/recall "nan": a clear
+    error, never a factors file holding NaN (not JSON) that fails later."""
+    report = tmp_path / "restoration.json"
+    report.write_text(json.dumps({"segmentation_agreement": {
+        "method": "DiffGF", "precision": "nan", "recall": "nan"}}))
+    out = tmp_path / "f.json"
+    res = runner.invoke(build_app(), ["uncertainty", "--restoration", str(report), "--out",
+                                      str(out)])
+    assert res.exit_code != 0 and "not numbers" in " ".join(res.output.split())
+    assert not out.exists()
 
 
 # ------------------------------------------------------------------------------ training
@@ -414,6 +431,28 @@ def test_cli_split_export_train_and_resume_with_the_demo_renderer(tmp_path: Path
     history = json.loads((run / "history.json").read_text())
     assert [h["epoch"] for h in history] == [0, 1]
     assert history[1]["lr"] == pytest.approx(LRSchedule().lr(1))
+
+
+def test_resume_is_the_run_in_out_with_its_own_settings(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run started as ``--out run`` from one folder resumes from anywhere by its path, and
+    options not given again keep the run's values (not the command's defaults)."""
+    torch.set_num_threads(1)
+    app = build_app()
+    (tmp_path / "a").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    res = runner.invoke(app, ["train", "--demo", "--variant", "b0", "--demo-tiles", "4",
+                              "--demo-val-tiles", "2", "--demo-size", "64", "--batch-size", "4",
+                              "--threads", "1", "--out", "run", "--epochs", "1", "--pth"])
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "a" / "run"
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["train", "--resume", "--out", str(run)])
+    assert res.exit_code == 0, res.output
+    history = json.loads((run / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [0]  # 1 epoch, as the run was started
+    saved = torch.load(run / "last_state.pt", weights_only=False)["config"]
+    assert saved["epochs"] == 1 and saved["pth"] is True
 
 
 def test_init_from_a_checkpoint_with_other_classes_keeps_the_encoder(tmp_path: Path) -> None:

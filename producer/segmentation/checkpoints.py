@@ -154,6 +154,16 @@ def infer_architecture(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]
     prefix = "model.segformer.stages."
     stages = sorted({int(k[len(prefix):].split(".")[0])
                      for k in state_dict if k.startswith(prefix)})
+    try:
+        return _architecture(state_dict, prefix, stages)
+    except (KeyError, IndexError) as error:
+        raise CheckpointError(f"SegFormer tensor {error} is missing: the checkpoint is "
+                              "incomplete or not a SegFormer segmenter") from None
+
+
+def _architecture(state_dict: Mapping[str, torch.Tensor], prefix: str,
+                  stages: list[int]) -> dict[str, Any]:
+    """``infer_architecture``'s reading of the shapes (raises KeyError for a missing tensor)."""
     hidden, patch, depths, srs, mlps = [], [], [], [], []
     for n in stages:
         proj = state_dict[f"{prefix}{n}.patch_embeddings.proj.weight"]
@@ -255,8 +265,9 @@ def sidecar_path(path: str | Path) -> Path:
 
 def _load_safetensors(path: Path, sha: str, device: str | torch.device
                       ) -> tuple[DamageSegmenter, ModelInfo]:
-    """Load our safetensors weights; the sidecar gives config and facts (shapes if it is absent)."""
-    state = load_file(str(path))
+    """Load safetensors weights: ours (the sidecar gives config and facts) or a bare Hugging
+    Face ``model.safetensors`` (shapes give the architecture)."""
+    state = _unwrap(load_file(str(path)), path)
     if is_old_layout(state):
         state = to_new_layout(state)
     side = sidecar_path(path)

@@ -1,8 +1,9 @@
 """Training augmentation of the authors' code: random rotation and random brightness.
 
-Rotation by an angle drawn uniformly from [-45°, 45°] about the tile centre (bilinear for the
-image, nearest for the label, zeros outside), then with probability 0.5 the image is multiplied
-by a factor drawn uniformly from [0.75, 1.25] and clamped to [0, 1]. All draws come from the
+Rotation by an angle drawn uniformly from [-45°, 45°] about the tile centre (nearest for the
+image and the label, as the authors' code rotates both; zeros outside), then with probability
+0.5 the image is multiplied by a factor drawn uniformly from [0.75, 1.25] and clamped to
+[0, 1]. All draws come from the
 ``torch.Generator`` passed in, so a sample's augmentation is reproducible.
 """
 
@@ -37,7 +38,8 @@ class Augmentation:
 
 def rotate(image: torch.Tensor, label: torch.Tensor,
            angle_deg: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate image (bilinear) and label (nearest) by ``angle_deg`` about the centre."""
+    """Rotate image and label by ``angle_deg`` about the centre, nearest neighbour for both
+    (the authors' rotation: image pixels keep their Landsat values, never blends of two)."""
     a = math.radians(angle_deg)
     theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0],
                           [math.sin(a), math.cos(a), 0.0]], dtype=torch.float32)
@@ -46,7 +48,7 @@ def rotate(image: torch.Tensor, label: torch.Tensor,
         theta[0, 1] *= h / w
         theta[1, 0] *= w / h
     grid = F.affine_grid(theta[None], [1, 1, h, w], align_corners=False)
-    img = F.grid_sample(image[None].float(), grid, mode="bilinear", padding_mode="zeros",
+    img = F.grid_sample(image[None].float(), grid, mode="nearest", padding_mode="zeros",
                         align_corners=False)[0]
     lab = F.grid_sample(label[None, None].float(), grid, mode="nearest", padding_mode="zeros",
                         align_corners=False)[0, 0]

@@ -81,7 +81,8 @@ def train(
     out: Annotated[Path, typer.Option(help="Run folder (checkpoints, curves)")] = Path("runs/seg"),
     variant: Annotated[str, typer.Option(help="SegFormer MiT variant b0…b5")] = "b2",
     init: Annotated[Path | None, typer.Option(help="Initialise from a local checkpoint")] = None,
-    epochs: Annotated[int, typer.Option()] = 200,
+    epochs: Annotated[int | None, typer.Option(
+        help="Epochs in all (default 200; a resumed run keeps its own unless given)")] = None,
     batch_size: Annotated[int, typer.Option()] = 8,
     start_lr: Annotated[float, typer.Option(help="Warm-up start")] = 1e-5,
     peak_lr: Annotated[float, typer.Option(help="Warm-up end / cosine start")] = 1e-4,
@@ -90,7 +91,9 @@ def train(
     cosine_epochs: Annotated[int, typer.Option()] = 80,
     weight_decay: Annotated[float, typer.Option()] = 0.01,
     seed: Annotated[int, typer.Option()] = 0,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 …")] = "cpu",
+    device: Annotated[str | None, typer.Option(
+        help="cpu, cuda, cuda:1 … (default cpu; a resumed run keeps its own unless given)")
+    ] = None,
     augment: Annotated[bool, typer.Option(help="Random rotation and brightness")] = True,
     crop: Annotated[int | None, typer.Option(help="Train on random crops of this size")] = None,
     demo_tiles: Annotated[int, typer.Option(help="Demo training tiles")] = 256,
@@ -99,7 +102,9 @@ def train(
     threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
     max_minutes: Annotated[float | None, typer.Option(help="Stop after this wall time")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out exactly")] = False,
-    pth: Annotated[bool, typer.Option(help="Also write the authors' .pth layout")] = False,
+    pth: Annotated[bool | None, typer.Option(
+        "--pth/--no-pth", help="Also write the authors' .pth layout (a resumed run keeps its "
+        "own choice unless given)")] = None,
 ) -> None:
     """Train the SegFormer damage segmenter (BCED, AdamW, the paper's schedule)."""
     from producer.training.train import TrainConfig, resume_config
@@ -107,9 +112,15 @@ def train(
 
     try:
         if resume and data is None and not demo:
-            config = resume_config(out, epochs=epochs, device=device, threads=threads,
-                                   max_minutes=max_minutes, pth=pth)
+            given = {"epochs": epochs, "device": device, "threads": threads,
+                     "max_minutes": max_minutes, "pth": pth}
+            # the run is the one in --out, wherever it was started from; only the options
+            # given now change it
+            config = resume_config(out, **{k: v for k, v in given.items() if v is not None})
         else:
+            epochs = 200 if epochs is None else epochs
+            device = device or "cpu"
+            pth = bool(pth)
             config = TrainConfig(
                 out=str(out), data=None if data is None else str(data), demo=demo,
                 variant=variant, init=None if init is None else str(init), epochs=epochs,

@@ -92,7 +92,7 @@ class TrainConfig:
 
     def same_run(self, other: TrainConfig) -> list[str]:
         """Fields that differ from ``other`` apart from those a resume may change."""
-        free = {"epochs", "device", "threads", "max_minutes", "pth"}
+        free = {"out", "epochs", "device", "threads", "max_minutes", "pth"}
         a, b = asdict(self), asdict(other)
         return [k for k in a if k not in free and a[k] != b[k]]
 
@@ -438,6 +438,7 @@ def _epoch_line(record: dict[str, Any], epochs: int, improved: bool) -> str:
 
 
 def resume_config(out: Path, **changes: Any) -> TrainConfig:
-    """The configuration stored in ``out``'s state, with resumable fields changed."""
+    """The configuration stored in ``out``'s state, with resumable fields changed; the run
+    folder is ``out`` itself, wherever (and however relative) the run was started."""
     saved = torch.load(Path(out) / STATE_FILE, weights_only=False)
-    return replace(TrainConfig(**saved["config"]), **changes)
+    return replace(TrainConfig(**saved["config"]), **{**changes, "out": str(out)})
