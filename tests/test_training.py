@@ -208,6 +208,9 @@ def test_metrics_follow_equations_4_to_9() -> None:
     assert m["precision"] == pytest.approx(0.8) and m["recall"] == pytest.approx(8 / 12)
     assert m["f1"] == pytest.approx(2 * 0.8 * (8 / 12) / (0.8 + 8 / 12))
     assert math.isnan(Confusion(tn=5).metrics()["precision"])
+    assert Confusion(fp=3, fn=4, tn=5).metrics()["f1"] == 0.0  # all wrong: 0, not "n/a"
+    assert Confusion(fn=4, tn=5).metrics()["f1"] == 0.0  # nothing predicted, damage missed
+    assert math.isnan(Confusion(tn=5).metrics()["f1"])  # no damage anywhere: undefined
 
 
 masks = st.integers(1, 12).flatmap(lambda h: st.integers(1, 12).flatmap(
