@@ -44,9 +44,11 @@ MAP, DMG = "_damage_map.tif", "_damage.tif"
 KEEP = object()
 
 
-def run_validate(*args: str) -> tuple[int, str]:
-    """Run ``icedamage validate`` in-process; (exit code, output)."""
-    result = CliRunner().invoke(build_app(), ["validate", *args])
+def run_validate(*args: str, columns: int | None = None) -> tuple[int, str]:
+    """Run ``icedamage validate`` in-process; (exit code, output). ``columns`` widens the
+    table so that long file names are not folded."""
+    env = {"COLUMNS": str(columns)} if columns else None
+    result = CliRunner().invoke(build_app(), ["validate", *args], env=env)
     return result.exit_code, result.output
 
 
@@ -145,6 +147,29 @@ def move(root: Path, old: str, new: str) -> None:
     (root / old).rename(root / new)
 
 
+def internal_mask(root: Path, rel: str) -> None:
+    """Rewrite a product as a COG with an internal mask band hiding its top rows (GDAL then
+    reads them as NoData, which neither the nodata tag nor the pixel values show)."""
+    path = root / rel
+    with rasterio.open(path) as src:
+        data, profile = src.read(), src.profile
+    mask = np.full(data.shape[1:], 255, np.uint8)
+    mask[:200, :] = 0
+    profile.update(driver="GTiff")
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), MemoryFile() as mem:
+        with mem.open(**profile) as tmp:
+            tmp.write(data)
+            tmp.write_mask(mask)
+        with mem.open() as tmp:
+            rasterio.shutil.copy(tmp, path, driver="COG", COMPRESS="LZW", BLOCKSIZE=512,
+                                 OVERVIEW_RESAMPLING="NEAREST")
+
+
+def self_link(root: Path, rel: str) -> None:
+    """A symbolic link that points at itself (resolving it fails with ELOOP)."""
+    (root / rel).symlink_to((root / rel).name)
+
+
 @dataclass(frozen=True)
 class Corruption:
     """One way to break the fixture release, the rule it breaks and the file named."""
@@ -225,6 +250,17 @@ CORRUPTIONS: tuple[Corruption, ...] = (
                "Totten/2016/LC09_Totten_2016_provenance.json"),
     Corruption("folder-in-year", lambda r: (r / "Totten/2016/tiles").mkdir(),
                "layout-stray-folder", "Totten/2016/tiles"),
+    Corruption("type-2-internal-mask", lambda r: internal_mask(r, T16 + DMG), "raster-mask",
+               T16 + DMG),
+    Corruption("type-1-internal-mask", lambda r: internal_mask(r, T21 + MAP), "raster-mask",
+               T21 + MAP),
+    Corruption("link-loop-at-root", lambda r: self_link(r, "loop"), "layout-broken-link", "loop"),
+    Corruption("link-loop-in-shelf", lambda r: self_link(r, "Totten/loop"),
+               "layout-broken-link", "Totten/loop"),
+    Corruption("link-loop-in-year", lambda r: self_link(r, "Totten/2016/loop"),
+               "layout-broken-link", "Totten/2016/loop"),
+    Corruption("dangling-product-link", lambda r: [(r / (T16 + DMG)).unlink(), (
+        r / (T16 + DMG)).symlink_to("/nonexistent/x.tif")], "layout-broken-link", T16 + DMG),
     Corruption("two-products-in-a-year", lambda r: [shutil.copy(
         r / (T16 + s), r / f"Totten/2016/LC08_LC09_Totten_2016{s}") for s in (MAP, DMG)],
         "layout-multiple-products", "Totten/2016"),
@@ -286,6 +322,55 @@ def test_allow_globs_silence_strays(release: Path) -> None:
     report = validate_release(release, allow=["README.txt"])
     assert found(report) == {("layout-stray-file", "Totten/2016/notes.txt"),
                              ("layout-stray-folder", "scratch")}
+
+
+def test_allowing_a_folders_content_allows_the_folder(release: Path) -> None:
+    """docs/validation.md's own example: ``scratch/*`` leaves ``scratch/`` and its content
+    alone; a folder inside a year folder likewise."""
+    (release / "scratch").mkdir()
+    (release / "scratch/x.tif").write_bytes(b"x")
+    (release / "Totten/2016/tmp").mkdir()
+    (release / "Totten/2016/tmp/a.txt").write_text("x")
+    report = validate_release(release, allow=["scratch/*", "Totten/2016/tmp/*"], workers=1)
+    assert report.problems == [], report.to_json()
+    assert found(validate_release(release, allow=["scratch/*"], workers=1)) == {
+        ("layout-stray-folder", "Totten/2016/tmp")}
+
+
+def test_a_release_without_products_is_not_valid(tmp_path: Path) -> None:
+    """An empty folder (a wrong path) or one with only empty shelf folders fails, exit 1."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    report = validate_release(empty, workers=1)
+    assert found(report) == {("layout-no-products", ".")} and not report.ok()
+    code, output = run_validate(str(empty), columns=250)
+    assert code == 1 and "layout-no-products" in output
+    (empty / "Totten").mkdir()
+    assert ("layout-no-products", ".") in found(validate_release(empty, workers=1))
+
+
+def test_a_link_loop_is_reported_not_raised(release: Path) -> None:
+    """A self-referencing link makes every stat fail with ELOOP: reported by name, the
+    command ends with exit 1 and its report, not a traceback."""
+    (release / "Totten/2016/loop").symlink_to("loop")
+    code, output = run_validate(str(release), columns=250)
+    assert code == 1, output
+    assert "layout-broken-link" in output and "Totten/2016/loop" in output
+    assert "Traceback" not in output
+
+
+def test_a_name_that_is_not_utf8_is_reported_escaped(release: Path, tmp_path: Path) -> None:
+    """A file name with a byte that is not UTF-8: the table and the JSON report are written,
+    the name shown with the byte escaped."""
+    folder = bytes(release / "Totten/2016")
+    with open(folder + b"/notes_\xff.txt", "wb") as fh:
+        fh.write(b"x")
+    code, output = run_validate(str(release), "--json", str(tmp_path / "r.json"), columns=250)
+    assert code == 1, output
+    assert "notes_\\xff.txt" in output
+    data = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
+    assert {(p["rule"], p["file"]) for p in data["problems"]} == {
+        ("layout-stray-file", "Totten/2016/notes_\\xff.txt")}
 
 
 def test_every_problem_is_reported_not_just_the_first(release: Path, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -22,6 +23,7 @@ from rich.text import Text
 from catalog.schema_fetch import OFFLINE_ENV
 from producer.writer import atomic_path
 from validation.engine import ValidationReport, validate_release
+from validation.report import printable
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
@@ -33,7 +35,8 @@ def problem_table(report: ValidationReport) -> Table:
 
     Cells are plain ``Text`` so that brackets in file names or messages are not read as markup.
     """
-    table = Table(title=f"Problems in {report.release_dir}", show_lines=False, expand=True)
+    title = Text(f"Problems in {printable(str(report.release_dir))}")
+    table = Table(title=title, show_lines=False, expand=True)
     for column, style in (("File", "cyan"), ("Rule", "bold"), ("Found", ""), ("Expected", ""),
                           ("Severity", "")):
         table.add_column(column, style=style or None, overflow="fold")
@@ -87,8 +90,9 @@ def validate(
     console = Console(stderr=False)
     errors = Console(stderr=True)
     if not release_dir.is_dir():
-        errors.print(f"[red]error:[/red] release folder {release_dir} does not exist "
-                     "or is not a folder", soft_wrap=True, markup=True, highlight=False)
+        errors.print(f"[red]error:[/red] release folder {escape(printable(str(release_dir)))} "
+                     "does not exist or is not a folder", soft_wrap=True, markup=True,
+                     highlight=False)
         raise typer.Exit(EXIT_USAGE)
     if schemas is not None:
         os.environ["ICEDAMAGE_STAC_SCHEMAS"] = str(schemas)  # read by the catalog rule sets
@@ -110,7 +114,7 @@ def validate(
         console.print(problem_table(report))
     if json_report is not None:
         write_json_report(report, json_report)
-        console.print(f"JSON report written to {json_report}")
+        console.print(f"JSON report written to {printable(str(json_report))}", markup=False)
     console.print(summary(report, strict))
     raise typer.Exit(EXIT_OK if report.ok(strict) else EXIT_PROBLEMS)
 

@@ -24,7 +24,7 @@ from validation.inventory import scan_release
 from validation.layout_rules import layout_rules
 from validation.plausibility_rules import plausibility_rules
 from validation.product_rules import product_rules
-from validation.report import Problem, RuleSet
+from validation.report import Problem, RuleSet, printable, printable_problem
 
 ENTRY_POINT_GROUP = "icedamage.rule_sets"
 #: Rule id of a rule set that raised instead of reporting problems.
@@ -116,7 +116,7 @@ class ValidationReport:
     def to_dict(self) -> dict[str, object]:
         """Plain data for the JSON report."""
         return {
-            "release": str(self.release_dir),
+            "release": printable(str(self.release_dir)),
             "ok": self.ok(False),
             "ok_strict": self.ok(True),
             "errors": len(self.errors),
@@ -164,12 +164,22 @@ def validate_release(release_dir: Path, *, rule_sets: Sequence[RuleSet] | None =
     started = time.perf_counter()
     if rule_sets is None:
         rule_sets = default_rule_sets(ValidationOptions(tuple(allow), workers, progress))
-    problems = [p for rule_set in rule_sets for p in _run(rule_set, release_dir)]
+    problems = [printable_problem(p) for rule_set in rule_sets
+                for p in _run(rule_set, release_dir)]
     problems.sort(key=lambda p: (p.file, p.rule, p.found))
     return ValidationReport(
         release_dir=release_dir,
         problems=problems,
         rule_sets=[getattr(r, "name", type(r).__name__) for r in rule_sets],
-        product_files=len(scan_release(release_dir, tuple(allow)).products),
+        product_files=_product_count(release_dir, allow),
         seconds=time.perf_counter() - started,
     )
+
+
+def _product_count(release_dir: Path, allow: Sequence[str]) -> int:
+    """Product files the report counts; 0 when the folder cannot be walked (the layout rule
+    set has reported why already)."""
+    try:
+        return len(scan_release(release_dir, tuple(allow)).products)
+    except OSError:
+        return 0

@@ -62,6 +62,8 @@ class Entry:
 
     rel: str
     is_dir: bool
+    broken: str | None = None
+    """Why a symbolic link does not resolve (a loop, a missing target); None for the rest."""
 
 
 @dataclass
@@ -97,9 +99,14 @@ class Inventory:
         return [p for y in self.years for p in y.products]
 
 
-def matches_any(rel: str, globs: Iterable[str]) -> bool:
-    """Whether a root-relative POSIX path matches one of the globs (``*`` crosses ``/``)."""
-    return any(fnmatch.fnmatchcase(rel, g) for g in globs)
+def matches_any(rel: str, globs: Iterable[str], is_dir: bool = False) -> bool:
+    """Whether a root-relative POSIX path matches one of the globs (``*`` crosses ``/``).
+
+    A folder also matches as ``rel/``, so ``scratch/*`` (everything inside) allows the
+    ``scratch`` folder itself, not only its content.
+    """
+    names = (rel, f"{rel}/") if is_dir else (rel,)
+    return any(fnmatch.fnmatchcase(name, g) for g in globs for name in names)
 
 
 def _root_allowed(name: str, is_dir: bool) -> bool:
@@ -107,11 +114,25 @@ def _root_allowed(name: str, is_dir: bool) -> bool:
     return name in ROOT_DIRS if is_dir else matches_any(name, ROOT_FILE_GLOBS)
 
 
+def _entry(item: os.DirEntry[str], prefix: str) -> Entry:
+    """One folder entry; symbolic links are followed, and one that does not resolve (a loop,
+    a missing target) is marked broken instead of raising."""
+    rel = f"{prefix}{item.name}"
+    try:
+        is_dir = item.is_dir()
+        if item.is_symlink():
+            os.stat(item.path)  # resolve it: ELOOP or ENOENT here, not in a rule set later
+    except OSError as exc:
+        return Entry(rel, False, broken=exc.strerror or type(exc).__name__)
+    return Entry(rel, is_dir)
+
+
 def _entries(folder: Path, prefix: str, allow: Sequence[str]) -> list[Entry]:
     """Sorted entries of a folder, minus those the user allowed."""
     with os.scandir(folder) as it:
-        found = [Entry(f"{prefix}{e.name}", e.is_dir()) for e in it]
-    return sorted((e for e in found if not matches_any(e.rel, allow)), key=lambda e: e.rel)
+        found = [_entry(e, prefix) for e in it]
+    return sorted((e for e in found if not matches_any(e.rel, allow, e.is_dir)),
+                  key=lambda e: e.rel)
 
 
 def product_suffix(filename: str) -> bool:
@@ -140,7 +161,7 @@ def scan_year(root: Path, rel: str, shelf: str, year: str, allow: Sequence[str])
     folder = YearFolder(rel, shelf, year)
     for entry in _entries(root / rel, f"{rel}/", allow):
         filename = entry.rel.rsplit("/", 1)[1]
-        if entry.is_dir or not product_suffix(filename):
+        if entry.is_dir or entry.broken or not product_suffix(filename):
             folder.others.append(entry)
             continue
         try:
@@ -159,7 +180,7 @@ def scan_release(root: Path, allow: Sequence[str] = ()) -> Inventory:
     """
     inventory = Inventory(root)
     for entry in _entries(root, "", allow):
-        if _root_allowed(entry.rel, entry.is_dir):
+        if not entry.broken and _root_allowed(entry.rel, entry.is_dir):
             continue
         subs = _entries(root / entry.rel, f"{entry.rel}/", allow) \
             if entry.is_dir and _shelf_safe(entry.rel) else None

@@ -24,6 +24,7 @@ from producer.spec import (
 from validation.inventory import (
     ROOT_DIRS,
     ROOT_FILE_GLOBS,
+    Entry,
     Inventory,
     ProductFile,
     YearFolder,
@@ -46,6 +47,8 @@ PAIR_SENSORS = "layout-pair-sensors"
 PAIR_RESTORATION = "layout-pair-restoration"
 PAIR_NAME = "layout-pair-name"
 MULTIPLE_PRODUCTS = "layout-multiple-products"
+BROKEN_LINK = "layout-broken-link"
+NO_PRODUCTS = "layout-no-products"
 
 _SHELF_LIST = ", ".join(repr(n) for n in SHELVES)
 _ROOT_ALLOWED = ", ".join([*ROOT_FILE_GLOBS, *(f"{d}/" for d in ROOT_DIRS)])
@@ -56,17 +59,36 @@ def _stray(rel: str, is_dir: bool, expected: str) -> Problem:
     return Problem(rel, rule, f"unexpected {kind}", expected)
 
 
+def _broken(entry: Entry) -> Problem:
+    """A symbolic link that does not resolve: nothing behind it can be checked or published."""
+    return Problem(entry.rel, BROKEN_LINK, f"symbolic link that does not resolve "
+                   f"({entry.broken})", "a file or folder, or a link to an existing one")
+
+
+def _unexpected(entry: Entry, expected: str) -> Problem:
+    """A broken link, else a stray file or folder."""
+    return _broken(entry) if entry.broken else _stray(entry.rel, entry.is_dir, expected)
+
+
+def release_problems(inventory: Inventory) -> Iterator[Problem]:
+    """A release without a single product file (an empty folder, a wrong path) never passes."""
+    if not inventory.products:
+        yield Problem(".", NO_PRODUCTS, "no product files in any <Shelf>/<YYYY>/ folder",
+                      f"at least one shelf-year (*{TYPE1.suffix} and *{TYPE2.suffix})")
+
+
 def root_problems(inventory: Inventory) -> Iterator[Problem]:
     """Root entries that are neither shelf folders nor allowed files, and unregistered shelves."""
     for entry in inventory.root_others:
-        yield _stray(entry.rel, entry.is_dir,
-                     f"only <Shelf>/ folders and {_ROOT_ALLOWED} at the release root")
+        yield _unexpected(entry, f"only <Shelf>/ folders and {_ROOT_ALLOWED} at the release root")
     for shelf in inventory.shelf_dirs:
         if shelf not in SHELVES:
             yield Problem(shelf, UNREGISTERED_SHELF, f"shelf folder {shelf!r}",
                           f"a registered shelf: {_SHELF_LIST}")
     for entry in inventory.shelf_others:
-        if entry.is_dir:
+        if entry.broken:
+            yield _broken(entry)
+        elif entry.is_dir:
             yield Problem(entry.rel, YEAR_FOLDER, f"folder {entry.rel.rsplit('/', 1)[1]!r}",
                           "a four-digit year folder <YYYY>")
         else:
@@ -140,7 +162,9 @@ def other_problems(folder: YearFolder) -> Iterator[Problem]:
     suffixes = ", ".join(AUXILIARY_SUFFIXES.values())
     for entry in folder.others:
         filename = entry.rel.rsplit("/", 1)[1]
-        if entry.is_dir:
+        if entry.broken:
+            yield _broken(entry)
+        elif entry.is_dir:
             yield _stray(entry.rel, True, "no folders inside a year folder")
         elif auxiliary_stem(filename) not in stems:
             yield _stray(entry.rel, False,
@@ -157,6 +181,7 @@ class LayoutRules:
     def check(self, release_dir: Path) -> Iterator[Problem]:
         """Every layout problem of the release."""
         inventory = scan_release(Path(release_dir), self.allow)
+        yield from release_problems(inventory)
         yield from root_problems(inventory)
         for folder in inventory.years:
             yield from name_problems(folder)

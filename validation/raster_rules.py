@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.enums import Resampling
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 from rio_cogeo.cogeo import cog_validate
@@ -38,6 +38,7 @@ COG_WARNING = "raster-cog-warning"
 VALUES = "raster-values"
 OVERVIEW_VALUES = "raster-overview-values"
 UNREADABLE = "raster-unreadable"
+MASK = "raster-mask"
 
 #: Rows (and at most this many columns) read per window: one row of tiles of the spec's layout.
 WINDOW_ROWS = ENCODING.blocksize
@@ -116,7 +117,30 @@ def header_problems(rel: str, src: rasterio.io.DatasetReader,
     large = max(src.width, src.height) > ENCODING.blocksize
     check(not large or bool(src.overviews(1)), OVERVIEWS, "no internal overviews",
           f"internal overviews (raster larger than {ENCODING.blocksize} px)")
+    found.extend(mask_problems(rel, src, product_type))
     return found
+
+
+def mask_problems(rel: str, src: rasterio.io.DatasetReader,
+                  product_type: ProductType) -> list[Problem]:
+    """An internal mask band or an alpha band: GDAL then hides pixels that the value checks
+    never see as NoData, and readers get a different map than the spec's encoding says.
+
+    Type 1 marks NoData only by its nodata value (GDAL mask flag ``nodata``); type 2 has no
+    mask at all (``all_valid``). A missing or wrong nodata tag is ``raster-nodata``'s finding.
+    """
+    flags = set(src.mask_flag_enums[0]) if src.count else set()
+    hidden = flags & {MaskFlags.per_dataset, MaskFlags.alpha}
+    if not hidden:
+        return []
+    kinds = " and ".join(sorted("an internal mask band" if f is MaskFlags.per_dataset
+                                else "an alpha band" for f in hidden))
+    want = (f"NoData marked by the nodata value {product_type.nodata} only"
+            if product_type.nodata is not None
+            else "every pixel valid")
+    return [Problem(rel, MASK, f"{kinds} (GDAL mask flags "
+                               f"{', '.join(sorted(f.name for f in flags))})",
+                    f"no mask band: {want} for {_type_text(product_type)}")]
 
 
 #: GDAL options for rio-cogeo's validator, which re-opens the file once per IFD and only looks

@@ -8,7 +8,7 @@ metadata.ods, GeoPackages) plug in as more rule sets.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -27,6 +27,18 @@ class Problem:
     def as_dict(self) -> dict[str, str]:
         """Plain dict for the JSON report."""
         return asdict(self)
+
+
+def printable(text: str) -> str:
+    """Text that any UTF-8 output can hold: bytes of a file name that are not UTF-8 (which
+    Python keeps as lone surrogates) become ``\\xNN`` escapes instead of failing the report."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def printable_problem(problem: Problem) -> Problem:
+    """The problem with every text field made printable (see ``printable``)."""
+    return replace(problem, file=printable(problem.file), found=printable(problem.found),
+                   expected=printable(problem.expected))
 
 
 class RuleSet(Protocol):
