@@ -4,7 +4,10 @@ The token comes from the environment (ZENODO_TOKEN, or ZENODO_SANDBOX_TOKEN with
 from the config file zenodo-client reads (``~/.config/zenodo.ini``, section ``[zenodo]`` or
 ``[zenodo:sandbox]``, key ``api_token``); never from the command line, and it is never printed,
 logged or saved. ICEDAMAGE_ZENODO_TIME_SCALE shrinks every backoff wait (tests) and
-ICEDAMAGE_ZENODO_ATTEMPTS sets how often a request is tried.
+ICEDAMAGE_ZENODO_ATTEMPTS sets how often a request is tried (unset: the defaults; a value that
+is not a number is an error). ``--url`` is normalised (scheme and host lower-cased, no trailing
+slash, ``www.zenodo.org`` is zenodo.org); demo products are refused whenever it names the
+production zenodo.org.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from publish.zenodo import (
     RetryPolicy,
     ZenodoClient,
     ZenodoError,
+    is_production,
+    normalise_base_url,
 )
 
 
@@ -48,12 +53,42 @@ def resolve_token(sandbox: bool) -> str:
                        "~/.config/zenodo.ini (never on the command line)")
 
 
+class SettingError(ValueError):
+    """An environment setting of the publisher holds a value it cannot use."""
+
+
+def _env_number(name: str, default: float, kind: type[int] | type[float],
+                minimum: float) -> float:
+    """A number from the environment (the default when unset or blank); SettingError names
+    the variable and the rule when the value is not a number of that kind and size."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not value >= minimum or value != value:  # NaN fails both
+        what = "a whole number" if kind is int else "a number"
+        raise SettingError(f"{name}={text!r}: expected {what} of at least {minimum:g} "
+                           f"(unset it for the default {default:g})")
+    return value
+
+
 def retry_from_env() -> RetryPolicy:
-    """Backoff settings, scaled by ICEDAMAGE_ZENODO_TIME_SCALE (tests use a tiny scale)."""
+    """Backoff settings, scaled by ICEDAMAGE_ZENODO_TIME_SCALE (tests use a tiny scale), tries
+    from ICEDAMAGE_ZENODO_ATTEMPTS; unset or blank means the default, garbage is an error."""
     policy = RetryPolicy()
-    policy.time_scale = float(os.environ.get("ICEDAMAGE_ZENODO_TIME_SCALE", "1"))
-    policy.attempts = int(os.environ.get("ICEDAMAGE_ZENODO_ATTEMPTS", str(policy.attempts)))
+    policy.time_scale = float(_env_number("ICEDAMAGE_ZENODO_TIME_SCALE", 1.0, float, 0))
+    policy.attempts = int(_env_number("ICEDAMAGE_ZENODO_ATTEMPTS", policy.attempts, int, 1))
     return policy
+
+
+def base_url_of(url: str | None, sandbox: bool) -> str:
+    """The normalised base URL the command talks to (see ``normalise_base_url``)."""
+    if url is None:
+        return SANDBOX_URL if sandbox else PRODUCTION_URL
+    return normalise_base_url(url)
 
 
 def publish_command(
@@ -84,17 +119,23 @@ def publish_command(
     if sandbox and url:
         console.print("error: give --sandbox or --url, not both", markup=False)
         raise typer.Exit(2)
-    base_url = url or (SANDBOX_URL if sandbox else PRODUCTION_URL)
+    try:
+        base_url = base_url_of(url, sandbox)
+    except ValueError as exc:
+        console.print(f"error: --url: {exc}", markup=False)
+        raise typer.Exit(2) from None
     try:
         token = resolve_token(sandbox)
-    except TokenMissing as exc:
+        policy = retry_from_env()
+    except (TokenMissing, SettingError) as exc:
         console.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from None
-    policy = retry_from_env()
     client = ZenodoClient(base_url, token, retry=policy, limiter=RateLimiter(policy))
+    # demo products may go to a sandbox or a test server, never to the production zenodo.org
+    # (however its URL is spelled: the check runs on the normalised URL)
     options = PublishOptions(release_dir=release_dir, version=version, base_url=base_url,
                              concept_id=concept_id, new=new,
-                             allow_demo=sandbox or url is not None, metadata_path=metadata,
+                             allow_demo=not is_production(base_url), metadata_path=metadata,
                              dry_run=dry_run, no_publish=no_publish, resume=resume)
     try:
         result = publish_release(options, client, console, secrets=(token,))

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -152,14 +153,35 @@ def file_hashes(path: Path) -> tuple[int, str, str]:
     return size, md5.hexdigest(), sha.hexdigest()
 
 
+def walk_files(root: Path) -> Iterator[Path]:
+    """Every regular file under ``root``, following symbolic links to folders as the validator
+    does (a linked year folder is validated, so it must be packaged); each real folder is
+    entered once, so a link to an ancestor cannot loop. Paths keep the linked spelling."""
+    seen: set[tuple[int, int]] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        try:
+            stat = os.stat(folder)
+        except OSError:
+            dirs[:] = []
+            continue
+        if (stat.st_dev, stat.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(folder) / name
+            if path.is_file():
+                yield path
+
+
 def _files_under(root: Path, base: Path) -> list[tuple[str, Path]]:
     """(posix path relative to base, path) of every regular file under root, sorted.
 
     Hidden files and folders (the publisher's own state folder among them) are never packaged.
     """
-    return sorted((p.relative_to(base).as_posix(), p) for p in root.rglob("*")
-                  if p.is_file() and not any(part.startswith(".") for part in
-                                             p.relative_to(base).parts))
+    return sorted((p.relative_to(base).as_posix(), p) for p in walk_files(root)
+                  if not any(part.startswith(".") for part in p.relative_to(base).parts))
 
 
 def shelf_dirs(release_dir: Path) -> list[Path]:
@@ -169,20 +191,26 @@ def shelf_dirs(release_dir: Path) -> list[Path]:
                   and any(c.is_dir() and _YEAR.fullmatch(c.name) for c in p.iterdir()))
 
 
-def plan_packages(release_dir: Path) -> list[PackageSpec]:
-    """The files a record of this release holds, before anything is written."""
+def plan_packages(release_dir: Path, catalog_root: Path | None = None) -> list[PackageSpec]:
+    """The files a record of this release holds, before anything is written.
+
+    ``catalog_root`` is where ``stac/`` and the item tables for ``stac.zip`` are taken from:
+    the release itself by default, or the copy the publisher prepares for one record (whose
+    catalog names that record only; see ``publish.writeback.record_catalog``).
+    """
     release_dir = Path(release_dir)
+    source = Path(catalog_root) if catalog_root is not None else release_dir
     specs: list[PackageSpec] = []
     for shelf in shelf_dirs(release_dir):
         members = tuple(_files_under(shelf, release_dir))
         specs.append(PackageSpec(safe_key(shelf.name) + ".zip", "shelf", shelf.name, members))
     catalog: list[tuple[str, Path]] = []
-    stac = release_dir / STAC_CATALOG_DIR
+    stac = source / STAC_CATALOG_DIR
     if stac.is_dir():
-        catalog += _files_under(stac, release_dir)
+        catalog += _files_under(stac, source)
     for name in (ITEMS_PARQUET, ITEMS_NDJSON):
-        if (release_dir / name).is_file():
-            catalog.append((name, release_dir / name))
+        if (source / name).is_file():
+            catalog.append((name, source / name))
     if catalog:
         specs.append(PackageSpec(CATALOG_KEY, "catalog", STAC_CATALOG_DIR, tuple(catalog)))
     ods = release_dir / METADATA_ODS
@@ -253,38 +281,59 @@ def _load_cache(out_dir: Path) -> dict[str, dict[str, object]]:
     return data if isinstance(data, dict) else {}
 
 
-def build_packages(release_dir: Path, out_dir: Path, version: str) -> Manifest:
+def _cache_valid(known: dict[str, object], fingerprint: str, target: Path) -> bool:
+    """Whether a package built earlier can be reused: same inputs, and the file on disk is
+    still the one that was built (same size and modification time; anything that rewrote it,
+    even to the same size, changes the time)."""
+    if known.get("inputs") != fingerprint or not target.is_file():
+        return False
+    stat = target.stat()
+    return stat.st_size == known.get("size") and stat.st_mtime_ns == known.get("mtime_ns")
+
+
+def _build_one(spec: PackageSpec, target: Path) -> tuple[tuple[Member, ...], int, str, str]:
+    """Write one package; (members, size, md5, sha256) of what was written."""
+    contents: tuple[Member, ...] = ()
+    if spec.zipped:
+        contents = write_zip(target, spec.members)
+    else:
+        _copy(target, spec.members[0][1])
+    size, md5, sha = file_hashes(target)
+    return contents, size, md5, sha
+
+
+def build_packages(release_dir: Path, out_dir: Path, version: str,
+                   catalog_root: Path | None = None,
+                   rebuild: Iterable[str] = ()) -> Manifest:
     """Write every package of the release into ``out_dir`` plus manifest.json; the manifest.
 
     A package whose inputs (names, sizes, mtimes) are unchanged since the last build in
-    ``out_dir`` is kept as it is (re-running skips done work). Files in ``out_dir`` that no
-    longer belong to the release are removed, so the folder holds exactly what the record will
-    hold.
+    ``out_dir``, and whose file is untouched since (size and mtime), is kept as it is
+    (re-running skips done work); keys in ``rebuild`` are written anew regardless (the
+    publisher found their bytes damaged). Files in ``out_dir`` that no longer belong to the
+    release are removed, so the folder holds exactly what the record will hold.
+    ``catalog_root``: see ``plan_packages``.
     """
     release_dir, out_dir = Path(release_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    specs = plan_packages(release_dir)
+    specs = plan_packages(release_dir, catalog_root)
     if not specs:
         raise PackageError(f"{release_dir}: nothing to publish (no shelf folders, catalog, "
                            f"{METADATA_ODS} or GeoPackages)")
     cache, fresh = _load_cache(out_dir), {}
+    forced = set(rebuild)
     entries = []
     for spec in specs:
         target = out_dir / spec.key
         fingerprint = inputs_fingerprint(spec)
         known = cache.get(spec.key, {})
-        if (known.get("inputs") == fingerprint and target.is_file()
-                and target.stat().st_size == known.get("size")):
+        if spec.key not in forced and _cache_valid(known, fingerprint, target):
             size, md5, sha = int(known["size"]), str(known["md5"]), str(known["sha256"])
             contents = tuple(Member(**m) for m in known.get("contents", []))  # type: ignore
         else:
-            contents = ()
-            if spec.zipped:
-                contents = write_zip(target, spec.members)
-            else:
-                _copy(target, spec.members[0][1])
-            size, md5, sha = file_hashes(target)
+            contents, size, md5, sha = _build_one(spec, target)
         fresh[spec.key] = {"inputs": fingerprint, "size": size, "md5": md5, "sha256": sha,
+                           "mtime_ns": target.stat().st_mtime_ns,
                            "contents": [asdict(m) for m in contents]}
         entries.append(ManifestEntry(spec.key, size, md5, sha, spec.kind, spec.name, contents))
     keep = {spec.key for spec in specs} | {MANIFEST_KEY}

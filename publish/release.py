@@ -1,8 +1,12 @@
 """Publish a validated release to Zenodo as a new record or a new version, in seven steps.
 
 1. Preflight: validator, no demo products on the real Zenodo, token, metadata, limits.
-2. Package: one stored ZIP per shelf, catalog ZIP, metadata.ods, GeoPackages, manifest.
-3. Draft: reuse the concept's draft, else newversion (or create); drop inherited extras.
+2. Package: one stored ZIP per shelf, catalog ZIP, metadata.ods, GeoPackages, manifest;
+   every product the validator saw must be in a shelf ZIP (symbolic links are followed).
+3. Draft: reuse the concept's draft, else newversion (or create); drop inherited extras. The
+   catalog ZIP is then made again for this record only: earlier write-backs (the previous
+   version's DOI, a sandbox rehearsal's links) stripped, the draft's reserved DOI
+   (``metadata.prereserve_doi``) and hrefs into this record written in.
 4. Upload: stream what the server lacks, verify each checksum, record progress in the state.
 5. Metadata: PUT it whole, read it back, compare.
 6. Publish gate: the draft's files must equal the manifest; then publish (or stop: --no-publish).
@@ -15,7 +19,10 @@ dry run prints the requests it would send and the file changes against the previ
 from __future__ import annotations
 
 import datetime as dt
+import json
+import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +37,6 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from producer.provenance import read_provenance
 from producer.spec import AUXILIARY_SUFFIXES, RELEASE_METADATA
 from publish.metadata import (
     MetadataError,
@@ -46,21 +52,41 @@ from publish.package import (
     build_packages,
     file_hashes,
     member_diff,
+    plan_packages,
+    walk_files,
 )
-from publish.state import FileState, PublishState, load_state, packages_dir, save_state
+from publish.state import (
+    FileState,
+    PublishState,
+    load_state,
+    packages_dir,
+    save_state,
+    state_dir,
+)
 from publish.writeback import (
     Publication,
     citation_text,
+    clean_work_folders,
+    record_catalog,
     release_notes_section,
     today_utc,
     update_catalog,
+    work_folders,
     write_release_notes,
 )
-from publish.zenodo import ZenodoClient, ZenodoError, public_record
+from publish.zenodo import (
+    ZenodoClient,
+    ZenodoError,
+    is_production,
+    normalise_base_url,
+    public_record,
+)
 
 MAX_FILES = 100
 MAX_BYTES = 50 * 10**9
 UPLOAD_VERIFY_ATTEMPTS = 3
+#: Where, in the publish state folder, the catalog of the record being published is prepared.
+RECORD_CATALOG_DIR = "record-catalog"
 Files = dict[str, tuple[int, str]]
 
 
@@ -87,6 +113,10 @@ class PublishOptions:
     no_publish: bool = False
     resume: bool = False
     today: dt.date = field(default_factory=today_utc)
+
+    def __post_init__(self) -> None:
+        """One spelling per server: hrefs without ``//`` and a state that recognises it."""
+        self.base_url = normalise_base_url(self.base_url)
 
 
 @dataclass
@@ -154,26 +184,76 @@ def record_files(record: dict[str, Any]) -> Files:
             for f in record.get("files", [])}
 
 
+def _provenance_demo(path: Path) -> bool:
+    """Whether a provenance record says demo, read from its raw ``source`` / ``demo`` fields
+    (not the full record: one that this version cannot parse must not hide a demo product).
+    ValueError saying why when the fields cannot be read."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"not readable JSON ({type(exc).__name__}: {exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    source, demo = data.get("source"), data.get("demo")
+    if not isinstance(source, str) or not isinstance(demo, bool | None):
+        raise ValueError(f"no usable 'source' field ({source!r}) or a 'demo' field that is "
+                         f"not true/false ({demo!r})")
+    return source == "demo" or demo is True
+
+
 def demo_products(release_dir: Path) -> list[str]:
-    """Provenance records of products made from the offline demo source."""
+    """Provenance records of products made from the offline demo source.
+
+    Fails closed: PublishRefused names every record whose ``source``/``demo`` fields cannot be
+    read, since then nobody can tell whether demo data would be published. Symbolic links are
+    followed, as by the validator and the packager.
+    """
+    release_dir = Path(release_dir)
     suffix = AUXILIARY_SUFFIXES["provenance"]
-    found = []
-    for path in sorted(Path(release_dir).rglob(f"*{suffix}")):
-        if any(part.startswith(".") for part in path.relative_to(release_dir).parts):
+    found, unreadable = [], []
+    for path in walk_files(release_dir):
+        rel = path.relative_to(release_dir)
+        if not path.name.endswith(suffix) or any(p.startswith(".") for p in rel.parts):
             continue
         try:
-            if read_provenance(path).demo:
-                found.append(path.relative_to(release_dir).as_posix())
-        except (ValueError, KeyError, TypeError):
-            continue  # unreadable records are the validator's business
-    return found
+            if _provenance_demo(path):
+                found.append(rel.as_posix())
+        except ValueError as why:
+            unreadable.append(f"{rel.as_posix()}: {why}")
+    if unreadable:
+        raise PublishRefused(
+            f"{release_dir}: {len(unreadable)} provenance record(s) cannot be read, so "
+            "whether they describe demo products is unknown; fix or re-produce them:\n  "
+            + "\n  ".join(sorted(unreadable)))
+    return sorted(found)
 
 
-def validation_problems(release_dir: Path) -> list[str]:
+def same_server(saved: str, base_url: str) -> bool:
+    """Whether a base URL saved in a state file (perhaps before URLs were normalised) names
+    the same server as ``base_url``."""
+    try:
+        return normalise_base_url(saved) == normalise_base_url(base_url)
+    except ValueError:
+        return saved == base_url
+
+
+def check_products_packaged(release_dir: Path, manifest: Manifest) -> None:
+    """Every product file the validator saw must be inside a shelf package (a folder the
+    packager could not walk must never silently drop a validated product)."""
+    from validation.inventory import scan_release
+
+    packaged = {m.path for e in manifest.entries if e.kind == "shelf" for m in e.contents}
+    missing = [p.rel for p in scan_release(Path(release_dir)).products if p.rel not in packaged]
+    if missing:
+        raise PackageError(f"{release_dir}: {len(missing)} validated product file(s) are in no "
+                           f"package, e.g. {missing[0]}; not publishing an incomplete record")
+
+
+def validation_problems(release_dir: Path, allow: tuple[str, ...] = ()) -> list[str]:
     """Errors the release validator finds (warnings do not block publication)."""
     from validation.engine import validate_release
 
-    report = validate_release(Path(release_dir))
+    report = validate_release(Path(release_dir), allow=allow)
     if report.ok(False):
         return []
     return [f"{p.file}: [{p.rule}] found {p.found}, expected {p.expected}"
@@ -202,6 +282,8 @@ class Publisher:
         self.secrets = secrets
         self.release = Path(options.release_dir)
         self.result = PublishResult(stage="started")
+        self.packaged: Publication | None = None
+        """The record the uploaded stac.zip names (None: none)."""
         client.on_retry = lambda text: self.say(f"      {text}")
 
     # ------------------------------------------------------------------ helpers
@@ -218,15 +300,27 @@ class Publisher:
     # ------------------------------------------------------------------ step 1
 
     def preflight_local(self) -> None:
-        """Validator and demo check (before any request)."""
-        problems = validation_problems(self.release)
+        """Validator and demo check (before any request).
+
+        What an interrupted write-back of ours left at the release root is tidied first, so
+        that ``--resume`` is not refused for our own working folders.
+        """
+        leftovers: tuple[str, ...] = ()
+        if self.o.dry_run:  # change nothing: only leave them out of the validation
+            leftovers = tuple(p.name for p in work_folders(self.release) if p.exists())
+            for name in leftovers:
+                self.say(f"[dry run] would tidy {name}/, left by an interrupted write-back")
+        else:
+            for name in clean_work_folders(self.release):
+                self.say(f"[1/7] tidied {name}/, left by an interrupted write-back")
+        problems = validation_problems(self.release, leftovers)
         if problems:
             shown = "\n  ".join(problems[:20])
             more = f"\n  … and {len(problems) - 20} more" if len(problems) > 20 else ""
             raise PublishRefused(f"{self.release}: the validator found {len(problems)} "
                                  f"error(s); fix them first:\n  {shown}{more}")
         demo = demo_products(self.release)
-        if demo and not self.o.allow_demo:
+        if demo and (not self.o.allow_demo or is_production(self.o.base_url)):
             raise PublishRefused(
                 f"{self.release}: {len(demo)} product(s) were made from the offline demo "
                 f"source (provenance source == 'demo'), e.g. {demo[0]}; demo products are "
@@ -282,19 +376,51 @@ class Publisher:
 
     # ------------------------------------------------------------------ step 2
 
-    def package(self, out_dir: Path) -> tuple[Manifest, Files]:
-        """Build the packages; the manifest and every wanted file (manifest.json included)."""
-        manifest = build_packages(self.release, out_dir, self.o.version)
+    def package(self, out_dir: Path, pub: Publication | None, catalog_dir: Path,
+                rebuild: tuple[str, ...] = (), quiet: bool = False) -> tuple[Manifest, Files]:
+        """Build the packages; the manifest and every wanted file (manifest.json included).
+
+        ``stac.zip`` holds a catalog prepared in ``catalog_dir`` that names the record ``pub``
+        (its reserved DOI) and no other; without ``pub`` (a dry run, or before the draft
+        exists) it names none. Every product the validator saw must be in a shelf package.
+        """
+        key_map = {spec.name: spec.key for spec in plan_packages(self.release)}
+        try:
+            catalog = record_catalog(self.release, catalog_dir, pub, key_map)
+            manifest = build_packages(self.release, out_dir, self.o.version,
+                                      catalog_root=catalog, rebuild=rebuild)
+        finally:
+            shutil.rmtree(catalog_dir, ignore_errors=True)  # in stac.zip now; rebuilt each run
+        check_products_packaged(self.release, manifest)
         wanted: Files = {e.key: (e.size, e.md5) for e in manifest.entries}
         size, md5, _ = file_hashes(out_dir / MANIFEST_KEY)
         wanted[MANIFEST_KEY] = (size, md5)
         total = sum(s for s, _ in wanted.values())
-        self.say(f"[2/7] packaged {len(wanted)} files ({total} bytes): "
-                 + ", ".join(sorted(wanted)))
+        if not quiet:
+            self.say(f"[2/7] packaged {len(wanted)} files ({total} bytes): "
+                     + ", ".join(sorted(wanted)))
         problems = limit_problems(len(wanted), total)
         if problems:
             raise PublishRefused("; ".join(problems))
         return manifest, wanted
+
+    def publication(self, record: dict[str, Any], metadata: dict[str, Any]) -> Publication | None:
+        """What a draft or published record is (or will be, once published) called: its DOI
+        (Zenodo reserves it for a draft: ``metadata.prereserve_doi``), record id, concept DOI
+        and citation; None when a draft has no reserved DOI."""
+        reserved = record.get("metadata", {}).get("prereserve_doi") or {}
+        doi = record.get("doi") or reserved.get("doi")
+        if not doi:
+            return None
+        record_id = int(record["id"] if record.get("doi") else
+                        reserved.get("recid") or record.get("record_id") or record["id"])
+        concept = record.get("conceptrecid")
+        conceptdoi = record.get("conceptdoi") or (
+            f"{doi.rsplit('.', 1)[0]}.{concept}" if concept else doi)
+        citation = citation_text(metadata.get("creators", []), metadata.get("title", ""),
+                                 self.o.version, int(metadata["publication_date"][:4]), doi)
+        return Publication(record_id, doi, conceptdoi, self.o.version, self.o.base_url,
+                           citation, metadata["publication_date"])
 
     # ------------------------------------------------------------------ dry run
 
@@ -320,7 +446,8 @@ class Publisher:
                 state: PublishState | None) -> PublishResult:
         """Print the requests a real run would send and the file changes; change nothing."""
         with tempfile.TemporaryDirectory(prefix="icedamage-dry-run-") as tmp:
-            manifest, wanted = self.package(Path(tmp))
+            manifest, wanted = self.package(Path(tmp) / "packages", None,
+                                            Path(tmp) / RECORD_CATALOG_DIR)
         previous_files = self.previous_files(previous) if previous else {}
         draft = None
         if state and state.deposition_id:
@@ -398,10 +525,15 @@ class Publisher:
     # ------------------------------------------------------------------ step 4
 
     def sync_files(self, state: PublishState, dep_id: int, bucket: str, out_dir: Path,
-                   wanted: Files) -> None:
-        """Delete extras, upload what differs, verify every checksum."""
+                   wanted: Files, rebuild: Callable[[tuple[str, ...]], Files]) -> None:
+        """Delete extras, upload what differs, verify every checksum.
+
+        The local bytes of each file to upload are checked against the manifest first: a
+        package damaged on disk since it was built is rebuilt (``rebuild``), never sent.
+        """
         remote = self.client.files(dep_id)
         rec = reconcile(remote, wanted)
+        self.repair_packages(out_dir, rec.upload, wanted, rebuild)
         for key in rec.delete:
             self.client.delete_file(bucket, key)
             self.result.deleted.append(key)
@@ -419,6 +551,20 @@ class Publisher:
             for key in rec.upload:
                 self.upload_verified(state, bucket, key, out_dir / key, wanted[key],
                                      progress, task)
+
+    def repair_packages(self, out_dir: Path, keys: tuple[str, ...], wanted: Files,
+                        rebuild: Callable[[tuple[str, ...]], Files]) -> None:
+        """Rebuild the packages among ``keys`` whose bytes no longer match what was built."""
+        damaged = tuple(k for k in keys if k != MANIFEST_KEY
+                        and file_hashes(out_dir / k)[:2] != wanted[k])
+        if not damaged:
+            return
+        self.say(f"[4/7] {', '.join(damaged)}: changed on disk since it was built; rebuilding")
+        again = rebuild(damaged)
+        if again != wanted or any(file_hashes(out_dir / k)[:2] != wanted[k] for k in damaged):
+            raise PublishStopped(f"{', '.join(damaged)}: the rebuilt package differs from the "
+                                 "manifest (the release changed while publishing?); run again "
+                                 "with --resume")
 
     def upload_verified(self, state: PublishState, bucket: str, key: str, path: Path,
                         want: tuple[int, str], progress: Progress, task: Any) -> None:
@@ -473,7 +619,7 @@ class Publisher:
         state = load_state(self.release)
         known_concept = state.concept_id if state is not None else None
         if state is not None and (state.version != self.o.version
-                                  or state.base_url != self.o.base_url):
+                                  or not same_server(state.base_url, self.o.base_url)):
             if state.stage != "published" and not self.o.dry_run:
                 raise PublishRefused(
                     f"a publication of version {state.version} to {state.base_url} is "
@@ -481,6 +627,8 @@ class Publisher:
                     "finish it with --resume and that version, or delete "
                     f"{self.release}/.icedamage-publish")
             state = None
+        if state is not None:
+            state.base_url = self.o.base_url  # the normalised spelling from now on
         if state is not None and state.stage == "published":
             self.say(f"version {state.version} is already published: https://doi.org/"
                      f"{state.doi}")
@@ -498,7 +646,10 @@ class Publisher:
         if self.o.dry_run:
             return self.dry_run(concept, previous, state)
         out_dir = packages_dir(self.release)
-        manifest, wanted = self.package(out_dir)
+        catalog_dir = state_dir(self.release) / RECORD_CATALOG_DIR
+        # everything local is built and checked before the server is asked for a draft;
+        # only stac.zip changes once the draft's reserved DOI is known (the rest is cached)
+        self.package(out_dir, None, catalog_dir)
         state = state or PublishState(self.o.version, self.o.base_url, concept_id=concept)
         self.save(state)
         draft = self.open_draft(state, concept, previous)
@@ -508,9 +659,17 @@ class Publisher:
         state.html, state.stage = draft["links"].get("html"), "draft"
         self.save(state)
         self.result.deposition_id = dep_id
+        pub = self.publication(draft, metadata)
+        if pub is None:
+            self.say(f"[2/7] draft {dep_id} has no reserved DOI: stac.zip names no record")
+        else:
+            self.say(f"[2/7] stac.zip names this record only: {pub.doi} (reserved)")
+        manifest, wanted = self.package(out_dir, pub, catalog_dir, quiet=True)
+        self.packaged = pub
         if draft.get("submitted") and draft.get("state") == "done":
             return self.write_back(state, draft, manifest, previous, metadata, wanted)
-        self.sync_files(state, dep_id, bucket, out_dir, wanted)
+        self.sync_files(state, dep_id, bucket, out_dir, wanted,
+                        lambda keys: self.package(out_dir, pub, catalog_dir, keys, True)[1])
         self.put_metadata(dep_id, metadata)
         self.gate(dep_id, wanted)
         state.stage = "verified"
@@ -538,14 +697,21 @@ class Publisher:
                    wanted: Files) -> PublishResult:
         """DOIs into the catalog, release notes and state."""
         record_id = int(published["id"])
-        doi = published.get("doi") or f"10.5281/zenodo.{record_id}"
-        conceptdoi = published.get("conceptdoi") or \
-            f"10.5281/zenodo.{published.get('conceptrecid')}"
-        citation = citation_text(metadata.get("creators", []), metadata.get("title", ""),
-                                 self.o.version, int(metadata["publication_date"][:4]), doi)
-        pub = Publication(record_id, doi, conceptdoi, self.o.version, self.o.base_url,
-                          citation, metadata["publication_date"])
-        updated = update_catalog(self.release, pub, manifest)
+        pub = self.publication(
+            {**published, "doi": published.get("doi") or f"10.5281/zenodo.{record_id}"},
+            metadata)
+        assert pub is not None
+        doi, conceptdoi = pub.doi, pub.conceptdoi
+        if self.packaged is not None and self.packaged.doi != doi:
+            self.say(f"[7/7] warning: Zenodo published DOI {doi}, not the reserved "
+                     f"{self.packaged.doi} that the record's stac.zip names")
+        try:
+            updated = update_catalog(self.release, pub, manifest)
+        except OSError as exc:
+            raise PublishStopped(
+                f"version {self.o.version} is published (https://doi.org/{doi}), but writing "
+                f"it into the STAC catalog failed: {exc}. Fix that and run again with --resume "
+                "to finish the write-back") from exc
         diff = full_diff(record_files(previous), wanted, self.previous_manifest(previous),
                          manifest) if previous else []
         write_release_notes(self.release, release_notes_section(pub, manifest, diff))

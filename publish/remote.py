@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,6 +53,10 @@ _TIMEOUT = (10.0, 120.0)
 
 class RemoteError(RuntimeError):
     """A published record that cannot be searched; the message says which and why."""
+
+
+class UnverifiedDownload(UserWarning):
+    """A file of a record was downloaded without a checksum to check it against."""
 
 
 @dataclass(frozen=True)
@@ -105,11 +110,12 @@ def record_cache_dir(ref: RecordRef, cache_dir: Path | None = None) -> Path:
 def _cached(folder: Path) -> RecordIndex | None:
     try:
         facts = json.loads((folder / RECORD_FILE).read_text())
-    except (OSError, ValueError):
+        record_url, key_map = facts["record_url"], facts["key_map"]
+    except (OSError, ValueError, KeyError, TypeError):
         return None
     if not (folder / ITEMS_PARQUET).is_file():
         return None
-    return RecordIndex(facts["record_url"], folder, facts["key_map"])
+    return RecordIndex(record_url, folder, key_map)
 
 
 def _session() -> requests.Session:
@@ -165,15 +171,46 @@ def _download(session: requests.Session, url: str, target: Path, md5: str | None
 
 def _extract_index(archive: Path, folder: Path, url: str) -> None:
     """items.parquet and items.ndjson from the record's stac.zip."""
-    with zipfile.ZipFile(archive) as zf:
-        names = set(zf.namelist())
-        if ITEMS_PARQUET not in names:
-            raise RemoteError(f"{url}: {CATALOG_KEY} holds no {ITEMS_PARQUET} (published "
-                              "before `icedamage catalog` wrote the item index?)")
-        for name in (ITEMS_PARQUET, ITEMS_NDJSON):
-            if name in names:
-                with zf.open(name) as src, open(folder / name, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            names = set(zf.namelist())
+            if ITEMS_PARQUET not in names:
+                raise RemoteError(f"{url}: {CATALOG_KEY} holds no {ITEMS_PARQUET} (published "
+                                  "before `icedamage catalog` wrote the item index?)")
+            for name in (ITEMS_PARQUET, ITEMS_NDJSON):
+                if name in names:
+                    with zf.open(name) as src, open(folder / name, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as error:
+        raise RemoteError(f"{url}: {CATALOG_KEY} is not a readable ZIP ({error}); the record "
+                          "is not an icedamage release") from None
+
+
+def _read_manifest(path: Path, url: str) -> Manifest:
+    """The record's manifest.json; RemoteError when it is not an icedamage manifest."""
+    try:
+        manifest = Manifest.from_json(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise RemoteError(f"{url}: {MANIFEST_KEY} is not an icedamage manifest "
+                          f"({type(error).__name__}: {error}); the record is not an icedamage "
+                          "release") from None
+    if not isinstance(manifest.key_map, dict):
+        raise RemoteError(f"{url}: {MANIFEST_KEY} has no key map; the record is not an "
+                          "icedamage release")
+    return manifest
+
+
+def _listed_md5(entry: dict[str, Any], url: str) -> str | None:
+    """The MD5 the record lists for a file; None (with a warning: the download then cannot
+    be checked) when the listing gives none."""
+    checksum = str(entry.get("checksum") or "")
+    algorithm, _, value = checksum.rpartition(":")
+    if value and algorithm in ("", "md5"):
+        return value
+    warnings.warn(f"{url}: the record lists no MD5 for {entry.get('key')} "
+                  f"({checksum or 'no checksum'}); the download is not verified",
+                  UnverifiedDownload, stacklevel=3)
+    return None
 
 
 def record_index(ref: RecordRef, cache_dir: Path | None = None,
@@ -201,7 +238,8 @@ def record_index(ref: RecordRef, cache_dir: Path | None = None,
     cached = _cached(folder)
     if cached is not None:  # a concept id resolved to a version already here
         return cached
-    files = {entry["key"]: entry for entry in record.get("files", [])}
+    files = {entry["key"]: entry for entry in record.get("files") or []
+             if isinstance(entry, dict) and isinstance(entry.get("key"), str)}
     missing = [key for key in (CATALOG_KEY, MANIFEST_KEY) if key not in files]
     if missing:
         raise RemoteError(f"{latest.url}: the record holds no {' or '.join(missing)}; it is not "
@@ -211,10 +249,10 @@ def record_index(ref: RecordRef, cache_dir: Path | None = None,
     with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{latest.record_id}-") as tmp:
         work = Path(tmp)
         for key in (MANIFEST_KEY, CATALOG_KEY):
-            md5 = str(files[key].get("checksum", "")).removeprefix("md5:") or None
-            _download(session, _file_url(files[key], latest), work / key, md5, progress, key,
-                      int(files[key].get("size", 0)))
-        manifest = Manifest.from_json((work / MANIFEST_KEY).read_text())
+            url = _file_url(files[key], latest)
+            _download(session, url, work / key, _listed_md5(files[key], url), progress, key,
+                      int(files[key].get("size") or 0))
+        manifest = _read_manifest(work / MANIFEST_KEY, _file_url(files[MANIFEST_KEY], latest))
         index = work / "index"
         index.mkdir()
         _extract_index(work / CATALOG_KEY, index, _file_url(files[CATALOG_KEY], latest))

@@ -4,7 +4,12 @@ The STAC collection gets the scientific extension's ``sci:doi`` (this version's 
 ``sci:citation`` and a ``cite-as`` link, plus links to the concept DOI (all versions) and the
 Zenodo record. Each asset of a product file gets an ``alternate`` href that reads the file in
 place inside its shelf ZIP on Zenodo: ``/vsizip//vsicurl/<base>/records/<id>/files/<key>/<path>``.
-The catalog is rewritten in a copy and swapped in, so a failure leaves the old one intact.
+The catalog is rewritten in a copy and swapped in, so a failure leaves the old one intact (and
+no working folder behind).
+
+The record's own ``stac.zip`` is made from a separate copy (``record_catalog``): earlier
+write-backs stripped, this record's reserved DOI and hrefs written in, so each record's catalog
+names that record only.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pystac.extensions.scientific import ScientificExtension
 
 from catalog.build import index_dicts
 from catalog.search import write_index
+from catalog.stac import DATASET_CITATION
 from producer.spec import RELEASE_NOTES, STAC_CATALOG_DIR
 from producer.writer import atomic_path
 from publish.package import Manifest, record_file_url, release_file_href
@@ -64,14 +70,15 @@ def _short_name(name: str) -> str:
     return f"{family.strip()}, {initials}" if initials else family.strip()
 
 
-def zenodo_href(pub: Publication, manifest: Manifest, stac_dir: Path, href: str) -> str | None:
+def zenodo_href(pub: Publication, key_map: dict[str, str], stac_dir: Path,
+                href: str) -> str | None:
     """Where a local release file lives in the record: inside its shelf ZIP (a GDAL path) or
     as a file of its own (a URL); None for files the record does not hold."""
     try:
         inner = Path(href).resolve().relative_to(stac_dir.parent.resolve()).as_posix()
     except ValueError:
         return None
-    return release_file_href(pub.record_url, manifest.key_map, inner)
+    return release_file_href(pub.record_url, key_map, inner)
 
 
 def _collections(root: pystac.Catalog) -> list[pystac.Collection]:
@@ -79,24 +86,45 @@ def _collections(root: pystac.Catalog) -> list[pystac.Collection]:
     return found + list(root.get_all_collections())
 
 
-def update_catalog(release_dir: Path, pub: Publication, manifest: Manifest) -> int:
-    """Write the publication into the STAC catalog; the number of assets given an alternate."""
-    release_dir = Path(release_dir)
-    stac = release_dir / STAC_CATALOG_DIR
-    if not (stac / "catalog.json").is_file():
-        return 0
-    # a sibling of stac/ keeps relative hrefs valid; no dot (pystac reads dotted names as files)
-    work = release_dir / f"_{STAC_CATALOG_DIR}_publish_tmp"
-    shutil.rmtree(work, ignore_errors=True)
-    shutil.copytree(stac, work)
-    root = pystac.Catalog.from_file(str(work / "catalog.json"))
+def _ours(link: pystac.Link) -> bool:
+    """Whether a link is one the publisher writes (cite-as, concept DOI, record page)."""
+    return link.rel == "cite-as" or (link.title or "").startswith((CONCEPT_TITLE, RECORD_TITLE))
+
+
+def strip_publication(root: pystac.Catalog) -> None:
+    """Remove what any earlier write-back put into the catalog (DOI, citation, version links,
+    asset alternates into a record), so that nothing names a record it does not belong to.
+
+    A re-catalog carries these fields over on purpose, so a catalog may hold those of the
+    previous version, or of a rehearsal on a test server.
+    """
+    for collection in _collections(root):
+        collection.extra_fields.pop("sci:doi", None)
+        collection.extra_fields["sci:citation"] = DATASET_CITATION
+        collection.links = [link for link in collection.links if not _ours(link)]
+    for obj in [*_collections(root), *root.get_items(recursive=True)]:
+        for asset in obj.assets.values():
+            alternates = dict(asset.extra_fields.get("alternate", {}))
+            alternates.pop(ALTERNATE_NAME, None)
+            if alternates:
+                asset.extra_fields["alternate"] = alternates
+            else:
+                asset.extra_fields.pop("alternate", None)
+        if ALTERNATE_SCHEMA in obj.stac_extensions and not any(
+                "alternate" in a.extra_fields for a in obj.assets.values()):
+            obj.stac_extensions.remove(ALTERNATE_SCHEMA)
+
+
+def apply_publication(root: pystac.Catalog, pub: Publication, key_map: dict[str, str],
+                      stac_dir: Path) -> int:
+    """Write one record's DOI, citation, links and asset alternates into a loaded catalog
+    saved under ``stac_dir`` (after stripping any earlier ones); the assets given one."""
+    strip_publication(root)
     for collection in _collections(root):
         sci = ScientificExtension.ext(collection, add_if_missing=True)
-        sci.doi = pub.doi
+        sci.doi = pub.doi  # pystac adds a cite-as link of its own: ours replaces it
         sci.citation = pub.citation
-        collection.links = [link for link in collection.links
-                            if link.rel != "cite-as" and not (link.title or "").startswith(
-                                (CONCEPT_TITLE, RECORD_TITLE))]
+        collection.links = [link for link in collection.links if not _ours(link)]
         collection.add_link(pystac.Link("cite-as", f"https://doi.org/{pub.doi}",
                                         title=f"Version {pub.version}"))
         for rel, href, title in (
@@ -106,7 +134,7 @@ def update_catalog(release_dir: Path, pub: Publication, manifest: Manifest) -> i
     updated = 0
     for obj in [*_collections(root), *root.get_items(recursive=True)]:
         for asset in obj.assets.values():
-            href = zenodo_href(pub, manifest, work, asset.get_absolute_href() or "")
+            href = zenodo_href(pub, key_map, stac_dir, asset.get_absolute_href() or "")
             if href is None:
                 continue
             alternates = dict(asset.extra_fields.get("alternate", {}))
@@ -116,15 +144,86 @@ def update_catalog(release_dir: Path, pub: Publication, manifest: Manifest) -> i
             updated += 1
             if ALTERNATE_SCHEMA not in obj.stac_extensions:
                 obj.stac_extensions.append(ALTERNATE_SCHEMA)
-    root.save()
-    old = release_dir / f"_{STAC_CATALOG_DIR}_publish_old"
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(stac, old)
-    os.replace(work, stac)
-    shutil.rmtree(old, ignore_errors=True)
+    return updated
+
+
+def work_folders(release_dir: Path) -> tuple[Path, Path]:
+    """The write-back's two sibling folders of ``stac/`` (new copy, old catalog); siblings keep
+    relative hrefs valid, and no dot (pystac reads dotted names as files)."""
+    release_dir = Path(release_dir)
+    return (release_dir / f"_{STAC_CATALOG_DIR}_publish_tmp",
+            release_dir / f"_{STAC_CATALOG_DIR}_publish_old")
+
+
+def clean_work_folders(release_dir: Path) -> list[str]:
+    """Tidy what an interrupted write-back left at the release root (the validator would
+    refuse it as strays): an old catalog whose swap did not finish goes back to ``stac/``;
+    the working copy is removed. The names of the folders dealt with."""
+    release_dir = Path(release_dir)
+    work, old = work_folders(release_dir)
+    stac = release_dir / STAC_CATALOG_DIR
+    done = []
+    if old.is_dir() and not stac.exists():
+        os.replace(old, stac)
+        done.append(old.name)
+    for folder in (work, old):
+        if folder.exists():
+            shutil.rmtree(folder)
+            done.append(folder.name)
+    return done
+
+
+def update_catalog(release_dir: Path, pub: Publication, manifest: Manifest) -> int:
+    """Write the publication into the STAC catalog; the number of assets given an alternate.
+
+    Works on a copy that is swapped in; whatever fails, no working folder stays behind.
+    """
+    release_dir = Path(release_dir)
+    stac = release_dir / STAC_CATALOG_DIR
+    if not (stac / "catalog.json").is_file():
+        return 0
+    clean_work_folders(release_dir)
+    work, old = work_folders(release_dir)
+    try:
+        shutil.copytree(stac, work)
+        root = pystac.Catalog.from_file(str(work / "catalog.json"))
+        updated = apply_publication(root, pub, manifest.key_map, work)
+        root.save()
+        os.replace(stac, old)
+        os.replace(work, stac)
+    finally:
+        clean_work_folders(release_dir)
     # search reads items.parquet / items.ndjson: they must carry the Zenodo hrefs too
     write_index(release_dir, index_dicts(release_dir, stac / "catalog.json"))
     return updated
+
+
+def record_catalog(release_dir: Path, work: Path, pub: Publication | None,
+                   key_map: dict[str, str]) -> Path | None:
+    """The catalog and item tables one record's ``stac.zip`` holds, prepared in ``work``.
+
+    A copy of the release's ``stac/`` with every earlier write-back removed and, when the
+    record's DOI is known (Zenodo reserves it for the draft), that record's own DOI, citation
+    and hrefs written in; the item tables are rebuilt from it. So a new version never carries
+    the previous version's DOI, nor a rehearsal the test server's links. None when the release
+    has no catalog (then ``stac.zip`` is packaged from the release as it is).
+    """
+    stac = Path(release_dir) / STAC_CATALOG_DIR
+    if not (stac / "catalog.json").is_file():
+        return None
+    work = Path(work)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    copy = work / STAC_CATALOG_DIR
+    shutil.copytree(stac, copy)
+    root = pystac.Catalog.from_file(str(copy / "catalog.json"))
+    if pub is None:
+        strip_publication(root)
+    else:
+        apply_publication(root, pub, key_map, copy)
+    root.save()
+    write_index(work, index_dicts(work, copy / "catalog.json"))
+    return work
 
 
 def release_notes_section(pub: Publication, manifest: Manifest, diff_lines: list[str]) -> str:

@@ -26,13 +26,57 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import requests
 
 PRODUCTION_URL = "https://zenodo.org"
 SANDBOX_URL = "https://sandbox.zenodo.org"
 USER_AGENT = "icedamage-publish"
+#: Hosts of the production and sandbox services (``www.`` and a trailing dot are ignored).
+PRODUCTION_HOST = "zenodo.org"
+SANDBOX_HOST = "sandbox.zenodo.org"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+def _host(url: str) -> str:
+    """The lower-case host of a URL without ``www.`` and a trailing dot ("" if none)."""
+    host = (urlsplit(url).hostname or "").rstrip(".")
+    return host.removeprefix("www.")
+
+
+def is_production(url: str) -> bool:
+    """Whether a base URL names the production Zenodo (where demo products never go)."""
+    return _host(url) == PRODUCTION_HOST
+
+
+def normalise_base_url(url: str) -> str:
+    """One spelling per Zenodo instance: lower-case scheme and host, no default port, no
+    trailing slash; zenodo.org and its sandbox (also as ``www.``) become their canonical
+    https URLs. Hrefs built from it have no ``//``, and the publish state of a release
+    recognises the same server however it was typed. ValueError for what is no base URL."""
+    text = url.strip()
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if (scheme not in ("http", "https") or not parts.hostname or port == -1
+            or parts.query or parts.fragment or parts.username or parts.password):
+        shown = "the URL given" if parts.username or parts.password else repr(text)
+        raise ValueError(f"{shown} is not a base URL of a Zenodo instance "
+                         "(http[s]://host[:port][/path], no query, no credentials)")
+    path = parts.path.rstrip("/")
+    if not path and _host(text) == PRODUCTION_HOST:
+        return PRODUCTION_URL
+    if not path and _host(text) == SANDBOX_HOST:
+        return SANDBOX_URL
+    host = parts.hostname.rstrip(".")
+    host = f"[{host}]" if ":" in host else host
+    default = {"http": 80, "https": 443}[scheme]
+    netloc = host if port in (None, default) else f"{host}:{port}"
+    return f"{scheme}://{netloc}{path}"
 
 
 class ZenodoError(RuntimeError):

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
+import re
 import shutil
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import yaml
 from rich.console import Console
 from typer.testing import CliRunner
@@ -153,3 +157,27 @@ def put_keys(emu: ZenodoEmulator, since: int = 0) -> list[str]:
     """Keys of the bucket PUTs logged after request number ``since``."""
     return [r.path.rsplit("/", 1)[-1] for r in emu.requests[since:]
             if r.method == "PUT" and r.path.startswith("/api/files/")]
+
+
+def stac_zip_references(data: bytes) -> tuple[set[int], set[str]]:
+    """Record ids (``/records/<id>``, ``zenodo.<id>``) and servers (``http://127.0.0.1:<port>``)
+    that a record's stac.zip names anywhere: STAC JSON, items.ndjson and items.parquet."""
+    texts = []
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        for name in zf.namelist():
+            raw = zf.read(name)
+            if name.endswith(".parquet"):
+                rows = pq.read_table(io.BytesIO(raw)).to_pylist()
+                texts.append(json.dumps(rows, default=str))
+            elif name.endswith((".json", ".ndjson")):
+                texts.append(raw.decode())
+    text = "\n".join(texts)
+    ids = {int(m) for m in re.findall(r"(?:/records/|zenodo\.)(\d+)", text)}
+    return ids, set(re.findall(r"https?://127\.0\.0\.1:\d+", text))
+
+
+def stac_zip_collection(data: bytes) -> dict:
+    """The collection JSON inside a record's stac.zip."""
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        name = next(n for n in zf.namelist() if n.endswith("/collection.json"))
+        return json.loads(zf.read(name))

@@ -3,6 +3,7 @@ a token without publish rights. Everything goes over HTTP on 127.0.0.1."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import zipfile
@@ -13,16 +14,18 @@ import pystac
 import pystow.config_api
 import pytest
 import rasterio
+import yaml
 from zenodo_client import Zenodo
 
 from catalog.search import search
-from producer.spec import RELEASE_NOTES, roi_geopackage_name
+from producer.spec import RELEASE_METADATA, RELEASE_NOTES, roi_geopackage_name
 from producer.writer import read_band
 from publish.package import MANIFEST_KEY, read_manifest
-from publish.state import load_state, packages_dir
+from publish.state import load_state, packages_dir, save_state
 from publish.zenodo import public_record
 from tests.publish_support import (
     PAPER_DOI,
+    RELEASE_YAML,
     TOKEN,
     WRITE_ONLY_TOKEN,
     all_text_files,
@@ -33,10 +36,12 @@ from tests.publish_support import (
     put_keys,
     run_cli,
     server_files,
+    stac_zip_collection,
+    stac_zip_references,
     tree_digest,
     withdraw_shelf,
 )
-from tests.zenodo_emulator import ZenodoEmulator
+from tests.zenodo_emulator import FULL_SCOPES, ZenodoEmulator
 
 #: The emulator and release fixtures live beside the helpers.
 pytest_plugins = ("tests.publish_fixtures",)
@@ -157,6 +162,76 @@ def test_new_version_with_one_shelf_changed(pub_release: Path, emulator: ZenodoE
     assert code == 2 and "version: '1.0' is already used" in out
 
 
+def test_each_record_catalog_names_that_record_only(pub_release: Path,
+                                                   emulator: ZenodoEmulator) -> None:
+    """A re-catalog carries the 1.0 write-back over, yet the 1.1 record's stac.zip (STAC, items
+    tables) cites 1.1's own DOI (reserved for the draft) and points into 1.1 only."""
+    assert run_cli(publish_args(pub_release, emulator, "1.0", "--new"))[0] == 0
+    [v1] = emulator.published()
+    assert stac_zip_references(v1.files["stac.zip"].data) == (
+        {v1.id, v1.conceptrecid}, {emulator.base_url})
+    change_shelf(pub_release)
+    code, out = run_cli(publish_args(pub_release, emulator, "1.1", "--concept-id",
+                                     str(v1.conceptrecid)))
+    assert code == 0, out
+    v2 = emulator.published()[-1]
+    data = v2.files["stac.zip"].data
+    assert stac_zip_references(data) == ({v2.id, v2.conceptrecid}, {emulator.base_url})
+    collection = stac_zip_collection(data)
+    assert collection["sci:doi"] == f"10.5281/zenodo.{v2.id}"
+    assert "Version 1.1" in collection["sci:citation"]
+    assert [link["href"] for link in collection["links"] if link["rel"] == "cite-as"] == [
+        f"https://doi.org/10.5281/zenodo.{v2.id}"]
+    # the record's catalog equals the local one after the write-back, item tables included
+    local = json.loads((pub_release / "stac/antarctic-ice-shelf-surface-damage/"
+                        "collection.json").read_text())
+    assert local["sci:doi"] == collection["sci:doi"]
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        assert zf.read("items.ndjson") == (pub_release / "items.ndjson").read_bytes()
+
+
+def test_rehearsal_on_a_test_server_does_not_leak_into_the_real_record(
+        pub_release: Path, emulator: ZenodoEmulator) -> None:
+    """A sandbox run writes its record into the local catalog; the real record must not name
+    the sandbox server anywhere (links, DOI, asset alternates, item tables)."""
+    sandbox = ZenodoEmulator({TOKEN: FULL_SCOPES}, owners={TOKEN: "tang"}).start()
+    try:
+        assert run_cli(publish_args(pub_release, sandbox, "1.0", "--new"))[0] == 0
+    finally:
+        sandbox.stop()
+    assert sandbox.base_url in (pub_release / "items.ndjson").read_text()
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new"))
+    assert code == 0, out
+    [record] = emulator.published()
+    ids, servers = stac_zip_references(record.files["stac.zip"].data)
+    assert servers == {emulator.base_url} and ids == {record.id, record.conceptrecid}
+    assert sandbox.base_url not in (pub_release / "items.ndjson").read_text()
+
+
+def test_url_spellings_of_one_server_are_one_server(pub_release: Path,
+                                                    emulator: ZenodoEmulator) -> None:
+    """A trailing slash or upper-case host: hrefs without "//", and the same publication."""
+    loud = emulator.base_url.replace("http://", "HTTP://") + "/"
+    code, out = run_cli(["publish", str(pub_release), "--version", "1.0", "--new",
+                         "--url", loud])
+    assert code == 0, out
+    [record] = emulator.published()
+    texts = [p.read_text() for p in (pub_release / "stac").rglob("*.json")]
+    texts.append((pub_release / RELEASE_NOTES).read_text())
+    assert not [t for t in texts if "//records/" in t]
+    assert f"{emulator.base_url}/records/{record.id}" in texts[-1]
+    state = load_state(pub_release)
+    assert state is not None and state.base_url == emulator.base_url
+    state.base_url += "/"  # as a state file written before URLs were normalised
+    save_state(pub_release, state)
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new"))
+    assert code == 0 and "already published" in out
+    assert len(emulator.published()) == 1 and not emulator.drafts()
+    code, out = run_cli(["publish", str(pub_release), "--version", "1.0", "--new",
+                         "--url", "zenodo.org"])
+    assert code == 2 and "--url" in out and "not a base URL" in out
+
+
 def test_dry_run_changes_nothing(pub_release: Path, emulator: ZenodoEmulator) -> None:
     assert run_cli(publish_args(pub_release, emulator, "1.0", "--new"))[0] == 0
     [v1] = emulator.published()
@@ -208,6 +283,36 @@ def test_demo_release_refused_on_zenodo(pub_release: Path, emulator: ZenodoEmula
     assert code == 0, out
 
 
+@pytest.mark.parametrize("url", ["https://zenodo.org", "https://zenodo.org/",
+                                 "https://www.zenodo.org", "HTTPS://Zenodo.org."])
+def test_demo_release_refused_however_zenodo_is_spelled(pub_release: Path, url: str) -> None:
+    """--url naming the production server is production: demo products are refused (locally,
+    before any request)."""
+    make_demo(pub_release)
+    code, out = run_cli(["publish", str(pub_release), "--version", "1.0", "--new",
+                         "--url", url, "--dry-run"])
+    assert code == 2 and "demo" in out, out
+
+
+def test_provenance_this_version_cannot_parse_still_counts_as_demo(
+        release: Path, emulator: ZenodoEmulator) -> None:
+    """A demo record with a field this version does not know (read_provenance raises) is still
+    demo; one whose source cannot be read at all refuses publication, naming the file."""
+    (release / RELEASE_METADATA).write_text(yaml.safe_dump(RELEASE_YAML, sort_keys=False))
+    records = sorted(release.rglob("*_provenance.json"))
+    data = json.loads(records[0].read_text())
+    records[0].write_text(json.dumps({**data, "source": "demo", "demo": True,
+                                      "notes": "a field of a newer version"}))
+    code, out = run_cli(["publish", str(release), "--version", "1.0", "--new"])
+    assert code == 2 and "demo" in out and "--sandbox" in out, out
+    records[1].write_text("{not json")
+    code, out = run_cli(publish_args(release, emulator, "1.0", "--new"))
+    flat = " ".join(out.split())
+    assert code == 2 and "cannot be read" in flat, out
+    assert records[1].relative_to(release).as_posix() in flat
+    assert emulator.requests == [] and not (release / "stac").exists()
+
+
 def test_invalid_release_refused_before_any_request(pub_release: Path,
                                                     emulator: ZenodoEmulator) -> None:
     product = next(pub_release.glob("Totten/2021/*_damage_map.tif"))
@@ -250,6 +355,24 @@ def test_missing_token_is_a_clear_error(pub_release: Path, emulator: ZenodoEmula
                         env={"ZENODO_TOKEN": ""})
     assert code == 0, out
     assert json.dumps([r.query for r in emulator.requests]).find("wrong-token") == -1
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("ICEDAMAGE_ZENODO_ATTEMPTS", "lots"), ("ICEDAMAGE_ZENODO_ATTEMPTS", "0"),
+    ("ICEDAMAGE_ZENODO_ATTEMPTS", "2.5"), ("ICEDAMAGE_ZENODO_TIME_SCALE", "fast")])
+def test_garbled_retry_settings_are_a_clear_error(pub_release: Path, emulator: ZenodoEmulator,
+                                                  variable: str, value: str) -> None:
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new", "--dry-run"),
+                        env={variable: value})
+    assert code == 2 and f"{variable}={value!r}" in out and "Traceback" not in out
+    assert emulator.requests == []
+
+
+def test_blank_retry_settings_mean_the_defaults(pub_release: Path,
+                                                emulator: ZenodoEmulator) -> None:
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new", "--dry-run"),
+                        env={"ICEDAMAGE_ZENODO_ATTEMPTS": " "})
+    assert code == 0, out
 
 
 def test_zenodo_client_against_the_emulator_keeps_inherited_files(

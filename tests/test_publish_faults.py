@@ -5,21 +5,24 @@ be retried. The emulator injects them over real HTTP on 127.0.0.1."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pystac
 import pytest
 
 from producer.spec import RELEASE_NOTES
-from publish.state import load_state, save_state
+from publish.state import load_state, packages_dir, save_state
 from publish.zenodo import RateLimiter, RetryPolicy, ZenodoClient, ZenodoError
 from tests.publish_support import (
     TOKEN,
     api_publish,
     manifest_files,
     publish_args,
+    put_keys,
     run_cli,
     server_files,
     withdraw_shelf,
@@ -183,3 +186,73 @@ def test_server_limits_are_reported_not_retried(pub_release: Path) -> None:
     assert code == 1 and "Too many files: a record holds at most 3" in " ".join(out.split())
     assert [r.status for r in small.requests if r.method == "PUT"] == [201, 201, 201, 400]
     assert not small.published()
+
+
+def test_write_back_failure_leaves_no_working_folder_and_resume_finishes(
+        pub_release: Path, emulator: ZenodoEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Saving the catalog copy fails (a full disk): the run stops with a message, the old
+    catalog is intact and nothing of ours is left at the root, so --resume (which validates
+    the release again) finishes the write-back."""
+    save = pystac.Catalog.save
+
+    def full_disk(self: pystac.Catalog, *args: object, **kwargs: object) -> None:
+        if "_stac_publish_tmp" in (self.get_self_href() or ""):
+            raise OSError(28, "No space left on device")
+        save(self, *args, **kwargs)
+
+    before = (pub_release / "stac/catalog.json").read_bytes()
+    monkeypatch.setattr(pystac.Catalog, "save", full_disk)
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new"))
+    assert code == 1 and "No space left on device" in out and "--resume" in out, out
+    [record] = emulator.published()
+    assert sorted(p.name for p in pub_release.iterdir() if p.name.startswith("_")) == []
+    assert (pub_release / "stac/catalog.json").read_bytes() == before
+    monkeypatch.setattr(pystac.Catalog, "save", save)
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new", "--resume"))
+    assert code == 0, out
+    assert load_state(pub_release).stage == "published"  # type: ignore[union-attr]
+    assert [d.id for d in emulator.published()] == [record.id]
+
+
+def test_resume_tidies_the_working_folders_of_a_killed_write_back(
+        pub_release: Path, emulator: ZenodoEmulator) -> None:
+    """A process killed mid-swap leaves ``_stac_publish_old`` (the catalog) and
+    ``_stac_publish_tmp``: --resume puts the catalog back and removes the copy."""
+    api_publish(pub_release, emulator, "1.0", new=True)
+    state = load_state(pub_release)
+    assert state is not None
+    state.stage = "verified"
+    save_state(pub_release, state)
+    shutil.copytree(pub_release / "stac", pub_release / "_stac_publish_tmp")
+    (pub_release / "stac").rename(pub_release / "_stac_publish_old")
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new", "--dry-run"))
+    assert code == 0 and "would tidy _stac_publish_tmp/" in out, out  # ... and changes nothing
+    assert (pub_release / "_stac_publish_old").is_dir() and not (pub_release / "stac").exists()
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new", "--resume"))
+    assert code == 0, out
+    assert "tidied _stac_publish_old/" in out and "tidied _stac_publish_tmp/" in out
+    assert not [p for p in pub_release.iterdir() if p.name.startswith("_")]
+    assert (pub_release / "stac/catalog.json").is_file()
+    assert len(emulator.published()) == 1
+
+
+def test_a_package_damaged_on_disk_is_rebuilt_not_sent(pub_release: Path,
+                                                       emulator: ZenodoEmulator) -> None:
+    """A built package changed later with the same size and mtime (bit rot, a stray write):
+    --resume rebuilds it instead of uploading it (the server's checksum could never match)."""
+    api_publish(pub_release, emulator, "1.0", new=True, no_publish=True)
+    [draft] = emulator.drafts()
+    package = packages_dir(pub_release) / "Totten.zip"
+    data = bytearray(package.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stat = package.stat()
+    package.write_bytes(bytes(data))
+    os.utime(package, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    del emulator.depositions[draft.id].files["Totten.zip"]  # the server lacks it: to upload
+    since = len(emulator.requests)
+    result, out, _ = api_publish(pub_release, emulator, "1.0", new=True, resume=True)
+    assert result.stage == "published", out
+    assert "Totten.zip: changed on disk since it was built; rebuilding" in out
+    assert put_keys(emulator, since) == ["Totten.zip"]  # stac.zip is rebuilt byte-identical
+    [record] = emulator.published()
+    assert server_files(emulator, record.id) == manifest_files(pub_release)

@@ -13,8 +13,17 @@ from hypothesis import strategies as st
 
 from catalog.search import SearchError, search
 from producer.writer import read_band
-from publish.remote import ZENODO_URL, RecordRef, parse_record_ref, record_cache_dir
-from tests.publish_support import publish_args, run_cli
+from publish import zenodo
+from publish.package import CATALOG_KEY, MANIFEST_KEY
+from publish.remote import (
+    ZENODO_URL,
+    RecordRef,
+    UnverifiedDownload,
+    parse_record_ref,
+    record_cache_dir,
+)
+from publish.zenodo import RateLimiter, RetryPolicy, ZenodoClient
+from tests.publish_support import TOKEN, publish_args, run_cli
 from tests.zenodo_emulator import ZenodoEmulator
 
 pytest_plugins = ("tests.publish_fixtures",)
@@ -144,6 +153,55 @@ def test_records_that_cannot_be_searched_say_why(emulator: ZenodoEmulator, cache
     monkeypatch.setenv("ICEDAMAGE_OFFLINE", "1")
     with pytest.raises(SearchError, match="not in the cache, and ICEDAMAGE_OFFLINE=1"):
         search(f"{emulator.base_url}/records/123")
+
+
+def _foreign_record(emulator: ZenodoEmulator, tmp_path: Path, manifest: bytes,
+                    stac: bytes) -> int:
+    """Publish a record holding a manifest.json and a stac.zip that are not ours; its id."""
+    policy = RetryPolicy(time_scale=0.0005)
+    client = ZenodoClient(emulator.base_url, TOKEN, retry=policy, limiter=RateLimiter(policy))
+    draft = client.create()
+    for key, data in ((MANIFEST_KEY, manifest), (CATALOG_KEY, stac)):
+        (tmp_path / key).write_bytes(data)
+        client.upload(draft["links"]["bucket"], key, tmp_path / key, len(data))
+    client.put_metadata(draft["id"], {"upload_type": "dataset", "title": "another dataset",
+                                      "creators": [{"name": "Other, Ann"}], "description": "x",
+                                      "publication_date": "2024-01-01"})
+    return int(client.publish(draft["id"])["id"])
+
+
+@pytest.mark.parametrize(("manifest", "stac", "why"), [
+    (b'{"files_list": []}', b"PK\x05\x06" + b"\0" * 18, "manifest.json is not an icedamage"),
+    (b"\xff\xfe not text", b"PK\x05\x06" + b"\0" * 18, "manifest.json is not an icedamage"),
+    (b'{"version": "1", "files": [], "key_map": {}}', b"not a zip",
+     "stac.zip is not a readable ZIP"),
+], ids=["foreign-manifest", "binary-manifest", "stac-not-a-zip"])
+def test_a_record_that_is_no_icedamage_release_says_so(emulator: ZenodoEmulator, cache: Path,
+                                                       tmp_path: Path, manifest: bytes,
+                                                       stac: bytes, why: str) -> None:
+    record_id = _foreign_record(emulator, tmp_path, manifest, stac)
+    with pytest.raises(SearchError, match=f"{why}.*not an icedamage release"):
+        search(f"{emulator.base_url}/records/{record_id}")
+    assert not record_cache_dir(RecordRef(emulator.base_url, record_id)).exists()
+    code, out = run_cli(["search", f"{emulator.base_url}/records/{record_id}"])
+    assert code != 0 and why in " ".join(out.split()) and "Traceback" not in out
+
+
+def test_a_listing_without_checksums_warns(published: tuple[Path, str, int], cache: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A download that cannot be checked is not silently trusted: a warning says so."""
+    _, url, _ = published
+    real = zenodo.public_record
+
+    def without_checksums(base_url: str, record_id: int | str) -> dict:
+        record = real(base_url, record_id)
+        for entry in record["files"]:
+            entry.pop("checksum", None)
+        return record
+
+    monkeypatch.setattr(zenodo, "public_record", without_checksums)
+    with pytest.warns(UnverifiedDownload, match="lists no MD5 for manifest.json"):
+        assert [i.id for i in search(url, year=2005)] == ["larsen-b-2005"]
 
 
 def test_stats_of_a_record_equal_the_release_stats(published: tuple[Path, str, int],

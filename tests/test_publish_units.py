@@ -3,6 +3,7 @@ Zenodo's limits and the request-rate limiter."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import shutil
 import string
@@ -27,12 +28,16 @@ from publish.package import (
     MANIFEST_KEY,
     PackageError,
     build_packages,
+    file_hashes,
     plan_packages,
     safe_key,
+    walk_files,
 )
-from publish.release import limit_problems, reconcile
+from publish.release import check_products_packaged, limit_problems, reconcile
+from publish.writeback import Publication, record_catalog, update_catalog
 from publish.zenodo import RateLimiter, RetryPolicy
 from tests.publish_support import PAPER_DOI, RELEASE_YAML
+from validation.engine import validate_release
 
 pytest_plugins = ("tests.publish_fixtures",)
 TODAY = dt.date(2026, 11, 23)
@@ -139,6 +144,78 @@ def test_unchanged_packages_are_not_rebuilt(pub_release: Path, tmp_path: Path) -
     assert rebuilt >= {"Totten.zip"} and "Larsen_B.zip" not in rebuilt
     assert first.by_key()["Larsen_B.zip"] == second.by_key()["Larsen_B.zip"]
     assert first.by_key()["Totten.zip"].md5 != second.by_key()["Totten.zip"].md5
+
+
+def test_a_package_changed_on_disk_is_rebuilt(pub_release: Path, tmp_path: Path) -> None:
+    """The build cache trusts a package only while its file is untouched (size and mtime)."""
+    out = tmp_path / "out"
+    first = build_packages(pub_release, out, "1.0")
+    package = out / "Totten.zip"
+    data = bytearray(package.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, other bytes, newer mtime
+    package.write_bytes(bytes(data))
+    second = build_packages(pub_release, out, "1.0")
+    assert second.by_key()["Totten.zip"] == first.by_key()["Totten.zip"]
+    assert file_hashes(package)[1] == first.by_key()["Totten.zip"].md5
+
+
+def test_a_symlinked_year_folder_is_validated_and_packaged(pub_release: Path,
+                                                           tmp_path: Path) -> None:
+    """Validator and packager agree on symbolic links: both follow them."""
+    store = tmp_path / "store"
+    shutil.move(pub_release / "Totten/2016", store)
+    (pub_release / "Totten/2016").symlink_to(store, target_is_directory=True)
+    report = validate_release(pub_release, workers=1)
+    assert report.ok() and report.product_files == 10, report.to_json()
+    manifest = build_packages(pub_release, tmp_path / "out", "1.0")
+    inside = {m.path for m in manifest.by_key()["Totten.zip"].contents}
+    assert {"Totten/2016/LC08_Totten_2016_damage_map.tif",
+            "Totten/2016/LC08_Totten_2016_damage.tif"} <= inside
+    with zipfile.ZipFile(tmp_path / "out/Totten.zip") as zf:
+        assert zf.read("Totten/2016/LC08_Totten_2016_damage.tif") == (
+            store / "LC08_Totten_2016_damage.tif").read_bytes()
+    check_products_packaged(pub_release, manifest)
+    # a link back up the tree is walked once, not forever
+    (store / "up").symlink_to("..", target_is_directory=True)
+    assert len([p for p in walk_files(pub_release / "Totten") if p.name.endswith(".tif")]) < 20
+
+
+def test_a_validated_product_missing_from_the_packages_is_refused(pub_release: Path,
+                                                                  tmp_path: Path) -> None:
+    manifest = build_packages(pub_release, tmp_path / "out", "1.0")
+    shelf = manifest.by_key()["Totten.zip"]
+    lacking = dataclasses.replace(shelf, contents=tuple(
+        m for m in shelf.contents if "2016" not in m.path))
+    partial = dataclasses.replace(manifest, entries=tuple(
+        lacking if e.key == shelf.key else e for e in manifest.entries))
+    with pytest.raises(PackageError, match="Totten/2016/LC08_Totten_2016_damage"):
+        check_products_packaged(pub_release, partial)
+
+
+def test_record_catalog_names_one_record_reproducibly(pub_release: Path,
+                                                      tmp_path: Path) -> None:
+    """The catalog prepared for a record: earlier write-backs gone, its own DOI in, and the
+    same bytes each time (a resumed run finds stac.zip already on the server)."""
+    key_map = {spec.name: spec.key for spec in plan_packages(pub_release)}
+    old = Publication(7, "10.5072/zenodo.7", "10.5072/zenodo.6", "0.9", "http://sandbox.test",
+                      "A rehearsal", "2026-01-01")
+    manifest = build_packages(pub_release, tmp_path / "first", "0.9")
+    update_catalog(pub_release, old, manifest)  # as a rehearsal leaves it
+    pub = dataclasses.replace(old, record_id=9, doi="10.5281/zenodo.9",
+                              conceptdoi="10.5281/zenodo.8", base_url="https://zenodo.org")
+    built = []
+    for name in ("a", "b"):
+        work = record_catalog(pub_release, tmp_path / f"catalog-{name}", pub, key_map)
+        built.append(build_packages(pub_release, tmp_path / name, "1.0", catalog_root=work))
+    assert built[0].by_key()[CATALOG_KEY] == built[1].by_key()[CATALOG_KEY]
+    data = (tmp_path / "a" / CATALOG_KEY).read_bytes()
+    assert b"sandbox.test" not in data and b"zenodo.7" not in data
+    with zipfile.ZipFile(tmp_path / "a" / CATALOG_KEY) as zf:
+        assert b"https://zenodo.org/records/9/files/Totten.zip" in zf.read("items.ndjson")
+    stripped = record_catalog(pub_release, tmp_path / "catalog-none", None, key_map)
+    assert stripped is not None
+    for path in stripped.rglob("*.json"):
+        assert "sandbox.test" not in path.read_text() and "sci:doi" not in path.read_text()
 
 
 def test_safe_keys_and_clashes(tmp_path: Path) -> None:
