@@ -74,6 +74,18 @@ def read_extent(path: Path, shelf: str, year: int) -> BaseGeometry:
     return geometry
 
 
+def polygonal(geometry: BaseGeometry) -> BaseGeometry:
+    """An extent drawn by hand made valid (a self-crossing ring, a bow-tie) and kept to its
+    areas; GIS tools draw such polygons, and overlay operations refuse them."""
+    if geometry.is_valid:
+        return geometry
+    import shapely
+
+    fixed = shapely.make_valid(geometry)
+    parts = [g for g in getattr(fixed, "geoms", [fixed]) if g.area > 0]
+    return shapely.union_all(parts) if parts else fixed
+
+
 def _years_column(frame: Any, path: Path) -> Any:
     """The 'year' column as integers; a value that is not a whole year names its row."""
     import pandas as pd

@@ -33,6 +33,7 @@ import rasterio
 from numpy.typing import NDArray
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
+from shapely.errors import ShapelyError
 from shapely.geometry.base import BaseGeometry
 
 from producer.cache import cached_sha256
@@ -42,7 +43,7 @@ from producer.compare import (
     compare_predictions,
     scenes_to_compare,
 )
-from producer.extent import ShelfArea, default_extent, read_extent
+from producer.extent import ShelfArea, default_extent, polygonal, read_extent
 from producer.grid import Grid, row_strips
 from producer.merge import (
     NO_SCENE,
@@ -70,6 +71,7 @@ from producer.spec import (
     SENSORS,
     TYPE1,
     TYPE2,
+    ProductName,
     SpecError,
     build_name,
     shelf_year_dir,
@@ -265,10 +267,10 @@ def effective_extent(shelf: str, year: int, source: SceneSource, roi: BaseGeomet
                      extent_file: Path | None) -> tuple[BaseGeometry, str]:
     """The shelf-year's extent polygon and where it came from (for the provenance)."""
     if extent_file is not None:
-        return read_extent(extent_file, shelf, year), f"file:{Path(extent_file).name}"
+        return polygonal(read_extent(extent_file, shelf, year)), f"file:{Path(extent_file).name}"
     source_extent = getattr(source, "extent", None)
     if callable(source_extent):
-        return source_extent(shelf, year, grid), f"source:{source.name}"
+        return polygonal(source_extent(shelf, year, grid)), f"source:{source.name}"
     return default_extent(roi, grid), "default:roi-shrunk"
 
 
@@ -685,14 +687,14 @@ def _write_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
     slc_used = any(masks[i].slc_off for i in used)
     restoration = options.restoration if slc_used else None
     total = 3 + int(options.keep_probability) + int(options.source_index)
-    previous = _withdraw_records(options.out, shelf, year)
+    name = build_name(sensors, shelf, year, restoration, TYPE1)
+    _withdraw_records(options.out, shelf, year, _planned_files(name, options))
     progress("write", 0, total, "products")
     with _composed(plan, pred_paths, 0, grid) as damage:
         written = write_products_rows(options.out, shelf, year, sensors, restoration,
                                       lambda r0, r1: (damage(r0, r1), area.rows(r0, r1)[1]),
                                       grid)
     folder = written.damage_map.parent
-    name = build_name(sensors, shelf, year, restoration, TYPE1)
     products = {TYPE1.key: written.damage_map.name, TYPE2.key: written.damage.name}
     progress("write", 2, total, "auxiliary files")
     if options.keep_probability:
@@ -749,7 +751,6 @@ def _write_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
     )
     record_path = provenance_path(options.out, name)
     _write_json(record_path, provenance.to_json())
-    _remove_superseded(previous, set(products.values()))
     progress("write", total, total, "provenance")
     chosen = (f", chosen of {len(comparison['compared'])} compared full-coverage scenes "
               f"({comparison['decided_by']})" if comparison else "")
@@ -781,27 +782,32 @@ def restored_shares(plan: MergePlan, masks: Sequence[_SceneMasks], area: ShelfAr
             in_extent / max(area.extent_pixels, 1))
 
 
-def _withdraw_records(release: Path, shelf: str, year: int) -> list[tuple[Path, Provenance]]:
-    """Delete this shelf-year's provenance records before its products are overwritten.
+def _planned_files(name: ProductName, options: ProduceOptions) -> set[str]:
+    """File names the shelf-year will hold once ``name``'s outputs are written."""
+    files = {name.filename, name.partner().filename}
+    if options.keep_probability:
+        files.add(name.auxiliary("probability"))
+    if options.source_index:
+        files.add(name.auxiliary("source_scene"))
+    return files
+
+
+def _withdraw_records(release: Path, shelf: str, year: int, keep: set[str]) -> None:
+    """Before a shelf-year's outputs are (over)written: delete its provenance records, and
+    the files of theirs that the new outputs will not replace.
 
     A record vouches for the files beside it: were it left while new products replace them, a
     run interrupted before its own record is written would leave the old record next to new
-    files, and the next run would skip the shelf-year as up to date. Without a record the
-    next run redoes it. Returns the withdrawn records, whose other files are removed once the
-    new record is written.
+    files, and the next run would skip the shelf-year as up to date. Without a record the next
+    run redoes it. Files the new outputs will not overwrite (another sensor set or restoration
+    gives other names) go now, while a record still says which they are; an interrupted run
+    can then leave no orphan product behind.
     """
-    previous = existing_records(release, shelf, year)
-    for path, _ in previous:
-        path.unlink(missing_ok=True)
-    return previous
-
-
-def _remove_superseded(previous: list[tuple[Path, Provenance]], keep: set[str]) -> None:
-    """Delete the files of withdrawn records of this shelf-year that the new outputs replace."""
-    for path, record in previous:
+    for path, record in existing_records(release, shelf, year):
         for file_name in record.products.values():
             if file_name not in keep:
                 (path.parent / file_name).unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -864,7 +870,8 @@ def produce(shelves: str | Sequence[str], years: Sequence[int], source: SceneSou
         for year in years:
             try:
                 result = produce_year(shelf, year, source, model, options, diffgf, progress)
-            except (ProduceError, SpecError, ValueError, OSError, RasterioError) as err:
+            except (ProduceError, SpecError, ValueError, OSError, RasterioError,
+                    ShapelyError) as err:
                 # a bad file or a full disk fails this shelf-year; the others still run
                 result = YearResult(shelf, year, "failed", f"{shelf} {year}: {err}")
             summary.results.append(result)

@@ -74,8 +74,11 @@ def zenodo_href(pub: Publication, key_map: dict[str, str], stac_dir: Path,
                 href: str) -> str | None:
     """Where a local release file lives in the record: inside its shelf ZIP (a GDAL path) or
     as a file of its own (a URL); None for files the record does not hold."""
+    # lexically, not resolve(): a symlinked year folder is part of the release (validated and
+    # packaged under its own name), not wherever the link points
+    root = Path(os.path.normpath(os.path.abspath(stac_dir.parent)))
     try:
-        inner = Path(href).resolve().relative_to(stac_dir.parent.resolve()).as_posix()
+        inner = Path(os.path.normpath(os.path.abspath(href))).relative_to(root).as_posix()
     except ValueError:
         return None
     return release_file_href(pub.record_url, key_map, inner)

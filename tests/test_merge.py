@@ -168,6 +168,24 @@ def test_extent_file_names_match_loosely_and_bad_years_name_the_row(tmp_path) ->
     assert read_extent(path, "Pine Island", 2021).area == 300 * 300
 
 
+def test_a_self_crossing_extent_is_made_valid(tmp_path) -> None:
+    """A bow-tie drawn in a GIS is two triangles, not a crash in the overlay with the ROI."""
+    from shapely.geometry import Polygon
+
+    from producer.extent import ShelfArea
+    from producer.pipeline import effective_extent
+
+    bow = Polygon([(0, 0), (300, 300), (300, 0), (0, 300)])
+    path = tmp_path / "extents.gpkg"
+    gpd.GeoDataFrame({"shelf": ["Totten"], "year": [2021]}, geometry=[bow],
+                     crs="EPSG:3031").to_file(path)
+    grid = Grid.from_bounds(0, 0, 300, 300)
+    extent, origin = effective_extent("Totten", 2021, object(), box(0, 0, 150, 300), grid, path)
+    assert extent.is_valid and extent.area == pytest.approx(300 * 300 / 2)
+    area = ShelfArea(box(0, 0, 150, 300), extent, grid)
+    assert area.outside_share == pytest.approx(0.5) and area.extent_pixels > 0
+
+
 def test_default_extent_is_the_roi_shrunk() -> None:
     roi = roi_polygon("Totten")
     grid = Grid.covering(roi, resolution=300.0)

@@ -145,6 +145,25 @@ def test_a_rerun_interrupted_while_writing_is_redone(
     assert _record(out).segmentation.weights_sha256 == file_sha256(weights)
 
 
+def test_a_rerun_under_another_name_leaves_no_orphan_if_interrupted(
+        weights: Path, tmp_path: Path) -> None:
+    """When a re-run's products get other names (another sensor set, a restoration), the old
+    record's files go before anything is written: an interrupted re-run cannot leave two
+    product pairs that no record explains (the validator's layout-multiple-products)."""
+    out = tmp_path / "release"
+    assert _status(_produce(ARGS, weights, out)) == "produced"
+    folder = out / "Totten" / "2021"
+    old = sorted(p.name for p in folder.iterdir())
+    record = _record(out)
+    same = set(record.products.values())
+    pipeline._withdraw_records(out, "Totten", 2021, same)  # same names: products stay
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        n for n in old if not n.endswith(AUXILIARY_SUFFIXES["provenance"]))
+    (folder / ("again" + AUXILIARY_SUFFIXES["provenance"])).write_text(record.to_json())
+    pipeline._withdraw_records(out, "Totten", 2021, {"LC08_LC09_Totten_2021_damage_map.tif"})
+    assert list(folder.iterdir()) == []
+
+
 def test_rerun_in_a_fresh_interpreter_skips_without_torch(weights: Path, tmp_path: Path) -> None:
     out = tmp_path / "release"
     assert _status(_produce(ARGS, weights, out)) == "produced"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import shutil
 import string
 import zipfile
@@ -175,6 +176,13 @@ def test_a_symlinked_year_folder_is_validated_and_packaged(pub_release: Path,
         assert zf.read("Totten/2016/LC08_Totten_2016_damage.tif") == (
             store / "LC08_Totten_2016_damage.tif").read_bytes()
     check_products_packaged(pub_release, manifest)
+    # the local write-back gives the linked year its record hrefs too (as the record's copy)
+    pub = Publication(9, "10.5281/zenodo.9", "10.5281/zenodo.8", "1.0", "https://zenodo.org",
+                      "A citation", "2026-11-28")
+    update_catalog(pub_release, pub, manifest)
+    (item,) = (pub_release / "stac").rglob("totten-2016.json")
+    assets = json.loads(item.read_text())["assets"]
+    assert "Totten.zip/Totten/2016/" in assets["damage_map"]["alternate"]["zenodo"]["href"]
     # a link back up the tree is walked once, not forever
     (store / "up").symlink_to("..", target_is_directory=True)
     assert len([p for p in walk_files(pub_release / "Totten") if p.name.endswith(".tif")]) < 20

@@ -230,11 +230,16 @@ def test_cloud_mask_named_after_its_scene_is_used(tmp_path: Path) -> None:
     on_grid(folder / "LC08_Totten_composite_2021-12-05_uint8.tif")
     write_tif(folder / "LC08_Totten_composite_2021-12-05_cloud.tif", cloud[None],
               GRID.transform)
-    (scene,) = source(folder).scenes("Totten", 2021, GRID, tmp_path / "work")
-    inside = roi_inside()
-    assert scene.valid_fraction == pytest.approx((inside & (cloud == 0)).sum() / inside.sum())
-    with rasterio.open(scene.cloud_mask_path) as msk:
-        np.testing.assert_array_equal(msk.read(1), cloud)
+    for sidecar in (None, {"sensor": "LC08", "date": "2021-12-05"}):  # sidecar, no mask field
+        if sidecar is not None:
+            (folder / "LC08_Totten_composite_2021-12-05_uint8.tif.json").write_text(
+                json.dumps(sidecar))
+        (scene,) = source(folder).scenes("Totten", 2021, GRID, tmp_path / "work")
+        inside = roi_inside()
+        assert scene.valid_fraction == pytest.approx(
+            (inside & (cloud == 0)).sum() / inside.sum())
+        with rasterio.open(scene.cloud_mask_path) as msk:
+            np.testing.assert_array_equal(msk.read(1), cloud)
 
 
 def test_same_day_files_are_combined_by_median(tmp_path: Path) -> None:

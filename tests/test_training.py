@@ -456,6 +456,13 @@ def test_resume_is_the_run_in_out_with_its_own_settings(tmp_path: Path,
     assert [h["epoch"] for h in history] == [0]  # 1 epoch, as the run was started
     saved = torch.load(run / "last_state.pt", weights_only=False)["config"]
     assert saved["epochs"] == 1 and saved["pth"] is True
+    # repeating --demo changes nothing; a setting that differs from the run's is refused
+    res = runner.invoke(app, ["train", "--demo", "--resume", "--out", str(run)])
+    assert res.exit_code == 0, res.output
+    assert torch.load(run / "last_state.pt", weights_only=False)["config"]["epochs"] == 1
+    res = runner.invoke(app, ["train", "--demo", "--resume", "--out", str(run),
+                              "--variant", "b2"])
+    assert res.exit_code != 0 and "different variant" in " ".join(res.output.split())
 
 
 def test_init_from_a_checkpoint_with_other_classes_keeps_the_encoder(tmp_path: Path) -> None:

@@ -139,7 +139,7 @@ def read_sidecar(path: Path) -> LocalFile:
     except ValueError:
         raise SourceError(f"{where}: field 'date' is {date!r}; expected YYYY-MM-DD") from None
     mask = _field(record, "cloud_mask", where, required=False)
-    mask_path = (where.parent / mask) if mask else None
+    mask_path = (where.parent / mask) if mask else companion_mask(path)
     if mask_path is not None and not mask_path.is_file():
         raise SourceError(f"{where}: field 'cloud_mask' names {mask_path}, which does not exist")
     ids = _field(record, "source_ids", where, required=False) or [path.stem]

@@ -76,13 +76,13 @@ def export_demo_tiles(
 
 
 def train(
+    ctx: typer.Context,
     data: Annotated[Path | None, typer.Argument(help="Folder in the authors' layout")] = None,
     demo: Annotated[bool, typer.Option(help="Train on demo tiles rendered on the fly")] = False,
     out: Annotated[Path, typer.Option(help="Run folder (checkpoints, curves)")] = Path("runs/seg"),
     variant: Annotated[str, typer.Option(help="SegFormer MiT variant b0…b5")] = "b2",
     init: Annotated[Path | None, typer.Option(help="Initialise from a local checkpoint")] = None,
-    epochs: Annotated[int | None, typer.Option(
-        help="Epochs in all (default 200; a resumed run keeps its own unless given)")] = None,
+    epochs: Annotated[int, typer.Option()] = 200,
     batch_size: Annotated[int, typer.Option()] = 8,
     start_lr: Annotated[float, typer.Option(help="Warm-up start")] = 1e-5,
     peak_lr: Annotated[float, typer.Option(help="Warm-up end / cosine start")] = 1e-4,
@@ -91,9 +91,7 @@ def train(
     cosine_epochs: Annotated[int, typer.Option()] = 80,
     weight_decay: Annotated[float, typer.Option()] = 0.01,
     seed: Annotated[int, typer.Option()] = 0,
-    device: Annotated[str | None, typer.Option(
-        help="cpu, cuda, cuda:1 … (default cpu; a resumed run keeps its own unless given)")
-    ] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 …")] = "cpu",
     augment: Annotated[bool, typer.Option(help="Random rotation and brightness")] = True,
     crop: Annotated[int | None, typer.Option(help="Train on random crops of this size")] = None,
     demo_tiles: Annotated[int, typer.Option(help="Demo training tiles")] = 256,
@@ -101,26 +99,19 @@ def train(
     demo_size: Annotated[int, typer.Option(help="Demo tile size")] = 256,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
     max_minutes: Annotated[float | None, typer.Option(help="Stop after this wall time")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out exactly")] = False,
-    pth: Annotated[bool | None, typer.Option(
-        "--pth/--no-pth", help="Also write the authors' .pth layout (a resumed run keeps its "
-        "own choice unless given)")] = None,
+    resume: Annotated[bool, typer.Option(
+        help="Continue the run in --out exactly: its own settings, changed only by the options "
+             "given now (epochs, device, threads, max-minutes, pth; others must match)")] = False,
+    pth: Annotated[bool, typer.Option(help="Also write the authors' .pth layout")] = False,
 ) -> None:
     """Train the SegFormer damage segmenter (BCED, AdamW, the paper's schedule)."""
     from producer.training.train import TrainConfig, resume_config
     from producer.training.train import train as run
 
     try:
-        if resume and data is None and not demo:
-            given = {"epochs": epochs, "device": device, "threads": threads,
-                     "max_minutes": max_minutes, "pth": pth}
-            # the run is the one in --out, wherever it was started from; only the options
-            # given now change it
-            config = resume_config(out, **{k: v for k, v in given.items() if v is not None})
+        if resume:
+            config = resume_config(out, **_given_settings(ctx))
         else:
-            epochs = 200 if epochs is None else epochs
-            device = device or "cpu"
-            pth = bool(pth)
             config = TrainConfig(
                 out=str(out), data=None if data is None else str(data), demo=demo,
                 variant=variant, init=None if init is None else str(init), epochs=epochs,
@@ -135,6 +126,21 @@ def train(
         _fail(str(exc))
     console.print(f"best validation mIoU {state.best_miou:.4f} at epoch {state.best_epoch + 1}; "
                   f"checkpoints in {out}")
+
+
+def _given_settings(ctx: typer.Context) -> dict[str, object]:
+    """The run settings typed on this command line (defaults left out), as TrainConfig fields.
+
+    A resumed run keeps its own settings; these change it where a resume may (epochs, device
+    …), and any other one that differs from the run's is refused by ``train``.
+    """
+    from producer.training.train import TrainConfig
+
+    fields = set(TrainConfig.__dataclass_fields__) - {"out"}
+    typed = {"COMMANDLINE", "ENVIRONMENT"}  # by name: typer may bring its own click's enum
+    return {name: str(value) if isinstance(value, Path) else value
+            for name, value in ctx.params.items()
+            if name in fields and getattr(ctx.get_parameter_source(name), "name", "") in typed}
 
 
 def _prediction_path(folder: Path, name: str) -> Path:
