@@ -75,7 +75,7 @@ def run_produce(
         help="Write the per-pixel source-scene index as an auxiliary COG.")] = True,
     tta: Annotated[bool, typer.Option(help="Mirror test-time augmentation (paper).")] = True,
     batch_size: Annotated[int | None, typer.Option(
-        help="Images (windows × TTA views) per forward pass (default 8 on the CPU, 32 on "
+        min=1, help="Images (windows × TTA views) per forward pass (default 8 on the CPU, 32 on "
              "CUDA).")] = None,
     exact: Annotated[bool, typer.Option(
         help="On CUDA, compute in float32 as the CPU does (no float16 autocast, no TF32): "

@@ -68,12 +68,14 @@ from producer.sources.base import FOOTPRINT_KEY, Scene, SceneSource
 from producer.spec import (
     AUXILIARY_SUFFIXES,
     ENCODING,
+    FIRST_SUMMER,
     SENSORS,
     TYPE1,
     TYPE2,
     ProductName,
     SpecError,
     build_name,
+    latest_summer,
     shelf_year_dir,
     slc_off_possible,
     sort_sensors,
@@ -111,6 +113,11 @@ def parse_years(text: str) -> list[int]:
         first, last = int(bounds[0]), int(bounds[-1])
         if last < first:
             raise ValueError(f"--year {text!r}: range {part!r} runs backwards")
+        if first < FIRST_SUMMER:
+            raise ValueError(f"--year {text!r}: no Landsat 7/8/9 summer before {FIRST_SUMMER}")
+        if last > latest_summer():
+            raise ValueError(f"--year {text!r}: the summer {last} has not begun (the latest is "
+                             f"{latest_summer()}, from 1 November)")
         years.update(range(first, last + 1))
     return sorted(years)
 
@@ -852,6 +859,14 @@ def check_request(shelf: str, source: SceneSource, options: ProduceOptions) -> s
     if options.compare_scenes < 1:
         raise ProduceError(f"--compare-scenes {options.compare_scenes}: must be at least 1 "
                            "(1 = no comparison, the source's ranking decides)")
+    if options.batch_size is not None and options.batch_size < 1:
+        raise ProduceError(f"--batch-size {options.batch_size}: must be at least 1")
+    if str(options.device).startswith("cuda"):
+        import torch  # only here: the skip path of a CPU run never imports torch
+
+        if not torch.cuda.is_available():
+            raise ProduceError(f"--device {options.device}: torch {torch.__version__} sees no "
+                               "CUDA device (a CPU build, or no GPU); use --device cpu or auto")
     return name
 
 

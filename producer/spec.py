@@ -65,8 +65,10 @@ class Sensor:
         return self.slc_off_from is not None and summer_window(year)[0] >= self.slc_off_from
 
     def covers(self, year: int) -> bool:
-        """Whether the product may use this sensor for the summer ``year``."""
-        return year >= self.first_summer and (self.last_summer is None or year <= self.last_summer)
+        """Whether the product may use this sensor for the summer ``year`` (a sensor still
+        operating covers summers up to the latest that has begun)."""
+        last = self.last_summer if self.last_summer is not None else latest_summer()
+        return self.first_summer <= year <= last
 
 
 SENSORS: dict[str, Sensor] = {
@@ -103,6 +105,8 @@ SENSORS: dict[str, Sensor] = {
     )
 }
 SENSOR_ORDER: tuple[str, ...] = tuple(SENSORS)
+#: The first summer any sensor of the product covers.
+FIRST_SUMMER = min(s.first_summer for s in SENSORS.values())
 
 
 def slc_off_possible(year: int) -> bool:
@@ -281,6 +285,12 @@ def check_shelf_name_safe(name: str) -> str:
 def summer_window(year: int) -> tuple[dt.date, dt.date]:
     """First and last day of the austral summer named ``year`` (Nov YYYY - Mar YYYY+1)."""
     return dt.date(year, 11, 1), dt.date(year + 1, 3, 31)
+
+
+def latest_summer(today: dt.date | None = None) -> int:
+    """The latest summer that has begun (on 1 November): no map of a later one can exist."""
+    today = today or dt.date.today()
+    return today.year if today >= summer_window(today.year)[0] else today.year - 1
 
 
 def summer_of(day: dt.date) -> int | None:

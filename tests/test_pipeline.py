@@ -18,7 +18,7 @@ from producer.commands import produce_app
 from producer.pipeline import ProduceOptions, parse_years, produce
 from producer.provenance import read_provenance
 from producer.sources.demo import DemoSource, plan_summer, render_planned
-from producer.spec import AUXILIARY_SUFFIXES, TYPE1, TYPE2
+from producer.spec import AUXILIARY_SUFFIXES, TYPE1, TYPE2, latest_summer
 from validation.engine import validate_release
 
 DEMO_SIZE = "128"
@@ -51,14 +51,15 @@ def _produce(args: list[str], weights: Path, out: Path, app: str = "produce"):
     return CliRunner().invoke(build_app(), ["produce", *args, *base], env=wide)
 
 
-@given(st.integers(1999, 2030), st.integers(0, 5))
+@given(st.integers(1999, latest_summer() - 5), st.integers(0, 5))
 def test_parse_years(first: int, span: int) -> None:
     assert parse_years(f"{first}") == [first]
     assert parse_years(f"{first}-{first + span}") == list(range(first, first + span + 1))
     assert parse_years(f"{first + span},{first}") == sorted({first, first + span})
 
 
-@pytest.mark.parametrize("bad", ["21", "2021-2019", "2021,,2022", "2021-2022-2023", "abcd"])
+@pytest.mark.parametrize("bad", ["21", "2021-2019", "2021,,2022", "2021-2022-2023", "abcd",
+                                 "1998", "0999", str(latest_summer() + 1), "2020-9999"])
 def test_parse_years_refuses(bad: str) -> None:
     with pytest.raises(ValueError, match="--year"):
         parse_years(bad)
@@ -137,13 +138,20 @@ def test_several_shelves_in_one_call(tiny_weights: Path, tmp_path: Path) -> None
     assert validate_release(out).ok()
 
 
-def test_year_without_imagery_writes_nothing_and_fails(tiny_weights: Path,
-                                                        tmp_path: Path) -> None:
+def test_year_without_imagery_writes_nothing_and_fails(tiny_weights: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from producer.sources import demo
+
     out = tmp_path / "release"
-    result = _produce(["--shelf", "Totten", "--year", "1996-1997"], tiny_weights, out)
+    monkeypatch.setattr(demo, "plan_summer", lambda shelf, year: [])  # no scene that summer
+    result = _produce(["--shelf", "Totten", "--year", "2019-2020"], tiny_weights, out)
     assert result.exit_code == 1
     assert "not-mapped" in result.output and "nothing was produced" in result.output
     assert not (out / "Totten").exists()
+    # before Landsat 7 there is nothing to look for: refused at once
+    result = _produce(["--shelf", "Totten", "--year", "1996-1997"], tiny_weights, out)
+    assert result.exit_code == 2 and "no Landsat 7/8/9 summer before 1999" in " ".join(
+        result.output.split())
 
 
 class _CloudySource(DemoSource):
@@ -277,6 +285,22 @@ def test_a_request_that_cannot_run_is_one_line_before_any_work(
     assert text.startswith("error: ") and says in text
     assert "segmentation" not in text  # no stage bars
     assert not out.exists()
+
+
+def test_impossible_device_or_batch_is_refused_before_any_work(tiny_weights: Path,
+                                                                tmp_path: Path) -> None:
+    """--device cuda without a CUDA device, or --batch-size 0, stop the run at once (every
+    shelf-year would fail the same way, the first with a traceback)."""
+    from producer.pipeline import ProduceError, check_request
+
+    out = tmp_path / "r"
+    result = _produce(["--shelf", "Totten", "--year", "2021", "--batch-size", "0"],
+                      tiny_weights, out)
+    assert result.exit_code == 2 and "--batch-size" in result.output and not out.exists()
+    if not torch.cuda.is_available():
+        options = ProduceOptions(out=out, weights=tiny_weights, device="cuda")
+        with pytest.raises(ProduceError, match="--device cuda: torch .* sees no CUDA device"):
+            check_request("Totten", DemoSource(int(DEMO_SIZE)), options)
 
 
 def test_shelf_names_are_typed_loosely_and_written_as_released(tiny_weights: Path) -> None:

@@ -175,6 +175,10 @@ def test_hugging_face_model_safetensors_loads_like_its_pth(tmp_path: Path) -> No
     with torch.no_grad():
         assert torch.equal(model(pixels), loaded(pixels))
     assert info.config["hidden_sizes"] == [8, 16, 40, 64]
+    (tmp_path / "cut.safetensors").write_bytes(
+        (tmp_path / "model.safetensors").read_bytes()[:1000])  # an interrupted download
+    with pytest.raises(ckpt.CheckpointError, match=r"cut\.safetensors: not a readable"):
+        load_checkpoint(tmp_path / "cut.safetensors")
     del bare["segformer.encoder.block.0.0.mlp.dense1.weight"]
     save_file(bare, str(tmp_path / "broken.safetensors"))
     with pytest.raises(ckpt.CheckpointError, match="mlp.fc1.weight"):

@@ -164,7 +164,8 @@ def test_product_folder_becomes_a_toa_scene_with_its_cloud_mask(tmp_path: Path, 
     assert scene.valid_fraction == pytest.approx(usable.mean())
 
 
-def test_le07_tar_bundle_in_another_crs_is_reprojected(tmp_path: Path) -> None:
+@pytest.mark.parametrize("prefix", ["", "./"])  # "./": what `tar -cf X.tar ./*` writes
+def test_le07_tar_bundle_in_another_crs_is_reprojected(tmp_path: Path, prefix: str) -> None:
     to_utm = Transformer.from_crs("EPSG:3031", "EPSG:32750", always_xy=True)
     ux, uy = to_utm.transform(X0 + 900, Y0 + 600)  # centred on the ROI
     bands, qa = product_pixels((50, 50), seed=1)
@@ -175,7 +176,7 @@ def test_le07_tar_bundle_in_another_crs_is_reprojected(tmp_path: Path) -> None:
     bundle.parent.mkdir()
     with tarfile.open(bundle, "w") as tar:
         for path in sorted(staging.iterdir()):
-            tar.add(path, arcname=path.name)
+            tar.add(path, arcname=prefix + path.name)
     (scene,) = source(tmp_path / "scenes").scenes("Totten", 2002, GRID, tmp_path / "work")
 
     assert (scene.sensor, scene.source_ids) == ("LE07", (LE07_ID,))

@@ -19,6 +19,7 @@ from producer.spec import (
     Rule,
     SpecError,
     build_name,
+    latest_summer,
     parse_name,
     plausibility_problems,
     shelf_year_dir,
@@ -139,11 +140,18 @@ def rules(sensors: tuple[str, ...], year: int, restoration: str | None = None) -
     (("LC08", "LC08"), 2016, None, {Rule.SENSOR_ORDER}),
     (("LT05",), 2000, None, {Rule.SENSOR_UNKNOWN}),
     (("LE07",), 2005, "Magic", {Rule.RESTORATION_UNKNOWN}),
+    (("LC08", "LC09"), latest_summer(), None, set()),
+    (("LC08", "LC09"), latest_summer() + 1, None, {Rule.SENSOR_YEAR}),  # not begun
 ])
 def test_plausibility_rules(sensors: tuple[str, ...], year: int, restoration: str | None,
                             broken: set[Rule]) -> None:
     """Each rule fires exactly where the satellites' operating dates say it should."""
     assert rules(sensors, year, restoration) == broken
+
+
+def test_the_latest_summer_begins_on_the_first_of_november() -> None:
+    assert latest_summer(dt.date(2026, 10, 31)) == 2025
+    assert latest_summer(dt.date(2026, 11, 1)) == latest_summer(dt.date(2027, 3, 1)) == 2026
 
 
 @given(st.dates(dt.date(1990, 1, 1), dt.date(2090, 12, 31)))

@@ -267,7 +267,11 @@ def _load_safetensors(path: Path, sha: str, device: str | torch.device
                       ) -> tuple[DamageSegmenter, ModelInfo]:
     """Load safetensors weights: ours (the sidecar gives config and facts) or a bare Hugging
     Face ``model.safetensors`` (shapes give the architecture)."""
-    state = _unwrap(load_file(str(path)), path)
+    try:
+        tensors = load_file(str(path))
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
+        raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from error
+    state = _unwrap(tensors, path)
     if is_old_layout(state):
         state = to_new_layout(state)
     side = sidecar_path(path)

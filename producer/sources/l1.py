@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import math
+import posixpath
 import re
 import tarfile
 from collections.abc import Iterator
@@ -301,7 +302,10 @@ def _tar_product(bundle: Path) -> L1Product:
     if mtl is None:
         raise SourceError(f"{bundle}: holds no {pid.product_id}_MTL.txt or _MTL.json; a Level-1 "
                           "bundle needs its MTL to convert DN to TOA reflectance")
-    files = {k: f"/vsitar/{bundle.resolve()}/{v}" for k, v in base.items() if _COMPONENT.search(k)}
+    # members named "./X" (tar -cf B.tar ./*) are read by tarfile, but GDAL's /vsitar/ knows
+    # them as "X"
+    files = {k: f"/vsitar/{bundle.resolve()}/{posixpath.normpath(v)}" for k, v in base.items()
+             if _COMPONENT.search(k)}
     return L1Product(pid, bundle, mtl, files, (_stat(bundle),))
 
 
