@@ -59,9 +59,27 @@ class DamageStats:
     lambda_upper: float
     lambda_upper_restored: float | None
 
+    @property
+    def measured(self) -> bool:
+        """Whether the map has any valid pixel, i.e. whether its damage numbers mean anything.
+
+        A map with no valid pixel (empty extent, all NoData) counts 0 damage pixels, but that is
+        "not observed", not "no damage": tables and plots must not show it as 0 km².
+        """
+        return self.valid_pixels > 0
+
     def as_row(self) -> dict[str, object]:
-        """A flat dict for tables (CSV / ODS)."""
-        return asdict(self)
+        """A flat dict for tables (CSV / ODS); damage area and its bounds are None (an empty
+        cell) for a map with no valid pixel, like the fraction, so the year reads as missing.
+
+        The fields themselves keep the pixel-count numbers (0 km²): the STAC items record those
+        (the extension schema requires a number there) and validation recomputes them.
+        """
+        row = asdict(self)
+        if not self.measured:
+            row.update(damage_area_km2=None, damage_area_km2_low=None,
+                       damage_area_km2_high=None)
+        return row
 
 
 def is_diffgf_derived(path: Path | str) -> bool:
@@ -125,9 +143,71 @@ def stats_close(a: float | None, b: float | None, rel: float = 1e-9) -> bool:
 # Release-wide table and Fig. 11 style plot
 # ---------------------------------------------------------------------------------------------
 
-#: Okabe-Ito colour-blind-safe palette (black first dropped; it is kept for a tenth shelf).
-OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7",
-             "#000000", "#999999")
+#: Ten colour-blind-safe colours, one per released shelf: the eight of Okabe & Ito, then
+#: grey and Paul Tol's "wine" (darker than any Okabe-Ito red or purple).
+SHELF_COLOURS = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7",
+                 "#000000", "#999999", "#882255")
+#: One marker per shelf as well, so no reader has to tell shelves apart by hue alone.
+SHELF_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+
+
+@dataclass(frozen=True)
+class ShelfStyle:
+    """How one shelf is drawn in the time-series plot."""
+
+    colour: str
+    marker: str
+
+
+def shelf_styles(shelves: Iterable[str]) -> dict[str, ShelfStyle]:
+    """A distinct style per shelf, the same for a shelf in every figure.
+
+    Released shelves take their place in ``producer.shelves.SHELVES`` (so the ten of them get
+    ten colours and ten markers, whichever subset a release holds); other names follow in
+    sorted order. Beyond ten, the marker shifts by one per round of colours, so (colour,
+    marker) pairs stay distinct up to 100 shelves.
+    """
+    from producer.shelves import SHELVES
+
+    wanted = set(shelves)
+    order = list(SHELVES) + sorted(wanted - set(SHELVES))
+    styles = {}
+    for index, shelf in enumerate(order):
+        if shelf in wanted:
+            marker = SHELF_MARKERS[(index + index // len(SHELF_COLOURS)) % len(SHELF_MARKERS)]
+            styles[shelf] = ShelfStyle(SHELF_COLOURS[index % len(SHELF_COLOURS)], marker)
+    return styles
+
+
+def year_limits(years: Iterable[int]) -> tuple[float, float]:
+    """x-axis limits of the time series: one year of margin each side of the years shown.
+
+    Matplotlib's own margins turn a single year into a ±100-year axis; this keeps a one-year
+    release readable and the same rule for every release.
+    """
+    years = list(years)
+    if not years:
+        raise ValueError("no years to plot")
+    return min(years) - 1.0, max(years) + 1.0
+
+
+def yearly_series(rows: list[DamageStats], value: Callable[[DamageStats], float | None],
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(years, values) of one shelf's rows over every year from its first to its last.
+
+    A year without a product, or whose map has no valid pixel, or whose ``value`` is None, is
+    NaN: matplotlib breaks lines and bands there instead of joining the years either side (a
+    missing year must not look like a trend, nor a 0).
+    """
+    by_year = {r.year: r for r in rows}
+    years = np.arange(min(by_year), max(by_year) + 1)
+    values = np.full(years.shape, np.nan)
+    for k, year in enumerate(years.tolist()):
+        row = by_year.get(year)
+        got = value(row) if row is not None and row.measured else None
+        if got is not None:
+            values[k] = got
+    return years, values
 
 
 def release_stats(release_dir: Path, factors: UncertaintyFactors,
@@ -195,50 +275,78 @@ def write_stats_table(rows: list[DamageStats], path: Path) -> Path:
     return path
 
 
-def plot_stats(rows: list[DamageStats], path: Path) -> Path:
-    """Fig. 11 style: damage area and fraction per shelf over time, uncertainty bands shaded."""
+def _plot_series(axis, years: np.ndarray, series: tuple[np.ndarray, np.ndarray, np.ndarray],
+                 style: ShelfStyle, label: str | None) -> None:
+    """One shelf on one axis: the values as a line broken at NaN, the bounds as a band.
+
+    A year whose neighbours are both missing has no band to draw (a band needs two adjacent
+    years), so its bounds are shown as a bar.
+    """
+    values, low, high = series
+    axis.plot(years, values, linestyle="-", marker=style.marker, color=style.colour, label=label,
+              markersize=4)
+    axis.fill_between(years, low, high, color=style.colour, alpha=0.25, linewidth=0)
+    known = ~np.isnan(values)
+    before = np.concatenate(([False], known[:-1]))
+    after = np.concatenate((known[1:], [False]))
+    lone = known & ~before & ~after
+    if lone.any():
+        axis.vlines(years[lone], low[lone], high[lone], color=style.colour, alpha=0.5,
+                    linewidth=6)
+
+
+def stats_figure(rows: list[DamageStats]):  # noqa: ANN201 - matplotlib is imported lazily
+    """The Fig. 11 style figure (damage area over damage fraction), not yet saved.
+
+    Each shelf has its own colour and marker (``shelf_styles``); maps with no valid pixel and
+    years without a product are gaps, not zeros; the x-axis spans the years ±1 with integer
+    year ticks. The caller closes the figure.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator, StrMethodFormatter
 
-    from producer.writer import atomic_path
-
-    shelves = sorted({r.shelf for r in rows})
+    if not rows:
+        raise ValueError("no stats rows to plot")
+    styles = shelf_styles(r.shelf for r in rows)
     fig, (ax_area, ax_frac) = plt.subplots(2, 1, figsize=(9, 7), sharex=True,
                                            constrained_layout=True)
-    for index, shelf in enumerate(shelves):
-        colour = OKABE_ITO[index % len(OKABE_ITO)]
+    for shelf in sorted(styles):
         series = [r for r in rows if r.shelf == shelf]
-        years = [r.year for r in series]
-        ax_area.plot(years, [r.damage_area_km2 for r in series], "o-", color=colour,
-                     label=shelf, markersize=4)
-        ax_area.fill_between(years, [r.damage_area_km2_low for r in series],
-                             [r.damage_area_km2_high for r in series], color=colour, alpha=0.25,
-                             linewidth=0)
-        if len(series) == 1:  # a band needs two summers; show a lone one's bounds as a bar
-            ax_area.vlines(years, series[0].damage_area_km2_low, series[0].damage_area_km2_high,
-                           color=colour, alpha=0.5, linewidth=6)
-        fr = [(r.year, r.damage_fraction * 100, r.damage_fraction_low * 100,
-               r.damage_fraction_high * 100) for r in series if r.damage_fraction is not None]
-        if fr:
-            ax_frac.plot([f[0] for f in fr], [f[1] for f in fr], "o-", color=colour,
-                         markersize=4)
-            ax_frac.fill_between([f[0] for f in fr], [f[2] for f in fr], [f[3] for f in fr],
-                                 color=colour, alpha=0.25, linewidth=0)
-            if len(fr) == 1:
-                ax_frac.vlines([fr[0][0]], fr[0][2], fr[0][3], color=colour, alpha=0.5,
-                               linewidth=6)
+        years, area = yearly_series(series, lambda r: r.damage_area_km2)
+        _plot_series(ax_area, years, (
+            area, yearly_series(series, lambda r: r.damage_area_km2_low)[1],
+            yearly_series(series, lambda r: r.damage_area_km2_high)[1]), styles[shelf], shelf)
+        fraction = [yearly_series(series, lambda r, f=field: getattr(r, f))[1] * 100
+                    for field in ("damage_fraction", "damage_fraction_low",
+                                  "damage_fraction_high")]
+        if not np.isnan(fraction[0]).all():
+            _plot_series(ax_frac, years, tuple(fraction), styles[shelf], None)
     ax_area.set_ylabel("Damage area (km²)")
     ax_frac.set_ylabel("Damage fraction (%)")
     ax_frac.set_xlabel("Austral summer (year it starts)")
-    ax_frac.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_frac.set_xlim(*year_limits(r.year for r in rows))
+    ax_frac.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
+    ax_frac.xaxis.set_major_formatter(StrMethodFormatter("{x:.0f}"))
     ax_area.legend(loc="upper left", fontsize=8, ncols=2, frameon=False)
     for axis in (ax_area, ax_frac):
         axis.grid(alpha=0.3)
     ax_area.set_title("Surface damage with uncertainty bounds (λ_min, λ_max, × λ_DiffGF)")
-    with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def plot_stats(rows: list[DamageStats], path: Path) -> Path:
+    """Write the Fig. 11 style figure (``stats_figure``) as a PNG, atomically."""
+    fig = stats_figure(rows)  # selects the Agg backend before pyplot is imported here
+    import matplotlib.pyplot as plt
+
+    from producer.writer import atomic_path
+
+    try:
+        with atomic_path(Path(path)) as tmp:
+            fig.savefig(tmp, format="png", dpi=120)
+    finally:
+        plt.close(fig)
     return Path(path)

@@ -9,6 +9,14 @@ COG (on disk above ``IN_MEMORY_PIXELS``), with GDAL's block cache capped at ``CA
 a caller can hand the pixels over by rows (``write_products_rows``, ``write_cog_rows``) and never
 hold the whole grid; the arrays API cuts its arrays into the same strips, and both give the same
 bytes.
+
+Failures: as values are checked strip by strip while writing, a refused raster is found after
+``<Shelf>/<YYYY>/`` was made; the folders a failed write created are removed again when still
+empty (the validator flags empty folders), folders that existed before are never touched.
+
+Concurrency: one writer per shelf-year at a time is assumed, and nothing locks. Each file
+appears atomically, but two writers of the same shelf-year can interleave their two renames and
+leave a type 1 from one run beside a type 2 from the other; run a shelf-year once at a time.
 """
 
 from __future__ import annotations
@@ -116,6 +124,32 @@ def atomic_path(final: Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def removing_new_folders(folder: Path) -> Iterator[None]:
+    """Remove ``folder`` and the parents of it that this block creates, if the block fails and
+    leaves them empty.
+
+    Why: the writers make ``<Shelf>/<YYYY>/`` before the strip checks can refuse the pixels, and
+    a refused write must not leave an empty folder behind. Only folders missing on entry are
+    removed, deepest first, and only while empty (``rmdir`` never deletes content), so a folder
+    another writer has put files in meanwhile stays.
+    """
+    new: list[Path] = []
+    probe = Path(folder)
+    while not probe.exists() and probe != probe.parent:
+        new.append(probe)
+        probe = probe.parent
+    try:
+        yield
+    except BaseException:
+        for path in new:
+            try:
+                path.rmdir()
+            except OSError:  # not empty (or gone): it, and so its parents, stay
+                break
+        raise
+
+
 def check_pixels(name: str, pixels: np.ndarray, grid: Grid,
                  product_type: ProductType | None, rows: tuple[int, int] | None = None) -> None:
     """Refuse a raster (or its ``rows`` r0:r1) whose shape, dtype or values break the spec."""
@@ -195,7 +229,8 @@ def write_cog_rows(path: Path, rows: Callable[[int, int], np.ndarray], grid: Gri
                    tags: dict[str, str] | None = None) -> Path:
     """``write_cog`` with the pixels read by ``rows(r0, r1)`` strip by strip (bounded memory).
 
-    Every strip is checked before it is written; a refused strip leaves no file.
+    Every strip is checked before it is written; a refused strip leaves no file, nor a folder
+    the call created.
     """
     if product_type is not None:
         nodata = product_type.nodata
@@ -205,7 +240,7 @@ def write_cog_rows(path: Path, rows: Callable[[int, int], np.ndarray], grid: Gri
         check_pixels(path.name, pixels, grid, product_type, (r0, r1))
         return [pixels]
 
-    with atomic_path(path) as tmp:
+    with removing_new_folders(path.parent), atomic_path(path) as tmp:
         _write_rows([(tmp, nodata, tags)], checked, grid)
     return path
 
@@ -246,7 +281,10 @@ def write_products_rows(
     """``write_products`` with (damage, extent) rows r0:r1 read by ``rows`` strip by strip.
 
     Names and plausibility are refused before anything is written; a strip breaking the spec
-    stops the writing with both files still temporary, so neither appears.
+    stops the writing with both files still temporary, so neither appears, and the folders the
+    call created (``<Shelf>/<YYYY>/``, the release folder) are removed again if left empty.
+    One writer per shelf-year at a time is assumed (see the module docstring): two concurrent
+    writers of one shelf-year can leave a pair mixing their runs.
     """
     name = build_name(sensors, shelf, year, restoration, TYPE1)
     problems = plausibility_problems(name.sensors, year, restoration)
@@ -273,6 +311,7 @@ def write_products_rows(
     # Both files are written to temporary paths first and renamed only when both are complete,
     # so a failure leaves neither new file (and any earlier pair untouched).
     with contextlib.ExitStack() as stack:
+        stack.enter_context(removing_new_folders(paths[TYPE1.key].parent))
         targets = [(stack.enter_context(atomic_path(paths[t.key])), t.nodata, None)
                    for t in types]
         _write_rows(targets, encoded, grid)

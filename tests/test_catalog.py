@@ -39,10 +39,20 @@ from catalog.rules import (
 )
 from catalog.search import search
 from catalog.stac import CatalogSettings, build_collection
+from catalog.stats import (
+    DamageStats,
+    PixelCounts,
+    damage_stats,
+    shelf_styles,
+    stats_figure,
+    write_stats_table,
+    year_limits,
+)
 from catalog.uncertainty import PAPER_FACTORS, UncertaintyFactors
 from producer.cli import build_app
 from producer.grid import Grid
 from producer.provenance import provenance_path, read_provenance
+from producer.shelves import SHELVES
 from producer.spec import (
     ITEMS_NDJSON,
     ITEMS_PARQUET,
@@ -338,6 +348,90 @@ def test_stats_command_writes_table_and_plot(cataloged_pristine: Path, tmp_path:
     row = table[(table["shelf"] == "Totten") & (table["year"] == 2016)].iloc[0]
     assert row["damage_fraction"] == pytest.approx(item["properties"]["icedamage:damage_fraction"])
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _stats_row(shelf: str, year: int, damage: int = 100, valid: int = 1000) -> DamageStats:
+    """One shelf-year's stats from pixel counts (30 m pixels), no raster needed."""
+    return damage_stats(shelf, year, PixelCounts(damage, valid, 900.0), False, PAPER_FACTORS)
+
+
+def _figure_axes(rows: list[DamageStats]):  # noqa: ANN202 - matplotlib axes
+    """The (area, fraction) axes of the stats figure of ``rows``; the figure is closed after."""
+    import matplotlib.pyplot as plt
+
+    fig = stats_figure(rows)
+    plt.close(fig)
+    return fig.axes[0], fig.axes[1]
+
+
+def test_every_released_shelf_gets_its_own_style() -> None:
+    """Ten shelves, ten colours and ten markers: no two shelves look alike in the plot."""
+    styles = shelf_styles(SHELVES)
+    assert len({s.colour for s in styles.values()}) == len(SHELVES) == 10
+    assert len({s.marker for s in styles.values()}) == len(SHELVES)
+    # a shelf keeps its style whichever other shelves a release holds
+    assert shelf_styles(["Totten"])["Totten"] == styles["Totten"]
+    ax_area, _ = _figure_axes([_stats_row(s, y) for s in SHELVES for y in (2020, 2021)])
+    drawn = {line.get_label(): (line.get_color(), line.get_marker())
+             for line in ax_area.get_lines()}
+    assert set(drawn) == set(SHELVES)
+    assert len(set(drawn.values())) == len(SHELVES)
+    assert len({colour for colour, _ in drawn.values()}) == len(SHELVES)
+
+
+@pytest.mark.parametrize(("years", "limits"), [((2021,), (2020, 2022)),
+                                               ((2001, 2005, 2021), (2000, 2022))])
+def test_time_axis_spans_the_years_with_integer_ticks(years: tuple[int, ...],
+                                                      limits: tuple[int, int]) -> None:
+    """One year of margin each side (a one-year release once got 1909.8-2132.2), whole years."""
+    assert year_limits(years) == limits
+    ax_area, ax_frac = _figure_axes([_stats_row("Totten", y) for y in years])
+    for axis in (ax_area, ax_frac):
+        assert axis.get_xlim() == pytest.approx(limits)
+        ticks = [t for t in axis.get_xticks() if limits[0] <= t <= limits[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks)
+    shown = {label.get_position()[0]: label.get_text() for label in ax_frac.get_xticklabels()}
+    assert all(text == f"{x:.0f}" for x, text in shown.items())  # "2021", not 2021.0 or offset
+    assert all(f"{y}" in shown.values() for y in years if len(years) == 1)
+
+
+def test_map_without_valid_pixels_is_empty_in_the_table(tmp_path: Path) -> None:
+    """0 of 0 valid pixels is no observation: the table leaves damage area and fraction empty."""
+    rows = [_stats_row("Dotson", 2019), _stats_row("Dotson", 2020, damage=0, valid=0),
+            _stats_row("Dotson", 2021)]
+    blank = rows[1].as_row()
+    for field in ("damage_area_km2", "damage_area_km2_low", "damage_area_km2_high",
+                  "damage_fraction", "damage_fraction_low", "damage_fraction_high"):
+        assert blank[field] is None, field
+    assert rows[0].as_row()["damage_area_km2"] == pytest.approx(100 * 900 / 1e6)
+    csv = pd.read_csv(write_stats_table(rows, tmp_path / "t.csv"))
+    ods = pd.read_excel(write_stats_table(rows, tmp_path / "t.ods"), engine="odf")
+    for table in (csv, ods):
+        assert table["damage_area_km2"].isna().tolist() == [False, True, False]
+        assert table["damage_area_km2_high"].isna().tolist() == [False, True, False]
+        assert table["damage_fraction"].isna().tolist() == [False, True, False]
+        assert table["valid_pixels"].tolist() == [1000, 0, 1000]
+
+
+def test_plot_breaks_at_missing_and_unmeasured_years() -> None:
+    """No 0 for a map without valid pixels, and no line or band joining years across a gap."""
+    rows = [_stats_row("Larsen B", 2005), _stats_row("Larsen B", 2007),  # 2006 missing
+            _stats_row("Dotson", 2019), _stats_row("Dotson", 2020, damage=0, valid=0),
+            _stats_row("Dotson", 2021), _stats_row("Dotson", 2022)]
+    ax_area, ax_frac = _figure_axes(rows)
+    colours = {shelf: style.colour for shelf, style in shelf_styles(["Larsen B", "Dotson"]).items()}
+    gaps = {"Larsen B": 2006, "Dotson": 2020}
+    for axis in (ax_area, ax_frac):
+        for shelf, gap in gaps.items():
+            (line,) = [x for x in axis.get_lines() if x.get_color() == colours[shelf]]
+            xs, ys = np.asarray(line.get_xdata()), np.asarray(line.get_ydata(), float)
+            assert gap in xs.tolist() and np.isnan(ys[xs == gap]).all()
+            assert not np.isnan(ys[xs != gap]).any() and (ys[xs != gap] > 0).all()
+        for band in axis.collections:
+            for path in band.get_paths():
+                x = path.vertices[:, 0]
+                for gap in gaps.values():
+                    assert not (x.min() < gap < x.max()), f"a band spans {gap}"
 
 
 # --------------------------------------------------------------------------------------------

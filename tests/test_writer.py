@@ -11,7 +11,7 @@ from rio_cogeo.cogeo import cog_validate
 
 from producer.grid import Grid
 from producer.spec import ENCODING, TYPE1, TYPE2, SpecError
-from producer.writer import write_cog, write_products
+from producer.writer import write_cog, write_cog_rows, write_products
 from tests.release_factory import ShelfYear, fixture_arrays
 
 GRID = Grid.from_bounds(-1_500_000, 600_000, -1_500_000 + 900 * 30, 600_000 + 1100 * 30)
@@ -159,3 +159,40 @@ def test_failed_rewrite_keeps_the_previous_files(tmp_path: Path, arrays: tuple) 
         write(tmp_path, (damage, arrays[1]))
     assert (written.damage_map.read_bytes(), written.damage.read_bytes()) == before
     assert len(files_under(tmp_path)) == 2
+
+
+@pytest.mark.parametrize("bad", ["nan-damage", "float-damage", "value-2-in-damage",
+                                 "value-2-in-extent"])
+def test_refused_write_leaves_no_new_folder(tmp_path: Path, arrays: tuple, bad: str) -> None:
+    """Values refused while strips are written leave neither ``<Shelf>/<YYYY>/`` nor the release
+    folder behind (the validator would flag an empty folder), and keep folders that existed."""
+    damage, extent = (a.astype(np.uint8) for a in arrays)
+    if bad == "nan-damage":
+        damage = np.where(damage == 1, np.nan, 0.0)
+    elif bad == "float-damage":
+        damage = damage.astype(np.float64)
+    elif bad == "value-2-in-damage":
+        damage[-1, -1] = 2  # last strip: the folders exist long before it is checked
+    else:
+        extent[5, 5] = 2
+    fresh = tmp_path / "fresh-release"
+    with pytest.raises(SpecError):
+        write(fresh, (damage, extent))
+    assert not fresh.exists()
+
+    existing = tmp_path / "release"
+    write(existing, arrays)  # Totten/2016 exists now
+    with pytest.raises(SpecError):
+        write(existing, (damage, extent), year=2017)
+    assert sorted(p.relative_to(existing).as_posix() for p in existing.rglob("*")
+                  if p.is_dir()) == ["Totten", "Totten/2016"]
+
+
+def test_refused_cog_rows_leave_no_new_folder(tmp_path: Path) -> None:
+    """write_cog_rows, which meets a bad strip only while writing, removes the folders it made."""
+    pixels = np.zeros(GRID.shape, np.uint8)
+    pixels[-1, 0] = 1
+    with pytest.raises(SpecError):
+        write_cog_rows(tmp_path / "new/sub/x_damage.tif", lambda r0, r1: pixels[r0:r1], GRID,
+                       TYPE2)
+    assert list(tmp_path.iterdir()) == []
