@@ -859,6 +859,9 @@ def check_request(shelf: str, source: SceneSource, options: ProduceOptions) -> s
     if options.compare_scenes < 1:
         raise ProduceError(f"--compare-scenes {options.compare_scenes}: must be at least 1 "
                            "(1 = no comparison, the source's ranking decides)")
+    if options.extent_file is not None and not Path(options.extent_file).is_file():
+        raise ProduceError(f"--extent {options.extent_file}: no such file (a GeoPackage of "
+                           "extents with columns shelf, year)")
     if options.batch_size is not None and options.batch_size < 1:
         raise ProduceError(f"--batch-size {options.batch_size}: must be at least 1")
     if str(options.device).startswith("cuda"):

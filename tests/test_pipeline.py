@@ -273,6 +273,7 @@ def test_missing_demo_weights_is_a_clear_error(tmp_path: Path, monkeypatch) -> N
     (["--shelf", "Thwaits"], "shelf 'Thwaits' is not registered (did you mean 'Thwaites'?)"),
     (["--shelf", "Ross"], "shelf 'Ross' is not registered; valid names: 'Amery'"),
     (["--shelf", "Totten", "--restoration", "NSPI"], "--restoration 'NSPI': use DiffGF or"),
+    (["--shelf", "Totten", "--extent", "nope.gpkg"], "--extent nope.gpkg: no such file"),
 ])
 def test_a_request_that_cannot_run_is_one_line_before_any_work(
         tiny_weights: Path, tmp_path: Path, args: list[str], says: str) -> None:
