@@ -81,7 +81,8 @@ class SchemaFetcher:
             self._memory[url] = cached
             return cached
         if not self.allow_fetch:
-            self.reasons[url] = f"offline ({OFFLINE_ENV} is set) and not in {self.folder}"
+            self.reasons[url] = (f"offline (--offline or {OFFLINE_ENV}) and not in "
+                                 f"{self.folder}")
             return None
         location = fetch_location(url)
         host = urlsplit(location).netloc
