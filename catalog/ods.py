@@ -127,6 +127,33 @@ def _row(record: dict[str, object]) -> OdsRow:
     )
 
 
+def read_metadata_table(path: Path) -> tuple[list[OdsRow], frozenset[str]]:
+    """The rows of metadata.ods and the columns its sheet(s) have (normalised names).
+
+    The validator needs the columns as well as the rows: an empty cell in a column the file has
+    is a fact that contradicts the product, while a column the file lacks altogether (an
+    authors' file with only shelf, year and dates) leaves that fact unknown.
+    """
+    # cells are text as written: pandas would read a scene id "NaN", "NA" or "null" as missing
+    sheets = pd.read_excel(path, sheet_name=None, engine="odf", dtype=str,
+                           keep_default_na=False)
+    chosen = {SUMMARY_SHEET: sheets[SUMMARY_SHEET]} if SUMMARY_SHEET in sheets else sheets
+    rows: list[OdsRow] = []
+    columns: set[str] = set()
+    for sheet, frame in chosen.items():
+        frame = frame.rename(columns=lambda c: str(c).strip().lower().replace(" ", "_"))
+        missing = [c for c in ("shelf", "year") if c not in frame.columns]
+        if missing:
+            raise ValueError(f"{path}: sheet {sheet!r} lacks column(s) {missing}; "
+                             f"expected {list(COLUMNS)}")
+        columns.update(str(c) for c in frame.columns)
+        for record in frame.to_dict("records"):
+            if _text(record.get("shelf")) is None:
+                continue
+            rows.append(_row(record))
+    return rows, frozenset(columns)
+
+
 def read_metadata_ods(path: Path) -> list[OdsRow]:
     """The rows of metadata.ods (Summary sheet, or every sheet when there is none).
 
@@ -134,24 +161,21 @@ def read_metadata_ods(path: Path) -> list[OdsRow]:
     or ``year`` column is an error naming the file and sheet; other missing columns read as
     unknown.
     """
-    # cells are text as written: pandas would read a scene id "NaN", "NA" or "null" as missing
-    sheets = pd.read_excel(path, sheet_name=None, engine="odf", dtype=str,
-                           keep_default_na=False)
-    chosen = {SUMMARY_SHEET: sheets[SUMMARY_SHEET]} if SUMMARY_SHEET in sheets else sheets
-    rows: list[OdsRow] = []
-    for sheet, frame in chosen.items():
-        frame = frame.rename(columns=lambda c: str(c).strip().lower().replace(" ", "_"))
-        missing = [c for c in ("shelf", "year") if c not in frame.columns]
-        if missing:
-            raise ValueError(f"{path}: sheet {sheet!r} lacks column(s) {missing}; "
-                             f"expected {list(COLUMNS)}")
-        for record in frame.to_dict("records"):
-            if _text(record.get("shelf")) is None:
-                continue
-            rows.append(_row(record))
-    return rows
+    return read_metadata_table(path)[0]
 
 
 def rows_by_key(rows: list[OdsRow]) -> dict[tuple[str, int], OdsRow]:
-    """Rows keyed by (shelf, year)."""
+    """Rows keyed by (shelf, year); of duplicate rows the last wins (see ``rows_grouped``)."""
     return {(r.shelf, r.year): r for r in rows}
+
+
+def rows_grouped(rows: list[OdsRow]) -> dict[tuple[str, int], list[OdsRow]]:
+    """Every row keyed by (shelf, year), in file order, so duplicates stay visible.
+
+    metadata.ods holds one row per shelf-year; ``rows_by_key`` silently keeps only the last of
+    duplicates, which would let a contradicting row pass the validator unseen.
+    """
+    grouped: dict[tuple[str, int], list[OdsRow]] = {}
+    for row in rows:
+        grouped.setdefault((row.shelf, row.year), []).append(row)
+    return grouped

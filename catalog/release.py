@@ -59,6 +59,19 @@ class ShelfYearFiles:
         path = self.auxiliary.get("provenance")
         return read_provenance(path) if path is not None else None
 
+    def provenance_or_error(self) -> tuple[Provenance | None, str | None]:
+        """The provenance record (None without one) and, when its file exists but cannot be
+        read (garbled JSON, fields missing), why; the validator reports that file instead of
+        letting one bad record abort its checks of every other shelf-year."""
+        path = self.auxiliary.get("provenance")
+        if path is None:
+            return None, None
+        try:
+            return read_provenance(path), None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            return None, f"{type(error).__name__}: {error}"
+
 
 def file_checksum(path: Path) -> str:
     """Multihash hex of a file's sha2-256 digest (``1220`` + 64 hex digits)."""

@@ -35,6 +35,7 @@ from shapely.ops import unary_union
 
 import schemas
 from catalog.geometry import bbox_3031_to_lonlat, lonlat_bbox_geometry
+from catalog.stac import not_applicable_fields
 from producer.shelves import released_name
 from producer.spec import (
     ENCODING,
@@ -357,11 +358,6 @@ def _select(source: str, clause: str, params: list[Any], columns: str) -> pa.Tab
                 else relation.arrow())  # DuckDB < 1.4 names it arrow()
 
 
-#: Product fields whose null is a value of its own, never listed in ``icedamage:unknown``.
-MEANINGFUL_NULLS = frozenset({f"{P}restoration"})
-#: Product fields that are null (not applicable) when a map has no valid pixel.
-NO_VALID_PIXEL_NULLS = frozenset({f"{P}damage_fraction", f"{P}damage_fraction_low",
-                                  f"{P}damage_fraction_high"})
 #: Timestamp properties, which the columnar round trip spells with microseconds.
 DATETIME_FIELDS = frozenset({"datetime", "start_datetime", "end_datetime", "created", "updated"})
 
@@ -377,9 +373,8 @@ def _strip_nulls(value: Any) -> Any:
 
 def _kept_null(key: str, props: dict[str, Any]) -> bool:
     """Whether a null property is one the item really has (not one a column filled in)."""
-    if key == "datetime" or key in MEANINGFUL_NULLS or key in props.get(f"{P}unknown", ()):
-        return True
-    return key in NO_VALID_PIXEL_NULLS and props.get(f"{P}valid_area_km2") == 0
+    return (key == "datetime" or key in props.get(f"{P}unknown", ())
+            or key in not_applicable_fields(props))
 
 
 def _drop_filled_nulls(record: dict[str, Any]) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from producer.spec import (
     CONSTELLATION,
     ENCODING,
     PRODUCT_TYPES,
+    RELEASED_RESTORATION,
     RESTORATION_METHODS,
     SENSORS,
     TYPE1,
@@ -178,18 +179,29 @@ def product_properties(inputs: ItemInputs) -> dict[str, Any]:
         f"{P}damage_fraction_low": stats.damage_fraction_low,
         f"{P}damage_fraction_high": stats.damage_fraction_high,
     })
-    # restoration is always known (the file name says it); null there means "not restored"
-    not_applicable = {f"{P}restoration"}
-    if not restored:
-        not_applicable.add(f"{P}lambda_upper_restored")
-    if stats.valid_pixels == 0:
-        not_applicable |= {f"{P}damage_fraction", f"{P}damage_fraction_low",
-                           f"{P}damage_fraction_high"}
-    props[f"{P}unknown"] = sorted(k for k, v in props.items()
-                                  if v is None and k not in not_applicable)
     if not restored:
         props.pop(f"{P}lambda_upper_restored")
+    not_applicable = not_applicable_fields(props)
+    props[f"{P}unknown"] = sorted(k for k, v in props.items()
+                                  if v is None and k not in not_applicable)
     return props
+
+
+def not_applicable_fields(props: dict[str, Any]) -> set[str]:
+    """Product fields whose null means "does not apply", never "unknown" (the one rule the
+    builder, the catalog validator and search's null handling share):
+
+    * ``restoration``: always known (the file name says it); null means not restored;
+    * the fractions of a map without a valid pixel;
+    * the restoration model of a classical fill (FillNodata), which has none.
+    """
+    fields = {f"{P}restoration"}
+    if props.get(f"{P}valid_area_km2") == 0:
+        fields |= {f"{P}damage_fraction", f"{P}damage_fraction_low",
+                   f"{P}damage_fraction_high"}
+    if props.get(f"{P}restoration") not in (None, RELEASED_RESTORATION):
+        fields |= {f"{P}restoration_model", f"{P}restoration_weights_sha256"}
+    return fields
 
 
 def _times(inputs: ItemInputs) -> tuple[dt.datetime | None, dt.datetime, dt.datetime]:

@@ -77,7 +77,8 @@ def fixture_provenance(item: ShelfYear) -> Provenance:
         shelf=item.shelf, year=item.year, sensors=item.sensors, restoration=item.restoration,
         source="local", scenes=scenes,
         segmentation=ModelRecord("segformer-mit-b2", "0" * 64, "fixture.pth"),
-        restoration_model=ModelRecord("diffgf", "1" * 64) if item.restoration else None,
+        restoration_model=(ModelRecord("diffgf", "1" * 64) if item.restoration == "DiffGF"
+                           else None),  # a classical fill (FillNodata) has no model
         software={"icedamage": "test"},
         parameters={"restored_extent_fraction": 0.17} if item.restoration else {},
         products={TYPE1.key: name.filename, TYPE2.key: name.partner().filename},
