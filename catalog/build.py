@@ -26,6 +26,7 @@ import rasterio
 import yaml
 from PIL import Image
 
+import schemas
 from catalog.gpkg import ensure_roi_geopackage
 from catalog.ods import (
     OdsRow,
@@ -190,11 +191,19 @@ def ods_rows(release_dir: Path, found: list[ShelfYearFiles],
 # ---------------------------------------------------------------------------------------------
 
 
+#: Raise when the builder writes items differently for the same inputs, so that a catalog
+#: built by earlier code is rebuilt rather than kept as "up to date" (the extension schema's
+#: text counts too).
+CATALOG_FORMAT = 2
+
+
 def _state_digest(release_dir: Path, found: list[ShelfYearFiles], factors: UncertaintyFactors,
                   settings: CatalogSettings) -> str:
-    """Digest of the inputs (file sizes and mtimes, factors, settings) of a catalog run."""
+    """Digest of the inputs (file sizes and mtimes, factors, settings, the catalog format and
+    our STAC extension schema) of a catalog run."""
     parts = [factors.to_json(), json.dumps([settings.license, settings.software_version,
-                                            settings.dataset_version])]
+                                            settings.dataset_version]),
+             f"format:{CATALOG_FORMAT}", json.dumps(schemas.load_schema(), sort_keys=True)]
     for files in found:
         for path in (files.damage_map, files.damage, *files.auxiliary.values()):
             if path is not None and path.suffix != ".png":

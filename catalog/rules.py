@@ -505,6 +505,17 @@ def _grid_problems(rel: str, where: str, fields: dict[str, Any], facts: RasterFa
     return problems
 
 
+def _record_of(entry: LoadedItem, by_folder: dict[Path, tuple[Provenance | None, bool]]
+               ) -> tuple[Provenance | None, bool] | None:
+    """The provenance record of the shelf-year whose products an item's assets point at, so
+    an item under another id (a copy pointing at demo products) is still checked."""
+    for asset in entry.item.assets.values():
+        path, _ = _href_target(entry.path.parent, asset.href)
+        if path is not None and path.parent.resolve() in by_folder:
+            return by_folder[path.parent.resolve()]
+    return None
+
+
 @dataclass
 class CatalogConsistencyRules:
     """Products ⇔ items, files ⇔ asset and item fields, statistics, unknowns, demo flag, dates,
@@ -520,23 +531,27 @@ class CatalogConsistencyRules:
             return
         loaded, unreadable = read_items(root)
         yield from unreadable
-        by_id = {entry.item.id: entry for entry in loaded}
+        by_id = {entry.item.id: entry for entry in loaded
+                 if _hashable(entry.item.id)}  # a malformed id is stac-schema's finding
         found = scan_release(root)
         yield from self._products_have_items(root, found, by_id)
         records: dict[str, tuple[Provenance | None, bool]] = {}
+        by_folder: dict[Path, tuple[Provenance | None, bool]] = {}
         for files in found:
             prov, error = files.provenance_or_error()
             if error is not None:
                 yield Problem(_rel(root, files.auxiliary["provenance"]),
                               "catalog-file-unreadable", error[:200],
                               "a provenance record (JSON) as the producer writes it")
+            by_folder.setdefault(files.folder.resolve(), (prov, error is None))
             try:
                 records.setdefault(item_id(files.name), (prov, error is None))
             except SpecError:
                 continue  # an unregistered shelf: product-without-item says so
         for entry in loaded:
+            record = _record_of(entry, by_folder) or records.get(str(entry.item.id))
             yield from _guarded(_rel(root, entry.path),
-                                self._item_problems(root, entry, records.get(entry.item.id)))
+                                self._item_problems(root, entry, record))
         yield from _guarded(ITEMS_PARQUET, _index_problems(root, loaded))
         yield from broken_links(root)
 
@@ -698,7 +713,7 @@ def _datetime_problems(rel: str, data: dict[str, Any]) -> Iterator[Problem]:
         yield Problem(rel, "item-datetime", f"datetime = {props.get('datetime')}",
                       f"{pystac.utils.datetime_to_str(_at(main))} (the main scene "
                       f"{props.get(P + 'main_scene')})")
-    elif main is None and when is not None and when not in {_at(d) for d in dates}:
+    elif main is None and when is not None and dates and when not in {_at(d) for d in dates}:
         yield Problem(rel, "item-datetime", f"datetime = {props.get('datetime')}",
                       f"one of {P}acquisition_dates {[d.isoformat() for d in dates]} at 00:00:00Z")
 
@@ -769,7 +784,7 @@ def _index_problems(root: Path, loaded: list[LoadedItem]) -> Iterator[Problem]:
         yield Problem(ITEMS_PARQUET, "index-missing", "no file",
                       "the stac-geoparquet item index written by `icedamage catalog`")
         return
-    items = {entry.item.id: entry for entry in loaded}
+    items = {entry.item.id: entry for entry in loaded if _hashable(entry.item.id)}
     try:
         schema = pq.read_schema(parquet)
         columns = [c for c in ("id", *INDEX_COLUMNS) if c in schema.names]
@@ -852,14 +867,17 @@ def _ndjson_problems(root: Path, ids: list[Any], items: dict[str, LoadedItem],
 def _unknown_problems(rel: str, item: pystac.Item) -> Iterator[Problem]:
     """Null product fields must be listed in icedamage:unknown, and listed fields must be null."""
     props = item.properties
-    listed = set(props.get(f"{P}unknown", []))
+    unknown = props.get(f"{P}unknown", [])
+    listed = {k for k in unknown if isinstance(k, str)} if isinstance(unknown, list) else set()
     exempt = not_applicable_fields(props)
-    nulls = {k for k, v in props.items() if k.startswith(P) and v is None} - exempt
+    all_nulls = {k for k, v in props.items() if k.startswith(P) and v is None}
+    nulls = all_nulls - exempt
     if nulls - listed:
         yield Problem(rel, "unknown-not-listed", f"null {sorted(nulls - listed)}",
                       f"listed in {P}unknown")
-    if listed - nulls:
-        yield Problem(rel, "unknown-not-null", f"listed {sorted(listed - nulls)} have values",
+    # a not-applicable null listed as unknown (catalogs built before the rule) is harmless
+    if listed - all_nulls:
+        yield Problem(rel, "unknown-not-null", f"listed {sorted(listed - all_nulls)} have values",
                       f"only null fields in {P}unknown")
 
 
@@ -934,6 +952,16 @@ def _stats_problems(root: Path, rel: str, entry: LoadedItem) -> Iterator[Problem
 # ---------------------------------------------------------------------------------------------
 
 
+def _hashable(value: Any) -> bool:
+    """Whether a value can key a dict (a list or dict in an item's field cannot: the schema
+    rule set reports such an item)."""
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
 @dataclass
 class ReleaseMetadataRules:
     """metadata.ods ⇔ items, products and provenance; one valid EPSG:3031 GeoPackage per shelf."""
@@ -947,8 +975,9 @@ class ReleaseMetadataRules:
             return
         found = scan_release(root)
         # items pystac cannot read are reported by catalog-consistency
-        items = {(e.item.properties.get(f"{P}shelf"), e.item.properties.get(f"{P}year")): e
-                 for e in load_items(root)}
+        items = {key: e for e in load_items(root)
+                 if _hashable(key := (e.item.properties.get(f"{P}shelf"),
+                                      e.item.properties.get(f"{P}year")))}
         yield from _guarded(METADATA_ODS, self._ods_problems(root, found, items))
         yield from self._gpkg_problems(root, found)
 
@@ -1062,7 +1091,10 @@ def _row_product_problems(where: str, row: OdsRow, files: ShelfYearFiles,
             yield Problem(where, "ods-file-name", f"{column} = {_cell(getattr(row, column))}",
                           f"{getattr(want, column)} (the product in the release)")
     for column in ("sensors", "restoration"):
-        if column in columns and getattr(row, column) != getattr(want, column):
+        found, expected = getattr(row, column), getattr(want, column)
+        if column == "sensors":  # a set: "LC09; LC08" names the same satellites
+            found, expected = set(found), set(expected)
+        if column in columns and found != expected:
             yield Problem(where, "ods-row-mismatch", f"{column} = {_cell(getattr(row, column))}",
                           f"{_cell(getattr(want, column))} (from {source})")
     if prov is not None:

@@ -167,6 +167,18 @@ def test_catalog_moves_with_the_release(cataloged_pristine: Path, tmp_path: Path
             assert Path(asset.get_absolute_href()).exists()
 
 
+def test_a_catalog_of_an_older_format_is_rebuilt(cataloged: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """New catalog code (or a changed extension schema) rebuilds a catalog whose inputs did
+    not change: "up to date" must not keep items the current code would write otherwise."""
+    from catalog import build
+
+    assert catalog_release(cataloged, PAPER_FACTORS).skipped
+    monkeypatch.setattr(build, "CATALOG_FORMAT", build.CATALOG_FORMAT + 1)
+    assert not catalog_release(cataloged, PAPER_FACTORS).skipped
+    assert catalog_release(cataloged, PAPER_FACTORS).skipped
+
+
 def test_rerun_skips_and_force_rebuilds(cataloged: Path) -> None:
     before = (cataloged / "stac" / "catalog.json").stat().st_mtime_ns
     assert catalog_release(cataloged, PAPER_FACTORS).skipped
@@ -595,6 +607,21 @@ def _demo_without_provenance_asset(release: Path) -> None:
     _edit_item("totten-2016", lambda d: d["assets"].pop("provenance"))(release)
 
 
+ITEM_T16_COPY = f"stac/{COLLECTION}/totten-2016-copy/totten-2016-copy.json"
+
+
+def _demo_item_copy(release: Path) -> None:
+    """Demo products, and a second item under another id pointing at them that says not demo
+    (the same relative depth, so its hrefs still reach the products)."""
+    _demo_provenance(release)
+    data = json.loads(item_path(release, "totten-2016").read_text())
+    data["id"] = "totten-2016-copy"
+    data["properties"]["icedamage:demo"] = False
+    copy = release / ITEM_T16_COPY
+    copy.parent.mkdir()
+    copy.write_text(json.dumps(data))
+
+
 def _no_provenance_no_dates(release: Path) -> None:
     """A shelf-year whose provenance record is gone, and whose ods row has no dates: the
     dates (and the demo flag) its item still claims come from nowhere."""
@@ -708,6 +735,8 @@ FILE_CORRUPTIONS: list[tuple[str, Callable[[Path], None], list[Expected]]] = [
     # 6: the demo flag follows the release's provenance record, not the item's asset
     ("demo provenance, asset dropped", _demo_without_provenance_asset,
      [("catalog-consistency", "demo-flag", ITEM_T16)]),
+    ("demo products under another item id", _demo_item_copy,
+     [("catalog-consistency", "demo-flag", ITEM_T16_COPY)]),
     ("dates and demo flag without a source", _no_provenance_no_dates,
      [("catalog-consistency", "demo-flag", ITEM_T16),
       ("release-metadata", "acquisition-dates", ITEM_T16)]),
@@ -737,6 +766,13 @@ FILE_CORRUPTIONS: list[tuple[str, Callable[[Path], None], list[Expected]]] = [
     ("item end_datetime only", _edit_item("totten-2021", lambda d: d["properties"].update(
         end_datetime="2022-03-31T23:59:59Z")),
      [("catalog-consistency", "item-datetime", ITEM_T21)]),
+    # fields of types no rule expects: the schema says so, no rule set stops
+    ("item id a list", _edit_item("totten-2016", lambda d: d.update(id=["a"])),
+     [("stac-schema", "stac-schema", ITEM_T16)]),
+    ("unknown a list of lists", _edit_item("totten-2016", lambda d: d["properties"].update(
+        {"icedamage:unknown": [["a"]]})), [("stac-schema", "stac-schema", ITEM_T16)]),
+    ("shelf a list", _edit_item("totten-2016", lambda d: d["properties"].update(
+        {"icedamage:shelf": ["Totten"]})), [("stac-schema", "stac-schema", ITEM_T16)]),
     # 11: the ROI is read from the polygon layer, whatever layer comes first
     ("ROI behind a point layer", _gpkg_point_layer_first,
      [("release-metadata", "product-outside-roi", T16_TYPE2)]),
@@ -764,6 +800,19 @@ def test_validate_reports_a_truncated_product_without_failing_a_rule_set(catalog
     rules = {(p.rule, p.file) for p in report.problems}
     assert ("catalog-file-unreadable", AMERY_TYPE2) in rules
     assert not any(rule == "validator-rule-set-failed" for rule, _ in rules)
+
+
+def test_valid_variations_pass_the_catalog_rules(cataloged: Path) -> None:
+    """What a valid release may hold and the rules must not call wrong: sensors of an ODS row
+    in another order, and a not-applicable null a catalog built earlier listed as unknown."""
+    _rewrite_ods(cataloged, lambda rows: [
+        dataclasses.replace(r, sensors=tuple(reversed(r.sensors)))
+        if (r.shelf, r.year) == ("Totten", 2021) else r for r in rows])
+    _edit_item("totten-2016", lambda d: d["properties"]["icedamage:unknown"].append(
+        "icedamage:restoration"))(cataloged)  # null (not restored), listed as unknown
+    found = problems_by_rule_set(cataloged)
+    assert not any(rule in {"ods-row-mismatch", "unknown-not-null", "unknown-not-listed"}
+                   for f in found.values() for rule, _ in f), found
 
 
 def test_release_reached_through_dotdot_is_consistent(cataloged: Path, tmp_path: Path) -> None:

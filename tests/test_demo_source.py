@@ -137,3 +137,14 @@ def test_extent_is_the_floating_shelf(totten_2021) -> None:
     mask = extent_mask(source.extent("Totten", 2021, grid), grid)
     truth = source.layout("Totten", 2021).extent_mask
     assert (mask == truth).mean() > 0.99
+
+
+def test_the_summer_under_way_has_no_scene_from_the_future() -> None:
+    """Scenes of the running summer are dated up to today (the demo is a satellite too)."""
+    import datetime as dt
+
+    from producer.spec import latest_summer
+
+    today = dt.date.today()
+    for shelf in ("Amery", "Brunt", "Totten"):
+        assert all(p.acquired <= today for p in plan_summer(shelf, latest_summer()))

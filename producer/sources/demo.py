@@ -508,7 +508,8 @@ def plan_summer(shelf: str, year: int) -> list[PlannedScene]:
     """The demo scenes of a shelf's summer, ordered by acquisition date (3-5 dates).
 
     Every summer mixes clear and cloudy dates and partial footprints; a seeded fifth of the
-    summers have no full clear scene, so the map must be merged from several.
+    summers have no full clear scene, so the map must be merged from several. In the summer
+    under way, only the dates up to today have scenes (no satellite images the future).
     """
     rng = _rng(shelf, year, "summer")
     start, end = summer_window(year)
@@ -517,10 +518,11 @@ def plan_summer(shelf: str, year: int) -> list[PlannedScene]:
     offsets = np.sort(rng.choice(np.arange(0, days + 1), size=n, replace=False))
     clear_index = int(rng.integers(n)) if rng.uniform() > 0.2 else -1
     plans: list[PlannedScene] = []
+    today = dt.date.today()
     for i, off in enumerate(offsets):
         day = start + dt.timedelta(days=int(off))
         tokens = _sensors_on(day, year)
-        if not tokens:
+        if not tokens or day > today:
             continue
         sensor = tokens[int(rng.integers(len(tokens)))]
         srng = _rng(shelf, year, day.isoformat(), "conditions")
