@@ -3,6 +3,9 @@
 #
 #   bash bench/gpu_session.sh            # OUT=<folder for logs and weights>, default ./gpu-out
 #   STAGES="tests throughput" bash bench/gpu_session.sh      # a subset (default: all five)
+#   STAGES=goal bash bench/gpu_session.sh    # the ≥ 10× goal's measurements and the CUDA tests,
+#                                            # fitted into one 600 s device call (DEADLINE=570)
+#   STAGES=explore DEADLINE=270 bash ...     # every configuration's dense steady state, a profile
 #   Each device call may run 600 s: split the stages, e.g. "dense compile", then "tests".
 #
 # 1. tests/test_cuda.py (CUDA inference, SegFormer AMP training, DiffGF training on the GPU);
@@ -30,6 +33,53 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -c "import torch, transformers, diffusers, rasterio; print('torch', torch.__version__, \
 'transformers', transformers.__version__, 'diffusers', diffusers.__version__, 'rasterio', \
 rasterio.__version__, 'cpus', torch.get_num_threads())" | tee -a "$OUT/gpu.txt"
+
+# Seconds left of DEADLINE (default 570 s: one device call may run 600) for a stage, at most $1.
+left() { local rest=$(( ${DEADLINE:-570} - SECONDS )); (( rest < $1 )) && echo $(( rest > 1 ? rest : 1 )) || echo "$1"; }
+
+if [[ $STAGES == *goal* ]]; then
+echo "== goal 1: MiT-b2 TTA 2048², reference vs production, eager and compiled, fp32 and fp16"
+timeout "$(left 230)" python3 bench/inference.py --device cuda --amp both --size 2048 \
+    --batch-size 32 --threads 8 --variants b2 --tta on --no-rss --compile auto 2>&1 \
+    | tee "$OUT/goal_b2_tta.jsonl"
+echo "== goal 2: dense 10,000² MiT-b2 TTA, compiled exact float32, disk to disk"
+timeout "$(left 100)" python3 bench/inference.py --device cuda --no-throughput --rss-dense \
+    --rss-exact --tta on --batch-size 32 --threads 8 --compile auto 2>&1 \
+    | tee "$OUT/goal_dense.jsonl"
+echo "== goal 3: tests/test_cuda.py"
+timeout "$(left 150)" python3 -m pytest -v -p no:cacheprovider --noconftest tests/test_cuda.py \
+    2>&1 | tee "$OUT/test_cuda.log" | grep -E "PASS|FAIL|ERROR|passed|failed|Error"
+echo "== goal 4: MiT-b2 without TTA, MiT-b0 with and without, compiled exact float32"
+timeout "$(left 120)" python3 bench/inference.py --device cuda --amp off --size 2048 \
+    --batch-size 32 --threads 8 --variants b2 --tta off --no-rss --compile auto 2>&1 \
+    | tee "$OUT/goal_others.jsonl"
+timeout "$(left 200)" python3 bench/inference.py --device cuda --amp off --size 2048 \
+    --batch-size 32 --threads 8 --variants b0 --tta both --no-rss --compile auto 2>&1 \
+    | tee -a "$OUT/goal_others.jsonl"
+echo "== goal: done after $SECONDS s"
+fi
+
+if [[ $STAGES == *explore* ]]; then
+# the steady state of every configuration on the dense 10,000² scene (written once), compiled
+# exact float32; then a profile; then the in-memory 2048² scene against the reference
+DENSE="python3 bench/inference.py --device cuda --no-throughput --rss-dense --rss-exact \
+    --threads 8 --compile auto --rss-scene /tmp/scene"
+echo "== explore 1: dense MiT-b2 TTA, batch 64 (16 windows × 4 views per call)"
+timeout "$(left 120)" $DENSE --tta on --batch-size 64 2>&1 | tee "$OUT/explore_dense.jsonl"
+echo "== explore 2: dense MiT-b0 TTA and not, MiT-b2 without TTA, batch 32"
+timeout "$(left 80)" $DENSE --tta both --rss-variant b0 --batch-size 32 2>&1 \
+    | tee -a "$OUT/explore_dense.jsonl"
+timeout "$(left 60)" $DENSE --tta off --rss-variant b2 --batch-size 32 2>&1 \
+    | tee -a "$OUT/explore_dense.jsonl"
+echo "== explore 3: where an eager batch spends its GPU time (MiT-b2, TTA, exact float32)"
+timeout "$(left 40)" python3 bench/profile_forward.py --variant b2 --tta on --batch-size 32 \
+    2>&1 | tee "$OUT/profile_b2.txt"
+echo "== explore 4: MiT-b2 TTA 2048², compiled exact float32 in the steady state"
+timeout "$(left 40)" python3 bench/inference.py --device cuda --amp off --size 2048 \
+    --batch-size 32 --threads 8 --variants b2 --tta on --no-rss --compile auto 2>&1 \
+    | tee "$OUT/explore_b2_tta.jsonl"
+echo "== explore: done after $SECONDS s"
+fi
 
 if [[ $STAGES == *tests* ]]; then
 echo "== tests/test_cuda.py"

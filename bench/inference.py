@@ -122,11 +122,15 @@ def _compiled_row(model: DamageSegmenter, pixels: np.ndarray, variant: str, tta:
                   batch_size: int, device: str, amp: bool, compile_mode: str, ref: object,
                   margin: np.ndarray, ref_times: tuple[float, float],
                   default_s: float | None) -> dict[str, object]:
-    """The production path compiled: compile on one window (timed apart), then time the scene."""
+    """The production path compiled: compile (timed apart), then time the scene.
+
+    On the CPU the compile runs on one window; on CUDA on the whole scene, which also records
+    a CUDA graph for each batch shape the timed run meets (windows per row differ from the
+    compile window's), so the timed run is the steady state, as the reference's is."""
     options = {"tta": tta, "batch_size": batch_size, "device": device, "amp": amp,
                "compile_mode": compile_mode}
     started = time.perf_counter()
-    predict_array(model, pixels[:, :512, :512], **options)  # compiles the one batch shape
+    predict_array(model, pixels if device != "cpu" else pixels[:, :512, :512], **options)
     compile_s = time.perf_counter() - started
     if device != "cpu":
         torch.cuda.reset_peak_memory_stats()
@@ -210,26 +214,28 @@ def write_scene(path: Path, size: int, dense: bool) -> None:
 
 
 def rss_child(src: str, variant: str, batch_size: int, tta: bool, device: str,
-              compile_mode: str | None = None) -> None:
+              compile_mode: str | None = None, amp: bool | None = None) -> None:
     """(Child process) run predict_scene and print stats and peak RSS as JSON.
 
-    With ``compile_mode``, compiling (on one window) is timed apart from the scene."""
+    With ``compile_mode``, compiling (on one window) is timed apart from the scene. ``amp``:
+    float16 autocast (True), exact float32 (False) or the device's default (None)."""
     model = model_of(variant)
     compile_s = None
     if compile_mode is not None:
         started = time.perf_counter()
         predict_array(model, synthetic_scene(512, 512), tta=tta, batch_size=batch_size,
-                      device=device, compile_mode=compile_mode)
+                      device=device, amp=amp, compile_mode=compile_mode)
         compile_s = round(time.perf_counter() - started, 1)
     with tempfile.TemporaryDirectory() as tmp:
         stats = predict_scene(model, src, Path(tmp) / "out.tif",
                               probability_path=Path(tmp) / "p.tif", batch_size=batch_size,
-                              tta=tta, device=device, compile_mode=compile_mode)
+                              tta=tta, device=device, amp=amp, compile_mode=compile_mode)
     if compile_s is not None:
         print(json.dumps({"compile": compile_mode, "compile_s": compile_s}))
     extra = ({"gpu_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
              if device != "cpu" else {})
     print(json.dumps({
+        "amp": amp,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "windows_total": stats.windows_total, "windows_run": stats.windows_run,
         "images_forwarded": stats.images_forwarded, "seconds": round(stats.seconds, 1),
@@ -238,20 +244,28 @@ def rss_child(src: str, variant: str, batch_size: int, tta: bool, device: str,
 
 
 def peak_rss(variant: str, size: int, batch_size: int, *, dense: bool = False, tta: bool = True,
-             device: str = "cpu", threads: int = 2,
-             compile_mode: str | None = None) -> dict[str, object]:
+             device: str = "cpu", threads: int = 2, compile_mode: str | None = None,
+             amp: bool | None = None, scene: Path | None = None) -> dict[str, object]:
     """Peak RSS of ``predict_scene`` on a size² scene, in a fresh child process.
 
     The sparse scene still streams every row through the strip, reader and writers but runs one
     forward batch; the dense one runs every window. Every batch reuses buffers of the same
-    sizes, so the two peaks differ only by allocator fragmentation.
+    sizes, so the two peaks differ only by allocator fragmentation. ``scene``: a folder that
+    keeps the written scene for later runs (default: written afresh in a temporary folder).
     """
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "big.tif"
-        write_scene(src, size, dense)
+        if scene is not None:  # kept between runs: writing a dense 10,000² scene takes a while
+            src = scene / f"scene_{size}_{'dense' if dense else 'sparse'}.tif"
+            scene.mkdir(parents=True, exist_ok=True)
+        if not src.exists():
+            partial = src.with_suffix(".partial.tif")
+            write_scene(partial, size, dense)
+            partial.replace(src)
         out = subprocess.run(
             [sys.executable, __file__, "--threads", str(threads), "--rss-child", str(src),
-             variant, str(batch_size), "on" if tta else "off", device, compile_mode or "none"],
+             variant, str(batch_size), "on" if tta else "off", device, compile_mode or "none",
+             {None: "default", True: "on", False: "off"}[amp]],
             check=True, capture_output=True, text=True,
         )
     lines = [json.loads(line) for line in out.stdout.strip().splitlines() if line.startswith("{")]
@@ -277,15 +291,21 @@ def main() -> None:
     parser.add_argument("--rss-variant", default="b2")
     parser.add_argument("--rss-dense", action="store_true", help="data in every window")
     parser.add_argument("--no-rss", action="store_true")
+    parser.add_argument("--rss-scene", type=Path, default=None,
+                        help="folder keeping the RSS scene between runs (written if missing)")
+    parser.add_argument("--rss-exact", action="store_true",
+                        help="run the RSS scene in exact float32 (with --amp off; default: the "
+                             "device's default precision)")
     parser.add_argument("--no-throughput", action="store_true")
-    parser.add_argument("--rss-child", nargs=6,
-                        metavar=("SRC", "VARIANT", "BATCH", "TTA", "DEVICE", "COMPILE"))
+    parser.add_argument("--rss-child", nargs=7,
+                        metavar=("SRC", "VARIANT", "BATCH", "TTA", "DEVICE", "COMPILE", "AMP"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.rss_child:
-        src, variant, batch, tta, device, compile_mode = args.rss_child
+        src, variant, batch, tta, device, compile_mode, amp = args.rss_child
         rss_child(src, variant, int(batch), tta == "on", device,
-                  None if compile_mode == "none" else compile_mode)
+                  None if compile_mode == "none" else compile_mode,
+                  {"default": None, "on": True, "off": False}[amp])
         return
     header = {"torch": torch.__version__, "threads": torch.get_num_threads(),
               "device": args.device}
@@ -304,12 +324,17 @@ def main() -> None:
             print(json.dumps({"disk": disk_throughput("b0", args.size, True, args.batch_size,
                                                       args.device)}), flush=True)
     if not args.no_rss:
+        # --amp off|on|both picks the precision on CUDA too; left at its default ("off") the
+        # scene runs in the device's default (float16 autocast on CUDA, float32 on the CPU)
+        rss_amps: tuple[bool | None, ...] = amps if args.amp != "off" or args.rss_exact else (None,)
         for tta in ttas:
-            print(json.dumps({"rss": peak_rss(args.rss_variant, args.rss_size, args.batch_size,
-                                              dense=args.rss_dense, tta=tta,
-                                              device=args.device, threads=args.threads,
-                                              compile_mode=args.compile)}),
-                  flush=True)
+            for amp in rss_amps:
+                print(json.dumps({"rss": peak_rss(args.rss_variant, args.rss_size,
+                                                  args.batch_size, dense=args.rss_dense, tta=tta,
+                                                  device=args.device, threads=args.threads,
+                                                  compile_mode=args.compile, amp=amp,
+                                                  scene=args.rss_scene)}),
+                      flush=True)
 
 
 if __name__ == "__main__":

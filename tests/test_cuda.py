@@ -52,6 +52,7 @@ def b0() -> DamageSegmenter:
     (False, 1e-4, 2e-4, None),  # exact float32 (no TF32): the authors' result up to rounding
     (True, 2e-2, 4e-2, None),   # float16 autocast, the GPU default: rounding-level differences
     (True, 2e-2, 4e-2, "auto"),  # --compile: Inductor kernels replayed as CUDA graphs
+    (False, 1e-4, 2e-4, "auto"),  # --compile --exact: compiled, still the reference's float32
 ])
 def test_cuda_inference_matches_the_cpu_reference(b0: DamageSegmenter, amp: bool,
                                                   prob_bound: float, tie_margin: float,
