@@ -1,0 +1,130 @@
+"""What the catalog rule sets share: constants, reading JSON, paths and hrefs inside a release,
+and a guard that turns one bad file into a problem instead of an aborted rule set."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pystac
+
+import schemas
+from producer.spec import (
+    STAC_CATALOG_DIR,
+)
+from validation.report import Problem
+
+SCHEMAS_ENV = "ICEDAMAGE_STAC_SCHEMAS"
+SCHEMA_MAP = "schema-map.json"
+P = schemas.PREFIX
+#: The STAC version of a release's catalog (pystac's bundled core schemas of it are used).
+STAC_VERSION = "1.1.0"
+STATS_FIELDS = ("damage_area_km2", "valid_area_km2", "damage_fraction", "damage_area_km2_low",
+                "damage_area_km2_high", "damage_fraction_low", "damage_fraction_high")
+#: The statistics that do not depend on the uncertainty factors.
+FACTOR_FREE_STATS = ("damage_area_km2", "valid_area_km2", "damage_fraction")
+#: Item geometry and bbox are rounded to 1e-7 degrees by the builder; this leaves room for it.
+GEOMETRY_TOLERANCE_DEG = 1e-6
+STAC_KINDS = {"Feature": pystac.STACObjectType.ITEM,
+              "Collection": pystac.STACObjectType.COLLECTION,
+              "Catalog": pystac.STACObjectType.CATALOG}
+
+
+def read_json_or_none(path: Path) -> dict[str, Any] | None:
+    """A JSON object file's content, or None when it is not a JSON object."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def short_message(error: BaseException, limit: int = 200) -> str:
+    """``Type: message`` of an exception, first line only, shortened for the report."""
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}"[:limit]
+
+
+def has_catalog(release_dir: Path) -> bool:
+    """Whether the release has been cataloged (its root catalog exists)."""
+    return (Path(release_dir) / STAC_CATALOG_DIR / "catalog.json").exists()
+
+
+def stac_files(release_dir: Path) -> list[Path]:
+    """Every STAC JSON file of the release's catalog folder.
+
+    Dot-files and dot-folders (the catalog's own ``.build.json`` state) are not STAC objects
+    and are left out.
+    """
+    folder = Path(release_dir) / STAC_CATALOG_DIR
+    return sorted(p for p in folder.rglob("*.json")
+                  if not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def rel_path(release_dir: Path, path: Path) -> str:
+    """``path`` relative to the release root, POSIX style (lexically first, so a file reached
+    through a linked folder keeps its place in the release; then with links resolved)."""
+    root, target = Path(os.path.abspath(release_dir)), Path(os.path.abspath(path))
+    for base, where in ((root, target), (root.resolve(), Path(path).resolve())):
+        try:
+            return where.relative_to(base).as_posix()
+        except ValueError:
+            continue
+    return str(path)
+
+
+def href_target(base: Path, href: str) -> tuple[Path | None, str]:
+    """(local file an href names, what kind of href it is) for an href written in a file of
+    folder ``base``: "relative", "absolute" (a path), "file-url" or "remote" (no local file).
+    """
+    parts = urllib.parse.urlsplit(href)
+    if len(parts.scheme) > 1:  # one letter is a Windows drive ("C:/..."), an absolute path
+        if parts.scheme.lower() != "file":
+            return None, "remote"
+        return Path(os.path.normpath(urllib.parse.unquote(parts.path))), "file-url"
+    if os.path.isabs(href) or len(parts.scheme) == 1:
+        return Path(os.path.normpath(href)), "absolute"
+    return Path(os.path.normpath(base / href)), "relative"
+
+
+def is_inside(root: Path, path: Path) -> bool:
+    """Whether a (normalised, absolute) path lies inside the release root."""
+    return path == root or root in path.parents
+
+
+def same_file(a: Path | None, b: Path) -> bool:
+    """Whether two paths name the same file, with ``..`` and links resolved on both sides."""
+    return a is not None and a.resolve() == b.resolve()
+
+
+def guarded(where: str, problems: Iterator[Problem]) -> Iterator[Problem]:
+    """The problems of one check, and one ``catalog-check-failed`` problem naming ``where``
+    if the check raises: an unexpected error in one file must not abort the rule set."""
+    try:
+        yield from problems
+    except Exception as error:  # noqa: BLE001 - reported as a problem of that file
+        yield Problem(where, "catalog-check-failed", short_message(error),
+                      "checks that run to the end (the other files were still checked)")
+
+
+
+
+def looks_like_item(data: dict[str, Any]) -> bool:
+    """A STAC item, or a file that is one but lost its ``type`` (stac-schema reports that)."""
+    if data.get("type") == "Feature":
+        return True
+    return "type" not in data and isinstance(data.get("properties"), dict) and "assets" in data
+
+
+def is_hashable(value: Any) -> bool:
+    """Whether a value can key a dict (a list or dict in an item's field cannot: the schema
+    rule set reports such an item)."""
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True

@@ -1,0 +1,602 @@
+"""The ``catalog-consistency`` rule set: the catalog, its item index and the products on disk
+say the same thing."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pystac
+import shapely
+from shapely.geometry import shape
+
+from catalog.geometry import geojson_and_bbox, grid_footprint
+from catalog.release import RasterFacts, ShelfYearFiles, file_checksum, raster_facts, scan_release
+from catalog.rules.common import (
+    FACTOR_FREE_STATS,
+    GEOMETRY_TOLERANCE_DEG,
+    STAC_VERSION,
+    STATS_FIELDS,
+    P,
+    guarded,
+    has_catalog,
+    href_target,
+    is_hashable,
+    is_inside,
+    looks_like_item,
+    read_json_or_none,
+    rel_path,
+    same_file,
+    short_message,
+    stac_files,
+)
+from catalog.search import FILTER_COLUMNS, OFFSETS_KEY, release_relative
+from catalog.stac import item_id, not_applicable_fields
+from catalog.stats import count_pixels, damage_stats, is_diffgf_derived, stats_close
+from catalog.uncertainty import PAPER_FACTORS, UncertaintyFactors
+from producer.provenance import Provenance
+from producer.spec import (
+    ITEMS_NDJSON,
+    ITEMS_PARQUET,
+    TYPE1,
+    TYPE2,
+    SpecError,
+    summer_window,
+)
+from validation.report import Problem
+
+# ---------------------------------------------------------------------------------------------
+# Catalog consistency
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadedItem:
+    """An item read from the catalog, with its file and the JSON object as the file holds it."""
+
+    item: pystac.Item
+    path: Path
+    data: dict[str, Any]
+
+    def asset_path(self, key: str) -> Path | None:
+        """Local path an asset's href names, relative or not (None for a missing key or a
+        remote URL); whether such an href is allowed is checked apart (``asset-href``)."""
+        asset = self.item.assets.get(key)
+        if asset is None:
+            return None
+        return href_target(self.path.parent, asset.href)[0]
+
+
+def read_items(release_dir: Path) -> tuple[list[LoadedItem], list[Problem]]:
+    """Items of the release's catalog folder, and a ``stac-item-invalid`` problem for each
+    item file pystac cannot read.
+
+    Files are read one by one, so a broken link or a broken item hides no other item. An item
+    without ``stac_version`` or ``type`` (reported by stac-schema) is read as the STAC
+    1.1.0 item it should be, so the consistency checks still see its content.
+    """
+    items, problems = [], []
+    for path in stac_files(release_dir):
+        data = read_json_or_none(path)
+        if data is None or not looks_like_item(data):
+            continue
+        lenient = copy.deepcopy(data) | {"type": "Feature", "stac_version": STAC_VERSION}
+        try:
+            item = pystac.Item.from_dict(lenient, href=str(path), preserve_dict=False,
+                                         migrate=False)
+        except Exception as error:  # noqa: BLE001 - pystac raises many kinds on bad items
+            problems.append(Problem(rel_path(release_dir, path), "stac-item-invalid",
+                                    short_message(error), "a STAC item that pystac reads"))
+            continue
+        items.append(LoadedItem(item, path, data))
+    return items, problems
+
+
+def load_items(release_dir: Path) -> list[LoadedItem]:
+    """The items pystac can read (see ``read_items``, which also says which it cannot)."""
+    return read_items(release_dir)[0]
+
+
+_LINK_EXPECTED = "a path relative to this file, inside the release (or a remote URL)"
+
+
+def broken_links(release_dir: Path) -> Iterator[Problem]:
+    """Links of catalog objects that leave the release, or whose target file does not exist.
+
+    Remote links (the publisher's DOIs) are allowed; a local link must be a relative path that
+    stays inside the release (``link-href``), or moving or publishing the release breaks it.
+    """
+    root = Path(release_dir)
+    for path in stac_files(root):
+        rel = rel_path(root, path)
+        links = (read_json_or_none(path) or {}).get("links", [])
+        for link in links if isinstance(links, list) else []:
+            href = link.get("href", "") if isinstance(link, dict) else None
+            if not isinstance(href, str) or link.get("rel") == "self":
+                continue  # a malformed link is stac-schema's business
+            target, kind = href_target(path.parent, href)
+            if target is None:
+                continue
+            if kind != "relative" or not is_inside(root, target):
+                yield Problem(rel, "link-href", f"{link.get('rel')} -> {href}", _LINK_EXPECTED)
+            if not target.exists():
+                yield Problem(rel, "catalog-link-broken", f"{link.get('rel')} -> {href}",
+                              "an existing file")
+
+
+def _grid_problems(rel: str, where: str, fields: dict[str, Any], facts: RasterFacts,
+                   names: Iterable[str] = ("proj:shape", "proj:transform", "proj:code",
+                                           "data_type", "nodata")) -> list[Problem]:
+    """Grid fields (``where`` says whose: an asset's, the item's properties) against a file."""
+    problems = []
+    expected = {
+        "proj:shape": [facts.grid.height, facts.grid.width],
+        "proj:transform": list(facts.grid.transform)[:6],
+        "proj:code": f"EPSG:{facts.epsg}" if facts.epsg else None,
+        "data_type": facts.data_type,
+        "nodata": facts.nodata,
+    }
+    for field in names:
+        want, found = expected[field], fields.get(field)
+        if field == "proj:transform" and isinstance(found, list) and len(found) >= 6:
+            same = all(isinstance(a, int | float) and abs(a - b) < 1e-6
+                       for a, b in zip(found[:6], want, strict=True))
+        elif field == "nodata":
+            same = (found is None and want is None) or (
+                isinstance(found, int | float) and want is not None
+                and float(found) == float(want))
+        else:
+            same = found == want
+        if not same:
+            problems.append(Problem(rel, "item-grid-mismatch", f"{where}.{field} = {found}",
+                                    f"{want} (from {facts.path.name})"))
+    return problems
+
+
+def _record_of(entry: LoadedItem, by_folder: dict[Path, tuple[Provenance | None, bool]]
+               ) -> tuple[Provenance | None, bool] | None:
+    """The provenance record of the shelf-year whose products an item's assets point at, so
+    an item under another id (a copy pointing at demo products) is still checked."""
+    for asset in entry.item.assets.values():
+        path, _ = href_target(entry.path.parent, asset.href)
+        if path is not None and path.parent.resolve() in by_folder:
+            return by_folder[path.parent.resolve()]
+    return None
+
+
+@dataclass
+class CatalogConsistencyRules:
+    """Products ⇔ items, files ⇔ asset and item fields, statistics, unknowns, demo flag, dates,
+    item index."""
+
+    name: str = "catalog-consistency"
+    check_stats: bool = True
+
+    def check(self, release_dir: Path) -> Iterator[Problem]:
+        """Every consistency problem between the catalog and the files of the release."""
+        root = Path(release_dir).resolve()  # "a/../b" and links: one spelling of every path
+        if not has_catalog(root):
+            return
+        loaded, unreadable = read_items(root)
+        yield from unreadable
+        by_id = {entry.item.id: entry for entry in loaded
+                 if is_hashable(entry.item.id)}  # a malformed id is stac-schema's finding
+        found = scan_release(root)
+        yield from self._products_have_items(root, found, by_id)
+        records: dict[str, tuple[Provenance | None, bool]] = {}
+        by_folder: dict[Path, tuple[Provenance | None, bool]] = {}
+        for files in found:
+            prov, error = files.provenance_or_error()
+            if error is not None:
+                yield Problem(rel_path(root, files.auxiliary["provenance"]),
+                              "catalog-file-unreadable", error[:200],
+                              "a provenance record (JSON) as the producer writes it")
+            by_folder.setdefault(files.folder.resolve(), (prov, error is None))
+            try:
+                records.setdefault(item_id(files.name), (prov, error is None))
+            except SpecError:
+                continue  # an unregistered shelf: product-without-item says so
+        for entry in loaded:
+            record = _record_of(entry, by_folder) or records.get(str(entry.item.id))
+            yield from guarded(rel_path(root, entry.path),
+                                self._item_problems(root, entry, record))
+        yield from guarded(ITEMS_PARQUET, _index_problems(root, loaded))
+        yield from broken_links(root)
+
+    def _products_have_items(self, release_dir: Path, found: list[ShelfYearFiles],
+                             by_id: dict[str, LoadedItem]) -> Iterator[Problem]:
+        for files in found:
+            product = files.damage_map or files.damage
+            try:
+                identifier = item_id(files.name)
+            except SpecError as error:  # an unregistered shelf has no item id
+                yield Problem(rel_path(release_dir, product), "product-without-item",
+                              f"no STAC item: {error}"[:200],
+                              "a product of a registered shelf, with its item in the catalog")
+                continue
+            entry = by_id.get(identifier)
+            if entry is None:
+                yield Problem(rel_path(release_dir, product), "product-without-item",
+                              "no STAC item", f"item {identifier!r} in the catalog")
+                continue
+            for key, path in ((TYPE1.key, files.damage_map), (TYPE2.key, files.damage)):
+                if path is not None and not same_file(entry.asset_path(key), path):
+                    yield Problem(rel_path(release_dir, path), "product-without-item",
+                                  f"item {entry.item.id} asset {key} -> {entry.asset_path(key)}",
+                                  f"asset {key} pointing at this file")
+
+    def _item_problems(self, root: Path, entry: LoadedItem,
+                       record: tuple[Provenance | None, bool] | None) -> Iterator[Problem]:
+        """Problems of one item; ``record`` is its shelf-year's provenance as the release scan
+        found it, and whether it read (None when the release holds no product of the item)."""
+        rel = rel_path(root, entry.path)
+        item = entry.item
+        facts_of: dict[str, RasterFacts] = {}
+        unreadable: set[str] = set()
+        for key, asset in item.assets.items():
+            path, kind = href_target(entry.path.parent, asset.href)
+            inside = path is not None and is_inside(root, path)
+            if kind != "relative" or not inside:
+                yield Problem(rel, "asset-href", f"assets.{key}.href = {asset.href} ({kind}"
+                              f"{'' if inside or path is None else ', outside the release'})",
+                              "a path relative to the item file, inside the release")
+            if path is None:
+                continue
+            if not path.exists():
+                yield Problem(rel, "asset-missing", f"assets.{key} -> {asset.href}",
+                              "an existing file")
+                continue
+            if not inside:
+                continue  # not a file of this release: nothing more to compare it with
+            yield from _file_problems(root, rel, key, asset, path)
+            if path.suffix == ".tif":
+                try:
+                    facts_of[key] = raster_facts(path, checksum=False)
+                except Exception as error:  # noqa: BLE001 - any GDAL failure means unreadable
+                    unreadable.add(key)
+                    yield Problem(rel_path(root, path), "catalog-file-unreadable",
+                                  f"does not open: {short_message(error)}"[:200],
+                                  f"a readable raster (assets.{key} of {item.id} not checked)")
+                    continue
+                yield from _grid_problems(rel, f"assets.{key}", asset.extra_fields,
+                                          facts_of[key])
+        yield from _footprint_problems(rel, item, facts_of)
+        yield from _unknown_problems(rel, item)
+        yield from _datetime_problems(rel, entry.data)
+        if record is not None:
+            yield from _demo_problems(rel, item, *record)
+        if self.check_stats and TYPE1.key not in unreadable:
+            yield from _stats_problems(root, rel, entry)
+
+
+def _file_problems(root: Path, rel: str, key: str, asset: pystac.Asset,
+                   path: Path) -> Iterator[Problem]:
+    """An asset's recorded size and checksum against its file."""
+    size, checksum = asset.extra_fields.get("file:size"), asset.extra_fields.get("file:checksum")
+    if size != path.stat().st_size:
+        yield Problem(rel, "asset-size", f"assets.{key} file:size = {size}",
+                      f"{path.stat().st_size} ({rel_path(root, path)})")
+    actual = file_checksum(path)
+    if checksum != actual:
+        yield Problem(rel, "asset-checksum", f"assets.{key} file:checksum = {checksum}",
+                      f"{actual} ({rel_path(root, path)})")
+
+
+def _footprint_problems(rel: str, item: pystac.Item,
+                        facts_of: dict[str, RasterFacts]) -> Iterator[Problem]:
+    """The item's own grid fields, geometry and bbox are those of its footprint product.
+
+    As the catalog builds them: the type-2 file (full ROI) when the item has one, else the
+    type-1 file; its grid rectangle in EPSG:3031, reprojected (``catalog.geometry``).
+    """
+    key = TYPE2.key if TYPE2.key in item.assets else TYPE1.key
+    facts = facts_of.get(key)
+    if facts is None:
+        return  # no such file, or unreadable: reported already
+    yield from _grid_problems(rel, "properties", item.properties, facts,
+                              ("proj:shape", "proj:transform", "proj:code"))
+    geometry, bbox = geojson_and_bbox(grid_footprint(facts.grid.bounds))
+    source = f"footprint of {facts.path.name}"
+    found_bbox = item.bbox
+    if not (isinstance(found_bbox, list) and len(found_bbox) == len(bbox) and all(
+            isinstance(a, int | float) and abs(a - b) <= GEOMETRY_TOLERANCE_DEG
+            for a, b in zip(found_bbox, bbox, strict=True))):
+        yield Problem(rel, "item-geometry-mismatch", f"bbox = {found_bbox}",
+                      f"{[round(v, 6) for v in bbox]} ({source})")
+    try:
+        found_shape = shape(item.geometry) if item.geometry else None
+    except Exception:  # noqa: BLE001 - not a GeoJSON geometry: stac-schema says why
+        found_shape = None
+    want = shape(geometry)
+    if found_shape is None or found_shape.is_empty or \
+            shapely.hausdorff_distance(found_shape, want) > GEOMETRY_TOLERANCE_DEG:
+        found = (f"geometry with bounds {tuple(round(v, 4) for v in found_shape.bounds)}"
+                 if found_shape is not None and not found_shape.is_empty else
+                 f"geometry = {item.geometry}"[:200])
+        yield Problem(rel, "item-geometry-mismatch", found,
+                      f"bounds {tuple(round(v, 4) for v in want.bounds)} ({source})")
+
+
+def _at(day: dt.date, end: bool = False) -> dt.datetime:
+    """Start (00:00:00) or end (23:59:59) of a day in UTC, as the catalog writes timestamps."""
+    return dt.datetime.combine(day, dt.time(23, 59, 59) if end else dt.time(0, 0, 0),
+                               tzinfo=dt.UTC)
+
+
+def _datetime_problems(rel: str, data: dict[str, Any]) -> Iterator[Problem]:
+    """``start_datetime``/``end_datetime`` span the acquisition dates (the summer when they are
+    unknown) and ``datetime`` is the main scene's date (one of the acquisition dates)."""
+    props = data.get("properties")
+    if not isinstance(props, dict):
+        return
+    try:
+        dates = sorted(dt.date.fromisoformat(str(d))
+                       for d in props.get(f"{P}acquisition_dates") or [])
+    except (TypeError, ValueError):
+        return  # not dates: stac-schema reports them
+    stamps: dict[str, dt.datetime | None] = {}
+    for key in ("datetime", "start_datetime", "end_datetime"):
+        value = props.get(key)
+        try:
+            stamps[key] = pystac.utils.str_to_datetime(value) if value is not None else None
+        except (TypeError, ValueError):
+            yield Problem(rel, "item-datetime", f"{key} = {value!r}", "an RFC 3339 timestamp")
+            return
+    year = props.get(f"{P}year")
+    if dates:
+        span, why = (_at(dates[0]), _at(dates[-1], end=True)), \
+            f"{P}acquisition_dates {dates[0]} .. {dates[-1]}"
+    elif isinstance(year, int) and not isinstance(year, bool):
+        first, last = summer_window(year)
+        span, why = (_at(first), _at(last, end=True)), \
+            f"the summer {year}/{year + 1} (no acquisition dates)"
+    else:
+        return
+    for key, want in zip(("start_datetime", "end_datetime"), span, strict=True):
+        if stamps[key] != want:
+            yield Problem(rel, "item-datetime", f"{key} = {props.get(key)}",
+                          f"{pystac.utils.datetime_to_str(want)} ({why})")
+    when, main = stamps["datetime"], _main_scene_date(props)
+    if main is not None and when != _at(main):
+        yield Problem(rel, "item-datetime", f"datetime = {props.get('datetime')}",
+                      f"{pystac.utils.datetime_to_str(_at(main))} (the main scene "
+                      f"{props.get(P + 'main_scene')})")
+    elif main is None and when is not None and dates and when not in {_at(d) for d in dates}:
+        yield Problem(rel, "item-datetime", f"datetime = {props.get('datetime')}",
+                      f"one of {P}acquisition_dates {[d.isoformat() for d in dates]} at 00:00:00Z")
+
+
+def _main_scene_date(props: dict[str, Any]) -> dt.date | None:
+    """The acquisition date of the scene ``icedamage:main_scene`` names, when the item's scene
+    records hold it."""
+    main, scenes = props.get(f"{P}main_scene"), props.get(f"{P}scenes")
+    if main is None or not isinstance(scenes, list):
+        return None
+    for scene in scenes:
+        if isinstance(scene, dict) and scene.get("id") == main:
+            try:
+                return dt.date.fromisoformat(str(scene.get("acquired")))
+            except ValueError:
+                return None
+    return None
+
+
+def _same_value(found: Any, want: Any) -> bool:
+    """Equality of index and item values that tolerates float rounding (not bool vs int)."""
+    numbers = (int, float)
+    if isinstance(found, numbers) and isinstance(want, numbers) and \
+            not isinstance(found, bool) and not isinstance(want, bool):
+        return math.isclose(found, want, rel_tol=1e-9, abs_tol=1e-12)
+    if isinstance(found, list | tuple) and isinstance(want, list | tuple):
+        return len(found) == len(want) and all(
+            _same_value(a, b) for a, b in zip(found, want, strict=True))
+    return bool(found == want)
+
+
+#: The item index columns that ``icedamage search`` filters on (see ``catalog.search``).
+INDEX_COLUMNS = tuple(c.strip('"') for c in FILTER_COLUMNS
+                      if c.strip('"') not in ("id", "file_row_number"))
+
+
+def _index_value_problem(column: str, value: Any, data: dict[str, Any]) -> str | None:
+    """What differs between an index cell and the item it indexes (None when they agree)."""
+    if column == "geometry":
+        try:
+            found = shapely.from_wkb(value) if value is not None else None
+            want = shape(data["geometry"]) if data.get("geometry") else None
+        except Exception:  # noqa: BLE001 - an undecodable cell is stale
+            return "geometry does not decode"
+        if found is None or want is None:
+            return None if found is want else "geometry differs"
+        same = found.is_empty == want.is_empty and (
+            found.is_empty or shapely.hausdorff_distance(found, want) <= 1e-9)
+        return None if same else \
+            f"geometry bounds {tuple(round(v, 4) for v in found.bounds)}"
+    if column == "bbox":
+        bbox = data.get("bbox")
+        want_box = dict(zip(("xmin", "ymin", "xmax", "ymax"), bbox, strict=True)) \
+            if isinstance(bbox, list) and len(bbox) == 4 else bbox
+        found_box = {k: value.get(k) for k in ("xmin", "ymin", "xmax", "ymax")} \
+            if isinstance(value, dict) else value
+        return None if _same_value(found_box, want_box) or found_box == want_box else \
+            f"bbox = {found_box}"
+    want = (data.get("properties") or {}).get(column)
+    return None if _same_value(value, want) else f"{column} = {value}"
+
+
+def _index_problems(root: Path, loaded: list[LoadedItem]) -> Iterator[Problem]:
+    """items.parquet holds exactly the catalog's items with the values search filters on, and
+    items.ndjson (which search reads the results from) holds each item as it is saved."""
+    parquet = root / ITEMS_PARQUET
+    if not parquet.exists():
+        yield Problem(ITEMS_PARQUET, "index-missing", "no file",
+                      "the stac-geoparquet item index written by `icedamage catalog`")
+        return
+    items = {entry.item.id: entry for entry in loaded if is_hashable(entry.item.id)}
+    try:
+        schema = pq.read_schema(parquet)
+        columns = [c for c in ("id", *INDEX_COLUMNS) if c in schema.names]
+        rows = pq.read_table(parquet, columns=columns).to_pylist()
+    except Exception as error:  # noqa: BLE001 - arrow/OS errors all mean unreadable
+        yield Problem(ITEMS_PARQUET, "index-unreadable", short_message(error),
+                      "a stac-geoparquet file")
+        return
+    ids = [row.get("id") for row in rows]
+    if set(ids) != set(items):
+        yield Problem(ITEMS_PARQUET, "index-stale",
+                      f"extra {sorted(set(ids) - set(items), key=str)}, "
+                      f"missing {sorted(set(items) - set(ids))}",
+                      "exactly the catalog's items")
+    absent = [c for c in INDEX_COLUMNS if c not in columns]
+    if absent:
+        yield Problem(ITEMS_PARQUET, "index-stale", f"no column(s) {absent}",
+                      "the columns search filters on")
+    for row in rows:
+        entry = items.get(row.get("id"))
+        if entry is None:
+            continue
+        for column in columns[1:]:
+            found = _index_value_problem(column, row[column], entry.data)
+            if found is not None:
+                want = entry.data.get(column) if column in ("bbox", "geometry") else \
+                    (entry.data.get("properties") or {}).get(column)
+                yield Problem(ITEMS_PARQUET, "index-stale", f"row {entry.item.id}: {found}"[:200],
+                              f"{str(want)[:100]} (item {entry.item.id})")
+    yield from _ndjson_problems(root, ids, items, schema.metadata or {})
+
+
+def _ndjson_problems(root: Path, ids: list[Any], items: dict[str, LoadedItem],
+                     metadata: dict[bytes, bytes]) -> Iterator[Problem]:
+    """items.ndjson: one line per item, equal to the saved item (hrefs relative to the release
+    root), in the parquet's row order when the parquet records the line offsets search uses."""
+    path = root / ITEMS_NDJSON
+    if not path.exists():
+        yield Problem(ITEMS_NDJSON, "index-missing", "no file",
+                      f"{ITEMS_NDJSON} beside {ITEMS_PARQUET} (search reads the items from it; "
+                      "without it every search decodes the whole parquet)", "warning")
+        return
+    raw = path.read_bytes()
+    records = []
+    for number, line in enumerate(raw.splitlines(), start=1):
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            record = None
+        if not isinstance(record, dict):
+            yield Problem(ITEMS_NDJSON, "index-unreadable", f"line {number} is not a JSON object",
+                          "one STAC item (JSON) per line")
+            return
+        records.append(record)
+    line_ids = [r.get("id") for r in records]
+    if sorted(line_ids, key=str) != sorted(items):
+        yield Problem(ITEMS_NDJSON, "index-stale",
+                      f"extra {sorted(set(line_ids) - set(items), key=str)}, missing "
+                      f"{sorted(set(items) - set(line_ids))}", "exactly the catalog's items")
+    offsets = metadata.get(OFFSETS_KEY.encode())
+    if offsets is not None and line_ids != ids:
+        yield Problem(ITEMS_NDJSON, "index-stale", "lines not in the parquet's row order",
+                      f"line n = row n of {ITEMS_PARQUET} (search reads them by offset)")
+    for number, record in enumerate(records, start=1):
+        entry = items.get(record.get("id"))
+        if entry is None:
+            continue
+        want = release_relative(entry.data, entry.path, root)
+        if record != want:
+            found_props, want_props = record.get("properties") or {}, want.get("properties") or {}
+            keys = sorted({k for k in record.keys() | want.keys()
+                           if k != "properties" and record.get(k) != want.get(k)} | {
+                f"properties.{k}" for k in found_props.keys() | want_props.keys()
+                if found_props.get(k) != want_props.get(k)})
+            yield Problem(ITEMS_NDJSON, "index-stale",
+                          f"line {number} ({entry.item.id}) differs in {keys[:5]}"[:200],
+                          f"the item as saved ({rel_path(root, entry.path)})")
+
+
+def _unknown_problems(rel: str, item: pystac.Item) -> Iterator[Problem]:
+    """Null product fields must be listed in icedamage:unknown, and listed fields must be null."""
+    props = item.properties
+    unknown = props.get(f"{P}unknown", [])
+    listed = {k for k in unknown if isinstance(k, str)} if isinstance(unknown, list) else set()
+    exempt = not_applicable_fields(props)
+    all_nulls = {k for k, v in props.items() if k.startswith(P) and v is None}
+    nulls = all_nulls - exempt
+    if nulls - listed:
+        yield Problem(rel, "unknown-not-listed", f"null {sorted(nulls - listed)}",
+                      f"listed in {P}unknown")
+    # a not-applicable null listed as unknown (catalogs built before the rule) is harmless
+    if listed - all_nulls:
+        yield Problem(rel, "unknown-not-null", f"listed {sorted(listed - all_nulls)} have values",
+                      f"only null fields in {P}unknown")
+
+
+def _demo_problems(rel: str, item: pystac.Item, prov: Provenance | None,
+                   read: bool) -> Iterator[Problem]:
+    """Products made from the demo source must say so (they must never pass for real data).
+
+    The provenance record is the one the release holds for the item's shelf-year (found by the
+    release scan), not whatever the item's provenance asset points at: an item that drops that
+    asset must not hide a demo record. Without a record, demo is unknown (null). ``read`` is
+    False when the record exists but does not read (reported on its own).
+    """
+    if not read:
+        return
+    flag = item.properties.get(f"{P}demo")
+    if prov is None:
+        if flag is not None:
+            yield Problem(rel, "demo-flag", f"{P}demo = {flag} but the release holds no "
+                          "provenance record of this shelf-year",
+                          f"{P}demo = null, listed in {P}unknown")
+        return
+    if prov.source == "demo" and flag is not True:
+        yield Problem(rel, "demo-flag", f"{P}demo = {flag} but provenance source is demo",
+                      f"{P}demo = true")
+    if prov.source != "demo" and flag is True:
+        yield Problem(rel, "demo-flag", f"{P}demo = true but provenance source is {prov.source}",
+                      f"{P}demo = false")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _stats_problems(root: Path, rel: str, entry: LoadedItem) -> Iterator[Problem]:
+    """The item's area / fraction numbers equal a fresh computation on its type-1 file.
+
+    Without usable uncertainty factors in the item (stac-schema reports them missing), the
+    numbers that do not depend on them (area, valid area, fraction) are still checked.
+    """
+    path = entry.asset_path(TYPE1.key)
+    props = entry.item.properties
+    if path is None or not path.exists() or not is_inside(root, path):
+        return
+    try:
+        counts = count_pixels(path)
+    except Exception as error:  # noqa: BLE001 - any GDAL failure means unreadable
+        yield Problem(rel_path(root, path), "catalog-file-unreadable",
+                      f"pixels do not read: {short_message(error)}"[:200],
+                      f"a readable raster (statistics of {entry.item.id} not checked)")
+        return
+    restored = is_diffgf_derived(path)
+    lower, upper = props.get(f"{P}lambda_lower"), props.get(f"{P}lambda_upper")
+    if _number(lower) and _number(upper) and upper:
+        upper_restored = props.get(f"{P}lambda_upper_restored")
+        factors = UncertaintyFactors(
+            lower, upper, (upper_restored / upper) if restored and _number(upper_restored)
+            and upper_restored else 1.0)
+        fields = STATS_FIELDS
+    else:
+        factors, fields = PAPER_FACTORS, FACTOR_FREE_STATS
+    fresh = damage_stats(props.get(f"{P}shelf"), props.get(f"{P}year"), counts, restored,
+                         factors)
+    for field in fields:
+        want, found = getattr(fresh, field), props.get(f"{P}{field}")
+        if not (found is None or _number(found)) or not stats_close(found, want, rel=1e-6):
+            yield Problem(rel, "item-stats-mismatch", f"{P}{field} = {found}",
+                          f"{want} (computed from {path.name})")
