@@ -38,7 +38,6 @@ from catalog.ods import (
 from catalog.release import ShelfYearFiles, file_checksum, raster_facts, scan_release
 from catalog.search import release_relative, write_index
 from catalog.stac import (
-    AUXILIARY_RASTERS,
     COLLECTION_ID,
     CatalogSettings,
     FileRef,
@@ -53,6 +52,7 @@ from catalog.stats import file_stats
 from catalog.uncertainty import UncertaintyFactors
 from producer.shelves import get_shelf
 from producer.spec import (
+    AUXILIARY_RASTERS,
     ENCODING,
     ITEMS_NDJSON,
     ITEMS_PARQUET,
@@ -194,7 +194,7 @@ def ods_rows(release_dir: Path, found: list[ShelfYearFiles],
 #: Raise when the builder writes items differently for the same inputs, so that a catalog
 #: built by earlier code is rebuilt rather than kept as "up to date" (the extension schema's
 #: text counts too).
-CATALOG_FORMAT = 2
+CATALOG_FORMAT = 3
 
 
 def _state_digest(release_dir: Path, found: list[ShelfYearFiles], factors: UncertaintyFactors,

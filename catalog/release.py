@@ -8,6 +8,7 @@ loading whole rasters into memory.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from producer.grid import Grid
 from producer.provenance import Provenance, file_sha256, provenance_path, read_provenance
 from producer.spec import (
     AUXILIARY_SUFFIXES,
+    SCENE_IDS_TAG,
     TYPE1,
     TYPE2,
     ProductName,
@@ -40,6 +42,8 @@ class RasterFacts:
     size: int
     checksum: str
     """Multihash (sha2-256) in hex."""
+    scene_ids: tuple[str, ...] | None = None
+    """A source-scene index's scene ids (its ``SCENE_IDS_TAG``), pixel value i → the i-th."""
 
 
 @dataclass(frozen=True)
@@ -85,8 +89,21 @@ def raster_facts(path: Path, checksum: bool = True) -> RasterFacts:
                     src.crs.to_string() if src.crs else "")
         epsg = src.crs.to_epsg() if src.crs else None
         nodata, dtype = src.nodata, src.dtypes[0]
+        scene_ids = _scene_ids(src.tags().get(SCENE_IDS_TAG))
     return RasterFacts(path, grid, epsg, nodata, dtype, path.stat().st_size,
-                       file_checksum(path) if checksum else "")
+                       file_checksum(path) if checksum else "", scene_ids)
+
+
+def _scene_ids(tag: str | None) -> tuple[str, ...] | None:
+    """The scene ids of a ``SCENE_IDS_TAG`` value, or None when absent or not a JSON list of
+    strings (the asset then names no scenes rather than wrong ones)."""
+    try:
+        ids = json.loads(tag) if tag is not None else None
+    except json.JSONDecodeError:
+        return None
+    if isinstance(ids, list) and all(isinstance(i, str) for i in ids):
+        return tuple(ids)
+    return None
 
 
 def _shelf_year_folders(release_dir: Path) -> list[Path]:

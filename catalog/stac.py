@@ -10,6 +10,8 @@ record (no provenance record, no metadata.ods row) are set to null and listed in
 from __future__ import annotations
 
 import datetime as dt
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,12 +32,14 @@ from catalog.stats import DamageStats
 from producer.provenance import Provenance
 from producer.shelves import get_shelf
 from producer.spec import (
+    AUXILIARY_RASTERS,
     CONSTELLATION,
     ENCODING,
     PRODUCT_TYPES,
     RELEASED_RESTORATION,
     RESTORATION_METHODS,
     SENSORS,
+    SOURCE_SCENE_RASTER,
     TYPE1,
     TYPE2,
     ProductName,
@@ -58,10 +62,6 @@ PAPER_CITATION = ("Tang, L., Bamber, J., Li, T., and Qiao, G.: A multi-decadal d
 P = schemas.PREFIX
 
 #: Auxiliary raster roles that become item assets when present, with title and STAC roles.
-AUXILIARY_RASTERS: dict[str, tuple[str, list[str]]] = {
-    "probability": ("Damage probability of the merged map (0-255)", ["data"]),
-    "source_scene": ("Index of the scene each pixel of the merged map comes from", ["metadata"]),
-}
 
 
 @dataclass(frozen=True)
@@ -223,8 +223,23 @@ def _times(inputs: ItemInputs) -> tuple[dt.datetime | None, dt.datetime, dt.date
 def classes_of(product_type: ProductType) -> list[Classification]:
     """Classification v2 classes of a product type, with the spec's colour hints."""
     return [Classification.create(value=c.value, name=c.name, description=c.description,
-                                  color_hint=c.color_hint, nodata=True if c.nodata else None)
+                                  color_hint=c.color_hint, nodata=bool(c.nodata))
             for c in product_type.classes]
+
+
+def scene_classes(scene_ids: Sequence[str]) -> list[Classification]:
+    """Classes of a source-scene index: value i is the i-th scene id (its title; the name is
+    the id with characters classification names forbid replaced by ``_``), plus no-data."""
+    classes = [Classification.create(value=i, name=re.sub(r"[^0-9A-Za-z_-]", "_", scene_id),
+                                     title=scene_id, description="pixels from this scene",
+                                     nodata=False)
+               for i, scene_id in enumerate(scene_ids)]
+    # every class has the same fields: a columnar index (items.parquet) fills missing ones with
+    # nulls, which the classification schema refuses
+    classes.append(Classification.create(value=SOURCE_SCENE_RASTER.nodata, name="no_scene",
+                                         title="no scene", description="no scene has data here",
+                                         nodata=True))
+    return classes
 
 
 def _file_fields(asset: pystac.Asset, size: int, checksum: str) -> None:
@@ -260,6 +275,9 @@ def _decorate_asset(asset: pystac.Asset, facts: RasterFacts,
     if product_type is not None:
         ClassificationExtension.ext(asset, add_if_missing=False).apply(
             classes=classes_of(product_type))
+    elif facts.scene_ids is not None:
+        ClassificationExtension.ext(asset, add_if_missing=False).apply(
+            classes=scene_classes(facts.scene_ids))
 
 
 def _file_asset(ref: FileRef, title: str, media_type: str, roles: list[str]) -> pystac.Asset:
@@ -338,9 +356,12 @@ def _add_assets(item: pystac.Item, inputs: ItemInputs) -> None:
             kind = types[key]
             asset = raster_asset(facts, f"Type {kind.number}: {kind.title}", ["data"], kind)
         else:
-            title, roles = AUXILIARY_RASTERS[key]
+            aux = AUXILIARY_RASTERS[key]
             kind = None
-            asset = raster_asset(facts, title, roles, None)
+            asset = raster_asset(facts, aux.title, list(aux.roles), None)
+            asset.description = aux.description
+            if aux.unit is not None:
+                asset.extra_fields["unit"] = aux.unit  # STAC 1.1 common metadata
         item.add_asset(key, asset)
         _decorate_asset(asset, facts, kind)
     file_assets = {
@@ -388,8 +409,9 @@ def _shelf_bbox(items: list[pystac.Item]) -> list[float]:
     return bbox_of(union)
 
 
-def item_asset_definitions() -> dict[str, pystac.ItemAssetDefinition]:
-    """What every item's product assets look like (collection ``item_assets``)."""
+def item_asset_definitions(auxiliary: Sequence[str] = ()) -> dict[str, pystac.ItemAssetDefinition]:
+    """What every item's product assets look like (collection ``item_assets``), and the
+    auxiliary rasters named in ``auxiliary`` (those some item has)."""
     defs = {}
     for kind in PRODUCT_TYPES:
         extra: dict[str, Any] = {
@@ -402,6 +424,13 @@ def item_asset_definitions() -> dict[str, pystac.ItemAssetDefinition]:
         defs[kind.key] = pystac.ItemAssetDefinition.create(
             title=f"Type {kind.number}: {kind.title}", description=None,
             media_type=COG_MEDIA_TYPE, roles=["data"], extra_fields=extra)
+    for key in auxiliary:
+        aux = AUXILIARY_RASTERS[key]
+        extra = {"data_type": ENCODING.dtype, "nodata": aux.nodata, "proj:code": ENCODING.crs}
+        defs[key] = pystac.ItemAssetDefinition.create(
+            title=aux.title, description=aux.description, media_type=COG_MEDIA_TYPE,
+            roles=list(aux.roles),
+            extra_fields=extra | ({"unit": aux.unit} if aux.unit is not None else {}))
     defs["thumbnail"] = pystac.ItemAssetDefinition.create(
         title="Quicklook of the type 1 map", description=None, media_type=pystac.MediaType.PNG,
         roles=["thumbnail"])
@@ -462,7 +491,11 @@ def build_collection(items: list[pystac.Item], settings: CatalogSettings,
         summaries=summaries,
         stac_extensions=[schemas.SCHEMA_URI, PROCESSING_SCHEMA],
     )
-    collection.item_assets = item_asset_definitions()
+    collection.item_assets = item_asset_definitions(
+        [key for key in AUXILIARY_RASTERS if any(key in item.assets for item in items)])
+    # item_assets carry classification:classes and proj:code, the summaries proj:code
+    ClassificationExtension.add_to(collection)
+    ProjectionExtension.add_to(collection)
     ScientificExtension.ext(collection, add_if_missing=True).apply(citation=DATASET_CITATION)
     collection.extra_fields["sci:publications"] = [{"citation": PAPER_CITATION}]
     if settings.dataset_version:

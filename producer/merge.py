@@ -39,9 +39,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from producer.grid import STRIP_ROWS, row_strips
+from producer.spec import SOURCE_SCENE_RASTER
 
 #: Source-scene index value of pixels no scene covers.
-NO_SCENE = 255
+NO_SCENE = SOURCE_SCENE_RASTER.nodata
 #: Most candidate scenes one plan can index (uint8 index, 255 reserved).
 MAX_SCENES = 255
 #: Reads rows ``r0:r1`` of two full-width masks: (usable, data) of a scene, (roi, extent) of the

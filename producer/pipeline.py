@@ -69,6 +69,8 @@ from producer.spec import (
     AUXILIARY_SUFFIXES,
     ENCODING,
     FIRST_SUMMER,
+    PROBABILITY_RASTER,
+    SCENE_IDS_TAG,
     SENSORS,
     TYPE1,
     TYPE2,
@@ -86,8 +88,6 @@ from producer.writer import WrittenProducts, atomic_path, write_cog_rows, write_
 DEMO_WEIGHTS = Path(__file__).resolve().parent / "weights" / "demo-segformer-b0.safetensors"
 #: Default release folder of ``produce``.
 DEFAULT_OUT = Path("release")
-#: Nodata of the auxiliary probability COG (probabilities are 0-100).
-PROBABILITY_NODATA = 255
 #: Bits of a scene's mask file (UInt8 on the ROI grid, in the work folder): has data, usable,
 #: SLC-off gap (present because it is restored).
 MASK_PRESENT, MASK_USABLE, MASK_GAP = 1, 2, 4
@@ -706,9 +706,10 @@ def _write_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
     progress("write", 2, total, "auxiliary files")
     if options.keep_probability:
         path = folder / name.auxiliary("probability")
-        with _composed(plan, prob_paths, PROBABILITY_NODATA, grid) as prob:
-            write_cog_rows(path, prob, grid, None, nodata=PROBABILITY_NODATA,
-                           tags={"units": "percent", "description": "damage probability (0-100)"})
+        with _composed(plan, prob_paths, PROBABILITY_RASTER.nodata, grid) as prob:
+            write_cog_rows(path, prob, grid, None, nodata=PROBABILITY_RASTER.nodata,
+                           tags={"units": PROBABILITY_RASTER.unit,
+                                 "description": PROBABILITY_RASTER.description})
         products["probability"] = path.name
     if options.source_index:
         remap = np.full(256, NO_SCENE, np.uint8)
@@ -717,7 +718,7 @@ def _write_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
         path = folder / name.auxiliary("source_scene")
         write_cog_rows(path, lambda r0, r1: remap[plan.index[r0:r1]], grid, None,
                        nodata=NO_SCENE,
-                       tags={"scene_ids": json.dumps([masks[i].scene.scene_id for i in used])})
+                       tags={SCENE_IDS_TAG: json.dumps([masks[i].scene.scene_id for i in used])})
         products["source_scene"] = path.name
     restored, restored_extent = restored_shares(plan, masks, area)
     records = tuple(

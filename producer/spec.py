@@ -220,6 +220,36 @@ class RasterEncoding:
 
 ENCODING = RasterEncoding()
 
+@dataclass(frozen=True)
+class AuxiliaryRaster:
+    """An optional single-band UInt8 COG beside the products, on the type 2 (full ROI) grid."""
+
+    key: str
+    title: str
+    description: str
+    roles: tuple[str, ...]
+    nodata: int
+    unit: str | None = None
+    """UCUM-style unit of the values (STAC's ``unit``), None for indices."""
+
+
+#: The merged damage probability (``produce --keep-probability``).
+PROBABILITY_RASTER = AuxiliaryRaster(
+    key="probability", title="Damage probability of the merged map (percent, 0-100)",
+    description=("Probability of the damage class (softmax averaged over windows and TTA "
+                 "views) in whole percent, 0-100; 255 where no scene has data."),
+    roles=("data",), nodata=255, unit="percent")
+#: GeoTIFF tag of the source-scene index: JSON list of scene ids, pixel value i → the i-th.
+SCENE_IDS_TAG = "scene_ids"
+#: The per-pixel source scene of the merged map (``produce --source-index``).
+SOURCE_SCENE_RASTER = AuxiliaryRaster(
+    key="source_scene", title="Source scene of each pixel of the merged map",
+    description=(f"Value i: the i-th scene id of the file's {SCENE_IDS_TAG} tag, named by this "
+                 "asset's classes; 255 where no scene has data."),
+    roles=("metadata",), nodata=255)
+AUXILIARY_RASTERS: dict[str, AuxiliaryRaster] = {
+    r.key: r for r in (PROBABILITY_RASTER, SOURCE_SCENE_RASTER)}
+
 #: Auxiliary files a shelf-year folder may hold beside the products, by role.
 AUXILIARY_SUFFIXES: dict[str, str] = {
     "provenance": "_provenance.json",

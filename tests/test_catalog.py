@@ -21,6 +21,8 @@ import rasterio
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pyproj import Transformer
+from pystac.extensions.classification import ClassificationExtension
+from pystac.extensions.projection import ProjectionExtension
 from shapely.geometry import Point, box, shape
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
@@ -1065,21 +1067,39 @@ def test_factors_file_giving_the_restored_upper_bound(cataloged: Path, tmp_path:
 
 
 def test_auxiliary_rasters_and_demo_source_are_cataloged(cataloged: Path) -> None:
+    """The probability asset says its values are percent (0-100), the source-scene asset names
+    the scene of each index value in the file's own order, and the collection declares every
+    extension its item_assets use (pystac refuses to read them otherwise)."""
     name = build_name(("LC08",), "Totten", 2016, None, TYPE1)
     folder = cataloged / name.relative_path().parent
     with rasterio.open(folder / name.filename) as src:
         grid = Grid(src.transform, src.width, src.height)
-    probability = np.full(grid.shape, 200, dtype=np.uint8)
-    write_cog(folder / name.auxiliary("probability"), probability, grid, None, nodata=None)
+    probability = np.full(grid.shape, 80, dtype=np.uint8)
+    probability[:5] = 255
+    write_cog(folder / name.auxiliary("probability"), probability, grid, None, nodata=255)
+    scene_ids = ["LC08_L1TP_088113_20161215_20200905_02_T1", "LANDSAT/LC08/C02/T1_TOA/X"]
+    write_cog(folder / name.auxiliary("source_scene"), np.ones(grid.shape, np.uint8), grid,
+              None, nodata=255, tags={"scene_ids": json.dumps(scene_ids)})
     edit_json(provenance_path(cataloged, name), lambda d: d.update(source="demo"))
     catalog_release(cataloged, PAPER_FACTORS)
     item = json.loads(item_path(cataloged, "totten-2016").read_text())
     asset = item["assets"]["probability"]
     assert asset["roles"] == ["data"] and asset["proj:shape"] == [grid.height, grid.width]
-    assert asset["file:checksum"].startswith("1220") and "nodata" not in asset
+    assert asset["file:checksum"].startswith("1220") and asset["nodata"] == 255
+    assert asset["unit"] == "percent" and "0-100" in asset["title"]
+    classes = item["assets"]["source_scene"]["classification:classes"]
+    assert [(c["value"], c["title"]) for c in classes] == [
+        (0, scene_ids[0]), (1, scene_ids[1]), (255, "no scene")]
+    assert classes[1]["name"] == "LANDSAT_LC08_C02_T1_TOA_X" and classes[2]["nodata"] is True
     assert item["properties"]["icedamage:demo"] is True
-    collection = json.loads((cataloged / "stac" / COLLECTION / "collection.json").read_text())
+    collection_path = cataloged / "stac" / COLLECTION / "collection.json"
+    collection = json.loads(collection_path.read_text())
     assert collection["summaries"]["icedamage:demo"] == [False, True]
+    assert collection["item_assets"]["probability"]["unit"] == "percent"
+    read = pystac.Collection.from_file(str(collection_path))
+    type1_classes = ClassificationExtension.ext(read.item_assets[TYPE1.key]).classes
+    assert [c.value for c in type1_classes or []] == [0, 1, 255]
+    assert ProjectionExtension.summaries(read).code == ["EPSG:3031"]
     assert rules_found(cataloged) == set()
 
 

@@ -38,7 +38,7 @@ from rasterio.windows import Window
 from torch import nn
 
 from producer.segmentation.model import DamageSegmenter
-from producer.spec import ENCODING
+from producer.spec import ENCODING, PROBABILITY_RASTER
 from producer.writer import atomic_path
 
 WINDOW = 512
@@ -48,7 +48,7 @@ WEIGHT_FLOOR = 1e-3
 #: Flip dimensions of the four test-time views on (N, C, H, W): identity, left-right, up-down, both.
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 #: Probability raster: 0–100 percent of the damage class, 255 where the scene has no data.
-PROBABILITY_NODATA = 255
+PROBABILITY_NODATA = PROBABILITY_RASTER.nodata
 #: Finished row bands queued for the writer thread at most (each holds a pinned host buffer
 #: on a GPU): when LZW falls behind, the GPU waits rather than memory growing.
 MAX_ROWS_QUEUED = 8
