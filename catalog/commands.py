@@ -193,7 +193,13 @@ def stats_command(
 ) -> None:
     """Damage area, shelf area and fraction with uncertainty bounds per shelf-year."""
     from catalog.search import SearchError, search
-    from catalog.stats import catalogued_stats, plot_stats, release_stats, write_stats_table
+    from catalog.stats import (
+        catalogued_stats,
+        console_cells,
+        plot_stats,
+        release_stats,
+        write_stats_table,
+    )
     from publish.remote import parse_record_ref
 
     try:
@@ -219,11 +225,7 @@ def stats_command(
         raise _fail(str(error)) from error
     table = Table("shelf", "year", "damage km² (low-high)", "shelf km²", "fraction % (low-high)")
     for r in rows:
-        frac = (f"{r.damage_fraction * 100:.2f} ({r.damage_fraction_low * 100:.2f}-"
-                f"{r.damage_fraction_high * 100:.2f})" if r.damage_fraction is not None else "")
-        table.add_row(r.shelf, str(r.year), f"{r.damage_area_km2:.2f} "
-                      f"({r.damage_area_km2_low:.2f}-{r.damage_area_km2_high:.2f})",
-                      f"{r.valid_area_km2:.2f}", frac)
+        table.add_row(r.shelf, str(r.year), *console_cells(r))
     out.print(table)
 
 

@@ -196,7 +196,32 @@ def intersects_geometry(value: Any) -> BaseGeometry:
                           f"FeatureCollection (type {kind!r}): {error}") from None
     if result.is_empty:
         raise SearchError("intersects: the GeoJSON geometry is empty")
+    _check_lonlat("intersects", result.bounds, value.get("crs"))
     return result
+
+
+#: Names of a legacy GeoJSON ``crs`` member that still mean lon/lat (RFC 7946 drops the member).
+LONLAT_CRS_NAMES = ("CRS84", "EPSG:4326", "EPSG::4326", "CRS:84")
+
+
+def _check_lonlat(what: str, bounds: Sequence[float], crs: Any = None) -> None:
+    """Refuse coordinates that are not longitude/latitude: a legacy ``crs`` member naming
+    another CRS, or values outside [-180, 180] × [-90, 90] (metres in EPSG:3031, 0–360
+    longitudes), which would otherwise match nothing without a word."""
+    if crs is not None:
+        name = str(crs.get("properties", {}).get("name", "")) if isinstance(crs, dict) else ""
+        if not any(token in name.upper() for token in LONLAT_CRS_NAMES):
+            raise SearchError(f"{what}: the GeoJSON declares crs {name or crs!r}; give its "
+                              "coordinates in longitude/latitude (RFC 7946), or a box in "
+                              f"{ENCODING.crs} with --bbox-crs {ENCODING.crs}")
+    west, south, east, north = bounds
+    if all(-180 <= v <= 180 for v in (west, east)) and all(-90 <= v <= 90 for v in (south, north)):
+        return
+    hint = (f"; metres in {ENCODING.crs}? use --bbox-crs {ENCODING.crs} with --bbox"
+            if max(abs(v) for v in bounds) > 360 else
+            "; longitudes from 0 to 360? subtract 360 from those above 180")
+    raise SearchError(f"{what}: coordinates {tuple(round(v, 6) for v in bounds)} are not "
+                      f"longitude/latitude (longitude -180..180, latitude -90..90){hint}")
 
 
 def query_geometry(query: Query) -> BaseGeometry | None:
@@ -207,6 +232,12 @@ def query_geometry(query: Query) -> BaseGeometry | None:
             raise SearchError(f"bbox needs 4 numbers (minx,miny,maxx,maxy), got {query.bbox}")
         crs = query.bbox_crs.upper()
         if crs in ("EPSG:4326", "OGC:CRS84", "CRS84"):
+            west, south, east, north = query.bbox
+            _check_lonlat(f"bbox {list(query.bbox)}", (min(west, east), south, max(west, east),
+                                                       north))
+            if south > north:
+                raise SearchError(f"bbox {list(query.bbox)}: south ({south}) is above north "
+                                  f"({north}); the order is west,south,east,north")
             geoms.append(lonlat_bbox_geometry(query.bbox))
         elif crs == ENCODING.crs:
             minx, miny, maxx, maxy = query.bbox

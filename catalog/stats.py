@@ -45,7 +45,9 @@ class DamageStats:
 
     shelf: str
     year: int
-    restored: bool
+    diffgf_derived: bool
+    """Whether λ_restoration applies: the map is DiffGF-derived by the authors' file-name rule
+    (a FillNodata-restored map is not; its restoration shows in the item's fields)."""
     damage_pixels: int
     valid_pixels: int
     damage_area_km2: float
@@ -104,7 +106,7 @@ def count_pixels(path: Path) -> PixelCounts:
     return PixelCounts(damage, valid, area)
 
 
-def damage_stats(shelf: str, year: int, counts: PixelCounts, restored: bool,
+def damage_stats(shelf: str, year: int, counts: PixelCounts, diffgf_derived: bool,
                  factors: UncertaintyFactors) -> DamageStats:
     """Areas, fraction and their bounds from pixel counts (pure).
 
@@ -113,17 +115,17 @@ def damage_stats(shelf: str, year: int, counts: PixelCounts, restored: bool,
     damage_km2 = counts.damage_pixels * counts.pixel_area_m2 / M2_PER_KM2
     valid_km2 = counts.valid_pixels * counts.pixel_area_m2 / M2_PER_KM2
     fraction = damage_km2 / valid_km2 if counts.valid_pixels else None
-    area_low, area_high = factors.bounds(damage_km2, restored)
-    frac_low, frac_high = (factors.bounds(fraction, restored, fraction=True)
+    area_low, area_high = factors.bounds(damage_km2, diffgf_derived)
+    frac_low, frac_high = (factors.bounds(fraction, diffgf_derived, fraction=True)
                            if fraction is not None else (None, None))
     return DamageStats(
-        shelf=shelf, year=year, restored=restored,
+        shelf=shelf, year=year, diffgf_derived=diffgf_derived,
         damage_pixels=counts.damage_pixels, valid_pixels=counts.valid_pixels,
         damage_area_km2=damage_km2, valid_area_km2=valid_km2, damage_fraction=fraction,
         damage_area_km2_low=area_low, damage_area_km2_high=area_high,
         damage_fraction_low=frac_low, damage_fraction_high=frac_high,
         lambda_lower=factors.lambda_min, lambda_upper=factors.lambda_max,
-        lambda_upper_restored=factors.lambda_upper_restored if restored else None,
+        lambda_upper_restored=factors.lambda_upper_restored if diffgf_derived else None,
     )
 
 
@@ -240,12 +242,12 @@ def catalogued_stats(items: Iterable[pystac.Item],
         counts = PixelCounts(round(props[f"{P}damage_area_km2"] * M2_PER_KM2 / pixel_m2),
                              round(props[f"{P}valid_area_km2"] * M2_PER_KM2 / pixel_m2), pixel_m2)
         upper_restored = props.get(f"{P}lambda_upper_restored")
-        restored = upper_restored is not None
+        diffgf_derived = upper_restored is not None
         lambdas = factors or UncertaintyFactors(
             props[f"{P}lambda_lower"], props[f"{P}lambda_upper"],
-            upper_restored / props[f"{P}lambda_upper"] if restored else 1.0)
-        rows.append(damage_stats(props[f"{P}shelf"], int(props[f"{P}year"]), counts, restored,
-                                 lambdas))
+            upper_restored / props[f"{P}lambda_upper"] if diffgf_derived else 1.0)
+        rows.append(damage_stats(props[f"{P}shelf"], int(props[f"{P}year"]), counts,
+                                 diffgf_derived, lambdas))
     return sorted(rows, key=lambda s: (s.shelf, s.year))
 
 
@@ -254,6 +256,23 @@ def stats_frame(rows: list[DamageStats]):  # noqa: ANN201 - pandas is imported l
     import pandas as pd
 
     return pd.DataFrame([r.as_row() for r in rows])
+
+
+#: What the console table shows for a map without valid pixels (not "0 km² of damage").
+NOT_OBSERVED = "not observed (no valid pixel)"
+
+
+def console_cells(row: DamageStats) -> tuple[str, str, str]:
+    """Damage km² (low-high), shelf km² and fraction % (low-high) as the console shows them;
+    a map without valid pixels says so instead of showing 0 km² of damage."""
+    if not row.measured or row.damage_fraction is None:
+        return NOT_OBSERVED, f"{row.valid_area_km2:.2f}", ""
+    low, high = row.damage_fraction_low, row.damage_fraction_high
+    fraction = f"{row.damage_fraction * 100:.2f}"
+    if low is not None and high is not None:
+        fraction += f" ({low * 100:.2f}-{high * 100:.2f})"
+    return (f"{row.damage_area_km2:.2f} ({row.damage_area_km2_low:.2f}-"
+            f"{row.damage_area_km2_high:.2f})", f"{row.valid_area_km2:.2f}", fraction)
 
 
 def write_stats_table(rows: list[DamageStats], path: Path) -> Path:

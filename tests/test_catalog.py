@@ -46,8 +46,10 @@ from catalog.rules import (
 from catalog.search import search
 from catalog.stac import CatalogSettings, build_collection
 from catalog.stats import (
+    NOT_OBSERVED,
     DamageStats,
     PixelCounts,
+    console_cells,
     damage_stats,
     shelf_styles,
     stats_figure,
@@ -430,6 +432,8 @@ def test_map_without_valid_pixels_is_empty_in_the_table(tmp_path: Path) -> None:
         assert table["damage_area_km2_high"].isna().tolist() == [False, True, False]
         assert table["damage_fraction"].isna().tolist() == [False, True, False]
         assert table["valid_pixels"].tolist() == [1000, 0, 1000]
+    assert console_cells(rows[1]) == (NOT_OBSERVED, "0.00", "")  # not "0.00 (0.00-0.00)"
+    assert console_cells(rows[0])[0] == "0.09 (0.09-0.10)"
 
 
 def test_plot_breaks_at_missing_and_unmeasured_years() -> None:

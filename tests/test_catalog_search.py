@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -227,6 +228,31 @@ def test_search_rejects_bad_intersects(release: Path) -> None:
                   {"type": "FeatureCollection", "features": []}):
         with pytest.raises(SearchError, match="intersects"):
             search(release, intersects=value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    ({"bbox": [2_260_000, -1_120_000, 2_280_000, -1_100_000]}, "--bbox-crs EPSG:3031"),
+    ({"bbox": [298, -66, 299, -65]}, "subtract 360"),
+    ({"bbox": [-62, -95, -61, -65]}, "not longitude/latitude"),
+    ({"bbox": [-62, -65.0, -61, -65.7]}, "south (-65.0) is above north"),
+    ({"intersects": mapping(box(2_260_000, -1_120_000, 2_280_000, -1_100_000))}, "metres"),
+    ({"intersects": {**mapping(box(110, -70, 120, -60)), "crs": {
+        "type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::3031"}}}}, "EPSG::3031"),
+])
+def test_search_refuses_coordinates_that_are_not_lonlat(release: Path, query: dict[str, Any],
+                                                       message: str) -> None:
+    """Polar-stereographic metres, 0–360 longitudes, latitudes past the pole, a box upside
+    down or GeoJSON declaring another CRS are errors that say what to do, not an empty result
+    (which reads as "no damage map there")."""
+    with pytest.raises(SearchError, match=re.escape(message)):
+        search(release, **query)
+
+
+def test_lonlat_crs_member_and_edge_coordinates_are_accepted(release: Path) -> None:
+    legacy = {**mapping(box(110, -70, 120, -60)), "crs": {
+        "type": "name", "properties": {"name": "urn:ogc:def:crs:OGC:1.3:CRS84"}}}
+    assert [i.id for i in search(release, intersects=legacy)] == ["totten-2016", "totten-2021"]
+    assert len(search(release, bbox=[-180, -90, 180, -60])) == len(DEFAULT_SHELF_YEARS)
 
 
 def test_search_across_the_antimeridian(release: Path, tmp_path: Path) -> None:

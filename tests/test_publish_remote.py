@@ -216,8 +216,8 @@ def test_stats_of_a_record_equal_the_release_stats(published: tuple[Path, str, i
     local = release_stats(release, PAPER_FACTORS, lambda done, total: counted.append((done, total)))
     assert counted[-1] == (len(local), len(local))  # the bar of the local count ends full
     remote = catalogued_stats(search(url))
-    assert [(r.shelf, r.year, r.restored) for r in remote] == \
-        [(r.shelf, r.year, r.restored) for r in local]
+    assert [(r.shelf, r.year, r.diffgf_derived) for r in remote] == \
+        [(r.shelf, r.year, r.diffgf_derived) for r in local]
     for a, b in zip(remote, local, strict=True):
         assert (a.damage_pixels, a.valid_pixels) == (b.damage_pixels, b.valid_pixels)
         for field in ("damage_area_km2", "damage_fraction", "damage_area_km2_low",

@@ -583,17 +583,17 @@ def _stats_problems(root: Path, rel: str, entry: LoadedItem) -> Iterator[Problem
                       f"pixels do not read: {short_message(error)}"[:200],
                       f"a readable raster (statistics of {entry.item.id} not checked)")
         return
-    restored = is_diffgf_derived(path)
+    diffgf = is_diffgf_derived(path)
     lower, upper = props.get(f"{P}lambda_lower"), props.get(f"{P}lambda_upper")
     if _number(lower) and _number(upper) and upper:
         upper_restored = props.get(f"{P}lambda_upper_restored")
         factors = UncertaintyFactors(
-            lower, upper, (upper_restored / upper) if restored and _number(upper_restored)
+            lower, upper, (upper_restored / upper) if diffgf and _number(upper_restored)
             and upper_restored else 1.0)
         fields = STATS_FIELDS
     else:
         factors, fields = PAPER_FACTORS, FACTOR_FREE_STATS
-    fresh = damage_stats(props.get(f"{P}shelf"), props.get(f"{P}year"), counts, restored,
+    fresh = damage_stats(props.get(f"{P}shelf"), props.get(f"{P}year"), counts, diffgf,
                          factors)
     for field in fields:
         want, found = getattr(fresh, field), props.get(f"{P}{field}")
