@@ -215,6 +215,13 @@ def _state_digest(release_dir: Path, found: list[ShelfYearFiles], factors: Uncer
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
+def _umask() -> int:
+    """The process's umask (only readable by setting it; set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def save_catalog(root: pystac.Catalog, release_dir: Path, state: str) -> Path:
     """Save self-contained with relative hrefs into ``<release>/stac``, swapping folders."""
     final = release_dir / STAC_CATALOG_DIR
@@ -226,6 +233,8 @@ def save_catalog(root: pystac.Catalog, release_dir: Path, state: str) -> Path:
         make_file_links_relative(root)
         root.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
         (staging / BUILD_STATE).write_text(json.dumps({"inputs": state}) + "\n")
+        # mkdtemp makes the folder private (0700); the catalog is to be served as is
+        staging.chmod(0o777 & ~_umask())
         old = None
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=f"_{STAC_CATALOG_DIR}_old_", dir=release_dir))
@@ -271,7 +280,27 @@ def _saved_objects(stac_dir: Path) -> dict[str, dict]:
     return saved
 
 
+def _same_file(old_asset: dict, new_asset: pystac.Asset | None) -> bool:
+    """Whether a saved asset and its rebuilt one hold the same file content."""
+    return new_asset is not None and old_asset.get("file:checksum") == \
+        new_asset.extra_fields.get("file:checksum")
+
+
 def _carry(target: pystac.Collection | pystac.Item, old: dict) -> None:
+    """Copy what the publisher saved into ``old`` onto the rebuilt ``target``, as far as it
+    still holds: an asset's Zenodo alternate only while its file is unchanged, an item's DOI,
+    citation and record links only while none of its files changed (a re-produced map is not
+    the one the record holds)."""
+    saved_assets = old.get("assets", {})
+    if isinstance(target, pystac.Item) and not all(
+            _same_file(asset, target.assets.get(key)) for key, asset in saved_assets.items()
+            if "file:checksum" in asset):
+        for key, asset in saved_assets.items():
+            if "alternate" in asset and _same_file(asset, target.assets.get(key)):
+                target.assets[key].extra_fields["alternate"] = asset["alternate"]
+        _carry_extensions(target, old, only=("/alternate-assets/",) if any(
+            "alternate" in a.extra_fields for a in target.assets.values()) else ())
+        return
     fields = old.get("properties", {}) if old.get("type") == "Feature" else old
     where = target.properties if isinstance(target, pystac.Item) else target.extra_fields
     for key in PUBLISHER_FIELDS:
@@ -281,11 +310,16 @@ def _carry(target: pystac.Collection | pystac.Item, old: dict) -> None:
         # only remote links are the publisher's (the catalog's own links are relative paths)
         if link.get("rel") in PUBLISHER_RELS and "://" in link.get("href", ""):
             target.add_link(pystac.Link.from_dict(link))
-    for key, asset in old.get("assets", {}).items():
-        if "alternate" in asset and key in target.assets:
+    for key, asset in saved_assets.items():
+        if "alternate" in asset and _same_file(asset, target.assets.get(key)):
             target.assets[key].extra_fields["alternate"] = asset["alternate"]
-    extensions = [u for u in old.get("stac_extensions", [])
-                  if any(part in u for part in PUBLISHER_EXTENSIONS)]
+    _carry_extensions(target, old, PUBLISHER_EXTENSIONS)
+
+
+def _carry_extensions(target: pystac.Collection | pystac.Item, old: dict,
+                      only: tuple[str, ...]) -> None:
+    """Add the saved extension schemas matching ``only`` (the publisher's) to ``target``."""
+    extensions = [u for u in old.get("stac_extensions", []) if any(part in u for part in only)]
     target.stac_extensions = [*target.stac_extensions,
                               *(u for u in extensions if u not in target.stac_extensions)]
 

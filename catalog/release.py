@@ -9,6 +9,7 @@ loading whole rasters into memory.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from producer.grid import Grid
 from producer.provenance import Provenance, file_sha256, provenance_path, read_provenance
 from producer.spec import (
     AUXILIARY_SUFFIXES,
+    DEMO_SOURCE,
     SCENE_IDS_TAG,
+    SOURCE_TAG,
     TYPE1,
     TYPE2,
     ProductName,
@@ -44,6 +47,17 @@ class RasterFacts:
     """Multihash (sha2-256) in hex."""
     scene_ids: tuple[str, ...] | None = None
     """A source-scene index's scene ids (its ``SCENE_IDS_TAG``), pixel value i → the i-th."""
+    source: str | None = None
+    """The scene source a product file names in its ``SOURCE_TAG`` (None: untagged)."""
+
+
+def tagged_source(facts: Iterable[RasterFacts]) -> str | None:
+    """The scene source the product files name: demo when any says demo (demo maps must
+    never pass for real ones), else the one source they all name, else None (unknown)."""
+    sources = {f.source for f in facts}
+    if DEMO_SOURCE in sources:
+        return DEMO_SOURCE
+    return sources.pop() if len(sources) == 1 else None
 
 
 @dataclass(frozen=True)
@@ -59,9 +73,15 @@ class ShelfYearFiles:
 
     @property
     def provenance(self) -> Provenance | None:
-        """The provenance record, when the producer wrote one."""
-        path = self.auxiliary.get("provenance")
-        return read_provenance(path) if path is not None else None
+        """The provenance record, when the producer wrote one; ValueError naming the file when
+        it exists but cannot be read (the catalog must not describe the maps without it)."""
+        record, error = self.provenance_or_error()
+        if error is not None:
+            raise ValueError(f"{self.auxiliary['provenance']}: unreadable provenance record "
+                             f"({error}); restore it (or re-run produce for "
+                             f"{self.name.shelf} {self.name.year}) — deleting it loses the "
+                             "scenes, models and demo flag of the maps")
+        return record
 
     def provenance_or_error(self) -> tuple[Provenance | None, str | None]:
         """The provenance record (None without one) and, when its file exists but cannot be
@@ -89,9 +109,10 @@ def raster_facts(path: Path, checksum: bool = True) -> RasterFacts:
                     src.crs.to_string() if src.crs else "")
         epsg = src.crs.to_epsg() if src.crs else None
         nodata, dtype = src.nodata, src.dtypes[0]
-        scene_ids = _scene_ids(src.tags().get(SCENE_IDS_TAG))
+        tags = src.tags()
     return RasterFacts(path, grid, epsg, nodata, dtype, path.stat().st_size,
-                       file_checksum(path) if checksum else "", scene_ids)
+                       file_checksum(path) if checksum else "",
+                       _scene_ids(tags.get(SCENE_IDS_TAG)), tags.get(SOURCE_TAG))
 
 
 def _scene_ids(tag: str | None) -> tuple[str, ...] | None:

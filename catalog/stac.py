@@ -27,13 +27,14 @@ from shapely.geometry import shape
 import schemas
 from catalog.geometry import bbox_of, geojson_and_bbox, grid_footprint, lon_span
 from catalog.ods import OdsRow
-from catalog.release import RasterFacts
+from catalog.release import RasterFacts, tagged_source
 from catalog.stats import DamageStats
 from producer.provenance import Provenance
 from producer.shelves import get_shelf
 from producer.spec import (
     AUXILIARY_RASTERS,
     CONSTELLATION,
+    DEMO_SOURCE,
     ENCODING,
     PRODUCT_TYPES,
     RELEASED_RESTORATION,
@@ -145,6 +146,9 @@ def _dates_and_main(inputs: ItemInputs) -> tuple[list[dt.date], str | None, dt.d
 def product_properties(inputs: ItemInputs) -> dict[str, Any]:
     """The ``icedamage:`` fields of an item; unknown facts are None and listed."""
     name, prov, stats = inputs.name, inputs.provenance, inputs.stats
+    # without a record, the products' own tag still says where they came from (demo or not)
+    source = prov.source if prov else tagged_source(
+        facts for key, facts in inputs.rasters.items() if key in _product_types())
     dates, main_id, _ = _dates_and_main(inputs)
     restored = name.restoration is not None
     props: dict[str, Any] = {
@@ -156,8 +160,8 @@ def product_properties(inputs: ItemInputs) -> dict[str, Any]:
         f"{P}scenes": _scenes(inputs),
         f"{P}acquisition_dates": [d.isoformat() for d in dates] or None,
         f"{P}main_scene": main_id,
-        f"{P}source": prov.source if prov else None,
-        f"{P}demo": prov.demo if prov else None,
+        f"{P}source": source,
+        f"{P}demo": source == DEMO_SOURCE if source is not None else None,
         f"{P}model": prov.segmentation.name if prov else None,
         f"{P}model_weights_sha256": prov.segmentation.weights_sha256 if prov else None,
     }

@@ -82,7 +82,13 @@ from producer.spec import (
     slc_off_possible,
     sort_sensors,
 )
-from producer.writer import WrittenProducts, atomic_path, write_cog_rows, write_products_rows
+from producer.writer import (
+    WrittenProducts,
+    atomic_path,
+    remove_leftovers,
+    write_cog_rows,
+    write_products_rows,
+)
 
 #: The demo segmentation weights trained by the training command on demo scenes.
 DEMO_WEIGHTS = Path(__file__).resolve().parent / "weights" / "demo-segformer-b0.safetensors"
@@ -516,16 +522,18 @@ def batch_size_for(options: ProduceOptions) -> int:
 
 
 def run_parameters(options: ProduceOptions, grid: Grid, extent: BaseGeometry,
-                   extent_origin: str, full_coverage: int | None = None) -> dict[str, Any]:
+                   extent_origin: str, full_coverage: int | None = None,
+                   year: int | None = None) -> dict[str, Any]:
     """The parameters that shape a shelf-year's outputs (recorded and part of the digest).
 
     ``compare_scenes`` is a parameter only where it can change the map: when more than one
     scene would be compared, i.e. counted up to the number of full-coverage scenes
     (``full_coverage``, None while unknown). A summer with fewer than two such scenes (most)
-    keeps its digest whatever K is.
+    keeps its digest whatever K is. Likewise the restoration method only for a ``year`` that
+    can hold SLC-off imagery: elsewhere nothing is restored, and a year produced without
+    ``--restoration`` is not redone (nor recorded as restored) when it is given.
     """
     parameters: dict[str, Any] = {
-        "restoration_method": options.restoration,
         "tta": options.tta,
         "extent": extent_origin,
         "extent_sha256": hashlib.sha256(extent.wkb).hexdigest(),
@@ -533,6 +541,8 @@ def run_parameters(options: ProduceOptions, grid: Grid, extent: BaseGeometry,
         "keep_probability": options.keep_probability,
         "source_index": options.source_index,
     }
+    if year is None or slc_off_possible(year):
+        parameters["restoration_method"] = options.restoration
     compared = scenes_to_compare(options.compare_scenes, full_coverage)
     if compared > 1:
         parameters["compare_scenes"] = compared
@@ -591,7 +601,7 @@ def produce_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
 
         def digest_of(scene_ids: Sequence[str], full_coverage: int | None) -> str:
             return inputs_digest(source.name, scene_ids, model.sha256, diffgf_sha, run_parameters(
-                options, grid, extent_geom, extent_origin, full_coverage))
+                options, grid, extent_geom, extent_origin, full_coverage, year))
 
         def up_to_date(scene_ids: Sequence[str]) -> Path | None:
             return is_up_to_date(options.out, shelf, year, lambda record: digest_of(
@@ -621,7 +631,7 @@ def produce_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
             return YearResult(shelf, year, "not-mapped", f"{shelf} {year}: {err}")
         progress("merge", 1, 2, "planned")
         parameters = run_parameters(options, grid, extent_geom, extent_origin,
-                                    len(plan.full_coverage))
+                                    len(plan.full_coverage), year)
         digest = digest_of([s.scene_id for s in scenes], len(plan.full_coverage))
         compared = _to_compare(plan, options.compare_scenes)
         segment = [*plan.used, *(i for i in compared if i not in plan.used)]
@@ -700,7 +710,7 @@ def _write_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
     with _composed(plan, pred_paths, 0, grid) as damage:
         written = write_products_rows(options.out, shelf, year, sensors, restoration,
                                       lambda r0, r1: (damage(r0, r1), area.rows(r0, r1)[1]),
-                                      grid)
+                                      grid, source=source.name)
     folder = written.damage_map.parent
     products = {TYPE1.key: written.damage_map.name, TYPE2.key: written.damage.name}
     progress("write", 2, total, "auxiliary files")
@@ -811,11 +821,16 @@ def _withdraw_records(release: Path, shelf: str, year: int, keep: set[str]) -> N
     gives other names) go now, while a record still says which they are; an interrupted run
     can then leave no orphan product behind.
     """
+    names = set(keep)
     for path, record in existing_records(release, shelf, year):
+        names.update(record.products.values(), [path.name])
         for file_name in record.products.values():
             if file_name not in keep:
                 (path.parent / file_name).unlink(missing_ok=True)
         path.unlink(missing_ok=True)
+    folder = Path(release) / shelf_year_dir(shelf, year)
+    if folder.is_dir():  # what a run killed while writing left (a clean failure leaves none)
+        remove_leftovers(folder, names)
 
 
 # ---------------------------------------------------------------------------------------------

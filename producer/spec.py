@@ -250,6 +250,13 @@ SOURCE_SCENE_RASTER = AuxiliaryRaster(
 AUXILIARY_RASTERS: dict[str, AuxiliaryRaster] = {
     r.key: r for r in (PROBABILITY_RASTER, SOURCE_SCENE_RASTER)}
 
+#: GeoTIFF tag of both products naming the scene source that made them (gee, local or demo):
+#: a release trimmed of its provenance records still says where its maps came from, so demo
+#: maps cannot pass for real ones.
+SOURCE_TAG = "ICEDAMAGE_SOURCE"
+#: The offline demo source's name (in provenance records and ``SOURCE_TAG``).
+DEMO_SOURCE = "demo"
+
 #: Auxiliary files a shelf-year folder may hold beside the products, by role.
 AUXILIARY_SUFFIXES: dict[str, str] = {
     "provenance": "_provenance.json",

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from glob import escape as glob_escape
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +37,7 @@ from rasterio.windows import Window
 from producer.grid import STRIP_ROWS, Grid, row_strips
 from producer.spec import (
     ENCODING,
+    SOURCE_TAG,
     TYPE1,
     TYPE2,
     ProductName,
@@ -49,6 +52,10 @@ from producer.spec import (
 IN_MEMORY_PIXELS = 4096 * 4096
 #: GDAL block cache while writing (its default, 5 % of RAM, would fill with a big grid's tiles).
 CACHE_BYTES = 256 * 1024 * 1024
+#: ``atomic_path``'s temporaries are ``.<final name>.<random><TEMPORARY_SUFFIX>`` beside it.
+TEMPORARY_SUFFIX = ".tmp"
+#: Prefix of the scratch folder a product write keeps beside the products while it runs.
+STRIPS_PREFIX = ".icedamage-strips-"
 
 #: Rows r0:r1 of one or several rasters of a grid.
 RowReader = Callable[[int, int], Sequence[np.ndarray]]
@@ -113,7 +120,8 @@ def cog_profile() -> dict:
 def atomic_path(final: Path) -> Iterator[Path]:
     """A temporary path beside ``final`` that replaces it only if the block succeeds."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=TEMPORARY_SUFFIX,
+                               dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -122,6 +130,26 @@ def atomic_path(final: Path) -> Iterator[Path]:
         os.replace(tmp_path, final)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def remove_leftovers(folder: Path, names: Iterable[str]) -> list[Path]:
+    """Delete what a write killed outright (SIGKILL, power loss) left in ``folder``: the
+    temporaries of ``atomic_path`` for the files ``names`` and the strip scratch folders.
+
+    Why: a clean failure removes them itself, a killed process cannot, and the validator then
+    refuses the release (``layout-stray-file``) until someone deletes them by hand. Called
+    before a shelf-year is rewritten (one writer per shelf-year at a time), so nothing another
+    run is writing is touched. Returns what was deleted.
+    """
+    found = [path for name in names
+             for path in folder.glob(f".{glob_escape(name)}.*{TEMPORARY_SUFFIX}")]
+    found += [path for path in folder.glob(f"{STRIPS_PREFIX}*") if path.is_dir()]
+    for path in found:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return found
 
 
 @contextlib.contextmanager
@@ -190,7 +218,7 @@ def _write_rows(targets: Sequence[tuple[Path, int | None, dict[str, str] | None]
 
     scratch_parent = targets[0][0].parent
     with rasterio.Env(GDAL_CACHEMAX=CACHE_BYTES), \
-            tempfile.TemporaryDirectory(prefix=".icedamage-strips-", dir=scratch_parent) as tmp:
+            tempfile.TemporaryDirectory(prefix=STRIPS_PREFIX, dir=scratch_parent) as tmp:
         sources = [Path(tmp) / f"{k}.tif" for k in range(len(targets))]
         with contextlib.ExitStack() as stack:
             datasets = [stack.enter_context(rasterio.open(path, "w", **_source_profile(
@@ -277,8 +305,11 @@ def write_products_rows(
     restoration: str | None,
     rows: RowReader,
     grid: Grid,
+    source: str | None = None,
 ) -> WrittenProducts:
     """``write_products`` with (damage, extent) rows r0:r1 read by ``rows`` strip by strip.
+
+    ``source`` (the scene source's name) is written into both files as ``SOURCE_TAG``.
 
     Names and plausibility are refused before anything is written; a strip breaking the spec
     stops the writing with both files still temporary, so neither appears, and the folders the
@@ -312,7 +343,8 @@ def write_products_rows(
     # so a failure leaves neither new file (and any earlier pair untouched).
     with contextlib.ExitStack() as stack:
         stack.enter_context(removing_new_folders(paths[TYPE1.key].parent))
-        targets = [(stack.enter_context(atomic_path(paths[t.key])), t.nodata, None)
+        tags = {SOURCE_TAG: source} if source is not None else None
+        targets = [(stack.enter_context(atomic_path(paths[t.key])), t.nodata, tags)
                    for t in types]
         _write_rows(targets, encoded, grid)
     return WrittenProducts(name, paths[TYPE1.key], paths[TYPE2.key])

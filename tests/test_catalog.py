@@ -65,6 +65,7 @@ from producer.spec import (
     ITEMS_NDJSON,
     ITEMS_PARQUET,
     METADATA_ODS,
+    SOURCE_TAG,
     TYPE1,
     build_name,
     roi_geopackage_name,
@@ -160,6 +161,18 @@ def test_items_carry_sensors_grid_classes_and_uncertainty(cataloged_pristine: Pa
     assert collection.license == "CC-BY-4.0"
     assert len(collection.extent.spatial.bboxes) == 1 + 3  # union + one per shelf
     assert {link.rel for link in collection.links} >= {"describedby", "related"}
+
+
+def test_catalog_folder_can_be_served(cataloged: Path) -> None:
+    """The stac/ folder gets the permissions of any folder the user makes (umask), not the
+    private 0700 of its staging folder: a web server or a colleague can read the catalog."""
+    mask = os.umask(0o022)
+    try:
+        catalog_release(cataloged, PAPER_FACTORS, force=True)
+    finally:
+        os.umask(mask)
+    for folder in (cataloged / "stac", cataloged / "stac" / COLLECTION):
+        assert folder.stat().st_mode & 0o777 == 0o755, folder
 
 
 def test_catalog_moves_with_the_release(cataloged_pristine: Path, tmp_path: Path) -> None:
@@ -870,6 +883,39 @@ def test_schema_message_names_the_items_own_branch(cataloged: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("garble", ['{"shelf": "Totten",\n', '{"shelf": "Totten"}'])
+def test_catalog_names_an_unreadable_provenance_record(cataloged: Path, garble: str) -> None:
+    """A truncated record, or one missing fields, is a one-line error naming the file (exit
+    1), not a traceback or a message without a file name."""
+    name = build_name(("LC08",), "Totten", 2016, None, TYPE1)
+    record = provenance_path(cataloged, name)
+    record.write_text(garble)
+    result = CliRunner().invoke(build_app(), ["catalog", str(cataloged), "--force"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert record.name in result.output.replace("\n", "")  # rich may wrap the path
+    assert "Traceback" not in result.output
+
+
+def test_demo_maps_without_provenance_are_still_demo(cataloged: Path) -> None:
+    """Trimmed of its provenance record, a demo shelf-year is still flagged demo: the products'
+    own source tag says so (and the rule checks the flag against it)."""
+    name = build_name(("LC08",), "Totten", 2016, None, TYPE1)
+    folder = cataloged / name.relative_path().parent
+    for product in (name, name.partner()):
+        with rasterio.open(folder / product.filename, "r+",
+                           IGNORE_COG_LAYOUT_BREAK="YES") as dataset:
+            dataset.update_tags(**{SOURCE_TAG: "demo"})
+    provenance_path(cataloged, name).unlink()
+    catalog_release(cataloged, PAPER_FACTORS)
+    path = item_path(cataloged, "totten-2016")
+    props = json.loads(path.read_text())["properties"]
+    assert props["icedamage:demo"] is True and props["icedamage:source"] == "demo"
+    assert "icedamage:demo" not in props["icedamage:unknown"]
+    assert "demo-flag" not in rules_found(cataloged, "catalog-consistency")
+    edit_json(path, lambda d: d["properties"].update({"icedamage:demo": None}))
+    assert "demo-flag" in rules_found(cataloged, "catalog-consistency")
+
+
 def test_release_without_provenance_lists_unknowns(tmp_path: Path) -> None:
     root = build_release(tmp_path / "v1", DEFAULT_SHELF_YEARS[:2], with_provenance=False)
     result = catalog_release(root, PAPER_FACTORS)
@@ -1020,6 +1066,40 @@ def test_rebuild_keeps_the_dois_the_publisher_wrote(cataloged: Path) -> None:
     rebuilt_item = json.loads(item_path(cataloged, "totten-2016").read_text())
     assert rebuilt_item["assets"]["damage_map"]["alternate"]["zenodo"]["href"] == zenodo
     assert rules_found(cataloged) <= {"stac-schema-unavailable"}  # alternate-assets not local
+
+
+def test_rebuild_drops_what_the_record_no_longer_holds(cataloged: Path) -> None:
+    """After a published map is re-produced, its item no longer claims the record holds it:
+    the changed file's Zenodo alternate and the item's DOI and record links are dropped, the
+    unchanged files' alternates and the other items' DOIs stay."""
+    name = build_name(("LC08",), "Totten", 2016, None, TYPE1)
+    folder = cataloged / name.relative_path().parent
+    with rasterio.open(folder / name.filename) as src:
+        grid = Grid(src.transform, src.width, src.height)
+    probability = folder / name.auxiliary("probability")
+    write_cog(probability, np.full(grid.shape, 40, np.uint8), grid, None, nodata=255)
+    catalog_release(cataloged, PAPER_FACTORS)
+    catalog = pystac.Catalog.from_file(str(cataloged / "stac" / "catalog.json"))
+    zenodo = "/vsizip//vsicurl/https://zenodo.org/records/1/files/Totten.zip/Totten/2016/"
+    for item in catalog.get_items(recursive=True):
+        item.properties["sci:doi"] = "10.5281/zenodo.1"
+        item.add_link(pystac.Link("cite-as", "https://doi.org/10.5281/zenodo.1"))
+        for key, asset in item.assets.items():
+            asset.extra_fields["alternate"] = {"zenodo": {"href": zenodo + key}}
+        item.stac_extensions += [
+            "https://stac-extensions.github.io/alternate-assets/v1.2.0/schema.json",
+            "https://stac-extensions.github.io/scientific/v1.0.0/schema.json"]
+    catalog.save(pystac.CatalogType.SELF_CONTAINED)  # what the publisher does
+    write_cog(probability, np.full(grid.shape, 60, np.uint8), grid, None, nodata=255)
+    catalog_release(cataloged, PAPER_FACTORS)
+    changed = json.loads(item_path(cataloged, "totten-2016").read_text())
+    assert "alternate" not in changed["assets"]["probability"]
+    assert changed["assets"]["damage_map"]["alternate"]["zenodo"]["href"] == zenodo + "damage_map"
+    assert "sci:doi" not in changed["properties"]
+    assert not any(link["rel"] == "cite-as" for link in changed["links"])
+    unchanged = json.loads(item_path(cataloged, "totten-2021").read_text())
+    assert unchanged["properties"]["sci:doi"] == "10.5281/zenodo.1"
+    assert any(link["rel"] == "cite-as" for link in unchanged["links"])
 
 
 def test_catalog_refuses_a_bad_license(cataloged: Path) -> None:

@@ -18,7 +18,7 @@ from producer.commands import produce_app
 from producer.pipeline import ProduceOptions, parse_years, produce
 from producer.provenance import read_provenance
 from producer.sources.demo import DemoSource, plan_summer, render_planned
-from producer.spec import AUXILIARY_SUFFIXES, TYPE1, TYPE2, latest_summer
+from producer.spec import AUXILIARY_SUFFIXES, SOURCE_TAG, TYPE1, TYPE2, latest_summer
 from validation.engine import validate_release
 
 DEMO_SIZE = "128"
@@ -94,6 +94,8 @@ def test_produce_demo_writes_a_valid_release_then_skips(tiny_weights: Path,
         a, b = t1.read(1), t2.read(1)
         assert t1.nodata == TYPE1.nodata and t2.nodata is None
         assert t1.shape == (int(DEMO_SIZE), int(DEMO_SIZE))
+        # the maps say they are demo maps even without their provenance record
+        assert t1.tags()[SOURCE_TAG] == t2.tags()[SOURCE_TAG] == "demo"
     extent = DemoSource(int(DEMO_SIZE)).layout("Totten", 2021).extent_mask
     assert ((a == TYPE1.nodata) == ~extent).mean() > 0.99  # clipped to the floating shelf
     inside = a != TYPE1.nodata

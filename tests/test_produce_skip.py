@@ -118,6 +118,10 @@ def test_new_diffgf_weights_do_not_redo_years_without_slc_off(weights: Path,
     assert _status(_produce([*ARGS, "--diffgf", str(diffgf)], weights, out)) == "produced"
     diffgf.write_bytes(b"other weights")
     assert _status(_produce([*ARGS, "--diffgf", str(diffgf)], weights, out)) == "skipped"
+    # nor does the restoration method: nothing is restored in a Landsat 8/9 summer
+    fill = _produce([*ARGS, "--restoration", "FillNodata"], weights, out)
+    assert _status(fill) == "skipped"
+    assert "restoration_method" not in _record(out).parameters
 
 
 def test_a_rerun_interrupted_while_writing_is_redone(
@@ -143,6 +147,23 @@ def test_a_rerun_interrupted_while_writing_is_redone(
     _flip_last_mantissa_byte_in_place(weights)  # back to the first run's weights
     assert _status(_produce(ARGS, weights, out)) == "produced"  # not "skipped"
     assert _record(out).segmentation.weights_sha256 == file_sha256(weights)
+
+
+def test_a_rewrite_removes_what_a_killed_write_left(weights: Path, tmp_path: Path) -> None:
+    """A run killed while writing (SIGKILL: no cleanup) leaves hidden temporaries that the
+    validator refuses; the next run that rewrites the shelf-year removes them, and only them."""
+    out = tmp_path / "release"
+    assert _status(_produce(ARGS, weights, out)) == "produced"
+    folder = out / "Totten" / "2021"
+    (product,) = folder.glob("*_damage.tif")
+    leftovers = [folder / f".{product.name}.k1ll3d.tmp", folder / ".icedamage-strips-k1ll3d"]
+    leftovers[0].write_bytes(b"half a COG")
+    leftovers[1].mkdir()
+    (leftovers[1] / "0.tif").write_bytes(b"strips")
+    unrelated = folder / ".notes.txt.tmp"
+    unrelated.write_text("someone else's")
+    assert _status(_produce([*ARGS, "--force"], weights, out)) == "produced"
+    assert [p for p in leftovers if p.exists()] == [] and unrelated.exists()
 
 
 def test_a_rerun_under_another_name_leaves_no_orphan_if_interrupted(

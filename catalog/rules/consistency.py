@@ -18,7 +18,14 @@ import shapely
 from shapely.geometry import shape
 
 from catalog.geometry import geojson_and_bbox, grid_footprint
-from catalog.release import RasterFacts, ShelfYearFiles, file_checksum, raster_facts, scan_release
+from catalog.release import (
+    RasterFacts,
+    ShelfYearFiles,
+    file_checksum,
+    raster_facts,
+    scan_release,
+    tagged_source,
+)
 from catalog.rules.common import (
     FACTOR_FREE_STATS,
     GEOMETRY_TOLERANCE_DEG,
@@ -43,8 +50,10 @@ from catalog.stats import count_pixels, damage_stats, is_diffgf_derived, stats_c
 from catalog.uncertainty import PAPER_FACTORS, UncertaintyFactors
 from producer.provenance import Provenance
 from producer.spec import (
+    DEMO_SOURCE,
     ITEMS_NDJSON,
     ITEMS_PARQUET,
+    SOURCE_TAG,
     TYPE1,
     TYPE2,
     SpecError,
@@ -271,7 +280,8 @@ class CatalogConsistencyRules:
         yield from _unknown_problems(rel, item)
         yield from _datetime_problems(rel, entry.data)
         if record is not None:
-            yield from _demo_problems(rel, item, *record)
+            tagged = tagged_source(facts_of[k] for k in (TYPE1.key, TYPE2.key) if k in facts_of)
+            yield from _demo_problems(rel, item, *record, tagged)
         if self.check_stats and TYPE1.key not in unreadable:
             yield from _stats_problems(root, rel, entry)
 
@@ -537,22 +547,26 @@ def _unknown_problems(rel: str, item: pystac.Item) -> Iterator[Problem]:
 
 
 def _demo_problems(rel: str, item: pystac.Item, prov: Provenance | None,
-                   read: bool) -> Iterator[Problem]:
+                   read: bool, tagged: str | None = None) -> Iterator[Problem]:
     """Products made from the demo source must say so (they must never pass for real data).
 
     The provenance record is the one the release holds for the item's shelf-year (found by the
     release scan), not whatever the item's provenance asset points at: an item that drops that
-    asset must not hide a demo record. Without a record, demo is unknown (null). ``read`` is
-    False when the record exists but does not read (reported on its own).
+    asset must not hide a demo record. Without a record, the products' ``SOURCE_TAG``
+    (``tagged``) decides, and without either demo is unknown (null). ``read`` is False when the
+    record exists but does not read (reported on its own).
     """
     if not read:
         return
     flag = item.properties.get(f"{P}demo")
     if prov is None:
-        if flag is not None:
+        want = tagged == DEMO_SOURCE if tagged is not None else None
+        if flag is not want:
             yield Problem(rel, "demo-flag", f"{P}demo = {flag} but the release holds no "
-                          "provenance record of this shelf-year",
-                          f"{P}demo = null, listed in {P}unknown")
+                          "provenance record of this shelf-year and its products' "
+                          f"{SOURCE_TAG} tag says {tagged!r}",
+                          f"{P}demo = {json.dumps(want)}"
+                          + (f", listed in {P}unknown" if want is None else ""))
         return
     if prov.source == "demo" and flag is not True:
         yield Problem(rel, "demo-flag", f"{P}demo = {flag} but provenance source is demo",
