@@ -62,6 +62,7 @@ from producer.spec import (
     TYPE1,
     TYPE2,
     roi_geopackage_name,
+    shelf_year_dir,
 )
 from producer.writer import atomic_path
 
@@ -382,6 +383,13 @@ def catalog_release(release_dir: Path, factors: UncertaintyFactors,
     seen: dict[tuple[str, int], Path] = {}
     for files in found:
         get_shelf(files.name.shelf)  # an unregistered shelf is an error naming the valid ones
+        where = files.folder.relative_to(release_dir)
+        if where != shelf_year_dir(files.name.shelf, files.name.year):
+            # e.g. totten/2016 on a case-sensitive disk: provenance and ROI would not be found
+            raise ValueError(f"{files.folder}: the products of {files.name.shelf} "
+                             f"{files.name.year} belong in "
+                             f"{shelf_year_dir(files.name.shelf, files.name.year)}, not {where}; "
+                             "move the folder")
         key = (files.name.shelf, files.name.year)
         product = files.damage_map or files.damage
         if key in seen:

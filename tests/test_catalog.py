@@ -1187,6 +1187,15 @@ def test_auxiliary_rasters_and_demo_source_are_cataloged(cataloged: Path) -> Non
     assert rules_found(cataloged) == set()
 
 
+def test_a_wrongly_cased_shelf_folder_is_refused(cataloged: Path) -> None:
+    """totten/2016 instead of Totten/2016 (a case-sensitive disk): refused with the folder the
+    products belong in, instead of an item silently without its provenance."""
+    (cataloged / "Totten").rename(cataloged / "totten")
+    result = CliRunner().invoke(build_app(), ["catalog", str(cataloged), "--force"])
+    assert result.exit_code == 1, result.output
+    assert "belong in Totten/2016, not totten/2016" in " ".join(result.output.split())
+
+
 def test_two_maps_for_one_shelf_year_are_refused(cataloged: Path) -> None:
     folder = cataloged / "Totten" / "2016"
     shutil.copy(folder / "LC08_Totten_2016_damage_map.tif",
