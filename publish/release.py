@@ -37,7 +37,15 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from producer.spec import AUXILIARY_SUFFIXES, RELEASE_METADATA
+from producer.spec import (
+    AUXILIARY_SUFFIXES,
+    DEMO_SOURCE,
+    RELEASE_METADATA,
+    SOURCE_TAG,
+    STAC_CATALOG_DIR,
+    SpecError,
+    parse_name,
+)
 from publish.metadata import (
     MetadataError,
     build_metadata,
@@ -56,6 +64,7 @@ from publish.package import (
     walk_files,
 )
 from publish.state import (
+    STATE_FILE,
     FileState,
     PublishState,
     load_state,
@@ -198,34 +207,122 @@ def _provenance_demo(path: Path) -> bool:
     if not isinstance(source, str) or not isinstance(demo, bool | None):
         raise ValueError(f"no usable 'source' field ({source!r}) or a 'demo' field that is "
                          f"not true/false ({demo!r})")
-    return source == "demo" or demo is True
+    return source == DEMO_SOURCE or demo is True
+
+
+def _product_demo(path: Path) -> bool:
+    """Whether a product GeoTIFF's ``SOURCE_TAG`` names the demo source (tags only, no
+    pixels); a file without the tag (the published v1, older releases) is not demo by this
+    check. ValueError saying why when the file cannot be opened as a GeoTIFF."""
+    import rasterio
+
+    try:
+        with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"), \
+                rasterio.open(path) as src:
+            source = src.tags().get(SOURCE_TAG)
+    except Exception as exc:  # any failure: whether it is demo is unknown (fail closed)
+        raise ValueError(f"not readable as a GeoTIFF ({type(exc).__name__}: {exc})") from None
+    return source is not None and source.strip().lower() == DEMO_SOURCE
+
+
+def _is_product(name: str) -> bool:
+    """Whether a file name is a product name of the spec (type 1 or type 2)."""
+    try:
+        parse_name(name)
+    except SpecError:
+        return False
+    return True
 
 
 def demo_products(release_dir: Path) -> list[str]:
-    """Provenance records of products made from the offline demo source.
+    """Files saying a product was made from the offline demo source: provenance records
+    (``source``/``demo`` fields) and product GeoTIFFs of both types (``SOURCE_TAG``), so a
+    release trimmed of its provenance records still cannot pass demo maps for real ones.
 
-    Fails closed: PublishRefused names every record whose ``source``/``demo`` fields cannot be
-    read, since then nobody can tell whether demo data would be published. Symbolic links are
-    followed, as by the validator and the packager.
+    Fails closed: PublishRefused names every provenance record whose ``source``/``demo``
+    fields cannot be read and every product GeoTIFF that cannot be opened, since then nobody
+    can tell whether demo data would be published. Symbolic links are followed, as by the
+    validator and the packager; hidden folders (the publisher's state) are skipped.
     """
     release_dir = Path(release_dir)
     suffix = AUXILIARY_SUFFIXES["provenance"]
     found, unreadable = [], []
     for path in walk_files(release_dir):
         rel = path.relative_to(release_dir)
-        if not path.name.endswith(suffix) or any(p.startswith(".") for p in rel.parts):
+        if any(p.startswith(".") for p in rel.parts):
+            continue
+        if path.name.endswith(suffix):
+            check, what = _provenance_demo, "provenance record"
+        elif _is_product(path.name):
+            check, what = _product_demo, "product GeoTIFF"
+        else:
             continue
         try:
-            if _provenance_demo(path):
+            if check(path):
                 found.append(rel.as_posix())
         except ValueError as why:
-            unreadable.append(f"{rel.as_posix()}: {why}")
+            unreadable.append(f"{what} {rel.as_posix()}: {why}")
     if unreadable:
         raise PublishRefused(
-            f"{release_dir}: {len(unreadable)} provenance record(s) cannot be read, so "
-            "whether they describe demo products is unknown; fix or re-produce them:\n  "
+            f"{release_dir}: {len(unreadable)} file(s) cannot be read, so whether they "
+            "describe or hold demo products is unknown; fix or re-produce them:\n  "
             + "\n  ".join(sorted(unreadable)))
     return sorted(found)
+
+
+def catalog_licenses(release_dir: Path) -> list[tuple[str, str | None]]:
+    """(collection file relative to the release, its ``license``) of every collection of the
+    release's STAC catalog; empty when the release has no catalog."""
+    import pystac
+
+    catalog_json = Path(release_dir) / STAC_CATALOG_DIR / "catalog.json"
+    if not catalog_json.is_file():
+        return []
+    root = pystac.Catalog.from_file(str(catalog_json))
+    collections = [root] if isinstance(root, pystac.Collection) else []
+    collections += list(root.get_all_collections())
+    found = []
+    for collection in collections:
+        href = collection.get_self_href() or str(catalog_json)
+        try:
+            where = Path(href).resolve().relative_to(Path(release_dir).resolve()).as_posix()
+        except ValueError:
+            where = href
+        found.append((where, collection.license or None))
+    return found
+
+
+def license_mismatch(release_dir: Path, zenodo_license: str, metadata_path: Path) -> str | None:
+    """Why the record would state another licence than its catalog (the collection's
+    ``license`` in stac.zip), or None when they agree (SPDX ids, compared case-insensitively).
+
+    ``icedamage catalog`` takes the licence from the release's own release.yaml (or its
+    ``--license``) when it runs, so a catalog made before release.yaml was written, or before
+    its licence changed, still states the old one."""
+    release_dir = Path(release_dir)
+    wanted = zenodo_license.strip().casefold()
+    try:
+        licenses = catalog_licenses(release_dir)
+    except Exception as exc:  # cannot compare: fail closed
+        return (f"{release_dir / STAC_CATALOG_DIR}: the STAC catalog cannot be read to compare "
+                f"its license with the {zenodo_license!r} of {metadata_path} "
+                f"({type(exc).__name__}: {exc}); re-run `icedamage catalog {release_dir}`")
+    differing = [(where, lic) for where, lic in licenses
+                 if (lic or "").strip().casefold() != wanted]
+    if not differing:
+        return None
+    said = "; ".join(f"{where} says {lic!r}" if lic else f"{where} states no license"
+                     for where, lic in differing)
+    own = Path(metadata_path).resolve() == (release_dir / RELEASE_METADATA).resolve()
+    fix = (f"re-run `icedamage catalog {release_dir}` (it takes the license from "
+           f"{RELEASE_METADATA}), then `icedamage validate {release_dir}`" if own else
+           f"re-run `icedamage catalog {release_dir} --license {zenodo_license}` (the catalog "
+           f"reads the release's own {RELEASE_METADATA}, not --metadata), then "
+           f"`icedamage validate {release_dir}`")
+    return (f"license mismatch: {metadata_path} gives Zenodo the license {zenodo_license!r}, "
+            f"but the STAC catalog that goes into stac.zip disagrees ({said}); the record and "
+            f"its stac.zip would state different licenses. Either correct license in "
+            f"{metadata_path}, or {fix}")
 
 
 def same_server(saved: str, base_url: str) -> bool:
@@ -321,10 +418,31 @@ class Publisher:
                                  f"error(s); fix them first:\n  {shown}{more}")
         demo = demo_products(self.release)
         if demo and (not self.o.allow_demo or is_production(self.o.base_url)):
+            shown = "\n  ".join(demo[:20])
+            more = f"\n  … and {len(demo) - 20} more" if len(demo) > 20 else ""
             raise PublishRefused(
-                f"{self.release}: {len(demo)} product(s) were made from the offline demo "
-                f"source (provenance source == 'demo'), e.g. {demo[0]}; demo products are "
-                "never published to Zenodo (use --sandbox or --url to try the workflow)")
+                f"{self.release}: {len(demo)} file(s) say their products were made from the "
+                f"offline demo source (provenance source == '{DEMO_SOURCE}', or GeoTIFF tag "
+                f"{SOURCE_TAG}={DEMO_SOURCE}); demo products are never published to Zenodo "
+                f"(use --sandbox or --url to try the workflow):\n  {shown}{more}")
+
+    def refuse_second_concept(self, state: PublishState | None) -> None:
+        """``--new`` must not start an unrelated record when this release already published
+        a concept on the same server (the next version belongs to that concept). Running the
+        published version again is not refused: it only reports that it is published."""
+        if (not self.o.new or state is None or state.stage != "published"
+                or not state.concept_id or state.version == self.o.version
+                or not same_server(state.base_url, self.o.base_url)):
+            return
+        concept_doi = f" (concept DOI https://doi.org/{state.conceptdoi})" \
+            if state.conceptdoi else ""
+        raise PublishRefused(
+            f"--new: this release already published version {state.version} to "
+            f"{self.o.base_url} as concept {state.concept_id}{concept_doi}, recorded in "
+            f"{state_dir(self.release) / STATE_FILE}. A new version of it is published without "
+            f"--new: icedamage publish {self.release} --version {self.o.version} --concept-id "
+            f"{state.concept_id}. To start a second, unrelated record on purpose, move that "
+            "state file away first")
 
     def preflight_remote(self, known_concept: str | None, own_id: int | None,
                          ) -> tuple[str | None, dict[str, Any] | None, set[str]]:
@@ -372,6 +490,9 @@ class Publisher:
         problems = metadata_problems(metadata, used, previous_doi)
         if problems:
             raise MetadataError(str(path), problems)
+        mismatch = license_mismatch(self.release, metadata["license"], path)
+        if mismatch:
+            raise PublishRefused(mismatch)
         return metadata
 
     # ------------------------------------------------------------------ step 2
@@ -617,7 +738,9 @@ class Publisher:
         self.say(f"[1/7] preflight of {self.release} for {self.o.base_url}")
         self.preflight_local()
         state = load_state(self.release)
-        known_concept = state.concept_id if state is not None else None
+        known_concept = state.concept_id if state is not None and same_server(
+            state.base_url, self.o.base_url) else None
+        self.refuse_second_concept(state)
         if state is not None and (state.version != self.o.version
                                   or not same_server(state.base_url, self.o.base_url)):
             if state.stage != "published" and not self.o.dry_run:

@@ -22,12 +22,17 @@ from catalog.uncertainty import PAPER_FACTORS
 from producer.cli import build_app
 from producer.provenance import read_provenance
 from producer.spec import RELEASE_METADATA, roi_geopackage_name
-from producer.writer import write_products
+from producer.writer import WrittenProducts, write_products, write_products_rows
 from publish.package import MANIFEST_KEY, read_manifest
 from publish.release import PublishOptions, PublishResult, publish_release
 from publish.state import packages_dir
 from publish.zenodo import RateLimiter, RetryPolicy, ZenodoClient
-from tests.release_factory import ShelfYear, fixture_arrays, fixture_grid
+from tests.release_factory import (
+    DEFAULT_SHELF_YEARS,
+    ShelfYear,
+    fixture_arrays,
+    fixture_grid,
+)
 from tests.zenodo_emulator import ZenodoEmulator
 
 TOKEN = "secret-token-0123456789"
@@ -66,6 +71,17 @@ def make_demo(release: Path) -> Path:
     # re-catalog, as a producer run does: the catalog's demo-flag rule fails a stale catalog
     catalog_release(release, PAPER_FACTORS)
     return path
+
+
+def write_tagged_products(release: Path, source: str, shelf: str = "Totten",
+                          year: int = 2021) -> WrittenProducts:
+    """Re-write one fixture shelf-year's two products as the producer now writes them: with
+    the scene source's name in their ``SOURCE_TAG`` (not re-cataloged)."""
+    item = next(i for i in DEFAULT_SHELF_YEARS if (i.shelf, i.year) == (shelf, year))
+    damage, extent = fixture_arrays(item, 7)
+    return write_products_rows(release, item.shelf, item.year, item.sensors, item.restoration,
+                               lambda r0, r1: (damage[r0:r1], extent[r0:r1]),
+                               fixture_grid(item.shelf, item.size), source=source)
 
 
 def tree_digest(root: Path) -> dict[str, str]:

@@ -17,8 +17,16 @@ import rasterio
 import yaml
 from zenodo_client import Zenodo
 
+from catalog.build import catalog_release
 from catalog.search import search
-from producer.spec import RELEASE_METADATA, RELEASE_NOTES, roi_geopackage_name
+from catalog.uncertainty import PAPER_FACTORS
+from producer.spec import (
+    DEMO_SOURCE,
+    RELEASE_METADATA,
+    RELEASE_NOTES,
+    SOURCE_TAG,
+    roi_geopackage_name,
+)
 from producer.writer import read_band
 from publish.package import MANIFEST_KEY, read_manifest
 from publish.state import load_state, packages_dir, save_state
@@ -40,6 +48,7 @@ from tests.publish_support import (
     stac_zip_references,
     tree_digest,
     withdraw_shelf,
+    write_tagged_products,
 )
 from tests.zenodo_emulator import FULL_SCOPES, ZenodoEmulator
 
@@ -311,6 +320,85 @@ def test_provenance_this_version_cannot_parse_still_counts_as_demo(
     assert code == 2 and "cannot be read" in flat, out
     assert records[1].relative_to(release).as_posix() in flat
     assert emulator.requests == [] and not (release / "stac").exists()
+
+
+@pytest.mark.parametrize("url", ["https://zenodo.org", "https://www.zenodo.org/"])
+def test_demo_products_refused_on_zenodo_without_provenance(
+        pub_release: Path, emulator: ZenodoEmulator, url: str) -> None:
+    """The products' own GeoTIFF tag marks demo data: a release trimmed of its provenance
+    records is refused for the production server exactly as with them, naming the files."""
+    written = write_tagged_products(pub_release, DEMO_SOURCE)
+    for record in pub_release.rglob("*_provenance.json"):
+        record.unlink()
+    catalog_release(pub_release, PAPER_FACTORS)
+    assert not list(pub_release.rglob("*_provenance.json"))
+    code, out = run_cli(["publish", str(pub_release), "--version", "1.0", "--new", "--url", url,
+                         "--dry-run"], env={"ICEDAMAGE_ZENODO_ATTEMPTS": "1"})
+    flat = " ".join(out.split())
+    assert code == 2 and "demo" in flat and "--sandbox" in flat, out
+    assert "2 file(s)" in flat and f"{SOURCE_TAG}={DEMO_SOURCE}" in flat
+    for path in (written.damage_map, written.damage):
+        assert path.relative_to(pub_release).as_posix() in flat
+    # ... while a test server may still rehearse the workflow with them.
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new", "--dry-run"))
+    assert code == 0, out
+
+
+def test_catalog_license_must_match_the_record_license(pub_release: Path,
+                                                       emulator: ZenodoEmulator) -> None:
+    """README order: catalog first, release.yaml (here: its license changed) afterwards. The
+    record and its stac.zip must not state different licenses: refused until re-cataloged."""
+    meta = yaml.safe_load((pub_release / RELEASE_METADATA).read_text())
+    (pub_release / RELEASE_METADATA).write_text(
+        yaml.safe_dump({**meta, "license": "cc-by-nc-4.0"}, sort_keys=False))
+    for extra in ([], ["--dry-run"]):
+        code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new", *extra))
+        flat = " ".join(out.split())
+        assert code == 2 and "license mismatch" in flat, out
+        assert f"{pub_release / RELEASE_METADATA} gives Zenodo the license 'cc-by-nc-4.0'" \
+            in flat
+        assert "collection.json says 'cc-by-4.0'" in flat
+        assert f"icedamage catalog {pub_release}" in flat
+    assert not emulator.mutating_requests() and not emulator.published()
+    # `icedamage catalog` takes the license from release.yaml: then both say the same.
+    catalog_release(pub_release, PAPER_FACTORS)
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new"))
+    assert code == 0, out
+    [record] = emulator.published()
+    assert record.metadata["license"] == "cc-by-nc-4.0"
+    assert stac_zip_collection(record.files["stac.zip"].data)["license"] == "cc-by-nc-4.0"
+
+
+def test_second_new_is_refused_once_a_concept_is_published(pub_release: Path,
+                                                          emulator: ZenodoEmulator) -> None:
+    """--new for the next version would start an unrelated record: refused, naming the concept
+    and how to publish a new version; another server may still get its own record."""
+    assert run_cli(publish_args(pub_release, emulator, "1.0", "--new"))[0] == 0
+    [v1] = emulator.published()
+    since = len(emulator.requests)
+    for extra in ([], ["--dry-run"]):
+        code, out = run_cli(publish_args(pub_release, emulator, "1.1", "--new", *extra))
+        flat = " ".join(out.split())
+        assert code == 2, out
+        assert f"version 1.0 to {emulator.base_url} as concept {v1.conceptrecid}" in flat
+        assert f"zenodo.{v1.conceptrecid}" in flat and "without --new" in flat
+        assert f"--concept-id {v1.conceptrecid}" in flat
+    assert emulator.requests[since:] == [] and len(emulator.published()) == 1
+    # Without --new the saved concept gets the new version.
+    code, out = run_cli(publish_args(pub_release, emulator, "1.1"))
+    assert code == 0, out
+    assert [v.conceptrecid for v in emulator.published()] == [v1.conceptrecid] * 2
+    # Another server (a sandbox rehearsal, say) is not that concept's server: --new is fine.
+    other = ZenodoEmulator({TOKEN: FULL_SCOPES}, owners={TOKEN: "tang"}).start()
+    try:
+        # the saved concept is the first server's: not assumed for another one
+        code, out = run_cli(publish_args(pub_release, other, "1.1"))
+        assert code == 2 and "give --concept-id ID" in out and not other.mutating_requests(), out
+        code, out = run_cli(publish_args(pub_release, other, "1.1", "--new"))
+        assert code == 0, out
+        assert len(other.published()) == 1
+    finally:
+        other.stop()
 
 
 def test_invalid_release_refused_before_any_request(pub_release: Path,

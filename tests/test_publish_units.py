@@ -17,6 +17,7 @@ import rasterio
 from hypothesis import given
 from hypothesis import strategies as st
 
+from producer.spec import DEMO_SOURCE, RELEASE_METADATA, SOURCE_TAG
 from producer.writer import read_band
 from publish.metadata import (
     build_metadata,
@@ -34,10 +35,17 @@ from publish.package import (
     safe_key,
     walk_files,
 )
-from publish.release import check_products_packaged, limit_problems, reconcile
+from publish.release import (
+    PublishRefused,
+    check_products_packaged,
+    demo_products,
+    license_mismatch,
+    limit_problems,
+    reconcile,
+)
 from publish.writeback import Publication, record_catalog, update_catalog
 from publish.zenodo import RateLimiter, RetryPolicy
-from tests.publish_support import PAPER_DOI, RELEASE_YAML
+from tests.publish_support import PAPER_DOI, RELEASE_YAML, write_tagged_products
 from validation.engine import validate_release
 
 pytest_plugins = ("tests.publish_fixtures",)
@@ -198,6 +206,48 @@ def test_a_validated_product_missing_from_the_packages_is_refused(pub_release: P
         lacking if e.key == shelf.key else e for e in manifest.entries))
     with pytest.raises(PackageError, match="Totten/2016/LC08_Totten_2016_damage"):
         check_products_packaged(pub_release, partial)
+
+
+def test_demo_tag_of_product_geotiffs(pub_release: Path) -> None:
+    """Demo products are found by their GeoTIFF tag when no provenance record says so; untagged
+    products (the published v1) and other sources are not demo; a product GeoTIFF that cannot
+    be opened refuses publication, naming it."""
+    for record in pub_release.rglob("*_provenance.json"):
+        record.unlink()
+    assert demo_products(pub_release) == []  # untagged: not demo by this check
+    write_tagged_products(pub_release, "local")
+    assert demo_products(pub_release) == []
+    written = write_tagged_products(pub_release, DEMO_SOURCE)
+    for path in (written.damage_map, written.damage):
+        with rasterio.open(path) as src:
+            assert src.tags()[SOURCE_TAG] == DEMO_SOURCE
+    assert demo_products(pub_release) == sorted(
+        p.relative_to(pub_release).as_posix() for p in (written.damage_map, written.damage))
+    # the publisher's hidden state folder is not part of the release
+    hidden = pub_release / ".icedamage-publish" / written.damage.name
+    hidden.parent.mkdir()
+    hidden.write_bytes(b"not a tiff")
+    assert len(demo_products(pub_release)) == 2
+    broken = next(pub_release.glob("Larsen B/2005/*_damage_map.tif"))
+    broken.write_bytes(b"not a tiff")
+    with pytest.raises(PublishRefused, match="cannot be read") as refused:
+        demo_products(pub_release)
+    assert f"product GeoTIFF {broken.relative_to(pub_release).as_posix()}: not readable" \
+        in str(refused.value)
+
+
+def test_license_mismatch_compares_spdx_ids_case_insensitively(pub_release: Path,
+                                                               tmp_path: Path) -> None:
+    yaml_path = pub_release / RELEASE_METADATA
+    assert license_mismatch(pub_release, "CC-BY-4.0", yaml_path) is None
+    assert license_mismatch(pub_release, " cc-by-4.0", yaml_path) is None
+    why = license_mismatch(pub_release, "cc-by-nc-4.0", yaml_path)
+    assert why is not None and "collection.json says 'cc-by-4.0'" in why
+    assert f"icedamage catalog {pub_release}`" in why
+    # metadata given with --metadata: the catalog does not read it, so name --license
+    why = license_mismatch(pub_release, "cc-by-nc-4.0", tmp_path / "elsewhere.yaml")
+    assert why is not None and f"icedamage catalog {pub_release} --license cc-by-nc-4.0" in why
+    assert license_mismatch(tmp_path, "cc-by-4.0", yaml_path) is None  # no catalog
 
 
 def test_record_catalog_names_one_record_reproducibly(pub_release: Path,
