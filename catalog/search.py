@@ -200,8 +200,19 @@ def intersects_geometry(value: Any) -> BaseGeometry:
     return result
 
 
-#: Names of a legacy GeoJSON ``crs`` member that still mean lon/lat (RFC 7946 drops the member).
-LONLAT_CRS_NAMES = ("CRS84", "EPSG:4326", "EPSG::4326", "CRS:84")
+def _is_lonlat_crs(name: str) -> bool:
+    """Whether a legacy GeoJSON ``crs`` name (RFC 7946 drops the member) is WGS 84 longitude/
+    latitude in any of its spellings (CRS84, EPSG:4326 as URN or OGC URL, ...). EPSG:4326's
+    official axis order is latitude first, but GeoJSON writers put longitude first regardless."""
+    from pyproj import CRS
+    from pyproj.exceptions import CRSError
+
+    try:
+        crs = CRS.from_user_input(name)
+    except CRSError:
+        return False
+    return (crs.is_geographic and len(crs.axis_info) == 2 and crs.ellipsoid is not None
+            and crs.ellipsoid.name == "WGS 84")
 
 
 def _check_lonlat(what: str, bounds: Sequence[float], crs: Any = None) -> None:
@@ -210,7 +221,7 @@ def _check_lonlat(what: str, bounds: Sequence[float], crs: Any = None) -> None:
     longitudes), which would otherwise match nothing without a word."""
     if crs is not None:
         name = str(crs.get("properties", {}).get("name", "")) if isinstance(crs, dict) else ""
-        if not any(token in name.upper() for token in LONLAT_CRS_NAMES):
+        if not _is_lonlat_crs(name):
             raise SearchError(f"{what}: the GeoJSON declares crs {name or crs!r}; give its "
                               "coordinates in longitude/latitude (RFC 7946), or a box in "
                               f"{ENCODING.crs} with --bbox-crs {ENCODING.crs}")

@@ -23,7 +23,7 @@ import importlib.metadata
 import json
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -335,14 +335,16 @@ def existing_records(release: Path, shelf: str, year: int) -> list[tuple[Path, P
 
 
 def is_up_to_date(release: Path, shelf: str, year: int,
-                  digest: str | Callable[[Provenance], str]) -> Path | None:
+                  digest: str | Callable[[Provenance], Collection[str]]) -> Path | None:
     """The provenance path of a complete shelf-year with this digest, else None.
 
-    ``digest`` may be a function of the record, for parameters whose effect depends on facts
-    the record keeps (``compare_scenes`` matters only up to the number of full-coverage scenes).
+    ``digest`` may be a function of the record giving the digests that count as up to date,
+    for parameters whose effect depends on facts the record keeps (``compare_scenes`` matters
+    only up to the number of full-coverage scenes) and for the digests earlier versions
+    computed for the same inputs.
     """
     for path, record in existing_records(release, shelf, year):
-        if record.inputs_digest != (digest(record) if callable(digest) else digest):
+        if record.inputs_digest not in (digest(record) if callable(digest) else {digest}):
             continue
         if all((path.parent / name).is_file() for name in record.products.values()):
             return path
@@ -603,8 +605,16 @@ def produce_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
             return inputs_digest(source.name, scene_ids, model.sha256, diffgf_sha, run_parameters(
                 options, grid, extent_geom, extent_origin, full_coverage, year))
 
+        def accepted(scene_ids: Sequence[str], full_coverage: int | None) -> set[str]:
+            # records written before the restoration method stopped counting outside SLC-off
+            # years carry the digest with it: the same inputs, so still up to date
+            legacy = inputs_digest(source.name, scene_ids, model.sha256, diffgf_sha,
+                                   run_parameters(options, grid, extent_geom, extent_origin,
+                                                  full_coverage))
+            return {digest_of(scene_ids, full_coverage), legacy}
+
         def up_to_date(scene_ids: Sequence[str]) -> Path | None:
-            return is_up_to_date(options.out, shelf, year, lambda record: digest_of(
+            return is_up_to_date(options.out, shelf, year, lambda record: accepted(
                 scene_ids, _recorded_full_coverage(record)))
 
         listed = getattr(source, "scene_ids", None)
@@ -821,16 +831,15 @@ def _withdraw_records(release: Path, shelf: str, year: int, keep: set[str]) -> N
     gives other names) go now, while a record still says which they are; an interrupted run
     can then leave no orphan product behind.
     """
-    names = set(keep)
     for path, record in existing_records(release, shelf, year):
-        names.update(record.products.values(), [path.name])
         for file_name in record.products.values():
             if file_name not in keep:
                 (path.parent / file_name).unlink(missing_ok=True)
         path.unlink(missing_ok=True)
     folder = Path(release) / shelf_year_dir(shelf, year)
-    if folder.is_dir():  # what a run killed while writing left (a clean failure leaves none)
-        remove_leftovers(folder, names)
+    if folder.is_dir():  # what a run killed while writing left (a clean failure leaves none):
+        # temporaries of any file of this shelf-year, whatever sensors or options made it
+        remove_leftovers(folder, lambda final: f"_{shelf}_{year:04d}_" in final)
 
 
 # ---------------------------------------------------------------------------------------------

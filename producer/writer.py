@@ -25,9 +25,8 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from glob import escape as glob_escape
 from pathlib import Path
 
 import numpy as np
@@ -132,17 +131,18 @@ def atomic_path(final: Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
-def remove_leftovers(folder: Path, names: Iterable[str]) -> list[Path]:
+def remove_leftovers(folder: Path, belongs: Callable[[str], bool]) -> list[Path]:
     """Delete what a write killed outright (SIGKILL, power loss) left in ``folder``: the
-    temporaries of ``atomic_path`` for the files ``names`` and the strip scratch folders.
+    temporaries of ``atomic_path`` whose final file name ``belongs`` accepts, and the strip
+    scratch folders.
 
     Why: a clean failure removes them itself, a killed process cannot, and the validator then
     refuses the release (``layout-stray-file``) until someone deletes them by hand. Called
     before a shelf-year is rewritten (one writer per shelf-year at a time), so nothing another
     run is writing is touched. Returns what was deleted.
     """
-    found = [path for name in names
-             for path in folder.glob(f".{glob_escape(name)}.*{TEMPORARY_SUFFIX}")]
+    found = [path for path in folder.glob(f".*{TEMPORARY_SUFFIX}")
+             if path.is_file() and belongs(temporary_target(path.name))]
     found += [path for path in folder.glob(f"{STRIPS_PREFIX}*") if path.is_dir()]
     for path in found:
         if path.is_dir():
@@ -150,6 +150,12 @@ def remove_leftovers(folder: Path, names: Iterable[str]) -> list[Path]:
         else:
             path.unlink(missing_ok=True)
     return found
+
+
+def temporary_target(name: str) -> str:
+    """The final file name an ``atomic_path`` temporary ``.<final>.<random>.tmp`` stands for
+    (mkstemp's random part has no dot)."""
+    return name[1:len(name) - len(TEMPORARY_SUFFIX)].rsplit(".", 1)[0]
 
 
 @contextlib.contextmanager

@@ -248,9 +248,14 @@ def test_search_refuses_coordinates_that_are_not_lonlat(release: Path, query: di
         search(release, **query)
 
 
-def test_lonlat_crs_member_and_edge_coordinates_are_accepted(release: Path) -> None:
+@pytest.mark.parametrize("crs_name", ["urn:ogc:def:crs:OGC:1.3:CRS84",
+                                      "http://www.opengis.net/def/crs/EPSG/0/4326",
+                                      "urn:ogc:def:crs:EPSG:6.6:4326", "EPSG:4326"])
+def test_lonlat_crs_member_and_edge_coordinates_are_accepted(release: Path,
+                                                            crs_name: str) -> None:
+    """Every spelling of WGS 84 lon/lat in a legacy crs member is accepted."""
     legacy = {**mapping(box(110, -70, 120, -60)), "crs": {
-        "type": "name", "properties": {"name": "urn:ogc:def:crs:OGC:1.3:CRS84"}}}
+        "type": "name", "properties": {"name": crs_name}}}
     assert [i.id for i in search(release, intersects=legacy)] == ["totten-2016", "totten-2021"]
     assert len(search(release, bbox=[-180, -90, 180, -60])) == len(DEFAULT_SHELF_YEARS)
 

@@ -124,6 +124,24 @@ def test_new_diffgf_weights_do_not_redo_years_without_slc_off(weights: Path,
     assert "restoration_method" not in _record(out).parameters
 
 
+def test_records_of_the_previous_parameter_set_stay_up_to_date(
+        weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records written while the restoration method counted in every year (before it became
+    a parameter of SLC-off years only) describe the same inputs: upgrading must not redo them."""
+    out = tmp_path / "release"
+    original = pipeline.run_parameters
+
+    def previous(*args, **kwargs):  # the earlier version: no year, so the method always counts
+        kwargs.pop("year", None)
+        return original(*args[:5], **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "run_parameters", previous)
+        assert _status(_produce(ARGS, weights, out)) == "produced"
+    assert "restoration_method" in _record(out).parameters
+    assert _status(_produce(ARGS, weights, out)) == "skipped"
+
+
 def test_a_rerun_interrupted_while_writing_is_redone(
         weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C after the products were replaced but before the new record was written: the old
@@ -156,7 +174,11 @@ def test_a_rewrite_removes_what_a_killed_write_left(weights: Path, tmp_path: Pat
     assert _status(_produce(ARGS, weights, out)) == "produced"
     folder = out / "Totten" / "2021"
     (product,) = folder.glob("*_damage.tif")
-    leftovers = [folder / f".{product.name}.k1ll3d.tmp", folder / ".icedamage-strips-k1ll3d"]
+    leftovers = [folder / f".{product.name}.k1ll3d.tmp", folder / ".icedamage-strips-k1ll3d",
+                 folder / ".LC09_Totten_2021_provenance.json.k1ll3d.tmp",  # record being written
+                 folder / ".LC08_LC09_Totten_2021_damage.tif.k1ll3d.tmp"]  # other sensors' run
+    for leftover in leftovers[2:]:
+        leftover.write_text("{")
     leftovers[0].write_bytes(b"half a COG")
     leftovers[1].mkdir()
     (leftovers[1] / "0.tif").write_bytes(b"strips")
