@@ -67,15 +67,15 @@ DENSE="python3 bench/inference.py --device cuda --no-throughput --rss-dense --rs
 echo "== explore 1: dense MiT-b2 TTA, batch 64 (16 windows × 4 views per call)"
 timeout "$(left 120)" $DENSE --tta on --batch-size 64 2>&1 | tee "$OUT/explore_dense.jsonl"
 echo "== explore 2: dense MiT-b0 TTA and not, MiT-b2 without TTA, batch 32"
-timeout "$(left 80)" $DENSE --tta both --rss-variant b0 --batch-size 32 2>&1 \
+timeout "$(left 110)" $DENSE --tta both --rss-variant b0 --batch-size 32 2>&1 \
     | tee -a "$OUT/explore_dense.jsonl"
-timeout "$(left 60)" $DENSE --tta off --rss-variant b2 --batch-size 32 2>&1 \
+timeout "$(left 80)" $DENSE --tta off --rss-variant b2 --batch-size 32 2>&1 \
     | tee -a "$OUT/explore_dense.jsonl"
 echo "== explore 3: where an eager batch spends its GPU time (MiT-b2, TTA, exact float32)"
 timeout "$(left 40)" python3 bench/profile_forward.py --variant b2 --tta on --batch-size 32 \
     2>&1 | tee "$OUT/profile_b2.txt"
 echo "== explore 4: MiT-b2 TTA 2048², compiled exact float32 in the steady state"
-timeout "$(left 40)" python3 bench/inference.py --device cuda --amp off --size 2048 \
+timeout "$(left 60)" python3 bench/inference.py --device cuda --amp off --size 2048 \
     --batch-size 32 --threads 8 --variants b2 --tta on --no-rss --compile auto 2>&1 \
     | tee "$OUT/explore_b2_tta.jsonl"
 echo "== explore: done after $SECONDS s"
