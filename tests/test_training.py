@@ -29,6 +29,7 @@ from producer.segmentation.checkpoints import ModelInfo, load_checkpoint, save_c
 from producer.segmentation.model import DamageSegmenter
 from producer.training.augment import Augmentation, rotate
 from producer.training.data import (
+    IGNORE_TARGET,
     DemoTileDataset,
     TileDataset,
     data_hash,
@@ -39,7 +40,7 @@ from producer.training.data import (
 )
 from producer.training.losses import bced_loss, labels_to_targets
 from producer.training.schedule import LRSchedule
-from producer.training.train import TrainConfig, train
+from producer.training.train import MIN_INPUT, TrainConfig, model_logits, train, validate
 
 runner = CliRunner()
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
@@ -511,3 +512,189 @@ def test_evaluate_skips_nodata_pixels_of_type1_maps(tmp_path: Path) -> None:
     pooled = json.loads((tmp_path / "ev" / "evaluation.json").read_text())["pooled"]
     assert {k: pooled[k] for k in ("tp", "fp", "fn", "tn")} == {"tp": 4, "fp": 4, "fn": 4,
                                                                  "tn": 0}
+
+
+# ------------------------------------------------------------------- regression: review fixes
+
+
+def _label_file(path: Path, pixels: np.ndarray, nodata: float | None = None) -> None:
+    """A 1-band uint8 label raster with an optional nodata tag."""
+    profile = {"driver": "GTiff", "width": pixels.shape[1], "height": pixels.shape[0],
+               "count": 1, "dtype": "uint8", "nodata": nodata}
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(pixels.astype(np.uint8)[None])
+
+
+def test_label_nodata_is_ignored_by_the_loss_and_the_metrics(tmp_path: Path) -> None:
+    """Type-1 labels (0/1, nodata 255): nodata pixels count in neither the BCED loss (training
+    and validation) nor evaluate's metrics."""
+    label = np.array([[1, 1, 0, 0]] * 4, np.uint8)
+    label[0] = 255  # top row: nodata
+    write_tile(tmp_path, "a", np.zeros((4, 4, 3), np.uint8), label == 1)
+    _label_file(tmp_path / "labels" / "a_mask.tif", label, nodata=255)
+    (tmp_path / "test.txt").write_text("a\n")
+    _, target = TileDataset(tmp_path, "test")[0]
+    assert target[0].tolist() == [IGNORE_TARGET] * 4 and target[1].tolist() == [1, 1, 0, 0]
+
+    logits = torch.randn(1, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    expected = bced_loss(logits[..., 1:, :], target[None, 1:, :])
+    assert bced_loss(logits, target[None]).item() == pytest.approx(expected.item(), abs=1e-6)
+    valid = torch.ones(1, 4, 4, dtype=torch.bool)
+    valid[:, 0] = False
+    assert bced_loss(logits, target[None].clamp(min=0), valid=valid).item() == pytest.approx(
+        expected.item(), abs=1e-6)
+
+    class Constant(torch.nn.Module):  # damage everywhere
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros(images.shape[0], 2, *images.shape[-2:])
+            out[:, 1] = 1.0
+            return out
+
+    _, counts = validate(Constant(), TileDataset(tmp_path, "test"), 1, torch.device("cpu"))
+    assert (counts.tp, counts.fp, counts.fn, counts.tn) == (6, 6, 0, 0)  # 12 valid pixels
+
+    pred = np.array([[1, 0, 1, 0]] * 4, np.uint8) * 255
+    (tmp_path / "maps").mkdir()
+    _label_file(tmp_path / "maps" / "a.tif", pred)
+    res = runner.invoke(build_app(), ["evaluate", str(tmp_path), "--predictions",
+                                      str(tmp_path / "maps"), "--out", str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output
+    pooled = json.loads((tmp_path / "ev" / "evaluation.json").read_text())["pooled"]
+    assert {k: pooled[k] for k in ("tp", "fp", "fn", "tn")} == {"tp": 3, "fp": 3, "fn": 3,
+                                                                 "tn": 3}
+
+
+def test_label_values_outside_the_encodings_are_refused(tmp_path: Path) -> None:
+    label = np.where(synthetic_tile(0, 8)[1], 2, 1).astype(np.uint8)  # class-index export
+    write_tile(tmp_path, "a", np.zeros((8, 8, 3), np.uint8), label > 1)
+    _label_file(tmp_path / "labels" / "a_mask.tif", label)
+    (tmp_path / "test.txt").write_text("a\n")
+    with pytest.raises(ValueError, match="a_mask.tif: label values 1, 2 .*0/255 or 0/1"):
+        TileDataset(tmp_path, "test")[0]
+    (tmp_path / "maps").mkdir()
+    _label_file(tmp_path / "maps" / "a.tif", label)
+    res = runner.invoke(build_app(), ["evaluate", str(tmp_path), "--predictions",
+                                      str(tmp_path / "maps"), "--out", str(tmp_path / "ev")])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 1 and "a_mask.tif: label values 1, 2" in out, res.output
+    assert "0/255 or 0/1" in out and not (tmp_path / "ev" / "evaluation.json").exists()
+
+
+def test_train_refuses_images_and_labels_of_different_sizes(tmp_path: Path) -> None:
+    root = _tiles(tmp_path / "data", count=5)
+    write_split(root, seed=0)
+    small = np.zeros((48, 64), np.uint8)
+    for name in read_split(root, "train"):
+        _label_file(root / "labels" / f"{name}_mask.tif", small)
+    with pytest.raises(ValueError, match=r"images/tile_\d\d.tif is 64×64 but .*_mask.tif is "
+                                         "48×64"):
+        TileDataset(root, "train")
+    res = runner.invoke(build_app(), ["train", str(root), "--variant", "b0", "--epochs", "1",
+                                      "--threads", "1", "--out", str(tmp_path / "run")])
+    assert res.exit_code == 1 and "48×64" in res.output and "images/tile_" in res.output
+    assert not (tmp_path / "run" / "last.safetensors").exists()
+
+
+def test_init_checkpoint_variant_must_match_the_asked_variant(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    b0 = tmp_path / "b0.safetensors"
+    save_checkpoint(DamageSegmenter.build("b0"), b0, ModelInfo(name="b0", variant="b0"))
+    app = build_app()
+    args = ["train", "--demo", "--demo-tiles", "4", "--demo-val-tiles", "2", "--demo-size",
+            "64", "--batch-size", "4", "--threads", "1", "--epochs", "1", "--init", str(b0)]
+    res = runner.invoke(app, [*args, "--variant", "b2", "--out", str(tmp_path / "r2")])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 1 and "MiT-b0" in out and "--variant b2" in out, res.output
+    assert not (tmp_path / "r2" / "last.json").exists()
+    with pytest.raises(ValueError, match="MiT-b0"):  # the library refuses too
+        train(TrainConfig(out=str(tmp_path / "r3"), demo=True, variant="b2", init=str(b0)))
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "r0")])  # variant left out
+    assert res.exit_code == 0, res.output
+    info = json.loads((tmp_path / "r0" / "last.json").read_text())
+    assert info["variant"] == info["training"]["config"]["variant"] == "b0"
+
+
+def test_export_demo_tiles_keeps_an_existing_split_unless_forced(tmp_path: Path) -> None:
+    root = tmp_path / "demo"
+    export_demo_tiles(root, 6, 32, render=synthetic_tile)
+    split = write_split(root, seed=3, test_fraction=0.34, val_fraction=0.34, force=True)
+    assert export_demo_tiles(root, 6, 32, render=synthetic_tile) == split
+    assert read_split(root, "val") == split["val"] and read_split(root, "test") == split["test"]
+    forced = export_demo_tiles(root, 6, 32, render=synthetic_tile, force=True)
+    assert not forced["val"] and not (root / "val.txt").exists()
+
+
+def test_evaluate_refuses_an_empty_split_and_labels_as_predictions(tmp_path: Path) -> None:
+    root = _tiles(tmp_path / "data", count=3)
+    write_split(root, seed=0)
+    app = build_app()
+    res = runner.invoke(app, ["evaluate", str(root), "--predictions", str(root), "--split",
+                              "all", "--out", str(tmp_path / "self")])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 1 and "_mask.tif: the prediction is the label file itself" in out
+    assert not (tmp_path / "self" / "evaluation.json").exists()
+    (root / "test.txt").write_text("")
+    res = runner.invoke(app, ["evaluate", str(root), "--predictions", str(root / "pred"),
+                              "--out", str(tmp_path / "empty")])
+    assert res.exit_code == 1 and "test.txt lists no images" in res.output, res.output
+    assert not (tmp_path / "empty" / "evaluation.json").exists()
+
+
+def test_evaluate_and_train_input_errors_are_one_line_messages(tmp_path: Path) -> None:
+    root = _tiles(tmp_path / "data", count=3)
+    (root / "test.txt").write_text("tile_00\ntile_01\n")
+    model = tmp_path / "m.safetensors"
+    save_checkpoint(DamageSegmenter.build("b0", **TINY), model,
+                    ModelInfo(name="m", variant="custom"))
+    app = build_app()
+    (root / "labels" / "tile_01_mask.tif").unlink()
+    res = runner.invoke(app, ["evaluate", str(root), "--model", str(model), "--threads", "1",
+                              "--out", str(tmp_path / "e1")])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+    assert "tile_01_mask.tif: label missing" in " ".join(res.output.split())
+    (root / "test.txt").write_text("tile_02\n")
+    with rasterio.open(root / "images" / "tile_02.tif", "w", driver="GTiff", width=64,
+                       height=64, count=1, dtype="uint8") as dst:
+        dst.write(np.zeros((1, 64, 64), np.uint8))
+    res = runner.invoke(app, ["evaluate", str(root), "--model", str(model), "--threads", "1",
+                              "--out", str(tmp_path / "e2")])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+    assert "tile_02.tif: expected 3-band" in " ".join(res.output.split())
+
+    for option, value in (("--crop", "20"), ("--crop", "0"), ("--crop", "-8"),
+                          ("--threads", "-1")):
+        res = runner.invoke(app, ["train", "--demo", "--variant", "b0", "--epochs", "1",
+                                  option, value, "--out", str(tmp_path / "r")])
+        assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+        assert f"{option} {value}: must be >=" in res.output
+    assert not (tmp_path / "r").exists()
+    for crop in (MIN_INPUT, 64):  # the minimum really is the smallest input that runs
+        model_logits(DamageSegmenter.build("b0", **TINY).train(), torch.rand(2, 3, crop, crop))
+    with pytest.raises(RuntimeError):
+        model_logits(DamageSegmenter.build("b0", **TINY).train(),
+                     torch.rand(2, 3, MIN_INPUT - 1, MIN_INPUT - 1))
+
+
+def test_resume_with_pth_writes_the_pth_of_checkpoints_saved_before(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    quiet = Console(quiet=True)
+    run = tmp_path / "run"
+    train(_config(run, epochs=1), render=synthetic_tile, console=quiet)
+    assert not (run / "best.pth").exists()
+    train(_config(run, epochs=1, pth=True), resume=True, render=synthetic_tile, console=quiet)
+    for name in ("best", "last"):
+        authors, info = load_checkpoint(run / f"{name}.pth")
+        assert info.source_format == "pth-transformers4"
+        ours = load_file(run / f"{name}.safetensors")
+        assert all(torch.equal(ours[k], v) for k, v in authors.state_dict().items())
+
+
+def test_resume_without_a_saved_state_says_so(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".last_state.pt.x1y2.tmp").write_bytes(b"partial")
+    res = runner.invoke(build_app(), ["train", "--resume", "--out", str(run)])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+    assert "last_state.pt: no saved training state, nothing to resume" in out
+    assert ".last_state.pt.x1y2.tmp" in out

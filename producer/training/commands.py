@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -35,7 +36,7 @@ console = Console()
 
 def _fail(message: str) -> None:
     """Print an error and exit non-zero."""
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {message}", soft_wrap=True)  # one line, unwrapped
     raise typer.Exit(1)
 
 
@@ -65,14 +66,20 @@ def export_demo_tiles(
     force: Annotated[bool, typer.Option(help="Re-render existing tiles")] = False,
 ) -> None:
     """Render demo tiles into the authors' training layout with an 80/20 split."""
+    from producer.training.data import SPLITS
     from producer.training.data import export_demo_tiles as export
 
+    kept = [f"{s}.txt" for s in SPLITS if (out / f"{s}.txt").exists()] if not force else []
     try:
         split = export(out, count, size, first_seed, seed, force=force)
     except (OSError, ValueError, ImportError) as exc:
         _fail(str(exc))
     console.print(f"{out}: {count} tiles of {size}² (train {len(split['train'])}, "
-                  f"test {len(split['test'])})")
+                  f"test {len(split['test'])}" + (f", val {len(split['val'])}" if split['val']
+                                                  else "") + ")")
+    if kept:
+        console.print(f"kept the existing split ({', '.join(kept)}); use --force to re-render "
+                      "the tiles and rewrite it, or `icedamage split-data --force`")
 
 
 def train(
@@ -80,8 +87,10 @@ def train(
     data: Annotated[Path | None, typer.Argument(help="Folder in the authors' layout")] = None,
     demo: Annotated[bool, typer.Option(help="Train on demo tiles rendered on the fly")] = False,
     out: Annotated[Path, typer.Option(help="Run folder (checkpoints, curves)")] = Path("runs/seg"),
-    variant: Annotated[str, typer.Option(help="SegFormer MiT variant b0…b5")] = "b2",
-    init: Annotated[Path | None, typer.Option(help="Initialise from a local checkpoint")] = None,
+    variant: Annotated[str, typer.Option(
+        help="SegFormer MiT variant b0…b5 (default: --init's variant, else b2)")] = "b2",
+    init: Annotated[Path | None, typer.Option(
+        help="Initialise from a local checkpoint (its variant must match --variant)")] = None,
     epochs: Annotated[int, typer.Option()] = 200,
     batch_size: Annotated[int, typer.Option()] = 8,
     start_lr: Annotated[float, typer.Option(help="Warm-up start")] = 1e-5,
@@ -105,10 +114,12 @@ def train(
     pth: Annotated[bool, typer.Option(help="Also write the authors' .pth layout")] = False,
 ) -> None:
     """Train the SegFormer damage segmenter (BCED, AdamW, the paper's schedule)."""
-    from producer.training.train import TrainConfig, resume_config
+    from producer.training.train import TrainConfig, checkpoint_variant, resume_config
     from producer.training.train import train as run
 
     try:
+        if init is not None and not resume and not _typed(ctx, "variant"):
+            variant = checkpoint_variant(init) or variant  # the checkpoint's own variant
         if resume:
             config = resume_config(out, **_given_settings(ctx))
         else:
@@ -137,10 +148,14 @@ def _given_settings(ctx: typer.Context) -> dict[str, object]:
     from producer.training.train import TrainConfig
 
     fields = set(TrainConfig.__dataclass_fields__) - {"out"}
-    typed = {"COMMANDLINE", "ENVIRONMENT"}  # by name: typer may bring its own click's enum
     return {name: str(value) if isinstance(value, Path) else value
-            for name, value in ctx.params.items()
-            if name in fields and getattr(ctx.get_parameter_source(name), "name", "") in typed}
+            for name, value in ctx.params.items() if name in fields and _typed(ctx, name)}
+
+
+def _typed(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` was given on the command line (or its environment variable)."""
+    typed = {"COMMANDLINE", "ENVIRONMENT"}  # by name: typer may bring its own click's enum
+    return getattr(ctx.get_parameter_source(name), "name", "") in typed
 
 
 def _prediction_path(folder: Path, name: str) -> Path:
@@ -204,22 +219,18 @@ def evaluate(
     save_predictions: Annotated[bool, typer.Option(help="Write model maps (0/255)")] = False,
 ) -> None:
     """Evaluate damage maps against labels: mIoU, OA, precision, recall, F1 (Eq. 4-9)."""
-    from producer.training.data import (
-        image_path,
-        label_path,
-        list_names,
-        read_image,
-        read_label,
-        read_split,
-        write_tile,
-    )
+    from producer.training.data import list_names, read_split
 
     if (model is None) == (predictions is None):
         _fail("give exactly one of --model or --predictions")
+    if threads is not None and threads < 1:
+        _fail(f"--threads must be >= 1, got {threads}")
     try:
         names = list_names(data) if split == "all" else read_split(data, split)
     except (OSError, ValueError) as exc:
         _fail(str(exc))
+    if not names:
+        _fail(f"{Path(data) / f'{split}.txt'} lists no images: nothing to evaluate")
     if threads:
         import torch
 
@@ -232,26 +243,63 @@ def evaluate(
             _fail(f"{model}: {exc}")
     result = SetEvaluation(name or f"{Path(data).name}:{split}")
     for image in track(names, description="evaluating", console=console, transient=True):
-        label = read_label(label_path(data, image))
-        valid = None
-        if predict is not None:
-            rgb = read_image(image_path(data, image))
-            pred = predict(rgb)
-            if save_predictions:
-                write_tile(out / "predictions", image, rgb, pred)
-        else:
-            try:
-                pred, valid = _read_prediction(_prediction_path(predictions, image))
-            except (OSError, ValueError) as exc:
-                _fail(str(exc))
-        if pred.shape != label.shape:
-            _fail(f"{image}: prediction shape {pred.shape} != label shape {label.shape}")
+        try:
+            pred, label, valid = _evaluation_pair(data, image, predict, predictions,
+                                                  out if save_predictions else None)
+        except (OSError, ValueError) as exc:  # rasterio's errors are OSError / ValueError
+            _fail(f"{image}: {exc}")
         result.add(image, confusion(pred, label, valid))
-        _write_png(out / "difference" / f"{image}_difference.png", difference_map(pred, label))
+        diff = difference_map(pred, label)
+        if valid is not None:
+            diff[~valid] = NODATA_COLOUR
+        _write_png(out / "difference" / f"{image}_difference.png", diff)
     with atomic_path(out / "evaluation.json") as tmp:
         tmp.write_text(result.to_json())
     console.print(_table(result))
     console.print(f"wrote {out / 'evaluation.json'} and {len(names)} difference maps")
+
+
+#: Colour of label or prediction nodata in the difference maps (not a Fig. 7 class colour).
+NODATA_COLOUR = (128, 128, 128)
+
+
+def _evaluation_pair(data: Path, image: str, predict: Callable[[np.ndarray], np.ndarray] | None,
+                     predictions: Path | None, save: Path | None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(prediction, label, valid mask or None) of one image; label nodata and prediction
+    nodata are not valid. Errors name the file."""
+    from producer.training.data import (
+        check_same_shape,
+        image_path,
+        label_path,
+        raster_shape,
+        read_image,
+        read_label,
+        write_tile,
+    )
+
+    lpath = label_path(data, image)
+    if not lpath.exists():
+        raise FileNotFoundError(f"{lpath}: label missing")
+    label, valid = read_label(lpath)
+    if predict is not None:
+        ipath = image_path(data, image)
+        check_same_shape(ipath, raster_shape(ipath), lpath, label.shape)
+        rgb = read_image(ipath)
+        pred = predict(rgb)
+        if save is not None:
+            write_tile(save / "predictions", image, rgb, pred)
+        return pred, label, valid
+    assert predictions is not None
+    ppath = _prediction_path(predictions, image)
+    if ppath.samefile(lpath):
+        raise ValueError(f"{ppath}: the prediction is the label file itself (point "
+                         "--predictions at a folder of maps, not at the data folder)")
+    pred, pred_valid = _read_prediction(ppath)
+    check_same_shape(ppath, pred.shape, lpath, label.shape)
+    if pred_valid is not None:
+        valid = pred_valid if valid is None else valid & pred_valid
+    return pred, label, valid
 
 
 def _table(result: SetEvaluation) -> Table:

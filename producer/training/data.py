@@ -1,12 +1,14 @@
 """Training data: the authors' tile layout, reproducible splits, and demo tiles on the fly.
 
 Layout (the authors' code): ``ROOT/images/NAME.tif`` (3-band UInt8 RGB), ``ROOT/labels/
-NAME_mask.tif`` (1-band, 0/255) and text files ``ROOT/train.txt``, ``ROOT/test.txt`` (and
+NAME_mask.tif`` (1-band, 0/255 or 0/1; pixels equal to the file's nodata value are ignored by
+the loss and the metrics) and text files ``ROOT/train.txt``, ``ROOT/test.txt`` (and
 optionally ``ROOT/val.txt``) listing one NAME a line. Samples are ``(image, target)`` with the
 image as float (3, H, W) in [0, 1] (RGB / 255, no mean/std, as the authors) and the target as
-float (H, W) 0/1. Augmentation draws come from a generator seeded by (seed, epoch, index), so
-an epoch's samples do not depend on worker processes or on where a run was resumed. An optional
-random square crop (same generator) trains on parts of tiles, which is cheaper per step.
+float (H, W) 0/1 (``IGNORE_TARGET`` at label nodata). Augmentation draws come from a generator
+seeded by (seed, epoch, index), so an epoch's samples do not depend on worker processes or on
+where a run was resumed. An optional random square crop (same generator) trains on parts of
+tiles, which is cheaper per step.
 """
 
 from __future__ import annotations
@@ -109,12 +111,53 @@ def read_image(path: Path) -> np.ndarray:
         return np.moveaxis(src.read([1, 2, 3]), 0, -1)
 
 
-def read_label(path: Path) -> np.ndarray:
-    """A 1-band 0/255 (or 0/1) label mask as boolean (H, W): True = damage."""
+#: Label encodings accepted (values other than the file's nodata): the authors' 0/255 masks and
+#: 0/1 masks (the product's type-1 maps, 0/1 with nodata 255).
+LABEL_ENCODINGS = ((0, 1), (0, 255))
+#: The target value of pixels excluded from the loss and the metrics (label nodata).
+IGNORE_TARGET = -1.0
+
+
+def read_label(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """A 1-band label mask as (damage (H, W) bool, valid (H, W) bool or None).
+
+    Pixels equal to the file's nodata value are not valid (None: every pixel is); the other
+    values must be one of ``LABEL_ENCODINGS`` (0/255 or 0/1), anything else is an error
+    naming the file and the values found.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)  # plain training tiles
         with rasterio.open(path) as src:
-            return src.read(1) > 0
+            pixels, nodata = src.read(1), src.nodata
+    valid = None
+    if nodata is not None:
+        valid = ~np.isnan(pixels) if np.isnan(nodata) else pixels != nodata
+    values = np.unique(pixels if valid is None else pixels[valid])
+    if not any(set(values.tolist()) <= set(enc) for enc in LABEL_ENCODINGS):
+        shown = ", ".join(f"{v:g}" for v in values[:10]) + (" …" if len(values) > 10 else "")
+        raise ValueError(
+            f"{path}: label values {shown} are not an accepted encoding (damage masks 0/255 or "
+            f"0/1{'' if nodata is None else f', nodata {nodata:g} excluded'}; other "
+            "values need a nodata tag)")
+    damage = pixels > 0 if valid is None else (pixels > 0) & valid
+    return damage, valid
+
+
+def check_same_shape(first: Path, first_shape: tuple[int, ...], second: Path,
+                     second_shape: tuple[int, ...]) -> None:
+    """Refuse a pair of rasters (image/label, prediction/label) of different sizes."""
+    if tuple(first_shape) != tuple(second_shape):
+        raise ValueError(f"{first} is {first_shape[0]}×{first_shape[1]} but {second} is "
+                         f"{second_shape[0]}×{second_shape[1]} (rows × columns): the pair must "
+                         "have the same size")
+
+
+def raster_shape(path: Path) -> tuple[int, int]:
+    """(rows, columns) of a raster, from its header."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as src:
+            return src.height, src.width
 
 
 def write_tile(root: Path, name: str, rgb: np.ndarray, label: np.ndarray) -> None:
@@ -140,10 +183,15 @@ def data_hash(root: Path, names: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
-def to_sample(rgb: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """(H, W, 3) uint8 and (H, W) mask as float (3, H, W) / 255 and float (H, W) 0/1."""
+def to_sample(rgb: np.ndarray, label: np.ndarray,
+              valid: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(H, W, 3) uint8 and (H, W) mask as float (3, H, W) / 255 and float (H, W) 0/1, with
+    ``IGNORE_TARGET`` where ``valid`` (optional) is False."""
     image = torch.from_numpy(np.ascontiguousarray(np.moveaxis(rgb, -1, 0))).float() / 255.0
-    return image, torch.from_numpy(np.asarray(label) > 0).float()
+    target = torch.from_numpy(np.asarray(label) > 0).float()
+    if valid is not None:
+        target[~torch.from_numpy(np.ascontiguousarray(valid, dtype=bool))] = IGNORE_TARGET
+    return image, target
 
 
 class _Augmented(Dataset):
@@ -159,8 +207,8 @@ class _Augmented(Dataset):
         """Select the augmentation draws of ``epoch``."""
         self.epoch = epoch
 
-    def _finish(self, index: int, rgb: np.ndarray,
-                label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def _finish(self, index: int, rgb: np.ndarray, label: np.ndarray,
+                valid: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         gen = torch.Generator().manual_seed(
             (self.seed * 1_000_003 + self.epoch) * 1_000_003 + index)
         h, w = label.shape
@@ -169,7 +217,8 @@ class _Augmented(Dataset):
             top = int(torch.randint(0, max(h - c, 0) + 1, (1,), generator=gen))
             left = int(torch.randint(0, max(w - c, 0) + 1, (1,), generator=gen))
             rgb, label = rgb[top:top + c, left:left + c], label[top:top + c, left:left + c]
-        image, target = to_sample(rgb, label)
+            valid = None if valid is None else valid[top:top + c, left:left + c]
+        image, target = to_sample(rgb, label, valid)
         if self.augment is not None:
             image, target = self.augment(image, target, gen)
         return image, target
@@ -190,6 +239,8 @@ class TileDataset(_Augmented):
             for path in (image_path(self.root, name), label_path(self.root, name)):
                 if not path.exists():
                     raise FileNotFoundError(f"{path}: listed in {split}.txt but missing")
+            image, label = image_path(self.root, name), label_path(self.root, name)
+            check_same_shape(image, raster_shape(image), label, raster_shape(label))
 
     def __len__(self) -> int:
         return len(self.names)
@@ -197,7 +248,7 @@ class TileDataset(_Augmented):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         name = self.names[index]
         return self._finish(index, read_image(image_path(self.root, name)),
-                            read_label(label_path(self.root, name)))
+                            *read_label(label_path(self.root, name)))
 
     def fingerprint(self) -> str:
         """Hash of this split's files."""
@@ -262,11 +313,17 @@ class DemoTileDataset(_Augmented):
 def export_demo_tiles(out: Path, count: int, size: int, first_seed: int = 0,
                       seed: int = 0, render: TileRenderer | None = None,
                       force: bool = False) -> dict[str, list[str]]:
-    """Write ``count`` demo tiles in the authors' layout with a seeded 80/20 split."""
+    """Write ``count`` demo tiles in the authors' layout with a seeded 80/20 split.
+
+    Existing tiles and an existing split are kept unless ``force`` (as ``write_split``); the
+    split returned is then the one on disk.
+    """
     out = Path(out)
     dataset = DemoTileDataset(count, size, first_seed, render=render, cache=False)
     for i in range(count):
         name = f"demo_{first_seed + i:06d}"
         if force or not (image_path(out, name).exists() and label_path(out, name).exists()):
             write_tile(out, name, *dataset.tile(i))
-    return write_split(out, seed=seed, force=True)
+    if not force and any((out / f"{s}.txt").exists() for s in SPLITS):
+        return {s: read_split(out, s) if (out / f"{s}.txt").exists() else [] for s in SPLITS}
+    return write_split(out, seed=seed, force=force)

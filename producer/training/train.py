@@ -38,6 +38,9 @@ from producer.training.schedule import LRSchedule
 from producer.writer import atomic_path
 
 VARIANTS = ("b0", "b1", "b2", "b3", "b4", "b5")
+#: The smallest square input SegFormer's encoder accepts: the stage-1 patch embedding (7×7,
+#: stride 4, padding 3) must leave at least 8×8 pixels for the 8×8 sequence-reduction kernel.
+MIN_INPUT = 29
 STATE_FILE = "last_state.pt"
 HISTORY_FILE = "history.json"
 CURVES_FILE = "curves.png"
@@ -83,6 +86,12 @@ class TrainConfig:
             raise ValueError(f"variant {self.variant!r}: expected one of {', '.join(VARIANTS)}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch size must be >= 1")
+        if self.crop is not None and self.crop < MIN_INPUT:
+            raise ValueError(f"--crop {self.crop}: must be >= {MIN_INPUT}, the smallest input "
+                             "SegFormer's encoder accepts (or left out to train on whole tiles)")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--threads {self.threads}: must be >= 1 (or left out for torch's "
+                             "default)")
 
     @property
     def schedule(self) -> LRSchedule:
@@ -118,7 +127,22 @@ def build_model(config: TrainConfig, init: str | None) -> DamageSegmenter:
     if init is None:
         return DamageSegmenter.build(config.variant, **config.model_overrides)
     model, _info = load_checkpoint(Path(init))
+    _check_variant(config, init, model.variant)
     return with_two_classes(model)
+
+
+def _check_variant(config: TrainConfig, init: str, variant: str | None) -> None:
+    """Refuse an init checkpoint of another MiT variant than the run's."""
+    if variant in VARIANTS and variant != config.variant:
+        raise ValueError(f"{init}: the checkpoint is MiT-{variant}, but variant "
+                         f"{config.variant} was asked (--variant {config.variant}); give "
+                         f"--variant {variant} or leave --variant out")
+
+
+def checkpoint_variant(path: str | Path) -> str | None:
+    """The MiT variant of a checkpoint (None for non-standard sizes)."""
+    model, _info = load_checkpoint(Path(path))
+    return model.variant if model.variant in VARIANTS else None
 
 
 def with_two_classes(model: DamageSegmenter) -> DamageSegmenter:
@@ -276,7 +300,8 @@ def validate(model: torch.nn.Module, dataset: Dataset, batch_size: int,
         logits = logits.float()
         total += float(bced_loss(logits, targets)) * len(images)
         pred = (foreground_logit(logits, tuple(targets.shape[-2:])) > 0).cpu().numpy()
-        counts = counts + confusion(pred, targets.cpu().numpy() > 0.5)
+        labels = targets.cpu().numpy()
+        counts = counts + confusion(pred, labels > 0.5, labels >= 0)  # nodata: IGNORE_TARGET
     return total / len(dataset), counts
 
 
@@ -356,9 +381,7 @@ def train(config: TrainConfig, resume: bool = False, render: TileRenderer | None
 
     saved = None
     if resume:
-        if not (out / STATE_FILE).exists():
-            raise FileNotFoundError(f"{out / STATE_FILE}: nothing to resume")
-        saved = torch.load(out / STATE_FILE, weights_only=False)
+        saved = load_state(out)
         differs = config.same_run(TrainConfig(**saved["config"]))
         if differs:
             raise ValueError(f"{out / STATE_FILE}: cannot resume with different "
@@ -366,6 +389,8 @@ def train(config: TrainConfig, resume: bool = False, render: TileRenderer | None
     elif (out / STATE_FILE).exists():
         raise FileExistsError(f"{out / STATE_FILE}: a run exists here (use --resume)")
 
+    if saved is None and config.init is not None:  # before the (slow) data: fail fast
+        _check_variant(config, config.init, checkpoint_variant(config.init))
     train_set, val_set, val_split, data_hash = datasets(config, render)
     model = build_model(config, str(out / "last.safetensors") if saved else config.init)
     model.to(device)
@@ -384,6 +409,8 @@ def train(config: TrainConfig, resume: bool = False, render: TileRenderer | None
         scheduler.load_state_dict(saved["scheduler"])
         scaler.load_state_dict(saved["scaler"])
         set_rng_states(saved["rng"])
+        if config.pth:  # --pth asked now: the checkpoints saved before it get theirs too
+            write_missing_pth(out)
 
     started = time.monotonic()
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[loss]}"),
@@ -437,8 +464,37 @@ def _epoch_line(record: dict[str, Any], epochs: int, improved: bool) -> str:
             f"R {fmt(v['recall'])} F1 {fmt(v['f1'])}" + (" [green]best" if improved else ""))
 
 
+def load_state(out: Path) -> dict[str, Any]:
+    """The saved training state of the run in ``out``; a clear error when there is none (a
+    run killed while writing its first state leaves only a temporary file)."""
+    path = Path(out) / STATE_FILE
+    if not path.exists():
+        partial = sorted(Path(out).glob(f".{STATE_FILE}.*.tmp"))
+        hint = (f" ({partial[0].name} is a state interrupted while being written; start the "
+                "run again)" if partial else "")
+        raise FileNotFoundError(f"{path}: no saved training state, nothing to resume{hint}")
+    return torch.load(path, weights_only=False)
+
+
+def write_missing_pth(out: Path) -> list[Path]:
+    """Write the authors' ``.pth`` of the ``best`` and ``last`` checkpoints in ``out`` that
+    have none (a run resumed with ``--pth``); returns the files written."""
+    from safetensors.torch import load_file
+
+    from producer.segmentation.checkpoints import to_old_layout
+
+    written = []
+    for name in ("best", "last"):
+        weights, pth = Path(out) / f"{name}.safetensors", Path(out) / f"{name}.pth"
+        if weights.exists() and not pth.exists():
+            with atomic_path(pth) as tmp:
+                torch.save(to_old_layout(load_file(weights)), tmp)
+            written.append(pth)
+    return written
+
+
 def resume_config(out: Path, **changes: Any) -> TrainConfig:
     """The configuration stored in ``out``'s state, with resumable fields changed; the run
     folder is ``out`` itself, wherever (and however relative) the run was started."""
-    saved = torch.load(Path(out) / STATE_FILE, weights_only=False)
+    saved = load_state(out)
     return replace(TrainConfig(**saved["config"]), **{**changes, "out": str(out)})
