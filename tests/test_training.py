@@ -495,6 +495,15 @@ def test_uncertainty_reads_the_restoration_reports_segmentation_agreement(
     assert round(f.lambda_restoration, 3) == 1.044 and f.sources[-1] == "restoration"
 
 
+def _pooled_counts(runner: CliRunner, data: Path) -> dict[str, int]:
+    """Pooled confusion counts of ``evaluate DATA --predictions DATA/maps``."""
+    res = runner.invoke(build_app(), ["evaluate", str(data), "--predictions",
+                                      str(data / "maps"), "--out", str(data / "ev")])
+    assert res.exit_code == 0, res.output
+    pooled = json.loads((data / "ev" / "evaluation.json").read_text())["pooled"]
+    return {k: pooled[k] for k in ("tp", "fp", "fn", "tn")}
+
+
 def test_evaluate_skips_nodata_pixels_of_type1_maps(tmp_path: Path) -> None:
     label = np.array([[1, 1, 0, 0]] * 4, bool)
     write_tile(tmp_path, "a", np.zeros((4, 4, 3), np.uint8), label)
@@ -506,12 +515,7 @@ def test_evaluate_skips_nodata_pixels_of_type1_maps(tmp_path: Path) -> None:
     (tmp_path / "maps").mkdir()
     with rasterio.open(tmp_path / "maps" / "a.tif", "w", **profile) as dst:
         dst.write(pred[None])
-    res = runner.invoke(build_app(), ["evaluate", str(tmp_path), "--predictions",
-                                      str(tmp_path / "maps"), "--out", str(tmp_path / "ev")])
-    assert res.exit_code == 0, res.output
-    pooled = json.loads((tmp_path / "ev" / "evaluation.json").read_text())["pooled"]
-    assert {k: pooled[k] for k in ("tp", "fp", "fn", "tn")} == {"tp": 4, "fp": 4, "fn": 4,
-                                                                 "tn": 0}
+    assert _pooled_counts(runner, tmp_path) == {"tp": 4, "fp": 4, "fn": 4, "tn": 0}
 
 
 # ------------------------------------------------------------------- regression: review fixes
@@ -556,12 +560,7 @@ def test_label_nodata_is_ignored_by_the_loss_and_the_metrics(tmp_path: Path) -> 
     pred = np.array([[1, 0, 1, 0]] * 4, np.uint8) * 255
     (tmp_path / "maps").mkdir()
     _label_file(tmp_path / "maps" / "a.tif", pred)
-    res = runner.invoke(build_app(), ["evaluate", str(tmp_path), "--predictions",
-                                      str(tmp_path / "maps"), "--out", str(tmp_path / "ev")])
-    assert res.exit_code == 0, res.output
-    pooled = json.loads((tmp_path / "ev" / "evaluation.json").read_text())["pooled"]
-    assert {k: pooled[k] for k in ("tp", "fp", "fn", "tn")} == {"tp": 3, "fp": 3, "fn": 3,
-                                                                 "tn": 3}
+    assert _pooled_counts(runner, tmp_path) == {"tp": 3, "fp": 3, "fn": 3, "tn": 3}
 
 
 def test_label_values_outside_the_encodings_are_refused(tmp_path: Path) -> None:
