@@ -34,6 +34,7 @@ from producer.training.data import (
     TileDataset,
     data_hash,
     export_demo_tiles,
+    read_label,
     read_split,
     write_split,
     write_tile,
@@ -577,6 +578,20 @@ def test_label_values_outside_the_encodings_are_refused(tmp_path: Path) -> None:
     out = " ".join(res.output.split())
     assert res.exit_code == 1 and "a_mask.tif: label values 1, 2" in out, res.output
     assert "0/255 or 0/1" in out and not (tmp_path / "ev" / "evaluation.json").exists()
+
+
+def test_a_0_255_mask_tagged_nodata_255_is_refused_not_read_as_all_nodata(
+        tmp_path: Path) -> None:
+    """An authors' 0/255 mask exported with nodata 255 would lose all its damage to the
+    ignore mask: ambiguous with a 0/1 mask without damage, so refused with what to do."""
+    mask = np.where(synthetic_tile(0, 8)[1], 255, 0).astype(np.uint8)
+    path = tmp_path / "a_mask.tif"
+    _label_file(path, mask, nodata=255)
+    with pytest.raises(ValueError, match="ambiguous.*-unsetnodata"):
+        read_label(path)
+    _label_file(path, mask)  # without the tag: the authors' 0/255 mask
+    damage, valid = read_label(path)
+    assert valid is None and damage.sum() == (mask == 255).sum() > 0
 
 
 def test_train_refuses_images_and_labels_of_different_sizes(tmp_path: Path) -> None:

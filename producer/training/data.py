@@ -133,6 +133,13 @@ def read_label(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     if nodata is not None:
         valid = ~np.isnan(pixels) if np.isnan(nodata) else pixels != nodata
     values = np.unique(pixels if valid is None else pixels[valid])
+    if nodata == 255 and not valid.all() and set(values.tolist()) <= {0}:
+        # 0 and 255 only, 255 tagged nodata: an authors' 0/255 mask with a stray nodata tag
+        # (its damage would be ignored) or a 0/1 mask without damage: refuse to guess
+        raise ValueError(
+            f"{path}: values 0 and 255 with nodata 255 is ambiguous: a 0/255 damage mask whose "
+            "nodata tag is wrong (remove it, e.g. `gdal_edit.py -unsetnodata`) or a 0/1 mask "
+            "without damage (then a tile without NoData pixels, or mark it otherwise)")
     if not any(set(values.tolist()) <= set(enc) for enc in LABEL_ENCODINGS):
         shown = ", ".join(f"{v:g}" for v in values[:10]) + (" …" if len(values) > 10 else "")
         raise ValueError(
