@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from producer.training.data import (
     IGNORE_TARGET,
     DemoTileDataset,
     TileDataset,
+    check_label_encoding,
     data_hash,
     export_demo_tiles,
     read_label,
@@ -580,15 +582,25 @@ def test_label_values_outside_the_encodings_are_refused(tmp_path: Path) -> None:
     assert "0/255 or 0/1" in out and not (tmp_path / "ev" / "evaluation.json").exists()
 
 
-def test_a_0_255_mask_tagged_nodata_255_is_refused_not_read_as_all_nodata(
+def test_label_nodata_tags_that_would_hide_damage_or_background_are_refused(
         tmp_path: Path) -> None:
-    """An authors' 0/255 mask exported with nodata 255 would lose all its damage to the
-    ignore mask: ambiguous with a 0/1 mask without damage, so refused with what to do."""
+    """A 0/255 mask tagged nodata 0 would lose its background, tagged 255 its damage, to the
+    ignore mask: refused (the second for a set of labels none of which holds 1), while a
+    type 1 tile without damage but with NoData (0 and 255, nodata 255) is accepted."""
     mask = np.where(synthetic_tile(0, 8)[1], 255, 0).astype(np.uint8)
     path = tmp_path / "a_mask.tif"
-    _label_file(path, mask, nodata=255)
-    with pytest.raises(ValueError, match="ambiguous.*-unsetnodata"):
+    _label_file(path, mask, nodata=0)
+    with pytest.raises(ValueError, match="tagged nodata 0.*-unsetnodata"):
         read_label(path)
+    _label_file(path, mask, nodata=255)  # alone: a type 1 tile without damage
+    damage, valid = read_label(path)
+    assert not damage.any() and valid is not None and valid.sum() == (mask == 0).sum()
+    with pytest.raises(ValueError, match="none holds damage as 1.*-unsetnodata"):
+        check_label_encoding([path])
+    type1 = np.where(mask == 255, 1, 0).astype(np.uint8)
+    type1[:2] = 255
+    _label_file(tmp_path / "b_mask.tif", type1, nodata=255)
+    check_label_encoding([path, tmp_path / "b_mask.tif"])  # a set of type 1 tiles: fine
     _label_file(path, mask)  # without the tag: the authors' 0/255 mask
     damage, valid = read_label(path)
     assert valid is None and damage.sum() == (mask == 255).sum() > 0
@@ -626,6 +638,25 @@ def test_init_checkpoint_variant_must_match_the_asked_variant(tmp_path: Path) ->
     assert res.exit_code == 0, res.output
     info = json.loads((tmp_path / "r0" / "last.json").read_text())
     assert info["variant"] == info["training"]["config"]["variant"] == "b0"
+
+
+def test_a_run_recorded_with_another_variant_still_resumes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Earlier versions trained a b0 --init under the default variant b2 and recorded b2: the
+    run's own last checkpoint is what it trained, so resuming it is not refused."""
+    torch.set_num_threads(1)
+    b0 = tmp_path / "b0.safetensors"
+    save_checkpoint(DamageSegmenter.build("b0"), b0, ModelInfo(name="b0", variant="b0"))
+    config = TrainConfig(out=str(tmp_path / "old"), demo=True, demo_tiles=4, demo_val_tiles=2,
+                         demo_size=64, batch_size=4, threads=1, epochs=1, variant="b2",
+                         init=str(b0))
+    with monkeypatch.context() as patch:  # the earlier version: no variant check
+        patch.setattr("producer.training.train._check_variant", lambda *args: None)
+        train(config)
+    first = json.loads((tmp_path / "old" / "last.json").read_text())["training"]["epoch"]
+    train(replace(config, epochs=2), resume=True)
+    assert json.loads((tmp_path / "old" / "last.json").read_text())["training"]["epoch"] == \
+        first + 1
 
 
 def test_export_demo_tiles_keeps_an_existing_split_unless_forced(tmp_path: Path) -> None:

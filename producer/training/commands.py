@@ -219,7 +219,7 @@ def evaluate(
     save_predictions: Annotated[bool, typer.Option(help="Write model maps (0/255)")] = False,
 ) -> None:
     """Evaluate damage maps against labels: mIoU, OA, precision, recall, F1 (Eq. 4-9)."""
-    from producer.training.data import list_names, read_split
+    from producer.training.data import check_label_encoding, label_path, list_names, read_split
 
     if (model is None) == (predictions is None):
         _fail("give exactly one of --model or --predictions")
@@ -231,6 +231,11 @@ def evaluate(
         _fail(str(exc))
     if not names:
         _fail(f"{Path(data) / f'{split}.txt'} lists no images: nothing to evaluate")
+    try:
+        check_label_encoding([p for p in (label_path(Path(data), n) for n in names)
+                              if p.exists()])
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
     if threads:
         import torch
 

@@ -132,22 +132,41 @@ def read_label(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     valid = None
     if nodata is not None:
         valid = ~np.isnan(pixels) if np.isnan(nodata) else pixels != nodata
-    values = np.unique(pixels if valid is None else pixels[valid])
-    if nodata == 255 and not valid.all() and set(values.tolist()) <= {0}:
-        # 0 and 255 only, 255 tagged nodata: an authors' 0/255 mask with a stray nodata tag
-        # (its damage would be ignored) or a 0/1 mask without damage: refuse to guess
-        raise ValueError(
-            f"{path}: values 0 and 255 with nodata 255 is ambiguous: a 0/255 damage mask whose "
-            "nodata tag is wrong (remove it, e.g. `gdal_edit.py -unsetnodata`) or a 0/1 mask "
-            "without damage (then a tile without NoData pixels, or mark it otherwise)")
-    if not any(set(values.tolist()) <= set(enc) for enc in LABEL_ENCODINGS):
-        shown = ", ".join(f"{v:g}" for v in values[:10]) + (" …" if len(values) > 10 else "")
-        raise ValueError(
-            f"{path}: label values {shown} are not an accepted encoding (damage masks 0/255 or "
-            f"0/1{'' if nodata is None else f', nodata {nodata:g} excluded'}; other "
-            "values need a nodata tag)")
+    values = set(np.unique(pixels if valid is None else pixels[valid]).tolist())
+    # with a nodata tag only 0/1 (the type 1 maps' encoding) is unambiguous: a 0/255 mask
+    # tagged nodata 0 or 255 would lose its background or its damage to the ignore mask
+    accepted = [(0, 1)] if nodata is not None else list(LABEL_ENCODINGS)
+    if not any(values <= set(enc) for enc in accepted):
+        shown = ", ".join(f"{v:g}" for v in sorted(values)[:10]) + \
+            (" …" if len(values) > 10 else "")
+        tag = ("" if nodata is None else f"; this file is tagged nodata {nodata:g}, and a 0/255 "
+               "mask must not be: remove the tag with `gdal_edit.py -unsetnodata`")
+        raise ValueError(f"{path}: label values {shown} are not an accepted encoding (damage "
+                         f"masks 0/255 or 0/1 without a nodata tag, or 0/1 with one{tag})")
     damage = pixels > 0 if valid is None else (pixels > 0) & valid
     return damage, valid
+
+
+def check_label_encoding(paths: Sequence[Path]) -> None:
+    """Refuse a set of labels that looks like the authors' 0/255 masks carrying a stray nodata
+    tag of 255: tagged 255, holding that value, yet no label holds damage as 1. Each such
+    tile alone reads as a 0/1 map without damage, and its damage would be ignored."""
+    tagged, holds_one = [], False
+    for path in paths:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                if src.nodata != 255:
+                    continue
+                pixels = src.read(1)
+        holds_one = holds_one or bool((pixels == 1).any())
+        if (pixels == 255).any():
+            tagged.append(path)
+    if tagged and not holds_one:
+        raise ValueError(
+            f"{tagged[0]} (and {len(tagged) - 1} more): labels tagged nodata 255 hold 255 but "
+            "none holds damage as 1 — 0/255 masks with a stray nodata tag, whose damage would "
+            "all be ignored; remove the tag (`gdal_edit.py -unsetnodata`)")
 
 
 def check_same_shape(first: Path, first_shape: tuple[int, ...], second: Path,
@@ -248,6 +267,7 @@ class TileDataset(_Augmented):
                     raise FileNotFoundError(f"{path}: listed in {split}.txt but missing")
             image, label = image_path(self.root, name), label_path(self.root, name)
             check_same_shape(image, raster_shape(image), label, raster_shape(label))
+        check_label_encoding([label_path(self.root, name) for name in self.names])
 
     def __len__(self) -> int:
         return len(self.names)

@@ -122,12 +122,16 @@ class TrainState:
 # ---------------------------------------------------------------------------------------------
 
 
-def build_model(config: TrainConfig, init: str | None) -> DamageSegmenter:
-    """A fresh 2-class SegFormer of the configured variant, or one loaded from a checkpoint."""
+def build_model(config: TrainConfig, init: str | None,
+                resumed: bool = False) -> DamageSegmenter:
+    """A fresh 2-class SegFormer of the configured variant, or one loaded from a checkpoint
+    (of the configured variant, unless ``resumed``: a run's own last checkpoint is what it
+    trained, whatever variant an earlier version recorded)."""
     if init is None:
         return DamageSegmenter.build(config.variant, **config.model_overrides)
     model, _info = load_checkpoint(Path(init))
-    _check_variant(config, init, model.variant)
+    if not resumed:
+        _check_variant(config, init, model.variant)
     return with_two_classes(model)
 
 
@@ -392,7 +396,8 @@ def train(config: TrainConfig, resume: bool = False, render: TileRenderer | None
     if saved is None and config.init is not None:  # before the (slow) data: fail fast
         _check_variant(config, config.init, checkpoint_variant(config.init))
     train_set, val_set, val_split, data_hash = datasets(config, render)
-    model = build_model(config, str(out / "last.safetensors") if saved else config.init)
+    model = build_model(config, str(out / "last.safetensors") if saved else config.init,
+                        resumed=saved is not None)
     model.to(device)
     schedule = config.schedule
     optimizer = torch.optim.AdamW(model.parameters(), lr=schedule.peak_lr,
