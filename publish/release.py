@@ -64,11 +64,12 @@ from publish.package import (
     walk_files,
 )
 from publish.state import (
-    STATE_FILE,
     FileState,
     PublishState,
     load_state,
     packages_dir,
+    published_concepts,
+    record_published_concept,
     save_state,
     state_dir,
 )
@@ -430,19 +431,33 @@ class Publisher:
         """``--new`` must not start an unrelated record when this release already published
         a concept on the same server (the next version belongs to that concept). Running the
         published version again is not refused: it only reports that it is published."""
-        if (not self.o.new or state is None or state.stage != "published"
-                or not state.concept_id or state.version == self.o.version
-                or not same_server(state.base_url, self.o.base_url)):
+        if not self.o.new:
             return
-        concept_doi = f" (concept DOI https://doi.org/{state.conceptdoi})" \
-            if state.conceptdoi else ""
+        if (state is not None and state.stage == "published" and state.concept_id
+                and same_server(state.base_url, self.o.base_url)):
+            held = {"concept_id": state.concept_id, "conceptdoi": state.conceptdoi,
+                    "version": state.version}
+        else:  # state.json may hold another server's run (a sandbox rehearsal)
+            held = published_concepts(self.release).get(self.server)
+        if not held or not held.get("concept_id") or held.get("version") == self.o.version:
+            return
+        concept_doi = f" (concept DOI https://doi.org/{held['conceptdoi']})" \
+            if held.get("conceptdoi") else ""
         raise PublishRefused(
-            f"--new: this release already published version {state.version} to "
-            f"{self.o.base_url} as concept {state.concept_id}{concept_doi}, recorded in "
-            f"{state_dir(self.release) / STATE_FILE}. A new version of it is published without "
+            f"--new: this release already published version {held['version']} to "
+            f"{self.o.base_url} as concept {held['concept_id']}{concept_doi}, recorded in "
+            f"{state_dir(self.release)}. A new version of it is published without "
             f"--new: icedamage publish {self.release} --version {self.o.version} --concept-id "
-            f"{state.concept_id}. To start a second, unrelated record on purpose, move that "
-            "state file away first")
+            f"{held['concept_id']}. To start a second, unrelated record on purpose, move "
+            f"{state_dir(self.release)} away first")
+
+    @property
+    def server(self) -> str:
+        """The target server's key in the record of published concepts."""
+        try:
+            return normalise_base_url(self.o.base_url)
+        except ValueError:
+            return self.o.base_url
 
     def preflight_remote(self, known_concept: str | None, own_id: int | None,
                          ) -> tuple[str | None, dict[str, Any] | None, set[str]]:
@@ -740,6 +755,9 @@ class Publisher:
         state = load_state(self.release)
         known_concept = state.concept_id if state is not None and same_server(
             state.base_url, self.o.base_url) else None
+        if known_concept is None:  # state.json may hold another server's run
+            known_concept = published_concepts(self.release).get(self.server, {}).get(
+                "concept_id")
         self.refuse_second_concept(state)
         if state is not None and (state.version != self.o.version
                                   or not same_server(state.base_url, self.o.base_url)):
@@ -841,6 +859,8 @@ class Publisher:
         state.record_id, state.doi, state.conceptdoi = record_id, doi, conceptdoi
         state.stage, state.published = "published", pub.published
         self.save(state)
+        record_published_concept(self.release, self.server, state.concept_id, conceptdoi,
+                                 self.o.version)
         self.say(f"[7/7] published version {self.o.version}: https://doi.org/{doi} (concept "
                  f"https://doi.org/{conceptdoi}); {updated} STAC assets point into the record")
         self.result.stage, self.result.publication = "published", pub

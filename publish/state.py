@@ -68,6 +68,31 @@ def packages_dir(release_dir: Path) -> Path:
     return state_dir(release_dir) / PACKAGES_DIR
 
 
+#: The concept each server holds of this release (state.json holds only the latest run, which
+#: a rehearsal on another server replaces), by normalised base URL.
+CONCEPTS_FILE = "concepts.json"
+
+
+def published_concepts(release_dir: Path) -> dict[str, dict[str, Any]]:
+    """Server (normalised base URL) → ``{"concept_id", "conceptdoi", "version"}`` of the
+    latest version this release published there; empty when none (or unreadable)."""
+    path = state_dir(release_dir) / CONCEPTS_FILE
+    try:
+        data = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def record_published_concept(release_dir: Path, server: str, concept_id: str | None,
+                             conceptdoi: str | None, version: str) -> None:
+    """Remember that ``server`` now holds ``version`` of this release under ``concept_id``."""
+    concepts = published_concepts(release_dir)
+    concepts[server] = {"concept_id": concept_id, "conceptdoi": conceptdoi, "version": version}
+    with atomic_path(state_dir(release_dir) / CONCEPTS_FILE) as tmp:
+        tmp.write_text(json.dumps(concepts, indent=2, sort_keys=True) + "\n")
+
+
 def load_state(release_dir: Path) -> PublishState | None:
     """The saved state, or None when nothing was started."""
     path = state_dir(release_dir) / STATE_FILE

@@ -401,6 +401,25 @@ def test_second_new_is_refused_once_a_concept_is_published(pub_release: Path,
         other.stop()
 
 
+def test_a_rehearsal_elsewhere_does_not_make_production_forget_its_concept(
+        pub_release: Path, emulator: ZenodoEmulator) -> None:
+    """A sandbox rehearsal of the next version replaces state.json; production still knows
+    its concept: the next version goes there without options, and --new stays refused."""
+    assert run_cli(publish_args(pub_release, emulator, "1.0", "--new"))[0] == 0
+    [v1] = emulator.published()
+    sandbox = ZenodoEmulator({TOKEN: FULL_SCOPES}, owners={TOKEN: "tang"}).start()
+    try:
+        code, out = run_cli(publish_args(pub_release, sandbox, "1.1", "--new"))  # rehearsal
+        assert code == 0, out
+    finally:
+        sandbox.stop()
+    code, out = run_cli(publish_args(pub_release, emulator, "1.1", "--new"))
+    assert code == 2 and f"as concept {v1.conceptrecid}" in " ".join(out.split()), out
+    code, out = run_cli(publish_args(pub_release, emulator, "1.1"))
+    assert code == 0, out
+    assert [v.conceptrecid for v in emulator.published()] == [v1.conceptrecid] * 2
+
+
 def test_invalid_release_refused_before_any_request(pub_release: Path,
                                                     emulator: ZenodoEmulator) -> None:
     product = next(pub_release.glob("Totten/2021/*_damage_map.tif"))
