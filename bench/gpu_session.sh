@@ -6,6 +6,7 @@
 #   STAGES=goal bash bench/gpu_session.sh    # the ≥ 10× goal's measurements and the CUDA tests,
 #                                            # fitted into one 600 s device call (DEADLINE=570)
 #   STAGES=explore DEADLINE=270 bash ...     # every configuration's dense steady state, a profile
+#   STAGES=split DEADLINE=565 bash ...       # split-TF32 products: accuracy, the tests, speed
 #   Each device call may run 600 s: split the stages, e.g. "dense compile", then "tests".
 #
 # 1. tests/test_cuda.py (CUDA inference, SegFormer AMP training, DiffGF training on the GPU);
@@ -79,6 +80,32 @@ timeout "$(left 60)" python3 bench/inference.py --device cuda --amp off --size 2
     --batch-size 32 --threads 8 --variants b2 --tta on --no-rss --compile auto 2>&1 \
     | tee "$OUT/explore_b2_tta.jsonl"
 echo "== explore: done after $SECONDS s"
+fi
+
+if [[ $STAGES == *split* ]]; then
+# float32 products as three TF32 tensor-core products (producer/segmentation/split_tf32.py):
+# first whether they keep the reference's classes, then whether they reach the 10x goal
+echo "== split 1: MiT-b2 TTA 2048², reference vs exact float32 and split TF32, compiled"
+timeout "$(left 200)" python3 bench/inference.py --device cuda --amp off --split-tf32 \
+    --size 2048 --batch-size 32 --threads 8 --variants b2 --tta on --no-rss --compile auto \
+    2>&1 | tee "$OUT/split_b2_tta.jsonl"
+echo "== split 2: tests/test_cuda.py inference against the CPU (split TF32 included)"
+timeout "$(left 120)" python3 -m pytest -v -p no:cacheprovider --noconftest tests/test_cuda.py \
+    -k "matches_the_cpu_reference" 2>&1 | tee "$OUT/test_cuda_split.log" \
+    | grep -E "PASS|FAIL|ERROR|passed|failed|Error"
+DENSE="python3 bench/inference.py --device cuda --no-throughput --rss-dense --rss-exact \
+    --threads 8 --compile auto --rss-scene /tmp/scene --split-tf32"
+echo "== split 3: dense 10,000² MiT-b2 TTA, compiled split TF32, batch 32"
+timeout "$(left 110)" $DENSE --tta on --batch-size 32 2>&1 | tee "$OUT/split_dense.jsonl"
+echo "== split 4: dense MiT-b2 without TTA, MiT-b0 with and without"
+timeout "$(left 70)" $DENSE --tta off --rss-variant b2 --batch-size 32 2>&1 \
+    | tee -a "$OUT/split_dense.jsonl"
+timeout "$(left 100)" $DENSE --tta both --rss-variant b0 --batch-size 32 2>&1 \
+    | tee -a "$OUT/split_dense.jsonl"
+echo "== split 5: where an eager split batch spends its GPU time"
+timeout "$(left 40)" python3 bench/profile_forward.py --variant b2 --tta on --batch-size 32 \
+    --split-tf32 2>&1 | tee "$OUT/profile_b2_split.txt"
+echo "== split: done after $SECONDS s"
 fi
 
 if [[ $STAGES == *tests* ]]; then

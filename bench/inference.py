@@ -11,7 +11,8 @@ probability difference and the number of pixels whose class differs. Peak RSS is
 child process running ``predict_scene`` on a 10,000 × 10,000 GeoTIFF written here: by default
 one with data in a single patch (fast), with ``--rss-dense`` one with data everywhere (every
 window runs). ``--device cuda`` runs both implementations on the GPU (the reference in float32,
-as the authors do; production with ``--amp off|on|both``: float32 or float16 autocast).
+as the authors do; production with ``--amp off|on|both``: float32 or float16 autocast;
+``--split-tf32`` adds float32 rows whose products run as three TF32 tensor-core products).
 ``--compile MODE`` adds rows for the production path compiled by TorchInductor (``auto``: CUDA
 graphs on CUDA) and compiles the RSS run too; compile time is reported apart (``compile_s``).
 """
@@ -41,6 +42,12 @@ from producer.segmentation import (
 )
 from producer.segmentation.inference import COMPILE_MODES, exact_float32
 
+#: A production precision: ``predict_array`` / ``predict_scene`` keyword arguments.
+Precision = dict[str, bool]
+FLOAT32: Precision = {"amp": False}
+FLOAT16: Precision = {"amp": True}
+SPLIT_TF32: Precision = {"amp": False, "split_tf32": True}
+
 TRANSFORM = from_origin(2_200_000.0, -1_000_000.0, 30.0, 30.0)
 
 
@@ -63,30 +70,31 @@ def model_of(variant: str) -> DamageSegmenter:
 
 
 def warm_up(model: DamageSegmenter, device: str, pixels: np.ndarray, tta: bool,
-            batch_size: int, amps: tuple[bool, ...]) -> None:
+            batch_size: int, precisions: tuple[Precision, ...]) -> None:
     """Run each implementation once on the timed shapes, so CUDA context creation, kernel
     loading and selection, and the caching allocator's growth stay out of the timings."""
     model.to(device)
     with exact_float32(torch.device(device)):
         predict_array_reference(model, pixels[:, :512, :512], tta=tta)
     predict_array_reference(model, pixels[:, :512, :512], tta=tta)
-    for amp in amps:
-        predict_array(model, pixels, tta=tta, batch_size=batch_size, device=device, amp=amp)
+    for precision in precisions:
+        predict_array(model, pixels, tta=tta, batch_size=batch_size, device=device, **precision)
 
 
 def throughput(variant: str, size: int, tta: bool, batch_size: int, device: str = "cpu",
-               amps: tuple[bool, ...] = (False,),
+               precisions: tuple[Precision, ...] = (FLOAT32,),
                compile_mode: str | None = None) -> list[dict[str, object]]:
     """Time reference and production on one size × size scene; compare their outputs.
 
-    One row per production precision in ``amps`` (False: float32; True: float16 autocast), all
-    against the same float32 reference run on ``device``. With ``compile_mode`` each precision
-    also gets a compiled row; compiling (the first call, on one window) is timed apart.
+    One row per production precision in ``precisions`` (``FLOAT32``, ``FLOAT16`` autocast,
+    ``SPLIT_TF32``), all against the same float32 reference run on ``device``. With
+    ``compile_mode`` each precision also gets a compiled row; compiling (the first call, on one
+    window) is timed apart.
     """
     model = model_of(variant).to(device)
     pixels = synthetic_scene(size, size)
     if device != "cpu":
-        warm_up(model, device, pixels, tta, batch_size, amps)
+        warm_up(model, device, pixels, tta, batch_size, precisions)
     megapixels = size * size / 1e6
     default_s = None
     if device != "cpu":  # the authors' code as PyTorch runs it by default (TF32 convolutions)
@@ -99,27 +107,28 @@ def throughput(variant: str, size: int, tta: bool, batch_size: int, device: str 
     ref_s, ref_cpu = time.perf_counter() - started, time.process_time() - cpu
     margin = np.abs(ref.probabilities[1] - ref.probabilities[0])
     rows = []
-    for amp in amps:
+    for precision in precisions:
         if device != "cpu":
             torch.cuda.reset_peak_memory_stats()
         started, cpu = time.perf_counter(), time.process_time()
         fast = predict_array(model, pixels, tta=tta, batch_size=batch_size, device=device,
-                             amp=amp)
+                             **precision)
         fast_s, fast_cpu = time.perf_counter() - started, time.process_time() - cpu
-        row = _compare(variant, tta, size, device, amp, megapixels, ref, fast, margin,
+        row = _compare(variant, tta, size, device, precision, megapixels, ref, fast, margin,
                        (ref_s, ref_cpu, fast_s, fast_cpu))
         if default_s is not None:
             row["reference_tf32_s"] = round(default_s, 2)
             row["speedup_vs_tf32_reference"] = round(default_s / fast_s, 2)
         rows.append(row)
         if compile_mode is not None:
-            rows.append(_compiled_row(model, pixels, variant, tta, batch_size, device, amp,
+            rows.append(_compiled_row(model, pixels, variant, tta, batch_size, device, precision,
                                       compile_mode, ref, margin, (ref_s, ref_cpu), default_s))
     return rows
 
 
 def _compiled_row(model: DamageSegmenter, pixels: np.ndarray, variant: str, tta: bool,
-                  batch_size: int, device: str, amp: bool, compile_mode: str, ref: object,
+                  batch_size: int, device: str, precision: Precision, compile_mode: str,
+                  ref: object,
                   margin: np.ndarray, ref_times: tuple[float, float],
                   default_s: float | None) -> dict[str, object]:
     """The production path compiled: compile (timed apart), then time the scene.
@@ -127,7 +136,7 @@ def _compiled_row(model: DamageSegmenter, pixels: np.ndarray, variant: str, tta:
     On the CPU the compile runs on one window; on CUDA on the whole scene, which also records
     a CUDA graph for each batch shape the timed run meets (windows per row differ from the
     compile window's), so the timed run is the steady state, as the reference's is."""
-    options = {"tta": tta, "batch_size": batch_size, "device": device, "amp": amp,
+    options = {"tta": tta, "batch_size": batch_size, "device": device, **precision,
                "compile_mode": compile_mode}
     started = time.perf_counter()
     predict_array(model, pixels if device != "cpu" else pixels[:, :512, :512], **options)
@@ -137,7 +146,8 @@ def _compiled_row(model: DamageSegmenter, pixels: np.ndarray, variant: str, tta:
     started, cpu = time.perf_counter(), time.process_time()
     fast = predict_array(model, pixels, **options)
     fast_s, fast_cpu = time.perf_counter() - started, time.process_time() - cpu
-    row = _compare(variant, tta, pixels.shape[1], device, amp, pixels[0].size / 1e6, ref, fast,
+    row = _compare(variant, tta, pixels.shape[1], device, precision, pixels[0].size / 1e6, ref,
+                   fast,
                    margin, (*ref_times, fast_s, fast_cpu))
     row.update(compile=compile_mode, compile_s=round(compile_s, 1))
     if default_s is not None:
@@ -146,7 +156,8 @@ def _compiled_row(model: DamageSegmenter, pixels: np.ndarray, variant: str, tta:
     return row
 
 
-def _compare(variant: str, tta: bool, size: int, device: str, amp: bool, megapixels: float,
+def _compare(variant: str, tta: bool, size: int, device: str, precision: Precision,
+             megapixels: float,
              ref: object, fast: object, margin: np.ndarray,
              times: tuple[float, float, float, float]) -> dict[str, object]:
     """One result row: speeds of both implementations and how far their outputs differ."""
@@ -155,7 +166,8 @@ def _compare(variant: str, tta: bool, size: int, device: str, amp: bool, megapix
     extra = ({"gpu_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
              if device != "cpu" else {})
     return {
-        "variant": variant, "tta": tta, "size": size, "device": device, "amp": amp,
+        "variant": variant, "tta": tta, "size": size, "device": device,
+        "amp": precision["amp"], "split_tf32": precision.get("split_tf32", False),
         "reference_s": round(ref_s, 2), "production_s": round(fast_s, 2),
         "reference_mps": round(megapixels / ref_s, 4),
         "production_mps": round(megapixels / fast_s, 4),
@@ -214,28 +226,31 @@ def write_scene(path: Path, size: int, dense: bool) -> None:
 
 
 def rss_child(src: str, variant: str, batch_size: int, tta: bool, device: str,
-              compile_mode: str | None = None, amp: bool | None = None) -> None:
+              compile_mode: str | None = None, amp: bool | None = None,
+              split_tf32: bool = False) -> None:
     """(Child process) run predict_scene and print stats and peak RSS as JSON.
 
     With ``compile_mode``, compiling (on one window) is timed apart from the scene. ``amp``:
-    float16 autocast (True), exact float32 (False) or the device's default (None)."""
+    float16 autocast (True), exact float32 (False) or the device's default (None);
+    ``split_tf32``: float32 products as three TF32 products."""
     model = model_of(variant)
     compile_s = None
     if compile_mode is not None:
         started = time.perf_counter()
         predict_array(model, synthetic_scene(512, 512), tta=tta, batch_size=batch_size,
-                      device=device, amp=amp, compile_mode=compile_mode)
+                      device=device, amp=amp, compile_mode=compile_mode, split_tf32=split_tf32)
         compile_s = round(time.perf_counter() - started, 1)
     with tempfile.TemporaryDirectory() as tmp:
         stats = predict_scene(model, src, Path(tmp) / "out.tif",
                               probability_path=Path(tmp) / "p.tif", batch_size=batch_size,
-                              tta=tta, device=device, amp=amp, compile_mode=compile_mode)
+                              tta=tta, device=device, amp=amp, compile_mode=compile_mode,
+                              split_tf32=split_tf32)
     if compile_s is not None:
         print(json.dumps({"compile": compile_mode, "compile_s": compile_s}))
     extra = ({"gpu_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
              if device != "cpu" else {})
     print(json.dumps({
-        "amp": amp,
+        "amp": amp, "split_tf32": split_tf32,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "windows_total": stats.windows_total, "windows_run": stats.windows_run,
         "images_forwarded": stats.images_forwarded, "seconds": round(stats.seconds, 1),
@@ -245,7 +260,8 @@ def rss_child(src: str, variant: str, batch_size: int, tta: bool, device: str,
 
 def peak_rss(variant: str, size: int, batch_size: int, *, dense: bool = False, tta: bool = True,
              device: str = "cpu", threads: int = 2, compile_mode: str | None = None,
-             amp: bool | None = None, scene: Path | None = None) -> dict[str, object]:
+             amp: bool | None = None, scene: Path | None = None,
+             split_tf32: bool = False) -> dict[str, object]:
     """Peak RSS of ``predict_scene`` on a size² scene, in a fresh child process.
 
     The sparse scene still streams every row through the strip, reader and writers but runs one
@@ -265,7 +281,7 @@ def peak_rss(variant: str, size: int, batch_size: int, *, dense: bool = False, t
         out = subprocess.run(
             [sys.executable, __file__, "--threads", str(threads), "--rss-child", str(src),
              variant, str(batch_size), "on" if tta else "off", device, compile_mode or "none",
-             {None: "default", True: "on", False: "off"}[amp]],
+             {None: "default", True: "on", False: "off"}[amp] + ("+split" if split_tf32 else "")],
             check=True, capture_output=True, text=True,
         )
     lines = [json.loads(line) for line in out.stdout.strip().splitlines() if line.startswith("{")]
@@ -285,6 +301,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--amp", choices=("off", "on", "both"), default="off",
                         help="production precision: float32, float16 autocast, or both")
+    parser.add_argument("--split-tf32", action="store_true",
+                        help="add float32 production rows whose products run as three TF32 "
+                             "tensor-core products (split TF32); an exact RSS run uses them")
     parser.add_argument("--compile", choices=COMPILE_MODES, default=None,
                         help="also time the production path compiled in this torch.compile mode")
     parser.add_argument("--rss-size", type=int, default=10_000)
@@ -303,9 +322,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.rss_child:
         src, variant, batch, tta, device, compile_mode, amp = args.rss_child
+        precision, _, split = amp.partition("+")
         rss_child(src, variant, int(batch), tta == "on", device,
                   None if compile_mode == "none" else compile_mode,
-                  {"default": None, "on": True, "off": False}[amp])
+                  {"default": None, "on": True, "off": False}[precision], split == "split")
         return
     header = {"torch": torch.__version__, "threads": torch.get_num_threads(),
               "device": args.device}
@@ -314,11 +334,13 @@ def main() -> None:
     print(json.dumps(header), flush=True)
     ttas = {"both": (True, False), "on": (True,), "off": (False,)}[args.tta]
     amps = {"off": (False,), "on": (True,), "both": (False, True)}[args.amp]
+    precisions = (*(FLOAT16 if amp else FLOAT32 for amp in amps),
+                  *((SPLIT_TF32,) if args.split_tf32 else ()))
     if not args.no_throughput:
         for variant in args.variants.split(","):
             for tta in ttas:
                 for row in throughput(variant, args.size, tta, args.batch_size, args.device,
-                                      amps, args.compile):
+                                      precisions, args.compile):
                     print(json.dumps(row), flush=True)
         if args.disk:
             print(json.dumps({"disk": disk_throughput("b0", args.size, True, args.batch_size,
@@ -333,7 +355,8 @@ def main() -> None:
                                                   args.batch_size, dense=args.rss_dense, tta=tta,
                                                   device=args.device, threads=args.threads,
                                                   compile_mode=args.compile, amp=amp,
-                                                  scene=args.rss_scene)}),
+                                                  scene=args.rss_scene,
+                                                  split_tf32=args.split_tf32 and amp is False)}),
                       flush=True)
 
 

@@ -34,13 +34,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--size", type=int, default=1024, help="scene side (px)")
     parser.add_argument("--amp", action="store_true", help="float16 autocast")
+    parser.add_argument("--split-tf32", action="store_true",
+                        help="float32 products as three TF32 tensor-core products")
     parser.add_argument("--rows", type=int, default=25)
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     model, pixels = model_of(args.variant), synthetic_scene(args.size, args.size)
     options = {"tta": args.tta == "on", "batch_size": args.batch_size, "device": device,
-               "amp": args.amp}
+               "amp": args.amp, "split_tf32": args.split_tf32}
     predict_array(model, pixels, **options)  # warm-up: kernels chosen, allocator grown
     with profile(activities=activities) as prof:
         predict_array(model, pixels, **options)
@@ -57,8 +59,8 @@ def main() -> None:
         shares[group] += getattr(event, key) / 1e3
     total = sum(shares.values()) or 1.0
     print(json.dumps({"variant": args.variant, "tta": args.tta, "batch_size": args.batch_size,
-                      "amp": args.amp, "device": device, "device_ms_by_group":
-                      {g: round(ms, 1) for g, ms in shares.items()},
+                      "amp": args.amp, "split_tf32": args.split_tf32, "device": device,
+                      "device_ms_by_group": {g: round(ms, 1) for g, ms in shares.items()},
                       "share": {g: round(ms / total, 3) for g, ms in shares.items()}}))
 
 

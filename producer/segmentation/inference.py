@@ -37,6 +37,7 @@ import torch
 from rasterio.windows import Window
 from torch import nn
 
+from producer.segmentation import split_tf32 as tf32
 from producer.segmentation.model import DamageSegmenter
 from producer.spec import ENCODING, PROBABILITY_RASTER
 from producer.writer import atomic_path
@@ -215,9 +216,10 @@ class FusedDecodeHead(nn.Module):
     matrix per stage applied at the stage's own (low) resolution before upsampling: the same
     function, with about 25× fewer multiply-adds in the head (the concatenated 4·D → D fuse at
     1/4 resolution dominates MiT-b2's cost). Only rounding differs (~1e-6 in the logits).
+    With ``split_tf32`` the per-stage products run as three TF32 products (``split_tf32``).
     """
 
-    def __init__(self, head: nn.Module) -> None:
+    def __init__(self, head: nn.Module, *, split_tf32: bool = False) -> None:
         super().__init__()
         projections = head.linear_projections
         fuse = head.linear_fuse.weight.detach().double()[:, :, 0, 0]  # (D, n·D)
@@ -233,6 +235,13 @@ class FusedDecodeHead(nn.Module):
             mats.append((scale[:, None] * (block @ proj.proj.weight.detach().double())).float())
             bias = bias + scale * (block @ proj.proj.bias.detach().double())
         self.stage_weights = nn.ParameterList([nn.Parameter(m, requires_grad=False) for m in mats])
+        self.split_tf32 = split_tf32
+        if split_tf32:
+            highs, lows = zip(*(tf32.split_tf32(m) for m in mats), strict=True)
+            self.weights_high = nn.ParameterList(
+                [nn.Parameter(t, requires_grad=False) for t in highs])
+            self.weights_low = nn.ParameterList(
+                [nn.Parameter(t, requires_grad=False) for t in lows])
         self.bias = nn.Parameter(bias.float()[None, :, None, None], requires_grad=False)
         self.classifier = head.classifier
 
@@ -240,8 +249,12 @@ class FusedDecodeHead(nn.Module):
         """Logits (N, num_labels, H/4, W/4) from the four (N, C_i, H_i, W_i) stage outputs."""
         size = features[0].shape[-2:]
         hidden: torch.Tensor | None = None
-        for feature, weight in zip(features, self.stage_weights, strict=True):
-            mapped = torch.einsum("dc,nchw->ndhw", weight.to(feature.dtype), feature)
+        for i, (feature, weight) in enumerate(zip(features, self.stage_weights, strict=True)):
+            if self.split_tf32:
+                mapped = tf32.split_tf32_channel_map(self.weights_high[i], self.weights_low[i],
+                                                     feature)
+            else:
+                mapped = torch.einsum("dc,nchw->ndhw", weight.to(feature.dtype), feature)
             if mapped.shape[-2:] != size:
                 mapped = nn.functional.interpolate(mapped, size=size, mode="bilinear",
                                                    align_corners=False)
@@ -256,21 +269,30 @@ class BatchedForward:
 
     def __init__(self, model: DamageSegmenter, device: torch.device, *, tta: bool,
                  batch_size: int, fuse_decoder: bool = True, amp: bool | None = None,
-                 compile_mode: str | None = None) -> None:
+                 compile_mode: str | None = None, split_tf32: bool = False) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+        if split_tf32 and (amp or not fuse_decoder):
+            raise ValueError("split TF32 products are float32 products of the fused decoder: "
+                             "they need autocast off and the fused decode head")
         # weakly: a compiled forward is cached per model (``_COMPILED``) and must not keep it alive
         self._model = weakref.ref(model)
         self.device = device
         self.flips = TTA_FLIPS if tta else ((),)
         self.batch_size = batch_size
         self.num_labels = int(model.config.num_labels)
-        self.fused = FusedDecodeHead(model.model.decode_head).to(device) if fuse_decoder else None
-        self.amp = device.type == "cuda" if amp is None else amp
+        self.fused = (FusedDecodeHead(model.model.decode_head, split_tf32=split_tf32).to(device)
+                      if fuse_decoder else None)
+        self.amp = device.type == "cuda" and not split_tf32 if amp is None else amp
+        self.split_tf32 = split_tf32
         self.stages = model.model.segformer.stages
+        if split_tf32 or compile_mode is not None:  # a private copy: the model stays as it was
+            self.stages = copy.deepcopy(self.stages)
+        if split_tf32:
+            tf32.split_tf32_linears(self.stages)
         self.compiled = None
         if compile_mode is not None:
-            self.stages = _without_forward_hooks(copy.deepcopy(self.stages))
+            self.stages = _without_forward_hooks(self.stages)
             self.compiled = compiled_forward(self._mean_probabilities, compile_mode, device)
         self.images_forwarded = 0
         self.forward_calls = 0
@@ -594,13 +616,13 @@ def _weights_version(model: nn.Module) -> tuple[int, ...]:
 
 def _batched_forward(model: DamageSegmenter, device: torch.device, *, tta: bool,
                      batch_size: int, fuse_decoder: bool, amp: bool | None,
-                     compile_mode: str | None) -> BatchedForward:
+                     compile_mode: str | None, split_tf32: bool = False) -> BatchedForward:
     """A new ``BatchedForward``, or with ``compile_mode`` the model's compiled one if it was
     built for the same settings and weights (its counters reset)."""
     if compile_mode is None:
         return BatchedForward(model, device, tta=tta, batch_size=batch_size,
-                              fuse_decoder=fuse_decoder, amp=amp)
-    key = (str(device), tta, batch_size, fuse_decoder, amp, compile_mode,
+                              fuse_decoder=fuse_decoder, amp=amp, split_tf32=split_tf32)
+    key = (str(device), tta, batch_size, fuse_decoder, amp, compile_mode, split_tf32,
            _weights_version(model))
     cached = _COMPILED.get(model)
     if cached is not None and cached[0] == key:
@@ -608,18 +630,20 @@ def _batched_forward(model: DamageSegmenter, device: torch.device, *, tta: bool,
         forward.images_forwarded = forward.forward_calls = 0
         return forward
     forward = BatchedForward(model, device, tta=tta, batch_size=batch_size,
-                             fuse_decoder=fuse_decoder, amp=amp, compile_mode=compile_mode)
+                             fuse_decoder=fuse_decoder, amp=amp, compile_mode=compile_mode,
+                             split_tf32=split_tf32)
     _COMPILED[model] = (key, forward)
     return forward
 
 
 @contextmanager
 def _prepared(model: DamageSegmenter, device: str | torch.device, *, tta: bool, batch_size: int,
-              fuse_decoder: bool, amp: bool | None,
-              compile_mode: str | None = None) -> Iterator[BatchedForward]:
+              fuse_decoder: bool, amp: bool | None, compile_mode: str | None = None,
+              split_tf32: bool = False) -> Iterator[BatchedForward]:
     """The model on its device in eval + inference mode, wrapped for batched forwards.
 
-    Without autocast, CUDA runs in exact float32 (``exact_float32``).
+    Without autocast, CUDA runs in exact float32 (``exact_float32``), or with ``split_tf32`` in
+    float32 accuracy on the tensor cores (``split_tf32.split_tf32_products``).
     """
     target = resolve_device(device)
     model.to(target)
@@ -627,8 +651,11 @@ def _prepared(model: DamageSegmenter, device: str | torch.device, *, tta: bool, 
     on_gpu = torch.cuda.device(target) if target.type == "cuda" else nullcontext()
     with on_gpu, _eval_mode(model), torch.inference_mode():
         forward = _batched_forward(model, target, tta=tta, batch_size=batch_size,
-                                   fuse_decoder=fuse_decoder, amp=amp, compile_mode=compile_mode)
-        with nullcontext() if forward.amp else exact_float32(target):
+                                   fuse_decoder=fuse_decoder, amp=amp, compile_mode=compile_mode,
+                                   split_tf32=split_tf32)
+        precision = (nullcontext() if forward.amp else tf32.split_tf32_products(target)
+                     if split_tf32 else exact_float32(target))
+        with precision:
             yield forward
 
 
@@ -636,11 +663,12 @@ def predict_array(model: DamageSegmenter, rgb: np.ndarray, *, tta: bool = True,
                   batch_size: int = 8, device: str | torch.device = "auto",
                   skip_empty: bool = True, fuse_decoder: bool = True, amp: bool | None = None,
                   window: int = WINDOW, stride: int = STRIDE,
-                  compile_mode: str | None = None) -> ArrayPrediction:
+                  compile_mode: str | None = None, split_tf32: bool = False) -> ArrayPrediction:
     """The production algorithm on an in-memory RGB uint8 array (training / evaluation use).
 
     ``batch_size`` counts images per forward call (windows × TTA views). Moves ``model`` to
-    ``device``. ``compile_mode`` (one of ``COMPILE_MODES``) runs the forward compiled.
+    ``device``. ``compile_mode`` (one of ``COMPILE_MODES``) runs the forward compiled;
+    ``split_tf32`` runs float32 products on TF32 tensor cores (``split_tf32``; CUDA only gains).
     """
     image = as_band_first(rgb)
     _, height, width = image.shape
@@ -661,7 +689,7 @@ def predict_array(model: DamageSegmenter, rgb: np.ndarray, *, tta: bool = True,
         settle(1)  # the GPU may still be finishing the newest band: queue windows meanwhile
 
     with _prepared(model, device, tta=tta, batch_size=batch_size, fuse_decoder=fuse_decoder,
-                   amp=amp, compile_mode=compile_mode) as forward:
+                   amp=amp, compile_mode=compile_mode, split_tf32=split_tf32) as forward:
         _stream(forward, height, width, lambda r0, r1: image[:, r0:r1], emit,
                 skip_empty=skip_empty, window=window, stride=stride, progress=None)
     settle(0)
@@ -737,15 +765,16 @@ def predict_scene(model: DamageSegmenter, src_path: str | Path, dst_path: str | 
                   batch_size: int = 8, device: str | torch.device = "auto",
                   progress: Progress | None = None, skip_empty: bool = True,
                   fuse_decoder: bool = True, amp: bool | None = None,
-                  compile_mode: str | None = None) -> SceneStats:
+                  compile_mode: str | None = None, split_tf32: bool = False) -> SceneStats:
     """Segment a scene GeoTIFF into a 0/1 uint8 GeoTIFF on the same grid, streaming from disk.
 
     Memory is bounded by one window-high strip of the scene width (plus one batch), whatever
     the scene height. ``probability_path`` optionally receives the damage probability as uint8
     0–100 with nodata 255 where the scene has no data (all bands 0). ``batch_size`` counts images
     per forward call (windows × TTA views). ``compile_mode`` (one of ``COMPILE_MODES``) runs the
-    forward compiled, which pays off on scenes of many windows. Outputs are written atomically
-    (temp file + rename).
+    forward compiled, which pays off on scenes of many windows; ``split_tf32`` runs float32
+    products on TF32 tensor cores (``split_tf32``). Outputs are written atomically (temp file +
+    rename).
     """
     src_path, dst_path = Path(src_path), Path(dst_path)
     target = resolve_device(device)
@@ -784,7 +813,8 @@ def predict_scene(model: DamageSegmenter, src_path: str | Path, dst_path: str | 
                 written.pop(0).result()  # a writer error is raised here, not at the end
 
         with _prepared(model, target, tta=tta, batch_size=batch_size,
-                       fuse_decoder=fuse_decoder, amp=amp, compile_mode=compile_mode) as forward:
+                       fuse_decoder=fuse_decoder, amp=amp, compile_mode=compile_mode,
+                       split_tf32=split_tf32) as forward:
             stats = _stream(forward, height, width, lambda r0, r1: _read_rows(src, r0, r1), emit,
                             skip_empty=skip_empty, window=WINDOW, stride=STRIDE,
                             progress=progress)
