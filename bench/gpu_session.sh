@@ -89,14 +89,14 @@ echo "== split 1: MiT-b2 TTA 2048², reference vs exact float32 and split TF32, 
 timeout "$(left 200)" python3 bench/inference.py --device cuda --amp off --split-tf32 \
     --size 2048 --batch-size 32 --threads 8 --variants b2 --tta on --no-rss --compile auto \
     2>&1 | tee "$OUT/split_b2_tta.jsonl"
-echo "== split 2: tests/test_cuda.py inference against the CPU (split TF32 included)"
-timeout "$(left 120)" python3 -m pytest -v -p no:cacheprovider --noconftest tests/test_cuda.py \
-    -k "matches_the_cpu_reference" 2>&1 | tee "$OUT/test_cuda_split.log" \
-    | grep -E "PASS|FAIL|ERROR|passed|failed|Error"
 DENSE="python3 bench/inference.py --device cuda --no-throughput --rss-dense --rss-exact \
     --threads 8 --compile auto --rss-scene /tmp/scene --split-tf32"
-echo "== split 3: dense 10,000² MiT-b2 TTA, compiled split TF32, batch 32"
+echo "== split 2: dense 10,000² MiT-b2 TTA, compiled split TF32, batch 32"
 timeout "$(left 110)" $DENSE --tta on --batch-size 32 2>&1 | tee "$OUT/split_dense.jsonl"
+echo "== split 3: tests/test_cuda.py inference against the CPU (split TF32 included)"
+timeout "$(left 150)" python3 -m pytest -v -p no:cacheprovider --noconftest tests/test_cuda.py \
+    -k "matches_the_cpu_reference" 2>&1 | tee "$OUT/test_cuda_split.log" \
+    | grep -E "PASS|FAIL|ERROR|passed|failed|Error"
 echo "== split 4: dense MiT-b2 without TTA, MiT-b0 with and without"
 timeout "$(left 70)" $DENSE --tta off --rss-variant b2 --batch-size 32 2>&1 \
     | tee -a "$OUT/split_dense.jsonl"
