@@ -65,7 +65,9 @@ def run_produce(
         help="SLC-off restoration: DiffGF (released) or FillNodata (explicit classical fill, "
              "named in the file name).")] = "DiffGF",
     extent: Annotated[Path | None, typer.Option(
-        "--extent", help="GeoPackage of effective extents (columns shelf, year).")] = None,
+        "--extent", help="GeoPackage of effective extents (columns shelf, year); default: "
+                         "the ROI shrunk inwards by 5 % of its smaller side (Thwaites, whose "
+                         "ROI holds its neighbours: a box around the Thwaites shelf).")] = None,
     out: Annotated[Path, typer.Option(help="Release folder to write into.")] = DEFAULT_OUT,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     force: Annotated[bool, typer.Option(help="Redo shelf-years that are up to date.")] = False,

@@ -34,6 +34,7 @@ from numpy.typing import NDArray
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 from shapely.errors import ShapelyError
+from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
 from producer.cache import cached_sha256
@@ -62,7 +63,7 @@ from producer.provenance import (
     file_sha256,
     provenance_path,
 )
-from producer.shelves import get_shelf, released_name, roi_polygon
+from producer.shelves import get_shelf, released_name, roi_polygon, shelf_box_polygon
 from producer.slcoff import detect_gaps, footprint_of
 from producer.sources.base import FOOTPRINT_KEY, Scene, SceneSource
 from producer.spec import (
@@ -284,6 +285,9 @@ def effective_extent(shelf: str, year: int, source: SceneSource, roi: BaseGeomet
     source_extent = getattr(source, "extent", None)
     if callable(source_extent):
         return polygonal(source_extent(shelf, year, grid)), f"source:{source.name}"
+    shelf_box = shelf_box_polygon(shelf)
+    if shelf_box is not None:  # a ROI holding neighbouring shelves: the shelf's own box
+        return shelf_box.intersection(roi).intersection(box(*grid.bounds)), "default:shelf-box"
     return default_extent(roi, grid), "default:roi-shrunk"
 
 

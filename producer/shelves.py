@@ -1,11 +1,12 @@
 """The registry of released ice shelves and their regions of interest (ROIs).
 
 The official ROIs ship with the released dataset as GeoPackages, which this project does not
-have. The default ROIs here are APPROXIMATE: a longitude/latitude box around each shelf, built
-from the shelf's gazetteer position (SCAR Composite Gazetteer of Antarctica / USGS GNIS, as
-quoted in the ``source`` field) and half-widths that we estimated to enclose the shelf, its
-front and its grounding zone as in the paper's Fig. 4. Replace them with the official outlines
-with ``load_roi_geopackage`` (or the ``--roi`` options of the commands).
+have. Every default ROI is a longitude/latitude box (edges along the graticule, densified in
+EPSG:3031). Thwaites' is the authors' own: the rectangle of their published Earth Engine script.
+The others are APPROXIMATE, built from the shelf's gazetteer position (SCAR Composite Gazetteer
+of Antarctica / USGS GNIS) and half-widths that we estimated to enclose the shelf, its front and
+its grounding zone as in the paper's Fig. 4. The ``source`` field says which. Replace them with
+the official outlines with ``load_roi_geopackage`` (or the ``--roi`` options of the commands).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from producer.spec import ENCODING, SpecError, check_shelf_name_safe
 
 @dataclass(frozen=True)
 class ShelfRecord:
-    """A registered shelf: released name, approximate ROI box, and where the numbers come from."""
+    """A registered shelf: released name, lon/lat ROI box, and where the numbers come from."""
 
     name: str
     lon_min: float
@@ -34,6 +35,9 @@ class ShelfRecord:
     lat_min: float
     lat_max: float
     source: str
+    #: (lon_min, lon_max, lat_min, lat_max) around the shelf itself, where the ROI reaches well
+    #: beyond it: the default effective extent is built from it rather than from the ROI.
+    shelf_box: tuple[float, float, float, float] | None = None
 
     @property
     def slug(self) -> str:
@@ -42,6 +46,13 @@ class ShelfRecord:
 
 
 _GAZ = "SCAR Composite Gazetteer of Antarctica / USGS GNIS position"
+_AUTHORS_ROI = (
+    "the authors' published Earth Engine script (tly-code/surface-damage-seg, "
+    "landsat_daily_composite_export_GEE.js): its roiRegion ee.Geometry.Rectangle([-111.69132190, "
+    "-76.38148504, -101.92339670, -73.91560727], null, false), planar lon/lat edges, exported to "
+    "Thwaites_download as LC08_Thwaites_composite_*; it also covers Crosson and parts of Dotson "
+    "and Pine Island"
+)
 SHELVES: dict[str, ShelfRecord] = {
     r.name: r
     for r in (
@@ -61,8 +72,12 @@ SHELVES: dict[str, ShelfRecord] = {
                     f"{_GAZ} Larsen B remnant (SCAR Inlet) 65°30'S 61°30'W"),
         ShelfRecord("Pine Island", -102.8, -98.8, -75.6, -74.6,
                     f"{_GAZ} Pine Island Glacier ice shelf 75°10'S 100°00'W"),
-        ShelfRecord("Thwaites", -108.8, -104.0, -75.6, -74.3,
-                    f"{_GAZ} Thwaites Glacier Tongue 75°00'S 106°50'W"),
+        ShelfRecord("Thwaites", -111.69132190, -101.92339670, -76.38148504, -73.91560727,
+                    _AUTHORS_ROI,
+                    # the authors' ROI also holds Crosson and parts of Dotson and Pine Island:
+                    # the default extent keeps to the Thwaites Glacier Tongue and eastern shelf
+                    # (gazetteer 75°00'S 106°50'W)
+                    shelf_box=(-108.8, -104.0, -75.6, -74.3)),
         ShelfRecord("Totten", 114.5, 117.6, -67.6, -66.4,
                     f"{_GAZ} Totten Glacier ice shelf 67°00'S 116°20'E"),
     )
@@ -135,16 +150,30 @@ def _to_polar() -> Transformer:
     return Transformer.from_crs("EPSG:4326", ENCODING.crs, always_xy=True)
 
 
-def box_polygon_3031(shelf: ShelfRecord, points_per_edge: int = 64) -> Polygon:
-    """The shelf's lon/lat box as a densified polygon in EPSG:3031 (edges follow the graticule)."""
-    lons = np.linspace(shelf.lon_min, shelf.lon_max, points_per_edge)
-    lats = np.linspace(shelf.lat_min, shelf.lat_max, points_per_edge)
-    ring_lon = np.concatenate([lons, np.full_like(lats, shelf.lon_max), lons[::-1],
-                               np.full_like(lats, shelf.lon_min)])
-    ring_lat = np.concatenate([np.full_like(lons, shelf.lat_min), lats,
-                               np.full_like(lons, shelf.lat_max), lats[::-1]])
+def lonlat_box_3031(lon_min: float, lon_max: float, lat_min: float, lat_max: float,
+                    points_per_edge: int = 64) -> Polygon:
+    """A lon/lat box as a densified polygon in EPSG:3031 (edges follow the graticule)."""
+    lons = np.linspace(lon_min, lon_max, points_per_edge)
+    lats = np.linspace(lat_min, lat_max, points_per_edge)
+    ring_lon = np.concatenate([lons, np.full_like(lats, lon_max), lons[::-1],
+                               np.full_like(lats, lon_min)])
+    ring_lat = np.concatenate([np.full_like(lons, lat_min), lats,
+                               np.full_like(lons, lat_max), lats[::-1]])
     x, y = _to_polar().transform(ring_lon, ring_lat)
     return Polygon(zip(x, y, strict=True))
+
+
+def box_polygon_3031(shelf: ShelfRecord, points_per_edge: int = 64) -> Polygon:
+    """The shelf's ROI box as a densified polygon in EPSG:3031."""
+    return lonlat_box_3031(shelf.lon_min, shelf.lon_max, shelf.lat_min, shelf.lat_max,
+                           points_per_edge)
+
+
+def shelf_box_polygon(name: str) -> Polygon | None:
+    """The registered box around the shelf itself (EPSG:3031), for shelves whose ROI reaches
+    well beyond them; None where the ROI is the shelf's own box."""
+    shelf = get_shelf(name)
+    return None if shelf.shelf_box is None else lonlat_box_3031(*shelf.shelf_box)
 
 
 def roi_polygon(name: str, roi_file: Path | None = None) -> BaseGeometry:

@@ -4,7 +4,8 @@
 supports exactly the API surface the source uses, records every call, and evaluates the
 expressions against a small in-memory catalog of fake Landsat images, so tests can assert the
 requests we build (collections, date window, bounds, CLOUD_COVER filter, QA bit masks, median
-compositing, count reducer at 300 m, computePixels grids) and get believable answers:
+compositing, count reducer at 300 m and its options, computePixels grids) and get believable
+answers:
 
 * image search (``aggregate_array``) returns the catalog images that pass the recorded filters;
 * the count reducer returns ``roi_pixels`` for the ROI and ``roi_pixels × clear fraction`` for a
@@ -170,8 +171,9 @@ class Image(Node):
     def gte(self, value: float) -> Image:
         return self._child("gte", value)
 
-    def unmask(self, value: float) -> Image:
-        return self._child("unmask", value)
+    def unmask(self, value: float | None = None,
+               sameFootprint: bool | None = None) -> Image:  # noqa: N803 (ee's spelling)
+        return self._child("unmask", value, sameFootprint)
 
     def rename(self, name: str) -> Image:
         return self._child("rename", name)
@@ -190,9 +192,9 @@ class Image(Node):
         return self._child("toByte")
 
     def reduceRegion(self, reducer: Reducer, geometry: Geometry, scale: float,  # noqa: N802
-                     crs: str | None = None, maxPixels: float | None = None  # noqa: N803
-                     ) -> Value:
-        self.fake.log("reduceRegion", (reducer.name, geometry, scale, crs, maxPixels))
+                     crs: str | None = None, maxPixels: float | None = None,  # noqa: N803
+                     tileScale: float | None = None) -> Value:  # noqa: N803
+        self.fake.log("reduceRegion", (reducer.name, geometry, scale, crs, maxPixels, tileScale))
         return Value(self.fake, "reduceRegion", (reducer, geometry, scale), self)
 
     def selected_bands(self) -> list[str]:

@@ -186,6 +186,28 @@ def test_a_self_crossing_extent_is_made_valid(tmp_path) -> None:
     assert area.outside_share == pytest.approx(0.5) and area.extent_pixels > 0
 
 
+def test_thwaites_default_extent_keeps_to_thwaites() -> None:
+    """Thwaites' ROI (the authors' rectangle) also holds Crosson and parts of Dotson and Pine
+    Island: without an extent file its type 1 map covers the Thwaites shelf box, not them."""
+    from producer.pipeline import effective_extent
+    from producer.shelves import SHELVES, lonlat_box_3031
+
+    roi = roi_polygon("Thwaites")
+    grid = Grid.covering(roi, resolution=300.0)
+    extent, origin = effective_extent("Thwaites", 2021, object(), roi, grid, None)
+    assert origin == "default:shelf-box"
+    assert extent.within(roi) and extent.area < 0.4 * roi.area
+    for neighbour in ("Crosson", "Pine Island"):
+        record = SHELVES[neighbour]
+        other = lonlat_box_3031(record.lon_min, record.lon_max, record.lat_min, record.lat_max)
+        assert not extent.contains(other.centroid)
+    # a shelf whose ROI is its own box keeps the ROI shrunk
+    totten = roi_polygon("Totten")
+    assert effective_extent("Totten", 2021, object(), totten,
+                            Grid.covering(totten, resolution=300.0), None)[1] == \
+        "default:roi-shrunk"
+
+
 def test_default_extent_is_the_roi_shrunk() -> None:
     roi = roi_polygon("Totten")
     grid = Grid.covering(roi, resolution=300.0)

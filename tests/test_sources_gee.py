@@ -13,18 +13,20 @@ import pytest
 import rasterio
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pyproj import Transformer
 from shapely.geometry import Polygon, box
 
 from producer.grid import Grid
 from producer.pipeline import scene_masks
+from producer.shelves import SHELVES, roi_polygon
 from producer.sources.errors import CredentialsError, SourceError
 from producer.sources.gee import (
     EE_MAX_REQUEST_BYTES,
     DailyComposite,
     EarthEngineSource,
     check_tile_size,
+    ee_geometry,
     rank,
-    roi_lonlat,
     tile_windows,
 )
 from producer.sources.local import LocalFolderSource
@@ -115,11 +117,11 @@ def test_search_filters_ranking_and_downloads_follow_the_paper(tmp_path: Path, g
     assert fake.ops("filterDate")[0] == ("2021-11-01", "2022-04-01")
     assert {args[0] for args in fake.ops("filter")} == {"lt"}
     assert {args[1:] for args in fake.ops("filter")} == {("CLOUD_COVER", 80.0)}
+    # The ROI itself, in EPSG:3031 with planar edges: Earth Engine's region is the local ROI.
     geometry = fake.ops("filterBounds")[0][0]
-    assert (geometry.proj, geometry.geodesic) == ("EPSG:4326", False)
-    ring = np.array(geometry.geojson["coordinates"][0])
-    assert np.allclose(ring, np.array(roi_lonlat(ROI).exterior.coords))
-    assert ring[:, 0].min() > 100 and ring[:, 0].max() < 130 and ring[:, 1].max() < -60
+    assert (geometry.proj, geometry.geodesic) == ("EPSG:3031", False)
+    assert geometry.geojson == {"type": "Polygon",
+                                "coordinates": [[list(xy) for xy in ROI.exterior.coords]]}
     # Ranking: cloud (bit 3) and shadow (bit 4) masked, daily median, count at 300 m.
     mapped = [body for (body,) in fake.ops("map")]
     ranking = [body for body in mapped if body.update_mask_bits() == {8, 16}]
@@ -127,8 +129,10 @@ def test_search_filters_ranking_and_downloads_follow_the_paper(tmp_path: Path, g
     assert ranking and flagging and len(ranking) + len(flagging) == len(mapped)
     # Cloud-mask flags: 1 where bit 3 or 4 is set, masked where bit 0 (fill) is set.
     assert all(body.update_mask_bits() == {1} for body in flagging)
+    # Count reducer at 300 m in EPSG:3031, maxPixels 1e13 and the authors' tileScale 4.
     reductions = fake.ops("reduceRegion")
-    assert {(r[0], r[2], r[3]) for r in reductions} == {("count", 300, "EPSG:3031")}
+    assert {(r[0], r[2], r[3], r[4], r[5]) for r in reductions} == {
+        ("count", 300, "EPSG:3031", 1e13, 4)}
     assert all(r[1] is geometry or r[1] == geometry for r in reductions)
 
     # Most valid first; same-day images combined; cloudy, out-of-window, out-of-ROI excluded;
@@ -153,7 +157,9 @@ def test_search_filters_ranking_and_downloads_follow_the_paper(tmp_path: Path, g
         expression = request["expression"]
         assert expression.chain()[-7:] == ["map", "mean", "gte", "clip", "unmask", "toByte",
                                            "rename"]
-        assert expression.find("gte").args == (0.5,) and expression.find("unmask").args == (0,)
+        assert expression.find("gte").args == (0.5,)
+        # 0 outside the ROI too: sameFootprint false, else unmask keeps the clipped footprint.
+        assert expression.find("unmask").args == (0, False)
         assert expression.find("map").args[0].flagged_qa_bits() == {8, 16}
         assert expression.find("median") is None
     for request in requested:
@@ -218,7 +224,7 @@ def test_le07_summer_searches_landsat7_bands(tmp_path: Path, grid: Grid) -> None
 
 def test_top_n_limits_downloads(tmp_path: Path, grid: Grid, cache: Path) -> None:
     fake = FakeEE(catalog())
-    scenes = run(fake, tmp_path, grid, top=2)
+    scenes = run(fake, tmp_path, grid, top=1)
     assert [s.acquired.isoformat() for s in scenes] == ["2021-12-20", "2021-12-05"]
     assert sorted(p.name for p in cache.glob("*_uint8.tif")) == [
         "LC08_Totten_composite_2021-12-05_uint8.tif", "LC09_Totten_composite_2021-12-20_uint8.tif"]
@@ -314,13 +320,13 @@ def test_rerun_uses_the_cache_without_earth_engine(tmp_path: Path, grid: Grid) -
 def test_cache_without_cloud_masks_fetches_only_the_masks(tmp_path: Path, grid: Grid,
                                                           cache: Path) -> None:
     """A cache written before cloud masks were downloaded gets them, RGB left untouched."""
-    first = run(FakeEE(catalog()), tmp_path, grid, top=2)
+    first = run(FakeEE(catalog()), tmp_path, grid, top=1)
     stamps = {s.path: s.path.stat().st_mtime_ns for s in first}
     for scene in first:
         scene.cloud_mask_path.unlink()
         (cache / f"{scene.path.name}.json").unlink()
     fake = FakeEE(catalog())
-    again = run(fake, tmp_path, grid, top=2)
+    again = run(fake, tmp_path, grid, top=1)
     assert fake.getinfo_calls == []  # the ranking is reused
     windows = [w for w in tile_windows(grid, TILE) if box(*grid.subgrid(w).bounds).intersects(ROI)]
     assert [r["bandIds"] for r in fake.pixel_requests] == [["cloud"]] * (2 * len(windows))
@@ -340,6 +346,33 @@ def test_changed_parameters_redo_the_ranking(tmp_path: Path, grid: Grid) -> None
     assert fake.getinfo_calls  # ranked again
     assert {a[2] for a in fake.ops("filter")} == {20.0}
     assert [s.acquired.isoformat() for s in scenes] == ["2021-12-20", "2021-12-05", "2022-03-31"]
+
+
+def test_top_n_is_per_sensor(tmp_path: Path, grid: Grid) -> None:
+    """top=2 keeps LC08's best two although LC09 has only one usable composite: each sensor
+    keeps its own top N, as the authors' one run per collection did."""
+    scenes = run(FakeEE(catalog()), tmp_path, grid, top=2)
+    assert [(s.sensor, s.acquired.isoformat()) for s in scenes] == [
+        ("LC09", "2021-12-20"), ("LC08", "2021-12-05"), ("LC08", "2022-01-10")]
+
+
+def test_a_ranking_cached_under_the_old_rules_is_redone(tmp_path: Path, grid: Grid,
+                                                        cache: Path) -> None:
+    """A ranking from before top N became per sensor (and the ROI went to Earth Engine in
+    EPSG:3031) is not reused: its parameters say ``top`` across sensors and no ``ee_roi``."""
+    run(FakeEE(catalog()), tmp_path, grid, top=1)
+    manifest = cache / "gee_Totten_2021.json"
+    cached = json.loads(manifest.read_text())
+    params = cached["parameters"]
+    assert params["top_per_sensor"] == 1 and params["ee_roi"] == "EPSG:3031 planar"
+    params["top"] = params.pop("top_per_sensor")
+    del params["ee_roi"]
+    cached["chosen"] = cached["chosen"][:1]  # the old rule chose only LC09's best
+    manifest.write_text(json.dumps(cached))
+    fake = FakeEE(catalog())
+    scenes = run(fake, tmp_path, grid, top=1)
+    assert fake.getinfo_calls  # ranked again
+    assert [s.sensor for s in scenes] == ["LC09", "LC08"]
 
 
 def test_a_revised_roi_downloads_its_scenes_again(tmp_path: Path, grid: Grid) -> None:
@@ -395,14 +428,61 @@ def test_rank_prefers_valid_then_early_then_sensor_order() -> None:
                   DailyComposite("LC08", dt.date(2021, 12, 1), ("c",), 0.5),
                   DailyComposite("LC08", day, ("d",), 0.0)]
     assert [c.source_ids for c in rank(composites, 30)] == [("c",), ("a",), ("b",)]
-    assert len(rank(composites, 1)) == 1
+    # top=1 is LC08's best and LC09's best, still in the same order.
+    assert [c.source_ids for c in rank(composites, 1)] == [("c",), ("b",)]
 
 
-def test_antimeridian_roi_is_refused() -> None:
-    crossing = Polygon([(-50_000, -1_000_000), (50_000, -1_000_000), (50_000, -1_100_000),
-                        (-50_000, -1_100_000)])  # lon 180 is the -y axis of EPSG:3031
-    with pytest.raises(SourceError, match="antimeridian"):
-        roi_lonlat(crossing)
+def test_rank_keeps_the_top_n_of_each_sensor() -> None:
+    """Two sensors each keep their own top N (the authors' TOP_K per collection run), even when
+    every composite of one is better than every composite of the other."""
+    start = dt.date(2021, 11, 1)
+    lc09 = [DailyComposite("LC09", start + dt.timedelta(d), (f"9-{d}",), 0.95 - d / 1000)
+            for d in range(40)]
+    lc08 = [DailyComposite("LC08", start + dt.timedelta(d), (f"8-{d}",), 0.90 - d / 1000)
+            for d in range(40)]
+    chosen = rank(lc08 + lc09, 30)
+    assert [c for c in chosen if c.sensor == "LC09"] == lc09[:30]
+    assert [c for c in chosen if c.sensor == "LC08"] == lc08[:30]
+    assert chosen == lc09[:30] + lc08[:30]  # one list, most valid first
+    interleaved = rank([lc08[0], lc09[0], lc08[1], lc09[1], lc08[2]], 2)
+    assert interleaved == [lc09[0], lc09[1], lc08[0], lc08[1]]
+
+
+@pytest.mark.parametrize("roi", [
+    box(*ROI.bounds).buffer(600_000, join_style="mitre"),  # 4 corners, km-scale edges
+    Polygon([(-50_000, -1_000_000), (50_000, -1_000_000), (50_000, -1_100_000),
+             (-50_000, -1_100_000)]),  # across the antimeridian (the -y axis of EPSG:3031)
+], ids=["4-corner-rectangle", "antimeridian"])
+def test_earth_engine_gets_the_roi_itself(roi: Polygon) -> None:
+    """The ROI goes to Earth Engine as the EPSG:3031 polygon with planar edges: its region is
+    exactly the local ROI, with no densifying needed and no antimeridian to refuse."""
+    fake = FakeEE([])
+    geometry = ee_geometry(fake, roi)
+    assert (geometry.proj, geometry.geodesic) == ("EPSG:3031", False)
+    assert Polygon(geometry.geojson["coordinates"][0]).equals_exact(roi, 0)
+
+
+def test_thwaites_roi_is_the_authors_rectangle() -> None:
+    """Thwaites' default ROI is the roiRegion of the authors' published Earth Engine script,
+    ee.Geometry.Rectangle([-111.69132190, -76.38148504, -101.92339670, -73.91560727], null,
+    false): a lon/lat rectangle with planar edges. Densified in EPSG:3031, every vertex handed
+    to Earth Engine lies on that rectangle's graticule edges, and its corners are the script's."""
+    lon0, lat0, lon1, lat1 = -111.69132190, -76.38148504, -101.92339670, -73.91560727
+    record = SHELVES["Thwaites"]
+    assert (record.lon_min, record.lat_min, record.lon_max, record.lat_max) == (
+        lon0, lat0, lon1, lat1)
+    assert "authors' published Earth Engine script" in record.source
+    assert "roiRegion" in record.source
+    geometry = ee_geometry(FakeEE([]), roi_polygon("Thwaites"))
+    assert (geometry.proj, geometry.geodesic) == ("EPSG:3031", False)
+    to_lonlat = Transformer.from_crs("EPSG:3031", "EPSG:4326", always_xy=True)
+    lon, lat = to_lonlat.transform(*np.array(geometry.geojson["coordinates"][0]).T)
+    assert len(lon) > 100  # densified: planar EPSG:3031 edges follow the graticule
+    on_edge = (np.isclose(lon, lon0, atol=1e-9) | np.isclose(lon, lon1, atol=1e-9)
+               | np.isclose(lat, lat0, atol=1e-9) | np.isclose(lat, lat1, atol=1e-9))
+    assert on_edge.all()
+    corners = {(round(x, 8), round(y, 8)) for x, y in zip(lon, lat, strict=True)}
+    assert {(lon0, lat0), (lon0, lat1), (lon1, lat0), (lon1, lat1)} <= corners
 
 
 # --------------------------------------------------------------------------------------------
@@ -465,11 +545,17 @@ def test_real_client_serializes_the_expected_graph(real_ee, tmp_path: Path, grid
             "Filter.lessThan", "Filter.dateRangeContains",
             "AggregateFeatureCollection.array"} <= functions(search)
     assert {f'"{LC08_T1}"', f'"{LC08_T2}"', '"CLOUD_COVER"', "80.0", '"2021-11-01"',
-            '"2022-04-01"', '"EPSG:4326"'} <= constants(search)
+            '"2022-04-01"', '"EPSG:3031"'} <= constants(search)
+    # The ROI's own EPSG:3031 vertices, planar edges (no EPSG:4326 anywhere).
+    assert "GeometryConstructors.Polygon" in functions(search) and "EPSG:4326" not in search
+    assert '"geodesic": {"constantValue": false}' in search
+    assert all(json.dumps(list(xy)) in search for xy in ROI.exterior.coords)
     assert {"Collection.map", "Image.bitwiseAnd", "Image.eq", "Image.and", "Image.updateMask",
             "reduce.median", "Image.clip", "Image.reduceRegion", "Reducer.count"} <= \
         functions(counts)
     assert {"8", "16", "300", '"2021-12-05"', '"2021-12-06"', '"EPSG:3031"'} <= constants(counts)
+    assert '"tileScale": {"constantValue": 4}' in counts
+    assert '"maxPixels": {"constantValue": 10000000000000.0}' in counts
     assert '"QA_PIXEL"' in counts
     assert {"reduce.median", "Image.clip", "Image.select", "Image.multiply",
             "Image.toByte"} <= functions(pixels)
@@ -480,4 +566,5 @@ def test_real_client_serializes_the_expected_graph(real_ee, tmp_path: Path, grid
             "Image.toByte", "Image.rename"} <= functions(cloud)
     assert "reduce.median" not in functions(cloud)
     assert {"1", "8", "16", "0.5", "0"} <= constants(cloud)
+    assert '"sameFootprint": {"constantValue": false}' in cloud
     assert '"QA_PIXEL"' in cloud and '"cloud"' in cloud
