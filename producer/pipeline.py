@@ -9,7 +9,8 @@ with one full clear scene costs one prediction; when several scenes cover the wh
 (``producer.compare``, paper 2.4.1).
 
 A shelf-year is skipped when its provenance record exists with the same ``inputs_digest`` (scene
-ids, weights hashes, software version, parameters) and its files are all present, unless
+ids — with the signature of their files where an id does not pin the pixels, ``Scene.digest_key``
+—, weights hashes, software version, parameters) and its files are all present, unless
 ``force``. Nothing is written for a year that cannot be mapped (no scene, shelf region not
 covered); files are written atomically and the provenance record last, so an interrupted run
 leaves either the previous complete shelf-year or a new one whose record is absent (redone).
@@ -65,7 +66,7 @@ from producer.provenance import (
 )
 from producer.shelves import get_shelf, released_name, roi_polygon, shelf_box_polygon
 from producer.slcoff import detect_gaps, footprint_of
-from producer.sources.base import FOOTPRINT_KEY, Scene, SceneSource
+from producer.sources.base import FOOTPRINT_KEY, Scene, SceneSource, summer_span
 from producer.spec import (
     AUXILIARY_SUFFIXES,
     ENCODING,
@@ -316,7 +317,8 @@ def package_version(name: str) -> str:
 
 def inputs_digest(source: str, scene_ids: Sequence[str], weights_sha: str,
                   diffgf_sha: str | None, parameters: dict[str, Any]) -> str:
-    """SHA-256 over everything that decides a shelf-year's outputs."""
+    """SHA-256 over everything that decides a shelf-year's outputs (``scene_ids``: the scenes'
+    ``Scene.digest_key``, their ids with the signatures of their files when they have one)."""
     doc = {
         "source": source,
         "scenes": sorted(scene_ids),
@@ -580,6 +582,14 @@ def _composed(plan: MergePlan, paths: Sequence[Path | None], fill: int, grid: Gr
         yield rows
 
 
+def _source_notes(source: SceneSource, shelf: str, year: int) -> str:
+    """What the source says about files it left out or doubts (its optional ``explain``), one
+    per line, appended to a not-mapped message so the user learns why a file did not count."""
+    explain = getattr(source, "explain", None)
+    lines = explain(shelf, year) if callable(explain) else []
+    return "".join(f"\n  - {line}" for line in lines)
+
+
 def _skipped(shelf: str, year: int, record: Path) -> YearResult:
     return YearResult(shelf, year, "skipped", "outputs are up to date (same scenes, weights, "
                       "software and parameters)", provenance=record)
@@ -621,9 +631,10 @@ def produce_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
             return is_up_to_date(options.out, shelf, year, lambda record: accepted(
                 scene_ids, _recorded_full_coverage(record)))
 
-        listed = getattr(source, "scene_ids", None)
+        listed = getattr(source, "scene_keys", None) or getattr(source, "scene_ids", None)
         if callable(listed) and not options.force:
-            done = up_to_date(listed(shelf, year, grid))
+            keys = listed(shelf, year, grid)  # None: the source cannot tell without pixels
+            done = None if keys is None else up_to_date(keys)
             if done is not None:
                 return _skipped(shelf, year, done)
         progress("scenes", 0, 1, f"{shelf} {year}")
@@ -631,9 +642,10 @@ def produce_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
         progress("scenes", 1, 1, f"{len(scenes)} scene(s)")
         if not scenes:
             return YearResult(shelf, year, "not-mapped", f"no scene of {shelf} in the summer "
-                              f"{year} from the {source.name} source")
+                              f"{year} ({summer_span(year)}) from the {source.name} source"
+                              f"{_source_notes(source, shelf, year)}")
         if not options.force:
-            done = up_to_date([s.scene_id for s in scenes])
+            done = up_to_date([s.digest_key for s in scenes])
             if done is not None:
                 return _skipped(shelf, year, done)
 
@@ -642,11 +654,12 @@ def produce_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
         try:
             plan = plan_merge_rows([m.candidate() for m in masks], area.rows, grid.shape)
         except NotCoveredError as err:
-            return YearResult(shelf, year, "not-mapped", f"{shelf} {year}: {err}")
+            return YearResult(shelf, year, "not-mapped",
+                              f"{shelf} {year}: {err}{_source_notes(source, shelf, year)}")
         progress("merge", 1, 2, "planned")
         parameters = run_parameters(options, grid, extent_geom, extent_origin,
                                     len(plan.full_coverage), year)
-        digest = digest_of([s.scene_id for s in scenes], len(plan.full_coverage))
+        digest = digest_of([s.digest_key for s in scenes], len(plan.full_coverage))
         compared = _to_compare(plan, options.compare_scenes)
         segment = [*plan.used, *(i for i in compared if i not in plan.used)]
         images, restoration_model = restore_scenes([masks[i] for i in segment], options, diffgf,

@@ -15,9 +15,12 @@ from typer.testing import CliRunner
 
 from producer.cli import build_app
 from producer.commands import produce_app
+from producer.grid import Grid
 from producer.pipeline import ProduceOptions, parse_years, produce
 from producer.provenance import read_provenance
+from producer.shelves import roi_polygon
 from producer.sources.demo import DemoSource, plan_summer, render_planned
+from producer.sources.local import LocalFolderSource
 from producer.spec import AUXILIARY_SUFFIXES, SOURCE_TAG, TYPE1, TYPE2, latest_summer
 from validation.engine import validate_release
 
@@ -423,3 +426,74 @@ def test_version_names_the_package_and_the_libraries_in_provenance() -> None:
         lines = result.output.splitlines()
         assert lines[0] == expected
         assert f"torch {torch.__version__}" in lines[1] and "gdal " in lines[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# local:DIR on a small window of Totten (what a year that cannot be mapped says)
+# ---------------------------------------------------------------------------------------------
+
+
+def small_window() -> Grid:
+    """A 64 × 64 px grid at the centre of Totten's ROI: segmentation on it stays fast."""
+    centre = roi_polygon("Totten").centroid
+    x0, y0 = round(centre.x / 30) * 30 - 32 * 30, round(centre.y / 30) * 30 - 32 * 30
+    return Grid.from_bounds(x0, y0, x0 + 64 * 30, y0 + 64 * 30)
+
+
+class SmallLocalSource(LocalFolderSource):
+    """The local:DIR source delivering its scenes on ``small_window``."""
+
+    def grid(self, shelf: str, roi: object) -> Grid:
+        """The window (the ROI is remembered for the footprint test, as the base does)."""
+        super().grid(shelf, roi)
+        return small_window()
+
+
+def small_scene(path: Path, value: int, fourth: np.ndarray | None = None) -> Path:
+    """A textured full-coverage UInt8 scene on ``small_window`` (a 4th band if given)."""
+    grid = small_window()
+    rng = np.random.default_rng(value)
+    rgb = np.clip(rng.normal(value, 8, (3, *grid.shape)), 1, 255).astype(np.uint8)
+    data = rgb if fourth is None else np.concatenate([rgb, fourth[None].astype(np.uint8)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", driver="GTiff", width=grid.width, height=grid.height,
+                       count=len(data), dtype="uint8", crs=grid.crs,
+                       transform=grid.transform) as dst:
+        dst.write(data)
+    return path
+
+
+def test_local_year_without_scenes_says_why(tiny_weights: Path, tmp_path: Path) -> None:
+    """Files left out are listed with the reason, the summer's months and the neighbours."""
+    folder = tmp_path / "scenes"
+    small_scene(folder / "scene.tif", 100)
+    (folder / "scene.tif.json").write_text(json.dumps(
+        {"sensor": "LC08", "date": "2021-12-05", "shelf": "Toten"}))
+    small_scene(folder / "LE07_L1TP_101107_20211205_20211231_02_T1_refl.tif", 100)
+    small_scene(folder / "LC08_Totten_composite_2021-01-15_uint8.tif", 100)
+    options = ProduceOptions(out=tmp_path / "release", weights=tiny_weights, tta=False,
+                             device="cpu")
+    (result,) = produce("Totten", [2021], SmallLocalSource(folder, progress=False),
+                        options).results
+    assert result.status == "not-mapped"
+    message = result.message
+    assert "no scene of Totten in the summer 2021 (November 2021 – March 2022)" in message
+    assert "shelf 'Toten' of the sidecar field 'shelf' is not a registered shelf (did you " \
+           "mean 'Totten'?)" in message
+    assert "LE07_L1TP_101107_20211205_20211231_02_T1_refl.tif: LE07 is not used for summer " \
+           "2021" in message
+    assert "dated in the summer 2020 (November 2020 – March 2021): --year 2020" in message
+    assert not (tmp_path / "release").exists()
+
+
+def test_local_all_cloud_4th_band_is_named_when_not_covered(tiny_weights: Path,
+                                                            tmp_path: Path) -> None:
+    folder = tmp_path / "scenes"
+    path = small_scene(folder / "LC08_Totten_composite_2021-12-05_uint8.tif", 100,
+                       np.ones(small_window().shape))
+    options = ProduceOptions(out=tmp_path / "release", weights=tiny_weights, tta=False,
+                             device="cpu")
+    (result,) = produce("Totten", [2021], SmallLocalSource(folder, progress=False),
+                        options).results
+    assert result.status == "not-mapped" and "not fully covered" in result.message
+    assert f"{path}: band 4 flags 100.0% of the file's data pixels" in result.message

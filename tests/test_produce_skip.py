@@ -11,6 +11,7 @@ import importlib.metadata
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,15 @@ from producer.cli import build_app, command_names, invoked_command
 from producer.provenance import file_sha256, read_provenance
 from producer.shelves import roi_polygon
 from producer.sources import demo
+from producer.sources.local import LocalFolderSource
 from producer.spec import AUXILIARY_SUFFIXES
-from tests.test_pipeline import DEMO_SIZE, _produce, tiny_weights  # noqa: F401 (fixture)
+from tests.test_pipeline import (  # noqa: F401 (fixture)
+    DEMO_SIZE,
+    SmallLocalSource,
+    _produce,
+    small_scene,
+    tiny_weights,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--shelf", "Totten", "--year", "2021"]
@@ -331,3 +339,52 @@ def test_demo_extent_from_zones_is_the_layouts() -> None:
     assert not source._layouts  # nothing rendered for it
     source.layout("Totten", 2021)
     assert source.extent("Totten", 2021, grid).wkb == from_zones.wkb
+
+
+# ---------------------------------------------------------------------------------------------
+# local:DIR: scene ids say nothing of the files
+# ---------------------------------------------------------------------------------------------
+
+
+def test_local_rerun_skips_from_the_selection_and_redoes_changed_files(
+        weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-run skips before any scene is built; a file replaced by a re-export under the same
+    name, or a second file of the same day, changes the digest and redoes the shelf-year."""
+    folder = tmp_path / "scenes"
+    path = small_scene(folder / "LC08_Totten_composite_2021-12-05_uint8.tif", 100)
+    options = pipeline.ProduceOptions(out=tmp_path / "release", weights=weights, tta=False,
+                                      device="cpu")
+
+    def run(force: bool = False) -> pipeline.YearResult:
+        (result,) = pipeline.produce("Totten", [2021], SmallLocalSource(folder, progress=False),
+                                     replace(options, force=force)).results
+        return result
+
+    def digest(result: pipeline.YearResult) -> str:
+        assert result.status == "produced", result.message
+        return read_provenance(result.provenance).inputs_digest
+
+    first = digest(run())
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the skip path built a scene or loaded the model")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(LocalFolderSource, "_build", forbidden)
+        patch.setattr(LocalFolderSource, "_fourth_band", forbidden)
+        patch.setattr(pipeline.LoadedModel, "_load", forbidden)
+        assert run().status == "skipped"
+
+    small_scene(path, 60)  # re-exported: same name, other pixels
+    stamp = path.stat().st_mtime_ns + 5 * 10**9
+    os.utime(path, ns=(stamp, stamp))
+    second = digest(run())
+    pid = "LC08_L1GT_089108_20211205_20211215_02_T1"
+    small_scene(folder / f"{pid}_refl.tif", 30)  # a second file of the same day
+    third_result = run()
+    third = digest(third_result)
+    assert len({first, second, third}) == 3
+    (scene,) = read_provenance(third_result.provenance).scenes
+    assert pid in scene.source_ids
+    assert digest(run(force=True)) == third  # --force: the same files, the same digest
+    assert run().status == "skipped"

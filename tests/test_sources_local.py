@@ -14,6 +14,7 @@ from affine import Affine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyproj import Transformer
+from rasterio.enums import ColorInterp
 from rasterio.features import geometry_mask
 from shapely.geometry import Polygon
 
@@ -346,3 +347,209 @@ def test_missing_folder_and_bad_resampling_are_refused(tmp_path: Path) -> None:
         LocalFolderSource(tmp_path / "nope")
     with pytest.raises(SourceError, match="resampling 'cubic'"):
         LocalFolderSource(tmp_path, resampling="cubic")
+
+
+# --------------------------------------------------------------------------------------------
+# Review fixes: signatures, no-data marking, alpha, damaged pixels, skipped files, duplicates
+# --------------------------------------------------------------------------------------------
+
+DAY = "LC08_Totten_composite_2021-12-05_uint8.tif"
+
+
+def _later(path: Path, seconds: int = 5) -> None:
+    """Move a file's mtime forward, as a re-export some seconds after the first one does."""
+    stamp = path.stat().st_mtime_ns + seconds * 10**9
+    os.utime(path, ns=(stamp, stamp))
+
+
+def test_digest_key_follows_the_files_of_the_day(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scene id says nothing of the files: a replaced file or a second file of the same day
+    changes the scene's digest key, and ``scene_keys`` gives the same keys without pixels."""
+    folder = tmp_path / "scenes"
+    path = on_grid(folder / DAY)
+    (first,) = source(folder).scenes("Totten", 2021, GRID, tmp_path / "w1")
+    on_grid(path, (90, 90, 90))  # re-exported under the same name
+    _later(path)
+    (replaced,) = source(folder).scenes("Totten", 2021, GRID, tmp_path / "w2")
+    on_grid(folder / "LC08_L1GT_089108_20211205_20211215_02_T1.tif", (30, 30, 30))
+    src = source(folder)
+    (added,) = src.scenes("Totten", 2021, GRID, tmp_path / "w3")
+    assert first.scene_id == replaced.scene_id == added.scene_id
+    assert len({first.digest_key, replaced.digest_key, added.digest_key}) == 3
+
+    def no_pixels(*args: object, **kwargs: object) -> None:
+        raise AssertionError("scene_keys read pixels")
+
+    monkeypatch.setattr(LocalFolderSource, "_build", no_pixels)
+    monkeypatch.setattr(LocalFolderSource, "_fourth_band", no_pixels)
+    assert src.scene_keys("Totten", 2021, GRID) == [added.digest_key]
+    assert source(folder, top=5).scene_keys("Totten", 2021, GRID) == [added.digest_key]
+
+
+def test_scene_keys_cannot_tell_when_top_keeps_some_days(tmp_path: Path) -> None:
+    folder = tmp_path / "scenes"
+    on_grid(folder / DAY)
+    on_grid(folder / "LC08_Totten_composite_2022-01-05_uint8.tif")
+    assert source(folder, top=1).scene_keys("Totten", 2021, GRID) is None
+
+
+def _masked_internally(path: Path, valid: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = np.stack([np.full(GRID.shape, v, np.uint8) for v in RGB])
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(
+            path, "w", driver="GTiff", width=GRID.width, height=GRID.height, count=3,
+            dtype="uint8", crs="EPSG:3031", transform=GRID.transform) as dst:
+        dst.write(data)  # non-zero under the mask too, as JPEG-compressed exports have
+        dst.write_mask(valid.astype(np.uint8) * 255)
+
+
+def _nodata_255(path: Path, valid: np.ndarray) -> None:
+    data = np.stack([np.where(valid, v, 255).astype(np.uint8) for v in RGB])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", driver="GTiff", width=GRID.width, height=GRID.height,
+                       count=3, dtype="uint8", crs="EPSG:3031", transform=GRID.transform,
+                       nodata=255) as dst:
+        dst.write(data)
+
+
+@pytest.mark.parametrize("write", [_masked_internally, _nodata_255])
+def test_a_files_own_no_data_marking_is_honoured(tmp_path: Path, write) -> None:  # noqa: ANN001
+    """A per-dataset mask or a nodata tag of 255 marks no data the producer would not see in
+    the raw pixels: such a file is copied with those pixels 0, not used in place."""
+    folder = tmp_path / "scenes"
+    valid = np.zeros(GRID.shape, bool)
+    valid[:, :50] = True
+    write(folder / DAY, valid)
+    (scene,) = source(folder).scenes("Totten", 2021, GRID, tmp_path / "work")
+    assert not scene.metadata["used_in_place"] and scene.path.parent == tmp_path / "work"
+    inside = roi_inside()
+    assert scene.valid_fraction == pytest.approx((inside & valid).sum() / inside.sum())
+    with rasterio.open(scene.path) as out:
+        pixels = out.read()
+    assert not pixels[:, ~valid].any() and (pixels[0][valid] == RGB[0]).all()
+
+
+def test_a_nodata_tag_that_cannot_be_honoured_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "scenes"
+    path = on_grid(folder / DAY)
+    with rasterio.open(path, "r+") as ds:
+        ds.nodata = 0.5
+    with pytest.raises(SourceError, match=r"nodata tag is 0\.5; .*integer 0-255") as info:
+        source(folder).scenes("Totten", 2021, GRID, tmp_path / "work")
+    assert str(path) in str(info.value)
+
+
+def test_an_alpha_band_is_validity_not_cloud(tmp_path: Path) -> None:
+    """RGBA as ``gdalwarp -dstalpha`` writes it (255 = data, 0 = outside) is not 100 % cloud."""
+    folder = tmp_path / "scenes"
+    alpha = np.zeros(GRID.shape, np.uint8)
+    alpha[:, :60] = 255
+    path = on_grid(folder / DAY, cols=slice(0, 60), extra=alpha)
+    with rasterio.open(path) as ds:
+        assert ds.colorinterp[3] == ColorInterp.alpha  # GDAL's default for 4 UInt8 bands
+    src = source(folder)
+    (scene,) = src.scenes("Totten", 2021, GRID, tmp_path / "work")
+    inside = roi_inside()
+    assert scene.valid_fraction == pytest.approx(inside[:, :60].sum() / inside.sum())
+    assert scene.cloud_mask_path is None and scene.metadata["fourth_band"] == ["alpha"]
+    assert src.notes == []
+
+
+def test_a_4th_band_flagging_all_data_as_cloud_is_reported(tmp_path: Path) -> None:
+    folder = tmp_path / "scenes"
+    path = on_grid(folder / DAY, extra=np.ones(GRID.shape, np.uint8))
+    src = source(folder)
+    (scene,) = src.scenes("Totten", 2021, GRID, tmp_path / "work")
+    assert scene.valid_fraction == 0.0 and scene.metadata["fourth_band"] == ["cloud"]
+    (note,) = src.notes
+    assert note.startswith(f"{path}: band 4 flags 100.0% of the file's data pixels")
+    assert note in src.explain("Totten", 2021)
+
+
+def test_unreadable_pixels_name_the_file(tmp_path: Path) -> None:
+    """A copy cut short keeps a readable header: the pixel read fails, naming the file."""
+    folder = tmp_path / "scenes"
+    path = on_grid(folder / DAY)
+    path.write_bytes(path.read_bytes()[: int(path.stat().st_size * 0.6)])
+    with pytest.raises(SourceError, match="cannot read pixels .*truncated or corrupt") as info:
+        source(folder).scenes("Totten", 2021, GRID, tmp_path / "work")
+    assert str(path) in str(info.value)
+
+
+def test_explain_says_why_files_were_left_out(tmp_path: Path) -> None:
+    folder = tmp_path / "scenes"
+    typo = on_grid(folder / "scene.tif")
+    (folder / "scene.tif.json").write_text(json.dumps(
+        {"sensor": "LC08", "date": "2021-12-05", "shelf": "Toten"}))
+    glacier = on_grid(folder / "LC08_TottenGlacier_composite_2021-12-06_uint8.tif")
+    le07 = on_grid(folder / "LE07_L1TP_101107_20211205_20211231_02_T1_refl.tif")
+    on_grid(folder / "LC08_Totten_composite_2021-01-15_uint8.tif")  # the summer 2020
+    src = source(folder)
+    assert src.scenes("Totten", 2021, GRID, tmp_path / "work") == []
+    lines = "\n".join(src.explain("Totten", 2021))
+    assert f"skipped {typo}: shelf 'Toten' of the sidecar field 'shelf'" in lines
+    assert f"skipped {glacier}: shelf 'TottenGlacier' of the file name" in lines
+    assert lines.count("(did you mean 'Totten'?)") == 2
+    assert f"skipped {le07}: LE07 is not used for summer 2021" in lines
+    assert "1 file(s) named for Totten or without a shelf name are dated in the summer 2020 " \
+           "(November 2020 – March 2021): --year 2020" in lines
+
+
+def test_a_bad_file_of_another_shelf_does_not_stop_this_one(tmp_path: Path) -> None:
+    """Overlap first, bands second: a 1-band file far from the ROI is not this shelf's."""
+    folder = tmp_path / "scenes"
+    on_grid(folder / DAY)
+    far = Affine(30.0, 0, -2_400_000, 0, -30.0, 1_300_000)  # Larsen B
+    write_tif(folder / "LC08_L1TP_217106_20211210_20211220_02_T1_thermal.tif",
+              np.ones((1, 8, 8), np.uint8), far)
+    write_tif(folder / "LC08_Amery_composite_2021-12-05_uint8.tif",
+              np.ones((1, 8, 8), np.uint8), GRID.transform)  # named for another shelf
+    (scene,) = source(folder).scenes("Totten", 2021, GRID, tmp_path / "work")
+    assert scene.acquired == dt.date(2021, 12, 5)
+
+
+def test_a_cloud_mask_without_its_scene_is_skipped(tmp_path: Path) -> None:
+    folder = tmp_path / "scenes"
+    on_grid(folder / DAY)
+    orphan = write_tif(folder / "LC08_Totten_composite_2021-12-20_cloud.tif",
+                       np.zeros((1, *GRID.shape), np.uint8), GRID.transform)
+    src = source(folder)
+    (scene,) = src.scenes("Totten", 2021, GRID, tmp_path / "work")
+    assert scene.acquired == dt.date(2021, 12, 5)
+    assert src.skipped == [(orphan, "cloud mask without its scene LC08_Totten_composite_"
+                                    "2021-12-20_uint8.tif beside it: not used (restore the "
+                                    "scene or remove the mask)")]
+
+
+@pytest.mark.parametrize(("date", "day"), [
+    ("2022-04-01T01:30:00+12:00", dt.date(2022, 3, 31)),  # NZ time: still March in UTC
+    ("2021-12-05T23:30:00-05:00", dt.date(2021, 12, 6)),
+    ("2021-12-05T10:00:00Z", dt.date(2021, 12, 5)),
+    ("2021-12-05", dt.date(2021, 12, 5)),
+])
+def test_sidecar_with_bom_and_time_zone(tmp_path: Path, date: str, day: dt.date) -> None:
+    folder = tmp_path / "scenes"
+    on_grid(folder / "scene.tif")
+    (folder / "scene.tif.json").write_bytes(
+        b"\xef\xbb\xbf" + json.dumps({"sensor": "LC08", "date": date}).encode())
+    (scene,) = source(folder).scenes("Totten", 2021, GRID, tmp_path / "work")
+    assert scene.acquired == day
+
+
+def test_one_product_is_used_once_and_sidecars_invent_no_ids(tmp_path: Path) -> None:
+    folder = tmp_path / "scenes"
+    name = "LC08_L1TP_101107_20211205_20211215_02_T1_refl.tif"
+    first = on_grid(folder / name, (10, 10, 10))
+    copy = on_grid(folder / "backup" / name, (10, 10, 10))
+    on_grid(folder / "my_scene.tif")
+    (folder / "my_scene.tif.json").write_text(json.dumps({"sensor": "LC09",
+                                                          "date": "2021-12-20"}))
+    src = source(folder)
+    scenes = {s.sensor: s for s in src.scenes("Totten", 2021, GRID, tmp_path / "work")}
+    assert scenes["LC08"].source_ids == ("LC08_L1TP_101107_20211205_20211215_02_T1",)
+    assert scenes["LC08"].metadata["files"] == [str(first)]
+    assert scenes["LC09"].source_ids == ()
+    ((path, why),) = src.skipped
+    assert path == copy and why.startswith("the same product (LC08_L1TP_101107_20211205_")
+    assert why.endswith(f" as {first}: used once")

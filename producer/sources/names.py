@@ -34,6 +34,10 @@ _EXPORT = re.compile(
     r"_uint8\.tiff?$",
     re.IGNORECASE | re.ASCII,
 )
+_CLOUD_MASK = re.compile(
+    r"^(?P<scene>L[A-Z]\d{2}_.+_composite_(?P<date>\d{4}-\d{2}-\d{2}))_cloud\.tiff?$",
+    re.IGNORECASE | re.ASCII,
+)
 _PRODUCT_ID = re.compile(
     r"^(?P<id>(?P<sensor>L[A-Z]\d{2})_(?P<level>L[0-9][A-Z0-9]{2})_(?P<pathrow>\d{6})_"
     r"(?P<acquired>\d{8})_(?P<processed>\d{8})_(?P<collection>\d{2})_(?P<category>RT|T1|T2))"
@@ -143,3 +147,19 @@ def looks_like_product_id(filename: str) -> bool:
     return _PRODUCT_ID.match(filename) is not None
 
 
+def cloud_mask_scene(filename: str) -> tuple[str, dt.date] | None:
+    """For a file named as a daily scene's cloud mask (``<SENSOR>_<Shelf>_composite_<YYYY-MM-DD>
+    _cloud.tif``, as the gee source writes it): the file name of its scene and the date; None
+    for other names or a date that does not exist.
+
+    The local source uses it to recognise a mask whose scene was deleted or renamed, which is
+    not a scene of its own and must not stop the folder from being read.
+    """
+    match = _CLOUD_MASK.match(filename)
+    if match is None:
+        return None
+    try:
+        day = dt.date.fromisoformat(match["date"])
+    except ValueError:
+        return None
+    return match["scene"] + EXPORT_SUFFIX, day
