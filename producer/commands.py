@@ -30,7 +30,7 @@ from producer.pipeline import (
     resolve_source,
 )
 from producer.shelves import UnknownShelfError, parse_shelves
-from producer.spec import SpecError
+from producer.spec import RELEASED_RESTORATION, RESTORATION_METHODS, SpecError
 
 _STYLE = {"produced": "green", "skipped": "cyan", "not-mapped": "yellow", "failed": "red"}
 
@@ -62,8 +62,9 @@ def run_produce(
     diffgf: Annotated[Path | None, typer.Option(
         help="DiffGF weights (file or folder) for Landsat 7 SLC-off years.")] = None,
     restoration: Annotated[str, typer.Option(
-        help="SLC-off restoration: DiffGF (released) or FillNodata (explicit classical fill, "
-             "named in the file name).")] = "DiffGF",
+        help=f"SLC-off restoration: {RELEASED_RESTORATION} (released) or "
+             f"{', '.join(m for m in RESTORATION_METHODS if m != RELEASED_RESTORATION)} "
+             "(explicit classical fill, named in the file name).")] = RELEASED_RESTORATION,
     extent: Annotated[Path | None, typer.Option(
         "--extent", help="GeoPackage of effective extents (columns shelf, year); default: "
                          "the ROI shrunk inwards by 5 % of its smaller side (Thwaites, whose "

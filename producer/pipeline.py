@@ -69,9 +69,12 @@ from producer.slcoff import detect_gaps, footprint_of
 from producer.sources.base import FOOTPRINT_KEY, Scene, SceneSource, summer_span
 from producer.spec import (
     AUXILIARY_SUFFIXES,
+    DEMO_SOURCE,
     ENCODING,
     FIRST_SUMMER,
     PROBABILITY_RASTER,
+    RELEASED_RESTORATION,
+    RESTORATION_METHODS,
     SCENE_IDS_TAG,
     SENSORS,
     TYPE1,
@@ -137,7 +140,7 @@ class ProduceOptions:
     out: Path = DEFAULT_OUT
     weights: Path | None = None
     diffgf: Path | None = None
-    restoration: str = "DiffGF"
+    restoration: str = RELEASED_RESTORATION
     extent_file: Path | None = None
     device: str = "auto"
     force: bool = False
@@ -246,7 +249,7 @@ def resolve_weights(weights: Path | None, source_name: str) -> Path:
         if not Path(weights).is_file():
             raise ProduceError(f"--weights {weights}: file not found")
         return Path(weights)
-    if source_name != "demo":
+    if source_name != DEMO_SOURCE:
         raise ProduceError(f"--weights FILE is required for the {source_name!r} source (the "
                            "authors' .pth or our .safetensors checkpoint)")
     if not DEMO_WEIGHTS.is_file():
@@ -261,7 +264,7 @@ def resolve_diffgf(diffgf: Path | None, source_name: str) -> Path | None:
     """The DiffGF weights: the given path, or the demo DiffGF for the demo source if present."""
     if diffgf is not None:
         return Path(diffgf)
-    if source_name == "demo":
+    if source_name == DEMO_SOURCE:
         from producer.restoration.api import DEMO_WEIGHTS
 
         if DEMO_WEIGHTS.exists():
@@ -273,7 +276,7 @@ def resolve_source(spec: str, demo_size: int | None = None) -> SceneSource:
     """A scene source from ``gee``, ``local:DIR`` or ``demo`` (``demo_size``: demo window px)."""
     from producer.sources.registry import get_source
 
-    if demo_size is not None and spec != "demo":
+    if demo_size is not None and spec != DEMO_SOURCE:
         raise ProduceError(f"--demo-size applies to the demo source only, not {spec!r}")
     return get_source(spec, size=demo_size)
 
@@ -450,17 +453,18 @@ def restore_scenes(used: Sequence[_SceneMasks], options: ProduceOptions, diffgf:
     from producer.restoration import MissingWeightsError, restore_scene_file
 
     method = options.restoration
-    if method == "DiffGF" and (diffgf is None or not Path(diffgf).exists()):
+    if method == RELEASED_RESTORATION and (diffgf is None or not Path(diffgf).exists()):
         raise ProduceError(str(MissingWeightsError(diffgf)))
     for k, masks in enumerate(slc):
         dst = workdir / f"{masks.scene.scene_id}_restored.tif"
         footprint = masks.scene.metadata.get(FOOTPRINT_KEY)
-        restore_scene_file(masks.scene.path, dst, method, diffgf if method == "DiffGF" else None,
+        restore_scene_file(masks.scene.path, dst, method,
+                           diffgf if method == RELEASED_RESTORATION else None,
                            footprint=None if footprint is None else _read_band(footprint) != 0)
         paths[masks.scene.scene_id] = dst
         progress("restoration", k + 1, len(slc), masks.scene.scene_id)
-    record = (ModelRecord("DiffGF", file_sha256(diffgf), Path(diffgf).name)
-              if method == "DiffGF" else None)
+    record = (ModelRecord(RELEASED_RESTORATION, file_sha256(diffgf), Path(diffgf).name)
+              if method == RELEASED_RESTORATION else None)
     return paths, record
 
 
@@ -611,7 +615,7 @@ def produce_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
                               f"does not overlap the ROI of {shelf} on the scenes' grid")
         # DiffGF weights shape only SLC-off summers restored with DiffGF: other years keep
         # their digest (and are skipped) when those weights change
-        diffgf_used = options.restoration == "DiffGF" and slc_off_possible(year)
+        diffgf_used = options.restoration == RELEASED_RESTORATION and slc_off_possible(year)
         diffgf_sha = (cached_sha256(diffgf) if diffgf_used and diffgf is not None
                       and Path(diffgf).exists() else None)
 
@@ -896,8 +900,9 @@ def check_request(shelf: str, source: SceneSource, options: ProduceOptions) -> s
     option is one clear line."""
     name = released_name(shelf)
     resolve_weights(options.weights, source.name)
-    if options.restoration not in ("DiffGF", "FillNodata"):
-        raise ProduceError(f"--restoration {options.restoration!r}: use DiffGF or FillNodata")
+    if options.restoration not in RESTORATION_METHODS:
+        raise ProduceError(f"--restoration {options.restoration!r}: use "
+                           f"{' or '.join(RESTORATION_METHODS)}")
     if options.compare_scenes < 1:
         raise ProduceError(f"--compare-scenes {options.compare_scenes}: must be at least 1 "
                            "(1 = no comparison, the source's ranking decides)")
