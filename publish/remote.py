@@ -231,7 +231,10 @@ def record_index(ref: RecordRef, cache_dir: Path | None = None,
         record = public_record(ref.base_url, ref.record_id)
     except requests.RequestException as error:
         status = getattr(error.response, "status_code", None)
-        reason = f"HTTP {status}" if status else f"could not fetch ({type(error).__name__})"
+        reason = (f"HTTP {status}" if status else
+                  f"could not fetch ({type(error).__name__}): no network, or the server is not "
+                  f"a Zenodo instance — give another instance's record URL, or search a local "
+                  f"release folder; a record searched before is read from the cache")
         raise RemoteError(f"{ref.url}: {reason}") from None
     latest = RecordRef(ref.base_url, int(record.get("id", ref.record_id)))
     folder = record_cache_dir(latest, cache_dir)

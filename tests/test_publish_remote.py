@@ -155,6 +155,19 @@ def test_records_that_cannot_be_searched_say_why(emulator: ZenodoEmulator, cache
         search(f"{emulator.base_url}/records/123")
 
 
+def test_an_unreachable_server_says_what_to_do(cache: Path) -> None:
+    """No network (here: nothing listens on the port) is told apart from a missing record, with
+    what the user can do instead."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(SearchError, match=r"could not fetch \(ConnectionError\): no network.*"
+                                          r"local release folder.*cache"):
+        search(f"http://127.0.0.1:{port}/records/5")
+
+
 def _foreign_record(emulator: ZenodoEmulator, tmp_path: Path, manifest: bytes,
                     stac: bytes) -> int:
     """Publish a record holding a manifest.json and a stac.zip that are not ours; its id."""

@@ -88,7 +88,8 @@ def train(
     demo: Annotated[bool, typer.Option(help="Train on demo tiles rendered on the fly")] = False,
     out: Annotated[Path, typer.Option(help="Run folder (checkpoints, curves)")] = Path("runs/seg"),
     variant: Annotated[str, typer.Option(
-        help="SegFormer MiT variant b0…b5 (default: --init's variant, else b2)")] = "b2",
+        help="SegFormer MiT variant b0…b5 (default: --init's variant, else b2)",
+        show_default=False)] = "b2",
     init: Annotated[Path | None, typer.Option(
         help="Initialise from a local checkpoint (its variant must match --variant)")] = None,
     epochs: Annotated[int, typer.Option()] = 200,
