@@ -25,9 +25,13 @@ from rich.progress import (
 from rich.table import Table
 
 from catalog.uncertainty import load_factors
+from producer.spec import SENSOR_ORDER
 
 err = Console(stderr=True)
 out = Console()
+#: ``search --sensor`` help: the spec's sensor tokens ("LE07, LC08 or LC09").
+_SENSOR_HELP = (f"{', '.join(SENSOR_ORDER[:-1])} or " if len(SENSOR_ORDER) > 1 else "") \
+    + f"{SENSOR_ORDER[-1]} (any of them)."
 
 
 class OutputFormat(StrEnum):
@@ -135,7 +139,7 @@ def search_command(
     year_from: Annotated[int | None, typer.Option("--from", help="First summer.")] = None,
     year_to: Annotated[int | None, typer.Option("--to", help="Last summer.")] = None,
     sensor: Annotated[list[str] | None, typer.Option(
-        "--sensor", help="LE07, LC08 or LC09 (any of them).")] = None,
+        "--sensor", help=_SENSOR_HELP)] = None,
     restored: Annotated[bool | None, typer.Option(
         "--restored/--not-restored", help="Only maps from restored (SLC-off) imagery, or none."
     )] = None,

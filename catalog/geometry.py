@@ -16,7 +16,6 @@ from __future__ import annotations
 from functools import cache
 
 import numpy as np
-import shapely
 from pyproj import Transformer
 from shapely import box, segmentize
 from shapely.geometry import MultiPolygon, Point, Polygon, mapping
@@ -37,11 +36,6 @@ _ROUND = 7
 @cache
 def _to_lonlat() -> Transformer:
     return Transformer.from_crs(ENCODING.crs, "EPSG:4326", always_xy=True)
-
-
-@cache
-def _to_polar() -> Transformer:
-    return Transformer.from_crs("EPSG:4326", ENCODING.crs, always_xy=True)
 
 
 def _lonlat(x: np.ndarray, y: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
@@ -106,14 +100,6 @@ def footprint_lonlat(footprint: BaseGeometry, densify_m: float = DENSIFY_M) -> B
     return merged.buffer(0) if not merged.is_valid else merged
 
 
-def crosses_antimeridian(geometry: BaseGeometry) -> bool:
-    """Whether a lon/lat geometry has parts on both sides of ±180° (touching it)."""
-    if not isinstance(geometry, MultiPolygon):
-        return False
-    bounds = [part.bounds for part in geometry.geoms]
-    return any(b[2] >= 180.0 for b in bounds) and any(b[0] <= -180.0 for b in bounds)
-
-
 def lon_span(intervals: list[tuple[float, float]]) -> tuple[float, float]:
     """(west, east) of the shortest arc of longitudes covering every interval.
 
@@ -175,12 +161,3 @@ def lonlat_bbox_geometry(bbox: tuple[float, float, float, float]) -> BaseGeometr
     if west <= east:
         return box(west, south, east, north)
     return MultiPolygon([box(west, south, 180.0, north), box(-180.0, south, east, north)])
-
-
-def to_polar(geometry: BaseGeometry) -> BaseGeometry:
-    """A lon/lat geometry in EPSG:3031 (densified first so edges follow the graticule)."""
-    dense = segmentize(geometry, 0.05)
-    return shapely.transform(
-        dense, lambda xy: np.column_stack(_to_polar().transform(xy[:, 0], xy[:, 1])))
-
-

@@ -26,6 +26,8 @@ from producer.spec import (
     TYPE2,
     ProductName,
     SpecError,
+    is_demo_source,
+    is_year_dir,
     parse_name,
 )
 
@@ -55,7 +57,7 @@ def tagged_source(facts: Iterable[RasterFacts]) -> str | None:
     """The scene source the product files name: demo when any says demo (demo maps must
     never pass for real ones), else the one source they all name, else None (unknown)."""
     sources = {f.source for f in facts}
-    if DEMO_SOURCE in sources:
+    if any(is_demo_source(source) for source in sources):
         return DEMO_SOURCE
     return sources.pop() if len(sources) == 1 else None
 
@@ -134,7 +136,7 @@ def _shelf_year_folders(release_dir: Path) -> list[Path]:
         if shelf_dir.name.startswith("."):
             continue
         folders.extend(sorted(p for p in shelf_dir.iterdir()
-                              if p.is_dir() and p.name.isdigit() and len(p.name) == 4))
+                              if p.is_dir() and is_year_dir(p.name)))
     return folders
 
 

@@ -34,7 +34,6 @@ from producer.shelves import get_shelf
 from producer.spec import (
     AUXILIARY_RASTERS,
     CONSTELLATION,
-    DEMO_SOURCE,
     ENCODING,
     PRODUCT_TYPES,
     RELEASED_RESTORATION,
@@ -45,17 +44,21 @@ from producer.spec import (
     TYPE2,
     ProductName,
     ProductType,
+    is_demo_source,
     summer_window,
 )
 
 CATALOG_ID = "icedamage"
 COLLECTION_ID = "antarctic-ice-shelf-surface-damage"
-COLLECTION_TITLE = "Surface Damage Dataset for Antarctic Ice Shelves 1999-2024"
+#: The collection's title, before the summers the release holds (``collection_title``).
+COLLECTION_TITLE_STEM = "Surface Damage Dataset for Antarctic Ice Shelves"
 DEFAULT_LICENSE = "CC-BY-4.0"
 COG_MEDIA_TYPE = pystac.MediaType.COG
 GPKG_MEDIA_TYPE = "application/geopackage+sqlite3"
 ODS_MEDIA_TYPE = "application/vnd.oasis.opendocument.spreadsheet"
 PROCESSING_SCHEMA = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
+# The citations name published works: "1999-2024" is part of their titles, not the summers of
+# the release being cataloged, so it is quoted as published and never derived.
 DATASET_CITATION = ("Tang, L., Bamber, J., Li, T., and Qiao, G.: Surface Damage Dataset for "
                     "Antarctic Ice Shelves 1999-2024, Zenodo [data set], 2026.")
 PAPER_CITATION = ("Tang, L., Bamber, J., Li, T., and Qiao, G.: A multi-decadal dataset of surface "
@@ -161,7 +164,7 @@ def product_properties(inputs: ItemInputs) -> dict[str, Any]:
         f"{P}acquisition_dates": [d.isoformat() for d in dates] or None,
         f"{P}main_scene": main_id,
         f"{P}source": source,
-        f"{P}demo": source == DEMO_SOURCE if source is not None else None,
+        f"{P}demo": is_demo_source(source) if source is not None else None,
         f"{P}model": prov.segmentation.name if prov else None,
         f"{P}model_weights_sha256": prov.segmentation.weights_sha256 if prov else None,
     }
@@ -456,6 +459,7 @@ def build_collection(items: list[pystac.Item], settings: CatalogSettings,
     bboxes = [_shelf_bbox(group) for _, group in sorted(by_shelf.items())]
     starts = [pystac.utils.str_to_datetime(i.properties["start_datetime"]) for i in items]
     ends = [pystac.utils.str_to_datetime(i.properties["end_datetime"]) for i in items]
+    years = [i.properties[f"{P}year"] for i in items]
     extent = pystac.Extent(
         # STAC: one bbox, or the union followed by at least two sub-bboxes (one per shelf)
         pystac.SpatialExtent([_union_bbox(bboxes), *bboxes] if len(bboxes) > 1
@@ -469,8 +473,7 @@ def build_collection(items: list[pystac.Item], settings: CatalogSettings,
                    if i.properties.get(f"{P}demo") is not None})
     summaries = pystac.Summaries({
         f"{P}shelf": sorted(by_shelf),
-        f"{P}year": {"minimum": min(i.properties[f"{P}year"] for i in items),
-                     "maximum": max(i.properties[f"{P}year"] for i in items)},
+        f"{P}year": {"minimum": min(years), "maximum": max(years)},
         f"{P}sensors": sorted({t for i in items for t in i.properties[f"{P}sensors"]}),
         "platform": platforms,
         "constellation": [CONSTELLATION],
@@ -481,16 +484,16 @@ def build_collection(items: list[pystac.Item], settings: CatalogSettings,
     } | ({f"{P}restoration": restorations} if restorations else {})
       | ({f"{P}demo": demo} if demo else {}))
     collection = pystac.Collection(
-        id=COLLECTION_ID, title=COLLECTION_TITLE,
+        id=COLLECTION_ID, title=collection_title(min(years), max(years)),
         description=("30 m surface damage maps (crevasses, rifts, fractured zones) of Antarctic "
                      "ice shelves, one map per shelf and austral summer, segmented from Landsat "
                      "7/8/9 imagery with SegFormer; Landsat 7 SLC-off imagery restored with "
-                     "DiffGF. Type 1 maps cover the effective ice-shelf extent (0 background, "
-                     "1 damage, 255 nodata); type 2 maps the full region of interest (0 "
-                     "background, 255 damage) and need manual checking before use."),
+                     f"{RELEASED_RESTORATION}. Type 1 maps cover the effective ice-shelf extent "
+                     f"({encoding_text(TYPE1)}); type 2 maps the full region of interest "
+                     f"({encoding_text(TYPE2)}) and need manual checking before use."),
         extent=extent, license=settings.license,
         keywords=["Antarctica", "ice shelf", "surface damage", "crevasses", "rifts", "Landsat",
-                  "deep learning", "SegFormer", "SLC-off", "DiffGF"],
+                  "deep learning", "SegFormer", "SLC-off", RELEASED_RESTORATION],
         providers=list(settings.providers) or default_providers(),
         summaries=summaries,
         stac_extensions=[schemas.SCHEMA_URI, PROCESSING_SCHEMA],
@@ -508,6 +511,19 @@ def build_collection(items: list[pystac.Item], settings: CatalogSettings,
     FileExtension.add_to(collection)
     _release_file_assets(collection, release_files)
     return collection
+
+
+def collection_title(first: int, last: int) -> str:
+    """The collection's title with the summers the release holds: the published dataset's
+    title ("... 1999-2024") for the release of the paper, and no claim of summers that a
+    smaller or later release does not hold."""
+    return f"{COLLECTION_TITLE_STEM} {first}" + (f"-{last}" if last != first else "")
+
+
+def encoding_text(product_type: ProductType) -> str:
+    """The pixel values of a product type as the spec encodes them: "0 background, 1 damage,
+    255 nodata" for type 1."""
+    return ", ".join(f"{c.value} {c.name}" for c in product_type.classes)
 
 
 def _release_file_assets(collection: pystac.Collection, files: dict[str, FileRef]) -> None:

@@ -24,7 +24,7 @@ import rasterio
 
 import schemas
 from catalog.uncertainty import UncertaintyFactors
-from producer.spec import ENCODING, RELEASED_RESTORATION, TYPE1
+from producer.spec import ENCODING, RELEASED_RESTORATION, TYPE1, SpecError, parse_name
 
 M2_PER_KM2 = 1e6
 P = schemas.PREFIX
@@ -85,12 +85,21 @@ class DamageStats:
 
 
 def is_diffgf_derived(path: Path | str) -> bool:
-    """The authors' rule: a file is DiffGF-derived when its name contains "diffgf" (any case).
+    """Whether a map was made from DiffGF-restored imagery (its upper bound then takes the
+    restoration factor K).
 
-    Only the file name is looked at (not parent folders), so a release stored under a folder
-    that happens to contain the word is not misread.
+    A product name (``producer.spec.parse_name``) says it by its restoration token: exactly the
+    released method, so another method whose name merely contains "DiffGF" is not DiffGF.
+    Only for a file whose name does not parse does the authors' rule apply (their time-series
+    code: DiffGF-derived when the path contains "diffgf", any case), so files named as they
+    name them are still read as they read them. That fallback looks at the file name only (not
+    parent folders): a release under a folder that contains the word is not misread.
     """
-    return RELEASED_RESTORATION.lower() in Path(path).name.lower()
+    name = Path(path).name
+    try:
+        return parse_name(name).restoration == RELEASED_RESTORATION
+    except SpecError:
+        return RELEASED_RESTORATION.lower() in name.lower()  # the authors' rule
 
 
 def count_pixels(path: Path) -> PixelCounts:

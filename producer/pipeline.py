@@ -274,9 +274,9 @@ def resolve_diffgf(diffgf: Path | None, source_name: str) -> Path | None:
 
 def resolve_source(spec: str, demo_size: int | None = None) -> SceneSource:
     """A scene source from ``gee``, ``local:DIR`` or ``demo`` (``demo_size``: demo window px)."""
-    from producer.sources.registry import get_source
+    from producer.sources.registry import get_source, parse_source_spec
 
-    if demo_size is not None and spec != DEMO_SOURCE:
+    if demo_size is not None and parse_source_spec(spec)[0] != DEMO_SOURCE:
         raise ProduceError(f"--demo-size applies to the demo source only, not {spec!r}")
     return get_source(spec, size=demo_size)
 

@@ -13,10 +13,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from producer.spec import TYPE1, ProductName, build_name
+from producer.spec import TYPE1, ProductName, build_name, is_demo_source
 
 SCHEMA_VERSION = "1.0"
-SOURCES = ("gee", "local", "demo")
 
 
 @dataclass(frozen=True)
@@ -80,7 +79,7 @@ class Provenance:
     @property
     def demo(self) -> bool:
         """Products made from the offline demo source must never be published as real data."""
-        return self.source == "demo"
+        return is_demo_source(self.source)
 
     @property
     def main_scene(self) -> SceneRecord:
@@ -99,8 +98,10 @@ class Provenance:
 
     @classmethod
     def from_json(cls, text: str) -> Provenance:
-        """Parse a record written by ``to_json``."""
+        """Parse a record written by ``to_json``; ValueError when it says ``"demo": true``
+        but its ``source`` is not the demo source (see ``_check_demo_field``)."""
         data = json.loads(text)
+        _check_demo_field(data)
         data.pop("demo", None)
         scenes = tuple(
             SceneRecord(**{**s, "acquired": dt.date.fromisoformat(s["acquired"]),
@@ -112,6 +113,18 @@ class Provenance:
         return cls(scenes=scenes, segmentation=seg,
                    restoration_model=ModelRecord(**rest) if rest else None,
                    sensors=tuple(data.pop("sensors")), **data)
+
+
+def _check_demo_field(data: dict[str, Any]) -> None:
+    """Refuse a record saying ``"demo": true`` whose ``source`` is not the demo source: the
+    publisher counts such a record as demo, so the catalog, which reads ``source``, must not
+    quietly describe its maps as real. (The other way round, a demo ``source`` decides for
+    everyone, whatever a stale ``demo`` field says.)"""
+    source = data.get("source")
+    if data.get("demo") is True and not is_demo_source(source if isinstance(source, str)
+                                                       else None):
+        raise ValueError(f"the record's 'demo' field (true) contradicts its 'source' "
+                         f"({source!r}); only the demo source's records say true")
 
 
 def _json_default(value: Any) -> Any:

@@ -64,6 +64,14 @@ class Sensor:
         """Whether this sensor's imagery of the summer ``year`` has SLC-off gaps."""
         return self.slc_off_from is not None and summer_window(year)[0] >= self.slc_off_from
 
+    @property
+    def first_slc_off_summer(self) -> int | None:
+        """The first summer whose imagery of this sensor has SLC-off gaps (None: never)."""
+        if self.slc_off_from is None:
+            return None
+        year = self.slc_off_from.year
+        return year if self.slc_off_in(year) else year + 1
+
     def covers(self, year: int) -> bool:
         """Whether the product may use this sensor for the summer ``year`` (a sensor still
         operating covers summers up to the latest that has begun)."""
@@ -257,6 +265,20 @@ SOURCE_TAG = "ICEDAMAGE_SOURCE"
 #: The offline demo source's name (in provenance records and ``SOURCE_TAG``).
 DEMO_SOURCE = "demo"
 
+
+def normalise_source(value: str) -> str:
+    """One spelling of a scene source's name (surrounding spaces dropped, case folded), so a
+    hand-edited tag or record ("Demo ") names the same source wherever it is read."""
+    return value.strip().casefold()
+
+
+def is_demo_source(value: str | None) -> bool:
+    """Whether a scene source's name (a provenance record's ``source``, a product's
+    ``SOURCE_TAG``) is the demo source, however spaced or cased: the one rule by which the
+    catalog, the validator and the publisher tell demo maps from real ones. None (no record,
+    an untagged file) is not demo by this rule."""
+    return value is not None and normalise_source(value) == DEMO_SOURCE
+
 #: Auxiliary files a shelf-year folder may hold beside the products, by role.
 AUXILIARY_SUFFIXES: dict[str, str] = {
     "provenance": "_provenance.json",
@@ -319,6 +341,17 @@ def check_shelf_name_safe(name: str) -> str:
     return name
 
 
+#: A year in a folder or file name: four ASCII digits (``\d`` would take any script's digits,
+#: "٢٠١٦", which int() reads as 2016).
+_YEAR_DIGITS = "[0-9]{4}"
+
+
+def is_year_dir(name: str) -> bool:
+    """Whether a folder name is a ``<YYYY>`` year folder of the layout (four ASCII digits);
+    the one rule by which the catalog, the validator and the packager find year folders."""
+    return re.fullmatch(_YEAR_DIGITS, name) is not None
+
+
 def summer_window(year: int) -> tuple[dt.date, dt.date]:
     """First and last day of the austral summer named ``year`` (Nov YYYY - Mar YYYY+1)."""
     return dt.date(year, 11, 1), dt.date(year + 1, 3, 31)
@@ -374,15 +407,24 @@ def plausibility_problems(
                          f"restoration {restoration!r} is not one of "
                          f"{sorted(RESTORATION_METHODS)}"))
     if slc_off and restoration is None:
+        gappy = "_".join(t for t in known if SENSORS[t].slc_off_in(year))
         problems.append((Rule.RESTORATION_MISSING,
-                         f"LE07 imagery of summer {year} is SLC-off and needs a restoration token "
-                         f"(released: {RESTORATION_PREFIX}{RELEASED_RESTORATION})"))
+                         f"{gappy} imagery of summer {year} is SLC-off and needs a restoration "
+                         f"token (released: {RESTORATION_PREFIX}{RELEASED_RESTORATION})"))
     if restoration is not None and not slc_off:
         problems.append((Rule.RESTORATION_UNEXPECTED,
-                         f"restoration token {RESTORATION_PREFIX}{restoration} needs SLC-off LE07 "
-                         f"imagery (summers 2003-2012), but sensors are {'_'.join(sensors)} "
+                         f"restoration token {RESTORATION_PREFIX}{restoration} needs SLC-off "
+                         f"{_slc_off_imagery()}, but sensors are {'_'.join(sensors)} "
                          f"in {year}"))
     return problems
+
+
+def _slc_off_imagery() -> str:
+    """Which imagery is SLC-off, from the sensors' dates: "LE07 imagery (summers 2003-2012)"."""
+    return " or ".join(
+        f"{s.token} imagery (summers {s.first_slc_off_summer}-"
+        f"{s.last_summer if s.last_summer is not None else 'today'})"
+        for s in SENSORS.values() if s.slc_off_from is not None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -427,10 +469,10 @@ class ProductName:
 
 _TOKEN = "|".join(SENSOR_ORDER)
 _NAME = re.compile(
-    rf"^(?P<sensors>(?:{_TOKEN})(?:_(?:{_TOKEN}))*)_(?P<shelf>.+?)_(?P<year>\d{{4}})"
+    rf"^(?P<sensors>(?:{_TOKEN})(?:_(?:{_TOKEN}))*)_(?P<shelf>.+?)_(?P<year>{_YEAR_DIGITS})"
     rf"(?:{RESTORATION_PREFIX}(?P<restoration>[A-Za-z0-9]+))?"
     rf"(?P<suffix>{'|'.join(re.escape(t.suffix) for t in PRODUCT_TYPES)})$",
-    re.ASCII,  # \d would take any script's digits ("٢٠١٦"), which int() reads as 2016
+    re.ASCII,  # a \d or \w added here must not take other scripts' characters either
 )
 
 

@@ -32,6 +32,7 @@ from producer.spec import (
     METADATA_ODS,
     ROI_GEOPACKAGE_SUFFIX,
     STAC_CATALOG_DIR,
+    is_year_dir,
 )
 from producer.writer import atomic_path
 
@@ -41,7 +42,6 @@ CATALOG_KEY = "stac.zip"
 BUILD_CACHE = ".build-cache.json"
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 _SAFE = re.compile(r"[A-Za-z0-9._-]+")
-_YEAR = re.compile(r"\d{4}")
 _CHUNK = 1 << 20
 
 
@@ -117,11 +117,6 @@ class Manifest:
         """Entries by key."""
         return {e.key: e for e in self.entries}
 
-    @property
-    def total_size(self) -> int:
-        """Bytes of all listed files."""
-        return sum(e.size for e in self.entries)
-
 
 def record_file_url(record_url: str, key: str) -> str:
     """Download URL of one file of a published record (answers HTTP range requests)."""
@@ -188,7 +183,7 @@ def shelf_dirs(release_dir: Path) -> list[Path]:
     """Top-level shelf folders: those holding <YYYY> sub-folders."""
     return sorted(p for p in release_dir.iterdir()
                   if p.is_dir() and not p.name.startswith(".") and p.name != STAC_CATALOG_DIR
-                  and any(c.is_dir() and _YEAR.fullmatch(c.name) for c in p.iterdir()))
+                  and any(c.is_dir() and is_year_dir(c.name) for c in p.iterdir()))
 
 
 def plan_packages(release_dir: Path, catalog_root: Path | None = None) -> list[PackageSpec]:
@@ -217,9 +212,8 @@ def plan_packages(release_dir: Path, catalog_root: Path | None = None) -> list[P
     if ods.is_file():
         specs.append(PackageSpec(safe_key(ods.name), "metadata", ods.name,
                                  ((ods.name, ods),), zipped=False))
-    for gpkg in sorted(release_dir.glob("*.gpkg")):
-        kind = "roi" if gpkg.name.endswith(ROI_GEOPACKAGE_SUFFIX) else "geopackage"
-        specs.append(PackageSpec(safe_key(gpkg.name), kind, gpkg.name, ((gpkg.name, gpkg),),
+    for gpkg in sorted(release_dir.glob(f"*{ROI_GEOPACKAGE_SUFFIX}")):
+        specs.append(PackageSpec(safe_key(gpkg.name), "roi", gpkg.name, ((gpkg.name, gpkg),),
                                  zipped=False))
     _check_unique(specs)
     return specs

@@ -44,6 +44,7 @@ from producer.spec import (
     SOURCE_TAG,
     STAC_CATALOG_DIR,
     SpecError,
+    is_demo_source,
     parse_name,
 )
 from publish.metadata import (
@@ -197,7 +198,9 @@ def record_files(record: dict[str, Any]) -> Files:
 def _provenance_demo(path: Path) -> bool:
     """Whether a provenance record says demo, read from its raw ``source`` / ``demo`` fields
     (not the full record: one that this version cannot parse must not hide a demo product).
-    ValueError saying why when the fields cannot be read."""
+    ``"demo": true`` beside another source counts as demo here, and makes the record
+    unreadable to the catalog and the validator (``Provenance.from_json``): nobody reads it
+    as real data. ValueError saying why when the fields cannot be read."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -208,7 +211,7 @@ def _provenance_demo(path: Path) -> bool:
     if not isinstance(source, str) or not isinstance(demo, bool | None):
         raise ValueError(f"no usable 'source' field ({source!r}) or a 'demo' field that is "
                          f"not true/false ({demo!r})")
-    return source == DEMO_SOURCE or demo is True
+    return is_demo_source(source) or demo is True
 
 
 def _product_demo(path: Path) -> bool:
@@ -223,7 +226,7 @@ def _product_demo(path: Path) -> bool:
             source = src.tags().get(SOURCE_TAG)
     except Exception as exc:  # any failure: whether it is demo is unknown (fail closed)
         raise ValueError(f"not readable as a GeoTIFF ({type(exc).__name__}: {exc})") from None
-    return source is not None and source.strip().lower() == DEMO_SOURCE
+    return is_demo_source(source)
 
 
 def _is_product(name: str) -> bool:

@@ -19,6 +19,7 @@ takes the id out of the record's ``links.latest``, which on today's Zenodo
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import time
 from collections import deque
@@ -29,6 +30,8 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 import requests
+from urllib3.exceptions import InvalidHeader
+from urllib3.util.retry import Retry
 
 PRODUCTION_URL = "https://zenodo.org"
 SANDBOX_URL = "https://sandbox.zenodo.org"
@@ -166,11 +169,9 @@ class RateLimiter:
 def retry_after(resp: requests.Response) -> float:
     """Seconds the server asks us to wait (Retry-After, else X-RateLimit-Reset), or 0."""
     value = resp.headers.get("Retry-After")
-    if value is not None:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            pass
+    seconds = _retry_after_seconds(value) if value is not None else None
+    if seconds is not None:
+        return seconds
     reset = resp.headers.get("X-RateLimit-Reset")
     if resp.status_code == 429 and reset is not None:
         try:
@@ -178,6 +179,21 @@ def retry_after(resp: requests.Response) -> float:
         except ValueError:
             pass
     return 0.0
+
+
+def _retry_after_seconds(value: str) -> float | None:
+    """A Retry-After value in seconds: delay-seconds (a decimal too, as some servers send) or
+    an HTTP-date (RFC 9110 10.2.3; "Wed, 21 Oct 2015 07:28:00 GMT"), parsed by urllib3 as
+    requests' own retries do; None when it is neither (an HTTP-date must not read as "retry
+    at once")."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            return Retry().parse_retry_after(value)
+        except InvalidHeader:
+            return None
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 class ProgressReader:

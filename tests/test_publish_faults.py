@@ -4,6 +4,7 @@ be retried. The emulator injects them over real HTTP on 127.0.0.1."""
 
 from __future__ import annotations
 
+import email.utils
 import os
 import shutil
 import subprocess
@@ -136,6 +137,20 @@ def test_dropped_upload_lost_answers_and_5xx(pub_release: Path,
     assert statuses(emulator, "PUT", "/Larsen_B.zip") == [0, 201]  # dropped, then sent again
     [record] = emulator.published()
     assert server_files(emulator, record.id) == manifest_files(pub_release)
+
+
+def test_retry_after_as_an_http_date_is_waited_out(emulator: ZenodoEmulator) -> None:
+    """A 429 whose Retry-After is an HTTP-date five minutes ahead: the client waits until
+    then (not only until the emulator's X-RateLimit-Reset, about a minute ahead), then goes
+    on."""
+    when = email.utils.formatdate(time.time() + 300, usegmt=True)
+    emulator.add_fault("status", "POST", r"^/api/deposit/depositions$", status=429,
+                       retry_after=when)
+    policy = RetryPolicy(time_scale=0.0005)
+    client = ZenodoClient(emulator.base_url, TOKEN, retry=policy, limiter=RateLimiter(policy))
+    draft = client.create()
+    assert statuses(emulator, "POST", "/depositions") == [429, 201] and draft["id"]
+    assert 250 <= max(policy.waits) <= 300, policy.waits
 
 
 def test_client_errors_are_not_retried(emulator: ZenodoEmulator) -> None:

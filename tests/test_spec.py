@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import pytest
@@ -19,6 +20,8 @@ from producer.spec import (
     Rule,
     SpecError,
     build_name,
+    is_demo_source,
+    is_year_dir,
     latest_summer,
     parse_name,
     plausibility_problems,
@@ -147,6 +150,39 @@ def test_plausibility_rules(sensors: tuple[str, ...], year: int, restoration: st
                             broken: set[Rule]) -> None:
     """Each rule fires exactly where the satellites' operating dates say it should."""
     assert rules(sensors, year, restoration) == broken
+
+
+def test_restoration_messages_follow_the_sensors_slc_off_dates(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SLC-off summers a message names come from the sensor's dates, not a copy of them."""
+    [unexpected] = plausibility_problems(("LC08",), 2016, "DiffGF")
+    assert "LE07 imagery (summers 2003-2012)" in unexpected[1]
+    le07 = dataclasses.replace(SENSORS["LE07"], slc_off_from=dt.date(2004, 12, 1),
+                               last_summer=2010)
+    monkeypatch.setitem(SENSORS, "LE07", le07)
+    assert le07.first_slc_off_summer == 2005  # the 2004 summer began before the failure
+    [unexpected] = plausibility_problems(("LC08",), 2016, "DiffGF")
+    assert "LE07 imagery (summers 2005-2010)" in unexpected[1], unexpected
+    [missing] = plausibility_problems(("LE07",), 2006, None)
+    assert missing[0] is Rule.RESTORATION_MISSING
+    assert missing[1].startswith("LE07 imagery of summer 2006 is SLC-off")
+
+
+@pytest.mark.parametrize(("value", "demo"), [
+    ("demo", True), ("Demo ", True), (" DEMO\t", True),
+    ("gee", False), ("local", False), ("demos", False), ("", False), (None, False)])
+def test_is_demo_source_ignores_spaces_and_case(value: str | None, demo: bool) -> None:
+    """The one demo rule: a hand-edited "Demo " is the demo source; no tag is not demo."""
+    assert is_demo_source(value) is demo
+
+
+@pytest.mark.parametrize(("name", "year"), [
+    ("2016", True), ("1999", True), ("\u0662\u0660\u0661\u0666", False),  # ٢٠١٦
+    ("\uff12\uff10\uff11\uff16", False), ("201", False), ("20160", False),  # full-width
+    ("2016 ", False), ("2016\n", False), ("", False)])
+def test_year_folders_are_four_ascii_digits(name: str, year: bool) -> None:
+    """Other scripts' digits (which int() reads as a year) do not make a year folder."""
+    assert is_year_dir(name) is year
 
 
 def test_the_latest_summer_begins_on_the_first_of_november() -> None:

@@ -337,6 +337,26 @@ def test_allowing_a_folders_content_allows_the_folder(release: Path) -> None:
         ("layout-stray-folder", "Totten/2016/tmp")}
 
 
+def test_catalog_validator_and_packager_agree_on_year_folders(release: Path) -> None:
+    """A folder named with another script's digits ("٢٠١٦", which int() reads as 2016) is no
+    year folder for any of them: the catalog does not describe its files, the packager does not
+    take its shelf for a shelf folder, the validator reports it as a stray."""
+    from catalog.release import scan_release as catalog_scan
+    from publish.package import shelf_dirs
+    from validation.inventory import scan_release as inventory_scan
+
+    arabic = "\u0662\u0660\u0661\u0666"
+    for shelf in ("Totten", "Nowhere"):  # a shelf with real years, and one with only this
+        (release / shelf / arabic).mkdir(parents=True)
+        product = release / f"{T16}{MAP}"
+        shutil.copy(product, release / shelf / arabic / product.name)
+    assert all(f.folder.name != arabic for f in catalog_scan(release))
+    assert {y.year for y in inventory_scan(release).years} == {"2001", "2005", "2012", "2016",
+                                                                 "2021"}
+    assert "Nowhere" not in [d.name for d in shelf_dirs(release)]
+    assert ("layout-stray-folder", "Nowhere") in found(validate_release(release, workers=1))
+
+
 def test_a_release_without_products_is_not_valid(tmp_path: Path) -> None:
     """An empty folder (a wrong path) or one with only empty shelf folders fails, exit 1."""
     empty = tmp_path / "empty"

@@ -84,7 +84,8 @@ class Fault:
     status: int = 500
     times: int = 1
     skip: int = 0
-    retry_after: int | None = None
+    retry_after: int | str | None = None
+    """Retry-After of a "status" answer: seconds, or an HTTP-date given as text."""
     seen: int = 0
     fired: int = 0
 

@@ -30,6 +30,7 @@ from producer.spec import (
     ProductName,
     SpecError,
     check_shelf_name_safe,
+    is_year_dir,
     parse_name,
 )
 
@@ -140,12 +141,8 @@ def product_suffix(filename: str) -> bool:
     return filename.endswith(tuple(t.suffix for t in PRODUCT_TYPES))
 
 
-def _is_year(name: str) -> bool:
-    return len(name) == 4 and name.isascii() and name.isdigit()
-
-
 def _is_year_dir(entry: Entry) -> bool:
-    return entry.is_dir and _is_year(entry.rel.rsplit("/", 1)[1])
+    return entry.is_dir and is_year_dir(entry.rel.rsplit("/", 1)[1])
 
 
 def _shelf_safe(name: str) -> bool:
@@ -190,7 +187,7 @@ def scan_release(root: Path, allow: Sequence[str] = ()) -> Inventory:
         inventory.shelf_dirs.append(entry.rel)
         for sub in subs:
             year = sub.rel.rsplit("/", 1)[1]
-            if sub.is_dir and _is_year(year):
+            if sub.is_dir and is_year_dir(year):
                 inventory.years.append(scan_year(root, sub.rel, entry.rel, year, allow))
             else:
                 inventory.shelf_others.append(sub)

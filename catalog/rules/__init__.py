@@ -14,8 +14,8 @@ Three rule sets, each reporting every problem it finds as ``validation.report.Pr
     agree with the files, the item's geometry and bbox are the products' footprint, its
     timestamps agree with its acquisition dates, statistics agree with the type-1 raster, null
     facts are listed as unknown, the demo flag says what the provenance record of the release
-    says, the item index (items.parquet and items.ndjson) holds exactly the catalog's items as
-    they are.
+    says, the products' source tag names the source that record names, the item index
+    (items.parquet and items.ndjson) holds exactly the catalog's items as they are.
 ``release-metadata``
     metadata.ods rows ⇔ items, one row per shelf-year, each row agrees with its product's name
     and (when present) provenance record, acquisition dates agree between metadata.ods,

@@ -50,13 +50,14 @@ from catalog.stats import count_pixels, damage_stats, is_diffgf_derived, stats_c
 from catalog.uncertainty import PAPER_FACTORS, UncertaintyFactors
 from producer.provenance import Provenance
 from producer.spec import (
-    DEMO_SOURCE,
     ITEMS_NDJSON,
     ITEMS_PARQUET,
     SOURCE_TAG,
     TYPE1,
     TYPE2,
     SpecError,
+    is_demo_source,
+    normalise_source,
     summer_window,
 )
 from validation.report import Problem
@@ -208,6 +209,9 @@ class CatalogConsistencyRules:
                               "catalog-file-unreadable", error[:200],
                               "a provenance record (JSON) as the producer writes it")
             by_folder.setdefault(files.folder.resolve(), (prov, error is None))
+            if prov is not None:
+                yield from guarded(rel_path(root, files.auxiliary["provenance"]),
+                                   _source_tag_problems(root, files, prov))
             try:
                 records.setdefault(item_id(files.name), (prov, error is None))
             except SpecError:
@@ -560,7 +564,7 @@ def _demo_problems(rel: str, item: pystac.Item, prov: Provenance | None,
         return
     flag = item.properties.get(f"{P}demo")
     if prov is None:
-        want = tagged == DEMO_SOURCE if tagged is not None else None
+        want = is_demo_source(tagged) if tagged is not None else None
         if flag is not want:
             yield Problem(rel, "demo-flag", f"{P}demo = {flag} but the release holds no "
                           "provenance record of this shelf-year and its products' "
@@ -568,12 +572,38 @@ def _demo_problems(rel: str, item: pystac.Item, prov: Provenance | None,
                           f"{P}demo = {json.dumps(want)}"
                           + (f", listed in {P}unknown" if want is None else ""))
         return
-    if prov.source == "demo" and flag is not True:
-        yield Problem(rel, "demo-flag", f"{P}demo = {flag} but provenance source is demo",
-                      f"{P}demo = true")
-    if prov.source != "demo" and flag is True:
+    if prov.demo and flag is not True:
+        yield Problem(rel, "demo-flag", f"{P}demo = {flag} but provenance source is "
+                      f"{prov.source}", f"{P}demo = true")
+    if not prov.demo and flag is True:
         yield Problem(rel, "demo-flag", f"{P}demo = true but provenance source is {prov.source}",
                       f"{P}demo = false")
+
+
+def _source_tag_problems(root: Path, files: ShelfYearFiles,
+                         prov: Provenance) -> Iterator[Problem]:
+    """Both products' ``SOURCE_TAG`` names the scene source their provenance record names.
+
+    The catalog and the demo-flag rule read the record when there is one, and the tags only
+    without it: a record saying gee beside maps tagged demo would pass demo maps for real ones
+    (and the reverse would hide real maps). An untagged product (the published v1, releases
+    written before the tag) has nothing to compare; one that does not open is reported by the
+    raster rules.
+    """
+    record = rel_path(root, files.auxiliary["provenance"])
+    for path in (files.damage_map, files.damage):
+        if path is None:
+            continue
+        try:
+            tag = raster_facts(path, checksum=False).source
+        except Exception:  # noqa: BLE001 - any GDAL failure: unreadable, reported elsewhere
+            continue
+        if tag is not None and normalise_source(tag) != normalise_source(prov.source):
+            yield Problem(rel_path(root, path), "source-tag",
+                          f"{SOURCE_TAG} = {tag!r} but its provenance record {record} says "
+                          f"source = {prov.source!r}",
+                          f"the record's source and the {SOURCE_TAG} tag of both products "
+                          "naming the same scene source (re-produce the shelf-year)")
 
 
 def _number(value: Any) -> bool:

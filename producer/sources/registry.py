@@ -15,12 +15,13 @@ from typing import Any
 
 from producer.sources.base import SceneSource
 from producer.sources.errors import SourceError
+from producer.spec import DEMO_SOURCE
 
 #: Source kind -> "module:Class".
 SOURCES: dict[str, str] = {
     "gee": "producer.sources.gee:EarthEngineSource",
     "local": "producer.sources.local:LocalFolderSource",
-    "demo": "producer.sources.demo:DemoSource",
+    DEMO_SOURCE: "producer.sources.demo:DemoSource",
 }
 VALID_FORMS = "'gee' (Earth Engine), 'local:DIR' (a folder of GeoTIFF scenes) or 'demo'"
 
@@ -35,7 +36,7 @@ def parse_source_spec(spec: str) -> tuple[str, Path | None]:
             raise SourceError(f"--source {spec!r}: 'local' needs a folder, as in local:DIR; "
                               f"valid forms: {VALID_FORMS}")
         return kind, Path(rest.strip()).expanduser()
-    if kind in ("gee", "demo") and not sep:
+    if kind in ("gee", DEMO_SOURCE) and not sep:
         return kind, None
     raise SourceError(f"--source {spec!r} is not a scene source; valid forms: {VALID_FORMS}")
 
