@@ -2,9 +2,13 @@
 
 The I/O layer around the pure builders of ``catalog.stac``. Every file is written through a
 temporary file (the STAC folder through a temporary folder swapped in at the end), so an
-interrupted run leaves the previous catalog intact. Re-running rebuilds nothing when no product
-changed, the settings are the same and every file the last run wrote is still there, unless
-forced.
+interrupted run leaves the previous catalog intact. The item index (items.parquet +
+items.ndjson, at the release root) is written after the catalog is swapped in, so the catalog's
+build state (``stac/.build.json``) is completed last: it then records the sha256 of both index
+files. A run interrupted in between leaves a state without that record, which the next run
+rebuilds and ``search`` refuses. Re-running rebuilds nothing when no product changed, the
+settings are the same, every file the last run wrote is still there and the index is the one
+written with the catalog, unless forced.
 """
 
 from __future__ import annotations
@@ -36,7 +40,13 @@ from catalog.ods import (
     write_metadata_ods,
 )
 from catalog.release import ShelfYearFiles, file_checksum, raster_facts, scan_release
-from catalog.search import release_relative, write_index
+from catalog.search import (
+    BUILD_STATE,
+    index_digests,
+    read_build_state,
+    release_relative,
+    write_index,
+)
 from catalog.stac import (
     COLLECTION_ID,
     CatalogSettings,
@@ -67,7 +77,6 @@ from producer.spec import (
 from producer.writer import atomic_path
 
 THUMBNAIL_MAX_SIDE = 512
-BUILD_STATE = ".build.json"
 
 #: Progress callback: (what is being done, steps done, steps in all).
 Progress = Callable[[str, int, int], None]
@@ -223,8 +232,38 @@ def _umask() -> int:
     return mask
 
 
+def write_build_state(stac_dir: Path, inputs: str | None,
+                      index: dict[str, str] | None) -> None:
+    """Write a catalog folder's build state atomically: the digest of the run's inputs and the
+    sha256 of the item index written with the catalog (None: not written yet, so not up to
+    date and not to be searched)."""
+    with atomic_path(Path(stac_dir) / BUILD_STATE) as tmp:
+        tmp.write_text(json.dumps({"inputs": inputs, "index": index}, sort_keys=True) + "\n")
+
+
+def forget_index(stac_dir: Path) -> None:
+    """Mark a catalog folder's item index as not yet written (before the index at the release
+    root stops matching it), keeping the recorded inputs."""
+    write_build_state(stac_dir, (read_build_state(stac_dir) or {}).get("inputs"), None)
+
+
+def reindex(release_dir: Path) -> tuple[Path, Path]:
+    """Rewrite the item index from the saved catalog, then record its digests in the build
+    state (last, so that only a complete index is ever recorded as the catalog's)."""
+    release_dir = Path(release_dir)
+    stac = release_dir / STAC_CATALOG_DIR
+    paths = write_index(release_dir, index_dicts(release_dir, stac / "catalog.json"))
+    write_build_state(stac, (read_build_state(stac) or {}).get("inputs"),
+                      index_digests(release_dir))
+    return paths
+
+
 def save_catalog(root: pystac.Catalog, release_dir: Path, state: str) -> Path:
-    """Save self-contained with relative hrefs into ``<release>/stac``, swapping folders."""
+    """Save self-contained with relative hrefs into ``<release>/stac``, swapping folders.
+
+    The build state saved with it records the inputs ``state`` but no item index yet: the
+    caller completes it with ``reindex`` once the index is written.
+    """
     final = release_dir / STAC_CATALOG_DIR
     # no dot in the staging name: pystac would take a dotted folder name for a file name
     staging = Path(tempfile.mkdtemp(prefix=f"_{STAC_CATALOG_DIR}_staging_", dir=release_dir))
@@ -233,7 +272,7 @@ def save_catalog(root: pystac.Catalog, release_dir: Path, state: str) -> Path:
         root.make_all_asset_hrefs_relative()
         make_file_links_relative(root)
         root.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
-        (staging / BUILD_STATE).write_text(json.dumps({"inputs": state}) + "\n")
+        write_build_state(staging, state, None)
         # mkdtemp makes the folder private (0700); the catalog is to be served as is
         staging.chmod(0o777 & ~_umask())
         old = None
@@ -354,14 +393,15 @@ def catalog_outputs(release_dir: Path, found: list[ShelfYearFiles]) -> list[Path
 
 
 def _up_to_date(release_dir: Path, found: list[ShelfYearFiles], state: str) -> bool:
-    """Whether the last run had these inputs and every file it wrote is still there."""
-    marker = release_dir / STAC_CATALOG_DIR / BUILD_STATE
-    if not marker.exists() or not all(p.exists() for p in catalog_outputs(release_dir, found)):
+    """Whether the last run had these inputs, finished (its build state records the item
+    index it wrote, and that index is still the one there) and every file it wrote is still
+    there."""
+    saved = read_build_state(release_dir / STAC_CATALOG_DIR)
+    if not saved or saved.get("inputs") != state or not isinstance(saved.get("index"), dict):
         return False
-    try:
-        return json.loads(marker.read_text()).get("inputs") == state
-    except json.JSONDecodeError:
+    if not all(p.exists() for p in catalog_outputs(release_dir, found)):
         return False
+    return saved["index"] == index_digests(release_dir)
 
 
 def catalog_release(release_dir: Path, factors: UncertaintyFactors,
@@ -441,7 +481,7 @@ def catalog_release(release_dir: Path, factors: UncertaintyFactors,
     step("saving the STAC catalog")
     catalog_json = save_catalog(catalog, release_dir, state)
     step("writing the item index")
-    write_index(release_dir, index_dicts(release_dir, catalog_json))
+    reindex(release_dir)
     report("done", total, total)
     unknown = {i.id: i.properties["icedamage:unknown"] for i in items
                if i.properties["icedamage:unknown"]}

@@ -6,6 +6,12 @@ with SQL over the parquet's ordinary columns (shelf, year, sensors, restoration,
 bbox struct) and then tests exact geometry with shapely, so no DuckDB extension is ever
 downloaded (extensions fail offline). Results come back as pystac Items whose asset hrefs are
 absolute paths, ready for odc-stac.
+
+The two index files and the catalog are written in separate steps, so each records what it
+belongs with: the parquet holds the sha256 of the items.ndjson written with it, and the
+catalog's build state (``stac/.build.json``, written last by ``catalog.build``) the sha256 of
+both. A search refuses an index that does not match (an interrupted ``icedamage catalog`` or
+publish write-back) rather than serve items that differ from the catalog.
 """
 
 from __future__ import annotations
@@ -50,6 +56,13 @@ from producer.writer import atomic_path
 P = schemas.PREFIX
 #: Parquet file-metadata key holding each item's byte span in items.ndjson.
 OFFSETS_KEY = "icedamage:ndjson_offsets"
+#: Parquet file-metadata key holding the sha256 of the items.ndjson written with the parquet.
+NDJSON_SHA256_KEY = "icedamage:ndjson_sha256"
+#: The catalog's build state in ``stac/``: the run's inputs and, once the item index is written,
+#: its files' sha256 under ``"index"`` (``None`` while the index is still to be written).
+BUILD_STATE = ".build.json"
+#: The item index files, as the build state names them.
+INDEX_FILES = (ITEMS_PARQUET, ITEMS_NDJSON)
 #: Rows per parquet row group: statistics let DuckDB skip groups, while each group's metadata
 #: (the item schema is wide) costs time; 1024 was fastest for 10,000 items.
 ROW_GROUP_ROWS = 1024
@@ -95,8 +108,10 @@ def write_index(release_dir: Path, items: Sequence[dict[str, Any]]) -> tuple[Pat
 
     The parquet's file metadata also records where each line of items.ndjson starts
     (``icedamage:ndjson_offsets``, little-endian int64, base64), so a search reads only the
-    matching items' JSON instead of decoding every column of the parquet; readers that do not
-    know the key ignore it.
+    matching items' JSON instead of decoding every column of the parquet, and the sha256 of that
+    items.ndjson (``icedamage:ndjson_sha256``), so a search can tell the pair apart from one left
+    half-rewritten (each file is replaced atomically, but not both at once); readers that do not
+    know the keys ignore them.
     """
     release_dir = Path(release_dir)
     parquet, ndjson = release_dir / ITEMS_PARQUET, release_dir / ITEMS_NDJSON
@@ -107,18 +122,49 @@ def write_index(release_dir: Path, items: Sequence[dict[str, Any]]) -> tuple[Pat
                                            d["properties"].get(f"{P}year") or 0, d["id"]))
     lines = [(json.dumps(d, sort_keys=True) + "\n").encode() for d in ordered]
     offsets = np.concatenate([[0], np.cumsum([len(line) for line in lines])]).astype("<i8")
+    text = b"".join(lines)
     with atomic_path(ndjson) as tmp:
-        tmp.write_bytes(b"".join(lines))
+        tmp.write_bytes(text)
     table = sga.parse_stac_items_to_arrow(ordered).read_all()
     batches = pa.RecordBatchReader.from_batches(
         table.schema, table.to_batches(max_chunksize=ROW_GROUP_ROWS))
     with atomic_path(parquet) as tmp:
         sga.to_parquet(batches, tmp)
         written = pq.read_table(tmp)
-        extra = {OFFSETS_KEY: base64.b64encode(offsets.tobytes())}
+        extra = {OFFSETS_KEY: base64.b64encode(offsets.tobytes()),
+                 NDJSON_SHA256_KEY: hashlib.sha256(text).hexdigest()}
         pq.write_table(written.replace_schema_metadata({**written.schema.metadata, **extra}),
                        tmp, row_group_size=ROW_GROUP_ROWS)
     return parquet, ndjson
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes (read in chunks: an index can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def index_digests(release_dir: Path) -> dict[str, str]:
+    """The sha256 of the item index files a release holds, by file name (what the catalog's
+    build state records, so that an index and a catalog written apart can be matched)."""
+    return {name: file_sha256(Path(release_dir) / name) for name in INDEX_FILES
+            if (Path(release_dir) / name).is_file()}
+
+
+def read_build_state(stac_dir: Path) -> dict[str, Any] | None:
+    """The build state saved in a catalog folder; None when there is none, ``{}`` when it does
+    not read as a JSON object (then nothing it would say can be trusted)."""
+    path = Path(stac_dir) / BUILD_STATE
+    if not path.is_file():
+        return None
+    try:
+        state = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return state if isinstance(state, dict) else {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,26 +388,96 @@ def _exact(table: pa.Table, geometry: BaseGeometry | None) -> pa.Table:
     return table.filter(pa.array(shapely.intersects(shapes, geometry)))
 
 
+def _version(path: Path) -> tuple[int, int, int]:
+    """(inode, mtime, size) of a file: a new version of it (atomic replace) changes them."""
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
+@lru_cache(maxsize=16)
+def _sha256_of(path: str, _version: tuple[int, int, int]) -> str:
+    """sha256 of one version of a file (cached: a process searching again reads it once)."""
+    return file_sha256(Path(path))
+
+
 def _ndjson_offsets(parquet: Path, ndjson: Path) -> np.ndarray | None:
-    """Line offsets of items.ndjson when the index records them and they fit the file."""
+    """Line offsets of items.ndjson when the index records them and they fit the file.
+
+    An index that records the sha256 of its items.ndjson and finds another file there is
+    refused (``SearchError``): one of the two was left behind by an interrupted write, and
+    reading either would serve items that are not the catalog's. Older indexes without the
+    digest fall back to the size check (and then to decoding the parquet).
+    """
     if not ndjson.exists():
         return None
     stat = parquet.stat()
-    offsets = _offsets_of(str(parquet), stat.st_mtime_ns, stat.st_size)
+    offsets, digest = _index_metadata(str(parquet), stat.st_mtime_ns, stat.st_size)
+    if digest is not None and _sha256_of(str(ndjson), _version(ndjson)) != digest:
+        raise SearchError(f"{ndjson} is not the file {parquet} was written with (one of the two "
+                          "is left from an interrupted write); run `icedamage catalog` on the "
+                          "release to rebuild the item index")
     if offsets is None or int(offsets[-1]) != ndjson.stat().st_size:
         return None
     return offsets
 
 
 @lru_cache(maxsize=8)
-def _offsets_of(parquet: str, _mtime_ns: int, _size: int) -> np.ndarray | None:
-    """The offsets array of an index file (cached per file version within a process)."""
+def _index_metadata(parquet: str, _mtime_ns: int, _size: int
+                    ) -> tuple[np.ndarray | None, str | None]:
+    """(line offsets, items.ndjson sha256) an index file records, None for those it does not
+    (cached per file version within a process)."""
     with _connection().cursor() as con:
-        row = con.execute("SELECT value FROM parquet_kv_metadata(?) WHERE key = ?",
-                          [parquet, OFFSETS_KEY]).fetchone()
-    if row is None:
-        return None
-    return np.frombuffer(base64.b64decode(row[0]), dtype="<i8")
+        rows = dict(con.execute(
+            "SELECT key, value FROM parquet_kv_metadata(?) WHERE key IN (?, ?)",
+            [parquet, OFFSETS_KEY, NDJSON_SHA256_KEY]).fetchall())
+    offsets = rows.get(OFFSETS_KEY.encode())
+    digest = rows.get(NDJSON_SHA256_KEY.encode())
+    return (np.frombuffer(base64.b64decode(offsets), dtype="<i8") if offsets is not None
+            else None, digest.decode() if digest is not None else None)
+
+
+def check_index(parquet: Path, release_dir: Path) -> None:
+    """Refuse (``SearchError`` naming the files) an item index that is not the one the
+    release's STAC catalog was saved with.
+
+    The catalog's build state records the sha256 of items.parquet and items.ndjson once both
+    are written; a state whose record is still empty (an interrupted ``icedamage catalog`` or
+    publish write-back) or holds other digests means the index may describe another catalog.
+    A release without a build state (an index on its own, an unpacked record) or whose state
+    predates the record (an older icedamage; its next ``catalog`` run rebuilds) is not checked
+    here; a missing items.ndjson is allowed (the parquet is decoded instead).
+    """
+    parquet, release_dir = Path(parquet), Path(release_dir)
+    marker = release_dir / STAC_CATALOG_DIR / BUILD_STATE
+    if parquet != release_dir / ITEMS_PARQUET or not marker.is_file():
+        return
+    ndjson = release_dir / ITEMS_NDJSON
+    versions = tuple(_version(p) if p.exists() else None for p in (marker, parquet, ndjson))
+    problem = _index_problem(str(release_dir), versions)
+    if problem is not None:
+        raise SearchError(f"{parquet} and {ndjson} do not match the STAC catalog in "
+                          f"{marker.parent}: {problem}; run `icedamage catalog {release_dir}` "
+                          "to rebuild them")
+
+
+@lru_cache(maxsize=8)
+def _index_problem(release_dir: str, _versions: tuple[Any, ...]) -> str | None:
+    """Why a release's index is not the one its build state records, or None (cached per
+    version of the three files within a process)."""
+    root = Path(release_dir)
+    state = read_build_state(root / STAC_CATALOG_DIR)
+    if state is not None and "index" not in state:
+        return None  # a catalog from before the index was recorded: the pairing check remains
+    recorded = (state or {}).get("index")
+    if not isinstance(recorded, dict):
+        return (f"{BUILD_STATE} records no item index written with this catalog (an "
+                "interrupted `icedamage catalog` or publish write-back?)")
+    differ = [name for name in INDEX_FILES if (root / name).is_file()
+              and recorded.get(name) != _sha256_of(str(root / name), _version(root / name))]
+    if differ:
+        return (f"{' and '.join(differ)} differ from the file(s) {BUILD_STATE} records (left by "
+                "an interrupted write, or changed since)")
+    return None
 
 
 def _read_lines(ndjson: Path, offsets: np.ndarray, rows: list[int]) -> list[dict[str, Any]]:
@@ -527,6 +643,7 @@ def _index_of(source: Path | str, progress: Callable[[str, int, int], None] | No
                 raise SearchError(str(error)) from None
             return index.parquet, index.href
     parquet, release_dir = locate_index(Path(source))
+    check_index(parquet, release_dir)
     return parquet, local_hrefs(release_dir)
 
 

@@ -23,12 +23,11 @@ from pathlib import Path
 import pystac
 from pystac.extensions.scientific import ScientificExtension
 
-from catalog.build import index_dicts
-from catalog.search import write_index
+from catalog.build import forget_index, reindex
 from catalog.stac import DATASET_CITATION
 from producer.spec import RELEASE_NOTES, STAC_CATALOG_DIR
 from producer.writer import atomic_path
-from publish.package import Manifest, record_file_url, release_file_href
+from publish.package import Manifest, release_file_href
 
 ALTERNATE_SCHEMA = "https://stac-extensions.github.io/alternate-assets/v1.2.0/schema.json"
 ALTERNATE_NAME = "zenodo"
@@ -52,10 +51,6 @@ class Publication:
     def record_url(self) -> str:
         """Landing page of this version."""
         return f"{self.base_url}/records/{self.record_id}"
-
-    def file_url(self, key: str) -> str:
-        """Download URL of one file of the record."""
-        return record_file_url(self.record_url, key)
 
 
 def citation_text(creators: list[dict], title: str, version: str, year: int, doi: str) -> str:
@@ -179,7 +174,10 @@ def clean_work_folders(release_dir: Path) -> list[str]:
 def update_catalog(release_dir: Path, pub: Publication, manifest: Manifest) -> int:
     """Write the publication into the STAC catalog; the number of assets given an alternate.
 
-    Works on a copy that is swapped in; whatever fails, no working folder stays behind.
+    Works on a copy that is swapped in; whatever fails, no working folder stays behind. The
+    copy's build state forgets the item index before the swap and records the rewritten one
+    after it, so a run interrupted in between leaves a catalog that ``icedamage catalog``
+    rebuilds (keeping the DOIs) and ``search`` refuses, never a stale index taken as current.
     """
     release_dir = Path(release_dir)
     stac = release_dir / STAC_CATALOG_DIR
@@ -189,6 +187,7 @@ def update_catalog(release_dir: Path, pub: Publication, manifest: Manifest) -> i
     work, old = work_folders(release_dir)
     try:
         shutil.copytree(stac, work)
+        forget_index(work)  # the index at the root describes the catalog being replaced
         root = pystac.Catalog.from_file(str(work / "catalog.json"))
         updated = apply_publication(root, pub, manifest.key_map, work)
         root.save()
@@ -197,7 +196,7 @@ def update_catalog(release_dir: Path, pub: Publication, manifest: Manifest) -> i
     finally:
         clean_work_folders(release_dir)
     # search reads items.parquet / items.ndjson: they must carry the Zenodo hrefs too
-    write_index(release_dir, index_dicts(release_dir, stac / "catalog.json"))
+    reindex(release_dir)
     return updated
 
 
@@ -225,7 +224,7 @@ def record_catalog(release_dir: Path, work: Path, pub: Publication | None,
     else:
         apply_publication(root, pub, key_map, copy)
     root.save()
-    write_index(work, index_dicts(work, copy / "catalog.json"))
+    reindex(work)  # the copied build state then records this copy's index, not the release's
     return work
 
 

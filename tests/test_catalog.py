@@ -28,6 +28,7 @@ from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 from typer.testing import CliRunner
 
+import catalog.stac as stac_builders
 from catalog.build import catalog_release
 from catalog.geometry import (
     bbox_of,
@@ -44,13 +45,14 @@ from catalog.rules import (
     StacSchemaRules,
 )
 from catalog.search import search
-from catalog.stac import CatalogSettings, build_collection
+from catalog.stac import CatalogSettings, build_collection, collection_title
 from catalog.stats import (
     NOT_OBSERVED,
     DamageStats,
     PixelCounts,
     console_cells,
     damage_stats,
+    is_diffgf_derived,
     shelf_styles,
     stats_figure,
     write_stats_table,
@@ -62,16 +64,20 @@ from producer.grid import Grid
 from producer.provenance import provenance_path, read_provenance
 from producer.shelves import SHELVES
 from producer.spec import (
+    DEMO_SOURCE,
     ITEMS_NDJSON,
     ITEMS_PARQUET,
     METADATA_ODS,
+    RESTORATION_METHODS,
     SOURCE_TAG,
     TYPE1,
     build_name,
     roi_geopackage_name,
 )
 from producer.writer import write_cog
+from publish.release import demo_products
 from tests.conftest import STAC_SCHEMAS
+from tests.publish_support import write_tagged_products
 from tests.release_factory import DEFAULT_SHELF_YEARS, ShelfYear, build_release
 from validation.engine import validate_release
 
@@ -305,6 +311,41 @@ def _shelf_item(identifier: str, footprint: BaseGeometry) -> pystac.Item:
         "start_datetime": "2021-12-01T00:00:00Z", "end_datetime": "2021-12-31T23:59:59Z",
         "icedamage:shelf": "Ross West", "icedamage:year": 2021, "icedamage:sensors": ["LC08"],
         "icedamage:restoration": None})
+
+
+def test_collection_texts_follow_the_spec_and_the_release(cataloged_pristine: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """The title names the summers the release holds (the published dataset's own title for
+    the paper's 1999-2024), the description the spec's encodings, even once the spec changes."""
+    root = pystac.Catalog.from_file(str(cataloged_pristine / "stac" / "catalog.json"))
+    items = list(root.get_items(recursive=True))
+    collection = build_collection(items, CatalogSettings(), {})
+    assert collection.title == "Surface Damage Dataset for Antarctic Ice Shelves 2001-2021"
+    assert collection_title(1999, 2024) == \
+        "Surface Damage Dataset for Antarctic Ice Shelves 1999-2024"
+    assert collection_title(2021, 2021).endswith("Ice Shelves 2021")
+    assert "(0 background, 1 damage, 255 nodata)" in collection.description
+    assert "(0 background, 255 damage)" in collection.description
+    type1 = dataclasses.replace(TYPE1, nodata=254, classes=tuple(
+        dataclasses.replace(c, value=254) if c.nodata else c for c in TYPE1.classes))
+    monkeypatch.setattr(stac_builders, "TYPE1", type1)
+    changed = build_collection(items, CatalogSettings(), {})
+    assert "(0 background, 1 damage, 254 nodata)" in changed.description
+
+
+def test_diffgf_derived_is_the_released_restoration_token(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """A product name is read with the spec (its restoration token must be DiffGF exactly);
+    only names that do not parse fall back to the authors' "contains diffgf" rule."""
+    monkeypatch.setitem(RESTORATION_METHODS, "DiffGFLite", "a hypothetical method")
+    assert not is_diffgf_derived("Larsen B/2005/LE07_Larsen B_2005_slc_off_DiffGFLite"
+                                 "_damage_map.tif")
+    assert is_diffgf_derived(Path("x/LE07_Larsen B_2005_slc_off_DiffGF_damage_map.tif"))
+    assert not is_diffgf_derived("LE07_Larsen B_2005_slc_off_FillNodata_damage_map.tif")
+    assert not is_diffgf_derived("/data/diffgf-runs/LC08_Totten_2016_damage_map.tif")
+    assert is_diffgf_derived("Larsen_B_2005_DIFFGF_restored_map.tif")  # the authors' rule
+    assert not is_diffgf_derived("Larsen_B_2005_map.tif")
 
 
 def test_shelf_extent_covers_every_footprint_across_the_antimeridian() -> None:
@@ -916,6 +957,67 @@ def test_demo_maps_without_provenance_are_still_demo(cataloged: Path) -> None:
     assert "demo-flag" in rules_found(cataloged, "catalog-consistency")
 
 
+T16_NAME = build_name(("LC08",), "Totten", 2016, None, TYPE1)
+
+
+def _tag_products(release: Path, source: str) -> list[Path]:
+    """Re-write Totten 2016's two products with the real writer, ``source`` in their
+    ``SOURCE_TAG`` (valid COGs: only what the test changes is wrong)."""
+    written = write_tagged_products(release, source, "Totten", 2016)
+    return [written.damage_map, written.damage]
+
+
+def _relative(release: Path, paths: list[Path]) -> list[str]:
+    return sorted(p.relative_to(release).as_posix() for p in paths)
+
+
+def test_a_demo_tag_however_spelled_is_demo_for_catalog_and_publisher(cataloged: Path
+                                                                       ) -> None:
+    """A hand-edited "Demo " tag is the demo source for the catalog, its demo-flag rule and
+    the publisher alike (one rule: ``spec.is_demo_source``)."""
+    paths = _tag_products(cataloged, "Demo ")
+    provenance_path(cataloged, T16_NAME).unlink()
+    catalog_release(cataloged, PAPER_FACTORS)
+    props = json.loads(item_path(cataloged, "totten-2016").read_text())["properties"]
+    assert props["icedamage:demo"] is True and props["icedamage:source"] == DEMO_SOURCE
+    assert "demo-flag" not in rules_found(cataloged, "catalog-consistency")
+    assert demo_products(cataloged) == _relative(cataloged, paths)
+
+
+def test_a_record_whose_demo_field_contradicts_its_source_does_not_read(cataloged: Path
+                                                                         ) -> None:
+    """``"demo": true`` beside ``"source": "gee"``: the publisher counts it as demo, so the
+    catalog and its rules must not read it as a real record (it is reported, not ignored)."""
+    record = provenance_path(cataloged, T16_NAME)
+    record.write_text(json.dumps({**json.loads(record.read_text()), "source": "gee",
+                                  "demo": True}))
+    with pytest.raises(ValueError, match="contradicts"):
+        read_provenance(record)
+    problems = list(CatalogConsistencyRules().check(cataloged))
+    [unreadable] = [p for p in problems if p.rule == "catalog-file-unreadable"]
+    assert unreadable.file == _relative(cataloged, [record])[0]
+    assert "'demo' field (true) contradicts its 'source' ('gee')" in unreadable.found
+    assert demo_products(cataloged) == _relative(cataloged, [record])
+
+
+def test_products_tagged_demo_beside_a_gee_record_fail_validation(cataloged: Path) -> None:
+    """The catalog reads the record (gee) and would call the demo maps real: the source-tag
+    rule names each product, its tag and the record's source."""
+    record = provenance_path(cataloged, T16_NAME)
+    record.write_text(dataclasses.replace(read_provenance(record), source="gee").to_json())
+    paths = _tag_products(cataloged, DEMO_SOURCE)
+    catalog_release(cataloged, PAPER_FACTORS)  # a fresh catalog: only the disagreement is left
+    report = validate_release(cataloged, workers=1)
+    tagged = [p for p in report.problems if p.rule == "source-tag"]
+    assert {p.rule for p in report.errors} == {"source-tag"}, report.to_json()
+    assert sorted(p.file for p in tagged) == _relative(cataloged, paths)
+    for problem in tagged:
+        assert f"{SOURCE_TAG} = 'demo'" in problem.found and "source = 'gee'" in problem.found
+        assert _relative(cataloged, [record])[0] in problem.found
+    _tag_products(cataloged, " GEE")  # the same source, however spaced or cased
+    assert "source-tag" not in rules_found(cataloged, "catalog-consistency")
+
+
 def test_release_without_provenance_lists_unknowns(tmp_path: Path) -> None:
     root = build_release(tmp_path / "v1", DEFAULT_SHELF_YEARS[:2], with_provenance=False)
     result = catalog_release(root, PAPER_FACTORS)
@@ -1228,3 +1330,86 @@ def test_a_classical_fill_has_no_model_and_no_known_restoration_factor(tmp_path:
     assert "icedamage:restoration_model" not in props["icedamage:unknown"]
     assert "icedamage:lambda_upper_restored" in props["icedamage:unknown"]
     assert rules_found(root) == set()
+
+
+# --------------------------------------------------------------------------------------------
+# Crash safety: the item index is the catalog's or is refused
+# --------------------------------------------------------------------------------------------
+
+
+def _killed(*_args: object, **_kwargs: object) -> None:
+    """Stands in for a step the process is killed in."""
+    raise KeyboardInterrupt("killed")
+
+
+def _index_is_the_catalogs(release: Path) -> bool:
+    """Whether items.ndjson holds exactly the saved STAC items (hrefs from the release root)."""
+    from catalog.search import release_relative
+
+    saved = {}
+    for path in (release / "stac" / COLLECTION).glob("*/*.json"):
+        data = json.loads(path.read_text())
+        saved[data["id"]] = release_relative(data, path, release)
+    lines = [json.loads(line) for line in (release / ITEMS_NDJSON).read_text().splitlines()]
+    return len(lines) == len(saved) and {line["id"]: line for line in lines} == saved
+
+
+def _other_factors() -> UncertaintyFactors:
+    """Factors that change every item (as new evaluations would)."""
+    return dataclasses.replace(PAPER_FACTORS, lambda_min=round(PAPER_FACTORS.lambda_min - 0.1, 4))
+
+
+def test_a_catalog_killed_before_its_item_index_is_rebuilt_not_up_to_date(
+        cataloged: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed after the new stac/ is swapped in, before the item index is written: the index
+    still holds the old factors, search refuses it, and the re-run rebuilds it (it used to
+    call the release up to date and leave the stale index for good)."""
+    from catalog import build
+    from catalog.search import SearchError
+
+    with monkeypatch.context() as patch:
+        patch.setattr(build, "write_index", _killed)
+        with pytest.raises(KeyboardInterrupt):
+            catalog_release(cataloged, _other_factors())
+    assert not _index_is_the_catalogs(cataloged)
+    with pytest.raises(SearchError, match=r"items\.parquet.*icedamage catalog"):
+        search(cataloged)
+    assert not catalog_release(cataloged, _other_factors()).skipped
+    assert _index_is_the_catalogs(cataloged)
+    assert [i.id for i in search(cataloged, shelves=["Totten"])] == ["totten-2016", "totten-2021"]
+    assert catalog_release(cataloged, _other_factors()).skipped
+    assert rules_found(cataloged) == set()
+
+
+def test_an_item_index_killed_between_its_two_files_is_refused_and_rebuilt(
+        cataloged: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed after the new items.ndjson, before the new items.parquet: the pair disagrees,
+    search refuses it rather than read new lines at old offsets, and the re-run rebuilds."""
+    from catalog import search as search_module
+    from catalog.search import SearchError
+
+    with monkeypatch.context() as patch:
+        patch.setattr(search_module.sga, "parse_stac_items_to_arrow", _killed)
+        with pytest.raises(KeyboardInterrupt):
+            catalog_release(cataloged, _other_factors())
+    with pytest.raises(SearchError, match="icedamage catalog"):
+        search(cataloged)
+    assert not catalog_release(cataloged, _other_factors()).skipped
+    assert _index_is_the_catalogs(cataloged) and len(search(cataloged)) == 5
+
+
+def test_an_item_index_not_written_with_the_catalog_is_refused_and_rebuilt(
+        cataloged: Path) -> None:
+    """A consistent items.parquet + items.ndjson that the catalog's build state does not
+    record (written apart from the catalog) is refused by search and rebuilt by a re-run."""
+    from catalog.search import SearchError, write_index
+
+    lines = [json.loads(line) for line in (cataloged / ITEMS_NDJSON).read_text().splitlines()]
+    for line in lines:
+        line["properties"]["icedamage:damage_fraction"] = 0.999
+    write_index(cataloged, lines)
+    with pytest.raises(SearchError, match=r"differ from .*\.build\.json"):
+        search(cataloged)
+    assert not catalog_release(cataloged, PAPER_FACTORS).skipped
+    assert _index_is_the_catalogs(cataloged)
+    assert catalog_release(cataloged, PAPER_FACTORS).skipped

@@ -319,3 +319,49 @@ def test_search_without_the_ndjson_decodes_the_parquet(release: Path, tmp_path: 
         {k: v for k, v in expected.properties.items() if k not in times}
     assert Path(found[0].assets["damage_map"].href).relative_to(copy.resolve()) == \
         Path(expected.assets["damage_map"].href).relative_to(release.resolve())
+
+
+def test_an_ndjson_not_written_with_the_parquet_is_refused(release: Path,
+                                                           tmp_path: Path) -> None:
+    """An items.ndjson of the same size as the one the parquet was written with, but other
+    content (a write of the pair interrupted in between): the byte offsets would still fit,
+    so only the recorded digest tells; search refuses rather than serve other items."""
+    lines = [json.loads(line) for line in (release / ITEMS_NDJSON).read_text().splitlines()]
+    write_index(tmp_path / "a", lines)
+    renamed = [{**line, "id": line["id"].replace("20", "19", 1)} for line in lines]
+    write_index(tmp_path / "b", renamed)
+    assert (tmp_path / "a" / ITEMS_NDJSON).stat().st_size == \
+        (tmp_path / "b" / ITEMS_NDJSON).stat().st_size
+    assert [i.id for i in search(tmp_path / "a")] == ALL
+    shutil.copy(tmp_path / "b" / ITEMS_NDJSON, tmp_path / "a" / ITEMS_NDJSON)
+    with pytest.raises(SearchError, match=r"items\.ndjson is not the file .*items\.parquet"):
+        search(tmp_path / "a")
+
+
+def test_an_index_the_catalog_does_not_record_is_refused(release: Path, tmp_path: Path) -> None:
+    """A cataloged release whose build state records no item index (a `catalog` run killed
+    before writing it) is refused with the files named and the command that fixes it."""
+    copy = Path(shutil.copytree(release, tmp_path / "copy"))
+    state = copy / "stac" / ".build.json"
+    state.write_text(json.dumps({**json.loads(state.read_text()), "index": None}))
+    with pytest.raises(SearchError) as refused:
+        search(copy, shelves=["Totten"])
+    message = " ".join(str(refused.value).split())
+    assert str(copy / ITEMS_PARQUET) in message and str(copy / ITEMS_NDJSON) in message
+    assert f"run `icedamage catalog {copy}`" in message
+    result = CliRunner().invoke(build_app(), ["search", str(copy)])
+    assert result.exit_code == 1 and "icedamage catalog" in result.output
+    assert not catalog_release(copy, PAPER_FACTORS).skipped
+    assert [i.id for i in search(copy, shelves=["Totten"])] == ["totten-2016", "totten-2021"]
+
+
+def test_a_catalog_from_before_the_index_was_recorded_is_searched_then_rebuilt(
+        release: Path, tmp_path: Path) -> None:
+    """A release cataloged by an older icedamage (its build state has no index entry at all)
+    stays searchable; its next `catalog` run rebuilds rather than trusting the old index."""
+    copy = Path(shutil.copytree(release, tmp_path / "legacy"))
+    state = copy / "stac" / ".build.json"
+    state.write_text(json.dumps({"inputs": json.loads(state.read_text())["inputs"]}))
+    assert [i.id for i in search(copy, shelves=["Totten"])] == ["totten-2016", "totten-2021"]
+    assert not catalog_release(copy, PAPER_FACTORS).skipped
+    assert isinstance(json.loads(state.read_text())["index"], dict)

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import email.utils
 import json
 import shutil
 import string
+import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
+import requests
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -44,7 +47,7 @@ from publish.release import (
     reconcile,
 )
 from publish.writeback import Publication, record_catalog, update_catalog
-from publish.zenodo import RateLimiter, RetryPolicy
+from publish.zenodo import RateLimiter, RetryPolicy, retry_after
 from tests.publish_support import PAPER_DOI, RELEASE_YAML, write_tagged_products
 from validation.engine import validate_release
 
@@ -287,6 +290,16 @@ def test_safe_keys_and_clashes(tmp_path: Path) -> None:
         plan_packages(tmp_path)
 
 
+def test_only_roi_geopackages_are_packaged(pub_release: Path) -> None:
+    """The root GeoPackages that travel are the spec's ROI files (``*_ROI.gpkg``); another
+    GeoPackage at the root is no file of the release."""
+    (pub_release / "scratch.gpkg").write_bytes(b"x")
+    planned = {spec.name: spec.kind for spec in plan_packages(pub_release)
+               if spec.name.endswith(".gpkg")}
+    assert planned == {"Amery_front_ROI.gpkg": "roi", "Larsen B_ROI.gpkg": "roi",
+                       "Totten_ROI.gpkg": "roi"}
+
+
 def test_zenodo_limits() -> None:
     assert limit_problems(100, 50 * 10**9) == []
     assert "101 files exceed Zenodo's limit of 100" in limit_problems(101, 1)[0]
@@ -327,6 +340,27 @@ def test_rate_limiter_waits_for_reset_when_nothing_remains() -> None:
     assert now[0] == pytest.approx(1042.0)
 
 
+def _answer(status: int, **headers: str) -> requests.Response:
+    response = requests.Response()
+    response.status_code = status
+    response.headers.update({k.replace("_", "-"): v for k, v in headers.items()})
+    return response
+
+
+def test_retry_after_reads_seconds_and_http_dates() -> None:
+    """RFC 9110 allows Retry-After as seconds or as an HTTP-date; a date must not read as
+    "retry at once". What is neither falls back to X-RateLimit-Reset (429) or 0."""
+    now = time.time()
+    assert retry_after(_answer(503, Retry_After="7")) == 7.0
+    assert retry_after(_answer(503, Retry_After="1.5")) == 1.5
+    later = email.utils.formatdate(now + 120, usegmt=True)
+    assert 110 <= retry_after(_answer(503, Retry_After=later)) <= 120
+    assert retry_after(_answer(429, Retry_After="Wed, 21 Oct 2015 07:28:00 GMT")) == 0.0
+    assert retry_after(_answer(503, Retry_After="soon")) == 0.0
+    assert 40 <= retry_after(_answer(429, Retry_After="inf",
+                                     X_RateLimit_Reset=str(int(now) + 50))) <= 50
+
+
 @given(st.integers(0, 20))
 def test_backoff_grows_with_jitter_and_a_cap(attempt: int) -> None:
     policy = RetryPolicy(base_delay=1.0, max_delay=120.0)
@@ -358,3 +392,44 @@ def test_emulator_rate_limit_and_quota_answers() -> None:
     assert answers[0].headers["X-RateLimit-Remaining"] == "0"
     assert int(answers[1].headers["Retry-After"]) >= 1
     assert int(answers[1].headers["X-RateLimit-Reset"]) > 0
+
+
+def test_a_write_back_killed_before_the_item_index_is_not_taken_as_current(
+        pub_release: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed after the published catalog is swapped in, before the item index is rewritten:
+    the catalog names the record but the index does not. Search refuses the index and
+    `icedamage catalog` rebuilds it (keeping the DOI) instead of calling the release up to date;
+    a finished write-back (and a record's own copy) leaves an index that is the catalog's."""
+    from catalog import build
+    from catalog.search import SearchError, search
+    from catalog.uncertainty import PAPER_FACTORS
+    from producer.spec import ITEMS_NDJSON
+
+    def killed(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt("killed")
+
+    manifest = build_packages(pub_release, tmp_path / "out", "1.0")
+    pub = Publication(9, "10.5281/zenodo.9", "10.5281/zenodo.8", "1.0", "https://zenodo.org",
+                      "A citation", "2026-11-28")
+    with monkeypatch.context() as patch:
+        patch.setattr(build, "write_index", killed)
+        with pytest.raises(KeyboardInterrupt):
+            update_catalog(pub_release, pub, manifest)
+    record_files = "https://zenodo.org/records/9/files/"
+    (item,) = (pub_release / "stac").rglob("totten-2016.json")
+    assert record_files in item.read_text()
+    assert record_files not in (pub_release / ITEMS_NDJSON).read_text()
+    with pytest.raises(SearchError, match="icedamage catalog"):
+        search(pub_release)
+    assert not build.catalog_release(pub_release, PAPER_FACTORS).skipped
+    assert record_files in (pub_release / ITEMS_NDJSON).read_text()
+    (collection,) = (pub_release / "stac").rglob("collection.json")
+    assert json.loads(collection.read_text())["sci:doi"] == pub.doi
+
+    update_catalog(pub_release, pub, manifest)  # finished: searchable and up to date
+    [totten] = search(pub_release, shelves=["Totten"], year=2016)
+    assert record_files in totten.assets["damage_map"].extra_fields["alternate"]["zenodo"]["href"]
+    assert build.catalog_release(pub_release, PAPER_FACTORS).skipped
+    key_map = {spec.name: spec.key for spec in plan_packages(pub_release)}
+    work = record_catalog(pub_release, tmp_path / "record", pub, key_map)
+    assert work is not None and len(search(work)) == len(search(pub_release))

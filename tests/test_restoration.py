@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -401,3 +402,70 @@ def test_segmentation_agreement_feeds_the_uncertainty_factors(tmp_path: Path) ->
     path.write_text(json.dumps(_json_safe(report)))
     _, precision, recall = read_precision_recall(path)
     assert (precision, recall) == (seg["precision"], seg["recall"])
+
+
+# --------------------------------------------------------------------------------------------
+# Crash safety: a set of files written one after the other is one save's or is refused
+# --------------------------------------------------------------------------------------------
+
+
+def _killed(*_args: object, **_kwargs: object) -> None:
+    """Stands in for a write the process is killed in."""
+    raise KeyboardInterrupt("killed")
+
+
+def test_diffgf_weights_beside_the_json_of_another_save_are_refused(tiny: DiffGF,
+                                                                    tmp_path: Path) -> None:
+    """Re-saving over NAME.safetensors + NAME.json and dying between the two leaves new
+    weights beside the old JSON (configs and meta of the other save): refused, not run."""
+    path = tmp_path / "w.safetensors"
+    save_diffgf(tiny, path, meta={"run": "old"})
+    old_json = path.with_suffix(".json").read_text()
+    save_diffgf(build_diffgf(TINY_VAE, TINY_UNET, seed=1), path, meta={"run": "new"})
+    path.with_suffix(".json").write_text(old_json)  # the JSON write never happened
+    with pytest.raises(ValueError, match=r"w\.safetensors is not the weights file w\.json"):
+        load_diffgf(path)
+
+
+def test_a_pretrained_folder_saved_half_way_is_refused(tiny: DiffGF, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Re-saving the save_pretrained layout over an older one and dying after vae/ leaves a new
+    vae/ beside the old unet/: refused; so are subfolders taken from another save."""
+    folder = tmp_path / "w"
+    save_diffgf(tiny, folder, layout="pretrained")
+    other = build_diffgf(TINY_VAE, TINY_UNET, seed=1)
+    with monkeypatch.context() as patch:
+        patch.setattr(other.unet, "save_pretrained", _killed)
+        with pytest.raises(KeyboardInterrupt):
+            save_diffgf(other, folder, layout="pretrained")
+    with pytest.raises(ValueError, match="interrupted"):
+        load_diffgf(folder)
+    save_diffgf(other, folder, layout="pretrained")  # saved again: whole and loadable
+    assert all(torch.equal(v, load_diffgf(folder).state_dict()[k])
+               for k, v in other.state_dict().items())
+    save_diffgf(tiny, tmp_path / "x", layout="pretrained")
+    shutil.rmtree(folder / "unet")
+    shutil.copytree(tmp_path / "x" / "unet", folder / "unet")
+    with pytest.raises(ValueError, match=r"unet/ differ"):
+        load_diffgf(folder)
+
+
+def test_resume_refuses_a_checkpoint_killed_before_its_optimizer_state(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The step-2 networks and JSON are written, the optimizer state is not: resuming would
+    pair step-2 weights with step-1 Adam moments (no longer the uninterrupted run); refused,
+    naming both files."""
+    import importlib
+
+    train_module = importlib.import_module("producer.restoration.train")
+    config = TrainConfig(vae_steps=2, unet_steps=1, batch=1, crop=32, checkpoint_every=1)
+    out = tmp_path / "run"
+    train(config, out, model=build_diffgf(TINY_VAE, TINY_UNET, seed=0), stop_after=1)
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "save_file", _killed)
+        with pytest.raises(KeyboardInterrupt):
+            train(config, out, resume=True)
+    assert load_diffgf(out / "checkpoint.safetensors").meta["state"]["step"] == 2
+    with pytest.raises(ValueError, match=r"checkpoint\.optim\.safetensors was saved with other "
+                                         r"weights than .*checkpoint\.safetensors \(step 2\)"):
+        train(config, out, resume=True)

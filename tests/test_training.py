@@ -743,3 +743,32 @@ def test_resume_without_a_saved_state_says_so(tmp_path: Path) -> None:
     assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
     assert "last_state.pt: no saved training state, nothing to resume" in out
     assert ".last_state.pt.x1y2.tmp" in out
+
+
+def test_resume_refuses_weights_saved_without_their_state(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed after epoch 2's last.safetensors, before its last_state.pt: resuming would train
+    epoch 2's weights on with epoch 1's optimizer, scheduler and RNG states (no longer the
+    uninterrupted run, without a word); it is refused, naming both files and the way on."""
+    import importlib
+
+    train_module = importlib.import_module("producer.training.train")
+    torch.set_num_threads(1)
+    quiet = Console(quiet=True)
+    run = tmp_path / "run"
+    train(_config(run, epochs=1), render=synthetic_tile, console=quiet)
+
+    def killed(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "save_state", killed)
+        with pytest.raises(KeyboardInterrupt):
+            train(_config(run, epochs=2), resume=True, render=synthetic_tile, console=quiet)
+    assert json.loads((run / "last.json").read_text())["training"]["epoch"] == 1
+    with pytest.raises(ValueError, match=r"last\.safetensors \(epoch 2\) is not the weights "
+                                         r".*last_state\.pt \(epoch 1\) was saved with"):
+        train(_config(run, epochs=2), resume=True, render=synthetic_tile, console=quiet)
+    res = runner.invoke(build_app(), ["train", "--resume", "--out", str(run), "--epochs", "2"])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 1 and "cannot resume exactly" in out and "--init" in out, out

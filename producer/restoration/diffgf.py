@@ -19,6 +19,10 @@ The networks are built from a configuration only (``AutoencoderKL``, ``UNet2DMod
 directory written by :func:`save_diffgf` with ``layout="pretrained"`` (``vae/``, ``unet/``,
 ``scheduler/`` in diffusers' ``save_pretrained`` format) or one safetensors file with a JSON of
 the configurations beside it (``NAME.safetensors`` + ``NAME.json``).
+
+Either layout is several files written one after the other, so the JSON (written last) records
+the sha256 of the weights it goes with (the folder layout also says while it is being written),
+and loading refuses a set mixed by an interrupted save instead of running it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DModel
 from numpy.typing import NDArray
 from safetensors.torch import load_file, save_file
 
+from producer.provenance import file_sha256
 from producer.writer import atomic_path
 
 #: The demo-sized networks (about 1 M parameters in the VAE, 4.6 M in the UNet).
@@ -73,6 +78,8 @@ SCHEDULER_CONFIG: dict[str, Any] = {
     "prediction_type": "epsilon",
 }
 
+#: The subfolders of the ``save_pretrained`` layout.
+PRETRAINED_PARTS = ("vae", "unet", "scheduler")
 TILE = 256
 OVERLAP = 64
 DEFAULT_STEPS = 20
@@ -164,12 +171,7 @@ def save_diffgf(
     """
     meta = {**model.meta, **(meta or {})}
     if layout == "pretrained":
-        path.mkdir(parents=True, exist_ok=True)
-        model.vae.save_pretrained(path / "vae")
-        model.unet.save_pretrained(path / "unet")
-        model.scheduler.save_pretrained(path / "scheduler")
-        (path / "diffgf.json").write_text(json.dumps({"format": FORMAT, "meta": meta}, indent=2))
-        return path
+        return _save_pretrained(model, path, meta)
     if layout != "file":
         raise ValueError(f"layout must be 'file' or 'pretrained', got {layout!r}")
     if path.suffix != ".safetensors":
@@ -179,10 +181,38 @@ def save_diffgf(
         tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"format": FORMAT})
-    doc = {"format": FORMAT, **model.configs(), "meta": meta}
+    doc = {"format": FORMAT, **model.configs(), "meta": meta, "weights_sha256": file_sha256(path)}
     with atomic_path(path.with_suffix(".json")) as tmp:
         Path(tmp).write_text(json.dumps(doc, indent=2, sort_keys=True))
     return path
+
+
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    """Write a JSON document atomically."""
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(doc, indent=2, sort_keys=True))
+
+
+def _save_pretrained(model: DiffGF, path: Path, meta: dict[str, Any]) -> Path:
+    """Write the ``save_pretrained`` layout into ``path`` (in place, over an earlier save).
+
+    The subfolders are written one after the other, so ``diffgf.json`` first says the folder
+    is being written and, last, records the sha256 of each subfolder: a save interrupted half
+    way (a new ``vae/`` beside an old ``unet/``) is refused by ``load_diffgf``.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    _write_json(path / "diffgf.json", {"format": FORMAT, "meta": meta, "complete": False})
+    model.vae.save_pretrained(path / "vae")
+    model.unet.save_pretrained(path / "unet")
+    model.scheduler.save_pretrained(path / "scheduler")
+    _write_json(path / "diffgf.json", {"format": FORMAT, "meta": meta, "complete": True,
+                                       "sha256": _part_digests(path)})
+    return path
+
+
+def _part_digests(path: Path) -> dict[str, str]:
+    """sha256 of each subfolder of the ``save_pretrained`` layout (names and bytes)."""
+    return {part: file_sha256(path / part) for part in PRETRAINED_PARTS}
 
 
 def load_diffgf(path: Path) -> DiffGF:
@@ -199,6 +229,11 @@ def load_diffgf(path: Path) -> DiffGF:
     if doc.get("format") != FORMAT:
         raise DiffGFWeightsError(f"{cfg_path}: field 'format' is {doc.get('format')!r}, "
                                  f"expected {FORMAT!r}")
+    recorded = doc.get("weights_sha256")
+    if recorded is not None and recorded != file_sha256(path):
+        raise DiffGFWeightsError(f"{path} is not the weights file {cfg_path.name} was written "
+                                 "with (sha256 differs): one of the two is left from an "
+                                 "interrupted save; save the model again")
     model = build_diffgf(doc["vae"], doc["unet"], doc["scheduler"])
     tensors = load_file(str(path))
     for prefix, net in (("vae.", model.vae), ("unet.", model.unet)):
@@ -214,9 +249,10 @@ def load_diffgf(path: Path) -> DiffGF:
 
 def _load_pretrained_dir(path: Path) -> DiffGF:
     """Read the ``save_pretrained`` layout (``vae/``, ``unet/``, ``scheduler/``)."""
-    missing = [p for p in ("vae", "unet", "scheduler") if not (path / p).is_dir()]
+    missing = [p for p in PRETRAINED_PARTS if not (path / p).is_dir()]
     if missing:
         raise DiffGFWeightsError(f"{path}: DiffGF directory lacks subfolder(s) {missing}")
+    _check_pretrained_set(path)
     vae = AutoencoderKL.from_pretrained(path / "vae", local_files_only=True,
                                         low_cpu_mem_usage=False)
     unet = UNet2DModel.from_pretrained(path / "unet", local_files_only=True,
@@ -225,6 +261,28 @@ def _load_pretrained_dir(path: Path) -> DiffGF:
     meta_file = path / "diffgf.json"
     meta = json.loads(meta_file.read_text()).get("meta", {}) if meta_file.is_file() else {}
     return DiffGF(vae, unet, sched, meta).eval()
+
+
+def _check_pretrained_set(path: Path) -> None:
+    """Refuse a ``save_pretrained`` folder whose subfolders are not one save's: its
+    ``diffgf.json`` says the save did not finish, or records other digests than the subfolders
+    have. A folder without ``diffgf.json`` (written by other tools) is not checked."""
+    meta_file = path / "diffgf.json"
+    if not meta_file.is_file():
+        return
+    doc = json.loads(meta_file.read_text())
+    if doc.get("complete") is False:
+        raise DiffGFWeightsError(f"{path}: the save into this folder was interrupted (its "
+                                 f"{meta_file.name} says so), so {', '.join(PRETRAINED_PARTS)} may "
+                                 "come from different saves; save the model again")
+    recorded = doc.get("sha256")
+    if isinstance(recorded, dict):
+        differ = [f"{part}/" for part, digest in _part_digests(path).items()
+                  if recorded.get(part) != digest]
+        if differ:
+            raise DiffGFWeightsError(f"{path}: {', '.join(differ)} differ from what "
+                                     f"{meta_file.name} records (left from another or an "
+                                     "interrupted save); save the model again")
 
 
 # --------------------------------------------------------------------------------------------

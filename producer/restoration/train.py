@@ -15,25 +15,28 @@ Two phases, as in latent diffusion:
 Every step draws its data and noise from generators seeded by ``(seed, step)``, so a run is
 deterministic and a resumed run continues exactly as an uninterrupted one. Checkpoints are a
 safetensors file of the networks plus a JSON of configs and training state, and a safetensors
-file of the optimizer state.
+file of the optimizer state. The three are written one after the other, so the JSON and the
+optimizer file each record the sha256 of the networks' file they go with, and a resume refuses
+a set that an interrupted checkpoint left mixed.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from producer.provenance import file_sha256
 from producer.restoration.diffgf import (
     DiffGF,
+    DiffGFWeightsError,
     build_diffgf,
     conditioning,
     load_diffgf,
@@ -49,6 +52,8 @@ from producer.restoration.tiles import (
 from producer.writer import atomic_path
 
 CHECKPOINT = "checkpoint.safetensors"
+#: The optimizer state saved with each checkpoint (its metadata names the networks' file).
+OPTIMIZER = "checkpoint.optim.safetensors"
 FINAL = "diffgf.safetensors"
 CURVE = "loss_curve.png"
 #: The (seed, step) key of the fixed batch that sets the latent scale (never a training step).
@@ -180,12 +185,29 @@ def _load_optim(opts: dict[str, torch.optim.Optimizer], tensors: dict[str, torch
 
 def save_checkpoint(out: Path, model: DiffGF, opts: dict[str, torch.optim.Optimizer],
                     config: TrainConfig, state: TrainState) -> Path:
-    """Write the networks (+ JSON) and optimizer state of the run so far."""
+    """Write the networks (+ JSON) and optimizer state of the run so far; the optimizer file
+    records the sha256 of the networks' file it goes with (as the JSON does)."""
     meta = {"train_config": asdict(config), "state": asdict(state)}
     path = save_diffgf(model, out / CHECKPOINT, meta=meta)
-    with atomic_path(out / "checkpoint.optim.safetensors") as tmp:
-        save_file(_optim_tensors(opts), str(tmp))
+    with atomic_path(out / OPTIMIZER) as tmp:
+        save_file(_optim_tensors(opts), str(tmp),
+                  metadata={"weights_sha256": file_sha256(path)})
     return path
+
+
+def _load_optimizer_file(out: Path, step: int) -> dict[str, torch.Tensor]:
+    """The optimizer tensors of the checkpoint in ``out``; a ValueError naming both files when
+    they were saved with other networks than ``checkpoint.safetensors`` (a run stopped between
+    writing the two), which would resume with one step's weights and another's moments.
+    Files from before the digest was recorded are not checked."""
+    path, weights = out / OPTIMIZER, out / CHECKPOINT
+    with safe_open(str(path), framework="pt") as handle:
+        recorded = (handle.metadata() or {}).get("weights_sha256")
+    if recorded is not None and recorded != file_sha256(weights):
+        raise ValueError(f"{path} was saved with other weights than {weights} (step {step}): "
+                         "the run was stopped between writing the two, so it cannot resume "
+                         "exactly; start it again without --resume")
+    return load_file(str(path))
 
 
 def _optimizers(model: DiffGF, config: TrainConfig) -> dict[str, torch.optim.Optimizer]:
@@ -197,7 +219,11 @@ def _optimizers(model: DiffGF, config: TrainConfig) -> dict[str, torch.optim.Opt
 
 def _resume(out: Path, config: TrainConfig, device: torch.device | str = "cpu"
             ) -> tuple[DiffGF, dict[str, torch.optim.Optimizer], TrainState]:
-    model = load_diffgf(out / CHECKPOINT).to(device)
+    try:
+        model = load_diffgf(out / CHECKPOINT).to(device)
+    except DiffGFWeightsError as error:  # e.g. networks and JSON of different checkpoints
+        raise ValueError(f"{error}; the run cannot resume from it exactly: start it again "
+                         "without --resume") from error
     saved = model.meta.get("train_config", {})
     state = TrainState(**model.meta["state"])
     for key in ("seed", "batch", "crop", "vae_steps", "data"):
@@ -207,7 +233,7 @@ def _resume(out: Path, config: TrainConfig, device: torch.device | str = "cpu"
             raise ValueError(f"{out / CHECKPOINT}: field {key!r} is {saved.get(key)!r} but this "
                              f"run asks for {getattr(config, key)!r}; use a new output folder")
     opts = _optimizers(model, config)
-    _load_optim(opts, load_file(str(out / "checkpoint.optim.safetensors")))
+    _load_optim(opts, _load_optimizer_file(out, state.step))
     return model, opts, state
 
 
@@ -327,8 +353,3 @@ def plot_losses(losses: list[float], vae_steps: int, path: Path) -> Path:
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
     return path
-
-
-def config_summary(config: TrainConfig) -> dict[str, Any]:
-    """The config as a JSON-safe dict (for reports)."""
-    return json.loads(json.dumps(asdict(config)))

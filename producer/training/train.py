@@ -6,7 +6,10 @@ set), a ``last`` checkpoint (weights as safetensors + JSON through the segmentat
 ``save_checkpoint``; optimizer, scheduler, AMP scaler, RNG states and history in
 ``last_state.pt``) and, when the validation mIoU improves, a ``best`` checkpoint. Resuming
 restores all of it, and the data order and augmentation are functions of (seed, epoch, index),
-so a resumed run ends with the same weights as an uninterrupted one.
+so a resumed run ends with the same weights as an uninterrupted one. The weights and the state
+are separate files written one after the other, so the state records the sha256 of the weights
+it goes with, and a resume refuses a pair from different epochs (a run killed between the two
+writes) instead of silently mixing them.
 """
 
 from __future__ import annotations
@@ -29,7 +32,13 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from torch.utils.data import Dataset
 
 from producer.evaluation import Confusion, confusion
-from producer.segmentation.checkpoints import ModelInfo, load_checkpoint, save_checkpoint
+from producer.segmentation.checkpoints import (
+    ModelInfo,
+    load_checkpoint,
+    save_checkpoint,
+    sidecar_path,
+    weights_sha256,
+)
 from producer.segmentation.model import ID2LABEL, DamageSegmenter
 from producer.training.augment import Augmentation
 from producer.training.data import DemoTileDataset, TileDataset, TileRenderer
@@ -42,6 +51,8 @@ VARIANTS = ("b0", "b1", "b2", "b3", "b4", "b5")
 #: stride 4, padding 3) must leave at least 8×8 pixels for the 8×8 sequence-reduction kernel.
 MIN_INPUT = 29
 STATE_FILE = "last_state.pt"
+#: The weights a resume continues from (saved with ``last_state.pt`` every epoch).
+LAST_WEIGHTS = "last.safetensors"
 HISTORY_FILE = "history.json"
 CURVES_FILE = "curves.png"
 
@@ -166,9 +177,10 @@ def with_two_classes(model: DamageSegmenter) -> DamageSegmenter:
     return model
 
 
-def save_weights(model: DamageSegmenter, path: Path, info: ModelInfo, pth: bool) -> None:
-    """Weights as safetensors + JSON sidecar (and the authors' 4.x ``.pth`` when asked)."""
-    save_checkpoint(model, path.with_suffix(".safetensors"), info, authors_pth=pth)
+def save_weights(model: DamageSegmenter, path: Path, info: ModelInfo, pth: bool) -> ModelInfo:
+    """Weights as safetensors + JSON sidecar (and the authors' 4.x ``.pth`` when asked); the
+    info as recorded (with the weights' sha256)."""
+    return save_checkpoint(model, path.with_suffix(".safetensors"), info, authors_pth=pth)
 
 
 def model_logits(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -326,11 +338,13 @@ def checkpoint_info(config: TrainConfig, state: TrainState, epoch: int, name: st
 
 def save_state(out: Path, config: TrainConfig, state: TrainState,
                optimizer: torch.optim.Optimizer, scheduler: Any,
-               scaler: torch.amp.GradScaler) -> None:
-    """Optimizer, scheduler, scaler, RNG states and history for an exact resume."""
+               scaler: torch.amp.GradScaler, weights_sha256: str) -> None:
+    """Optimizer, scheduler, scaler, RNG states and history for an exact resume, with the
+    sha256 of the ``last`` weights they go with (written just before, in a file of its own)."""
     payload = {"config": asdict(config), "state": asdict(state),
                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-               "scaler": scaler.state_dict(), "rng": rng_states()}
+               "scaler": scaler.state_dict(), "rng": rng_states(),
+               "weights_sha256": weights_sha256}
     with atomic_path(out / STATE_FILE) as tmp:
         torch.save(payload, tmp)
 
@@ -390,13 +404,14 @@ def train(config: TrainConfig, resume: bool = False, render: TileRenderer | None
         if differs:
             raise ValueError(f"{out / STATE_FILE}: cannot resume with different "
                              f"{', '.join(differs)}")
+        check_state_weights(out, saved)
     elif (out / STATE_FILE).exists():
         raise FileExistsError(f"{out / STATE_FILE}: a run exists here (use --resume)")
 
     if saved is None and config.init is not None:  # before the (slow) data: fail fast
         _check_variant(config, config.init, checkpoint_variant(config.init))
     train_set, val_set, val_split, data_hash = datasets(config, render)
-    model = build_model(config, str(out / "last.safetensors") if saved else config.init,
+    model = build_model(config, str(out / LAST_WEIGHTS) if saved else config.init,
                         resumed=saved is not None)
     model.to(device)
     schedule = config.schedule
@@ -440,9 +455,9 @@ def train(config: TrainConfig, resume: bool = False, render: TileRenderer | None
                 state.best_miou, state.best_epoch = miou, epoch
                 save_weights(model, out / "best", checkpoint_info(
                     config, state, epoch, "best", metrics, val_split), config.pth)
-            save_weights(model, out / "last", checkpoint_info(
+            last = save_weights(model, out / "last", checkpoint_info(
                 config, state, epoch, "last", metrics, val_split), config.pth)
-            save_state(out, config, state, optimizer, scheduler, scaler)
+            save_state(out, config, state, optimizer, scheduler, scaler, last.sha256)
             with atomic_path(out / HISTORY_FILE) as tmp:
                 tmp.write_text(json.dumps(state.history, indent=1) + "\n")
             plot_curves(state.history, out / CURVES_FILE)
@@ -479,6 +494,33 @@ def load_state(out: Path) -> dict[str, Any]:
                 "run again)" if partial else "")
         raise FileNotFoundError(f"{path}: no saved training state, nothing to resume{hint}")
     return torch.load(path, weights_only=False)
+
+
+def check_state_weights(out: Path, saved: dict[str, Any]) -> None:
+    """Refuse to resume from ``last`` weights other than those the saved state was written with.
+
+    Each epoch writes ``last.safetensors`` and then ``last_state.pt``; a run killed between the
+    two leaves the weights of one epoch with the optimizer, scheduler and RNG states of the one
+    before, which would train on without a word but no longer as the uninterrupted run. States
+    from before the weights' digest was recorded are not checked.
+    """
+    weights, recorded = Path(out) / LAST_WEIGHTS, saved.get("weights_sha256")
+    if recorded is None or not weights.is_file() or weights_sha256(weights) == recorded:
+        return
+    raise ValueError(
+        f"{weights} (epoch {_recorded_epoch(weights)}) is not the weights {Path(out) / STATE_FILE} "
+        f"(epoch {int(saved['state']['epoch']) + 1}) was saved with: the run was stopped between "
+        "writing the two, so it cannot resume exactly. Start it again in a new folder, or start "
+        f"a new run from these weights with --init {weights}")
+
+
+def _recorded_epoch(weights: Path) -> str:
+    """The epoch (1-based) a checkpoint's sidecar records, or "unknown"."""
+    try:
+        epoch = json.loads(sidecar_path(weights).read_text())["training"]["epoch"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unknown"
+    return str(int(epoch) + 1)
 
 
 def write_missing_pth(out: Path) -> list[Path]:
