@@ -23,7 +23,7 @@ from producer.segmentation import (
     predict_array_reference,
     predict_scene,
 )
-from tests.tiny_models import TINY_UNET, TINY_VAE
+from tests.tiny_models import TINY_UNET, TINY_VAE, decisive_segmenter
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -41,11 +41,7 @@ def _scene(size: int, seed: int = 0) -> np.ndarray:
 @pytest.fixture(scope="module")
 def b0() -> DamageSegmenter:
     """Random-init MiT-b0 with a decisive classifier."""
-    torch.manual_seed(0)
-    model = DamageSegmenter.build("b0")
-    with torch.no_grad():
-        model.model.decode_head.classifier.weight.mul_(50.0)
-    return model.eval()
+    return decisive_segmenter("b0")
 
 
 @pytest.mark.parametrize(("amp", "prob_bound", "tie_margin", "compile_mode", "split_tf32"), [

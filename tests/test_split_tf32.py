@@ -26,6 +26,7 @@ from producer.segmentation.split_tf32 import (
     split_tf32,
     split_tf32_channel_map,
 )
+from tests.tiny_models import decisive_segmenter
 
 aten = torch.ops.aten
 #: Matrix products and the positions of their two factors (bias-adding ones take it first).
@@ -113,12 +114,8 @@ def test_a_split_channel_map_matches_the_einsum_under_tf32() -> None:
 
 @pytest.fixture(scope="module")
 def b0() -> DamageSegmenter:
-    """Random-init MiT-b0 with a decisive classifier (as the benchmarks use)."""
-    torch.manual_seed(0)
-    model = DamageSegmenter.build("b0")
-    with torch.no_grad():
-        model.model.decode_head.classifier.weight.mul_(50.0)
-    return model.eval()
+    """Random-init MiT-b0 with a decisive classifier."""
+    return decisive_segmenter("b0")
 
 
 def test_every_product_of_the_production_forward_is_split(b0: DamageSegmenter) -> None:
