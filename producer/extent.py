@@ -12,9 +12,12 @@ take those polygons from a GeoPackage of extents (one row per shelf-year: column
   provenance; pass ``--extent`` for the real thing.
 
 Pixels whose centre lies inside the polygon belong to the extent (rasterio.features). The
-products cover the ROI only, so the extent used is its part inside the ROI; what lies outside
-(an extent file drawn beyond an approximate ROI) is NoData in the type 1 map and its share is
-recorded in the provenance.
+products cover the ROI only and there is no imagery beyond it, so an extent reaching outside the
+ROI is not fully covered, and a shelf-year whose shelf region is not fully covered has no map
+(paper 2.4.1). Only a sliver is tolerated, for GIS imprecision (an extent drawn a pixel past an
+approximate ROI): when at most ``MAX_OUTSIDE_ROI_SHARE`` of the extent's area lies outside the
+ROI, the extent used is its part inside the ROI, the rest is NoData in the type 1 map and its
+share is recorded in the provenance; beyond that the shelf-year is not mapped.
 ``ShelfArea`` holds a grid's ROI and extent masks bit-packed (2 bits a pixel), rasterized strip
 by strip, for grids too big to hold as boolean arrays (Amery: 313 Mpx).
 """
@@ -37,6 +40,11 @@ from producer.spec import ENCODING, SpecError
 
 #: Inward buffer of the default extent, as a share of the ROI bounding box's smaller side.
 DEFAULT_SHRINK = 0.05
+#: Largest share of an extent's area that may lie outside the ROI and still give a map. The
+#: requirement is a fully covered shelf region, and nothing beyond the ROI is imaged; this
+#: tolerance only absorbs GIS imprecision (an extent digitised against another outline, a
+#: ROI approximated by a box), where the part outside becomes NoData in the type 1 map.
+MAX_OUTSIDE_ROI_SHARE = 0.01
 
 
 class ExtentError(SpecError):
@@ -102,8 +110,9 @@ def _years_column(frame: Any, path: Path) -> Any:
 def share_outside(extent: BaseGeometry, roi: BaseGeometry) -> float:
     """The share of the extent's area that lies outside the ROI (0 when it lies within).
 
-    The products cover the ROI only: there is no imagery beyond it, so that part of an extent
-    is NoData in the type 1 map, and the provenance records how much of the extent it was.
+    The products cover the ROI only: there is no imagery beyond it, so that part of the shelf
+    region is not covered. Up to ``MAX_OUTSIDE_ROI_SHARE`` it is NoData in the type 1 map and
+    the provenance records the share; beyond it the shelf-year is not mapped.
     """
     if extent.is_empty or extent.area == 0:
         return 0.0
@@ -143,7 +152,8 @@ class ShelfArea:
         self._roi = np.empty((grid.height, (grid.width + 7) // 8), np.uint8)
         self._extent = np.empty_like(self._roi)
         self.outside_share = share_outside(extent, roi)
-        """Share of the extent's area outside the ROI: NoData in the type 1 map."""
+        """Share of the extent's area outside the ROI: NoData in the type 1 map up to
+        ``MAX_OUTSIDE_ROI_SHARE``, no map beyond (see ``covered_by_roi``)."""
         self.extent_pixels = 0
         """Pixels inside both the extent and the ROI: the valid pixels of the type 1 map."""
         for r0, r1 in row_strips(grid.height, strip_rows):
@@ -153,6 +163,12 @@ class ShelfArea:
             strip = extent_mask(extent, sub) & roi_strip
             self._extent[r0:r1] = np.packbits(strip, axis=1)
             self.extent_pixels += int(np.count_nonzero(strip))
+
+    @property
+    def covered_by_roi(self) -> bool:
+        """Whether the extent lies inside the ROI up to ``MAX_OUTSIDE_ROI_SHARE`` of its area:
+        otherwise the shelf region is not fully covered (nothing is imaged beyond the ROI)."""
+        return self.outside_share <= MAX_OUTSIDE_ROI_SHARE
 
     def rows(self, r0: int, r1: int) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
         """(roi, extent within the ROI) of rows r0:r1."""

@@ -4,23 +4,35 @@ The paper merges PREDICTIONS of individual scenes, never a mosaic of images (ton
 at scene seams would disturb the segmentation). The rules, automated:
 
 1. If one scene is usable (present, cloud-free, SLC-off gaps counted as usable because they are
-   restored before segmentation) over the whole ROI, its prediction is the map. When several
+   restored before segmentation, unless a cloud lies across them: ``producer.slcoff``'s
+   ``near_cloud``) over the whole ROI, its prediction is the map. When several
    are, the plan takes the source's ranking (best first) and lists them all
    (``MergePlan.full_coverage``); the producer may then compare their predictions and make
    another one the map (``with_main``; the comparison is ``producer.compare``).
 2. Otherwise the main scene is the one usable over most of the shelf region (the effective
-   extent; the ROI breaks ties), and the pixels it leaves uncovered are filled from the other
-   scenes in order of acquisition-date distance to the main scene (close dates first, as ice
-   moves), each filling only pixels still uncovered where it is usable.
+   extent; the ROI breaks ties, then the source's ranking), and the pixels it leaves uncovered
+   are filled from the other scenes in order of acquisition-date distance to the main scene
+   (close dates first, as ice moves), each filling only pixels still uncovered where it is
+   usable.
+   Deviation from the paper: the authors also choose the main scene for "more complete coverage
+   of rapidly flowing areas", judged with an ice-velocity product (Rignot et al., 2017), and
+   merge by hand under visual inspection. We take no velocity input: the main scene is scored
+   by its usable share of the whole effective extent, fast-flowing or not, so a scene that
+   covers more of the slow shelf can win over one that covers the fast-flowing part.
 3. If the shelf region is still not fully covered by usable pixels, the year has no map
-   (``NotCoveredError``).
+   (``NotCoveredError``). That includes a shelf region lying partly outside the ROI, where no
+   scene is merged: beyond ``MAX_OUTSIDE_ROI_SHARE`` of its pixels (a tolerance for GIS
+   imprecision) the year has no map; below it the outside part is left out (NoData in type 1).
 4. ROI pixels outside the shelf region that no scene covers cloud-free take the prediction of a
    scene that at least has data there (cloud-contaminated, as the paper allows for small areas
    of grounded ice); they are counted separately (``cloudy_fill_fraction``).
 
 Planning needs only the masks, so the producer can restore and segment just the scenes the plan
 uses. ``compose`` then takes any per-scene layer (0/1 predictions, probabilities) through the
-plan's per-pixel source-scene index (uint8, ``NO_SCENE`` = 255 where no scene has data).
+plan's per-pixel source-scene index (uint8, ``NO_SCENE`` = 255 where no scene has data: outside
+the ROI, and ROI pixels no scene imaged, which ``compose`` fills with ``fill``, 0 for the type 2
+map; the written source-scene file tells the two apart). Every fraction of the plan is a share
+of the ROI's pixels (``MergePlan.roi_pixels``).
 
 Memory: every rule is either a per-pixel choice or a count over the grid, so planning reads the
 masks strip by strip (``STRIP_ROWS`` rows at a time; counts, then the index) and holds
@@ -38,13 +50,15 @@ from dataclasses import dataclass, replace
 import numpy as np
 from numpy.typing import NDArray
 
+from producer.extent import MAX_OUTSIDE_ROI_SHARE
 from producer.grid import STRIP_ROWS, row_strips
-from producer.spec import SOURCE_SCENE_RASTER
+from producer.spec import SOURCE_SCENE_NOT_IMAGED, SOURCE_SCENE_RASTER
 
-#: Source-scene index value of pixels no scene covers.
+#: Source-scene index value of pixels no scene covers (outside the ROI or not imaged).
 NO_SCENE = SOURCE_SCENE_RASTER.nodata
-#: Most candidate scenes one plan can index (uint8 index, 255 reserved).
-MAX_SCENES = 255
+#: Most candidate scenes one plan can index: the written index file keeps 255 (outside the ROI)
+#: and 254 (``SOURCE_SCENE_NOT_IMAGED``) for pixels without a scene.
+MAX_SCENES = SOURCE_SCENE_NOT_IMAGED
 #: Reads rows ``r0:r1`` of two full-width masks: (usable, data) of a scene, (roi, extent) of the
 #: grid.
 RowMasks = Callable[[int, int], tuple[NDArray[np.bool_], NDArray[np.bool_]]]
@@ -53,11 +67,13 @@ RowMasks = Callable[[int, int], tuple[NDArray[np.bool_], NDArray[np.bool_]]]
 class NotCoveredError(ValueError):
     """The shelf region cannot be fully covered by usable pixels of the candidate scenes."""
 
-    def __init__(self, covered_fraction: float, missing_pixels: int, scenes: int) -> None:
+    def __init__(self, covered_fraction: float, missing_pixels: int, scenes: int,
+                 reason: str | None = None) -> None:
         self.covered_fraction = covered_fraction
         self.missing_pixels = missing_pixels
         self.scenes = scenes
         super().__init__(
+            reason if reason is not None else
             f"the shelf region is not fully covered: {covered_fraction:.2%} covered by usable "
             f"pixels of {scenes} scene(s), {missing_pixels} pixel(s) missing"
             if scenes else "no scene covers the shelf region"
@@ -103,8 +119,8 @@ class MergePlan:
     """Which scene's prediction each pixel of the map comes from."""
 
     index: NDArray[np.uint8]
-    """Per-pixel position of the source scene in the candidate list; NO_SCENE where no scene
-    has data and outside the ROI."""
+    """Per-pixel position of the source scene in the candidate list; NO_SCENE outside the ROI
+    and at ROI pixels no scene has data (the ROI mask tells them apart)."""
     main: int
     """Candidate position of the main scene."""
     order: tuple[int, ...]
@@ -121,6 +137,9 @@ class MergePlan:
     """Pixels of the ROI on the grid (the denominator of the fractions)."""
     usable_fractions: tuple[float, ...] = ()
     """Per candidate: share of the ROI where it is usable (its valid fraction)."""
+    cloud_fractions: tuple[float, ...] = ()
+    """Per candidate: share of the ROI where it has data but is not usable (cloud, and SLC-off
+    gaps a cloud lies across)."""
     full_coverage: tuple[int, ...] = ()
     """Candidate positions usable over the whole ROI, in ranking order (rule 1; the main scene
     first when the plan is single-scene)."""
@@ -163,19 +182,36 @@ class _Tally:
     n: int
     roi_px: int = 0
     shelf_px: int = 0
+    """Shelf-region pixels inside the ROI."""
+    outside_px: int = 0
+    """Shelf-region pixels outside the ROI (no scene is merged there)."""
 
     def __post_init__(self) -> None:
         self.full = [True] * self.n
         self.on_shelf = [0] * self.n
         self.on_roi = [0] * self.n
+        self.data_on_roi = [0] * self.n
 
-    def add(self, i: int, usable: NDArray[np.bool_], roi: NDArray[np.bool_],
-            extent: NDArray[np.bool_]) -> None:
-        """Count scene i's usable pixels of one strip."""
+    def add(self, i: int, usable: NDArray[np.bool_], data: NDArray[np.bool_],
+            roi: NDArray[np.bool_], extent: NDArray[np.bool_]) -> None:
+        """Count scene i's usable and data pixels of one strip."""
         if self.full[i] and np.any(roi & ~usable):
             self.full[i] = False
         self.on_shelf[i] += int(np.count_nonzero(usable & extent))
         self.on_roi[i] += int(np.count_nonzero(usable & roi))
+        self.data_on_roi[i] += int(np.count_nonzero(data & roi))
+
+    def check_inside_roi(self, scenes: int) -> None:
+        """NotCoveredError when more than ``MAX_OUTSIDE_ROI_SHARE`` of the shelf region's
+        pixels lie outside the ROI (rule 3): no scene is merged there, so it is not covered."""
+        total = self.shelf_px + self.outside_px
+        share = self.outside_px / total if total else 0.0
+        if share > MAX_OUTSIDE_ROI_SHARE:
+            raise NotCoveredError(
+                1.0 - share, self.outside_px, scenes,
+                reason=f"the shelf region is not fully covered: {share:.2%} of it "
+                       f"({self.outside_px} of {total} px) lies outside the ROI, where no scene "
+                       f"is merged (at most {MAX_OUTSIDE_ROI_SHARE:.0%} may)")
 
     def choose_main(self) -> tuple[int, bool]:
         """(position of the main scene, whether it alone covers the whole ROI) - rules 1 and 2."""
@@ -203,11 +239,13 @@ def plan_merge_rows(candidates: Sequence[Candidate], area: RowMasks, shape: tupl
     strips = row_strips(shape[0], strip_rows)
     tally = _Tally(len(candidates))
     for r0, r1 in strips:
-        roi, extent = _area_rows(area, r0, r1, shape)
+        roi, extent, outside = _area_rows(area, r0, r1, shape)
         tally.roi_px += int(np.count_nonzero(roi))
         tally.shelf_px += int(np.count_nonzero(extent))
+        tally.outside_px += outside
         for i, c in enumerate(candidates):
-            tally.add(i, _scene_rows(c, r0, r1, shape)[0], roi, extent)
+            tally.add(i, *_scene_rows(c, r0, r1, shape), roi, extent)
+    tally.check_inside_roi(len(candidates))
     if not candidates:
         raise NotCoveredError(0.0, tally.shelf_px, 0)
     main, single = tally.choose_main()
@@ -221,7 +259,7 @@ def plan_merge_rows(candidates: Sequence[Candidate], area: RowMasks, shape: tupl
     missing = cloudy = 0
     counts = np.zeros(NO_SCENE + 1, np.int64)
     for r0, r1 in strips:
-        roi, extent = _area_rows(area, r0, r1, shape)
+        roi, extent, _ = _area_rows(area, r0, r1, shape)
         strip = index[r0:r1]
         _fill(strip, candidates, order, roi, r0, r1, shape, usable_only=True)
         missing += int(np.count_nonzero(extent & (strip == NO_SCENE)))
@@ -241,6 +279,8 @@ def plan_merge_rows(candidates: Sequence[Candidate], area: RowMasks, shape: tupl
         uncovered_fraction=int(counts[NO_SCENE]) / roi_px,
         roi_pixels=tally.roi_px,
         usable_fractions=tuple(n / roi_px for n in tally.on_roi),
+        cloud_fractions=tuple((d - u) / roi_px
+                              for d, u in zip(tally.data_on_roi, tally.on_roi, strict=True)),
         full_coverage=tuple(i for i in range(len(candidates)) if tally.full[i]),
     )
 
@@ -261,13 +301,14 @@ def with_main(plan: MergePlan, scene: int) -> MergePlan:
 
 
 def _area_rows(area: RowMasks, r0: int, r1: int, shape: tuple[int, int]
-               ) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
-    """(roi, extent & roi) of rows r0:r1, shape-checked."""
+               ) -> tuple[NDArray[np.bool_], NDArray[np.bool_], int]:
+    """(roi, extent & roi, count of extent pixels outside the ROI) of rows r0:r1,
+    shape-checked."""
     roi, extent = (np.asarray(a, bool) for a in area(r0, r1))
     want = (r1 - r0, shape[1])
     if roi.shape != want or extent.shape != want:
         raise ValueError(f"ROI/extent rows {r0}:{r1} are {roi.shape}/{extent.shape}, not {want}")
-    return roi, extent & roi
+    return roi, extent & roi, int(np.count_nonzero(extent & ~roi))
 
 
 def _scene_rows(c: Candidate, r0: int, r1: int, shape: tuple[int, int]

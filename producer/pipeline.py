@@ -12,8 +12,9 @@ A shelf-year is skipped when its provenance record exists with the same ``inputs
 ids — with the signature of their files where an id does not pin the pixels, ``Scene.digest_key``
 —, weights hashes, software version, parameters) and its files are all present, unless
 ``force``. Nothing is written for a year that cannot be mapped (no scene, shelf region not
-covered); files are written atomically and the provenance record last, so an interrupted run
-leaves either the previous complete shelf-year or a new one whose record is absent (redone).
+covered, effective extent more than ``MAX_OUTSIDE_ROI_SHARE`` outside the ROI); files are
+written atomically and the provenance record last, so an interrupted run leaves either the
+previous complete shelf-year or a new one whose record is absent (redone).
 """
 
 from __future__ import annotations
@@ -45,7 +46,13 @@ from producer.compare import (
     compare_predictions,
     scenes_to_compare,
 )
-from producer.extent import ShelfArea, default_extent, polygonal, read_extent
+from producer.extent import (
+    MAX_OUTSIDE_ROI_SHARE,
+    ShelfArea,
+    default_extent,
+    polygonal,
+    read_extent,
+)
 from producer.grid import Grid, row_strips
 from producer.merge import (
     NO_SCENE,
@@ -65,7 +72,7 @@ from producer.provenance import (
     provenance_path,
 )
 from producer.shelves import get_shelf, released_name, roi_polygon, shelf_box_polygon
-from producer.slcoff import detect_gaps, footprint_of
+from producer.slcoff import GAP_CLOUD_REACH_PX, detect_gaps, footprint_of, near_cloud
 from producer.sources.base import FOOTPRINT_KEY, Scene, SceneSource, summer_span
 from producer.spec import (
     AUXILIARY_SUFFIXES,
@@ -77,6 +84,7 @@ from producer.spec import (
     RESTORATION_METHODS,
     SCENE_IDS_TAG,
     SENSORS,
+    SOURCE_SCENE_NOT_IMAGED,
     TYPE1,
     TYPE2,
     ProductName,
@@ -216,6 +224,9 @@ class _SceneMasks:
     """Mask file on the ROI grid: ``MASK_PRESENT`` | ``MASK_USABLE`` | ``MASK_GAP`` bits."""
     slc_off: bool
     cloud_fraction: float
+    """Share of the GRID's pixels with data but cloudy (clouded SLC-off gaps included): a
+    diagnostic of the mask file. Provenance records the share of the ROI instead
+    (``MergePlan.cloud_fractions``), the base of all its fractions."""
 
     def _code(self, r0: int, r1: int) -> NDArray[np.uint8]:
         with rasterio.open(self.path) as ds:
@@ -398,11 +409,18 @@ def _mask_profile(grid: Grid) -> dict[str, Any]:
 
 
 def scene_masks(scene: Scene, year: int, grid: Grid, workdir: Path) -> _SceneMasks:
-    """Usable and present pixels of a scene; SLC-off gaps count as usable (they get restored).
+    """Usable and present pixels of a scene; SLC-off gaps count as usable (they get restored)
+    unless a cloud lies across them.
+
+    A cloud mask says nothing inside a gap (no data there), but a gap crossing a cloud is
+    restored from that cloud: gap pixels within ``GAP_CLOUD_REACH_PX`` of a flagged cloud pixel
+    are cloudy (present, never usable), so the shelf region is never filled from them.
 
     Read and written strip by strip (the masks go to a file in ``workdir``), so memory does not
-    grow with the grid or the number of scenes. Only an SLC-off scene without a footprint from
-    its source is read whole, as its footprint is the convex hull of all its pixels.
+    grow with the grid or the number of scenes; the cloud mask of an SLC-off scene is read with
+    ``GAP_CLOUD_REACH_PX`` rows of context either side, so clouds reach across strip edges. Only
+    an SLC-off scene without a footprint from its source is read whole, as its footprint is the
+    convex hull of all its pixels.
     """
     slc_off = scene.sensor in SENSORS and SENSORS[scene.sensor].slc_off_in(year)
     footprint_path = scene.metadata.get(FOOTPRINT_KEY)
@@ -430,7 +448,7 @@ def scene_masks(scene: Scene, year: int, grid: Grid, workdir: Path) -> _SceneMas
                              else extra["footprint"].read(1, window=window) != 0)
                 gaps = detect_gaps(rgb, footprint)
                 present |= gaps
-            cloud = (extra["cloud"].read(1, window=window) != 0 if "cloud" in extra
+            cloud = (_cloud_rows(extra["cloud"], r0, r1, gaps) if "cloud" in extra
                      else np.zeros(present.shape, bool))
             usable = present & ~cloud
             cloudy += int(np.count_nonzero(cloud & present))
@@ -439,6 +457,20 @@ def scene_masks(scene: Scene, year: int, grid: Grid, workdir: Path) -> _SceneMas
             code |= gaps.view(np.uint8) * np.uint8(MASK_GAP)
             out.write(code, 1, window=window)
     return _SceneMasks(scene, path, slc_off, cloudy / (grid.width * grid.height))
+
+
+def _cloud_rows(cloud_ds: Any, r0: int, r1: int, gaps: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """Cloudy pixels of rows r0:r1: the flagged ones, and the SLC-off ``gaps`` pixels of these
+    rows that lie within ``GAP_CLOUD_REACH_PX`` of a flagged one (the flag is 0 in gaps, yet
+    their restoration copies the cloud around them). With gaps in the strip the mask is read
+    with that many rows of context either side (bounded memory, clouds seen across strips)."""
+    reach = GAP_CLOUD_REACH_PX if gaps.any() else 0
+    c0, c1 = max(0, r0 - reach), min(cloud_ds.height, r1 + reach)
+    flagged = cloud_ds.read(1, window=Window(0, c0, cloud_ds.width, c1 - c0)) != 0
+    cloud = flagged[r0 - c0:r1 - c0]
+    if not reach or not flagged.any():
+        return cloud
+    return cloud | (gaps & near_cloud(flagged, reach)[r0 - c0:r1 - c0])
 
 
 def restore_scenes(used: Sequence[_SceneMasks], options: ProduceOptions, diffgf: Path | None,
@@ -594,6 +626,17 @@ def _source_notes(source: SceneSource, shelf: str, year: int) -> str:
     return "".join(f"\n  - {line}" for line in lines)
 
 
+def _outside_roi(shelf: str, year: int, area: ShelfArea, extent_origin: str) -> YearResult:
+    """Not mapped: more than ``MAX_OUTSIDE_ROI_SHARE`` of the effective extent lies outside the
+    ROI, where nothing is imaged, so the shelf region cannot be fully covered (paper 2.4.1)."""
+    return YearResult(
+        shelf, year, "not-mapped",
+        f"{shelf} {year}: {area.outside_share:.1%} of the effective extent's area "
+        f"({extent_origin}) lies outside the ROI of {shelf}, where no scene is imaged, so the "
+        f"shelf region cannot be fully covered (at most {MAX_OUTSIDE_ROI_SHARE:.0%} may lie "
+        "outside); fix the extent or the ROI")
+
+
 def _skipped(shelf: str, year: int, record: Path) -> YearResult:
     return YearResult(shelf, year, "skipped", "outputs are up to date (same scenes, weights, "
                       "software and parameters)", provenance=record)
@@ -613,6 +656,8 @@ def produce_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
         if not area.extent_pixels:
             return YearResult(shelf, year, "failed", f"the effective extent ({extent_origin}) "
                               f"does not overlap the ROI of {shelf} on the scenes' grid")
+        if not area.covered_by_roi:
+            return _outside_roi(shelf, year, area, extent_origin)
         # DiffGF weights shape only SLC-off summers restored with DiffGF: other years keep
         # their digest (and are skipped) when those weights change
         diffgf_used = options.restoration == RELEASED_RESTORATION and slc_off_possible(year)
@@ -753,12 +798,8 @@ def _write_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
                                  "description": PROBABILITY_RASTER.description})
         products["probability"] = path.name
     if options.source_index:
-        remap = np.full(256, NO_SCENE, np.uint8)
-        for k, i in enumerate(used):
-            remap[i] = k
         path = folder / name.auxiliary("source_scene")
-        write_cog_rows(path, lambda r0, r1: remap[plan.index[r0:r1]], grid, None,
-                       nodata=NO_SCENE,
+        write_cog_rows(path, _source_index_rows(plan, area), grid, None, nodata=NO_SCENE,
                        tags={SCENE_IDS_TAG: json.dumps([masks[i].scene.scene_id for i in used])})
         products["source_scene"] = path.name
     restored, restored_extent = restored_shares(plan, masks, area)
@@ -770,7 +811,7 @@ def _write_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
             valid_fraction=round(plan.usable_fractions[i], 6),
             map_fraction=round(plan.fractions[i], 6),
             role="main" if i == plan.main else "fill",
-            cloud_fraction=round(masks[i].cloud_fraction, 6),
+            cloud_fraction=round(plan.cloud_fractions[i], 6),
             slc_off=masks[i].slc_off,
             source_ids=masks[i].scene.source_ids,
             restored_fraction=round(restored.get(i, 0.0), 6),
@@ -786,9 +827,11 @@ def _write_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
             "candidates": [m.scene.scene_id for m in masks],
             "single_scene": plan.single_scene,
             "full_coverage_scenes": len(plan.full_coverage),
+            "roi_pixels": plan.roi_pixels,
+            "extent_pixels": area.extent_pixels,
             "cloudy_fill_fraction": round(plan.cloudy_fill_fraction, 6),
             "uncovered_fraction": round(plan.uncovered_fraction, 6),
-            "extent_fraction": round(area.extent_pixels / (grid.width * grid.height), 6),
+            "extent_fraction": round(area.extent_pixels / max(plan.roi_pixels, 1), 6),
             "extent_outside_roi_fraction": round(area.outside_share, 6),
             "restored_fraction": round(sum(restored.values()), 6),
             "restored_extent_fraction": round(restored_extent, 6),
@@ -809,6 +852,22 @@ def _write_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
                       f"{name.stem}: {len(used)} scene(s), sensors {'_'.join(sensors)}{chosen}"
                       f"{outside}",
                       products=written, provenance=record_path)
+
+
+def _source_index_rows(plan: MergePlan, area: ShelfArea
+                       ) -> Callable[[int, int], NDArray[np.uint8]]:
+    """Rows of the source-scene index file: value k for the k-th used scene,
+    ``SOURCE_SCENE_NOT_IMAGED`` at ROI pixels no scene imaged (type 2 holds 0 there without an
+    observation), ``NO_SCENE`` (its nodata) outside the ROI polygon."""
+    remap = np.full(256, SOURCE_SCENE_NOT_IMAGED, np.uint8)
+    for k, i in enumerate(plan.used):
+        remap[i] = k
+
+    def rows(r0: int, r1: int) -> NDArray[np.uint8]:
+        roi = area.rows(r0, r1)[0]
+        return np.where(roi, remap[plan.index[r0:r1]], np.uint8(NO_SCENE))
+
+    return rows
 
 
 def restored_shares(plan: MergePlan, masks: Sequence[_SceneMasks], area: ShelfArea

@@ -2,6 +2,14 @@
 
 The catalog builds STAC items, metadata.ods and statistics from this record and the rasters
 alone, so everything a user needs to trace a map back to its imagery lives here.
+
+Fractions and their base. Every pixel fraction of a scene (``SceneRecord``) and of the merge
+(``Provenance.parameters``) is a share of the ROI's pixels on the grid, recorded as
+``parameters["roi_pixels"]``, except where a field says otherwise (``restored_extent_fraction``:
+of the effective extent's pixels; ``extent_outside_roi_fraction``: of the extent polygon's
+area). Records of schema 1.0 (before ``roi_pixels`` was recorded) gave ``cloud_fraction`` and
+``extent_fraction`` as shares of the whole grid (``parameters["grid"]``: width × height); they
+are read as they are, and ``fraction_base`` says which base a record used.
 """
 
 from __future__ import annotations
@@ -15,7 +23,9 @@ from typing import Any
 
 from producer.spec import TYPE1, ProductName, build_name, is_demo_source
 
-SCHEMA_VERSION = "1.0"
+#: 1.1: ``cloud_fraction`` and ``parameters["extent_fraction"]`` became shares of the ROI (1.0:
+#: of the grid); ``roi_pixels`` and ``extent_pixels`` are recorded.
+SCHEMA_VERSION = "1.1"
 
 
 @dataclass(frozen=True)
@@ -27,18 +37,22 @@ class SceneRecord:
     acquired: dt.date
     valid_fraction: float
     """Share of the ROI with usable pixels in this scene: imaged and cloud-free, SLC-off gaps
-    included (they are restored before segmentation)."""
+    included (they are restored before segmentation) unless a cloud lies across them."""
     map_fraction: float
-    """Share of the merged full-ROI map taken from this scene's prediction."""
+    """Share of the ROI whose merged map pixels come from this scene's prediction."""
     role: str = "fill"
     """"main" for the scene the map is based on, "fill" for complementary scenes."""
     cloud_fraction: float | None = None
+    """Share of the ROI where this scene has data but is cloudy (flagged cloud, and SLC-off gap
+    pixels a cloud lies across); ``valid_fraction + cloud_fraction`` is its data share of the
+    ROI. Schema 1.0 records: share of the grid. None when not counted."""
     slc_off: bool = False
+    """Whether the scene is Landsat 7 SLC-off imagery (its gaps restored before segmentation)."""
     source_ids: tuple[str, ...] = ()
     """Landsat product ids combined into this daily composite, when known."""
     restored_fraction: float | None = None
-    """Share of the full-ROI map taken from this scene's restored SLC-off gap pixels (0 for a
-    scene without gaps; None in records written before it was counted)."""
+    """Share of the ROI whose map pixels come from this scene's restored SLC-off gap pixels (0
+    for a scene without gaps; None in records written before it was counted)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +79,17 @@ class Provenance:
     restoration_model: ModelRecord | None = None
     software: dict[str, str] = field(default_factory=dict)
     parameters: dict[str, Any] = field(default_factory=dict)
+    """The run parameters that enter the inputs digest (``tta``, ``extent``, ``grid``, …) and
+    facts of the merge: ``roi_pixels`` (ROI pixels on the grid, the base of the fractions),
+    ``extent_pixels`` (effective-extent pixels inside the ROI: the type 1 map's valid pixels),
+    ``extent_fraction`` (``extent_pixels / roi_pixels``), ``uncovered_fraction`` (share of the
+    ROI no scene imaged: 0 in type 2, not an observation), ``cloudy_fill_fraction`` (share of
+    the ROI filled from cloudy pixels, off the shelf region only), ``restored_fraction`` (share
+    of the ROI from restored SLC-off gap pixels), ``restored_extent_fraction`` (share of
+    ``extent_pixels`` from restored gap pixels), ``extent_outside_roi_fraction`` (share of the
+    extent polygon's area outside the ROI, NoData in type 1; in a produced year at most
+    ``producer.extent.MAX_OUTSIDE_ROI_SHARE``), ``candidates``, ``single_scene``,
+    ``full_coverage_scenes``, device and compilation."""
     products: dict[str, str] = field(default_factory=dict)
     """Asset role -> file name in the shelf-year folder (damage_map, damage, probability, …)."""
     inputs_digest: str = ""
@@ -80,6 +105,13 @@ class Provenance:
     def demo(self) -> bool:
         """Products made from the offline demo source must never be published as real data."""
         return is_demo_source(self.source)
+
+    @property
+    def fraction_base(self) -> str:
+        """"roi" when the record's pixel fractions are all shares of the ROI (``roi_pixels``
+        recorded), "grid" for older records whose ``cloud_fraction`` and ``extent_fraction``
+        were shares of the whole grid (their other fractions were already of the ROI)."""
+        return "roi" if "roi_pixels" in self.parameters else "grid"
 
     @property
     def main_scene(self) -> SceneRecord:

@@ -26,6 +26,13 @@ Detection
     hull of the non-zero pixels (a scene cropped to an ROI is the intersection of two convex
     shapes, and the wedges reach the swath edge between sweeps that do not), less the holes too
     wide to be gaps (``GAP_HOLE_MAX_PX``): imagery that never arrived is not restored.
+
+Clouds over gaps
+    Cloud masks are 0 inside gaps (no data, no flag), but restoration fills a gap from the pixels
+    around it, so a gap crossing a cloud comes back as cloud. Gap pixels within
+    ``GAP_CLOUD_REACH_PX`` of a flagged cloud pixel (``near_cloud``) therefore count as cloudy:
+    never usable for the shelf region, whose maps derive from cloud-free imagery only (paper
+    2.4.2).
 """
 
 from __future__ import annotations
@@ -46,6 +53,13 @@ SWATH_WIDTH_PX = 6167
 #: inside a scene's outline is imagery that was never delivered (a missing WRS-2 row, a tile
 #: that failed), which no restoration may invent.
 GAP_HOLE_MAX_PX = 17
+#: Gap pixels this close (px, in a square neighbourhood) to a flagged cloud pixel are cloudy.
+#: Cloud masks say nothing inside a gap (QA_PIXEL and Earth Engine's unmasked cloud band are 0
+#: where there is no data), yet a gap crossing a cloud is restored from the cloud around it, so
+#: its restored pixels are cloud too. Any side of a gap lies within one gap width of each of its
+#: pixels, so this reach (the widest gap, ``GAP_HOLE_MAX_PX``) catches every gap pixel whose
+#: gap borders a cloud, at the price of also refusing gap pixels beside a cloud's edge.
+GAP_CLOUD_REACH_PX = GAP_HOLE_MAX_PX
 
 
 def _scene_frame(
@@ -194,6 +208,25 @@ def detect_gaps(
     elif footprint.shape != rgb.shape[:2]:
         raise ValueError(f"footprint {footprint.shape} and image {rgb.shape[:2]} differ in size")
     return np.all(rgb == 0, axis=2) & footprint
+
+
+def near_cloud(cloud: NDArray[np.bool_], reach: int = GAP_CLOUD_REACH_PX) -> NDArray[np.bool_]:
+    """Pixels within ``reach`` px of a cloud pixel (cloud included), in a square neighbourhood.
+
+    ``cloud & gaps`` misses the cloud lying across an SLC-off gap (no flag where no data); the
+    gap pixels of ``near_cloud(cloud) & gaps`` are the ones restored from clouded imagery. A
+    caller working by row strips passes ``reach`` rows of context on each side and crops them.
+    """
+    if reach < 0:
+        raise ValueError(f"reach must be >= 0 px, got {reach}")
+    cloud = np.asarray(cloud, bool)
+    if reach == 0 or not cloud.any():
+        return cloud.copy()
+    from scipy import ndimage
+
+    grown = ndimage.maximum_filter(cloud.view(np.uint8), size=2 * reach + 1, mode="constant",
+                                   cval=0)
+    return grown.view(bool)
 
 
 def gap_fraction(gaps: NDArray[np.bool_], footprint: NDArray[np.bool_] | None = None) -> float:

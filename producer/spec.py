@@ -21,7 +21,12 @@ File names
 Encodings (both types: one band, UInt8, LZW, 30 m square pixels, EPSG:3031, Cloud-Optimized
 GeoTIFF tiled 512 with internal overviews resampled with nearest so overviews hold only classes)
     type 1: 0 background, 1 damage inside the effective ice-shelf extent, 255 outside; nodata 255.
-    type 2: 0 background, 255 damage over the full ROI; no nodata tag (255 is data).
+    type 2: 0 background, 255 damage over the full ROI; no nodata tag (255 is data). The grid
+        is the ROI's bounding box, and 0 is written for background, for pixels outside the ROI
+        polygon and for ROI pixels that no scene imaged (no data in any scene of the summer;
+        never on the effective extent, which must be covered). Type 2 has no NoData by
+        definition: the source-scene index (``SOURCE_SCENE_RASTER``) tells these 0s apart
+        (255 outside the ROI, ``SOURCE_SCENE_NOT_IMAGED`` not imaged).
 
 Years and sensors (plausibility rules)
     A year names the austral summer that starts in it: 1 November YYYY to 31 March YYYY+1
@@ -196,6 +201,8 @@ TYPE1 = ProductType(
         PixelClass(255, "nodata", "Outside the effective ice-shelf extent", "000000", True),
     ),
 )
+#: The full-ROI map. No NoData by definition (255 is damage): outside the ROI polygon and at ROI
+#: pixels no scene imaged it holds 0 like background; the source-scene index tells them apart.
 TYPE2 = ProductType(
     number=2,
     key="damage",
@@ -249,11 +256,18 @@ PROBABILITY_RASTER = AuxiliaryRaster(
     roles=("data",), nodata=255, unit="percent")
 #: GeoTIFF tag of the source-scene index: JSON list of scene ids, pixel value i → the i-th.
 SCENE_IDS_TAG = "scene_ids"
-#: The per-pixel source scene of the merged map (``produce --source-index``).
+#: Source-scene index value of ROI pixels that no scene imaged: the type 2 map's 0 there is no
+#: observation. (Files written before this value existed hold 255 there, as outside the ROI.)
+SOURCE_SCENE_NOT_IMAGED = 254
+#: The per-pixel source scene of the merged map (``produce --source-index``). Values: i < 254,
+#: the i-th scene id of the ``SCENE_IDS_TAG`` tag; ``SOURCE_SCENE_NOT_IMAGED`` (254), inside the
+#: ROI but no scene has data (type 2 holds 0 there); 255 (nodata), outside the ROI polygon.
 SOURCE_SCENE_RASTER = AuxiliaryRaster(
     key="source_scene", title="Source scene of each pixel of the merged map",
     description=(f"Value i: the i-th scene id of the file's {SCENE_IDS_TAG} tag, named by this "
-                 "asset's classes; 255 where no scene has data."),
+                 f"asset's classes; {SOURCE_SCENE_NOT_IMAGED} inside the ROI where no scene has "
+                 "data (the full-ROI map holds 0 there, not an observation); 255 outside the "
+                 "ROI polygon."),
     roles=("metadata",), nodata=255)
 AUXILIARY_RASTERS: dict[str, AuxiliaryRaster] = {
     r.key: r for r in (PROBABILITY_RASTER, SOURCE_SCENE_RASTER)}

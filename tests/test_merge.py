@@ -11,7 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from shapely.geometry import box
 
-from producer.extent import ExtentError, default_extent, extent_mask, read_extent
+from producer.extent import (
+    MAX_OUTSIDE_ROI_SHARE,
+    ExtentError,
+    ShelfArea,
+    default_extent,
+    extent_mask,
+    read_extent,
+)
 from producer.grid import Grid
 from producer.merge import (
     NO_SCENE,
@@ -108,6 +115,40 @@ def test_cloudy_pixels_fill_only_outside_the_shelf() -> None:
     usable_hole[8, 8] = False
     with pytest.raises(NotCoveredError):
         plan_merge([_cand("b", 0, usable_hole, _mask())], ROI, EXTENT)
+
+
+@pytest.mark.parametrize(("outside_px", "mapped"), [(1, True), (2, True), (3, False),
+                                                    (10, False)])
+def test_shelf_region_outside_the_roi_beyond_the_tolerance_is_not_covered(
+        outside_px: int, mapped: bool) -> None:
+    """No scene is merged outside the ROI, so a shelf region reaching out of it is not fully
+    covered: refused beyond MAX_OUTSIDE_ROI_SHARE of its pixels (here 200; 2 px = 1 % is
+    still GIS imprecision), below it the outside part is simply left out."""
+    roi = ROI.copy()
+    roi[5:5 + outside_px, 24] = False  # extent pixels of the last extent column
+    share = outside_px / EXTENT.sum()
+    assert (share <= MAX_OUTSIDE_ROI_SHARE) == mapped
+    full = _cand("full", 0, _mask())
+    if mapped:
+        plan = plan_merge([full], roi, EXTENT)
+        assert plan.roi_pixels == roi.sum() and (plan.index[~roi] == NO_SCENE).all()
+        return
+    with pytest.raises(NotCoveredError, match=rf"{share:.2%} of it \({outside_px} of 200 px\) "
+                       r"lies outside the ROI") as err:
+        plan_merge([full], roi, EXTENT)
+    assert err.value.missing_pixels == outside_px
+
+
+def test_shelf_area_says_whether_the_roi_covers_the_extent() -> None:
+    """The polygon test the producer applies before any scene is read: at most 1 % of the
+    extent's area outside the ROI still counts as covered."""
+    grid = Grid.from_bounds(0, 0, 3000, 3000)  # 100 x 100 px
+    extent = box(0, 0, 3000, 3000)
+    for roi_right, covered in ((2985.0, True), (2970.0, True), (2955.0, False),
+                               (750.0, False)):
+        area = ShelfArea(box(0, 0, roi_right, 3000), extent, grid)
+        assert area.outside_share == pytest.approx(1 - roi_right / 3000)
+        assert area.covered_by_roi == covered, roi_right
 
 
 def test_pixels_without_data_are_background_and_indexed_none() -> None:

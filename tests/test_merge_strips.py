@@ -28,7 +28,13 @@ from producer.merge import (
 )
 from producer.pipeline import MASK_PRESENT, MASK_USABLE, scene_masks
 from producer.shelves import roi_polygon
-from producer.slcoff import detect_gaps, footprint_of, simulate_slc_off_mask
+from producer.slcoff import (
+    GAP_CLOUD_REACH_PX,
+    detect_gaps,
+    footprint_of,
+    near_cloud,
+    simulate_slc_off_mask,
+)
 from producer.sources.base import Scene
 from producer.sources.demo import FOOTPRINT_KEY
 from producer.spec import TYPE1, SpecError
@@ -91,7 +97,7 @@ def test_plan_by_strips_equals_the_whole_plan(specs: list[tuple[int, ...]],
     plan = plan_merge_rows(strip_cands, area, SHAPE, strip_rows)
     assert np.array_equal(plan.index, whole.index)
     for field in ("main", "order", "fractions", "single_scene", "cloudy_fill_fraction",
-                  "uncovered_fraction", "roi_pixels", "usable_fractions"):
+                  "uncovered_fraction", "roi_pixels", "usable_fractions", "cloud_fractions"):
         assert getattr(plan, field) == getattr(whole, field), field
     strips = -(-SHAPE[0] // strip_rows)
     for reader, most in (*((r, 3 * strips) for r in readers), (area, 2 * strips)):
@@ -111,6 +117,18 @@ def test_valid_fractions_come_with_the_plan() -> None:
     plan = plan_merge([a, b], ROI, EXTENT, strip_rows=4)
     assert plan.usable_fractions == pytest.approx(
         [(a.usable & ROI).sum() / ROI.sum(), (b.usable & ROI).sum() / ROI.sum()])
+    assert plan.cloud_fractions == (0.0, 0.0)
+
+
+def test_cloud_fractions_are_shares_of_the_roi() -> None:
+    """Data but not usable (cloud) counted over the ROI only, like every plan fraction: a
+    cloud in the grid column outside the ROI does not count."""
+    data = _box(0, 23, 0, 31)
+    usable = data & ~_box(0, 23, 0, 2) & ~_box(20, 23, 0, 31)  # cloudy: off-ROI column, 3 rows
+    plan = plan_merge([Candidate("a", dt.date(2021, 12, 1), usable, data)], ROI, EXTENT)
+    assert plan.roi_pixels == ROI.sum() == 23 * 29
+    assert plan.cloud_fractions == pytest.approx([3 * 29 / (23 * 29)])
+    assert plan.usable_fractions[0] + plan.cloud_fractions[0] == pytest.approx(1.0)
 
 
 def test_shelf_area_is_the_whole_grid_rasterization() -> None:
@@ -139,14 +157,17 @@ def _geotiff(path: Path, grid: Grid, bands: np.ndarray) -> Path:
 def test_scene_masks_by_strips_follow_the_whole_scene_rule(tmp_path: Path,
                                                            footprint_file: bool) -> None:
     """An SLC-off scene of three strips: present (gaps counted), usable and cloud fraction as
-    computed on the whole arrays, with its footprint from a file or from the convex hull."""
+    computed on the whole arrays, with its footprint from a file or from the convex hull. The
+    cloud file is 0 in the gaps (as QA_PIXEL and Earth Engine give it): gap pixels near the
+    cloud are cloudy all the same, also across the strip edge at row 512."""
     grid = Grid.from_bounds(0, 0, 300 * 30, 1100 * 30)
     rows, cols = np.mgrid[0:1100, 0:300]
     footprint = (rows + cols > 150) & (rows - cols < 900)  # a cut scene, convex
     rgb = np.where(footprint, ((rows * 7 + cols) % 200 + 20).astype(np.uint8), 0)
     gaps = simulate_slc_off_mask(grid.shape, angle_deg=10.0, seed=3)
     rgb = np.stack([np.where(gaps, 0, rgb)] * 3).astype(np.uint8)
-    cloud = ((rows - 600) ** 2 + (cols - 150) ** 2 < 80 ** 2).astype(np.uint8)
+    disc = (rows - 600) ** 2 + (cols - 150) ** 2 < 80 ** 2
+    cloud = (disc & ~gaps).astype(np.uint8)  # no cloud flag where there is no data
     metadata = {}
     if footprint_file:
         metadata[FOOTPRINT_KEY] = _geotiff(tmp_path / "fp.tif", grid,
@@ -156,17 +177,98 @@ def test_scene_masks_by_strips_follow_the_whole_scene_rule(tmp_path: Path,
                   cloud_mask_path=_geotiff(tmp_path / "cloud.tif", grid, cloud[None]),
                   metadata=metadata)
     hwc = np.moveaxis(rgb, 0, -1)
-    present = hwc.any(axis=2) | detect_gaps(hwc, footprint if footprint_file
-                                            else footprint_of(hwc))
+    detected = detect_gaps(hwc, footprint if footprint_file else footprint_of(hwc))
+    present = hwc.any(axis=2) | detected
+    cloudy = (cloud != 0) | (detected & near_cloud(cloud != 0))
     masks = scene_masks(scene, 2005, grid, tmp_path)
     with rasterio.open(masks.path) as ds:
         code = ds.read(1)
     assert masks.slc_off and gaps[footprint].any()
     assert np.array_equal(code & MASK_PRESENT != 0, present)
-    assert np.array_equal(code & MASK_USABLE != 0, present & (cloud == 0))
-    assert masks.cloud_fraction == pytest.approx(float(((cloud != 0) & present).mean()))
+    assert np.array_equal(code & MASK_USABLE != 0, present & ~cloudy)
+    assert not (code & MASK_USABLE != 0)[detected & disc].any()  # gaps under the cloud
+    assert (detected & cloudy)[:512].any()  # reached from the cloud below the strip edge
+    assert (code & MASK_USABLE != 0)[detected & ~near_cloud(disc)].all()  # clear gaps
+    assert masks.cloud_fraction == pytest.approx(float((cloudy & present).mean()))
     usable, data = masks.candidate().rows(512, 1024)
     assert np.array_equal(usable, (code & MASK_USABLE != 0)[512:1024])
+
+
+def _slc_off_scenes(folder: Path, grid: Grid, cloud_over_hole: bool) -> list[Scene]:
+    """A clear main scene whose only unusable pixels are a cloud over a 40 px hole of the shelf,
+    and three SLC-off scenes (2005) whose 3-row gaps, offset by 3 rows, together span the hole.
+    With ``cloud_over_hole`` their clouds cover the hole too, flagged (as QA_PIXEL and Earth
+    Engine give it) only where they have data: only the gaps look free of cloud there; without,
+    their clouds lie in the bottom rows, off the shelf and far from the hole."""
+    height, width = grid.shape
+    rows = np.arange(height)[:, None] * np.ones((1, width), int)
+    hole = _square(grid.shape, 80, 120)
+    footprint = _geotiff(folder / "footprint.tif", grid, np.ones((1, *grid.shape), np.uint8))
+
+    def scene(name: str, day: int, gaps: np.ndarray, cloud: np.ndarray) -> Scene:
+        rgb = np.where(gaps, 0, np.full(grid.shape, 150, np.uint8))
+        return Scene(name, "LE07", dt.date(2005, 12, day),
+                     _geotiff(folder / f"{name}.tif", grid, np.stack([rgb] * 3)), 0.5,
+                     cloud_mask_path=_geotiff(folder / f"{name}_cloud.tif", grid,
+                                              (cloud & ~gaps)[None].astype(np.uint8)),
+                     metadata={FOOTPRINT_KEY: footprint})
+
+    scenes = [scene("LE07_MAIN", 10, np.zeros(grid.shape, bool), hole)]
+    cloud = _square(grid.shape, 60, 140) if cloud_over_hole else rows >= 170
+    for k, offset in enumerate((0, 3, 6)):
+        gaps = (rows % 9 >= offset) & (rows % 9 < offset + 3)
+        scenes.append(scene(f"LE07_S{k}", 12 + k, gaps, cloud))
+    return scenes
+
+
+def _square(shape: tuple[int, int], lo: int, hi: int) -> np.ndarray:
+    mask = np.zeros(shape, bool)
+    mask[lo:hi, lo:hi] = True
+    return mask
+
+
+def test_near_cloud_reaches_one_gap_width() -> None:
+    """A gap pixel counts as cloudy up to GAP_CLOUD_REACH_PX (the widest gap) from a cloud."""
+    cloud = np.zeros((60, 60), bool)
+    cloud[30, 30] = True
+    near = near_cloud(cloud)
+    assert near[30, 30 + GAP_CLOUD_REACH_PX] and near[30 - GAP_CLOUD_REACH_PX, 30]
+    assert not near[30, 31 + GAP_CLOUD_REACH_PX] and not near[29 - GAP_CLOUD_REACH_PX, 30]
+    assert near.sum() == (2 * GAP_CLOUD_REACH_PX + 1) ** 2
+    assert not near_cloud(np.zeros((5, 5), bool)).any()
+
+
+@pytest.mark.parametrize("cloud_over_hole", [True, False])
+def test_slc_off_gaps_under_a_cloud_never_fill_the_shelf(tmp_path: Path,
+                                                         cloud_over_hole: bool) -> None:
+    """Review case r1: the cloud masks are 0 in the gaps, yet a gap crossing a cloud is
+    restored from that cloud. Its pixels are cloudy, so the hole in the main scene stays
+    uncovered and the year has no map; the same gaps between clear pixels fill the hole."""
+    grid = Grid.from_bounds(0, 0, 200 * 30, 200 * 30)
+    scenes = _slc_off_scenes(tmp_path, grid, cloud_over_hole)
+    masks = [scene_masks(s, 2005, grid, tmp_path) for s in scenes]
+    roi, extent = np.ones(grid.shape, bool), _square(grid.shape, 60, 140)
+    hole = _square(grid.shape, 80, 120)
+    for m, scene in zip(masks[1:], scenes[1:], strict=True):
+        usable, present = m.rows(0, grid.height)
+        gaps = m.gap_rows(0, grid.height)
+        with rasterio.open(scene.cloud_mask_path) as ds:
+            flagged = ds.read(1) != 0
+        assert m.slc_off and present[gaps].all()  # restored, so present either way
+        assert not flagged[gaps].any()  # the cloud file says nothing in the gaps
+        assert usable[gaps & hole].all() != cloud_over_hole  # all cloudy, or all usable
+        assert usable[gaps & ~near_cloud(flagged)].all()  # gaps between clear pixels
+    candidates = [m.candidate() for m in masks]
+    area = CountingRows(roi, extent)
+    if cloud_over_hole:
+        with pytest.raises(NotCoveredError) as err:
+            plan_merge_rows(candidates, area, grid.shape)
+        assert err.value.missing_pixels == hole.sum()
+        return
+    plan = plan_merge_rows(candidates, area, grid.shape)
+    main = plan.main
+    assert main != 0 and (plan.index[hole] == main).all()  # an SLC-off scene covers the shelf
+    assert (masks[main].gap_rows(0, grid.height) & hole).sum() > hole.sum() // 4  # ~3 rows in 9
 
 
 def _fixture(seed: int = 5) -> tuple[np.ndarray, np.ndarray]:
