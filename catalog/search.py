@@ -535,15 +535,25 @@ def _kept_null(key: str, props: dict[str, Any]) -> bool:
             or key in not_applicable_fields(props))
 
 
-def _drop_filled_nulls(record: dict[str, Any]) -> dict[str, Any]:
-    """Remove the nulls a columnar round trip adds for fields an item never had.
+def drop_filled_nulls(record: dict[str, Any]) -> dict[str, Any]:
+    """An item dict read from items.parquet (by stac-geoparquet's ``stac_table_to_items`` or
+    our search) without the nulls the columnar round trip added for fields it never had.
 
     A parquet column exists for every field any item has, so an item decoded from the parquet
-    gets nulls for the others: a multi-sensor item's ``platform``, the restoration fields of a
-    map not restored, ``nodata`` of classification classes that are not nodata. Those fail the
-    schemas. Nulls an item really holds are kept: ``datetime`` (a range instead), product fields
-    listed in ``icedamage:unknown``, ``icedamage:restoration`` and the fractions of a map with
-    no valid pixel. The values of product fields (scene records) are kept as they are.
+    gets nulls for the others: a multi-sensor item's ``platform``, ``nodata`` of classification
+    classes that are not nodata, and the restoration fields (``icedamage:restoration_model``,
+    ``icedamage:restoration_weights_sha256``, ``icedamage:restored_fraction``,
+    ``icedamage:lambda_upper_restored``) of a map not restored. Those fail the schemas and are
+    not the catalog's item. Nulls an item really holds are kept: ``datetime`` (a range
+    instead), ``icedamage:`` fields listed in its ``icedamage:unknown`` and those whose null
+    means "does not apply" (``catalog.stac.not_applicable_fields``: ``icedamage:restoration``,
+    the fractions of a map with no valid pixel, the model of a classical fill). The values of
+    product fields (scene records) are kept as they are, and timestamps get the catalog's
+    spelling back. Use it on each dict before validating or comparing items read that way::
+
+        items = [drop_filled_nulls(d) for d in stac_table_to_items(pq.read_table(path))]
+
+    Returns a new dict; ``record`` is not changed.
     """
     props = record.get("properties", {})
     record = {k: _strip_nulls(v) for k, v in record.items()
@@ -577,7 +587,7 @@ def run_query(parquet: Path, resolve: HrefResolver, query: Query) -> list[pystac
                               table["file_row_number"].to_pylist())
     else:
         table = _select("read_parquet(?)", clause, [str(parquet), *params], "*")
-        records = [_drop_filled_nulls(r) for r in sga.stac_table_to_items(_exact(table, geometry))]
+        records = [drop_filled_nulls(r) for r in sga.stac_table_to_items(_exact(table, geometry))]
     return [pystac.Item.from_dict(_absolute(record, resolve), preserve_dict=False,
                                   migrate=False)
             for record in records]

@@ -39,6 +39,7 @@ from producer.spec import (
     RELEASED_RESTORATION,
     RESTORATION_METHODS,
     SENSORS,
+    SOURCE_SCENE_NOT_IMAGED,
     SOURCE_SCENE_RASTER,
     TYPE1,
     TYPE2,
@@ -64,8 +65,13 @@ DATASET_CITATION = ("Tang, L., Bamber, J., Li, T., and Qiao, G.: Surface Damage 
 PAPER_CITATION = ("Tang, L., Bamber, J., Li, T., and Qiao, G.: A multi-decadal dataset of surface "
                   "damage on Antarctic ice shelves (1999-2024), Earth System Science Data, 2026.")
 P = schemas.PREFIX
-
-#: Auxiliary raster roles that become item assets when present, with title and STAC roles.
+#: Non-raster files of a shelf-year that become item assets when present: asset key -> (title,
+#: media type, STAC roles); the items' assets and the collection's item_assets both read it.
+FILE_ASSETS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "thumbnail": ("Quicklook of the type 1 map", pystac.MediaType.PNG, ("thumbnail",)),
+    "provenance": ("Provenance record (scenes, models, software)", pystac.MediaType.JSON,
+                   ("metadata",)),
+}
 
 
 @dataclass(frozen=True)
@@ -206,9 +212,16 @@ def not_applicable_fields(props: dict[str, Any]) -> set[str]:
     if props.get(f"{P}valid_area_km2") == 0:
         fields |= {f"{P}damage_fraction", f"{P}damage_fraction_low",
                    f"{P}damage_fraction_high"}
-    if props.get(f"{P}restoration") not in (None, RELEASED_RESTORATION):
+    restoration = props.get(f"{P}restoration")
+    if restoration is not None and is_classical_fill(restoration):
         fields |= {f"{P}restoration_model", f"{P}restoration_weights_sha256"}
     return fields
+
+
+def is_classical_fill(method: str) -> bool:
+    """Whether a restoration method is a classical fill (FillNodata) rather than the released
+    learned restoration (DiffGF): it has no model, and no restoration factor is known for it."""
+    return method != RELEASED_RESTORATION
 
 
 def _times(inputs: ItemInputs) -> tuple[dt.datetime | None, dt.datetime, dt.datetime]:
@@ -235,17 +248,37 @@ def classes_of(product_type: ProductType) -> list[Classification]:
 
 
 def scene_classes(scene_ids: Sequence[str]) -> list[Classification]:
-    """Classes of a source-scene index: value i is the i-th scene id (its title; the name is
-    the id with characters classification names forbid replaced by ``_``), plus no-data."""
+    """Classes of a source-scene index, one per value the producer writes, with the meanings
+    the spec gives them (``SOURCE_SCENE_RASTER``):
+
+    * value i: the i-th scene id of the file's ``scene_ids`` tag (its title; the name is the
+      id with characters classification names forbid replaced by ``_``);
+    * ``SOURCE_SCENE_NOT_IMAGED``: inside the ROI, but no scene of the summer has data there
+      (the full-ROI map holds 0 there, which is no observation);
+    * the raster's nodata: outside the ROI polygon.
+
+    The two values without a scene are classes with ``nodata`` true: no scene's data is there.
+    Values come from the spec, never restated; a tag naming more scenes than there are values
+    below the reserved ones is refused (``ValueError``): no such file can be written.
+    """
+    if len(scene_ids) > SOURCE_SCENE_NOT_IMAGED:
+        raise ValueError(f"the source-scene index names {len(scene_ids)} scenes; values from "
+                         f"{SOURCE_SCENE_NOT_IMAGED} on are reserved, so at most "
+                         f"{SOURCE_SCENE_NOT_IMAGED} can be indexed")
+    # every class has the same fields: a columnar index (items.parquet) fills missing ones with
+    # nulls, which the classification schema refuses
     classes = [Classification.create(value=i, name=re.sub(r"[^0-9A-Za-z_-]", "_", scene_id),
                                      title=scene_id, description="pixels from this scene",
                                      nodata=False)
                for i, scene_id in enumerate(scene_ids)]
-    # every class has the same fields: a columnar index (items.parquet) fills missing ones with
-    # nulls, which the classification schema refuses
-    classes.append(Classification.create(value=SOURCE_SCENE_RASTER.nodata, name="no_scene",
-                                         title="no scene", description="no scene has data here",
-                                         nodata=True))
+    classes.append(Classification.create(
+        value=SOURCE_SCENE_NOT_IMAGED, name="not_imaged", title="not imaged",
+        description=("inside the ROI, but no scene of the summer has data here (the full-ROI "
+                     "map holds 0 there, which is no observation)"),
+        nodata=True))
+    classes.append(Classification.create(
+        value=SOURCE_SCENE_RASTER.nodata, name="outside_roi", title="outside the ROI",
+        description="outside the ROI polygon (the raster's nodata)", nodata=True))
     return classes
 
 
@@ -371,14 +404,9 @@ def _add_assets(item: pystac.Item, inputs: ItemInputs) -> None:
                 asset.extra_fields["unit"] = aux.unit  # STAC 1.1 common metadata
         item.add_asset(key, asset)
         _decorate_asset(asset, facts, kind)
-    file_assets = {
-        "thumbnail": ("Quicklook of the type 1 map", pystac.MediaType.PNG, ["thumbnail"]),
-        "provenance": ("Provenance record (scenes, models, software)", pystac.MediaType.JSON,
-                       ["metadata"]),
-    }
     for key, ref in inputs.files.items():
-        title, media, roles = file_assets[key]
-        asset = _file_asset(ref, title, media, roles)
+        title, media, roles = FILE_ASSETS[key]
+        asset = _file_asset(ref, title, media, list(roles))
         item.add_asset(key, asset)
         _file_fields(asset, ref.size, ref.checksum)
 
@@ -416,9 +444,12 @@ def _shelf_bbox(items: list[pystac.Item]) -> list[float]:
     return bbox_of(union)
 
 
-def item_asset_definitions(auxiliary: Sequence[str] = ()) -> dict[str, pystac.ItemAssetDefinition]:
+def item_asset_definitions(auxiliary: Sequence[str] = (), files: Sequence[str] = ()
+                           ) -> dict[str, pystac.ItemAssetDefinition]:
     """What every item's product assets look like (collection ``item_assets``), and the
-    auxiliary rasters named in ``auxiliary`` (those some item has)."""
+    auxiliary rasters named in ``auxiliary`` and the files (``FILE_ASSETS`` keys: thumbnail,
+    provenance) named in ``files``: those some item has, so that every asset an item carries
+    is described and none that no item carries."""
     defs = {}
     for kind in PRODUCT_TYPES:
         extra: dict[str, Any] = {
@@ -438,9 +469,10 @@ def item_asset_definitions(auxiliary: Sequence[str] = ()) -> dict[str, pystac.It
             title=aux.title, description=aux.description, media_type=COG_MEDIA_TYPE,
             roles=list(aux.roles),
             extra_fields=extra | ({"unit": aux.unit} if aux.unit is not None else {}))
-    defs["thumbnail"] = pystac.ItemAssetDefinition.create(
-        title="Quicklook of the type 1 map", description=None, media_type=pystac.MediaType.PNG,
-        roles=["thumbnail"])
+    for key in files:
+        title, media, roles = FILE_ASSETS[key]
+        defs[key] = pystac.ItemAssetDefinition.create(
+            title=title, description=None, media_type=media, roles=list(roles))
     return defs
 
 
@@ -487,19 +519,21 @@ def build_collection(items: list[pystac.Item], settings: CatalogSettings,
         id=COLLECTION_ID, title=collection_title(min(years), max(years)),
         description=("30 m surface damage maps (crevasses, rifts, fractured zones) of Antarctic "
                      "ice shelves, one map per shelf and austral summer, segmented from Landsat "
-                     "7/8/9 imagery with SegFormer; Landsat 7 SLC-off imagery restored with "
-                     f"{RELEASED_RESTORATION}. Type 1 maps cover the effective ice-shelf extent "
-                     f"({encoding_text(TYPE1)}); type 2 maps the full region of interest "
-                     f"({encoding_text(TYPE2)}) and need manual checking before use."),
+                     f"7/8/9 imagery with SegFormer{restoration_text(items)}. Type 1 maps cover "
+                     f"the effective ice-shelf extent ({encoding_text(TYPE1)}); type 2 maps the "
+                     f"full region of interest ({encoding_text(TYPE2)}) and need manual checking "
+                     "before use."),
         extent=extent, license=settings.license,
         keywords=["Antarctica", "ice shelf", "surface damage", "crevasses", "rifts", "Landsat",
-                  "deep learning", "SegFormer", "SLC-off", RELEASED_RESTORATION],
+                  "deep learning", "SegFormer",
+                  *(["SLC-off", *restorations] if restorations else [])],
         providers=list(settings.providers) or default_providers(),
         summaries=summaries,
         stac_extensions=[schemas.SCHEMA_URI, PROCESSING_SCHEMA],
     )
     collection.item_assets = item_asset_definitions(
-        [key for key in AUXILIARY_RASTERS if any(key in item.assets for item in items)])
+        [key for key in AUXILIARY_RASTERS if any(key in item.assets for item in items)],
+        [key for key in FILE_ASSETS if any(key in item.assets for item in items)])
     # item_assets carry classification:classes and proj:code, the summaries proj:code
     ClassificationExtension.add_to(collection)
     ProjectionExtension.add_to(collection)
@@ -511,6 +545,28 @@ def build_collection(items: list[pystac.Item], settings: CatalogSettings,
     FileExtension.add_to(collection)
     _release_file_assets(collection, release_files)
     return collection
+
+
+def restoration_text(items: Sequence[pystac.Item]) -> str:
+    """The collection description's clause on SLC-off restoration, naming the methods the
+    items were really restored with ("" when none was restored): a release restored with a
+    classical fill must not claim DiffGF, and one restored with both says how many maps each.
+    """
+    counts: dict[str, int] = {}
+    for item in items:
+        method = item.properties.get(f"{P}restoration")
+        if method:
+            counts[method] = counts.get(method, 0) + 1
+    if not counts:
+        return ""
+    several = len(counts) > 1
+    parts = []
+    for method, count in sorted(counts.items()):
+        notes = [f"{count} map{'s' if count != 1 else ''}"] if several else []
+        if is_classical_fill(method):
+            notes.append(f"a classical fill, not {RELEASED_RESTORATION}")
+        parts.append(f"with {method}" + (f" ({'; '.join(notes)})" if notes else ""))
+    return "; Landsat 7 SLC-off imagery restored " + " and ".join(parts)
 
 
 def collection_title(first: int, last: int) -> str:

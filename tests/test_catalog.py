@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import geopandas as gpd
+import jsonschema
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -18,19 +19,22 @@ import pyarrow.parquet as pq
 import pystac
 import pytest
 import rasterio
+import shapely
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pyproj import Transformer
 from pystac.extensions.classification import ClassificationExtension
 from pystac.extensions.projection import ProjectionExtension
-from shapely.geometry import Point, box, shape
+from shapely.geometry import Point, Polygon, box, shape
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 from typer.testing import CliRunner
 
 import catalog.stac as stac_builders
+import schemas
 from catalog.build import catalog_release
 from catalog.geometry import (
+    TOLERANCE_M,
     bbox_of,
     footprint_lonlat,
     geojson_and_bbox,
@@ -62,7 +66,7 @@ from catalog.uncertainty import PAPER_FACTORS, UncertaintyFactors
 from producer.cli import build_app
 from producer.grid import Grid
 from producer.provenance import provenance_path, read_provenance
-from producer.shelves import SHELVES
+from producer.shelves import SHELVES, roi_polygon
 from producer.spec import (
     DEMO_SOURCE,
     ITEMS_NDJSON,
@@ -167,6 +171,30 @@ def test_items_carry_sensors_grid_classes_and_uncertainty(cataloged_pristine: Pa
     assert collection.license == "CC-BY-4.0"
     assert len(collection.extent.spatial.bboxes) == 1 + 3  # union + one per shelf
     assert {link.rel for link in collection.links} >= {"describedby", "related"}
+
+
+def test_item_assets_describe_every_asset_the_items_carry(cataloged_pristine: Path,
+                                                         tmp_path: Path) -> None:
+    """Each asset key of an item (the provenance record included) has its item_assets entry,
+    with the item's title, media type and roles; none is described that no item carries."""
+    for root in (cataloged_pristine, build_release(tmp_path / "r", DEFAULT_SHELF_YEARS[:1],
+                                                   with_provenance=False)):
+        if root != cataloged_pristine:
+            catalog_release(root, PAPER_FACTORS)
+        catalog = pystac.Catalog.from_file(str(root / "stac" / "catalog.json"))
+        collection = catalog.get_child(COLLECTION)
+        keys = {key for item in catalog.get_items(recursive=True) for key in item.assets}
+        assert set(collection.item_assets) == keys
+        for item in catalog.get_items(recursive=True):
+            for key, asset in item.assets.items():
+                definition = collection.item_assets[key]
+                assert (definition.title, definition.media_type, definition.roles) == \
+                    (asset.title, asset.media_type, asset.roles), (item.id, key)
+    provenance = pystac.Collection.from_file(
+        str(cataloged_pristine / "stac" / COLLECTION / "collection.json")
+    ).item_assets["provenance"]
+    assert provenance.media_type == pystac.MediaType.JSON and provenance.roles == ["metadata"]
+    assert "provenance" not in collection.item_assets  # the release without records
 
 
 def test_catalog_folder_can_be_served(cataloged: Path) -> None:
@@ -303,6 +331,35 @@ def test_footprints_touching_the_pole(footprint: BaseGeometry,
         assert footprint.buffer(1.0).contains(Point(to_polar.transform(point.x, point.y)))
 
 
+def _departure_m(footprint: Polygon, geometry: BaseGeometry) -> tuple[float, float]:
+    """(how far the footprint reaches outside the lon/lat geometry, how far the geometry
+    reaches beyond the footprint), in EPSG:3031 metres: the geometry's straight lon/lat edges
+    traced point by point (as GeoJSON means them), projected back and compared with the
+    footprint's edges (splits at 180° fall on the footprint's inside and count as neither)."""
+    to_polar = Transformer.from_crs("EPSG:4326", "EPSG:3031", always_xy=True)
+    outside = beyond = 0.0
+    for part in getattr(geometry, "geoms", [geometry]):
+        lon, lat = np.asarray(shapely.segmentize(part.exterior, 0.002).coords).T
+        points = shapely.points(np.column_stack(to_polar.transform(lon, lat)))
+        inside = shapely.contains(footprint, points)
+        distance = shapely.distance(footprint.exterior, points)
+        split = np.isclose(np.abs(lon), 180.0)
+        outside = max(outside, float(distance[inside & ~split].max(initial=0.0)))
+        beyond = max(beyond, float(distance[~inside].max(initial=0.0)))
+    return outside, beyond
+
+
+@pytest.mark.parametrize("shelf", ["Amery", "Thwaites", "Totten"])
+def test_item_geometry_holds_a_registered_grid_to_within_a_metre(shelf: str) -> None:
+    """The grid of a product of the largest registered shelf (Amery's ROI box, 620 km x
+    455 km) lies inside its item geometry to within TOLERANCE_M, and the geometry reaches no
+    further beyond it: edges get the vertices they need, not a fixed budget."""
+    footprint = box(*roi_polygon(shelf).bounds)
+    geometry = shape(geojson_and_bbox(footprint)[0])
+    outside, beyond = _departure_m(footprint, geometry)
+    assert outside <= TOLERANCE_M and beyond <= TOLERANCE_M, (outside, beyond)
+
+
 def _shelf_item(identifier: str, footprint: BaseGeometry) -> pystac.Item:
     """A minimal item with this EPSG:3031 footprint, of a made-up shelf across 180° (no
     released shelf is there; the Ross ice shelf is)."""
@@ -332,6 +389,36 @@ def test_collection_texts_follow_the_spec_and_the_release(cataloged_pristine: Pa
     monkeypatch.setattr(stac_builders, "TYPE1", type1)
     changed = build_collection(items, CatalogSettings(), {})
     assert "(0 background, 1 damage, 254 nodata)" in changed.description
+
+
+def test_collection_names_the_restorations_the_items_used(cataloged_pristine: Path,
+                                                          tmp_path: Path) -> None:
+    """The description and keywords name the SLC-off restoration methods the items really
+    used: a release restored with FillNodata only says it is a classical fill and claims no
+    DiffGF; a mixed one names both; one without restored maps says nothing of restoration."""
+    root = build_release(tmp_path / "r", (ShelfYear("Larsen B", 2006, ("LE07",), "FillNodata"),))
+    catalog_release(root, PAPER_FACTORS)
+    saved = json.loads((root / "stac" / COLLECTION / "collection.json").read_text())
+    assert "restored with FillNodata (a classical fill, not DiffGF)." in saved["description"]
+    assert "restored with DiffGF" not in saved["description"]
+    assert "FillNodata" in saved["keywords"] and "DiffGF" not in saved["keywords"]
+
+    catalog = pystac.Catalog.from_file(str(cataloged_pristine / "stac" / "catalog.json"))
+    items = list(catalog.get_items(recursive=True))
+    diffgf = build_collection(items, CatalogSettings(), {})
+    assert "Landsat 7 SLC-off imagery restored with DiffGF. Type 1" in diffgf.description
+    assert "FillNodata" not in diffgf.description and "FillNodata" not in diffgf.keywords
+    assert {"SLC-off", "DiffGF"} <= set(diffgf.keywords)
+    larsen = next(i for i in items if i.id == "larsen-b-2005")
+    larsen.properties["icedamage:restoration"] = "FillNodata"
+    mixed = build_collection(items, CatalogSettings(), {})
+    assert ("restored with DiffGF (1 map) and with FillNodata (1 map; a classical fill, not "
+            "DiffGF).") in mixed.description
+    assert {"DiffGF", "FillNodata"} <= set(mixed.keywords)
+    plain = [i for i in items if not i.properties["icedamage:restoration"]]
+    unrestored = build_collection(plain, CatalogSettings(), {})
+    assert "restor" not in unrestored.description
+    assert not {"SLC-off", "DiffGF", "FillNodata"} & set(unrestored.keywords)
 
 
 def test_diffgf_derived_is_the_released_restoration_token(monkeypatch: pytest.MonkeyPatch
@@ -919,6 +1006,92 @@ def test_schema_message_names_the_items_own_branch(cataloged: Path) -> None:
     assert any("required property" in text for text in found)
 
 
+def _props(data: dict) -> dict:
+    return data["properties"]
+
+
+#: (what, "item" or "collection", change) of objects our extension schema must refuse.
+SCHEMA_REFUSES: list[tuple[str, str, Callable[[dict], object]]] = [
+    ("slc_off null", "item", lambda d: _props(d).update({"icedamage:slc_off": None})),
+    ("month 13 in acquisition_dates", "item",
+     lambda d: _props(d).update({"icedamage:acquisition_dates": ["2019-13-01"]})),
+    ("day 45 in acquisition_dates", "item",
+     lambda d: _props(d).update({"icedamage:acquisition_dates": ["2019-12-45"]})),
+    ("31 November", "item", lambda d: _props(d).update({"icedamage:acquisition_dates":
+                                                        ["2019-11-31"]})),
+    ("scene acquired 2019-99-99", "item",
+     lambda d: _props(d)["icedamage:scenes"][0].update(acquired="2019-99-99")),
+    ("unknown lists no field", "item",
+     lambda d: _props(d)["icedamage:unknown"].append("icedamage:nonexistent")),
+    ("icedamage typo on an asset", "item",
+     lambda d: d["assets"]["damage_map"].update({"icedamage:shelff": "Totten"})),
+    ("icedamage typo at the collection's top level", "collection",
+     lambda d: d.update({"icedamage:typo": 1})),
+    ("summary of year not a range or list", "collection",
+     lambda d: d["summaries"].update({"icedamage:year": "junk"})),
+    ("summary year range of strings", "collection",
+     lambda d: d["summaries"].update({"icedamage:year": {"minimum": "a", "maximum": "b"}})),
+    ("summary of an unknown sensor", "collection",
+     lambda d: d["summaries"].update({"icedamage:sensors": ["XX99"]})),
+    ("summary of an undefined field", "collection",
+     lambda d: d["summaries"].update({"icedamage:shelves": ["Totten"]})),
+    ("icedamage typo in item_assets", "collection",
+     lambda d: d["item_assets"]["damage_map"].update({"icedamage:typo": 1})),
+    ("icedamage typo on a collection asset", "collection",
+     lambda d: d["assets"]["metadata"].update({"icedamage:typo": 1})),
+]
+
+
+def _extension_errors(data: dict) -> list[str]:
+    """Errors of a STAC dict against our extension schema alone (as packaged)."""
+    validator = jsonschema.Draft7Validator(schemas.load_schema())
+    return [error.message for error in validator.iter_errors(data)]
+
+
+def _saved_objects(release: Path) -> dict[str, dict]:
+    return {"item": json.loads(item_path(release, "larsen-b-2005").read_text()),
+            "collection": json.loads(
+                (release / "stac" / COLLECTION / "collection.json").read_text())}
+
+
+@pytest.mark.parametrize(("kind", "change"), [c[1:] for c in SCHEMA_REFUSES],
+                         ids=[c[0] for c in SCHEMA_REFUSES])
+def test_extension_schema_refuses_what_the_doc_rules_out(cataloged_pristine: Path, kind: str,
+                                                         change: Callable[[dict], object]) -> None:
+    """docs/stac-extension.md's rules hold wherever an ``icedamage:`` field may appear: the
+    collection (top level, summaries, item_assets, assets) and item assets as well as item
+    properties; dates are calendar dates; ``icedamage:unknown`` names defined fields only."""
+    data = _saved_objects(cataloged_pristine)[kind]
+    assert _extension_errors(data) == []
+    change(data)
+    assert _extension_errors(data) != []
+
+
+def test_extension_schema_accepts_valid_variations(cataloged_pristine: Path) -> None:
+    """What the doc allows still validates: a defined field in a summary (as a list, a range or
+    a JSON Schema), on an asset or at the collection's top level, a leap day, other prefixes."""
+    objects = _saved_objects(cataloged_pristine)
+    item, collection = objects["item"], objects["collection"]
+    _props(item)["icedamage:acquisition_dates"] = ["2020-02-29"]
+    item["assets"]["damage_map"]["icedamage:shelf"] = "Larsen B"
+    item["assets"]["damage_map"]["other:field"] = None
+    collection["summaries"].update({"icedamage:damage_fraction": {"minimum": 0, "maximum": 0.2},
+                                    "icedamage:acquisition_dates": ["2005-12-10"],
+                                    "icedamage:model": {"type": "string"}})
+    collection["icedamage:shelf"] = "Larsen B"
+    assert _extension_errors(item) == [] and _extension_errors(collection) == []
+
+
+def test_extension_schema_summaries_and_unknown_cover_every_field() -> None:
+    """Every field of the extension may be summarized and listed unknown, and no other name:
+    a field added to the schema must be added to both lists."""
+    definitions = schemas.load_schema()["definitions"]
+    fields = set(definitions["fields"]["properties"])
+    assert set(definitions["summaries"]["properties"]) == fields
+    unknown = definitions["fields"]["properties"]["icedamage:unknown"]["items"]["enum"]
+    assert set(unknown) == fields - {"icedamage:unknown"}
+
+
 # --------------------------------------------------------------------------------------------
 # Releases without provenance (the published v1)
 # --------------------------------------------------------------------------------------------
@@ -1275,8 +1448,9 @@ def test_auxiliary_rasters_and_demo_source_are_cataloged(cataloged: Path) -> Non
     assert asset["unit"] == "percent" and "0-100" in asset["title"]
     classes = item["assets"]["source_scene"]["classification:classes"]
     assert [(c["value"], c["title"]) for c in classes] == [
-        (0, scene_ids[0]), (1, scene_ids[1]), (255, "no scene")]
-    assert classes[1]["name"] == "LANDSAT_LC08_C02_T1_TOA_X" and classes[2]["nodata"] is True
+        (0, scene_ids[0]), (1, scene_ids[1]), (254, "not imaged"), (255, "outside the ROI")]
+    assert classes[1]["name"] == "LANDSAT_LC08_C02_T1_TOA_X"
+    assert [c["nodata"] for c in classes] == [False, False, True, True]
     assert item["properties"]["icedamage:demo"] is True
     collection_path = cataloged / "stac" / COLLECTION / "collection.json"
     collection = json.loads(collection_path.read_text())
@@ -1287,6 +1461,46 @@ def test_auxiliary_rasters_and_demo_source_are_cataloged(cataloged: Path) -> Non
     assert [c.value for c in type1_classes or []] == [0, 1, 255]
     assert ProjectionExtension.summaries(read).code == ["EPSG:3031"]
     assert rules_found(cataloged) == set()
+
+
+class _RoiRows:
+    """The ``rows`` of a ``ShelfArea`` for a given ROI mask (the extent is not read here)."""
+
+    def __init__(self, roi: np.ndarray) -> None:
+        self.roi = roi
+
+    def rows(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.roi[r0:r1], self.roi[r0:r1]
+
+
+def test_every_value_the_producer_writes_in_the_source_index_has_its_class() -> None:
+    """The producer's source-index writer, given a plan using as many scenes as one can index
+    and pixels of every kind (each scene, ROI pixels no scene imaged, outside the ROI), writes
+    only values that the catalog's classes name, with the spec's meanings: 255 (the nodata)
+    is outside the ROI, SOURCE_SCENE_NOT_IMAGED inside it but never imaged."""
+    from producer import pipeline
+    from producer.merge import MAX_SCENES, NO_SCENE, MergePlan
+    from producer.spec import SOURCE_SCENE_NOT_IMAGED, SOURCE_SCENE_RASTER
+
+    candidates = list(range(MAX_SCENES))
+    index = np.array([[*candidates, NO_SCENE]] * 2, dtype=np.uint8)
+    roi = np.array([[True] * index.shape[1], [False] * index.shape[1]])
+    plan = MergePlan(index=index, main=0, order=tuple(candidates),
+                     fractions=(1 / MAX_SCENES,) * MAX_SCENES, single_scene=False,
+                     cloudy_fill_fraction=0.0, uncovered_fraction=0.0,
+                     roi_pixels=int(roi.sum()))
+    written = pipeline._source_index_rows(plan, _RoiRows(roi))(0, 2)
+    scene_ids = [f"LC08_scene_{i:03d}" for i in candidates]
+    classes = {c.value: c for c in stac_builders.scene_classes(scene_ids)}
+    assert set(np.unique(written)) <= set(classes)
+    assert set(classes) == set(range(len(scene_ids))) | {SOURCE_SCENE_NOT_IMAGED,
+                                                         SOURCE_SCENE_RASTER.nodata}
+    assert classes[int(written[1, 0])].name == "outside_roi"  # outside the ROI polygon
+    assert classes[int(written[0, -1])].name == "not_imaged"  # in the ROI, no scene's data
+    assert [classes[int(v)].title for v in written[0, :-1]] == scene_ids
+    assert classes[SOURCE_SCENE_RASTER.nodata].nodata and classes[SOURCE_SCENE_NOT_IMAGED].nodata
+    with pytest.raises(ValueError, match="reserved"):
+        stac_builders.scene_classes([*scene_ids, "one too many"])
 
 
 def test_a_wrongly_cased_shelf_folder_is_refused(cataloged: Path) -> None:

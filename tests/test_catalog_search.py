@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import os
 import re
 import shutil
+import threading
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -22,11 +28,12 @@ from typer.testing import CliRunner
 from catalog.build import catalog_release
 from catalog.geometry import geojson_and_bbox
 from catalog.rules import OfflineSchemas
-from catalog.search import SearchError, search, write_index
+from catalog.search import SearchError, drop_filled_nulls, search, write_index
 from catalog.uncertainty import PAPER_FACTORS
 from producer.cli import build_app
 from producer.shelves import roi_polygon
 from producer.spec import ITEMS_NDJSON, ITEMS_PARQUET
+from producer.writer import read_band
 from tests.conftest import STAC_SCHEMAS
 from tests.release_factory import DEFAULT_SHELF_YEARS, build_release
 
@@ -125,8 +132,9 @@ def stac_errors(data: dict[str, Any]) -> list[str]:
 def test_index_read_by_stac_geoparquet_gives_valid_classes(release: Path) -> None:
     """items.parquet read with stac-geoparquet's own reader (a Pangeo user's way, not our
     search) gives classes that validate: every class has the same fields, so the columnar round
-    trip fills in no null. (Top-level properties an item lacks, such as a two-satellite map's
-    ``platform``, come back as nulls by stac-geoparquet's design; the README says so.)"""
+    trip fills in no null. (Properties an item lacks, such as a two-satellite map's
+    ``platform``, come back as nulls by stac-geoparquet's design; the README says to drop them
+    with ``drop_filled_nulls``.)"""
     table = pq.read_table(release / ITEMS_PARQUET)
     items = [json.loads(json.dumps(d, default=str)) for d in sga.stac_table_to_items(table)]
     assert len(items) == len(DEFAULT_SHELF_YEARS)
@@ -134,9 +142,39 @@ def test_index_read_by_stac_geoparquet_gives_valid_classes(release: Path) -> Non
     uri = next(u for u in items[0]["stac_extensions"] if "/classification/" in u)
     for item in items:
         assert checker.error(item, uri) is None
-        item["properties"] = {k: v for k, v in item["properties"].items()
-                              if v is not None or k.startswith("icedamage:")}
-        assert stac_errors(item) == []  # valid once the filled-in nulls are dropped
+
+
+def _parquet_items_as_the_readme_says(parquet: Path) -> dict[str, dict[str, Any]]:
+    """items.parquet read with stac-geoparquet's own reader, then ``drop_filled_nulls`` (the
+    README's advice), by id."""
+    records = sga.stac_table_to_items(pq.read_table(parquet))
+    return {d["id"]: drop_filled_nulls(json.loads(json.dumps(d, default=str)))
+            for d in records}
+
+
+@pytest.mark.parametrize("with_provenance", [True, False], ids=["provenance", "no-provenance"])
+def test_stac_geoparquet_reader_and_drop_filled_nulls_give_the_catalog_items(
+        release: Path, tmp_path: Path, with_provenance: bool) -> None:
+    """The round trip gives a map not restored nulls for the restoration fields of the
+    restored ones (restoration model and hash, restored fraction, restored upper factor);
+    dropping only non-``icedamage:`` nulls keeps them, ``drop_filled_nulls`` removes them and
+    keeps the nulls the items really hold (unknown facts, not-applicable fields)."""
+    root = release
+    if not with_provenance:
+        root = build_release(tmp_path / "r", DEFAULT_SHELF_YEARS, with_provenance=False)
+        catalog_release(root, PAPER_FACTORS)
+    found = _parquet_items_as_the_readme_says(root / ITEMS_PARQUET)
+    originals = {d["id"]: d for d in map(json.loads,
+                                         (root / ITEMS_NDJSON).read_text().splitlines())}
+    assert sorted(found) == sorted(originals) == ALL
+    for item_id, item in found.items():
+        assert set(item["properties"]) == set(originals[item_id]["properties"]), item_id
+        assert item == originals[item_id]
+        assert stac_errors(item) == []
+    if not with_provenance:  # unknown nulls are kept, listed
+        props = found["larsen-b-2005"]["properties"]
+        assert props["icedamage:restoration_model"] is None
+        assert "icedamage:restoration_model" in props["icedamage:unknown"]
 
 
 def test_index_lines_are_valid_items_with_a_collection_link(release: Path) -> None:
@@ -365,3 +403,71 @@ def test_a_catalog_from_before_the_index_was_recorded_is_searched_then_rebuilt(
     assert [i.id for i in search(copy, shelves=["Totten"])] == ["totten-2016", "totten-2021"]
     assert not catalog_release(copy, PAPER_FACTORS).skipped
     assert isinstance(json.loads(state.read_text())["index"], dict)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """A static file handler that does not log each request to stderr."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Log nothing."""
+
+
+@pytest.fixture
+def served(release: Path) -> Iterator[str]:
+    """The cataloged release folder served as is over plain HTTP on 127.0.0.1; its URL."""
+    handler = functools.partial(_QuietHandler, directory=str(release))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_a_release_served_over_http_reads_with_percent_encoded_hrefs(release: Path,
+                                                                     served: str) -> None:
+    """README "Hrefs with spaces": hrefs stay raw (local reading needs them so); a release
+    served as is is browsed with pystac, and its "Larsen B" assets and ROI link read once
+    percent-encoded as the README shows, with rasterio, odc-stac and urllib."""
+    catalog = pystac.Catalog.from_file(f"{served}/stac/catalog.json")
+    item = next(i for i in catalog.get_items(recursive=True) if i.id == "larsen-b-2005")
+    raw = item.assets["damage_map"].get_absolute_href()
+    assert " " in raw and raw.startswith(f"{served}/Larsen B/2005/")
+    assert " " in item.assets["damage_map"].href  # kept raw in the catalog
+    for asset in item.assets.values():
+        asset.href = quote(asset.get_absolute_href(), safe=":/")  # the README's recipe
+    href = item.assets["damage_map"].href
+    assert href.startswith(f"{served}/Larsen%20B/2005/LE07_Larsen%20B_2005_")
+    pixels = read_band(release / unquote(href[len(served) + 1:]))
+    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+        with rasterio.open(href) as src:
+            np.testing.assert_array_equal(src.read(1), pixels)
+        odc_stac = pytest.importorskip("odc.stac")
+        cube = odc_stac.load([item], bands=["damage_map"], crs="EPSG:3031", resolution=30,
+                             chunks=None)["damage_map"]
+    np.testing.assert_array_equal(cube.isel(time=0).values, pixels)
+    collection = catalog.get_child(COLLECTION)
+    [roi] = [link for link in collection.links if link.rel == "related"
+             and "Larsen" in link.get_absolute_href()]
+    with urllib.request.urlopen(quote(roi.get_absolute_href(), safe=":/")) as response:
+        assert response.read() == (release / "Larsen B_ROI.gpkg").read_bytes()
+
+
+def test_the_readme_stackstac_call_keeps_the_pixels(release: Path) -> None:
+    """README: stackstac (0.5.1 reads projection v1's proj:epsg only, which the items do not
+    carry) given epsg, resolution and the bounds from proj:transform / proj:shape returns each
+    map's pixels unchanged."""
+    stackstac = pytest.importorskip("stackstac")
+    items = search(release, shelves=["Totten"])
+    asset = items[0].assets["damage_map"].extra_fields
+    a, _, left, _, e, top = asset["proj:transform"]
+    height, width = asset["proj:shape"]
+    cube = stackstac.stack(items, assets=["damage_map"], epsg=3031, resolution=30,
+                           bounds=(left, top + e * height, left + a * width, top),
+                           dtype="uint8", fill_value=np.uint8(255), rescale=False)
+    for index, item in enumerate(items):
+        np.testing.assert_array_equal(cube.isel(time=index, band=0).values,
+                                      read_band(Path(item.assets["damage_map"].href)))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -102,6 +103,27 @@ def test_odc_stac_streams_a_time_series_from_the_record(published: tuple[Path, s
     for index, item in enumerate(local):
         np.testing.assert_array_equal(cube.isel(time=index).values,
                                       read_band(Path(item.assets["damage_map"].href)))
+
+
+def test_published_hrefs_keep_spaces_only_inside_the_zip(published: tuple[Path, str, int],
+                                                       cache: Path) -> None:
+    """README "Hrefs with spaces": in a record's hrefs the URL part (the shelf ZIP's ASCII key)
+    needs no percent-encoding; a space lies only in the member path inside the ZIP, which GDAL
+    reads as it is (every asset of Larsen B, whose folder and file names hold one)."""
+    release, url, _ = published
+    items = search(url, shelves=["Larsen B"])
+    assert items
+    for item in items:
+        for key, asset in item.assets.items():
+            href = asset.href
+            assert href.startswith("/vsizip//vsicurl/"), (item.id, key, href)
+            outer, member = href.removeprefix("/vsizip//vsicurl/").split(".zip/", 1)
+            assert quote(outer, safe=":/") == outer, href  # a valid URL as it stands
+            assert member.startswith("Larsen B/") and (release / member).is_file()
+            with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+                if asset.media_type and "tiff" in asset.media_type:
+                    with rasterio.open(href) as src:
+                        np.testing.assert_array_equal(src.read(1), read_band(release / member))
 
 
 def test_the_search_command_takes_a_record_url(published: tuple[Path, str, int],
