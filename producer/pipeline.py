@@ -72,7 +72,13 @@ from producer.provenance import (
     provenance_path,
 )
 from producer.shelves import get_shelf, released_name, roi_polygon, shelf_box_polygon
-from producer.slcoff import GAP_CLOUD_REACH_PX, detect_gaps, footprint_of, near_cloud
+from producer.slcoff import (
+    GAP_BAND_REACH_PX,
+    GAP_CLOUD_REACH_PX,
+    detect_gaps,
+    footprint_of,
+    near_cloud,
+)
 from producer.sources.base import FOOTPRINT_KEY, Scene, SceneSource, summer_span
 from producer.spec import (
     AUXILIARY_SUFFIXES,
@@ -241,6 +247,11 @@ class _SceneMasks:
         """SLC-off gap pixels of rows r0:r1 (restored before segmentation)."""
         return (self._code(r0, r1) & MASK_GAP) != 0
 
+    def gap_mask(self) -> NDArray[np.bool_]:
+        """The SLC-off gap pixels of the whole grid: what restoration fills (1 byte a pixel)."""
+        with rasterio.open(self.path) as ds:
+            return (ds.read(1) & MASK_GAP) != 0
+
     def candidate(self) -> Candidate:
         """The scene as the merge plans it, its masks read by strips."""
         return Candidate(self.scene.scene_id, self.scene.acquired, masks=self.rows)
@@ -395,11 +406,6 @@ def _read_rgb(path: Path, grid: Grid) -> NDArray[np.uint8]:
         return np.moveaxis(ds.read(), 0, -1)
 
 
-def _read_band(path: Path) -> NDArray:
-    with rasterio.open(path) as ds:
-        return ds.read(1)
-
-
 def _mask_profile(grid: Grid) -> dict[str, Any]:
     """Tiled LZW UInt8 on the ROI grid: the work folder's mask files."""
     return {"driver": "GTiff", "width": grid.width, "height": grid.height, "count": 1,
@@ -408,9 +414,15 @@ def _mask_profile(grid: Grid) -> dict[str, Any]:
             "compress": ENCODING.compression}
 
 
-def scene_masks(scene: Scene, year: int, grid: Grid, workdir: Path) -> _SceneMasks:
+def scene_masks(scene: Scene, year: int, grid: Grid, workdir: Path,
+                area: ShelfArea | None = None) -> _SceneMasks:
     """Usable and present pixels of a scene; SLC-off gaps count as usable (they get restored)
     unless a cloud lies across them.
+
+    SLC-off gaps lie inside the scene's footprint and, given the shelf's ``area``, inside its
+    ROI: a scene clipped to the ROI has no data beyond it, and the convex hull of its data
+    reaches past a curved ROI edge (a parallel of latitude in EPSG:3031) by slivers thinner
+    than a gap; those are "no scene", never restored.
 
     A cloud mask says nothing inside a gap (no data there), but a gap crossing a cloud is
     restored from that cloud: gap pixels within ``GAP_CLOUD_REACH_PX`` of a flagged cloud pixel
@@ -418,7 +430,8 @@ def scene_masks(scene: Scene, year: int, grid: Grid, workdir: Path) -> _SceneMas
 
     Read and written strip by strip (the masks go to a file in ``workdir``), so memory does not
     grow with the grid or the number of scenes; the cloud mask of an SLC-off scene is read with
-    ``GAP_CLOUD_REACH_PX`` rows of context either side, so clouds reach across strip edges. Only
+    ``GAP_CLOUD_REACH_PX`` rows of context either side, so clouds reach across strip edges, and
+    the scene itself with ``GAP_BAND_REACH_PX`` rows (gap edges zero in some bands only). Only
     an SLC-off scene without a footprint from its source is read whole, as its footprint is the
     convex hull of all its pixels.
     """
@@ -440,14 +453,12 @@ def scene_masks(scene: Scene, year: int, grid: Grid, workdir: Path) -> _SceneMas
         out = stack.enter_context(rasterio.open(path, "w", **_mask_profile(grid)))
         for r0, r1 in row_strips(grid.height):
             window = Window(0, r0, grid.width, r1 - r0)
-            rgb = np.moveaxis(src.read(window=window), 0, -1)
-            present = np.any(rgb != 0, axis=2)
-            gaps = np.zeros(present.shape, bool)
             if slc_off:
-                footprint = (hull[r0:r1] if hull is not None
-                             else extra["footprint"].read(1, window=window) != 0)
-                gaps = detect_gaps(rgb, footprint)
+                present, gaps = _gap_rows(src, r0, r1, hull, extra.get("footprint"), area)
                 present |= gaps
+            else:
+                present = np.any(src.read(window=window) != 0, axis=0)
+                gaps = np.zeros(present.shape, bool)
             cloud = (_cloud_rows(extra["cloud"], r0, r1, gaps) if "cloud" in extra
                      else np.zeros(present.shape, bool))
             usable = present & ~cloud
@@ -457,6 +468,21 @@ def scene_masks(scene: Scene, year: int, grid: Grid, workdir: Path) -> _SceneMas
             code |= gaps.view(np.uint8) * np.uint8(MASK_GAP)
             out.write(code, 1, window=window)
     return _SceneMasks(scene, path, slc_off, cloudy / (grid.width * grid.height))
+
+
+def _gap_rows(src: Any, r0: int, r1: int, hull: NDArray[np.bool_] | None, footprint_ds: Any,
+              area: ShelfArea | None) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    """(pixels with data, SLC-off gaps) of rows r0:r1 of an SLC-off scene: gaps inside the
+    footprint (``hull`` or the source's file) and the ROI, detected on the rows with
+    ``GAP_BAND_REACH_PX`` rows of context either side (``detect_gaps``' band-specific rule)."""
+    c0, c1 = max(0, r0 - GAP_BAND_REACH_PX), min(src.height, r1 + GAP_BAND_REACH_PX)
+    window = Window(0, c0, src.width, c1 - c0)
+    rgb = np.moveaxis(src.read(window=window), 0, -1)
+    footprint = hull[c0:c1] if hull is not None else footprint_ds.read(1, window=window) != 0
+    if area is not None:
+        footprint = footprint & area.rows(c0, c1)[0]
+    crop = slice(r0 - c0, r1 - c0)
+    return np.any(rgb[crop] != 0, axis=2), detect_gaps(rgb, footprint)[crop]
 
 
 def _cloud_rows(cloud_ds: Any, r0: int, r1: int, gaps: NDArray[np.bool_]) -> NDArray[np.bool_]:
@@ -473,31 +499,55 @@ def _cloud_rows(cloud_ds: Any, r0: int, r1: int, gaps: NDArray[np.bool_]) -> NDA
     return cloud | (gaps & near_cloud(flagged, reach)[r0 - c0:r1 - c0])
 
 
+@dataclass(frozen=True)
+class _Restored:
+    """What the restoration stage gives the later ones."""
+
+    images: dict[str, Path]
+    """Scene id -> the image to segment (restored for SLC-off scenes, else the scene's own)."""
+    model: ModelRecord | None = None
+    """The DiffGF weights used (None: FillNodata, or nothing restored)."""
+    run: dict[str, Any] | None = None
+    """The provenance's ``restoration_run`` (None: nothing restored)."""
+
+
 def restore_scenes(used: Sequence[_SceneMasks], options: ProduceOptions, diffgf: Path | None,
-                   workdir: Path, progress: StageProgress) -> tuple[dict[str, Path], Any]:
-    """Restore the used SLC-off scenes; returns scene id -> image to segment, and the restoration
-    record (None when no scene needed it)."""
+                   workdir: Path, progress: StageProgress) -> _Restored:
+    """Restore the used SLC-off scenes: their gap pixels as the scene masks hold them (inside
+    the footprint and the ROI), on the run's device (``options.device``, as segmentation)."""
     slc = [m for m in used if m.slc_off]
     paths = {m.scene.scene_id: m.scene.path for m in used}
     progress("restoration", 0, len(slc), "")
     if not slc:
-        return paths, None
+        return _Restored(paths)
     from producer.restoration import MissingWeightsError, restore_scene_file
 
     method = options.restoration
-    if method == RELEASED_RESTORATION and (diffgf is None or not Path(diffgf).exists()):
+    diffgf_used = method == RELEASED_RESTORATION
+    if diffgf_used and (diffgf is None or not Path(diffgf).exists()):
         raise ProduceError(str(MissingWeightsError(diffgf)))
+    device = _restoration_device(options) if diffgf_used else "cpu"
+    facts: dict[str, dict[str, Any]] = {}
     for k, masks in enumerate(slc):
         dst = workdir / f"{masks.scene.scene_id}_restored.tif"
-        footprint = masks.scene.metadata.get(FOOTPRINT_KEY)
-        restore_scene_file(masks.scene.path, dst, method,
-                           diffgf if method == RELEASED_RESTORATION else None,
-                           footprint=None if footprint is None else _read_band(footprint) != 0)
+        result = restore_scene_file(masks.scene.path, dst, method,
+                                    diffgf if diffgf_used else None, gaps=masks.gap_mask(),
+                                    device=device)
+        facts[masks.scene.scene_id] = result.facts()
         paths[masks.scene.scene_id] = dst
         progress("restoration", k + 1, len(slc), masks.scene.scene_id)
     record = (ModelRecord(RELEASED_RESTORATION, file_sha256(diffgf), Path(diffgf).name)
-              if method == RELEASED_RESTORATION else None)
-    return paths, record
+              if diffgf_used else None)
+    # every scene is restored with the same settings (seed, steps, tiles, device): once
+    return _Restored(paths, record, {"method": method, **result.settings, "scenes": facts})
+
+
+def _restoration_device(options: ProduceOptions) -> str:
+    """The torch device DiffGF runs on: ``options.device`` resolved as segmentation resolves
+    it (``auto``: CUDA when present)."""
+    from producer.segmentation.inference import resolve_device
+
+    return str(resolve_device(options.device))
 
 
 def segment_scenes(model: LoadedModel, images: dict[str, Path], order: Sequence[str],
@@ -699,7 +749,7 @@ def produce_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
                 return _skipped(shelf, year, done)
 
         progress("merge", 0, 2, "planning")
-        masks = [scene_masks(s, year, grid, workdir) for s in scenes]
+        masks = [scene_masks(s, year, grid, workdir, area) for s in scenes]
         try:
             plan = plan_merge_rows([m.candidate() for m in masks], area.rows, grid.shape)
         except NotCoveredError as err:
@@ -711,8 +761,9 @@ def produce_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
         digest = digest_of([s.digest_key for s in scenes], len(plan.full_coverage))
         compared = _to_compare(plan, options.compare_scenes)
         segment = [*plan.used, *(i for i in compared if i not in plan.used)]
-        images, restoration_model = restore_scenes([masks[i] for i in segment], options, diffgf,
-                                                   workdir, progress)
+        restored = restore_scenes([masks[i] for i in segment], options, diffgf, workdir,
+                                  progress)
+        images = restored.images
         compared_ids = [masks[i].scene.scene_id for i in compared]
         labels = {scene_id: f"compare {k + 1}/{len(compared)}: {scene_id}"
                   for k, scene_id in enumerate(compared_ids)}
@@ -723,10 +774,10 @@ def produce_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
             plan, comparison = _compare(plan, compared, masks, predictions, area, grid,
                                         options.compare_scenes, progress)
             if not any(masks[i].slc_off for i in plan.used):
-                restoration_model = None  # only a compared scene was restored
+                restored = _Restored(images)  # only a compared scene was restored
         progress("merge", 2, 2, "merged")
         return _write_year(shelf, year, source, model, options, grid, plan, masks, predictions,
-                           area, restoration_model, parameters, digest, progress, comparison)
+                           area, restored, parameters, digest, progress, comparison)
 
 
 def _recorded_full_coverage(record: Provenance) -> int | None:
@@ -766,7 +817,7 @@ def _compare(plan: MergePlan, compared: Sequence[int], masks: Sequence[_SceneMas
 def _write_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
                 options: ProduceOptions, grid: Grid, plan: MergePlan,
                 masks: Sequence[_SceneMasks], predictions: dict[str, tuple[Path, Path | None]],
-                area: ShelfArea, restoration_model: ModelRecord | None,
+                area: ShelfArea, restored_with: _Restored,
                 parameters: dict[str, Any], digest: str, progress: StageProgress,
                 comparison: dict[str, Any] | None = None) -> YearResult:
     """Merge the predictions into the products, auxiliary COGs and the provenance record (strip
@@ -820,7 +871,8 @@ def _write_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
     )
     provenance = Provenance(
         shelf=shelf, year=year, sensors=sensors, restoration=restoration, source=source.name,
-        scenes=records, segmentation=model.record, restoration_model=restoration_model,
+        scenes=records, segmentation=model.record, restoration_model=restored_with.model,
+        restoration_run=restored_with.run,
         software=software_versions(slc_used),
         parameters={
             **parameters,
@@ -952,16 +1004,25 @@ class RunSummary:
         return 0
 
 
-def check_request(shelf: str, source: SceneSource, options: ProduceOptions) -> str:
+def check_request(shelf: str, source: SceneSource, options: ProduceOptions,
+                  years: Sequence[int] = ()) -> str:
     """The released name of ``shelf`` (typed loosely: "pine island" is "Pine Island"), once the
-    request is known to be runnable: a registered shelf, usable weights, a known restoration and
-    a sane comparison count. The command calls it before drawing progress bars, so a mistyped
-    option is one clear line."""
+    request is known to be runnable: a registered shelf, usable weights (DiffGF weights too
+    when one of ``years`` can hold Landsat 7 SLC-off imagery and DiffGF restores it), a known
+    restoration and a sane comparison count. The command calls it before drawing progress bars,
+    so a mistyped option is one clear line; ``produce`` calls it with the years before fetching
+    any scene."""
     name = released_name(shelf)
     resolve_weights(options.weights, source.name)
     if options.restoration not in RESTORATION_METHODS:
         raise ProduceError(f"--restoration {options.restoration!r}: use "
                            f"{' or '.join(RESTORATION_METHODS)}")
+    if options.restoration == RELEASED_RESTORATION and any(map(slc_off_possible, years)):
+        diffgf = resolve_diffgf(options.diffgf, source.name)
+        if diffgf is None or not Path(diffgf).exists():
+            from producer.restoration.api import MissingWeightsError
+
+            raise ProduceError(str(MissingWeightsError(diffgf)))
     if options.compare_scenes < 1:
         raise ProduceError(f"--compare-scenes {options.compare_scenes}: must be at least 1 "
                            "(1 = no comparison, the source's ranking decides)")
@@ -984,7 +1045,7 @@ def produce(shelves: str | Sequence[str], years: Sequence[int], source: SceneSou
             report: Callable[[YearResult], None] | None = None) -> RunSummary:
     """Produce every year of one shelf or several, shelf by shelf, with one loaded model;
     errors of a shelf-year do not stop the others."""
-    names = [check_request(shelf, source, options)
+    names = [check_request(shelf, source, options, years)
              for shelf in ([shelves] if isinstance(shelves, str) else shelves)]
     weights = resolve_weights(options.weights, source.name)
     diffgf = resolve_diffgf(options.diffgf, source.name)

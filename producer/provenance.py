@@ -77,6 +77,7 @@ class Provenance:
     scenes: tuple[SceneRecord, ...]
     segmentation: ModelRecord
     restoration_model: ModelRecord | None = None
+    """The DiffGF weights an SLC-off map was restored with (None: FillNodata or no SLC-off)."""
     software: dict[str, str] = field(default_factory=dict)
     parameters: dict[str, Any] = field(default_factory=dict)
     """The run parameters that enter the inputs digest (``tta``, ``extent``, ``grid``, …) and
@@ -100,6 +101,13 @@ class Provenance:
     (``compared``), their agreement (``pairs``, ``mean_agreement``), which was ``chosen`` and
     why (``decided_by``, ``reason``); see ``producer.compare``. None when nothing was compared
     (and in records written before comparisons existed)."""
+    restoration_run: dict[str, Any] | None = None
+    """How the SLC-off scenes were restored, when any was: ``method``, its settings (DiffGF:
+    ``seed``, ``ddim_steps``, ``ddim_eta``, ``tile_px``, ``overlap_px``; FillNodata:
+    ``max_search_distance_px``, ``smoothing_iterations``), the ``device`` it ran on, and per
+    restored scene id under ``scenes`` its ``gap_pixels``, ``gap_fraction`` (of the scene's
+    data and gap pixels) and, for DiffGF, the ``tiles`` diffused. None when nothing was
+    restored, and in records written before it was recorded (read as they are)."""
 
     @property
     def demo(self) -> bool:

@@ -14,6 +14,15 @@ Geometry (see /work/shared/reference/README.md, "Landsat 7 SLC-off", and the dat
     sides offset by one sweep (16 lines). Averaged over the swath a gap is 7 px wide every
     32 lines: 7 / 32 ~= 22 % of the scene is missing, none along the centre line.
 
+    Level-1 products have more: USGS states that about 20 % of the scene centre is not gapped
+    (the narrowest gaps vanish in L1 processing). ``gap_free_centre`` reproduces it: no gap
+    within that share of the swath width around the centre line, then the width ramps up
+    linearly and reaches ``max_gap_px`` as far inside the swath edge as the gap-free band is
+    wide (the outermost ``gap_free_centre / 2`` of each side stays at the full width), so the
+    swath's mean gap share stays ~22 % and no gap is wider than ``max_gap_px``. The demo source
+    renders whole scenes with ``DEMO_GAP_FREE_CENTRE``; the default (0) is the plain wedge the
+    demo DiffGF was trained and evaluated on (random windows of a swath).
+
     The scan direction is roughly perpendicular to the ground track, which in a polar
     stereographic grid (EPSG:3031) is rotated by an angle that depends on where the scene is;
     ``angle_deg`` is the angle of the scan direction to the grid's x axis (counter-clockwise,
@@ -22,10 +31,20 @@ Geometry (see /work/shared/reference/README.md, "Landsat 7 SLC-off", and the dat
 Detection
     Earth Engine exports masked pixels as 0 after ``.toByte()``, so an SLC-off gap is a pixel
     that is zero in every band while lying inside the scene's footprint; outside the footprint
-    zeros are simply "no scene". Without a given footprint, the footprint is the filled convex
-    hull of the non-zero pixels (a scene cropped to an ROI is the intersection of two convex
-    shapes, and the wedges reach the swath edge between sweeps that do not), less the holes too
-    wide to be gaps (``GAP_HOLE_MAX_PX``): imagery that never arrived is not restored.
+    zeros are simply "no scene". USGS ships band-specific gap masks (the gaps of the bands of
+    Landsat 7 differ slightly), so along a gap's edge a pixel may be 0 in some bands only: such
+    a pixel, zero in at least one band and within ``GAP_BAND_REACH_PX`` of a pixel zero in all
+    bands (square neighbourhood), is part of the gap too; it is restored in all bands instead
+    of being kept as known data that would pull the fills towards black. A pixel with a zero
+    band away from any gap is data (a band can be 0 on its own). A caller working by row
+    strips passes ``GAP_BAND_REACH_PX`` rows of context on each side and crops them.
+
+    Without a given footprint, the footprint is the filled convex hull of the non-zero pixels
+    (the wedges reach the swath edge between sweeps that do not), less the holes too wide to
+    be gaps (``GAP_HOLE_MAX_PX``): imagery that never arrived is not restored. A scene clipped
+    to an ROI is not convex where the ROI's edge is a parallel of latitude (an arc in
+    EPSG:3031): the hull then spans slivers beyond the ROI thinner than a gap, so the producer
+    intersects the footprint with the ROI (``producer.pipeline.scene_masks``).
 
 Clouds over gaps
     Cloud masks are 0 inside gaps (no data, no flag), but restoration fills a gap from the pixels
@@ -53,6 +72,12 @@ SWATH_WIDTH_PX = 6167
 #: inside a scene's outline is imagery that was never delivered (a missing WRS-2 row, a tile
 #: that failed), which no restoration may invent.
 GAP_HOLE_MAX_PX = 17
+#: A pixel zero in some band (not all) this close (px, square neighbourhood) to a pixel zero in
+#: all bands belongs to that gap: the bands' gap masks differ by a pixel or so at gap edges.
+GAP_BAND_REACH_PX = 2
+#: Share of the swath width around the centre line without gaps in the demo's whole scenes
+#: (USGS: about 20 % of the scene centre of an SLC-off Level-1 product is not gapped).
+DEMO_GAP_FREE_CENTRE = 0.2
 #: Gap pixels this close (px, in a square neighbourhood) to a flagged cloud pixel are cloudy.
 #: Cloud masks say nothing inside a gap (QA_PIXEL and Earth Engine's unmasked cloud band are 0
 #: where there is no data), yet a gap crossing a cloud is restored from the cloud around it, so
@@ -89,6 +114,7 @@ def simulate_slc_off_mask(
     max_gap_px: float = DEFAULT_MAX_GAP_PX,
     swath_half_width_px: float | None = None,
     centre_offset_px: float = 0.0,
+    gap_free_centre: float = 0.0,
 ) -> NDArray[np.bool_]:
     """A Landsat 7 SLC-off gap mask (True = missing) for an array of ``shape``.
 
@@ -98,7 +124,9 @@ def simulate_slc_off_mask(
     distance of the array's pixels (half the width for an unrotated array), so the array spans a
     whole swath and ~22 % of it is missing. Pass ``SWATH_WIDTH_PX / 2`` with a
     ``centre_offset_px`` to place a small window inside a real 185 km swath instead. Widths are
-    clipped at ``max_gap_px`` beyond the swath half-width.
+    clipped at ``max_gap_px`` beyond the swath half-width. ``gap_free_centre`` (a share of the
+    swath width, below 0.5) keeps that band around the centre line free of gaps, as in Level-1
+    products (module docstring); 0 gives the plain wedge growing from the centre line.
     """
     if len(shape) != 2 or min(shape) < 1:
         raise ValueError(f"shape must be (rows, cols) with both >= 1, got {shape!r}")
@@ -106,13 +134,16 @@ def simulate_slc_off_mask(
         raise ValueError(
             f"period_px ({period_px}) must exceed max_gap_px ({max_gap_px}) and both be > 0"
         )
+    if not 0.0 <= gap_free_centre < 0.5:
+        raise ValueError(f"gap_free_centre must be a share of the swath in [0, 0.5), got "
+                         f"{gap_free_centre}")
     u, v = _scene_frame(shape, angle_deg, centre_offset_px)
     half = swath_half_width_px
     if half is None:
         half = 2.0 * float(np.mean(np.abs(u))) if u.size > 1 else 1.0
     if half <= 0:
         raise ValueError(f"swath_half_width_px must be > 0, got {half}")
-    width = max_gap_px * np.minimum(np.abs(u) / half, 1.0)
+    width = max_gap_px * _width_profile(np.abs(u), half, gap_free_centre)
     phase = np.random.default_rng(seed).uniform(0.0, period_px)
     # One side of the centre line opens its gaps between sweeps 2k/2k+1, the other side between
     # 2k+1/2k+2: the two sides' stripes are offset by one sweep (half a period).
@@ -120,6 +151,19 @@ def simulate_slc_off_mask(
     # Distance (along track) to the nearest sweep boundary where this side's gap opens.
     offset = np.mod(v - phase - side_shift + period_px / 2.0, period_px) - period_px / 2.0
     return np.abs(offset) < width / 2.0
+
+
+def _width_profile(across: NDArray[np.float64], half: float,
+                   gap_free_centre: float) -> NDArray[np.float64]:
+    """Gap width as a share of the widest gap at across-track distance ``across`` (px).
+
+    0 within ``gap_free_centre`` of the swath width around the centre line (``start`` px either
+    side), a linear ramp up to 1 reached ``start`` px inside the swath edge, 1 beyond: the mean
+    over a swath is 1/2 whatever ``gap_free_centre`` is (``start`` = 0: the plain wedge,
+    ``across / half``).
+    """
+    start = gap_free_centre * half
+    return np.clip((across - start) / (half - 2.0 * start), 0.0, 1.0)
 
 
 def apply_gaps(rgb: NDArray[np.uint8], gaps: NDArray[np.bool_]) -> NDArray[np.uint8]:
@@ -200,14 +244,25 @@ def footprint_of(rgb: NDArray[np.uint8]) -> NDArray[np.bool_]:
 def detect_gaps(
     rgb: NDArray[np.uint8], footprint: NDArray[np.bool_] | None = None
 ) -> NDArray[np.bool_]:
-    """SLC-off gaps of an HWC scene: pixels zero in all bands inside the scene footprint."""
+    """SLC-off gaps of an HWC scene inside the scene footprint: pixels zero in all bands, and
+    pixels zero in some band within ``GAP_BAND_REACH_PX`` of those (band-specific gap edges;
+    module docstring)."""
     if rgb.ndim != 3:
         raise ValueError(f"expected an HWC image, got shape {rgb.shape}")
     if footprint is None:
         footprint = footprint_of(rgb)
     elif footprint.shape != rgb.shape[:2]:
         raise ValueError(f"footprint {footprint.shape} and image {rgb.shape[:2]} differ in size")
-    return np.all(rgb == 0, axis=2) & footprint
+    zero = rgb == 0
+    core = np.all(zero, axis=2) & footprint
+    partial = np.any(zero, axis=2) & footprint & ~core
+    if not partial.any() or not core.any():
+        return core
+    from scipy import ndimage
+
+    near = ndimage.maximum_filter(core.view(np.uint8), size=2 * GAP_BAND_REACH_PX + 1,
+                                  mode="constant", cval=0)
+    return core | (partial & near.view(bool))
 
 
 def near_cloud(cloud: NDArray[np.bool_], reach: int = GAP_CLOUD_REACH_PX) -> NDArray[np.bool_]:

@@ -148,3 +148,49 @@ def test_the_summer_under_way_has_no_scene_from_the_future() -> None:
     today = dt.date.today()
     for shelf in ("Amery", "Brunt", "Totten"):
         assert all(p.acquired <= today for p in plan_summer(shelf, latest_summer()))
+
+
+def _slc_off_plans(with_edge: bool | None = None) -> list:
+    """Demo Landsat 7 SLC-off dates of every registered shelf, 2003-2012 (optionally only those
+    with, or without, a swath edge in the window)."""
+    from producer.shelves import SHELVES
+
+    plans = [(shelf, year, p) for shelf in SHELVES for year in range(2003, 2013)
+             for p in plan_summer(shelf, year) if p.conditions.slc_off]
+    if with_edge is None:
+        return plans
+    return [t for t in plans if (t[2].conditions.footprint_cut is not None) == with_edge]
+
+
+def test_slc_off_scenes_keep_the_swath_centre_gap_free() -> None:
+    """As Level-1 products (USGS: ~20 % of the scene centre is not gapped), the central 20 %
+    of the demo's swath has no gap, while ~22 % of the scene is still missing."""
+    from producer.slcoff import DEMO_GAP_FREE_CENTRE, _scene_frame
+
+    shelf, year, plan = _slc_off_plans(with_edge=False)[0]
+    scene = render_planned(shelf, year, plan, SIZE)
+    across = np.abs(_scene_frame((SIZE, SIZE), plan.conditions.slc_angle, 0.0)[0])
+    central = across < DEMO_GAP_FREE_CENTRE * 2.0 * across.mean()
+    assert 0.15 < central.mean() < 0.25
+    assert not scene.gaps[central].any()
+    assert 0.18 < gap_fraction(scene.gaps, scene.footprint) < 0.26
+
+
+def test_slc_off_swath_edges_run_along_track() -> None:
+    """A swath edge runs along the ground track, at right angles to the scan lines (the
+    stripes): its normal is the scan direction, for every SLC-off demo date with an edge."""
+    from scipy.ndimage import binary_erosion
+
+    from producer.slcoff import _scene_frame
+
+    plans = _slc_off_plans(with_edge=True)
+    assert len(plans) > 20
+    for _, _, plan in plans:
+        c = plan.conditions
+        # footprint normal (cos a, sin a) in (column, row) vs scan direction (cos t, -sin t)
+        assert abs(np.sin(c.footprint_angle + np.deg2rad(c.slc_angle))) < 1e-9, plan.scene_id
+    shelf, year, plan = plans[0]
+    scene = render_planned(shelf, year, plan, SIZE)
+    edge = scene.footprint & ~binary_erosion(scene.footprint, border_value=1)
+    across = _scene_frame((SIZE, SIZE), plan.conditions.slc_angle, 0.0)[0]
+    assert edge.sum() > SIZE / 2 and np.ptp(across[edge]) < 2.0  # the edge is a line along track

@@ -194,6 +194,36 @@ def test_scene_masks_by_strips_follow_the_whole_scene_rule(tmp_path: Path,
     assert np.array_equal(usable, (code & MASK_USABLE != 0)[512:1024])
 
 
+def test_scene_masks_by_strips_catch_band_specific_gap_edges(tmp_path: Path) -> None:
+    """Band 1's gaps lie a row below the other bands' (USGS gap masks are band-specific): the
+    pixels zero in some bands beside a gap are gaps, also where the gap crosses the strip edge
+    at row 512 (the strips are read with ``GAP_BAND_REACH_PX`` rows of context)."""
+    from producer.pipeline import MASK_GAP
+    from producer.slcoff import GAP_BAND_REACH_PX
+
+    grid = Grid.from_bounds(0, 0, 300 * 30, 1100 * 30)
+    gaps = simulate_slc_off_mask(grid.shape, angle_deg=10.0, seed=3)
+    band = np.full(grid.shape, 150, np.uint8)
+    rgb = np.stack([np.where(np.roll(gaps, 1, axis=0), 0, band), np.where(gaps, 0, band),
+                    np.where(gaps, 0, band)])
+    ones = _geotiff(tmp_path / "fp.tif", grid, np.ones((1, *grid.shape), np.uint8))
+    scene = Scene("LE07_bands", "LE07", dt.date(2005, 1, 5),
+                  _geotiff(tmp_path / "scene.tif", grid, rgb), 0.5,
+                  metadata={FOOTPRINT_KEY: ones})
+    hwc = np.moveaxis(rgb, 0, -1)
+    whole = detect_gaps(hwc, np.ones(grid.shape, bool))
+    with rasterio.open(scene_masks(scene, 2005, grid, tmp_path).path) as ds:
+        found = (ds.read(1) & MASK_GAP) != 0
+    partial = hwc.any(axis=2) & ~hwc.all(axis=2)
+    assert np.array_equal(found, whole)
+    edge = slice(512 - GAP_BAND_REACH_PX, 512 + GAP_BAND_REACH_PX)
+    assert (found & partial)[edge].any()  # band-specific edge pixels at the strip edge
+    # A 1 px gap (by the centre line) of one band beside the other bands' has no pixel zero in
+    # all bands, so nothing anchors it: the core rule decides, as the spec's rule alone did.
+    union = gaps | np.roll(gaps, 1, axis=0)
+    assert not (found & ~union).any() and (found & union).sum() > 0.95 * union.sum()
+
+
 def _slc_off_scenes(folder: Path, grid: Grid, cloud_over_hole: bool) -> list[Scene]:
     """A clear main scene whose only unusable pixels are a cloud over a 40 px hole of the shelf,
     and three SLC-off scenes (2005) whose 3-row gaps, offset by 3 rows, together span the hole.

@@ -234,7 +234,7 @@ def test_slc_off_year_needs_diffgf_or_explicit_fill(tiny_weights: Path, tmp_path
     monkeypatch.setattr(api, "DEMO_WEIGHTS", tmp_path / "no-demo-diffgf.safetensors")
     out = tmp_path / "release"
     refused = _produce(["--shelf", "Holmes", "--year", "2009"], tiny_weights, out)
-    assert refused.exit_code == 1
+    assert refused.exit_code == 2  # refused before any work (check_request), not a failed year
     assert "--diffgf" in refused.output and "FillNodata" in refused.output
     assert not list(out.rglob("*.tif"))
     filled = _produce(["--shelf", "Holmes", "--year", "2009", "--restoration", "FillNodata",
@@ -245,6 +245,12 @@ def test_slc_off_year_needs_diffgf_or_explicit_fill(tiny_weights: Path, tmp_path
     record = read_provenance(next(out.glob("Holmes/2009/*_provenance.json")))
     assert record.restoration == "FillNodata" and all(s.slc_off for s in record.scenes)
     assert len(record.scenes) > 1 and not record.parameters["single_scene"]
+    run = record.restoration_run
+    assert run is not None and record.restoration_model is None
+    assert {k: v for k, v in run.items() if k != "scenes"} == {
+        "method": "FillNodata", "max_search_distance_px": 100.0, "smoothing_iterations": 0,
+        "device": "cpu"}
+    assert {s.scene_id for s in record.scenes} <= set(run["scenes"])
     assert validate_release(out).ok()
 
     # How much of the map rests on restored gap pixels: recounted from the source-scene index
@@ -262,10 +268,128 @@ def test_slc_off_year_needs_diffgf_or_explicit_fill(tiny_weights: Path, tmp_path
         assert not (from_gaps & valid & near_cloud(rendered[scene.scene_id].cloud)).any()
         assert scene.restored_fraction == pytest.approx(from_gaps.sum() / (index != 255).sum(),
                                                         abs=1e-6)
+        gaps = rendered[scene.scene_id].gaps
+        assert run["scenes"][scene.scene_id] == {
+            "gap_pixels": int(gaps.sum()),
+            "gap_fraction": round(float(gaps.sum() / rendered[scene.scene_id].footprint.sum()),
+                                  6)}
         restored |= from_gaps
     assert 0.05 < record.parameters["restored_fraction"] < 0.4
     assert record.parameters["restored_extent_fraction"] == pytest.approx(
         (restored & valid).sum() / valid.sum(), abs=1e-6)
+
+
+class _NoFetchSource(DemoSource):
+    """A demo source that must not be asked for scenes (the request should stop before)."""
+
+    def scenes(self, shelf, year, grid, workdir):  # noqa: ANN001, ANN201 - as DemoSource
+        raise AssertionError(f"scenes of {shelf} {year} were fetched")
+
+
+def test_missing_diffgf_weights_are_refused_before_any_scene_is_fetched(
+        tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A year that may be SLC-off, restored with DiffGF, without weights: the run stops at once
+    with the restoration message, not after fetching scenes and computing masks; years that
+    cannot be SLC-off (and FillNodata) need no DiffGF weights."""
+    from producer.pipeline import ProduceError, check_request
+    from producer.restoration import api
+
+    monkeypatch.setattr(api, "DEMO_WEIGHTS", tmp_path / "no-demo-diffgf.safetensors")
+    source = _NoFetchSource(int(DEMO_SIZE))
+    options = ProduceOptions(out=tmp_path / "r", weights=tiny_weights, device="cpu",
+                             diffgf=tmp_path / "missing.safetensors")
+    says = "missing.safetensors do not exist: Landsat 7 SLC-off imagery needs a restoration"
+    with pytest.raises(ProduceError, match=says):
+        produce("Pine Island", [2021, 2008], source, options)
+    assert not (tmp_path / "r").exists()
+    assert check_request("Totten", source, options, [2021, 2022]) == "Totten"
+    fill = ProduceOptions(out=tmp_path / "r", weights=tiny_weights, restoration="FillNodata")
+    assert check_request("Totten", source, fill, [2005]) == "Totten"
+    demo = ProduceOptions(out=tmp_path / "r", weights=tiny_weights)  # the demo DiffGF, absent
+    with pytest.raises(ProduceError, match="no DiffGF weights given"):
+        check_request("Totten", source, demo, [2005])
+
+
+def test_diffgf_runs_on_the_run_device_and_its_settings_are_recorded(
+        tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--device`` reaches DiffGF (resolved as for segmentation); the provenance records the
+    weights, seed, DDIM steps, tile size and overlap, the device and each scene's gaps."""
+    from producer.restoration import api
+    from producer.restoration.diffgf import build_diffgf, save_diffgf
+    from tests.tiny_models import TINY_UNET, TINY_VAE
+
+    diffgf = save_diffgf(build_diffgf(TINY_VAE, TINY_UNET, seed=0),
+                         tmp_path / "tiny-diffgf.safetensors")
+    devices: list[object] = []
+    real = api.restore_scene_file
+
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - passes everything on
+        devices.append(kwargs.get("device"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api, "restore_scene_file", spy)
+    monkeypatch.setattr("producer.restoration.restore_scene_file", spy)
+    out = tmp_path / "release"
+    result = _produce(["--shelf", "Holmes", "--year", "2009", "--diffgf", str(diffgf)],
+                      tiny_weights, out)
+    assert result.exit_code == 0, result.output
+    record = read_provenance(next(out.glob("Holmes/2009/*_provenance.json")))
+    assert devices and set(devices) == {"cpu"}
+    assert record.restoration == "DiffGF"
+    assert record.restoration_model.weights_file == "tiny-diffgf.safetensors"
+    run = record.restoration_run
+    assert {k: v for k, v in run.items() if k != "scenes"} == {
+        "method": "DiffGF", "seed": 0, "ddim_steps": 20, "ddim_eta": 0.0, "tile_px": 256,
+        "overlap_px": 64, "device": "cpu"}
+    assert len(run["scenes"]) == len(devices)
+    assert all(facts["tiles"] == 1 and facts["gap_pixels"] > 0
+               for facts in run["scenes"].values())
+
+
+def test_records_without_a_restoration_run_stay_readable(tiny_weights: Path,
+                                                         tmp_path: Path) -> None:
+    """Records written before ``restoration_run`` existed read as None."""
+    from producer.provenance import Provenance
+
+    out = tmp_path / "release"
+    assert _produce(["--shelf", "Totten", "--year", "2021"], tiny_weights, out).exit_code == 0
+    path = next(out.glob("Totten/2021/*_provenance.json"))
+    data = json.loads(path.read_text())
+    assert data["restoration_run"] is None  # nothing restored in 2021
+    del data["restoration_run"]
+    assert Provenance.from_json(json.dumps(data)).restoration_run is None
+
+
+def test_gaps_of_a_scene_clipped_to_the_roi_stay_inside_it(tmp_path: Path) -> None:
+    """A complete Landsat 7 scene of 2005 clipped to a registered ROI (as Earth Engine gives
+    it) has no gap: the convex hull of its data reaches past the ROI's curved poleward edge by
+    slivers narrower than a gap, which are outside the ROI, not gaps, and are not restored."""
+    import datetime as dt
+
+    from producer.extent import ShelfArea, roi_mask
+    from producer.pipeline import _no_progress, restore_scenes, scene_masks
+    from producer.slcoff import detect_gaps
+    from producer.sources.base import Scene
+
+    roi = roi_polygon("Holmes")
+    grid = Grid.covering(roi, resolution=480.0)  # a coarse grid keeps the test quick
+    inside = roi_mask(roi, grid)
+    rgb = np.repeat(np.where(inside, 200, 0).astype(np.uint8)[..., None], 3, axis=2)
+    assert (detect_gaps(rgb) & ~inside).sum() > 100  # the hull alone finds false gaps
+    path = tmp_path / "LE07_Holmes_20051205.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=grid.width, height=grid.height,
+                       count=3, dtype="uint8", crs=grid.crs, transform=grid.transform) as ds:
+        ds.write(np.moveaxis(rgb, -1, 0))
+    scene = Scene("LE07_Holmes_20051205", "LE07", dt.date(2005, 12, 5), path, 1.0)
+    masks = scene_masks(scene, 2005, grid, tmp_path, ShelfArea(roi, roi, grid))
+    assert masks.slc_off and not masks.gap_mask().any()
+    usable, present = masks.rows(0, grid.height)
+    assert np.array_equal(present, inside) and np.array_equal(usable, inside)
+    restored = restore_scenes([masks], ProduceOptions(restoration="FillNodata"), None,
+                              tmp_path, _no_progress)
+    assert restored.run["scenes"][scene.scene_id]["gap_pixels"] == 0
+    with rasterio.open(restored.images[scene.scene_id]) as ds:
+        assert np.array_equal(np.moveaxis(ds.read(), 0, -1), rgb)
 
 
 def test_missing_demo_weights_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:

@@ -469,3 +469,280 @@ def test_resume_refuses_a_checkpoint_killed_before_its_optimizer_state(
     with pytest.raises(ValueError, match=r"checkpoint\.optim\.safetensors was saved with other "
                                          r"weights than .*checkpoint\.safetensors \(step 2\)"):
         train(config, out, resume=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Gap geometry of whole Level-1 scenes and band-specific gaps
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("angle", [0.0, 17.0, -20.0])
+def test_gap_free_centre_keeps_the_mean_share_and_the_widest_gap(angle: float) -> None:
+    """Level-1 products have no gap in about 20 % of the swath around the centre line (USGS);
+    the profile keeps ~22 % missing and no gap wider than 14 px, and the default is the plain
+    wedge (the masks the demo DiffGF was trained and evaluated on)."""
+    from producer.slcoff import DEMO_GAP_FREE_CENTRE, _scene_frame
+
+    shape = (1024, 1024)
+    mask = simulate_slc_off_mask(shape, angle_deg=angle, seed=3,
+                                 gap_free_centre=DEMO_GAP_FREE_CENTRE)
+    across = np.abs(_scene_frame(shape, angle, 0.0)[0])
+    half = 2.0 * across.mean()  # the swath half-width of a whole-swath array
+    assert not mask[across < DEMO_GAP_FREE_CENTRE * half].any()
+    assert abs(gap_fraction(mask) - 0.22) < 0.02
+    widest = max(r for col in mask.T for r in _runs(col))  # along columns: 14 / cos(angle)
+    assert widest <= math.ceil(14 / math.cos(math.radians(angle)))
+    assert np.array_equal(simulate_slc_off_mask(shape, angle_deg=angle, seed=3),
+                          simulate_slc_off_mask(shape, angle_deg=angle, seed=3,
+                                                gap_free_centre=0.0))
+    with pytest.raises(ValueError, match="gap_free_centre"):
+        simulate_slc_off_mask(shape, angle_deg=angle, seed=3, gap_free_centre=0.5)
+
+
+def _band_specific_scene(size: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(truth, scene, core gaps): bands 2 and 3 have the gaps, band 1 the same gaps one row
+    lower (USGS gap masks are band-specific); one isolated pixel with a 0 band far from gaps."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    truth = np.stack([150 + 40 * np.sin(xx / 9.0), 160 + 30 * np.cos(yy / 7.0),
+                      200 + 0 * xx], -1).astype(np.uint8)
+    gaps = simulate_slc_off_mask((size, size), angle_deg=0, seed=0, swath_half_width_px=3083,
+                                 centre_offset_px=2900)
+    scene = truth.copy()
+    scene[gaps, 1:] = 0
+    scene[np.roll(gaps, 1, axis=0), 0] = 0
+    return truth, scene, gaps & np.roll(gaps, 1, axis=0)
+
+
+def test_a_pixel_zero_in_some_bands_beside_a_gap_is_part_of_it() -> None:
+    """At a gap's edge a pixel may be 0 in some bands only: it belongs to the gap (restored in
+    every band) rather than being kept as known data that pulls the fill towards black. A
+    band at 0 away from any gap is data."""
+    from producer.slcoff import GAP_BAND_REACH_PX
+
+    truth, scene, core = _band_specific_scene()
+    far = np.argwhere(~binary_dilation(np.any(scene == 0, axis=2), iterations=6))
+    lone = tuple(far[len(far) // 2])
+    scene[lone][2] = 0
+    found = detect_gaps(scene, np.ones(core.shape, bool))
+    partial = np.any(scene == 0, axis=2) & ~np.all(scene == 0, axis=2)
+    assert np.array_equal(found & ~partial, core)  # the spec's rule stays the core
+    near = binary_dilation(core, np.ones((2 * GAP_BAND_REACH_PX + 1,) * 2, bool))
+    assert np.array_equal(found & partial, partial & near)
+    assert (found & partial).any() and not found[lone]
+    out = restore(scene, found, "FillNodata")
+    assert not np.any(out[found] == 0)  # no band left black in a restored pixel
+    assert np.abs(out[found].astype(int) - truth[found]).mean() < 10
+    assert np.array_equal(out[~found], scene[~found])
+
+
+# --------------------------------------------------------------------------------------------
+# DiffGF on a device, bounded memory
+# --------------------------------------------------------------------------------------------
+
+
+def test_sampling_runs_where_the_model_is(tiny: DiffGF) -> None:
+    """The batch (built on the CPU) goes to the model's device: a model on another device
+    ('meta' needs no GPU) samples there instead of failing on mixed devices."""
+    from producer.restoration.diffgf import sample, tile_noise
+
+    model = build_diffgf(TINY_VAE, TINY_UNET, seed=0).eval().to("meta")
+    out = sample(model, torch.zeros(1, 3, 32, 32), torch.ones(1, 1, 32, 32),
+                 tile_noise((4, 8, 8), 0, 0)[None], steps=2)
+    assert out.device.type == "meta" and out.shape == (1, 3, 32, 32)
+
+
+def test_restore_runs_diffgf_on_the_device_asked_for(tiny: DiffGF,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``device`` moves the model there before sampling; the noise of a tile is drawn on the
+    CPU, so the device changes no draw."""
+    from producer.restoration import diffgf
+
+    img, gaps = _scene()
+    damaged = apply_gaps(img, gaps)
+    moved: list[str] = []
+    real_to = tiny.to
+    monkeypatch.setattr(tiny, "to", lambda device: moved.append(str(device)) or real_to(device))
+    a = restore(damaged, gaps, "DiffGF", tiny, seed=3, steps=2, device="cpu")
+    assert moved == ["cpu"]
+    assert np.array_equal(a, restore(damaged, gaps, "DiffGF", tiny, seed=3, steps=2))
+    assert diffgf.tile_noise((4, 8, 8), 3, 1).device.type == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_diffgf_on_cuda_matches_the_cpu_up_to_rounding(tiny: DiffGF) -> None:
+    img, gaps = _scene((96, 96))
+    damaged = apply_gaps(img, gaps)
+    cpu = restore(damaged, gaps, "DiffGF", tiny, seed=1, steps=3, device="cpu")
+    gpu = restore(damaged, gaps, "DiffGF", tiny, seed=1, steps=3, device="cuda")
+    assert next(tiny.unet.parameters()).device.type == "cuda"
+    assert np.array_equal(gpu[~gaps], damaged[~gaps])
+    assert np.abs(gpu.astype(int) - cpu.astype(int)).max() <= 3
+
+
+def _whole_scene_blend(model: DiffGF, rgb: np.ndarray, gaps: np.ndarray, known: np.ndarray,
+                       seed: int, steps: int, tile: int, overlap: int, batch: int) -> np.ndarray:
+    """The restoration as it was before bands (reference): float64 sums over the whole scene,
+    the tiles touching a gap diffused ``batch`` at a time in row-major order."""
+    from producer.restoration.diffgf import (
+        feather,
+        from_model_range,
+        sample,
+        tile_noise,
+        tile_starts,
+        to_model_range,
+    )
+    from producer.restoration.harmonize import harmonize_float
+
+    h, w = gaps.shape
+    acc, wsum = np.zeros((h, w, 3)), np.zeros((h, w))
+    windows = [(r, c) for r in tile_starts(h, tile, overlap) for c in tile_starts(w, tile, overlap)]
+    todo = [(i, rc) for i, rc in enumerate(windows)
+            if gaps[rc[0]:rc[0] + tile, rc[1]:rc[1] + tile].any()]
+    latent = (4, tile // model.factor, tile // model.factor)
+    for start in range(0, len(todo), batch):
+        chunk = todo[start:start + batch]
+        imgs = np.zeros((len(chunk), tile, tile, 3), np.uint8)
+        unk = np.ones((len(chunk), 1, tile, tile), np.float32)
+        for j, (_, (r, c)) in enumerate(chunk):
+            kn = known[r:r + tile, c:c + tile]
+            imgs[j, :kn.shape[0], :kn.shape[1]] = np.where(kn[..., None],
+                                                           rgb[r:r + tile, c:c + tile], 0)
+            unk[j, 0, :kn.shape[0], :kn.shape[1]] = ~kn
+        noise = torch.stack([tile_noise(latent, seed, i) for i, _ in chunk])
+        gen = from_model_range(sample(model, to_model_range(imgs), torch.from_numpy(unk), noise,
+                                      steps))
+        for j, (_, (r, c)) in enumerate(chunk):
+            th, tw = min(tile, h - r), min(tile, w - c)
+            sl = np.s_[r:r + th, c:c + tw]
+            wt = feather(tile, overlap)[:th, :tw]
+            acc[sl] += harmonize_float(gen[j, :th, :tw], rgb[sl], gaps[sl], known[sl]) * wt[
+                ..., None]
+            wsum[sl] += wt
+    out = rgb.copy()
+    filled = gaps & (wsum > 0)
+    out[filled] = np.clip(np.rint(acc[filled] / wsum[filled][:, None]), 0, 255).astype(np.uint8)
+    return out
+
+
+@pytest.mark.parametrize("batch", [2, 4])
+def test_tiles_are_blended_by_bands_in_float32_with_the_whole_scene_result(
+        tiny: DiffGF, monkeypatch: pytest.MonkeyPatch, batch: int) -> None:
+    """Memory: the float sums of the blend cover a band of tile rows (float32; a batch may
+    reach into the next band), never the scene (float64 sums of the whole scene took ~49 B a
+    pixel: 15.7 GiB for Amery); the result is the whole-scene blend's, to the grey level."""
+    from producer.restoration import diffgf
+
+    allocated: list[tuple[tuple[int, ...], np.dtype]] = []
+    real = diffgf._band_accumulators
+
+    def spy(rows: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        acc, wsum = real(rows, width)
+        allocated.extend([(acc.shape, acc.dtype), (wsum.shape, wsum.dtype)])
+        return acc, wsum
+
+    monkeypatch.setattr(diffgf, "_band_accumulators", spy)
+    img, gaps = _scene((150, 70), seed=2)
+    damaged = apply_gaps(img, gaps)
+    damaged[:, :5] = 0  # outside the footprint: neither gap nor known
+    gaps[:, :5] = False
+    known = ~gaps & damaged.any(axis=2)
+    out = restore_array(tiny, damaged, gaps, known, seed=4, steps=2, tile=32, overlap=8,
+                        batch=batch)
+    assert np.array_equal(out, _whole_scene_blend(tiny, damaged, gaps, known, 4, 2, 32, 8,
+                                                  batch))
+    assert np.array_equal(out[~gaps], damaged[~gaps])
+    assert allocated and all(dtype == np.float32 and shape[0] <= 2 * 32
+                             for shape, dtype in allocated)
+
+
+def test_restoration_memory_does_not_grow_with_float_sums_of_the_scene(
+        tiny: DiffGF, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Peak allocation (diffusion stubbed: the bookkeeping is measured) grows with the scene's
+    height by the uint8 result only, 3 B a pixel: the float sums are a band's, whatever the
+    height (whole-scene float64 sums added 32 B a pixel)."""
+    import tracemalloc
+
+    from producer.restoration import diffgf
+
+    monkeypatch.setattr(diffgf, "sample", lambda model, image, unknown, noise, steps: image)
+
+    def peak(h: int, w: int = 192) -> int:
+        gaps = simulate_slc_off_mask((h, w), angle_deg=5.0, seed=1)
+        rgb = np.random.default_rng(0).integers(1, 256, (h, w, 3), dtype=np.uint8)
+        rgb[gaps] = 0
+        known = ~gaps
+        tracemalloc.start()
+        try:
+            out = restore_array(tiny, rgb, gaps, known, tile=64, overlap=16)
+            top = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert np.array_equal(out[~gaps], rgb[~gaps])
+        return top
+
+    assert (peak(2048) - peak(1024)) / (1024 * 192) < 3.5
+
+
+# --------------------------------------------------------------------------------------------
+# Scene files, provenance facts, the shipped demo weights, demo evaluation
+# --------------------------------------------------------------------------------------------
+
+
+def test_restore_scene_file_reports_settings_and_writes_by_bands(tiny: DiffGF,
+                                                                 tmp_path: Path) -> None:
+    """DiffGF into a file (written by bands of tiles) gives ``restore``'s pixels; the result
+    names the device, seed, DDIM steps, tile and overlap, the gaps and the tiles diffused."""
+    img, gaps = _scene((300, 64))
+    damaged = apply_gaps(img, gaps)
+    src, dst = tmp_path / "LE07_scene.tif", tmp_path / "restored.tif"
+    with rasterio.open(src, "w", driver="GTiff", width=64, height=300, count=3, dtype="uint8",
+                       crs="EPSG:3031", transform=from_origin(0, 0, 30, 30), tiled=True,
+                       blockxsize=16, blockysize=16, compress="lzw") as ds:
+        ds.write(np.moveaxis(damaged, -1, 0))
+    weights = save_diffgf(tiny, tmp_path / "tiny.safetensors")
+    result = restore_scene_file(src, dst, "DiffGF", weights, seed=2, gaps=gaps, device="cpu",
+                                steps=2)
+    with rasterio.open(dst) as ds:
+        out = np.moveaxis(ds.read(), 0, -1)
+    known = ~gaps & damaged.any(axis=2)
+    assert np.array_equal(out, restore_array(load_diffgf(weights), damaged, gaps, known, seed=2,
+                                             steps=2))
+    assert result.device == "cpu" and result.tiles == 2 and result.gap_pixels == gaps.sum()
+    assert result.settings == {"seed": 2, "ddim_steps": 2, "ddim_eta": 0.0, "tile_px": 256,
+                               "overlap_px": 64, "device": "cpu"}
+    assert result.facts() == {"gap_pixels": int(gaps.sum()),
+                              "gap_fraction": round(float(gaps.mean()), 6), "tiles": 2}
+
+
+def test_the_shipped_demo_diffgf_passes_its_integrity_check(tmp_path: Path) -> None:
+    """diffgf_demo.json records the sha256 of the weights beside it, so a weights file that
+    is not the one it was written with is refused; the shipped pair loads."""
+    from producer.provenance import file_sha256
+    from producer.restoration import DEMO_WEIGHTS
+
+    doc = json.loads(DEMO_WEIGHTS.with_suffix(".json").read_text())
+    assert doc["weights_sha256"] == file_sha256(DEMO_WEIGHTS)
+    assert load_diffgf(DEMO_WEIGHTS).meta["state"]["step"] == 10804
+    copy = tmp_path / "diffgf_demo.safetensors"
+    shutil.copy(DEMO_WEIGHTS.with_suffix(".json"), copy.with_suffix(".json"))
+    copy.write_bytes(DEMO_WEIGHTS.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(ValueError, match="is not the weights file diffgf_demo.json"):
+        load_diffgf(copy)
+
+
+def test_evaluate_restoration_on_demo_scenes(tmp_path: Path) -> None:
+    """``--demo N`` scores the restoration of the demo source's own SLC-off scenes (their gaps;
+    the reference is the same date rendered without gaps), as the model card reports."""
+    from producer.restoration.evaluate import demo_scenes
+
+    (scene,) = demo_scenes(1, 64)
+    assert scene.gaps is not None and 0.1 < scene.gaps.mean() < 0.3
+    assert scene.pixels.min() > 0  # complete, whole footprint
+    out = tmp_path / "demo.json"
+    res = CliRunner().invoke(build_app(), ["evaluate-restoration", "--out", str(out), "--demo",
+                                           "2", "--size", "64", "--methods", "FillNodata"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.read_text())
+    assert report["n_images"] == 2 and report["data"] == "demo SLC-off scenes (64 px)"
+    assert report["per_image"][0]["name"] == scene.name
+    assert report["per_image"][0]["gap_fraction"] == pytest.approx(float(scene.gaps.mean()))

@@ -13,22 +13,29 @@ without paying for it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
 from numpy.typing import NDArray
+from rasterio.windows import Window
 
 from producer.provenance import file_sha256
-from producer.restoration.classical import restore_fillnodata
+from producer.restoration.classical import (
+    MAX_SEARCH_DISTANCE,
+    SMOOTHING_ITERATIONS,
+    restore_fillnodata,
+)
 from producer.slcoff import detect_gaps, footprint_of
 from producer.spec import RESTORATION_METHODS
 from producer.writer import atomic_path
 
 if TYPE_CHECKING:
+    import torch
+
     from producer.restoration.diffgf import DiffGF
 
 #: The demo DiffGF trained by ``icedamage train-diffgf`` (see DIFFGF_MODEL_CARD.md there).
@@ -55,9 +62,38 @@ class RestorationResult:
     method: str
     gap_pixels: int
     gap_fraction: float
+    """Gap pixels over the pixels with data or a gap (the scene's footprint as restored)."""
     weights: str | None
     weights_sha256: str | None
     seed: int
+    device: str = "cpu"
+    """Where the method ran (a torch device for DiffGF; GDAL's FillNodata runs on the CPU)."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """The method's settings that shape the result (``method_settings``)."""
+    tiles: int | None = None
+    """DiffGF: tiles diffused (the windows touching a gap); None for FillNodata."""
+
+    def facts(self) -> dict[str, Any]:
+        """The per-scene facts for the provenance (gap pixels, gap fraction, tiles)."""
+        out: dict[str, Any] = {"gap_pixels": self.gap_pixels,
+                               "gap_fraction": round(self.gap_fraction, 6)}
+        if self.tiles is not None:
+            out["tiles"] = self.tiles
+        return out
+
+
+def method_settings(method: str, seed: int = 0, steps: int | None = None,
+                    device: str = "cpu") -> dict[str, Any]:
+    """The settings of a restoration method, as the provenance records them: DiffGF's seed,
+    DDIM steps (eta 0), tile size and overlap (px) and device; FillNodata's search distance
+    (px) and smoothing iterations."""
+    if check_method(method) == "FillNodata":
+        return {"max_search_distance_px": MAX_SEARCH_DISTANCE,
+                "smoothing_iterations": SMOOTHING_ITERATIONS, "device": "cpu"}
+    from producer.restoration.diffgf import DEFAULT_STEPS, OVERLAP, TILE
+
+    return {"seed": seed, "ddim_steps": DEFAULT_STEPS if steps is None else steps,
+            "ddim_eta": 0.0, "tile_px": TILE, "overlap_px": OVERLAP, "device": device}
 
 
 def check_method(method: str) -> str:
@@ -103,8 +139,11 @@ def restore(
     progress: Progress | None = None,
     *,
     steps: int | None = None,
+    device: torch.device | str | None = None,
 ) -> NDArray[np.uint8]:
-    """Fill the ``gap_mask`` pixels of an HWC uint8 RGB image; every other pixel is unchanged."""
+    """Fill the ``gap_mask`` pixels of an HWC uint8 RGB image; every other pixel is unchanged.
+
+    ``device``: where DiffGF runs (the model is moved there; default: where it is)."""
     check_method(method)
     if rgb.ndim != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an HWC uint8 image, got {rgb.dtype} {rgb.shape}")
@@ -121,7 +160,35 @@ def restore(
 
     model = resolve_model(weights)
     kwargs = {} if steps is None else {"steps": steps}
-    return restore_array(model, rgb, gaps, known, seed=seed, progress=progress, **kwargs)
+    return restore_array(model, rgb, gaps, known, seed=seed, progress=progress, device=device,
+                         **kwargs)
+
+
+class _BlockRows:
+    """Writes finished rows of a scene to a raster in whole rows of its blocks (a band of
+    DiffGF tiles ends anywhere; re-writing a compressed block would grow the file)."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+        self.block = max(1, dataset.block_shapes[0][0])
+        self.first = 0
+        self.pending: list[NDArray[np.uint8]] = []
+
+    def __call__(self, r0: int, rows: NDArray[np.uint8]) -> None:
+        """Take rows ``r0 ...`` (HWC); write those that complete whole block rows."""
+        self.pending.append(rows)
+        end = r0 + len(rows)
+        ready = end - (end % self.block) if end < self.dataset.height else end
+        if ready > self.first:
+            self._write(ready)
+
+    def _write(self, end: int) -> None:
+        stacked = np.concatenate(self.pending)
+        n = end - self.first
+        window = Window(0, self.first, self.dataset.width, n)
+        self.dataset.write(np.moveaxis(stacked[:n], -1, 0), window=window)
+        self.pending = [stacked[n:]] if n < len(stacked) else []
+        self.first = end
 
 
 def restore_scene_file(
@@ -132,30 +199,65 @@ def restore_scene_file(
     seed: int = 0,
     progress: Progress | None = None,
     footprint: NDArray[np.bool_] | None = None,
+    *,
+    gaps: NDArray[np.bool_] | None = None,
+    device: torch.device | str | None = None,
+    steps: int | None = None,
 ) -> RestorationResult:
     """Restore the SLC-off gaps of a 3-band UInt8 GeoTIFF into ``dst`` (same georeferencing).
 
-    Gaps are the pixels zero in all bands inside the footprint (given, or the filled hull of
-    the non-zero pixels). ``dst`` is written atomically.
+    ``gaps`` as given (the producer passes the gaps of its scene masks, within the ROI), else
+    detected inside the footprint (given, or the filled hull of the non-zero pixels) by
+    ``detect_gaps``. DiffGF runs on ``device`` (default: the CPU) and writes ``dst`` by bands
+    of tiles, so no float copy of the scene is held. ``dst`` is written atomically.
     """
     check_method(method)
-    if method == "DiffGF":
-        resolve_model(weights)  # fail before reading a large scene
+    model = resolve_model(weights) if method == "DiffGF" else None  # fail before reading
     with rasterio.open(src) as ds:
         if ds.count != 3 or ds.dtypes[0] != "uint8":
             raise ValueError(f"{src}: expected 3 UInt8 bands, found {ds.count} {ds.dtypes[0]}")
         profile = ds.profile
         rgb = np.moveaxis(ds.read(), 0, -1)
-    gaps = detect_gaps(rgb, footprint if footprint is not None else footprint_of(rgb))
-    out = restore(rgb, gaps, method, weights, seed, progress)
+    if gaps is None:
+        gaps = detect_gaps(rgb, footprint if footprint is not None else footprint_of(rgb))
+    elif gaps.shape != rgb.shape[:2]:
+        raise ValueError(f"{src}: gap mask {gaps.shape} and image {rgb.shape[:2]} differ in size")
+    known = known_pixels(rgb, gaps)
+    where = "cpu" if model is None else str(_device(device))
+    tiles = None
     with atomic_path(Path(dst)) as tmp, rasterio.open(tmp, "w", **profile) as dst_ds:
-        dst_ds.write(np.moveaxis(out, -1, 0))
-    wpath = None if method != "DiffGF" or weights is None else Path(weights)
+        if model is None:
+            dst_ds.write(np.moveaxis(restore(rgb, gaps, method, progress=progress), -1, 0))
+        else:
+            tiles = _restore_diffgf_file(model, rgb, gaps, known, dst_ds, seed, steps, where,
+                                         progress)
+    wpath = None if model is None or weights is None else Path(weights)
     return RestorationResult(
         method=method,
         gap_pixels=int(gaps.sum()),
-        gap_fraction=float(gaps.sum() / max(1, (gaps | known_pixels(rgb, gaps)).sum())),
+        gap_fraction=float(gaps.sum() / max(1, (gaps | known).sum())),
         weights=str(wpath) if wpath else None,
         weights_sha256=file_sha256(wpath) if wpath else None,
         seed=seed,
+        device=where,
+        settings=method_settings(method, seed, steps, where),
+        tiles=tiles,
     )
+
+
+def _device(device: torch.device | str | None) -> torch.device:
+    """The torch device DiffGF runs on: as given (``"auto"``: CUDA when present), else CPU."""
+    from producer.segmentation.inference import resolve_device
+
+    return resolve_device("cpu" if device is None else device)
+
+
+def _restore_diffgf_file(model: DiffGF, rgb: NDArray[np.uint8], gaps: NDArray[np.bool_],
+                         known: NDArray[np.bool_], dst_ds: Any, seed: int, steps: int | None,
+                         device: str, progress: Progress | None) -> int:
+    """DiffGF into an open raster, by bands of tiles; the number of tiles diffused."""
+    from producer.restoration.diffgf import DEFAULT_STEPS, SamplingSettings, restore_bands
+
+    settings = SamplingSettings(seed=seed, steps=DEFAULT_STEPS if steps is None else steps)
+    return restore_bands(model, rgb, gaps, known, _BlockRows(dst_ds), settings, progress,
+                         device)

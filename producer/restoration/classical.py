@@ -15,6 +15,8 @@ from rasterio.fill import fillnodata
 
 #: Farthest a valid pixel is looked for, in pixels (SLC-off gaps are at most ~14 px wide).
 MAX_SEARCH_DISTANCE = 100.0
+#: Smoothing passes GDAL runs over the filled pixels (none: the fill stays an interpolation).
+SMOOTHING_ITERATIONS = 0
 
 
 def restore_fillnodata(
@@ -23,7 +25,7 @@ def restore_fillnodata(
     known: NDArray[np.bool_],
     *,
     max_search_distance: float = MAX_SEARCH_DISTANCE,
-    smoothing_iterations: int = 0,
+    smoothing_iterations: int = SMOOTHING_ITERATIONS,
 ) -> NDArray[np.uint8]:
     """Fill ``gaps`` of an HWC uint8 image from the ``known`` pixels; others stay unchanged."""
     out = rgb.copy()

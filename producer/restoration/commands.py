@@ -96,7 +96,10 @@ def evaluate_restoration(
         help="Folder of complete tiles; default: held-out synthetic tiles.", exists=True,
         file_okay=False)] = None,
     synthetic: Annotated[int, typer.Option(help="Held-out synthetic tiles when no --data.")] = 16,
-    size: Annotated[int, typer.Option(help="Synthetic tile size.")] = 256,
+    demo: Annotated[int, typer.Option(
+        help="Evaluate on this many demo Landsat 7 SLC-off scenes instead (their own gaps; "
+             "reference: the same date rendered without gaps), --size px a side.")] = 0,
+    size: Annotated[int, typer.Option(help="Synthetic tile or demo window size.")] = 256,
     seed: Annotated[int, typer.Option(help="Seed of masks and sampling.")] = 0,
     steps: Annotated[int, typer.Option(help="DDIM steps.")] = 20,
     segmentation: Annotated[Path | None, typer.Option(
@@ -106,13 +109,20 @@ def evaluate_restoration(
 ) -> None:
     """Simulate SLC-off on complete images, restore, report PSNR/SSIM/UIQI/CC/RMSE."""
     from producer.restoration.api import MissingWeightsError, resolve_model
-    from producer.restoration.evaluate import evaluate, folder_images, held_out_synthetic
+    from producer.restoration.evaluate import (
+        demo_scenes,
+        evaluate,
+        folder_images,
+        held_out_synthetic,
+    )
 
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     unknown = [m for m in chosen if m not in RESTORATION_METHODS]
     if unknown or not chosen:
         raise typer.BadParameter(f"--methods {methods!r}: choose among "
                                  f"{sorted(RESTORATION_METHODS)}")
+    if demo and data:
+        raise typer.BadParameter("--demo and --data exclude each other: choose one set of images")
     model = None
     if "DiffGF" in chosen:
         try:
@@ -120,14 +130,16 @@ def evaluate_restoration(
         except MissingWeightsError as exc:
             console.print(f"[red]{exc}")
             raise typer.Exit(1) from exc
-    images = folder_images(data) if data else held_out_synthetic(synthetic, size)
+    images = (folder_images(data) if data else demo_scenes(demo, size) if demo
+              else held_out_synthetic(synthetic, size))
     segment = _segmenter(segmentation) if segmentation else None
     with _progress() as bar:
         task = bar.add_task("evaluate", total=len(images) * len(chosen), info="")
         report = evaluate(images, chosen, model, seed=seed, steps=steps,
                           progress=lambda d, t: bar.update(task, completed=d), segment=segment)
     report["segmentation_weights"] = str(segmentation) if segmentation else None
-    report["data"] = str(data) if data else f"synthetic held-out tiles ({size} px)"
+    report["data"] = (str(data) if data else f"demo SLC-off scenes ({size} px)" if demo
+                      else f"synthetic held-out tiles ({size} px)")
     report["diffgf_weights"] = str(diffgf) if diffgf else None
     report["ddim_steps"] = steps
     with atomic_path(out) as tmp:

@@ -12,7 +12,10 @@ decoded to pixels.
 Stage 2 (``harmonize.py``): mask-guided harmonization in pixel space keeps every known pixel
 exactly and removes the seams between generated and known regions.
 
-Whole scenes are processed in overlapping 256-pixel tiles blended with feathered weights.
+Whole scenes are processed in overlapping 256-pixel tiles blended with feathered weights, band
+of tile rows by band (``restore_bands``: float sums of about one band, finished rows written
+out), on the model's device (``sample`` moves each batch there; a tile's initial noise is drawn
+on the CPU from the seed and the tile's index, so it is the same on every device).
 
 The networks are built from a configuration only (``AutoencoderKL``, ``UNet2DModel``,
 ``DDIMScheduler`` from diffusers); weights are read from local files only, never downloaded: a
@@ -319,9 +322,18 @@ def conditioning(
 
 
 def tile_noise(shape: tuple[int, ...], seed: int, tile_index: int) -> torch.Tensor:
-    """The initial noise of one tile: depends on the seed and the tile only, not on batching."""
+    """The initial noise of one tile: depends on the seed and the tile only, not on batching.
+
+    Drawn by a CPU generator whatever device the model runs on (``sample`` moves it there), so
+    a seed gives the same starting noise on every device; the results of different devices
+    still differ by float rounding (their kernels differ), at most a grey level or so."""
     gen = torch.Generator().manual_seed((seed * 1_000_003 + tile_index) % (2**63))
     return torch.randn(shape, generator=gen)
+
+
+def model_device(model: DiffGF) -> torch.device:
+    """The device the model's networks are on (their first parameter's)."""
+    return next(model.unet.parameters()).device
 
 
 @torch.inference_mode()
@@ -332,7 +344,11 @@ def sample(
     noise: torch.Tensor,
     steps: int = DEFAULT_STEPS,
 ) -> torch.Tensor:
-    """DDIM (eta = 0) inpainting of a batch: images in [-1, 1], masks (1 = fill) → images."""
+    """DDIM (eta = 0) inpainting of a batch: images in [-1, 1], masks (1 = fill) → images.
+
+    The batch is moved to the model's device; the result stays there."""
+    device = model_device(model)
+    image, unknown, noise = image.to(device), unknown.to(device), noise.to(device)
     mask_latent, cond = conditioning(model, image, unknown)
     sched = DDIMScheduler.from_config(model.scheduler.config)
     sched.set_timesteps(steps)
@@ -366,9 +382,165 @@ def feather(tile: int, overlap: int) -> NDArray[np.float32]:
 
 
 def _windows(shape: tuple[int, int], tile: int, overlap: int) -> Iterator[tuple[int, int]]:
+    """Window starts (row, column) covering ``shape``, in row-major order (the tile index)."""
     for r in tile_starts(shape[0], tile, overlap):
         for c in tile_starts(shape[1], tile, overlap):
             yield r, c
+
+
+def _tile_batches(todo: list[tuple[int, tuple[int, int]]], batch: int
+                  ) -> Iterator[list[tuple[int, tuple[int, int]]]]:
+    """``todo`` (tile index, window start) in chunks of at most ``batch``."""
+    for start in range(0, len(todo), batch):
+        yield todo[start:start + batch]
+
+
+def _band_accumulators(rows: int, width: int) -> tuple[NDArray[np.float32],
+                                                       NDArray[np.float32]]:
+    """The blending sums of one band of tile rows: weighted values (rows, width, 3) and weights
+    (rows, width), float32 (16 B a pixel of the band; the scene is never held in float)."""
+    return np.zeros((rows, width, 3), np.float32), np.zeros((rows, width), np.float32)
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How a scene is cut into diffusion tiles and sampled (recorded in the provenance)."""
+
+    seed: int = 0
+    steps: int = DEFAULT_STEPS
+    tile: int = TILE
+    overlap: int = OVERLAP
+    batch: int = 4
+    """Tiles per forward call: changes speed, and the result by float rounding at most (batched
+    kernels may sum in another order; a grey level at a rare pixel)."""
+
+
+RowSink = Callable[[int, NDArray[np.uint8]], None]
+"""Receives finished rows of the restored scene: (first row, rows HWC uint8), in row order."""
+
+
+def restore_bands(
+    model: DiffGF,
+    rgb: NDArray[np.uint8],
+    gaps: NDArray[np.bool_],
+    known: NDArray[np.bool_],
+    write: RowSink,
+    settings: SamplingSettings = SamplingSettings(),
+    progress: Callable[[int, int], None] | None = None,
+    device: torch.device | str | None = None,
+) -> int:
+    """DiffGF (both stages) on a whole HWC scene, written out row band by row band; returns
+    the number of tiles diffused.
+
+    Tiles are diffused in row-major order, ``settings.batch`` at a time (the batches of a
+    whole-scene run, so the same floats). Rows above the next tile's first row get no more
+    contributions: they are blended, go to ``write`` (at most ``tile`` rows a call) and their
+    float32 sums are dropped (``_RollingSums``), so the sums cover about one band of tile rows
+    (more only when a batch spans several bands), never the scene. The result is the
+    whole-scene blend's up to float32 rounding of the sums. Only ``gaps`` pixels change.
+    ``device`` moves the model there first (default: where it is).
+    """
+    from producer.restoration.harmonize import harmonize_float
+
+    tile, overlap = settings.tile, settings.overlap
+    if tile % model.multiple:
+        raise ValueError(f"tile {tile} must be a multiple of {model.multiple}")
+    if device is not None:
+        model.to(device)
+    h, w = gaps.shape
+    weight = feather(tile, overlap)
+    todo = [(i, rc) for i, rc in enumerate(_windows((h, w), tile, overlap))
+            if gaps[rc[0]:rc[0] + tile, rc[1]:rc[1] + tile].any()]
+    latent_shape = (model.unet.config.out_channels, tile // model.factor, tile // model.factor)
+    sums = _RollingSums(w)
+    done = 0
+    for chunk in _tile_batches(todo, settings.batch):
+        gen = _generate(model, rgb, known, chunk, tile, latent_shape, settings)
+        for j, (_, (r, c)) in enumerate(chunk):
+            th, tw = min(tile, h - r), min(tile, w - c)
+            sl = np.s_[r:r + th, c:c + tw]
+            sums.add(r, c, harmonize_float(gen[j, :th, :tw], rgb[sl], gaps[sl], known[sl]),
+                     weight[:th, :tw])
+        done += len(chunk)
+        if progress is not None:
+            progress(done, len(todo))
+        _write_finished(sums, todo[done][1][0] if done < len(todo) else h, rgb, gaps, write,
+                        tile)
+    _write_finished(sums, h, rgb, gaps, write, tile)
+    return len(todo)
+
+
+class _RollingSums:
+    """Blending sums (weighted values, weights) of the rows from ``first`` on that are not yet
+    written: grown when a tile reaches below them, cut when rows are finished."""
+
+    def __init__(self, width: int) -> None:
+        self.first = 0
+        self.acc, self.wsum = _band_accumulators(0, width)
+
+    def _cover(self, rows: int) -> None:
+        """Make the sums hold at least ``rows`` rows from ``first`` (new rows are zeros)."""
+        if rows <= len(self.wsum):
+            return
+        acc, wsum = _band_accumulators(rows, self.wsum.shape[1])
+        acc[:len(self.wsum)], wsum[:len(self.wsum)] = self.acc, self.wsum
+        self.acc, self.wsum = acc, wsum
+
+    def add(self, r: int, c: int, values: NDArray[np.floating],
+            weight: NDArray[np.float32]) -> None:
+        """Add one tile's values (rows ``r ...``, columns ``c ...``) with its weights."""
+        th, tw = weight.shape
+        self._cover(r + th - self.first)
+        rows, cols = slice(r - self.first, r + th - self.first), slice(c, c + tw)
+        self.acc[rows, cols] += values * weight[..., None]
+        self.wsum[rows, cols] += weight
+
+    def pop(self, end: int) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """The sums of rows ``first`` to ``end``, dropped from here."""
+        n = end - self.first
+        self._cover(n)
+        out = self.acc[:n], self.wsum[:n]
+        self.acc, self.wsum = self.acc[n:], self.wsum[n:]
+        self.first = end
+        return out
+
+
+def _write_finished(sums: _RollingSums, end: int, rgb: NDArray[np.uint8],
+                    gaps: NDArray[np.bool_], write: RowSink, most: int) -> None:
+    """Blend and write the rows from ``sums.first`` to ``end``, at most ``most`` at a time
+    (a long stretch without gaps is copied a bit at a time, not at once)."""
+    while sums.first < end:
+        r0 = sums.first
+        r1 = min(end, r0 + most)
+        acc, wsum = sums.pop(r1)
+        write(r0, _finished_rows(rgb[r0:r1], gaps[r0:r1], acc, wsum))
+
+
+def _generate(model: DiffGF, rgb: NDArray[np.uint8], known: NDArray[np.bool_],
+              chunk: list[tuple[int, tuple[int, int]]], tile: int,
+              latent_shape: tuple[int, int, int], settings: SamplingSettings
+              ) -> NDArray[np.float32]:
+    """Stage 1 on a batch of tiles: (tiles, tile, tile, 3) float pixels; only the known pixels
+    condition it, tiles sticking out of the scene are padded as unknown."""
+    imgs = np.zeros((len(chunk), tile, tile, 3), np.uint8)
+    unk = np.ones((len(chunk), 1, tile, tile), np.float32)
+    for j, (_, (r, c)) in enumerate(chunk):
+        kn = known[r:r + tile, c:c + tile]
+        imgs[j, :kn.shape[0], :kn.shape[1]] = np.where(kn[..., None],
+                                                       rgb[r:r + tile, c:c + tile], 0)
+        unk[j, 0, :kn.shape[0], :kn.shape[1]] = ~kn
+    noise = torch.stack([tile_noise(latent_shape, settings.seed, i) for i, _ in chunk])
+    return from_model_range(sample(model, to_model_range(imgs), torch.from_numpy(unk), noise,
+                                   settings.steps))
+
+
+def _finished_rows(rgb: NDArray[np.uint8], gaps: NDArray[np.bool_], acc: NDArray[np.float32],
+                   wsum: NDArray[np.float32]) -> NDArray[np.uint8]:
+    """Rows of the result: the input, with the blended value at each gap pixel a tile covered."""
+    out = rgb.copy()
+    filled = gaps & (wsum > 0)
+    out[filled] = np.clip(np.rint(acc[filled] / wsum[filled][:, None]), 0, 255).astype(np.uint8)
+    return out
 
 
 def restore_array(
@@ -383,49 +555,21 @@ def restore_array(
     overlap: int = OVERLAP,
     batch: int = 4,
     progress: Callable[[int, int], None] | None = None,
+    device: torch.device | str | None = None,
 ) -> NDArray[np.uint8]:
     """DiffGF (both stages) on a whole HWC scene; only ``gaps`` pixels change.
 
     ``known`` marks the pixels that hold data (used as conditioning and as harmonization
     boundary); other non-gap pixels (outside the footprint) stay as they are and are treated as
-    unknown by the model.
+    unknown by the model. Processed by bands of tiles (``restore_bands``): besides the result,
+    memory holds one band's float sums. ``device``: where the model runs (it is moved there).
     """
-    from producer.restoration.harmonize import harmonize_float
+    out = np.empty_like(rgb)
 
-    if tile % model.multiple:
-        raise ValueError(f"tile {tile} must be a multiple of {model.multiple}")
-    h, w = gaps.shape
-    acc = np.zeros((h, w, 3), np.float64)
-    wsum = np.zeros((h, w), np.float64)
-    weight = feather(tile, overlap)
-    todo = [(i, rc) for i, rc in enumerate(_windows((h, w), tile, overlap))
-            if gaps[rc[0]:rc[0] + tile, rc[1]:rc[1] + tile].any()]
-    done = 0
-    for start in range(0, len(todo), batch):
-        chunk = todo[start:start + batch]
-        imgs = np.zeros((len(chunk), tile, tile, 3), np.uint8)
-        unk = np.ones((len(chunk), 1, tile, tile), np.float32)
-        for j, (_, (r, c)) in enumerate(chunk):
-            kn = known[r:r + tile, c:c + tile]
-            imgs[j, :kn.shape[0], :kn.shape[1]] = np.where(kn[..., None],
-                                                           rgb[r:r + tile, c:c + tile], 0)
-            unk[j, 0, :kn.shape[0], :kn.shape[1]] = ~kn
-        latent_shape = (model.unet.config.out_channels, tile // model.factor,
-                        tile // model.factor)
-        noise = torch.stack([tile_noise(latent_shape, seed, i) for i, _ in chunk])
-        gen = from_model_range(sample(model, to_model_range(imgs), torch.from_numpy(unk),
-                                      noise, steps))
-        for j, (_, (r, c)) in enumerate(chunk):
-            th, tw = min(tile, h - r), min(tile, w - c)
-            sl = np.s_[r:r + th, c:c + tw]
-            tile_out = harmonize_float(gen[j, :th, :tw], rgb[sl], gaps[sl], known[sl])
-            wt = weight[:th, :tw]
-            acc[sl] += tile_out * wt[..., None]
-            wsum[sl] += wt
-        done += len(chunk)
-        if progress is not None:
-            progress(done, len(todo))
-    out = rgb.copy()
-    filled = gaps & (wsum > 0)
-    out[filled] = np.clip(np.rint(acc[filled] / wsum[filled][:, None]), 0, 255).astype(np.uint8)
+    def write(r0: int, rows: NDArray[np.uint8]) -> None:
+        out[r0:r0 + len(rows)] = rows
+
+    restore_bands(model, rgb, gaps, known, write,
+                  SamplingSettings(seed=seed, steps=steps, tile=tile, overlap=overlap, batch=batch),
+                  progress, device)
     return out

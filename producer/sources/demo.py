@@ -16,6 +16,22 @@ writing) runs offline and can be checked against a known answer:
   partial footprints (an oblique swath edge), and for Landsat 7 summers from 2003 the real
   SLC-off gap geometry of ``producer.slcoff``.
 
+SLC-off scenes, and where they differ from real ones
+    The gaps follow ``producer.slcoff.simulate_slc_off_mask`` with a gap-free band of
+    ``DEMO_GAP_FREE_CENTRE`` (20 %) of the swath around the centre line, as Level-1 products
+    have (USGS), ~22 % missing overall, wedges widening to 14 px. A swath edge of an SLC-off
+    scene runs along track, i.e. at right angles to the scan lines (the stripes), on a side
+    picked per date; scenes of other sensors (no stripes to relate it to) keep a drawn edge
+    orientation. Two simplifications are deliberate and stay:
+
+    * scan angle: every shelf draws the scan direction from U(-20°, 20°) to the grid x axis,
+      whereas in EPSG:3031 the real direction depends on where the shelf is and on the orbit
+      (about -48° to 85° over the registered shelves; descending and ascending passes differ);
+    * swath compression: the demo window (1024 px = 31 km by default) stands for a whole
+      185 km swath, so gaps widen from nothing to 14 px across half the window instead of
+      across 3,084 px (about 6 times faster), and a swath edge cut into the window is not where
+      the real widest gaps would be.
+
 The damage geometry of a shelf-year depends only on (shelf, year), so every scene of a summer
 shows the same damage and merged predictions are consistent; it evolves slowly across years.
 Everything depends only on (shelf, year, date) through stable SHA-256-derived seeds, so scenes
@@ -34,7 +50,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +64,7 @@ from shapely.ops import unary_union
 from skimage.draw import polygon as draw_polygon
 
 from producer.grid import Grid
-from producer.slcoff import simulate_slc_off_mask
+from producer.slcoff import DEMO_GAP_FREE_CENTRE, simulate_slc_off_mask
 from producer.sources.base import FOOTPRINT_KEY, Scene
 from producer.spec import ENCODING, SENSOR_ORDER, SENSORS, summer_window
 
@@ -472,7 +488,8 @@ def render_scene(layout: Layout, cond: SceneConditions, date_key: str) -> Render
     gaps = np.zeros(shape_, bool)
     if cond.slc_off:
         gaps = simulate_slc_off_mask(shape_, angle_deg=cond.slc_angle,
-                                     seed=stable_seed(date_key, "slc")) & footprint
+                                     seed=stable_seed(date_key, "slc"),
+                                     gap_free_centre=DEMO_GAP_FREE_CENTRE) & footprint
     rgb[~footprint | gaps] = 0
     cloud = ((opacity > 0.2) | (shadow > 0.2)) & footprint
     return RenderedScene(rgb, layout.damage.copy(), cloud, footprint, gaps)
@@ -542,9 +559,21 @@ def plan_summer(shelf: str, year: int) -> list[PlannedScene]:
             slc_off=SENSORS[sensor].slc_off_in(year),
             slc_angle=float(srng.uniform(-20.0, 20.0)),
         )
+        if cond.slc_off:
+            cond = replace(cond, footprint_angle=along_track_edge(cond.footprint_angle,
+                                                                  cond.slc_angle))
         scene_id = f"DEMO_{sensor}_{shelf.replace(' ', '')}_{day:%Y%m%d}"
         plans.append(PlannedScene(scene_id, sensor, day, cond))
     return plans
+
+
+def along_track_edge(drawn: float, scan_angle_deg: float) -> float:
+    """The ``footprint_angle`` of a swath edge running along track: its normal is the scan
+    direction ``scan_angle_deg`` (``producer.slcoff``'s angle, counter-clockwise as displayed,
+    rows down). ``drawn`` (radians in [0, 2π), the angle drawn for the date) picks the side the
+    scene lies on."""
+    side = np.pi if drawn >= np.pi else 0.0
+    return float(np.mod(side - np.deg2rad(scan_angle_deg), 2 * np.pi))
 
 
 def render_planned(shelf: str, year: int, plan: PlannedScene, size: int,
