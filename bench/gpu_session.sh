@@ -93,9 +93,9 @@ DENSE="python3 bench/inference.py --device cuda --no-throughput --rss-dense --rs
     --threads 8 --compile auto --rss-scene /tmp/scene --split-tf32"
 echo "== split 2: dense 10,000² MiT-b2 TTA, compiled split TF32, batch 32"
 timeout "$(left 110)" $DENSE --tta on --batch-size 32 2>&1 | tee "$OUT/split_dense.jsonl"
-echo "== split 3: tests/test_cuda.py inference against the CPU (split TF32 included)"
+echo "== split 3: CUDA inference (split TF32 included) and DiffGF against the CPU"
 timeout "$(left 150)" python3 -m pytest -v -p no:cacheprovider --noconftest tests/test_cuda.py \
-    -k "matches_the_cpu_reference" 2>&1 | tee "$OUT/test_cuda_split.log" \
+    tests/test_restoration.py -k "matches_the_cpu" 2>&1 | tee "$OUT/test_cuda_split.log" \
     | grep -E "PASS|FAIL|ERROR|passed|failed|Error"
 echo "== split 4: dense MiT-b2 without TTA, MiT-b0 with and without"
 timeout "$(left 70)" $DENSE --tta off --rss-variant b2 --batch-size 32 2>&1 \
@@ -109,8 +109,9 @@ echo "== split: done after $SECONDS s"
 fi
 
 if [[ $STAGES == *tests* ]]; then
-echo "== tests/test_cuda.py"
-timeout 240 python3 -m pytest -q -p no:cacheprovider --noconftest tests/test_cuda.py 2>&1 \
+echo "== tests/test_cuda.py, and DiffGF restoration on CUDA against the CPU"
+timeout 240 python3 -m pytest -q -p no:cacheprovider --noconftest tests/test_cuda.py \
+    "tests/test_restoration.py::test_diffgf_on_cuda_matches_the_cpu_up_to_rounding" 2>&1 \
     | tee "$OUT/test_cuda.log" | tail -8
 fi
 
