@@ -88,7 +88,7 @@ def write_metadata_ods(path: Path, rows: list[OdsRow]) -> Path:
     with atomic_path(Path(path)) as tmp, pd.ExcelWriter(tmp, engine="odf") as writer:
         frame.to_excel(writer, sheet_name=SUMMARY_SHEET, index=False)
         for shelf in sorted(frame["shelf"].unique()):
-            frame[frame["shelf"] == shelf].to_excel(writer, sheet_name=shelf[:31],
+            frame[frame["shelf"] == shelf].to_excel(writer, sheet_name=shelf_sheet_name(shelf),
                                                     index=False)
     return Path(path)
 
@@ -127,6 +127,45 @@ def _row(record: dict[str, object]) -> OdsRow:
     )
 
 
+def read_sheets(path: Path) -> dict[str, pd.DataFrame]:
+    """Every sheet of metadata.ods by name, cells as the text written."""
+    # cells are text as written: pandas would read a scene id "NaN", "NA" or "null" as missing
+    return pd.read_excel(path, sheet_name=None, engine="odf", dtype=str, keep_default_na=False)
+
+
+def sheet_table(path: Path, sheet: str,
+                frame: pd.DataFrame) -> tuple[list[OdsRow], frozenset[str]]:
+    """The rows of one sheet and its columns (normalised names); ValueError naming the file
+    and sheet when it lacks a ``shelf`` or ``year`` column."""
+    frame = frame.rename(columns=lambda c: str(c).strip().lower().replace(" ", "_"))
+    missing = [c for c in ("shelf", "year") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: sheet {sheet!r} lacks column(s) {missing}; "
+                         f"expected {list(COLUMNS)}")
+    rows = [_row(record) for record in frame.to_dict("records")
+            if _text(record.get("shelf")) is not None]
+    return rows, frozenset(str(c) for c in frame.columns)
+
+
+def shelf_sheet_name(shelf: str) -> str:
+    """The name of a shelf's own sheet (spreadsheets allow 31 characters)."""
+    return shelf[:31]
+
+
+def table_of(path: Path, sheets: dict[str, pd.DataFrame]
+             ) -> tuple[list[OdsRow], frozenset[str]]:
+    """The rows and columns of metadata.ods from its sheets: the Summary sheet, or every sheet
+    when there is none (an authors' file)."""
+    chosen = {SUMMARY_SHEET: sheets[SUMMARY_SHEET]} if SUMMARY_SHEET in sheets else sheets
+    rows: list[OdsRow] = []
+    columns: set[str] = set()
+    for sheet, frame in chosen.items():
+        sheet_rows, sheet_columns = sheet_table(path, sheet, frame)
+        rows.extend(sheet_rows)
+        columns.update(sheet_columns)
+    return rows, frozenset(columns)
+
+
 def read_metadata_table(path: Path) -> tuple[list[OdsRow], frozenset[str]]:
     """The rows of metadata.ods and the columns its sheet(s) have (normalised names).
 
@@ -134,24 +173,7 @@ def read_metadata_table(path: Path) -> tuple[list[OdsRow], frozenset[str]]:
     is a fact that contradicts the product, while a column the file lacks altogether (an
     authors' file with only shelf, year and dates) leaves that fact unknown.
     """
-    # cells are text as written: pandas would read a scene id "NaN", "NA" or "null" as missing
-    sheets = pd.read_excel(path, sheet_name=None, engine="odf", dtype=str,
-                           keep_default_na=False)
-    chosen = {SUMMARY_SHEET: sheets[SUMMARY_SHEET]} if SUMMARY_SHEET in sheets else sheets
-    rows: list[OdsRow] = []
-    columns: set[str] = set()
-    for sheet, frame in chosen.items():
-        frame = frame.rename(columns=lambda c: str(c).strip().lower().replace(" ", "_"))
-        missing = [c for c in ("shelf", "year") if c not in frame.columns]
-        if missing:
-            raise ValueError(f"{path}: sheet {sheet!r} lacks column(s) {missing}; "
-                             f"expected {list(COLUMNS)}")
-        columns.update(str(c) for c in frame.columns)
-        for record in frame.to_dict("records"):
-            if _text(record.get("shelf")) is None:
-                continue
-            rows.append(_row(record))
-    return rows, frozenset(columns)
+    return table_of(path, read_sheets(path))
 
 
 def read_metadata_ods(path: Path) -> list[OdsRow]:

@@ -414,7 +414,16 @@ class Publisher:
         else:
             for name in clean_work_folders(self.release):
                 self.say(f"[1/7] tidied {name}/, left by an interrupted write-back")
-        problems = validation_problems(self.release, leftovers)
+        _, old_catalog = work_folders(self.release)
+        if (self.o.dry_run and old_catalog.is_dir()
+                and not (self.release / STAC_CATALOG_DIR).exists()):
+            # the catalog waits in the working folder until tidied: the release as it is now
+            # lacks it, and a dry run may not move it back to validate it
+            self.say(f"[dry run] the catalog is in {old_catalog.name}/ until tidied: the "
+                     "validator runs on it with --resume")
+            problems = []
+        else:
+            problems = validation_problems(self.release, leftovers)
         if problems:
             shown = "\n  ".join(problems[:20])
             more = f"\n  … and {len(problems) - 20} more" if len(problems) > 20 else ""

@@ -1627,3 +1627,309 @@ def test_an_item_index_not_written_with_the_catalog_is_refused_and_rebuilt(
     assert not catalog_release(cataloged, PAPER_FACTORS).skipped
     assert _index_is_the_catalogs(cataloged)
     assert catalog_release(cataloged, PAPER_FACTORS).skipped
+
+
+# --------------------------------------------------------------------------------------------
+# Catalog rule gaps: a missing root catalog, item fields against the product name and the
+# provenance record, the ROI's grid and attribute, implausible provenance, link loops, the
+# per-shelf sheets of metadata.ods, geometry within the builder's tolerance
+# --------------------------------------------------------------------------------------------
+
+NOT_CATALOGED = ("catalog-missing", "stac/catalog.json")
+
+
+def all_problems(release: Path, check_stats: bool = True) -> list:
+    """Every problem of the three catalog rule sets (never raising: a rule set that raises
+    fails the test)."""
+    rule_sets = [StacSchemaRules(SCHEMAS), CatalogConsistencyRules(check_stats=check_stats),
+                 ReleaseMetadataRules()]
+    return [p for rs in rule_sets for p in rs.check(release)]
+
+
+def rule_files(problems: list) -> set[tuple[str, str]]:
+    return {(p.rule, p.file) for p in problems}
+
+
+def item_rel(item_id: str) -> str:
+    return f"stac/{COLLECTION}/{item_id}/{item_id}.json"
+
+
+def test_a_deleted_root_catalog_is_an_error_and_its_remains_still_checked(
+        cataloged: Path) -> None:
+    """Deleting stac/catalog.json must not switch the catalog checks off: it is an error, and
+    a stale checksum in an item beside it is still found."""
+    edit_json(item_path(cataloged, "totten-2021"), lambda d: d["assets"]["damage"].update(
+        {"file:checksum": "1220" + "0" * 64}))
+    (cataloged / "stac" / "catalog.json").unlink()
+    problems = all_problems(cataloged, check_stats=False)
+    missing = [p for p in problems if p.rule == "catalog-missing"]
+    assert [(p.file, p.severity) for p in missing] == [("stac/catalog.json", "error")]
+    assert "stac/" in missing[0].found and "icedamage catalog --force" in missing[0].expected
+    assert ("asset-checksum", item_rel("totten-2021")) in rule_files(problems)
+    assert ("catalog-link-broken", f"stac/{COLLECTION}/collection.json") in rule_files(problems)
+
+
+def test_a_deleted_stac_folder_is_an_error(cataloged: Path) -> None:
+    """Without stac/ but with the item index beside the products, the catalog is broken."""
+    shutil.rmtree(cataloged / "stac")
+    problems = all_problems(cataloged, check_stats=False)
+    assert ("catalog-missing", "stac/catalog.json", "error") in {
+        (p.rule, p.file, p.severity) for p in problems}
+    assert ("product-without-item", "Totten/2021/LC08_LC09_Totten_2021_damage_map.tif") in \
+        rule_files(problems)
+
+
+def test_an_uncataloged_release_only_warns(tmp_path: Path) -> None:
+    """Validating before `icedamage catalog` is a normal step: one warning, no error, also with
+    a metadata.ods and an ROI GeoPackage the user supplied for the catalog run."""
+    from catalog.gpkg import ensure_roi_geopackage
+
+    root = build_release(tmp_path / "release", DEFAULT_SHELF_YEARS[:1])
+    warned = [(p.rule, p.file, p.severity) for p in all_problems(root)]
+    assert warned == [(*NOT_CATALOGED, "warning")]
+    report = validate_release(root)
+    assert report.ok() and not report.ok(strict=True)
+    write_metadata_ods(root / METADATA_ODS, [OdsRow("Totten", 2021, "", "", ("LC08", "LC09"),
+                                                    None)])
+    ensure_roi_geopackage(root, "Totten")
+    problems = all_problems(root)
+    assert [(p.rule, p.severity) for p in problems] == [("catalog-missing", "warning")]
+    assert "metadata.ods" in problems[0].found
+
+
+def _set_props(**fields: object) -> Callable[[dict], None]:
+    return lambda data: data["properties"].update(
+        {k.replace("__", ":"): v for k, v in fields.items()})
+
+
+def _swap_classes(data: dict) -> None:
+    data["assets"]["damage_map"]["classification:classes"] = [
+        {"value": 0, "name": "damage"}, {"value": 1, "name": "background"}]
+
+
+ITEM_EDITS = {  # id: (item, edit, rule, field named in "found")
+    "sensors-and-platform": ("totten-2016", _set_props(icedamage__sensors=["LC09"],
+                                                       platform="landsat-9"),
+                             "item-name-mismatch", "icedamage:sensors"),
+    "platform-of-a-merged-map": ("totten-2021", _set_props(platform="landsat-8"),
+                                 "item-name-mismatch", "platform"),
+    "instruments": ("totten-2016", _set_props(instruments=["etm+"]), "item-name-mismatch",
+                    "instruments"),
+    "restoration": ("larsen-b-2005", _set_props(icedamage__restoration=None,
+                                                icedamage__slc_off=False),
+                    "item-name-mismatch", "icedamage:restoration"),
+    "slc-off": ("larsen-b-2001", _set_props(icedamage__slc_off=True), "item-name-mismatch",
+                "icedamage:slc_off"),
+    "year": ("totten-2021", _set_props(icedamage__year=2020), "item-name-mismatch",
+             "icedamage:year"),
+    "classes": ("totten-2021", _swap_classes, "item-classes", "damage_map"),
+    "model-hash": ("totten-2021", _set_props(icedamage__model_weights_sha256="f" * 64),
+                   "item-provenance-mismatch", "icedamage:model_weights_sha256"),
+    "main-scene": ("totten-2021", _set_props(
+        icedamage__main_scene="LC09_Totten_composite_2021-11-19"),
+        "item-provenance-mismatch", "icedamage:main_scene"),
+    "restoration-model": ("larsen-b-2005", _set_props(
+        icedamage__restoration_weights_sha256="2" * 64),
+        "item-provenance-mismatch", "icedamage:restoration_weights_sha256"),
+    "scene-sensor": ("amery-front-2012", lambda d: d["properties"]["icedamage:scenes"][0].update(
+        {"sensor": "LC09"}), "item-provenance-mismatch", "icedamage:scenes"),
+}
+
+
+@pytest.mark.parametrize("case", ITEM_EDITS, ids=str)
+def test_item_fields_say_what_the_name_and_the_provenance_say(cataloged: Path,
+                                                              case: str) -> None:
+    """An item edited after cataloging (and re-indexed, so the index agrees) must not describe
+    other satellites, restoration, year, classes, models or scenes than its products."""
+    from catalog.build import reindex
+
+    item, edit, rule, field = ITEM_EDITS[case]
+    edit_json(item_path(cataloged, item), edit)
+    reindex(cataloged)
+    hits = [p for p in CatalogConsistencyRules(check_stats=False).check(cataloged)
+            if p.rule == rule]
+    assert [p.file for p in hits] and {p.file for p in hits} == {item_rel(item)}
+    assert any(field in p.found for p in hits), hits
+
+
+def _record_grid(root: Path, rel_stem: str, shift_px: int = 0) -> None:
+    """Write the products' grid into a fixture provenance record (as `produce` records it),
+    shifted by ``shift_px`` pixels east."""
+    with rasterio.open(root / f"{rel_stem}_damage.tif") as src:
+        transform, width, height = list(src.transform)[:6], src.width, src.height
+    transform[2] += shift_px * 30
+    path = root / f"{rel_stem}_provenance.json"
+    data = json.loads(path.read_text())
+    data["parameters"]["grid"] = [transform, width, height]
+    path.write_text(json.dumps(data))
+
+
+def test_type2_must_be_on_the_grid_covering_its_roi(cataloged: Path) -> None:
+    """With records that say which grid the maps were made on, type 2 must map the full ROI of
+    the release's GeoPackage; any valid polygon will do as the ROI, not only the default."""
+    from catalog.gpkg import write_roi_geopackage
+
+    for stem in ("Totten/2016/LC08_Totten_2016", "Totten/2021/LC08_LC09_Totten_2021"):
+        _record_grid(cataloged, stem)
+    t16, t21 = "Totten/2016/LC08_Totten_2016_damage.tif", \
+        "Totten/2021/LC08_LC09_Totten_2021_damage.tif"
+    found = rule_files(ReleaseMetadataRules().check(cataloged))
+    # the fixture's maps cover a small window of the default (approximate) Totten ROI
+    assert {("roi-grid-mismatch", t16), ("roi-grid-mismatch", t21)} <= found
+    assert not {r for r, _ in found} & {"provenance-grid", "product-outside-roi"}
+    with rasterio.open(cataloged / t16) as src:
+        left, bottom, right, top = src.bounds
+    middle_x, middle_y = (left + right) / 2, (bottom + top) / 2
+    outline = Polygon([(left, middle_y), (middle_x, top), (right, middle_y),
+                       (middle_x, bottom)])  # an "official" outline whose covering grid it is
+    write_roi_geopackage(cataloged, "Totten", outline, "official outline (test)")
+    assert rule_files(ReleaseMetadataRules().check(cataloged)) == set()
+
+
+def test_products_must_be_on_the_grid_their_record_names(cataloged: Path) -> None:
+    """A product cropped or shifted after production is not the map its record describes."""
+    _record_grid(cataloged, "Larsen B/2005/LE07_Larsen B_2005_slc_off_DiffGF", shift_px=1)
+    found = rule_files(ReleaseMetadataRules().check(cataloged))
+    stem = "Larsen B/2005/LE07_Larsen B_2005_slc_off_DiffGF"
+    assert {("provenance-grid", f"{stem}_damage_map.tif"),
+            ("provenance-grid", f"{stem}_damage.tif")} <= found
+
+
+def test_roi_geopackage_of_another_shelf_is_reported(cataloged: Path) -> None:
+    """The GeoPackage's shelf attribute names the shelf of its file name."""
+    path = cataloged / roi_geopackage_name("Totten")
+    frame = read_roi(path)
+    frame["shelf"] = "Larsen B"
+    path.unlink()
+    frame.to_file(path, driver="GPKG")
+    assert ("roi-shelf", "Totten_ROI.gpkg") in rule_files(ReleaseMetadataRules().check(cataloged))
+
+
+def test_demo_products_cover_a_window_centred_in_their_roi(tmp_path: Path) -> None:
+    """The demo source renders a square window centred in the ROI, not the full ROI: that
+    passes, and the window is still checked against the ROI (a replaced ROI is caught)."""
+    from catalog.gpkg import write_roi_geopackage
+    from tests.release_factory import fixture_provenance
+
+    item = ShelfYear("Totten", 2021, ("LC09",), size=(640, 640))
+    root = build_release(tmp_path / "release", (item,), with_provenance=False)
+    name = build_name(item.sensors, item.shelf, item.year, None, TYPE1)
+    with rasterio.open(root / name.partner().relative_path()) as src:
+        grid = [list(src.transform)[:6], src.width, src.height]
+    record = dataclasses.replace(fixture_provenance(item), source=DEMO_SOURCE,
+                                 parameters={"grid": grid})
+    provenance_path(root, name).write_text(record.to_json())
+    catalog_release(root, PAPER_FACTORS)
+    assert rule_files(ReleaseMetadataRules().check(root)) == set()
+    write_roi_geopackage(root, "Totten", box(-3e6, -3e6, 3e6, 3e6), "all of Antarctica")
+    assert ("roi-grid-mismatch", name.partner().relative_path().as_posix()) in \
+        rule_files(ReleaseMetadataRules().check(root))
+
+
+def _edit_record(root: Path, rel: str, change: Callable[[dict], None]) -> str:
+    path = root / rel
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+    return rel
+
+
+def test_implausible_provenance_is_reported_when_everything_agrees(cataloged: Path) -> None:
+    """Scenes of another season, or of a satellite the name does not list, are errors of the
+    record, even when metadata.ods and the items were rebuilt from it and agree with it."""
+    def winter(data: dict) -> None:
+        data["scenes"][0]["acquired"] = "2016-07-15"
+
+    def other_sensor(data: dict) -> None:
+        data["sensors"] = ["LC08"]
+        data["scenes"][0]["sensor"] = "LC08"
+
+    dates = _edit_record(cataloged, "Totten/2016/LC08_Totten_2016_provenance.json", winter)
+    sensors = _edit_record(cataloged, "Larsen B/2001/LE07_Larsen B_2001_provenance.json",
+                           other_sensor)
+    catalog_release(cataloged, PAPER_FACTORS, force=True)
+    problems = list(ReleaseMetadataRules().check(cataloged))
+    assert ("acquisition-dates", dates) in rule_files(problems)
+    assert {p.found for p in problems if p.rule == "provenance-sensors" and p.file == sensors} \
+        == {"scenes of ['LC08']", "sensors = ['LC08']"}
+    # metadata.ods and the STAC items agree with the records: only the records are wrong
+    assert {p.file for p in problems} == {dates, sensors}
+
+
+def _loop(path: Path) -> None:
+    if path.exists() or path.is_symlink():
+        path.unlink()
+    os.symlink(path.name, path)
+
+
+def test_link_loops_are_reported_and_hide_nothing(cataloged: Path) -> None:
+    """A link to itself (Path.resolve raises RuntimeError on it) is a problem of that file;
+    the other files are still checked (here: a stale checksum of another item)."""
+    loop = "Totten/2021/LC08_LC09_Totten_2021_damage.tif"
+    _loop(cataloged / loop)
+    _loop(cataloged / "stac" / "loop.json")
+    edit_json(item_path(cataloged, "larsen-b-2005"), lambda d: d["assets"]["damage"].update(
+        {"file:checksum": "1220" + "0" * 64}))
+    problems = all_problems(cataloged, check_stats=False)
+    found = rule_files(problems)
+    assert ("asset-checksum", item_rel("larsen-b-2005")) in found
+    assert ("catalog-file-unreadable", loop) in found
+    assert ("asset-missing", item_rel("totten-2021")) in found
+    invalid = [p for p in problems if p.rule == "stac-json-invalid"]
+    assert [p.file for p in invalid] == ["stac/loop.json"]
+    assert "symbolic links" in invalid[0].found
+    assert not [p for p in problems if p.rule == "catalog-check-failed"]
+
+
+def test_each_shelf_sheet_of_metadata_ods_is_checked(cataloged: Path) -> None:
+    """The per-shelf sheets hold the same rows as Summary: a wrong date or file name there is
+    reported, and so is a missing sheet (Summary itself is intact)."""
+    path = cataloged / METADATA_ODS
+    sheets = pd.read_excel(path, sheet_name=None, engine="odf", dtype=str,
+                           keep_default_na=False)
+    sheets["Totten"]["acquisition_dates"] = "1999-07-01"
+    sheets["Totten"]["damage_file"] = "wrong.tif"
+    del sheets["Larsen B"]
+    with pd.ExcelWriter(path, engine="odf") as writer:
+        for name, frame in sheets.items():
+            frame.to_excel(writer, sheet_name=name, index=False)
+    found = rule_files(ReleaseMetadataRules().check(cataloged))
+    assert {("acquisition-dates", "metadata.ods sheet Totten row Totten 2016"),
+            ("ods-file-name", "metadata.ods sheet Totten row Totten 2021"),
+            ("ods-sheet-missing", "metadata.ods")} <= found
+    assert not [f for _, f in found if f.startswith("metadata.ods row")]
+
+
+def _shifted(coords: object, dlat: float) -> object:
+    if isinstance(coords, list) and coords and isinstance(coords[0], int | float):
+        return [coords[0], coords[1] + dlat]
+    return [_shifted(c, dlat) for c in coords]  # type: ignore[union-attr]
+
+
+def _corners_only(data: dict) -> None:
+    ring = data["geometry"]["coordinates"][0]
+    step = len(ring) // 4
+    data["geometry"] = {"type": "Polygon",
+                        "coordinates": [[ring[0], ring[step], ring[2 * step], ring[3 * step],
+                                         ring[0]]]}
+
+
+def test_item_geometry_is_compared_in_metres_within_the_builders_tolerance(
+        cataloged: Path) -> None:
+    """A geometry a few decimetres off (a catalog whose builder placed its vertices otherwise)
+    still describes the footprint; one whose straight lon/lat edges stray from it says by how
+    many metres and vertices, and when the catalog is older than the code, how to rebuild."""
+    amery = item_path(cataloged, "amery-front-2012")
+    edit_json(amery, lambda d: d["geometry"].update(
+        coordinates=_shifted(d["geometry"]["coordinates"], 3e-6)))  # about 0.33 m north
+    rules = CatalogConsistencyRules(check_stats=False)
+    assert "item-geometry-mismatch" not in {p.rule for p in rules.check(cataloged)}
+    edit_json(amery, _corners_only)
+    hits = [p for p in rules.check(cataloged) if p.rule == "item-geometry-mismatch"]
+    assert len(hits) == 1 and hits[0].file == item_rel("amery-front-2012")
+    assert "5 vertices" in hits[0].found and " m from the footprint" in hits[0].found
+    assert "vertices" in hits[0].expected and "within 1 m" in hits[0].expected
+    assert "--force" not in hits[0].expected  # built by this code from these files
+    edit_json(cataloged / "stac" / ".build.json", lambda d: d.update(inputs="0" * 64))
+    hits = [p for p in rules.check(cataloged) if p.rule == "item-geometry-mismatch"]
+    assert "icedamage catalog --force" in hits[0].expected

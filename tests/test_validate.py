@@ -289,13 +289,15 @@ def test_corruption_is_caught(release: Path, corruption: Corruption) -> None:
 
 def test_fixture_release_is_valid(pristine_release: Path) -> None:
     """The writer's release passes: exit 0, no problem, all ten product files checked."""
-    code, output = run_validate(str(pristine_release), "--strict")
+    code, output = run_validate(str(pristine_release))
     assert code == 0, output
     assert "valid" in output and "not valid" not in output
     seen: list[tuple[int, int]] = []
     report = validate_release(pristine_release, workers=2,
                               progress=lambda done, total: seen.append((done, total)))
-    assert report.problems == [] and report.product_files == 10
+    # not cataloged yet (a normal step before `icedamage catalog`): one warning says so
+    assert [(p.rule, p.severity) for p in report.problems] == [("catalog-missing", "warning")]
+    assert report.product_files == 10
     # the progress bar counts the five shelf-years' pixel checks up to the end
     assert seen[0] == (0, 5) and seen[-1] == (5, 5) and len(seen) == 6
 
@@ -308,7 +310,8 @@ def test_catalog_and_publish_files_are_allowed(release: Path) -> None:
     for folder in ("stac/Totten", ".icedamage-publish"):
         (release / folder).mkdir(parents=True)
         (release / folder / "anything.json").write_text("{}")
-    assert validate_release(release).problems == []
+    # the layout allows them (the catalog rule sets report these stand-ins as a broken catalog)
+    assert [p for p in validate_release(release).problems if p.rule.startswith("layout-")] == []
 
 
 def test_allow_globs_silence_strays(release: Path) -> None:
@@ -321,7 +324,8 @@ def test_allow_globs_silence_strays(release: Path) -> None:
     assert code == 0
     report = validate_release(release, allow=["README.txt"])
     assert found(report) == {("layout-stray-file", "Totten/2016/notes.txt"),
-                             ("layout-stray-folder", "scratch")}
+                             ("layout-stray-folder", "scratch"),
+                             ("catalog-missing", "stac/catalog.json")}
 
 
 def test_allowing_a_folders_content_allows_the_folder(release: Path) -> None:
@@ -332,9 +336,10 @@ def test_allowing_a_folders_content_allows_the_folder(release: Path) -> None:
     (release / "Totten/2016/tmp").mkdir()
     (release / "Totten/2016/tmp/a.txt").write_text("x")
     report = validate_release(release, allow=["scratch/*", "Totten/2016/tmp/*"], workers=1)
-    assert report.problems == [], report.to_json()
+    # only the warning that the release is not cataloged yet
+    assert found(report) == {("catalog-missing", "stac/catalog.json")}, report.to_json()
     assert found(validate_release(release, allow=["scratch/*"], workers=1)) == {
-        ("layout-stray-folder", "Totten/2016/tmp")}
+        ("layout-stray-folder", "Totten/2016/tmp"), ("catalog-missing", "stac/catalog.json")}
 
 
 def test_catalog_validator_and_packager_agree_on_year_folders(release: Path) -> None:
@@ -390,7 +395,8 @@ def test_a_name_that_is_not_utf8_is_reported_escaped(release: Path, tmp_path: Pa
     assert "notes_\\xff.txt" in output
     data = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
     assert {(p["rule"], p["file"]) for p in data["problems"]} == {
-        ("layout-stray-file", "Totten/2016/notes_\\xff.txt")}
+        ("layout-stray-file", "Totten/2016/notes_\\xff.txt"),
+        ("catalog-missing", "stac/catalog.json")}
 
 
 def test_every_problem_is_reported_not_just_the_first(release: Path, tmp_path: Path) -> None:
@@ -406,7 +412,7 @@ def test_every_problem_is_reported_not_just_the_first(release: Path, tmp_path: P
     assert {(p["rule"], p["file"]) for p in data["problems"]} == {
         ("raster-values", T16 + MAP), ("raster-overview-values", T16 + MAP),
         ("raster-compression", T21 + DMG),
-        ("layout-stray-file", "Larsen B/2001/x.txt")}
+        ("layout-stray-file", "Larsen B/2001/x.txt"), ("catalog-missing", "stac/catalog.json")}
     value = next(p for p in data["problems"] if p["rule"] == "raster-values")
     assert value["found"] == "values 7: 9 px" and "0, 1, 255" in value["expected"]
     assert set(value) == {"file", "rule", "found", "expected", "severity"}
@@ -419,9 +425,10 @@ def test_warnings_fail_only_with_strict(release: Path, tmp_path: Path) -> None:
     code, output = run_validate(str(release), "--json", str(tmp_path / "r.json"))
     assert code == 0, output
     data = json.loads((tmp_path / "r.json").read_text())
-    assert data["ok"] is True and data["ok_strict"] is False and data["warnings"] == 1
-    assert data["problems"][0]["rule"] == "layout-empty-folder"
-    assert data["problems"][0]["file"] == "Totten/2019"
+    assert data["ok"] is True and data["ok_strict"] is False and data["warnings"] == 2
+    assert {(p["rule"], p["file"]) for p in data["problems"]} == {
+        ("layout-empty-folder", "Totten/2019"),
+        ("catalog-missing", "stac/catalog.json")}  # and: not cataloged yet
     code, output = run_validate(str(release), "--strict")
     assert code == 1 and "not valid (strict)" in output
 
@@ -469,7 +476,8 @@ def test_registered_rule_set_runs_by_default(release: Path) -> None:
     try:
         assert "needs-file" in [r.name for r in default_rule_sets()]
         report = validate_release(release)
-        assert found(report) == {("needs-file", "metadata.ods")}
+        assert found(report) == {("needs-file", "metadata.ods"),
+                                 ("catalog-missing", "stac/catalog.json")}
         assert "needs-file" in report.rule_sets
     finally:
         unregister_rule_set(factory)
@@ -503,7 +511,8 @@ def test_odd_sized_rasters_overviews_are_read_exactly(tmp_path: Path) -> None:
     """Sizes that overview factors do not divide: valid passes, averaged overviews are caught."""
     item = ShelfYear("Brunt", 2016, ("LC08",), size=(1030, 771))
     root = build_release(tmp_path / "odd", (item,), with_provenance=False)
-    assert validate_release(root).problems == []
+    # only the warning that the release is not cataloged yet
+    assert found(validate_release(root)) == {("catalog-missing", "stac/catalog.json")}
     rel = "Brunt/2016/LC08_Brunt_2016_damage.tif"
     rewrite(root / rel, overview_resampling="AVERAGE")
     report = validate_release(root)
@@ -548,3 +557,229 @@ def test_unexpected_error_in_one_shelf_year_spares_the_others(
     report = validate_release(release, workers=1)
     assert ("raster-check-failed", T16 + MAP) in found(report)
     assert ("raster-values", T21 + MAP) in found(report)
+
+
+# --------------------------------------------------------------------------------------------
+# Overviews, grid lattice, scale/offset, PAM sidecars, ROI GeoPackages, implausible content
+# --------------------------------------------------------------------------------------------
+
+
+def own_rules(release: Path, allow: tuple[str, ...] = ()) -> ValidationReport:
+    """Validate with the validator's own rule sets only (layout, products, plausibility): the
+    catalog's rule sets, which run when installed, judge other things than these tests do."""
+    from validation.layout_rules import layout_rules
+    from validation.plausibility_rules import plausibility_rules
+
+    return validate_release(release, rule_sets=[
+        layout_rules(allow), product_rules.product_rules(allow, workers=1),
+        plausibility_rules(allow)])
+
+
+def cog_translated(path: Path, resampling: str) -> None:
+    """Rewrite a product as rio-cogeo does for the writer, with another overview resampling
+    (rio-cogeo records it in the OVERVIEW_RESAMPLING tag)."""
+    from rio_cogeo.cogeo import cog_translate
+
+    from producer.writer import cog_profile
+
+    source = path.with_name("source.tif")
+    path.rename(source)
+    with rasterio.open(source) as src:
+        cog_translate(src, str(path), cog_profile(), nodata=src.nodata,
+                      overview_resampling=resampling, in_memory=True, quiet=True,
+                      use_cog_driver=False)
+    source.unlink()
+
+
+def stale_overviews(path: Path) -> None:
+    """A valid COG whose overview was built while the image was still all background."""
+    with rasterio.open(path) as src:
+        data, profile = src.read(), src.profile
+    scratch = path.with_name("scratch.tif")
+    profile.update(driver="GTiff", tiled=True, blockxsize=512, blockysize=512, compress="LZW")
+    with rasterio.open(scratch, "w", **profile) as dst:
+        dst.write(np.zeros_like(data))
+    with rasterio.open(scratch, "r+") as dst:
+        dst.build_overviews([2], rasterio.enums.Resampling.nearest)
+        dst.write(data)
+    rasterio.shutil.copy(scratch, path, driver="COG", COMPRESS="LZW", BLOCKSIZE=512,
+                         OVERVIEWS="FORCE_USE_EXISTING")
+    scratch.unlink()
+
+
+@pytest.mark.parametrize("size", [(1030, 771), (2050, 1030)])
+def test_nearest_sources_are_the_pixels_the_writer_copies(tmp_path: Path,
+                                                          size: tuple[int, int]) -> None:
+    """The writer's nearest overviews (rio-cogeo, GDAL) copy exactly the pixels
+    ``nearest_sources`` names, also at levels whose factor does not divide the size (2050 x
+    1030: the second level, 513 x 258, is resampled from the first, not from the image)."""
+    from producer.grid import Grid
+    from producer.writer import write_cog
+    from validation.raster_rules import nearest_sources
+
+    height, width = size
+    rows, cols = np.mgrid[0:height, 0:width]
+    grid = Grid.from_bounds(0, 0, width * 30, height * 30)
+    for axis, index in ((0, rows), (1, cols)):
+        path = write_cog(tmp_path / f"axis{axis}.tif", (index % 251).astype(np.uint8), grid,
+                         None)
+        with rasterio.open(path) as src:
+            levels = [rasterio.open(path, overview_level=k) for k in range(len(src.overviews(1)))]
+        sizes = [o.height if axis == 0 else o.width for o in levels]
+        assert sizes
+        for level, expected in zip(levels, nearest_sources(size[axis], sizes), strict=True):
+            line = level.read(1)[:, 0] if axis == 0 else level.read(1)[0]
+            level.close()
+            assert np.array_equal(line, expected % 251)
+
+
+@pytest.mark.parametrize("resampling", ["average", "mode"])
+def test_overviews_that_are_not_nearest_are_caught(release: Path, resampling: str) -> None:
+    """Type 1 overviews averaged or by mode keep values in {0, 1, 255} but are no nearest
+    decimation: the tag rio-cogeo writes and the content comparison both say so."""
+    cog_translated(release / (AMERY + MAP), resampling)
+    report = own_rules(release)
+    assert {("raster-overview-resampling", AMERY + MAP),
+            ("raster-overview-content", AMERY + MAP)} <= found(report), report.to_json()
+    assert not report.ok()
+
+
+def test_overviews_are_compared_with_the_image_without_a_tag(release: Path) -> None:
+    """GDAL's COG driver writes no resampling tag: an averaged type 1 and a stale type 2
+    overview (class values only, layout valid) are caught by their content; a nearest rewrite
+    by the same driver passes."""
+    rewrite(release / (T16 + MAP), overview_resampling="MODE")
+    stale_overviews(release / (AMERY + DMG))
+    rewrite(release / (T21 + MAP))
+    report = own_rules(release)
+    assert found(report) == {("raster-overview-content", T16 + MAP),
+                             ("raster-overview-content", AMERY + DMG)}, report.to_json()
+
+
+def test_overviews_of_odd_sizes_are_compared_exactly(tmp_path: Path) -> None:
+    """Sizes no factor divides (levels GDAL rounded, read on their own): a nearest rewrite by
+    GDAL's COG driver (which rounds the level size down, rio-cogeo up) passes, mode overviews
+    are caught by their content."""
+    item = ShelfYear("Brunt", 2016, ("LC08",), size=(1030, 771))
+    root = build_release(tmp_path / "odd", (item,), with_provenance=False)
+    stem = "Brunt/2016/LC08_Brunt_2016"
+    rewrite(root / (stem + DMG))
+    rewrite(root / (stem + MAP), overview_resampling="MODE")
+    report = own_rules(root)
+    assert found(report) == {("raster-overview-content", stem + MAP)}, report.to_json()
+
+
+def shifted(root: Path, rel: str, dx: float) -> None:
+    """Move a product's grid ``dx`` metres east (pixels unchanged)."""
+    with rasterio.open(root / rel) as src:
+        moved = Affine.translation(dx, 0) @ src.transform
+    rewrite(root / rel, transform=moved)
+
+
+def test_grid_off_the_30m_lattice(release: Path) -> None:
+    """An origin off the 30 m lattice is a warning; a shelf whose years lie on different
+    lattices is an error for the files off the lattice of the others."""
+    for suffix in (MAP, DMG):
+        shifted(release, T16 + suffix, 15)     # Totten 2016 vs its aligned 2021
+        shifted(release, AMERY + suffix, 15)   # Amery_front has one year only
+    report = own_rules(release)
+    assert found(report) == {
+        *(("raster-grid-origin", stem + suffix) for stem in (T16, AMERY) for suffix in (MAP, DMG)),
+        ("raster-grid-stack", T16 + MAP), ("raster-grid-stack", T16 + DMG)}, report.to_json()
+    assert {p.severity for p in report.problems if p.rule == "raster-grid-origin"} == {"warning"}
+    stack = next(p for p in report.problems if p.rule == "raster-grid-stack")
+    assert "(15, 0) m" in stack.found and T21 in stack.found
+
+
+def test_band_scale_and_offset_are_refused(release: Path) -> None:
+    """Scale 2 / offset 10 stored in the file (readers applying them see 10/12/520)."""
+    path = release / (T16 + MAP)
+    with rasterio.open(path) as src:
+        data, profile = src.read(), src.profile
+    profile.update(driver="GTiff")
+    with MemoryFile() as mem:
+        with mem.open(**profile) as tmp:
+            tmp.write(data)
+            tmp.scales, tmp.offsets = (2.0,), (10.0,)
+        with mem.open() as tmp:
+            rasterio.shutil.copy(tmp, path, driver="COG", COMPRESS="LZW", BLOCKSIZE=512,
+                                 OVERVIEW_RESAMPLING="NEAREST")
+    report = own_rules(release)
+    assert found(report) == {("raster-scale-offset", T16 + MAP)}, report.to_json()
+
+
+def test_an_aux_xml_sidecar_does_not_supply_the_nodata_tag(release: Path) -> None:
+    """Only the file counts: a PAM sidecar giving NoDataValue 255 to a type 1 without a
+    nodata tag does not hide the missing tag (the sidecar allowed, as QGIS leaves them)."""
+    rewrite(release / (T16 + MAP), nodata=None)
+    (release / (T16 + MAP + ".aux.xml")).write_text(
+        '<PAMDataset><PAMRasterBand band="1"><NoDataValue>255</NoDataValue>'
+        "</PAMRasterBand></PAMDataset>")
+    report = own_rules(release, allow=("*.aux.xml",))
+    assert ("raster-nodata", T16 + MAP) in found(report), report.to_json()
+
+
+def test_roi_geopackages_of_no_shelf_or_of_an_absent_shelf(release: Path) -> None:
+    """A root GeoPackage whose shelf part is not registered is a stray; one of a registered
+    shelf without products in the release is a warning; those of the release's shelves pass."""
+    for name in ("Totten_ROI.gpkg", "Larsen B_ROI.gpkg", "Larsen_B_ROI.gpkg", "Amery_ROI.gpkg",
+                 "_ROI.gpkg"):
+        (release / name).write_bytes(b"x")
+    report = own_rules(release)
+    assert found(report) == {("layout-stray-file", "Larsen_B_ROI.gpkg"),
+                             ("layout-stray-file", "_ROI.gpkg"),
+                             ("layout-unused-roi", "Amery_ROI.gpkg")}, report.to_json()
+    unused = next(p for p in report.problems if p.rule == "layout-unused-roi")
+    assert unused.severity == "warning"
+
+
+def test_implausible_content_is_a_warning(release: Path) -> None:
+    """A type 1 map all NoData, a pair all damage, a type 1 map without NoData: warnings
+    (possible, not plausible), and nothing else."""
+    type1 = pixels_of(release / (T16 + MAP))
+    rewrite(release / (T16 + MAP), np.full_like(type1, 255))
+    type1 = pixels_of(release / (T21 + MAP))
+    rewrite(release / (T21 + DMG), np.full_like(type1, 255))
+    rewrite(release / (T21 + MAP), np.where(type1 == 255, 255, 1).astype(np.uint8))
+    rewrite(release / (L05 + MAP), (pixels_of(release / (L05 + DMG)) == 255).astype(np.uint8))
+    report = own_rules(release)
+    assert found(report) == {("raster-all-nodata", T16 + MAP),
+                             ("raster-all-damage", T21 + MAP), ("raster-all-damage", T21 + DMG),
+                             ("raster-no-nodata", L05 + MAP)}, report.to_json()
+    assert report.ok() and not report.ok(strict=True)
+
+
+def test_content_tally_matches_a_plain_count() -> None:
+    """The content tally's shortcuts (min, max, settling early) see what np.unique sees."""
+    from producer.spec import TYPE1, TYPE2
+    from validation.plausibility_rules import ContentTally
+
+    rng = np.random.default_rng(5)
+    for product_type in (TYPE1, TYPE2):
+        values = sorted(product_type.values)
+        for _ in range(200):
+            chosen = rng.choice(values, size=rng.integers(1, len(values) + 1), replace=False)
+            windows = [rng.choice(chosen, size=(3, 4)).astype(np.uint8) for _ in range(3)]
+            tally = ContentTally(product_type)
+            for window in windows:
+                tally.update(window)
+            present = set(np.unique(np.concatenate(windows)).tolist())
+            background = product_type.background in present
+            assert (product_type.background in tally.seen) == background
+            if product_type.nodata is not None:
+                assert (product_type.nodata in tally.seen) == (product_type.nodata in present)
+            if not background:
+                assert (product_type.damage in tally.seen) == (product_type.damage in present)
+
+
+@pytest.mark.parametrize("text", [b"title: [unclosed\n", b"\xff\xfe\x00garbage", b"- a list\n"],
+                         ids=["not-yaml", "not-utf8", "not-a-mapping"])
+def test_a_release_yaml_that_does_not_read_is_reported(release: Path, text: bytes) -> None:
+    """release.yaml is read as `icedamage publish` reads it (publish.metadata), cataloged or
+    not: text it cannot read fails validation instead of failing the publication."""
+    (release / "release.yaml").write_bytes(text)
+    report = validate_release(release, workers=1)
+    assert ("release-yaml-invalid", "release.yaml") in found(report), report.to_json()
+    assert not report.ok()
+    (release / "release.yaml").write_text("title: Surface damage\nlicense: CC-BY-4.0\n")
+    assert "release-yaml-invalid" not in {p.rule for p in validate_release(release).problems}

@@ -93,6 +93,9 @@ class Inventory:
     shelf_others: list[Entry] = field(default_factory=list)
     """Entries of shelf folders that are not year folders (4 digits)."""
     years: list[YearFolder] = field(default_factory=list)
+    roi_files: list[str] = field(default_factory=list)
+    """Root ``*_ROI.gpkg`` files (allowed by name; whose shelf they name is the layout rules'
+    concern)."""
 
     @property
     def products(self) -> list[ProductFile]:
@@ -178,6 +181,8 @@ def scan_release(root: Path, allow: Sequence[str] = ()) -> Inventory:
     inventory = Inventory(root)
     for entry in _entries(root, "", allow):
         if not entry.broken and _root_allowed(entry.rel, entry.is_dir):
+            if not entry.is_dir and entry.rel.endswith(ROI_GEOPACKAGE_SUFFIX):
+                inventory.roi_files.append(entry.rel)
             continue
         subs = _entries(root / entry.rel, f"{entry.rel}/", allow) \
             if entry.is_dir and _shelf_safe(entry.rel) else None

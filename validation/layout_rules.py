@@ -3,8 +3,9 @@
 A release holds ``<Shelf>/<YYYY>/`` folders with registered shelf names and four-digit years;
 each year folder holds exactly the two product files of one shelf-year, named for that folder's
 shelf and year and agreeing on sensors and restoration token, plus auxiliary files sharing
-their stem. The root may hold the catalog and publish files named in the spec and whatever the
-user allows with globs. Everything else is reported.
+their stem. The root may hold the catalog and publish files named in the spec (an ROI
+GeoPackage only for a registered shelf) and whatever the user allows with globs. Everything
+else is reported.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from producer.shelves import SHELVES
 from producer.spec import (
     AUXILIARY_SUFFIXES,
+    ROI_GEOPACKAGE_SUFFIX,
     SENSOR_ORDER,
     TYPE1,
     TYPE2,
@@ -49,6 +51,7 @@ PAIR_NAME = "layout-pair-name"
 MULTIPLE_PRODUCTS = "layout-multiple-products"
 BROKEN_LINK = "layout-broken-link"
 NO_PRODUCTS = "layout-no-products"
+UNUSED_ROI = "layout-unused-roi"
 
 _SHELF_LIST = ", ".join(repr(n) for n in SHELVES)
 _ROOT_ALLOWED = ", ".join([*ROOT_FILE_GLOBS, *(f"{d}/" for d in ROOT_DIRS)])
@@ -97,6 +100,25 @@ def root_problems(inventory: Inventory) -> Iterator[Problem]:
         if not any(y.shelf == shelf for y in inventory.years) and not any(
                 e.rel.startswith(f"{shelf}/") for e in inventory.shelf_others):
             yield Problem(shelf, EMPTY_FOLDER, "empty shelf folder", "at least one <YYYY>/ folder",
+                          severity="warning")
+
+
+def roi_problems(inventory: Inventory) -> Iterator[Problem]:
+    """Root ROI GeoPackages that name no registered shelf (strays: the catalog writes one per
+    registered shelf, ``<Shelf>_ROI.gpkg`` with the released spelling), and, as a warning,
+    those of a registered shelf that has no products in the release (an ROI of another
+    release, or products left out; a misnamed product counts as one, it is reported itself)."""
+    with_products = {folder.shelf for folder in inventory.years
+                     if folder.products or folder.misnamed}
+    for rel in inventory.roi_files:
+        shelf = rel[: -len(ROI_GEOPACKAGE_SUFFIX)]
+        if shelf not in SHELVES:
+            yield Problem(rel, STRAY_FILE, f"ROI GeoPackage of {shelf!r}, not a registered shelf",
+                          f"<Shelf>{ROI_GEOPACKAGE_SUFFIX} of a registered shelf: {_SHELF_LIST}")
+        elif shelf not in with_products:
+            yield Problem(rel, UNUSED_ROI, f"ROI GeoPackage of {shelf!r}, which has no products "
+                          "in this release",
+                          f"<Shelf>{ROI_GEOPACKAGE_SUFFIX} only for shelves the release holds",
                           severity="warning")
 
 
@@ -183,6 +205,7 @@ class LayoutRules:
         inventory = scan_release(Path(release_dir), self.allow)
         yield from release_problems(inventory)
         yield from root_problems(inventory)
+        yield from roi_problems(inventory)
         for folder in inventory.years:
             yield from name_problems(folder)
             yield from pair_problems(folder)

@@ -2,9 +2,13 @@
 
 For each shelf-year the two product files are opened once, their headers and COG layout
 checked, and then read side by side one window (a row of tiles) at a time: every window feeds
-the value tally of each file and the damage-consistency tally of the pair. Shelf-years are
-checked in a thread pool when CPUs are free (GDAL and numpy release the GIL while they decode
-and compare).
+the value and content tallies of each file, the comparison of each file's overviews with it,
+and the damage-consistency tally of the pair. Shelf-years are checked in a thread pool when
+CPUs are free (GDAL and numpy release the GIL while they decode and compare). Once all are
+done, the grid origins of each shelf's years are compared (they must stack).
+
+Every open goes through GDAL with PAM disabled (``FILE_ONLY_CONFIG``): a ``.aux.xml`` sidecar
+cannot supply a nodata value or scale that the file itself lacks.
 """
 
 from __future__ import annotations
@@ -16,18 +20,24 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import rasterio
+import rasterio.windows
 from rasterio.errors import RasterioError
 
 from validation.inventory import Pair, ProductFile, pairs_of, scan_release
 from validation.pair_rules import PairTally, grid_problems
+from validation.plausibility_rules import ContentTally, content_problems
 from validation.raster_rules import (
+    FILE_ONLY_CONFIG,
     UNREADABLE,
     Buffers,
+    OverviewCheck,
     ValueTally,
     cog_problems,
     header_problems,
-    overview_problems,
+    lattice_of,
+    stack_problems,
     value_problem,
     windows,
 )
@@ -36,17 +46,49 @@ from validation.report import Problem
 
 @dataclass
 class _OpenFile:
-    """A product file being read, with its value tally and whether it still reads."""
+    """A product file being read: its tallies, its overviews' check, whether it still reads."""
 
     product: ProductFile
     src: rasterio.io.DatasetReader
+    overviews: OverviewCheck
     tally: ValueTally = field(init=False)
+    content: ContentTally = field(init=False)
     buffers: Buffers = field(init=False)
     readable: bool = True
 
     def __post_init__(self) -> None:
-        self.tally = ValueTally(self.product.name.product_type.values)
+        product_type = self.product.name.product_type
+        self.tally = ValueTally(product_type.values)
+        self.content = ContentTally(product_type)
         self.buffers = Buffers()
+
+    def feed(self, window: rasterio.windows.Window, block: np.ndarray) -> bool:
+        """Give one window to every per-file check; True if it held only class values."""
+        clean = self.tally.update(block)
+        self.content.update(block)
+        self.overviews.update(window, block)
+        return clean
+
+    def results(self) -> list[Problem]:
+        """The per-file findings of the pixel pass (values, overviews, content)."""
+        product_type = self.product.name.product_type
+        rel = self.product.rel
+        found = value_problem(rel, self.tally, product_type)
+        if not self.readable:  # a partial read: only what is certain
+            return found + self.overviews.problems
+        found += self.overviews.results()
+        if not self.tally.bad:
+            found += content_problems(rel, self.content)
+        return found
+
+
+@dataclass
+class PairOutcome:
+    """What the checks of one shelf-year found, and the grid lattice of each product read."""
+
+    problems: list[Problem]
+    lattices: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Release-relative path -> ``lattice_offset`` (30 m north-up files only)."""
 
 
 def _open(product: ProductFile, stack: ExitStack, problems: list[Problem]) -> _OpenFile | None:
@@ -57,9 +99,11 @@ def _open(product: ProductFile, stack: ExitStack, problems: list[Problem]) -> _O
         problems.append(Problem(product.rel, UNREADABLE, f"does not open: {_reason(exc)}",
                                 "a readable GeoTIFF"))
         return None
-    problems.extend(header_problems(product.rel, src, product.name.product_type))
+    product_type = product.name.product_type
+    problems.extend(header_problems(product.rel, src, product_type))
     problems.extend(cog_problems(product.rel, product.path))
-    return _OpenFile(product, src)
+    overviews = OverviewCheck(product.rel, src, product.path, product_type, stack)
+    return _OpenFile(product, src, overviews)
 
 
 def _reason(exc: BaseException) -> str:
@@ -88,7 +132,7 @@ def _scan(group: list[_OpenFile], problems: list[Problem]) -> None:
                                         f"window {window.flatten()}: {_reason(exc)}",
                                         "every block readable (complete file)"))
                 continue
-            classes_only &= item.tally.update(block)
+            classes_only &= item.feed(window, block)
             blocks.append(block)
         if pair is not None and len(blocks) == 2:
             pair.update(blocks[0], blocks[1], classes_only)
@@ -98,10 +142,11 @@ def _scan(group: list[_OpenFile], problems: list[Problem]) -> None:
         problems.extend(pair.problems(group[0].product.rel, group[1].product.rel))
 
 
-def check_pair(pair: Pair) -> list[Problem]:
-    """Every raster and pair problem of one shelf-year's files."""
-    problems: list[Problem] = []
-    with rasterio.Env(), ExitStack() as stack:
+def check_pair(pair: Pair) -> PairOutcome:
+    """Every raster and pair problem of one shelf-year's files, and their grid lattices."""
+    outcome = PairOutcome([])
+    problems = outcome.problems
+    with rasterio.Env(**FILE_ONLY_CONFIG), ExitStack() as stack:
         opened = [o for o in (_open(p, stack, problems) for p in pair.files()) if o is not None]
         together = len(opened) == 2
         if together:
@@ -112,30 +157,31 @@ def check_pair(pair: Pair) -> list[Problem]:
         for group in ([opened] if together else [[o] for o in opened]):
             _scan(group, problems)
         for item in opened:
-            product_type = item.product.name.product_type
-            problems.extend(value_problem(item.product.rel, item.tally, product_type))
-            if item.readable:
-                problems.extend(overview_problems(item.product.rel, item.src, item.product.path,
-                                                  product_type))
-    return problems
+            problems.extend(item.results())
+            lattice = lattice_of(item.src)
+            if lattice is not None:
+                outcome.lattices[item.product.rel] = lattice
+    return outcome
 
 
 #: Rule id of a shelf-year whose checks raised an unexpected error (reported, run goes on).
 CHECK_FAILED = "raster-check-failed"
 
 
-def checked_pair(pair: Pair) -> list[Problem]:
+def checked_pair(pair: Pair) -> PairOutcome:
     """``check_pair``, with an unexpected error reported against the pair's first file.
 
     One GDAL environment serves all the pair's opens (about eight with rio-cogeo's): without
     it, rasterio sets one up and tears it down per open (3–9 % of a validation's CPU here).
+    It disables PAM (``FILE_ONLY_CONFIG``) for every one of them.
     """
     try:
-        with rasterio.Env():
+        with rasterio.Env(**FILE_ONLY_CONFIG):
             return check_pair(pair)
     except Exception as exc:  # noqa: BLE001 - one odd file must not hide the other problems
-        return [Problem(pair.files()[0].rel, CHECK_FAILED, f"{type(exc).__name__}: {exc}",
-                        "the raster and pair checks complete")]
+        return PairOutcome([Problem(pair.files()[0].rel, CHECK_FAILED,
+                                    f"{type(exc).__name__}: {exc}",
+                                    "the raster and pair checks complete")])
 
 
 def default_workers() -> int:
@@ -167,23 +213,29 @@ class ProductRules:
     """Called as ``progress(pairs_checked, pairs_total)`` after each shelf-year's pair."""
 
     def check(self, release_dir: Path) -> Iterator[Problem]:
-        """Every raster and pair problem, shelf-years checked in parallel."""
+        """Every raster and pair problem, shelf-years checked in parallel, then the lattices
+        of each shelf's years compared."""
         inventory = scan_release(Path(release_dir), self.allow)
         pairs = [pair for folder in inventory.years for pair in pairs_of(folder)]
         workers = self.workers or default_workers()
+        lattices: dict[str, tuple[float, float]] = {}
         if workers == 1 or len(pairs) < 2:
-            results: Iterator[list[Problem]] = map(checked_pair, pairs)
-            yield from self._counted(results, len(pairs))
-            return
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="validate") as pool:
-            yield from self._counted(pool.map(checked_pair, pairs), len(pairs))
+            results: Iterator[PairOutcome] = map(checked_pair, pairs)
+            yield from self._counted(results, len(pairs), lattices)
+        else:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="validate") as pool:
+                yield from self._counted(pool.map(checked_pair, pairs), len(pairs), lattices)
+        yield from stack_problems(lattices)
 
-    def _counted(self, results: Iterator[list[Problem]], total: int) -> Iterator[Problem]:
-        """The problems of each pair in turn, reporting progress as pairs complete."""
+    def _counted(self, results: Iterator[PairOutcome], total: int,
+                 lattices: dict[str, tuple[float, float]]) -> Iterator[Problem]:
+        """The problems of each pair in turn, reporting progress as pairs complete and
+        collecting their lattices."""
         if self.progress is not None:
             self.progress(0, total)
-        for done, problems in enumerate(results, start=1):
-            yield from problems
+        for done, outcome in enumerate(results, start=1):
+            yield from outcome.problems
+            lattices.update(outcome.lattices)
             if self.progress is not None:
                 self.progress(done, total)
 

@@ -2,7 +2,9 @@
 
 The header checks look at an open dataset only; the value checks are tallies fed one window at
 a time (see ``product_rules``, which reads each file once for these and the pair rules), so a
-raster is never read whole. Every expectation comes from ``producer.spec``.
+raster is never read whole. The overview checks ride on the same windows: each full-resolution
+window is compared with the overview pixels that nearest resampling takes from it. Every
+expectation comes from ``producer.spec``.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import math
 import threading
 import warnings
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +43,20 @@ VALUES = "raster-values"
 OVERVIEW_VALUES = "raster-overview-values"
 UNREADABLE = "raster-unreadable"
 MASK = "raster-mask"
+SCALE_OFFSET = "raster-scale-offset"
+OVERVIEW_RESAMPLING = "raster-overview-resampling"
+OVERVIEW_CONTENT = "raster-overview-content"
+GRID_ORIGIN = "raster-grid-origin"
+GRID_STACK = "raster-grid-stack"
+
+#: Dataset tag in which GDAL's COG tooling (rio-cogeo, which the writer uses) records how the
+#: overviews were resampled.
+OVERVIEW_RESAMPLING_TAG = "OVERVIEW_RESAMPLING"
+#: Names of nearest resampling that tag may hold (rio-cogeo: NEAREST; GDAL's own: NEAR).
+NEAREST_NAMES = frozenset({"NEAREST", "NEAR"})
+#: Grid origins closer than this to the 30 m lattice count as on it (float rounding of the
+#: transform; real misalignments are whole metres).
+LATTICE_TOLERANCE_M = 1e-3
 
 #: Rows (and at most this many columns) read per window: one row of tiles of the spec's layout.
 WINDOW_ROWS = ENCODING.blocksize
@@ -84,7 +102,8 @@ def _epsg(src: rasterio.io.DatasetReader) -> int | None:
 
 def header_problems(rel: str, src: rasterio.io.DatasetReader,
                     product_type: ProductType) -> list[Problem]:
-    """Format, band count, dtype, compression, CRS, pixel size, nodata tag, tiling, overviews."""
+    """Format, band count, dtype, compression, CRS, pixel size, nodata tag, tiling, overviews,
+    mask, scale/offset, the overviews' resampling tag and the grid origin's lattice."""
     found: list[Problem] = []
 
     def check(ok: bool, rule: str, have: str, want: str) -> None:
@@ -118,7 +137,41 @@ def header_problems(rel: str, src: rasterio.io.DatasetReader,
     check(not large or bool(src.overviews(1)), OVERVIEWS, "no internal overviews",
           f"internal overviews (raster larger than {ENCODING.blocksize} px)")
     found.extend(mask_problems(rel, src, product_type))
+    found.extend(scale_offset_problems(rel, src))
+    found.extend(resampling_problems(rel, src))
+    found.extend(origin_problems(rel, src))
     return found
+
+
+def scale_offset_problems(rel: str, src: rasterio.io.DatasetReader) -> list[Problem]:
+    """A band scale other than 1 or an offset other than 0.
+
+    Readers that apply them (QGIS, xarray with mask_and_scale) would turn the class values into
+    other numbers (scale 2, offset 10: 0/1/255 read as 10/12/520), so the map would not hold the
+    spec's classes for them even though the stored pixels do.
+    """
+    if not src.count:
+        return []
+    scale, offset = src.scales[0], src.offsets[0]
+    if scale == 1 and offset == 0:
+        return []
+    return [Problem(rel, SCALE_OFFSET, f"band scale {scale:g}, offset {offset:g}",
+                    "scale 1 and offset 0 (the stored values are the classes)")]
+
+
+def resampling_problems(rel: str, src: rasterio.io.DatasetReader) -> list[Problem]:
+    """Overviews that the file's own resampling tag says are not nearest.
+
+    The tag is only present where the tool wrote it (rio-cogeo does, GDAL's COG driver does
+    not); whatever it says, the overview pixels are also compared with the full image
+    (``OverviewCheck``).
+    """
+    tag = src.tags().get(OVERVIEW_RESAMPLING_TAG)
+    if tag is None or not src.overviews(1) or tag.strip().upper() in NEAREST_NAMES:
+        return []
+    want = ENCODING.overview_resampling
+    return [Problem(rel, OVERVIEW_RESAMPLING, f"{OVERVIEW_RESAMPLING_TAG}={tag}",
+                    f"{want.upper()} ({want} overviews keep the class values and the damage)")]
 
 
 def mask_problems(rel: str, src: rasterio.io.DatasetReader,
@@ -143,10 +196,14 @@ def mask_problems(rel: str, src: rasterio.io.DatasetReader,
                     f"no mask band: {want} for {_type_text(product_type)}")]
 
 
+#: GDAL options for every open of a product: only the file itself counts, never a PAM sidecar
+#: (``<file>.aux.xml``) that could supply a nodata value, scale or tags the file lacks (and GDAL
+#: writes no sidecar either).
+FILE_ONLY_CONFIG = {"GDAL_PAM_ENABLED": "NO"}
 #: GDAL options for rio-cogeo's validator, which re-opens the file once per IFD and only looks
 #: at the TIFF structure: skipping the georeferencing (GeoTIFF keys -> PROJ) makes each open
 #: about four times cheaper. The CRS and transform are checked by ``header_problems``.
-COG_VALIDATE_CONFIG = {"GDAL_GEOREF_SOURCES": "NONE"}
+COG_VALIDATE_CONFIG = {"GDAL_GEOREF_SOURCES": "NONE", **FILE_ONLY_CONFIG}
 #: Without georeferencing rasterio warns "not georeferenced"; the warning filter is process
 #: state, so threads take turns (the validator call costs about a millisecond).
 _COG_LOCK = threading.Lock()
@@ -164,6 +221,92 @@ def cog_problems(rel: str, path: Path) -> list[Problem]:
     return ([Problem(rel, COG, e, _VALID_COG) for e in errors]
             + [Problem(rel, COG_WARNING, w, "no COG warnings", severity="warning")
                for w in cog_warnings])
+
+
+# --------------------------------------------------------------------------------------------
+# Grid lattice
+# --------------------------------------------------------------------------------------------
+
+
+def lattice_offset(transform: rasterio.Affine,
+                   resolution: float = ENCODING.resolution) -> tuple[float, float]:
+    """How far (x, y in metres, in [0, resolution)) a grid's origin lies off the lattice of
+    multiples of the pixel size; (0, 0) for the producer's aligned grids (``producer.grid``).
+
+    Rounded to the millimetre so that equal lattices compare equal despite float noise.
+    """
+    def offset(coordinate: float) -> float:
+        value = round(coordinate % resolution, 3) % resolution
+        return 0.0 if value < LATTICE_TOLERANCE_M else value
+
+    return offset(transform.c), offset(transform.f)
+
+
+def lattice_of(src: rasterio.io.DatasetReader) -> tuple[float, float] | None:
+    """The file's ``lattice_offset``, or None where its pixels are not 30 m north-up squares
+    (no lattice to compare; ``raster-resolution`` reports those)."""
+    return lattice_offset(src.transform) if _resolution_ok(src) else None
+
+
+def _offset_text(offset: tuple[float, float]) -> str:
+    return f"({offset[0]:g}, {offset[1]:g}) m"
+
+
+def origin_problems(rel: str, src: rasterio.io.DatasetReader) -> list[Problem]:
+    """A warning for a grid origin that is not a multiple of the pixel size.
+
+    The producer's grids are aligned to multiples of 30 m (``producer.grid.Grid``); a file that
+    is not may still be a published file of the authors, whose grids we cannot verify, hence a
+    warning. Only checked on 30 m north-up pixels (otherwise ``raster-resolution`` reports).
+    """
+    offset = lattice_of(src)
+    if offset is None or offset == (0.0, 0.0):
+        return []
+    t = src.transform
+    res = ENCODING.resolution
+    return [Problem(rel, GRID_ORIGIN, f"origin ({t.c:.3f}, {t.f:.3f}) lies {_offset_text(offset)} "
+                    f"off the {res:g} m lattice",
+                    f"an origin at multiples of {res:g} m (the producer's aligned grid)",
+                    severity="warning")]
+
+
+def stack_problems(offsets: Mapping[str, tuple[float, float]]) -> list[Problem]:
+    """Products of one shelf whose years lie on different 30 m lattices (they must stack).
+
+    ``offsets`` maps release-relative product paths (``<Shelf>/<YYYY>/<file>``) to their
+    ``lattice_offset``. The lattice most years of a shelf use (ties: the aligned one, then the
+    smallest offset) is the reference; each file off it is reported when another year is on
+    it. Two files of one year on different lattices are ``pair-grid``'s finding.
+    """
+    shelves: dict[str, dict[str, tuple[float, float]]] = {}
+    for rel, offset in offsets.items():
+        shelves.setdefault(rel.split("/", 1)[0], {})[rel] = offset
+    problems: list[Problem] = []
+    for files in shelves.values():
+        if len(set(files.values())) > 1:
+            problems.extend(_off_lattice(files))
+    return problems
+
+
+def _year(rel: str) -> str:
+    return rel.split("/")[1] if rel.count("/") >= 2 else ""
+
+
+def _off_lattice(files: Mapping[str, tuple[float, float]]) -> Iterator[Problem]:
+    """The files of one shelf that are not on its reference lattice (see ``stack_problems``)."""
+    votes = Counter(offset for _, offset in {(_year(rel), o) for rel, o in files.items()})
+    reference = min(votes, key=lambda o: (-votes[o], o != (0.0, 0.0), o))
+    res = ENCODING.resolution
+    for rel, offset in sorted(files.items()):
+        others = sorted(r for r, o in files.items() if o == reference and _year(r) != _year(rel))
+        if offset == reference or not others:
+            continue
+        more = f" and {len(others) - 1} more file(s) of other years" if len(others) > 1 else ""
+        yield Problem(rel, GRID_STACK,
+                      f"origin {_offset_text(offset)} off the {res:g} m lattice; {others[0]}"
+                      f"{more}: {_offset_text(reference)}",
+                      f"every year of a shelf on the same {res:g} m lattice, so that its maps "
+                      "stack pixel on pixel")
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,45 +405,202 @@ def value_problem(rel: str, tally: ValueTally, product_type: ProductType,
                     f"only {_values_text(product_type.values)} in {_type_text(product_type)}")]
 
 
-def overview_windows(height: int, width: int,
-                     factor: int) -> Iterator[tuple[Window, tuple[int, int]]]:
-    """Full-resolution windows, aligned to ``factor``, with the overview shape each covers.
+# --------------------------------------------------------------------------------------------
+# Overview rules
+# --------------------------------------------------------------------------------------------
 
-    Reading such a window with that ``out_shape`` (nearest) makes GDAL return the overview's
-    own pixels, exactly, when ``factor`` divides the raster's size.
+
+def nearest_sources(full: int, sizes: list[int]) -> list[np.ndarray]:
+    """For each overview level, the full-resolution index that each overview pixel along one
+    axis (rows or columns) copies when GDAL builds the overviews with nearest resampling.
+
+    Found empirically with GDAL 3.10 (rio-cogeo, as the writer calls it, and GDAL's COG
+    driver): each level is resampled from the previous one, and pixel i of a level of n
+    pixels copies pixel ``int(0.5 + i * m / n)`` of the level of m pixels before it (the
+    top-left pixel of its block when the factor divides the size: 2i, 4i, 8i, ...).
     """
-    rows, cols = WINDOW_ROWS * factor, WINDOW_COLS * factor
-    for row in range(0, height, rows):
-        for col in range(0, width, cols):
-            h, w = min(rows, height - row), min(cols, width - col)
-            yield Window(col, row, w, h), (h // factor, w // factor)
+    found: list[np.ndarray] = []
+    previous = np.arange(full, dtype=np.int64)
+    for size in sizes:
+        ratio = len(previous) / size
+        picks = (np.arange(size, dtype=np.int64) * ratio + 0.5).astype(np.int64)
+        previous = previous[np.minimum(picks, len(previous) - 1)]
+        found.append(previous)
+    return found
 
 
-def _tally_overview(src: rasterio.io.DatasetReader, path: Path, level: int, factor: int,
-                    tally: ValueTally, buffers: Buffers) -> None:
-    """Feed one overview level's pixels to a tally, window by window."""
-    if src.height % factor == 0 and src.width % factor == 0:
-        for window, shape in overview_windows(src.height, src.width, factor):
-            out = buffers.get("overview", shape, src.dtypes[0])
-            tally.update(src.read(1, window=window, out=out, resampling=Resampling.nearest))
-        return
-    with rasterio.open(path, overview_level=level) as ovr:  # sizes GDAL rounded: read directly
-        for window in windows(ovr.height, ovr.width):
-            tally.update(ovr.read(1, window=window))
+def _step(indices: np.ndarray) -> int | None:
+    """The stride s if ``indices`` is ``first + s * arange(n)`` (then slices pick it), else None."""
+    if len(indices) < 2:
+        return 1
+    steps = np.diff(indices)
+    return int(steps[0]) if steps[0] > 0 and bool((steps == steps[0]).all()) else None
 
 
-def overview_problems(rel: str, src: rasterio.io.DatasetReader, path: Path,
-                      product_type: ProductType) -> list[Problem]:
-    """Values of every internal overview, read by windows: nearest keeps them in the class set."""
-    problems: list[Problem] = []
-    buffers = Buffers()
-    for level, factor in enumerate(src.overviews(1)):
-        tally = ValueTally(product_type.values)
+#: Most bytes of overview rows a level keeps read ahead (a band of whole rows, so that the
+#: full-resolution windows of one row of tiles, left to right, share one read).
+OVERVIEW_BAND_BYTES = 4 * 1024 * 1024
+
+
+@dataclass
+class _Level:
+    """One overview level being compared: how to read it, and the full-resolution pixels it
+    copies (row and column indices, see ``nearest_sources``).
+
+    Its pixels are read in bands of whole rows (up to a tile row, ``OVERVIEW_BAND_BYTES``),
+    each tallied once when read, and handed out to the windows they belong to: one read per
+    band instead of one per window.
+    """
+
+    level: int
+    src: rasterio.io.DatasetReader
+    """The level's own dataset, or, when ``factor`` is set, the full-resolution one."""
+    rows: np.ndarray
+    cols: np.ndarray
+    tally: ValueTally
+    factor: int | None = None
+    """Set for a level that decimates exactly by this factor: it is read through the open
+    full-resolution dataset (a window aligned to the factor, read at 1/factor size, is the
+    overview's own pixels), which saves an open per level."""
+    row_step: int | None = field(init=False)
+    col_step: int | None = field(init=False)
+    differ: int = 0
+    failed: bool = False
+    _band: np.ndarray = field(init=False, repr=False)
+    """Scratch for a band of rows, allocated once."""
+    _current: np.ndarray = field(init=False, repr=False)
+    """The band last read (a view of ``_band`` unless it did not fit), rows ``_band_rows``."""
+    _band_rows: tuple[int, int] = (0, 0)
+
+    def __post_init__(self) -> None:
+        self.row_step, self.col_step = _step(self.rows), _step(self.cols)
+        width = max(1, self.cols.size)
+        rows = max(1, min(ENCODING.blocksize, OVERVIEW_BAND_BYTES // width))
+        self._band = np.empty((rows, width), np.dtype(self.src.dtypes[0]))
+        self._current = self._band[:0]
+
+    def _read(self, first: int, end: int) -> np.ndarray:
+        """Overview rows first:end, whole width, into the band buffer."""
+        out = self._band[: end - first] if end - first <= len(self._band) \
+            else np.empty((end - first, self.cols.size), self._band.dtype)
+        width, f = self.cols.size, self.factor
+        if f is None:
+            return self.src.read(1, window=Window(0, first, width, end - first), out=out)
+        window = Window(0, first * f, width * f, (end - first) * f)
+        return self.src.read(1, window=window, out=out, resampling=Resampling.nearest)
+
+    def pixels(self, first: int, end: int) -> np.ndarray:
+        """Overview rows first:end (whole width), read with the band holding them if needed;
+        rows are asked for in order, so each is read and tallied once."""
+        start, stop = self._band_rows
+        if not (start <= first and end <= stop):
+            tallied = stop
+            stop = min(self.rows.size, max(end, first + len(self._band)))
+            band = self._read(first, stop)
+            self.tally.update(band[max(0, tallied - first):])
+            self._band_rows, self._current = (first, stop), band
+            start = first
+        return self._current[first - start: end - start]
+
+
+def _take(block: np.ndarray, indices: np.ndarray, step: int | None, axis: int) -> np.ndarray:
+    """``block`` at ``indices`` along an axis: a strided view when they are evenly spaced."""
+    if step is None:
+        return np.take(block, indices, axis=axis)
+    part = slice(int(indices[0]), int(indices[-1]) + 1, step)
+    return block[part] if axis == 0 else block[:, part]
+
+
+def _divides(src: rasterio.io.DatasetReader, factors: list[int]) -> bool:
+    """Whether every factor divides the raster's size and the one before it: then nearest
+    resampling copies pixel (f*i, f*j) and the level is f times smaller, exactly."""
+    previous = 1
+    for factor in factors:
+        if factor % previous or src.height % factor or src.width % factor:
+            return False
+        previous = factor
+    return True
+
+
+class OverviewCheck:
+    """Values and content of every internal overview, fed the full image window by window.
+
+    For each full-resolution window the overview pixels whose nearest source lies in it (see
+    ``nearest_sources``) are read and (1) tallied for values outside the class set, (2)
+    compared exactly with those source pixels. So each overview pixel is read once and the
+    full image is not read again; averaged, mode or stale overviews differ from the image even
+    where their values stay in the class set.
+    """
+
+    def __init__(self, rel: str, src: rasterio.io.DatasetReader, path: Path,
+                 product_type: ProductType, stack: ExitStack) -> None:
+        self.rel, self.product_type = rel, product_type
+        self.problems: list[Problem] = []
+        self._buffers = Buffers()
+        self.levels: list[_Level] = []
+        readers: list[tuple[rasterio.io.DatasetReader, int | None]] = []
+        shapes: list[tuple[int, int]] = []
+        factors = src.overviews(1) if src.count else []
+        for level, factor in enumerate(factors):
+            if _divides(src, factors[:level + 1]):
+                readers.append((src, factor))
+                shapes.append((src.height // factor, src.width // factor))
+                continue
+            try:  # sizes GDAL rounded: the level's own dataset says what they are
+                own = stack.enter_context(rasterio.open(path, overview_level=level))
+            except RasterioError as exc:
+                self._unreadable(level, exc)
+                return
+            readers.append((own, None))
+            shapes.append(own.shape)
+        rows = nearest_sources(src.height, [h for h, _ in shapes])
+        cols = nearest_sources(src.width, [w for _, w in shapes])
+        self.levels = [_Level(level, reader, r, c, ValueTally(product_type.values), factor)
+                       for level, ((reader, factor), r, c)
+                       in enumerate(zip(readers, rows, cols, strict=True))]
+
+    def _unreadable(self, level: int, exc: Exception) -> None:
+        self.problems.append(Problem(self.rel, UNREADABLE, f"overview {level}: {exc}",
+                                     "every overview block readable"))
+
+    def update(self, window: Window, block: np.ndarray) -> None:
+        """Compare the overview pixels copied from this full-resolution window."""
+        r0, c0 = int(window.row_off), int(window.col_off)
+        for level in self.levels:
+            if not level.failed:
+                self._compare(level, r0, c0, block)
+
+    def _compare(self, level: _Level, r0: int, c0: int, block: np.ndarray) -> None:
+        """One level's part of one window: read it, tally its values, count differences."""
+        i0, i1 = np.searchsorted(level.rows, (r0, r0 + block.shape[0]))
+        j0, j1 = np.searchsorted(level.cols, (c0, c0 + block.shape[1]))
+        if i0 == i1 or j0 == j1:
+            return
+        shape = (int(i1 - i0), int(j1 - j0))
         try:
-            _tally_overview(src, path, level, factor, tally, buffers)
+            overview = level.pixels(int(i0), int(i1))[:, j0:j1]
         except RasterioError as exc:
-            problems.append(Problem(rel, UNREADABLE, f"overview {level}: {exc}",
-                                    "every overview block readable"))
-            continue
-        problems.extend(value_problem(rel, tally, product_type, overview=level))
-    return problems
+            level.failed = True
+            self._unreadable(level.level, exc)
+            return
+        rows = _take(block, level.rows[i0:i1] - r0, level.row_step, 0)
+        source = _take(rows, level.cols[j0:j1] - c0, level.col_step, 1)
+        differ = np.not_equal(overview, source, out=self._buffers.get("differ", shape, bool))
+        level.differ += int(np.count_nonzero(differ))
+
+    def results(self) -> list[Problem]:
+        """Read failures, values outside the class set and differences, per level."""
+        found = list(self.problems)
+        for level in self.levels:
+            found.extend(value_problem(self.rel, level.tally, self.product_type,
+                                       overview=level.level))
+            if level.differ:
+                size = level.rows.size * level.cols.size
+                found.append(Problem(
+                    self.rel, OVERVIEW_CONTENT,
+                    f"overview {level.level} ({level.cols.size} x {level.rows.size} px): "
+                    f"{level.differ} of {size} px differ from the full-resolution pixel "
+                    "nearest resampling copies",
+                    f"{ENCODING.overview_resampling} overviews: each overview pixel equal to "
+                    "its source pixel of the full image (as GDAL builds them)"))
+        return found

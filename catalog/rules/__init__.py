@@ -13,19 +13,27 @@ Three rule sets, each reporting every problem it finds as ``validation.report.Pr
     recorded size and checksum, grid / nodata / data type fields (of assets and of the item)
     agree with the files, the item's geometry and bbox are the products' footprint, its
     timestamps agree with its acquisition dates, statistics agree with the type-1 raster, null
-    facts are listed as unknown, the demo flag says what the provenance record of the release
-    says, the products' source tag names the source that record names, the item index
-    (items.parquet and items.ndjson) holds exactly the catalog's items as they are.
+    facts are listed as unknown, the fields the product name decides (shelf, year, sensors,
+    restoration, platform, ...) say what the name says, the fields the provenance record
+    decides (models, scenes, main scene) say what the record says, the product classes are the
+    spec's, the demo flag says what the provenance record of the release says, the products'
+    source tag names the source that record names, the item index (items.parquet and
+    items.ndjson) holds exactly the catalog's items as they are.
 ``release-metadata``
-    metadata.ods rows ⇔ items, one row per shelf-year, each row agrees with its product's name
-    and (when present) provenance record, acquisition dates agree between metadata.ods,
-    provenance and STAC, each shelf has its ROI GeoPackage (valid polygon layer, EPSG:3031) and
-    its products lie in the ROI.
+    metadata.ods rows ⇔ items (its Summary sheet and each shelf's sheet), one row per
+    shelf-year, each row agrees with its product's name and (when present) provenance record,
+    acquisition dates agree between metadata.ods, provenance and STAC, provenance records are
+    plausible (scenes of the summer and of the sensors the name says, products on the grid the
+    record names), each shelf has its ROI GeoPackage (valid polygon layer of that shelf,
+    EPSG:3031), its products lie in the ROI and type 2 is on the grid the producer maps for
+    it; release.yaml reads as the publisher reads it.
 
-A release without a ``stac/`` folder has no catalog yet: the rule sets then report nothing (the
-product rules of the validator still apply). One bad file (a truncated raster, a garbled JSON
-record, an item pystac cannot read) is reported as a problem of that file; it never aborts a
-rule set nor hides the problems of other files.
+A release with products but without a catalog (no ``stac/catalog.json``, nothing a catalog run
+writes) is not cataloged yet: the rule sets then report one warning saying so (and check
+release.yaml); one with files a catalog run writes but no root catalog has a broken catalog,
+an error, and its remains are checked. One bad file (a truncated raster, a garbled JSON
+record, an item pystac cannot read, a link that loops) is reported as a problem of that file;
+it never aborts a rule set nor hides the problems of other files.
 
 One module per rule set (``stac_schema``, ``consistency``, ``release_metadata``) and what they
 share (``common``); this package registers them with the validator.

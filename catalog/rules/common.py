@@ -14,6 +14,10 @@ import pystac
 
 import schemas
 from producer.spec import (
+    ITEMS_NDJSON,
+    ITEMS_PARQUET,
+    METADATA_ODS,
+    ROI_GEOPACKAGE_SUFFIX,
     STAC_CATALOG_DIR,
 )
 from validation.report import Problem
@@ -34,13 +38,21 @@ STAC_KINDS = {"Feature": pystac.STACObjectType.ITEM,
               "Catalog": pystac.STACObjectType.CATALOG}
 
 
-def read_json_or_none(path: Path) -> dict[str, Any] | None:
-    """A JSON object file's content, or None when it is not a JSON object."""
+def read_json(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """A JSON object file's content, or None and why it is none: the file does not read (a
+    link loop, no permission), is not JSON, or holds something else than an object."""
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
+    except OSError as error:
+        return None, f"does not read: {short_message(error)}"
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None, "not JSON"
+    return (data, None) if isinstance(data, dict) else (None, "not a JSON object")
+
+
+def read_json_or_none(path: Path) -> dict[str, Any] | None:
+    """A JSON object file's content, or None when it is not a JSON object."""
+    return read_json(path)[0]
 
 
 def short_message(error: BaseException, limit: int = 200) -> str:
@@ -52,6 +64,49 @@ def short_message(error: BaseException, limit: int = 200) -> str:
 def has_catalog(release_dir: Path) -> bool:
     """Whether the release has been cataloged (its root catalog exists)."""
     return (Path(release_dir) / STAC_CATALOG_DIR / "catalog.json").exists()
+
+
+def catalog_outputs(release_dir: Path) -> list[str]:
+    """The files only ``icedamage catalog`` writes that the release holds (links that do not
+    resolve count: a file was meant to be there): any file under ``stac/``, the item index.
+
+    Without ``stac/catalog.json`` beside them, the catalog is broken (deleted, half copied),
+    not missing: its rule sets must still run.
+    """
+    root = Path(release_dir)
+    found = [f"{STAC_CATALOG_DIR}/"] if _holds_a_file(root / STAC_CATALOG_DIR) else []
+    return found + [name for name in (ITEMS_PARQUET, ITEMS_NDJSON)
+                    if os.path.lexists(root / name)]
+
+
+def catalog_inputs(release_dir: Path) -> list[str]:
+    """The catalog files a user may place before cataloging, which ``icedamage catalog`` reads
+    and keeps: metadata.ods (scene facts without provenance) and ROI GeoPackages (official
+    outlines)."""
+    root = Path(release_dir)
+    rois = sorted(p.name for p in root.glob(f"*{ROI_GEOPACKAGE_SUFFIX}"))
+    return ([METADATA_ODS] if os.path.lexists(root / METADATA_ODS) else []) + rois
+
+
+def _holds_a_file(folder: Path) -> bool:
+    """Whether a folder holds anything but folders, however deep (a link counts as a file)."""
+    return any(names for _, _, names in os.walk(folder))
+
+
+def checks_catalog(release_dir: Path) -> bool:
+    """Whether the catalog rule sets look into a release: it has its root catalog, or files
+    only a catalog run writes (then the catalog is broken, and its remains are checked)."""
+    return has_catalog(release_dir) or bool(catalog_outputs(release_dir))
+
+
+def resolved(path: Path) -> Path:
+    """``path`` with ``..`` and links resolved; a link that does not resolve (a loop, which
+    ``Path.resolve`` raises RuntimeError on in Python 3.11) or a path that cannot be looked at
+    stays as it is, made absolute and normalised, so that comparing paths never raises."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError):
+        return Path(os.path.abspath(path))
 
 
 def stac_files(release_dir: Path) -> list[Path]:
@@ -69,7 +124,7 @@ def rel_path(release_dir: Path, path: Path) -> str:
     """``path`` relative to the release root, POSIX style (lexically first, so a file reached
     through a linked folder keeps its place in the release; then with links resolved)."""
     root, target = Path(os.path.abspath(release_dir)), Path(os.path.abspath(path))
-    for base, where in ((root, target), (root.resolve(), Path(path).resolve())):
+    for base, where in ((root, target), (resolved(root), resolved(Path(path)))):
         try:
             return where.relative_to(base).as_posix()
         except ValueError:
@@ -97,8 +152,9 @@ def is_inside(root: Path, path: Path) -> bool:
 
 
 def same_file(a: Path | None, b: Path) -> bool:
-    """Whether two paths name the same file, with ``..`` and links resolved on both sides."""
-    return a is not None and a.resolve() == b.resolve()
+    """Whether two paths name the same file, with ``..`` and links resolved on both sides (a
+    link that does not resolve is compared as written)."""
+    return a is not None and resolved(a) == resolved(b)
 
 
 def guarded(where: str, problems: Iterator[Problem]) -> Iterator[Problem]:
@@ -109,8 +165,6 @@ def guarded(where: str, problems: Iterator[Problem]) -> Iterator[Problem]:
     except Exception as error:  # noqa: BLE001 - reported as a problem of that file
         yield Problem(where, "catalog-check-failed", short_message(error),
                       "checks that run to the end (the other files were still checked)")
-
-
 
 
 def looks_like_item(data: dict[str, Any]) -> bool:

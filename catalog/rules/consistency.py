@@ -9,15 +9,20 @@ import json
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 import pystac
 import shapely
+from pyproj import Transformer
 from shapely.geometry import shape
+from shapely.geometry.base import BaseGeometry
 
-from catalog.geometry import geojson_and_bbox, grid_footprint
+from catalog.build import CATALOG_FORMAT, _state_digest
+from catalog.geometry import TOLERANCE_M, geojson_and_bbox, grid_footprint
 from catalog.release import (
     RasterFacts,
     ShelfYearFiles,
@@ -32,6 +37,9 @@ from catalog.rules.common import (
     STAC_VERSION,
     STATS_FIELDS,
     P,
+    catalog_inputs,
+    catalog_outputs,
+    checks_catalog,
     guarded,
     has_catalog,
     href_target,
@@ -40,21 +48,28 @@ from catalog.rules.common import (
     looks_like_item,
     read_json_or_none,
     rel_path,
+    resolved,
     same_file,
     short_message,
     stac_files,
 )
-from catalog.search import FILTER_COLUMNS, OFFSETS_KEY, release_relative
-from catalog.stac import item_id, not_applicable_fields
+from catalog.search import FILTER_COLUMNS, OFFSETS_KEY, read_build_state, release_relative
+from catalog.stac import CatalogSettings, classes_of, item_id, not_applicable_fields
 from catalog.stats import count_pixels, damage_stats, is_diffgf_derived, stats_close
 from catalog.uncertainty import PAPER_FACTORS, UncertaintyFactors
 from producer.provenance import Provenance
 from producer.spec import (
+    CONSTELLATION,
+    ENCODING,
     ITEMS_NDJSON,
     ITEMS_PARQUET,
+    PRODUCT_TYPES,
+    SENSORS,
     SOURCE_TAG,
+    STAC_CATALOG_DIR,
     TYPE1,
     TYPE2,
+    ProductName,
     SpecError,
     is_demo_source,
     normalise_source,
@@ -170,15 +185,60 @@ def _grid_problems(rel: str, where: str, fields: dict[str, Any], facts: RasterFa
     return problems
 
 
-def _record_of(entry: LoadedItem, by_folder: dict[Path, tuple[Provenance | None, bool]]
-               ) -> tuple[Provenance | None, bool] | None:
-    """The provenance record of the shelf-year whose products an item's assets point at, so
-    an item under another id (a copy pointing at demo products) is still checked."""
+@dataclass(frozen=True)
+class ShelfYearRecord:
+    """A shelf-year's products as the release scan found them, with its provenance record
+    (None without one, or when it does not read) and whether that record read."""
+
+    files: ShelfYearFiles
+    provenance: Provenance | None
+    read: bool
+
+
+def _record_of(entry: LoadedItem, by_folder: dict[Path, ShelfYearRecord]
+               ) -> ShelfYearRecord | None:
+    """The shelf-year whose products an item's assets point at, so an item under another id
+    (a copy pointing at demo products) is still checked against them."""
     for asset in entry.item.assets.values():
         path, _ = href_target(entry.path.parent, asset.href)
-        if path is not None and path.parent.resolve() in by_folder:
-            return by_folder[path.parent.resolve()]
+        if path is not None and resolved(path.parent) in by_folder:
+            return by_folder[resolved(path.parent)]
     return None
+
+
+def scan_or_problem(root: Path) -> tuple[list[ShelfYearFiles], Problem | None]:
+    """The shelf-years of a release, or a problem saying why the release could not be walked
+    (a folder without permission: the layout rules report what they find there)."""
+    try:
+        return scan_release(root), None
+    except OSError as error:
+        return [], Problem(".", "catalog-check-failed", short_message(error),
+                           "a release folder the catalog checks can walk")
+
+
+def catalog_missing_problems(root: Path, found: list[ShelfYearFiles]) -> Iterator[Problem]:
+    """``stac/catalog.json`` is there, or the release is plainly not cataloged yet.
+
+    Files only a catalog run writes (anything under ``stac/``, the item index) without the
+    root catalog are a broken catalog (an error: its remains are still checked). A release with
+    products and none of them is not cataloged yet, which is a normal step before
+    ``icedamage catalog`` (a warning: it is not ready to publish); metadata.ods and ROI
+    GeoPackages alone do not make a catalog, as a user may supply them for the catalog run.
+    """
+    if has_catalog(root):
+        return
+    where = f"{STAC_CATALOG_DIR}/catalog.json"
+    outputs, inputs = catalog_outputs(root), catalog_inputs(root)
+    if outputs:
+        yield Problem(where, "catalog-missing",
+                      f"no root catalog, but the release holds {', '.join(outputs + inputs)}",
+                      "the root catalog written with them: re-run `icedamage catalog --force`")
+    elif found:
+        held = f" (it holds only {', '.join(inputs)})" if inputs else ""
+        yield Problem(where, "catalog-missing", f"not cataloged: no STAC catalog and no item "
+                      f"index{held}", "a cataloged release before publishing: run "
+                      "`icedamage catalog` (STAC catalog, item index, metadata.ods, ROI "
+                      "GeoPackages)", "warning")
 
 
 @dataclass
@@ -191,37 +251,43 @@ class CatalogConsistencyRules:
 
     def check(self, release_dir: Path) -> Iterator[Problem]:
         """Every consistency problem between the catalog and the files of the release."""
-        root = Path(release_dir).resolve()  # "a/../b" and links: one spelling of every path
-        if not has_catalog(root):
+        root = resolved(Path(release_dir))  # "a/../b" and links: one spelling of every path
+        found, failure = scan_or_problem(root)
+        if failure is not None:
+            yield failure
+            return
+        yield from catalog_missing_problems(root, found)
+        if not checks_catalog(root):
             return
         loaded, unreadable = read_items(root)
         yield from unreadable
         by_id = {entry.item.id: entry for entry in loaded
                  if is_hashable(entry.item.id)}  # a malformed id is stac-schema's finding
-        found = scan_release(root)
         yield from self._products_have_items(root, found, by_id)
-        records: dict[str, tuple[Provenance | None, bool]] = {}
-        by_folder: dict[Path, tuple[Provenance | None, bool]] = {}
+        records: dict[str, ShelfYearRecord] = {}
+        by_folder: dict[Path, ShelfYearRecord] = {}
         for files in found:
             prov, error = files.provenance_or_error()
             if error is not None:
                 yield Problem(rel_path(root, files.auxiliary["provenance"]),
                               "catalog-file-unreadable", error[:200],
                               "a provenance record (JSON) as the producer writes it")
-            by_folder.setdefault(files.folder.resolve(), (prov, error is None))
+            record = ShelfYearRecord(files, prov, error is None)
+            by_folder.setdefault(resolved(files.folder), record)
             if prov is not None:
                 yield from guarded(rel_path(root, files.auxiliary["provenance"]),
                                    _source_tag_problems(root, files, prov))
             try:
-                records.setdefault(item_id(files.name), (prov, error is None))
+                records.setdefault(item_id(files.name), record)
             except SpecError:
                 continue  # an unregistered shelf: product-without-item says so
+        code_note = _CodeNote(root, found, loaded)
         for entry in loaded:
             record = _record_of(entry, by_folder) or records.get(str(entry.item.id))
             yield from guarded(rel_path(root, entry.path),
-                                self._item_problems(root, entry, record))
+                               self._item_problems(root, entry, record, code_note))
         yield from guarded(ITEMS_PARQUET, _index_problems(root, loaded))
-        yield from broken_links(root)
+        yield from guarded(STAC_CATALOG_DIR, broken_links(root))
 
     def _products_have_items(self, release_dir: Path, found: list[ShelfYearFiles],
                              by_id: dict[str, LoadedItem]) -> Iterator[Problem]:
@@ -245,10 +311,10 @@ class CatalogConsistencyRules:
                                   f"item {entry.item.id} asset {key} -> {entry.asset_path(key)}",
                                   f"asset {key} pointing at this file")
 
-    def _item_problems(self, root: Path, entry: LoadedItem,
-                       record: tuple[Provenance | None, bool] | None) -> Iterator[Problem]:
-        """Problems of one item; ``record`` is its shelf-year's provenance as the release scan
-        found it, and whether it read (None when the release holds no product of the item)."""
+    def _item_problems(self, root: Path, entry: LoadedItem, record: ShelfYearRecord | None,
+                       code_note: _CodeNote) -> Iterator[Problem]:
+        """Problems of one item; ``record`` is its shelf-year as the release scan found it
+        (None when the release holds no product of the item)."""
         rel = rel_path(root, entry.path)
         item = entry.item
         facts_of: dict[str, RasterFacts] = {}
@@ -263,7 +329,8 @@ class CatalogConsistencyRules:
             if path is None:
                 continue
             if not path.exists():
-                yield Problem(rel, "asset-missing", f"assets.{key} -> {asset.href}",
+                dangling = " (a link that does not resolve)" if path.is_symlink() else ""
+                yield Problem(rel, "asset-missing", f"assets.{key} -> {asset.href}{dangling}",
                               "an existing file")
                 continue
             if not inside:
@@ -280,35 +347,243 @@ class CatalogConsistencyRules:
                     continue
                 yield from _grid_problems(rel, f"assets.{key}", asset.extra_fields,
                                           facts_of[key])
-        yield from _footprint_problems(rel, item, facts_of)
+        yield from _classes_problems(rel, item, code_note)
+        yield from _footprint_problems(rel, item, facts_of, code_note)
         yield from _unknown_problems(rel, item)
         yield from _datetime_problems(rel, entry.data)
         if record is not None:
             tagged = tagged_source(facts_of[k] for k in (TYPE1.key, TYPE2.key) if k in facts_of)
-            yield from _demo_problems(rel, item, *record, tagged)
+            yield from _demo_problems(rel, item, record.provenance, record.read, tagged)
+            yield from _name_problems(rel, item, record.files.name)
+            if record.provenance is not None:
+                yield from _provenance_problems(rel, item, record.provenance,
+                                                record.files.auxiliary["provenance"].name)
         if self.check_stats and TYPE1.key not in unreadable:
             yield from _stats_problems(root, rel, entry)
 
 
+#: A field that an item must not hold (STAC's ``platform`` of a map from several satellites).
+_ABSENT = object()
+
+
+def name_fields(name: ProductName) -> dict[str, Any]:
+    """The item fields that a product name decides, as ``catalog.stac.build_item`` writes
+    them from the spec's sensors: shelf, year, sensors, restoration, whether the imagery is
+    SLC-off, and STAC's platform (one satellite only), constellation and instruments."""
+    return {
+        f"{P}shelf": name.shelf,
+        f"{P}year": name.year,
+        f"{P}sensors": list(name.sensors),
+        f"{P}restoration": name.restoration,
+        f"{P}slc_off": any(SENSORS[t].slc_off_in(name.year) for t in name.sensors),
+        "platform": SENSORS[name.sensors[0]].platform if len(name.sensors) == 1 else _ABSENT,
+        "constellation": CONSTELLATION,
+        "instruments": sorted({SENSORS[t].instrument for t in name.sensors}),
+    }
+
+
+def _name_problems(rel: str, item: pystac.Item, name: ProductName) -> Iterator[Problem]:
+    """Fields the product name decides say what the name of the item's products says (an
+    item edited after cataloging must not describe other satellites, restoration or year)."""
+    props = item.properties
+    for field, want in name_fields(name).items():
+        found = props.get(field, _ABSENT)
+        if found is _ABSENT and want is _ABSENT:
+            continue
+        if found is _ABSENT or want is _ABSENT or type(found) is not type(want) \
+                or found != want:
+            shown = "absent" if found is _ABSENT else json.dumps(found)
+            wanted = "absent (the map merges several satellites)" if want is _ABSENT \
+                else json.dumps(want)
+            yield Problem(rel, "item-name-mismatch", f"{field} = {shown}",
+                          f"{wanted} (from {name.filename})")
+
+
+def provenance_fields(prov: Provenance, restored: bool) -> dict[str, Any]:
+    """The item fields a provenance record decides, as ``catalog.stac`` writes them: scene
+    source, segmentation model and weights hash, main scene, each scene's id, sensor, date
+    and role and, for a restored map, the restoration model, its hash and restored share."""
+    fields: dict[str, Any] = {
+        f"{P}source": prov.source,
+        f"{P}model": prov.segmentation.name,
+        f"{P}model_weights_sha256": prov.segmentation.weights_sha256,
+        f"{P}main_scene": prov.main_scene.scene_id,
+        f"{P}scenes": [_scene_key(s.scene_id, s.sensor, s.acquired.isoformat(), s.role)
+                       for s in sorted(prov.scenes, key=lambda s: s.acquired)],
+    }
+    if restored:
+        model = prov.restoration_model
+        fields[f"{P}restoration_model"] = model.name if model else None
+        fields[f"{P}restoration_weights_sha256"] = model.weights_sha256 if model else None
+        fields[f"{P}restored_fraction"] = prov.parameters.get("restored_extent_fraction")
+    return fields
+
+
+def _scene_key(*values: Any) -> str:
+    """A scene as ``id (sensor, date, role)``, how both sides of the comparison are shown."""
+    return f"{values[0]} ({', '.join(str(v) for v in values[1:])})"
+
+
+def _item_scenes(value: Any) -> Any:
+    """An item's ``icedamage:scenes`` in the form ``provenance_fields`` gives them (the value
+    as it is when it is not a list of scene objects: stac-schema reports that)."""
+    if not isinstance(value, list) or not all(isinstance(s, dict) for s in value):
+        return value
+    return [_scene_key(s.get("id"), s.get("sensor"), s.get("acquired"), s.get("role"))
+            for s in sorted(value, key=lambda s: str(s.get("acquired")))]
+
+
+def _provenance_problems(rel: str, item: pystac.Item, prov: Provenance,
+                         record: str) -> Iterator[Problem]:
+    """Fields that come from the shelf-year's provenance record say what it says: which
+    models (by weights hash) made the map, from which scenes, with which main scene."""
+    props = item.properties
+    restored = props.get(f"{P}restoration") is not None
+    for field, want in provenance_fields(prov, restored).items():
+        found = props.get(field)
+        if field == f"{P}scenes":
+            found = _item_scenes(found)
+        if not _same_value(found, want):
+            yield Problem(rel, "item-provenance-mismatch", f"{field} = {found}"[:300],
+                          f"{want} (from {record})"[:300])
+
+
+def _classes_problems(rel: str, item: pystac.Item, code_note: _CodeNote) -> Iterator[Problem]:
+    """``classification:classes`` of both products are the classes the spec gives their values,
+    built as the catalog builds them (``catalog.stac.classes_of``): a reader that trusts an
+    edited class list reads damage as background."""
+    for kind in PRODUCT_TYPES:
+        asset = item.assets.get(kind.key)
+        if asset is None:
+            continue
+        want = [c.to_dict() for c in classes_of(kind)]
+        found = asset.extra_fields.get("classification:classes")
+        if found != want:
+            yield Problem(rel, "item-classes", f"assets.{kind.key}.classification:classes = "
+                          f"{_classes_text(found)}"[:300],
+                          f"{_classes_text(want)} (the spec's classes of type {kind.number})"
+                          f"{code_note.text()}"[:400])
+
+
+def _classes_text(classes: Any) -> str:
+    """Classes shown as ``value=name`` pairs (what differs is nearly always there)."""
+    if not isinstance(classes, list):
+        return json.dumps(classes)[:200]
+    return "[" + ", ".join(f"{c.get('value')}={c.get('name')}" if isinstance(c, dict)
+                           else json.dumps(c) for c in classes) + "]"
+
+
 def _file_problems(root: Path, rel: str, key: str, asset: pystac.Asset,
                    path: Path) -> Iterator[Problem]:
-    """An asset's recorded size and checksum against its file."""
+    """An asset's recorded size and checksum against its file (one that does not read, e.g.
+    without permission, is reported as such)."""
     size, checksum = asset.extra_fields.get("file:size"), asset.extra_fields.get("file:checksum")
-    if size != path.stat().st_size:
+    try:
+        actual_size, actual = path.stat().st_size, file_checksum(path)
+    except OSError as error:
+        yield Problem(rel_path(root, path), "catalog-file-unreadable",
+                      f"does not read: {short_message(error)}"[:200],
+                      f"a readable file (assets.{key} size and checksum not checked)")
+        return
+    if size != actual_size:
         yield Problem(rel, "asset-size", f"assets.{key} file:size = {size}",
-                      f"{path.stat().st_size} ({rel_path(root, path)})")
-    actual = file_checksum(path)
+                      f"{actual_size} ({rel_path(root, path)})")
     if checksum != actual:
         yield Problem(rel, "asset-checksum", f"assets.{key} file:checksum = {checksum}",
                       f"{actual} ({rel_path(root, path)})")
 
 
-def _footprint_problems(rel: str, item: pystac.Item,
-                        facts_of: dict[str, RasterFacts]) -> Iterator[Problem]:
+class _CodeNote:
+    """Whether the catalog was built by this version's catalog code, asked once per run and
+    only when an item disagrees with what the current builder makes of its files.
+
+    The build state (``stac/.build.json``) records a digest of a catalog run's inputs and of
+    the builder's ``CATALOG_FORMAT``; the digest this code computes for the same files (with the
+    paper's uncertainty factors and the catalog's licence and software version) differs when
+    the catalog was built by older code (or from other files or factors). Then the fix is to
+    rebuild the catalog, ``--force`` making sure it is.
+    """
+
+    def __init__(self, root: Path, found: list[ShelfYearFiles],
+                 loaded: list[LoadedItem]) -> None:
+        self.root, self.found, self.loaded = root, found, loaded
+        self._text: str | None = None
+
+    def text(self) -> str:
+        """A sentence to append to an ``expected`` text ("" when the catalog is current or
+        the question cannot be answered)."""
+        if self._text is None:
+            self._text = self._compute()
+        return self._text
+
+    def _compute(self) -> str:
+        recorded = (read_build_state(self.root / STAC_CATALOG_DIR) or {}).get("inputs")
+        if not isinstance(recorded, str) or not self.loaded:
+            return ""
+        try:
+            current = _state_digest(self.root, self.found, PAPER_FACTORS, self._settings())
+        except Exception:  # noqa: BLE001 - an unreadable file: no answer, reported elsewhere
+            return ""
+        if current == recorded:
+            return ""
+        return ("; the catalog's build state (stac/.build.json) does not match this "
+                f"version's catalog code (format {CATALOG_FORMAT}) and these files: it was "
+                "built by older code (or from other files or factors); rebuild it with "
+                "`icedamage catalog --force`")
+
+    def _settings(self) -> CatalogSettings:
+        """The settings the catalog was built with, as its collection and items state them."""
+        props = self.loaded[0].item.properties
+        software = props.get("processing:software")
+        collections = sorted((self.root / STAC_CATALOG_DIR).glob("*/collection.json"))
+        collection = read_json_or_none(collections[0]) if collections else None
+        return CatalogSettings(
+            license=str((collection or {}).get("license", CatalogSettings.license)),
+            software_version=str(software.get("icedamage", "unknown"))
+            if isinstance(software, dict) else "unknown",
+            dataset_version=str(props["version"]) if props.get("version") else None)
+
+
+#: Longest longitude/latitude segment (degrees) when a geometry is measured in EPSG:3031:
+#: a straight lon/lat segment this short and its EPSG:3031 image differ by millimetres.
+_MEASURE_STEP_DEG = 0.01
+
+
+@cache
+def _to_polar() -> Transformer:
+    return Transformer.from_crs("EPSG:4326", ENCODING.crs, always_xy=True)
+
+
+def _in_metres(geometry: BaseGeometry) -> BaseGeometry:
+    """A lon/lat geometry in EPSG:3031, its straight lon/lat segments (what GeoJSON means)
+    kept as the curves they are there by densifying them first."""
+    dense = shapely.segmentize(geometry, _MEASURE_STEP_DEG)
+
+    def project(xy: np.ndarray) -> np.ndarray:
+        return np.column_stack(_to_polar().transform(xy[:, 0], xy[:, 1]))
+
+    return shapely.transform(dense, project)
+
+
+def geometry_distance_m(found: BaseGeometry, want: BaseGeometry) -> float:
+    """The largest distance (metres, in EPSG:3031) between two lon/lat geometries' outlines
+    (infinite when one does not project, e.g. latitudes beyond the pole)."""
+    try:
+        distance = float(shapely.hausdorff_distance(_in_metres(found), _in_metres(want)))
+    except Exception:  # noqa: BLE001 - shapely/pyproj errors on coordinates that make no sense
+        return math.inf
+    return distance if math.isfinite(distance) else math.inf
+
+
+def _footprint_problems(rel: str, item: pystac.Item, facts_of: dict[str, RasterFacts],
+                        code_note: _CodeNote) -> Iterator[Problem]:
     """The item's own grid fields, geometry and bbox are those of its footprint product.
 
     As the catalog builds them: the type-2 file (full ROI) when the item has one, else the
-    type-1 file; its grid rectangle in EPSG:3031, reprojected (``catalog.geometry``).
+    type-1 file; its grid rectangle in EPSG:3031, reprojected (``catalog.geometry``). The
+    geometry may differ from the builder's by the builder's own tolerance
+    (``catalog.geometry.TOLERANCE_M``): a catalog built by older code, which placed its
+    vertices otherwise, still describes the footprint.
     """
     key = TYPE2.key if TYPE2.key in item.assets else TYPE1.key
     facts = facts_of.get(key)
@@ -323,19 +598,27 @@ def _footprint_problems(rel: str, item: pystac.Item,
             isinstance(a, int | float) and abs(a - b) <= GEOMETRY_TOLERANCE_DEG
             for a, b in zip(found_bbox, bbox, strict=True))):
         yield Problem(rel, "item-geometry-mismatch", f"bbox = {found_bbox}",
-                      f"{[round(v, 6) for v in bbox]} ({source})")
+                      f"{[round(v, 6) for v in bbox]} ({source}){code_note.text()}")
     try:
         found_shape = shape(item.geometry) if item.geometry else None
     except Exception:  # noqa: BLE001 - not a GeoJSON geometry: stac-schema says why
         found_shape = None
     want = shape(geometry)
-    if found_shape is None or found_shape.is_empty or \
-            shapely.hausdorff_distance(found_shape, want) > GEOMETRY_TOLERANCE_DEG:
-        found = (f"geometry with bounds {tuple(round(v, 4) for v in found_shape.bounds)}"
-                 if found_shape is not None and not found_shape.is_empty else
-                 f"geometry = {item.geometry}"[:200])
-        yield Problem(rel, "item-geometry-mismatch", found,
-                      f"bounds {tuple(round(v, 4) for v in want.bounds)} ({source})")
+    vertices = f"{shapely.get_num_coordinates(want)} vertices"
+    if found_shape is None or found_shape.is_empty:
+        yield Problem(rel, "item-geometry-mismatch", f"geometry = {item.geometry}"[:200],
+                      f"the {source} ({vertices}){code_note.text()}")
+        return
+    distance = geometry_distance_m(found_shape, want)
+    if distance > TOLERANCE_M:
+        far = "does not project to EPSG:3031" if math.isinf(distance) else \
+            f"up to {distance:,.1f} m from the footprint"
+        yield Problem(rel, "item-geometry-mismatch",
+                      f"geometry of {shapely.get_num_coordinates(found_shape)} vertices, {far} "
+                      f"(bounds {tuple(round(v, 4) for v in found_shape.bounds)})",
+                      f"the {source} as the catalog builds it ({vertices}, bounds "
+                      f"{tuple(round(v, 4) for v in want.bounds)}), within {TOLERANCE_M:g} m"
+                      f"{code_note.text()}")
 
 
 def _at(day: dt.date, end: bool = False) -> dt.datetime:
@@ -496,7 +779,12 @@ def _ndjson_problems(root: Path, ids: list[Any], items: dict[str, LoadedItem],
                       f"{ITEMS_NDJSON} beside {ITEMS_PARQUET} (search reads the items from it; "
                       "without it every search decodes the whole parquet)", "warning")
         return
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as error:  # a folder, no permission
+        yield Problem(ITEMS_NDJSON, "index-unreadable", f"does not read: {short_message(error)}",
+                      "one STAC item (JSON) per line")
+        return
     records = []
     for number, line in enumerate(raw.splitlines(), start=1):
         try:

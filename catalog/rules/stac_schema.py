@@ -23,9 +23,9 @@ from catalog.rules.common import (
     SCHEMAS_ENV,
     STAC_KINDS,
     STAC_VERSION,
-    has_catalog,
+    checks_catalog,
     looks_like_item,
-    read_json_or_none,
+    read_json,
     rel_path,
     short_message,
     stac_files,
@@ -182,7 +182,7 @@ class StacSchemaRules:
 
     def check(self, release_dir: Path) -> Iterator[Problem]:
         """Validate each catalog, collection and item file; each file's problems on its own."""
-        files = stac_files(release_dir) if has_catalog(release_dir) else []
+        files = stac_files(release_dir) if checks_catalog(release_dir) else []
         if not files:
             return
         checker = OfflineSchemas(self.schemas_folder,
@@ -190,9 +190,9 @@ class StacSchemaRules:
         unavailable: dict[str, str] = {}
         for path in files:
             rel = rel_path(release_dir, path)
-            data = read_json_or_none(path)
+            data, why = read_json(path)
             if data is None:
-                yield Problem(rel, "stac-json-invalid", "not JSON", "a STAC JSON object")
+                yield Problem(rel, "stac-json-invalid", str(why), "a STAC JSON object")
                 continue
             try:
                 yield from self._file_problems(checker, data, rel, unavailable)
