@@ -583,14 +583,7 @@ def _whole_scene_blend(model: DiffGF, rgb: np.ndarray, gaps: np.ndarray, known: 
                        seed: int, steps: int, tile: int, overlap: int, batch: int) -> np.ndarray:
     """The restoration as it was before bands (reference): float64 sums over the whole scene,
     the tiles touching a gap diffused ``batch`` at a time in row-major order."""
-    from producer.restoration.diffgf import (
-        feather,
-        from_model_range,
-        sample,
-        tile_noise,
-        tile_starts,
-        to_model_range,
-    )
+    from producer.restoration.diffgf import SamplingSettings, _generate, feather, tile_starts
     from producer.restoration.harmonize import harmonize_float
 
     h, w = gaps.shape
@@ -601,16 +594,9 @@ def _whole_scene_blend(model: DiffGF, rgb: np.ndarray, gaps: np.ndarray, known: 
     latent = (4, tile // model.factor, tile // model.factor)
     for start in range(0, len(todo), batch):
         chunk = todo[start:start + batch]
-        imgs = np.zeros((len(chunk), tile, tile, 3), np.uint8)
-        unk = np.ones((len(chunk), 1, tile, tile), np.float32)
-        for j, (_, (r, c)) in enumerate(chunk):
-            kn = known[r:r + tile, c:c + tile]
-            imgs[j, :kn.shape[0], :kn.shape[1]] = np.where(kn[..., None],
-                                                           rgb[r:r + tile, c:c + tile], 0)
-            unk[j, 0, :kn.shape[0], :kn.shape[1]] = ~kn
-        noise = torch.stack([tile_noise(latent, seed, i) for i, _ in chunk])
-        gen = from_model_range(sample(model, to_model_range(imgs), torch.from_numpy(unk), noise,
-                                      steps))
+        # one batch's diffusion as production runs it; what is under test is the blending
+        gen = _generate(model, rgb, known, chunk, tile, latent,
+                        SamplingSettings(seed=seed, steps=steps, tile=tile, overlap=overlap))
         for j, (_, (r, c)) in enumerate(chunk):
             th, tw = min(tile, h - r), min(tile, w - c)
             sl = np.s_[r:r + th, c:c + tw]
