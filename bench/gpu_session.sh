@@ -38,6 +38,13 @@ rasterio.__version__, 'cpus', torch.get_num_threads())" | tee -a "$OUT/gpu.txt"
 # Seconds left of DEADLINE (default 570 s: one device call may run 600) for a stage, at most $1.
 left() { local rest=$(( ${DEADLINE:-570} - SECONDS )); (( rest < $1 )) && echo $(( rest > 1 ? rest : 1 )) || echo "$1"; }
 
+# The dense steady states not measured first: MiT-b2 without TTA, MiT-b0 with and without, batch
+# 32, appended to $1 (a JSON-lines file); $DENSE is the stage's dense command.
+dense_others() {
+    timeout "$(left 75)" $DENSE --tta off --rss-variant b2 --batch-size 32 2>&1 | tee -a "$1"
+    timeout "$(left 105)" $DENSE --tta both --rss-variant b0 --batch-size 32 2>&1 | tee -a "$1"
+}
+
 if [[ $STAGES == *goal* ]]; then
 echo "== goal 1: MiT-b2 TTA 2048², reference vs production, eager and compiled, fp32 and fp16"
 timeout "$(left 230)" python3 bench/inference.py --device cuda --amp both --size 2048 \
@@ -67,11 +74,8 @@ DENSE="python3 bench/inference.py --device cuda --no-throughput --rss-dense --rs
     --threads 8 --compile auto --rss-scene /tmp/scene"
 echo "== explore 1: dense MiT-b2 TTA, batch 64 (16 windows × 4 views per call)"
 timeout "$(left 120)" $DENSE --tta on --batch-size 64 2>&1 | tee "$OUT/explore_dense.jsonl"
-echo "== explore 2: dense MiT-b0 TTA and not, MiT-b2 without TTA, batch 32"
-timeout "$(left 110)" $DENSE --tta both --rss-variant b0 --batch-size 32 2>&1 \
-    | tee -a "$OUT/explore_dense.jsonl"
-timeout "$(left 80)" $DENSE --tta off --rss-variant b2 --batch-size 32 2>&1 \
-    | tee -a "$OUT/explore_dense.jsonl"
+echo "== explore 2: dense MiT-b2 without TTA, MiT-b0 with and without, batch 32"
+dense_others "$OUT/explore_dense.jsonl"
 echo "== explore 3: where an eager batch spends its GPU time (MiT-b2, TTA, exact float32)"
 timeout "$(left 40)" python3 bench/profile_forward.py --variant b2 --tta on --batch-size 32 \
     2>&1 | tee "$OUT/profile_b2.txt"
@@ -98,10 +102,7 @@ timeout "$(left 150)" python3 -m pytest -v -p no:cacheprovider --noconftest test
     tests/test_restoration.py -k "matches_the_cpu" 2>&1 | tee "$OUT/test_cuda_split.log" \
     | grep -E "PASS|FAIL|ERROR|passed|failed|Error"
 echo "== split 4: dense MiT-b2 without TTA, MiT-b0 with and without"
-timeout "$(left 70)" $DENSE --tta off --rss-variant b2 --batch-size 32 2>&1 \
-    | tee -a "$OUT/split_dense.jsonl"
-timeout "$(left 100)" $DENSE --tta both --rss-variant b0 --batch-size 32 2>&1 \
-    | tee -a "$OUT/split_dense.jsonl"
+dense_others "$OUT/split_dense.jsonl"
 echo "== split 5: where an eager split batch spends its GPU time"
 timeout "$(left 40)" python3 bench/profile_forward.py --variant b2 --tta on --batch-size 32 \
     --split-tf32 2>&1 | tee "$OUT/profile_b2_split.txt"
