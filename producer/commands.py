@@ -69,6 +69,11 @@ def run_produce(
         "--extent", help="GeoPackage of effective extents (columns shelf, year); default: "
                          "the ROI shrunk inwards by 5 % of its smaller side (Thwaites, whose "
                          "ROI holds its neighbours: a box around the Thwaites shelf).")] = None,
+    velocity: Annotated[Path | None, typer.Option(
+        "--velocity", help="Ice-velocity product (speed raster, vx/vy raster, or MEaSUREs "
+                           "NetCDF with VX, VY): when no scene covers the ROI, the main scene "
+                           "is chosen for its coverage of the shelf and of its fast-flowing "
+                           "ice (paper 2.4.1).")] = None,
     out: Annotated[Path, typer.Option(help="Release folder to write into.")] = DEFAULT_OUT,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     force: Annotated[bool, typer.Option(help="Redo shelf-years that are up to date.")] = False,
@@ -104,7 +109,7 @@ def run_produce(
         out=out, weights=weights, diffgf=diffgf, restoration=restoration, extent_file=extent,
         device=device, force=force, keep_probability=keep_probability, source_index=source_index,
         tta=tta, batch_size=batch_size, exact=exact, compare_scenes=compare_scenes,
-        compile=compile_model,
+        compile=compile_model, velocity=velocity,
     )
     try:
         years = parse_years(year)

@@ -14,11 +14,12 @@ at scene seams would disturb the segmentation). The rules, automated:
    are filled from the other scenes in order of acquisition-date distance to the main scene
    (close dates first, as ice moves), each filling only pixels still uncovered where it is
    usable.
-   Deviation from the paper: the authors also choose the main scene for "more complete coverage
-   of rapidly flowing areas", judged with an ice-velocity product (Rignot et al., 2017), and
-   merge by hand under visual inspection. We take no velocity input: the main scene is scored
-   by its usable share of the whole effective extent, fast-flowing or not, so a scene that
-   covers more of the slow shelf can win over one that covers the fast-flowing part.
+   With an ice-velocity product (``produce --velocity``; the paper's Rignot et al., 2017) the
+   main scene is the one with "relatively high proportion of valid coverage and more complete
+   coverage of rapidly flowing areas": it scores the mean of its usable share of the shelf
+   region and its usable share of the region's ice flow (pixels weighted by speed,
+   ``producer.velocity``); the plain share breaks ties. Without one, the plain share decides,
+   fast-flowing or not. The authors then merge by hand under visual inspection; we do not.
 3. If the shelf region is still not fully covered by usable pixels, the year has no map
    (``NotCoveredError``). That includes a shelf region lying partly outside the ROI, where no
    scene is merged: beyond ``MAX_OUTSIDE_ROI_SHARE`` of its pixels (a tolerance for GIS
@@ -62,6 +63,8 @@ MAX_SCENES = SOURCE_SCENE_NOT_IMAGED
 #: Reads rows ``r0:r1`` of two full-width masks: (usable, data) of a scene, (roi, extent) of the
 #: grid.
 RowMasks = Callable[[int, int], tuple[NDArray[np.bool_], NDArray[np.bool_]]]
+#: Reads the ice speed of rows ``r0:r1`` (non-negative, 0 where unknown; any unit).
+RowSpeed = Callable[[int, int], NDArray[np.floating]]
 
 
 class NotCoveredError(ValueError):
@@ -143,6 +146,10 @@ class MergePlan:
     full_coverage: tuple[int, ...] = ()
     """Candidate positions usable over the whole ROI, in ranking order (rule 1; the main scene
     first when the plan is single-scene)."""
+    flow_fractions: tuple[float, ...] = ()
+    """Per candidate: usable share of the shelf region's ice flow (speed-weighted pixels; a
+    share of that flow, not of the ROI). Empty without a speed, or where it is 0 all over the
+    shelf region (a velocity product of another region)."""
 
     @property
     def used(self) -> tuple[int, ...]:
@@ -162,17 +169,22 @@ def _check(candidates: Sequence[Candidate], roi: NDArray[np.bool_],
 
 
 def plan_merge(candidates: Sequence[Candidate], roi: NDArray[np.bool_],
-               extent: NDArray[np.bool_], strip_rows: int = STRIP_ROWS) -> MergePlan:
+               extent: NDArray[np.bool_], strip_rows: int = STRIP_ROWS,
+               speed: NDArray[np.floating] | None = None) -> MergePlan:
     """The merge plan of a shelf-year, or NotCoveredError if the shelf region stays uncovered.
 
     ``candidates`` come best first (the source's ranking); ``roi`` marks the ROI pixels of the
-    grid and ``extent`` the shelf region (effective extent) that must be fully covered.
+    grid and ``extent`` the shelf region (effective extent) that must be fully covered;
+    ``speed`` (optional, the grid's ice speed) weighs the flow a main scene covers (rule 2).
     """
     roi = np.asarray(roi, bool)
     extent = np.asarray(extent, bool)
     _check(candidates, roi, extent)
+    if speed is not None and np.shape(speed) != roi.shape:
+        raise ValueError(f"speed {np.shape(speed)} and ROI mask {roi.shape} differ in shape")
     return plan_merge_rows(candidates, lambda r0, r1: (roi[r0:r1], extent[r0:r1]), roi.shape,
-                           strip_rows)
+                           strip_rows,
+                           None if speed is None else lambda r0, r1: speed[r0:r1])
 
 
 @dataclass
@@ -186,20 +198,35 @@ class _Tally:
     outside_px: int = 0
     """Shelf-region pixels outside the ROI (no scene is merged there)."""
 
+    shelf_flow: float = 0.0
+    """Sum of the speed over the shelf region (when a speed is given)."""
+
     def __post_init__(self) -> None:
         self.full = [True] * self.n
         self.on_shelf = [0] * self.n
         self.on_roi = [0] * self.n
         self.data_on_roi = [0] * self.n
+        self.flow_on_shelf = [0.0] * self.n
 
     def add(self, i: int, usable: NDArray[np.bool_], data: NDArray[np.bool_],
-            roi: NDArray[np.bool_], extent: NDArray[np.bool_]) -> None:
-        """Count scene i's usable and data pixels of one strip."""
+            roi: NDArray[np.bool_], extent: NDArray[np.bool_],
+            speed: NDArray[np.floating] | None = None) -> None:
+        """Count scene i's usable and data pixels of one strip (and the flow it covers)."""
         if self.full[i] and np.any(roi & ~usable):
             self.full[i] = False
-        self.on_shelf[i] += int(np.count_nonzero(usable & extent))
+        on_shelf = usable & extent
+        self.on_shelf[i] += int(np.count_nonzero(on_shelf))
         self.on_roi[i] += int(np.count_nonzero(usable & roi))
         self.data_on_roi[i] += int(np.count_nonzero(data & roi))
+        if speed is not None:
+            self.flow_on_shelf[i] += float(speed[on_shelf].sum(dtype=np.float64))
+
+    @property
+    def flow_fractions(self) -> tuple[float, ...]:
+        """Per scene: usable share of the shelf region's flow (empty when it has none)."""
+        if self.shelf_flow <= 0:
+            return ()
+        return tuple(flow / self.shelf_flow for flow in self.flow_on_shelf)
 
     def check_inside_roi(self, scenes: int) -> None:
         """NotCoveredError when more than ``MAX_OUTSIDE_ROI_SHARE`` of the shelf region's
@@ -219,18 +246,22 @@ class _Tally:
             if self.full[i]:
                 return i, True
         shelf_px, roi_px = max(self.shelf_px, 1), max(self.roi_px, 1)
+        flow = self.flow_fractions
 
-        def score(i: int) -> tuple[float, float, int]:
-            return self.on_shelf[i] / shelf_px, self.on_roi[i] / roi_px, -i
+        def score(i: int) -> tuple[float, float, float, int]:
+            share = self.on_shelf[i] / shelf_px
+            both = (share + flow[i]) / 2 if flow else share
+            return both, share, self.on_roi[i] / roi_px, -i
 
         return max(range(self.n), key=score), False
 
 
 def plan_merge_rows(candidates: Sequence[Candidate], area: RowMasks, shape: tuple[int, int],
-                    strip_rows: int = STRIP_ROWS) -> MergePlan:
+                    strip_rows: int = STRIP_ROWS, speed: RowSpeed | None = None) -> MergePlan:
     """``plan_merge`` reading every mask by strips of ``strip_rows`` rows.
 
-    ``area(r0, r1)`` gives the (roi, extent) rows of the grid of ``shape``. Memory: the index
+    ``area(r0, r1)`` gives the (roi, extent) rows of the grid of ``shape``, ``speed(r0, r1)``
+    (optional) the ice speed of those rows. Memory: the index
     plus a few strips, whatever the number of scenes; each candidate's masks are read at most
     three times per strip (counts, usable fill, cloudy fill), not at all once a strip is full.
     """
@@ -243,8 +274,11 @@ def plan_merge_rows(candidates: Sequence[Candidate], area: RowMasks, shape: tupl
         tally.roi_px += int(np.count_nonzero(roi))
         tally.shelf_px += int(np.count_nonzero(extent))
         tally.outside_px += outside
+        flow = None if speed is None else _speed_rows(speed, r0, r1, shape, extent)
+        if flow is not None:
+            tally.shelf_flow += float(flow[extent].sum(dtype=np.float64))
         for i, c in enumerate(candidates):
-            tally.add(i, *_scene_rows(c, r0, r1, shape), roi, extent)
+            tally.add(i, *_scene_rows(c, r0, r1, shape), roi, extent, flow)
     tally.check_inside_roi(len(candidates))
     if not candidates:
         raise NotCoveredError(0.0, tally.shelf_px, 0)
@@ -282,6 +316,7 @@ def plan_merge_rows(candidates: Sequence[Candidate], area: RowMasks, shape: tupl
         cloud_fractions=tuple((d - u) / roi_px
                               for d, u in zip(tally.data_on_roi, tally.on_roi, strict=True)),
         full_coverage=tuple(i for i in range(len(candidates)) if tally.full[i]),
+        flow_fractions=tally.flow_fractions,
     )
 
 
@@ -309,6 +344,19 @@ def _area_rows(area: RowMasks, r0: int, r1: int, shape: tuple[int, int]
     if roi.shape != want or extent.shape != want:
         raise ValueError(f"ROI/extent rows {r0}:{r1} are {roi.shape}/{extent.shape}, not {want}")
     return roi, extent & roi, int(np.count_nonzero(extent & ~roi))
+
+
+def _speed_rows(speed: RowSpeed, r0: int, r1: int, shape: tuple[int, int],
+                extent: NDArray[np.bool_]) -> NDArray[np.float64]:
+    """Speed of rows r0:r1, shape-checked; negative or non-finite values refused (a speed)."""
+    values = np.asarray(speed(r0, r1), np.float64)
+    want = (r1 - r0, shape[1])
+    if values.shape != want:
+        raise ValueError(f"speed rows {r0}:{r1} are {values.shape}, not {want}")
+    if not np.all(np.isfinite(values[extent])) or np.any(values[extent] < 0):
+        raise ValueError(f"speed rows {r0}:{r1}: negative or non-finite values on the shelf "
+                         "region (a speed is finite and >= 0; 0 where unknown)")
+    return values
 
 
 def _scene_rows(c: Candidate, r0: int, r1: int, shape: tuple[int, int]

@@ -59,6 +59,7 @@ from producer.merge import (
     Candidate,
     MergePlan,
     NotCoveredError,
+    RowSpeed,
     compose_rows,
     plan_merge_rows,
     scenes_in_rows,
@@ -101,6 +102,7 @@ from producer.spec import (
     slc_off_possible,
     sort_sensors,
 )
+from producer.velocity import VelocityError, speed_on_grid, velocity_layout
 from producer.writer import (
     WrittenProducts,
     atomic_path,
@@ -170,6 +172,9 @@ class ProduceOptions:
     per process, then faster windows; results equal up to float rounding, so not in the digest."""
     compare_scenes: int = DEFAULT_COMPARE_SCENES
     """Most full-coverage scenes of a summer segmented and compared (1: the ranking decides)."""
+    velocity: Path | None = None
+    """Ice-velocity product weighing the flow a merged year's main scene covers (paper 2.4.1;
+    ``producer.velocity``)."""
 
 
 @dataclass(frozen=True)
@@ -640,7 +645,22 @@ def run_parameters(options: ProduceOptions, grid: Grid, extent: BaseGeometry,
     compared = scenes_to_compare(options.compare_scenes, full_coverage)
     if compared > 1:
         parameters["compare_scenes"] = compared
+    if options.velocity is not None and not full_coverage:
+        # only a merged summer chooses its main scene by coverage (and flow): a summer with a
+        # full-coverage scene keeps its digest whatever velocity product is given
+        parameters["velocity"] = Path(options.velocity).name
+        parameters["velocity_sha256"] = cached_sha256(Path(options.velocity))
     return parameters
+
+
+@contextlib.contextmanager
+def _speed(options: ProduceOptions, grid: Grid) -> Iterator[RowSpeed | None]:
+    """The ice speed on the grid by rows when ``--velocity`` is given, else None."""
+    if options.velocity is None:
+        yield None
+        return
+    with speed_on_grid(velocity_layout(options.velocity), grid) as rows:
+        yield rows
 
 
 @contextlib.contextmanager
@@ -751,10 +771,16 @@ def produce_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
         progress("merge", 0, 2, "planning")
         masks = [scene_masks(s, year, grid, workdir, area) for s in scenes]
         try:
-            plan = plan_merge_rows([m.candidate() for m in masks], area.rows, grid.shape)
+            with _speed(options, grid) as speed:
+                plan = plan_merge_rows([m.candidate() for m in masks], area.rows, grid.shape,
+                                       speed=speed)
         except NotCoveredError as err:
             return YearResult(shelf, year, "not-mapped",
                               f"{shelf} {year}: {err}{_source_notes(source, shelf, year)}")
+        if options.velocity is not None and not plan.flow_fractions:
+            return YearResult(shelf, year, "failed", f"--velocity {options.velocity}: no speed "
+                              f"above 0 over the shelf region of {shelf} (a product of another "
+                              "region, or only NoData there)")
         progress("merge", 1, 2, "planned")
         parameters = run_parameters(options, grid, extent_geom, extent_origin,
                                     len(plan.full_coverage), year)
@@ -890,6 +916,8 @@ def _write_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
             "device": options.device,
             "exact_float32": options.exact,
             "compiled": options.compile,
+            **({"main_scene_flow_fraction": round(plan.flow_fractions[plan.main], 6)}
+               if plan.flow_fractions and not plan.single_scene else {}),
         },
         products=products, inputs_digest=digest, comparison=comparison,
     )
@@ -1031,6 +1059,11 @@ def check_request(shelf: str, source: SceneSource, options: ProduceOptions,
                            "extents with columns shelf, year)")
     if options.batch_size is not None and options.batch_size < 1:
         raise ProduceError(f"--batch-size {options.batch_size}: must be at least 1")
+    if options.velocity is not None:
+        try:
+            velocity_layout(options.velocity)
+        except VelocityError as err:
+            raise ProduceError(str(err)) from None
     if str(options.device).startswith("cuda"):
         import torch  # only here: the skip path of a CPU run never imports torch
 

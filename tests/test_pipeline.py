@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from affine import Affine
 from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -749,3 +750,59 @@ def test_local_all_cloud_4th_band_is_named_when_not_covered(tiny_weights: Path,
                         options).results
     assert result.status == "not-mapped" and "not fully covered" in result.message
     assert f"{path}: band 4 flags 100.0% of the file's data pixels" in result.message
+
+
+def test_velocity_guides_the_main_scene_of_a_merged_year(tiny_weights: Path,
+                                                         tmp_path: Path) -> None:
+    """Ice flowing fast only where a fill scene imaged makes that scene the main one, the
+    velocity product enters the record and the digest, and a re-run skips (paper 2.4.1)."""
+    year = next(y for y in range(2013, 2030)
+                if all(p.conditions.cloud_cover > 0 or p.conditions.footprint_cut
+                       for p in plan_summer("Totten", y)))
+    out = tmp_path / "release"
+    plain = _produce(["--shelf", "Totten", "--year", str(year)], tiny_weights, out)
+    assert plain.exit_code == 0, plain.output
+    record_path = next(out.glob(f"Totten/{year}/*_provenance.json"))
+    before = read_provenance(record_path)
+    if before.parameters["single_scene"]:
+        pytest.skip(f"demo summer {year} has a full-coverage scene")
+    with rasterio.open(next(out.glob(f"Totten/{year}/*_source_scene.tif"))) as ds:
+        index, profile = ds.read(1), ds.profile
+        scene_ids = json.loads(ds.tags()["scene_ids"])
+    with rasterio.open(next(out.glob(f"Totten/{year}/*_damage_map.tif"))) as ds:
+        extent = ds.read(1) != 255
+    fill_id = next(s.scene_id for s in before.scenes if s.role == "fill")
+    fast = extent & (index == scene_ids.index(fill_id))
+    assert fast.any()
+    speed = np.where(fast, 2000.0, 5.0).astype("float32")
+    velocity = tmp_path / "speed.tif"
+    profile.update(dtype="float32", nodata=None, count=1, driver="GTiff")
+    for key in ("blockxsize", "blockysize", "tiled", "compress", "interleave"):
+        profile.pop(key, None)
+    with rasterio.open(velocity, "w", **profile) as ds:
+        ds.write(speed, 1)
+
+    guided = _produce(["--shelf", "Totten", "--year", str(year), "--velocity", str(velocity)],
+                      tiny_weights, out)
+    assert guided.exit_code == 0 and "produced" in guided.output, guided.output
+    after = read_provenance(next(out.glob(f"Totten/{year}/*_provenance.json")))
+    assert after.main_scene.scene_id != before.main_scene.scene_id
+    assert after.parameters["velocity"] == "speed.tif"
+    assert after.parameters["velocity_sha256"] and after.inputs_digest != before.inputs_digest
+    assert after.parameters["main_scene_flow_fraction"] > 0.5
+    assert validate_release(out).ok()
+    again = _produce(["--shelf", "Totten", "--year", str(year), "--velocity", str(velocity)],
+                     tiny_weights, out)
+    assert again.exit_code == 0 and "skipped" in again.output
+
+    elsewhere = tmp_path / "elsewhere.tif"
+    t = profile["transform"]
+    profile.update(transform=Affine(t.a, t.b, t.c - 1e6, t.d, t.e, t.f))  # 1000 km away
+    with rasterio.open(elsewhere, "w", **profile) as ds:
+        ds.write(speed, 1)
+    off = _produce(["--shelf", "Totten", "--year", str(year), "--velocity", str(elsewhere)],
+                   tiny_weights, out)
+    assert off.exit_code == 1 and "no speed above 0 over the shelf region" in off.output
+    bad = _produce(["--shelf", "Totten", "--year", str(year), "--velocity",
+                    str(tmp_path / "none.tif")], tiny_weights, out)
+    assert bad.exit_code == 2 and "none.tif: no such file" in " ".join(bad.output.split())
