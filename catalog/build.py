@@ -14,6 +14,7 @@ written with the catalog, unless forced.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -134,11 +135,14 @@ def thumbnail_pixels(path: Path, max_side: int = THUMBNAIL_MAX_SIDE) -> np.ndarr
 
 
 def write_thumbnail(damage_map: Path, target: Path, force: bool = False) -> Path:
-    """Write the PNG quicklook unless it exists and is newer than the map."""
-    if target.exists() and not force and target.stat().st_mtime >= damage_map.stat().st_mtime:
+    """Write the PNG quicklook of a type-1 map, leaving an existing file that already holds it
+    untouched (its mtime counts in the catalog's build state); ``force`` rewrites it."""
+    encoded = io.BytesIO()
+    Image.fromarray(thumbnail_pixels(damage_map), mode="RGBA").save(encoded, format="PNG")
+    if not force and target.is_file() and target.read_bytes() == encoded.getvalue():
         return target
     with atomic_path(target) as tmp:
-        Image.fromarray(thumbnail_pixels(damage_map), mode="RGBA").save(tmp, format="PNG")
+        tmp.write_bytes(encoded.getvalue())
     return target
 
 
@@ -209,16 +213,24 @@ CATALOG_FORMAT = 4
 
 def _state_digest(release_dir: Path, found: list[ShelfYearFiles], factors: UncertaintyFactors,
                   settings: CatalogSettings) -> str:
-    """Digest of the inputs (file sizes and mtimes, factors, settings, the catalog format and
-    our STAC extension schema) of a catalog run."""
+    """Digest of the inputs of a catalog run (file sizes and mtimes, factors, settings, the
+    catalog format and our STAC extension schema) and of the files it leaves that an item or
+    the collection describes (thumbnails, ROI GeoPackages, which a user may replace): taken
+    after a run has written them, so editing any of them makes the catalog out of date."""
     parts = [factors.to_json(), json.dumps([settings.license, settings.software_version,
                                             settings.dataset_version]),
              f"format:{CATALOG_FORMAT}", json.dumps(schemas.load_schema(), sort_keys=True)]
+    described: list[Path | None] = []
     for files in found:
-        for path in (files.damage_map, files.damage, *files.auxiliary.values()):
-            if path is not None and path.suffix != ".png":
-                stat = path.stat()
-                parts.append(f"{path.relative_to(release_dir)}:{stat.st_size}:{stat.st_mtime_ns}")
+        described += [files.damage_map, files.damage, *files.auxiliary.values()]
+        if files.damage_map is not None:
+            described.append(files.folder / files.name.auxiliary("thumbnail"))
+    described += [release_dir / roi_geopackage_name(shelf)
+                  for shelf in sorted({f.name.shelf for f in found})]
+    for path in dict.fromkeys(described):  # a thumbnail the scan found is listed twice
+        if path is not None and path.exists():
+            stat = path.stat()
+            parts.append(f"{path.relative_to(release_dir)}:{stat.st_size}:{stat.st_mtime_ns}")
     ods = release_dir / METADATA_ODS
     if ods.exists():
         parts.append(f"ods:{ods.stat().st_size}:{ods.stat().st_mtime_ns}")
@@ -452,9 +464,9 @@ def catalog_release(release_dir: Path, factors: UncertaintyFactors,
     step(f"writing {METADATA_ODS}" if write_ods else f"{METADATA_ODS} is up to date")
     if write_ods:
         write_metadata_ods(ods_path, rows)
-    state = _state_digest(release_dir, found, factors, settings)
     catalog_json = release_dir / STAC_CATALOG_DIR / "catalog.json"
-    if not force and _up_to_date(release_dir, found, state):
+    if not force and _up_to_date(release_dir, found,
+                                 _state_digest(release_dir, found, factors, settings)):
         return CatalogResult(catalog_json, len(found), True, write_ods, {})
 
     row_of = rows_by_key(rows)
@@ -479,6 +491,7 @@ def catalog_release(release_dir: Path, factors: UncertaintyFactors,
     carry_publisher_fields(release_dir / STAC_CATALOG_DIR, collection, items)
     catalog = build_catalog(collection, items)
     step("saving the STAC catalog")
+    state = _state_digest(release_dir, found, factors, settings)  # with what it wrote above
     catalog_json = save_catalog(catalog, release_dir, state)
     step("writing the item index")
     reindex(release_dir)

@@ -22,6 +22,7 @@ import rasterio
 import shapely
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 from pyproj import Transformer
 from pystac.extensions.classification import ClassificationExtension
 from pystac.extensions.projection import ProjectionExtension
@@ -272,6 +273,28 @@ def test_rerun_rebuilds_a_deleted_output(cataloged: Path, where: Callable[[Path]
     assert [i.id for i in search(cataloged, shelves=["Totten"])] == ["totten-2016", "totten-2021"]
     assert rules_found(cataloged) == set()
     assert catalog_release(cataloged, PAPER_FACTORS).skipped  # now up to date again
+
+
+def test_a_replaced_roi_geopackage_is_caught_then_recataloged(cataloged: Path) -> None:
+    """A user's own ROI GeoPackage dropped in: validate names the stale collection asset, and
+    the next catalog run (not "up to date") records the new file."""
+    gpkg = cataloged / roi_geopackage_name("Totten")
+    roi = gpd.read_file(gpkg)
+    roi["geometry"] = roi.buffer(-100.0)
+    roi.to_file(gpkg, driver="GPKG")
+    assert {"asset-checksum", "asset-size"} <= rules_found(cataloged, "catalog-consistency")
+    assert not catalog_release(cataloged, PAPER_FACTORS).skipped
+    assert rules_found(cataloged, "catalog-consistency") == set()
+    assert catalog_release(cataloged, PAPER_FACTORS).skipped
+
+
+def test_an_edited_thumbnail_is_rendered_again(cataloged: Path) -> None:
+    thumbnail = cataloged / "Totten/2016/LC08_Totten_2016_thumbnail.png"
+    rendered = thumbnail.read_bytes()
+    Image.new("RGBA", (8, 8), (255, 0, 0, 255)).save(thumbnail)
+    assert not catalog_release(cataloged, PAPER_FACTORS).skipped
+    assert thumbnail.read_bytes() == rendered
+    assert catalog_release(cataloged, PAPER_FACTORS).skipped
 
 
 # --------------------------------------------------------------------------------------------

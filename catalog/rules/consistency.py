@@ -286,6 +286,9 @@ class CatalogConsistencyRules:
             record = _record_of(entry, by_folder) or records.get(str(entry.item.id))
             yield from guarded(rel_path(root, entry.path),
                                self._item_problems(root, entry, record, code_note))
+        for collection in sorted((root / STAC_CATALOG_DIR).glob("*/collection.json")):
+            yield from guarded(rel_path(root, collection),
+                               _collection_asset_problems(root, collection))
         yield from guarded(ITEMS_PARQUET, _index_problems(root, loaded))
         yield from guarded(STAC_CATALOG_DIR, broken_links(root))
 
@@ -471,6 +474,31 @@ def _classes_text(classes: Any) -> str:
         return json.dumps(classes)[:200]
     return "[" + ", ".join(f"{c.get('value')}={c.get('name')}" if isinstance(c, dict)
                            else json.dumps(c) for c in classes) + "]"
+
+
+def _collection_asset_problems(root: Path, path: Path) -> Iterator[Problem]:
+    """The collection's own assets (metadata.ods, the ROI GeoPackages) against their files, as
+    the items' assets are: a replaced ROI GeoPackage leaves a stale checksum that a download
+    check would fail on."""
+    data = read_json_or_none(path)
+    assets = data.get("assets") if isinstance(data, dict) else None
+    if not isinstance(assets, dict):
+        return  # a collection that does not read is stac-schema's finding
+    rel = rel_path(root, path)
+    for key, fields in assets.items():
+        if not isinstance(fields, dict) or not isinstance(fields.get("href"), str):
+            continue
+        asset = pystac.Asset.from_dict(fields)
+        target, kind = href_target(path.parent, asset.href)
+        if target is None or kind != "relative" or not is_inside(root, target):
+            yield Problem(rel, "asset-href", f"assets.{key}.href = {asset.href} ({kind})",
+                          "a path relative to the collection file, inside the release")
+            continue
+        if not target.exists():
+            yield Problem(rel, "asset-missing", f"assets.{key} -> {asset.href}",
+                          "an existing file")
+            continue
+        yield from _file_problems(root, rel, key, asset, target)
 
 
 def _file_problems(root: Path, rel: str, key: str, asset: pystac.Asset,
