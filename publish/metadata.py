@@ -178,6 +178,65 @@ def _related_problems(related: list[Any], previous_doi: str | None) -> list[str]
     return problems
 
 
+#: Keys holding people (creators, contributors): mappings whose empty fields Zenodo drops or
+#: returns as null.
+PERSON_KEYS = frozenset({"creators", "contributors"})
+
+
+def identifier_scheme(identifier: str) -> str | None:
+    """The scheme Zenodo detects for a related identifier sent without one (it stores and
+    returns it): ``doi`` for a bare DOI, ``url`` for an http(s) URL; None when unsure."""
+    text = str(identifier).strip()
+    if doi_valid(text):
+        return "doi"
+    if re.match(r"https?://", text, re.IGNORECASE):
+        return "url"
+    return None
+
+
+def _without_empty(value: Any) -> Any:
+    """A mapping without its null or empty fields (anything else as it is)."""
+    if not isinstance(value, dict):
+        return value
+    return {k: v for k, v in value.items() if v not in (None, "", [], {})}
+
+
+def _related(value: Any) -> Any:
+    """A related identifier as Zenodo returns it: empty fields dropped, the scheme detected
+    when none was sent, scheme names compared case-insensitively."""
+    if not isinstance(value, dict):
+        return value
+    rel = _without_empty(value)
+    scheme = rel.get("scheme") or identifier_scheme(str(rel.get("identifier", "")))
+    if scheme:
+        rel["scheme"] = str(scheme).casefold()
+    return rel
+
+
+def _license_id(value: Any) -> Any:
+    """A licence id, spelled either way (``cc-by-4.0``, ``CC-BY-4.0``, ``{"id": …}``)."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    return value.strip().casefold() if isinstance(value, str) else value
+
+
+def comparable(key: str, value: Any) -> Any:
+    """A metadata value normalised for the read-back check, so that what Zenodo's legacy
+    serializer returns for a value stored as sent compares equal: people without
+    ``affiliation``/``orcid``/``gnd`` get ``"affiliation": null`` (dropped here), related
+    identifiers sent without a scheme come back with the detected one, licence ids may be
+    respelled."""
+    if key in PERSON_KEYS and isinstance(value, list):
+        return [_without_empty(person) for person in value]
+    if key == "related_identifiers" and isinstance(value, list):
+        return [_related(rel) for rel in value]
+    if key == "license":
+        return _license_id(value)
+    return value
+
+
 def metadata_differences(sent: dict[str, Any], returned: dict[str, Any]) -> list[str]:
-    """Keys whose value Zenodo did not store as sent (read-back check)."""
-    return [key for key in sorted(sent) if returned.get(key) != sent[key]]
+    """Keys whose value Zenodo did not store as sent (read-back check), after ``comparable``
+    has normalised both sides."""
+    return [key for key in sorted(sent)
+            if comparable(key, returned.get(key)) != comparable(key, sent[key])]

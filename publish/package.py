@@ -148,6 +148,18 @@ def file_hashes(path: Path) -> tuple[int, str, str]:
     return size, md5.hexdigest(), sha.hexdigest()
 
 
+def file_sha256(path: Path) -> tuple[int, str]:
+    """Size and sha256 of a file, read in chunks (what the publisher records of each file
+    before the validator runs; md5 is not needed there)."""
+    sha = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            sha.update(chunk)
+            size += len(chunk)
+    return size, sha.hexdigest()
+
+
 def walk_files(root: Path) -> Iterator[Path]:
     """Every regular file under ``root``, following symbolic links to folders as the validator
     does (a linked year folder is validated, so it must be packaged); each real folder is
@@ -170,7 +182,7 @@ def walk_files(root: Path) -> Iterator[Path]:
                 yield path
 
 
-def _files_under(root: Path, base: Path) -> list[tuple[str, Path]]:
+def files_under(root: Path, base: Path) -> list[tuple[str, Path]]:
     """(posix path relative to base, path) of every regular file under root, sorted.
 
     Hidden files and folders (the publisher's own state folder among them) are never packaged.
@@ -197,12 +209,12 @@ def plan_packages(release_dir: Path, catalog_root: Path | None = None) -> list[P
     source = Path(catalog_root) if catalog_root is not None else release_dir
     specs: list[PackageSpec] = []
     for shelf in shelf_dirs(release_dir):
-        members = tuple(_files_under(shelf, release_dir))
+        members = tuple(files_under(shelf, release_dir))
         specs.append(PackageSpec(safe_key(shelf.name) + ".zip", "shelf", shelf.name, members))
     catalog: list[tuple[str, Path]] = []
     stac = source / STAC_CATALOG_DIR
     if stac.is_dir():
-        catalog += _files_under(stac, source)
+        catalog += files_under(stac, source)
     for name in (ITEMS_PARQUET, ITEMS_NDJSON):
         if (source / name).is_file():
             catalog.append((name, source / name))
@@ -231,7 +243,8 @@ def _check_unique(specs: Iterable[PackageSpec]) -> None:
 
 def write_zip(target: Path, members: Iterable[tuple[str, Path]]) -> tuple[Member, ...]:
     """A stored (uncompressed) ZIP with fixed timestamps, permissions and order, atomically;
-    what it holds (path, size, sha256 of each member)."""
+    what it holds (path, size and sha256 of the bytes written for each member, computed
+    while zipping)."""
     written = []
     with atomic_path(target) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
         for arcname, path in sorted(members):
@@ -241,20 +254,30 @@ def write_zip(target: Path, members: Iterable[tuple[str, Path]]) -> tuple[Member
             info.external_attr = (0o100644 & 0xFFFF) << 16
             size = path.stat().st_size
             info.file_size = size
-            digest = hashlib.sha256()
+            digest, done = hashlib.sha256(), 0
             with open(path, "rb") as src, zf.open(info, "w",
                                                    force_zip64=size > zipfile.ZIP64_LIMIT) as dst:
                 while chunk := src.read(_CHUNK):
                     dst.write(chunk)
                     digest.update(chunk)
-            written.append(Member(arcname, size, digest.hexdigest()))
+                    done += len(chunk)
+            # what was written, hashed on the way (a file changing meanwhile shows here)
+            written.append(Member(arcname, done, digest.hexdigest()))
     return tuple(written)
 
 
-def _copy(target: Path, source: Path) -> None:
+def _copy(target: Path, source: Path) -> tuple[int, str, str]:
+    """Copy a file atomically; size, md5 and sha256 of the bytes copied (hashed on the way,
+    so the bytes packaged are compared with the validated ones without reading them again)."""
+    md5, sha = hashlib.md5(), hashlib.sha256()
+    size = 0
     with atomic_path(target) as tmp, open(source, "rb") as src, open(tmp, "wb") as dst:
         while chunk := src.read(_CHUNK):
             dst.write(chunk)
+            md5.update(chunk)
+            sha.update(chunk)
+            size += len(chunk)
+    return size, md5.hexdigest(), sha.hexdigest()
 
 
 def inputs_fingerprint(spec: PackageSpec) -> str:
@@ -287,11 +310,9 @@ def _cache_valid(known: dict[str, object], fingerprint: str, target: Path) -> bo
 
 def _build_one(spec: PackageSpec, target: Path) -> tuple[tuple[Member, ...], int, str, str]:
     """Write one package; (members, size, md5, sha256) of what was written."""
-    contents: tuple[Member, ...] = ()
-    if spec.zipped:
-        contents = write_zip(target, spec.members)
-    else:
-        _copy(target, spec.members[0][1])
+    if not spec.zipped:
+        return (), *_copy(target, spec.members[0][1])
+    contents = write_zip(target, spec.members)
     size, md5, sha = file_hashes(target)
     return contents, size, md5, sha
 

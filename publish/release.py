@@ -1,8 +1,11 @@
 """Publish a validated release to Zenodo as a new record or a new version, in seven steps.
 
-1. Preflight: validator, no demo products on the real Zenodo, token, metadata, limits.
+1. Preflight: path, size and sha256 of every file to package recorded, then the validator;
+   no demo products on the real Zenodo, token, metadata, the concept of this release, limits.
 2. Package: one stored ZIP per shelf, catalog ZIP, metadata.ods, GeoPackages, manifest;
-   every product the validator saw must be in a shelf ZIP (symbolic links are followed).
+   every file packaged must be the file validated (``publish.snapshot``: hashed while zipped
+   or copied) and every product the validator saw must be in a shelf ZIP (symbolic links are
+   followed).
 3. Draft: reuse the concept's draft, else newversion (or create); drop inherited extras. The
    catalog ZIP is then made again for this record only: earlier write-backs (the previous
    version's DOI, a sandbox rehearsal's links) stripped, the draft's reserved DOI
@@ -10,7 +13,9 @@
 4. Upload: stream what the server lacks, verify each checksum, record progress in the state.
 5. Metadata: PUT it whole, read it back, compare.
 6. Publish gate: the draft's files must equal the manifest; then publish (or stop: --no-publish).
-7. Write back: DOIs into the STAC catalog, release notes, state.
+7. Write back: DOIs into the STAC catalog, release notes (one section per version), state.
+   A deposition found already published (a crash, Zenodo's web pages) passes the gate of
+   step 6 first.
 
 Every step is recorded in the state file, so a crashed run continues with ``--resume``; a
 dry run prints the requests it would send and the file changes against the previous version.
@@ -22,7 +27,7 @@ import datetime as dt
 import json
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +46,7 @@ from producer.spec import (
     AUXILIARY_SUFFIXES,
     DEMO_SOURCE,
     RELEASE_METADATA,
+    RELEASE_NOTES,
     SOURCE_TAG,
     STAC_CATALOG_DIR,
     SpecError,
@@ -55,6 +61,7 @@ from publish.metadata import (
     metadata_problems,
 )
 from publish.package import (
+    CATALOG_KEY,
     MANIFEST_KEY,
     Manifest,
     PackageError,
@@ -64,7 +71,10 @@ from publish.package import (
     plan_packages,
     walk_files,
 )
+from publish.snapshot import Differences, ReleaseChanged, ReleaseSnapshot
 from publish.state import (
+    CONCEPTS_FILE,
+    STATE_FILE,
     FileState,
     PublishState,
     load_state,
@@ -161,6 +171,17 @@ def reconcile(remote: Files, wanted: Files) -> Reconciliation:
     return Reconciliation(delete, upload, keep)
 
 
+def files_mismatch(remote: Files, wanted: Files) -> str:
+    """Which files of a deposition differ from the manifest, each named."""
+    extra = sorted(k for k in remote if k not in wanted)
+    missing = sorted(k for k in wanted if k not in remote)
+    different = sorted(k for k in wanted if k in remote and remote[k] != wanted[k])
+    parts = [f"{what}: {', '.join(keys)}" for what, keys in (
+        ("not in the manifest", extra), ("missing", missing),
+        ("other size or md5", different)) if keys]
+    return "; ".join(parts)
+
+
 def _upload_order(wanted: Files) -> list[str]:
     """Manifest last, so a record with a manifest always has its files."""
     return sorted(wanted, key=lambda k: (k == MANIFEST_KEY, k))
@@ -187,6 +208,18 @@ def full_diff(previous_files: Files, wanted: Files, previous_manifest: Manifest 
     if previous_manifest is not None:
         lines += [f"inside: {line}" for line in member_diff(previous_manifest, manifest)]
     return lines
+
+
+def mark_approximate(lines: list[str], keys: tuple[str, ...]) -> list[str]:
+    """``file_diff`` lines of the ``keys`` added or changed, marked as approximate (a dry run
+    before the draft exists: they are made again with its reserved DOI)."""
+    marked = []
+    for line in lines:
+        verb, _, rest = line.partition(" ")
+        if verb in ("added", "changed") and rest.split(" ", 1)[0] in keys:
+            line += " — size approximate: rebuilt with the new draft's reserved DOI"
+        marked.append(line)
+    return marked
 
 
 def record_files(record: dict[str, Any]) -> Files:
@@ -338,13 +371,17 @@ def same_server(saved: str, base_url: str) -> bool:
         return saved == base_url
 
 
-def check_products_packaged(release_dir: Path, manifest: Manifest) -> None:
-    """Every product file the validator saw must be inside a shelf package (a folder the
-    packager could not walk must never silently drop a validated product)."""
+def check_products_packaged(release_dir: Path, manifest: Manifest,
+                            products: Iterable[str] | None = None) -> None:
+    """Every product file the validator saw (``products``, listed when it started; default:
+    the validator's inventory now) must be inside a shelf package (a folder the packager
+    could not walk must never silently drop a validated product)."""
     from validation.inventory import scan_release
 
+    if products is None:
+        products = [p.rel for p in scan_release(Path(release_dir)).products]
     packaged = {m.path for e in manifest.entries if e.kind == "shelf" for m in e.contents}
-    missing = [p.rel for p in scan_release(Path(release_dir)).products if p.rel not in packaged]
+    missing = [rel for rel in products if rel not in packaged]
     if missing:
         raise PackageError(f"{release_dir}: {len(missing)} validated product file(s) are in no "
                            f"package, e.g. {missing[0]}; not publishing an incomplete record")
@@ -385,6 +422,8 @@ class Publisher:
         self.result = PublishResult(stage="started")
         self.packaged: Publication | None = None
         """The record the uploaded stac.zip names (None: none)."""
+        self.snapshot: ReleaseSnapshot | None = None
+        """Every file to package as it was when the validator started (see ``snapshot``)."""
         client.on_retry = lambda text: self.say(f"      {text}")
 
     # ------------------------------------------------------------------ helpers
@@ -414,6 +453,9 @@ class Publisher:
         else:
             for name in clean_work_folders(self.release):
                 self.say(f"[1/7] tidied {name}/, left by an interrupted write-back")
+        # recorded before the validator reads anything: whatever changes from now on is found
+        # when it is packaged (the bytes published must be the bytes validated)
+        snapshot = self.take_snapshot()
         _, old_catalog = work_folders(self.release)
         if (self.o.dry_run and old_catalog.is_dir()
                 and not (self.release / STAC_CATALOG_DIR).exists()):
@@ -429,6 +471,9 @@ class Publisher:
             more = f"\n  … and {len(problems) - 20} more" if len(problems) > 20 else ""
             raise PublishRefused(f"{self.release}: the validator found {len(problems)} "
                                  f"error(s); fix them first:\n  {shown}{more}")
+        if isinstance(snapshot, PackageError):  # reported once the validator has spoken
+            raise snapshot
+        self.snapshot = snapshot
         demo = demo_products(self.release)
         if demo and (not self.o.allow_demo or is_production(self.o.base_url)):
             shown = "\n  ".join(demo[:20])
@@ -438,6 +483,18 @@ class Publisher:
                 f"offline demo source (provenance source == '{DEMO_SOURCE}', or GeoTIFF tag "
                 f"{SOURCE_TAG}={DEMO_SOURCE}); demo products are never published to Zenodo "
                 f"(use --sandbox or --url to try the workflow):\n  {shown}{more}")
+
+    def take_snapshot(self) -> ReleaseSnapshot | PackageError:
+        """Path, size and sha256 of every file to package, before the validator runs (see
+        ``publish.snapshot``); when the release cannot be planned or read, the PackageError
+        saying why, raised only after the validator's own findings."""
+        try:
+            return ReleaseSnapshot.take(self.release)
+        except PackageError as exc:
+            return exc
+        except OSError as exc:
+            return PackageError(f"{self.release}: cannot read the release to record what the "
+                                f"validator checks ({exc})")
 
     def refuse_second_concept(self, state: PublishState | None) -> None:
         """``--new`` must not start an unrelated record when this release already published
@@ -463,6 +520,37 @@ class Publisher:
             f"{held['concept_id']}. To start a second, unrelated record on purpose, move "
             f"{state_dir(self.release)} away first")
 
+    def refuse_other_concept(self, state: PublishState | None, concept: str | None) -> None:
+        """``--concept-id`` must name the concept this release is published under on this
+        server: the one of the unfinished run in the state (its draft belongs to it), else the
+        one recorded in concepts.json. Another concept would give the version a wrong
+        ``isNewVersionOf`` (the latest version of an unrelated record). ``concept`` is what
+        --concept-id resolved to (a version id names its concept)."""
+        if self.o.concept_id is None or concept is None:
+            return
+        folder = state_dir(self.release)
+        if state is not None and state.concept_id:  # same server and version (else reset)
+            if str(state.concept_id) != str(concept):
+                raise PublishRefused(
+                    f"--concept-id {self.o.concept_id} names concept {concept}, but the "
+                    f"unfinished publication of version {state.version} recorded in "
+                    f"{folder / STATE_FILE} (deposition {state.deposition_id}) belongs to "
+                    f"concept {state.concept_id}; continue it with --concept-id "
+                    f"{state.concept_id} (or without --concept-id) and --resume, or delete "
+                    f"{folder} to start over")
+            return
+        held = published_concepts(self.release).get(self.server) or {}
+        if held.get("concept_id") and str(held["concept_id"]) != str(concept):
+            concept_doi = (f" (concept DOI https://doi.org/{held['conceptdoi']})"
+                           if held.get("conceptdoi") else "")
+            raise PublishRefused(
+                f"--concept-id {self.o.concept_id} names concept {concept}, but this release "
+                f"published version {held.get('version')} to {self.o.base_url} as concept "
+                f"{held['concept_id']}{concept_doi}, recorded in {folder / CONCEPTS_FILE}; "
+                f"its next version is published with --concept-id {held['concept_id']} (or "
+                f"without --concept-id). To publish into concept {concept} on purpose, move "
+                f"{folder} away first")
+
     @property
     def server(self) -> str:
         """The target server's key in the record of published concepts."""
@@ -477,6 +565,8 @@ class Publisher:
 
         ``own_id`` is the deposition of an interrupted run: if Zenodo published it before the
         crash, its version is ours (not taken) and the previous version is the one before it.
+        When it is the draft of a concept with no published version (an interrupted first
+        release resumed without --new), it goes on as the first version.
         """
         try:
             self.client.check_token()
@@ -497,16 +587,36 @@ class Publisher:
             previous: dict[str, Any] | None = self.client.latest_record(concept)
             versions = [v for v in self.client.versions(concept) if v.get("id") != own_id]
         except ZenodoError as exc:
-            if exc.status == 404:
-                raise PublishRefused(f"concept {concept}: no published version on "
-                                     f"{self.o.base_url}") from exc
-            raise
+            if exc.status != 404:
+                raise
+            if own_id is not None and self.first_version_draft(concept, own_id):
+                return None, None, set()
+            again = ("; to publish the release as a new record, run again with --new --resume"
+                     if own_id is not None else "")
+            raise PublishRefused(f"concept {concept}: no published version on "
+                                 f"{self.o.base_url}{again}") from exc
         assert previous is not None
         conceptrecid = str(previous["conceptrecid"])
         if previous.get("id") == own_id:
             previous = max(versions, key=lambda v: int(v["id"])) if versions else None
         used = {str(v.get("metadata", {}).get("version")) for v in versions}
         return conceptrecid, previous, used
+
+    def first_version_draft(self, concept: str, own_id: int) -> bool:
+        """Whether the interrupted run's deposition ``own_id`` is the first version of
+        ``concept`` (its draft, or the version itself once published), so that the run goes
+        on as the first version instead of asking for --new."""
+        try:
+            dep = self.client.deposition(own_id)
+        except ZenodoError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        if str(dep.get("conceptrecid")) != str(concept):
+            return False
+        self.say(f"[1/7] concept {concept} has no published version yet: deposition {own_id} "
+                 "of the interrupted run goes on as its first version")
+        return True
 
     def build_metadata(self, previous: dict[str, Any] | None, used: set[str]) -> dict[str, Any]:
         """Deposition metadata from release.yaml, validated locally."""
@@ -530,16 +640,17 @@ class Publisher:
 
         ``stac.zip`` holds a catalog prepared in ``catalog_dir`` that names the record ``pub``
         (its reserved DOI) and no other; without ``pub`` (a dry run, or before the draft
-        exists) it names none. Every product the validator saw must be in a shelf package.
+        exists) it names none. Every file packaged must be the file the validator checked
+        (same path, size and sha256) and every product it saw must be in a shelf package;
+        else ReleaseChanged names the files.
         """
-        key_map = {spec.name: spec.key for spec in plan_packages(self.release)}
-        try:
-            catalog = record_catalog(self.release, catalog_dir, pub, key_map)
-            manifest = build_packages(self.release, out_dir, self.o.version,
-                                      catalog_root=catalog, rebuild=rebuild)
-        finally:
-            shutil.rmtree(catalog_dir, ignore_errors=True)  # in stac.zip now; rebuilt each run
-        check_products_packaged(self.release, manifest)
+        manifest, differences = self.build(out_dir, pub, catalog_dir, rebuild)
+        stale = sorted(self.holders(manifest, differences.changed) - set(rebuild))
+        if stale:  # a package reused from an earlier build: is it the build cache's fault?
+            manifest, differences = self.build(out_dir, pub, catalog_dir, (*rebuild, *stale))
+        if differences:
+            raise ReleaseChanged(differences.describe(self.release))
+        check_products_packaged(self.release, manifest, self.validated().products)
         wanted: Files = {e.key: (e.size, e.md5) for e in manifest.entries}
         size, md5, _ = file_hashes(out_dir / MANIFEST_KEY)
         wanted[MANIFEST_KEY] = (size, md5)
@@ -551,6 +662,40 @@ class Publisher:
         if problems:
             raise PublishRefused("; ".join(problems))
         return manifest, wanted
+
+    def validated(self) -> ReleaseSnapshot:
+        """The files as the validator checked them (``preflight_local`` records them)."""
+        if self.snapshot is None:
+            raise PackageError(f"{self.release}: not validated yet; nothing is packaged "
+                               "before the validator has checked the release")
+        return self.snapshot
+
+    def build(self, out_dir: Path, pub: Publication | None, catalog_dir: Path,
+              rebuild: tuple[str, ...]) -> tuple[Manifest, Differences]:
+        """Build the packages once; the manifest, and how the files they hold differ from
+        those the validator checked (the catalog copy is compared as it is made)."""
+        snapshot = self.validated()
+        key_map = {spec.name: spec.key for spec in plan_packages(self.release)}
+        copies: list[Differences] = []
+        try:
+            catalog = record_catalog(
+                self.release, catalog_dir, pub, key_map,
+                copied=lambda work: copies.append(snapshot.catalog_differences(work)))
+            manifest = build_packages(self.release, out_dir, self.o.version,
+                                      catalog_root=catalog, rebuild=rebuild)
+        finally:
+            shutil.rmtree(catalog_dir, ignore_errors=True)  # in stac.zip now; rebuilt each run
+        differences = snapshot.packaged_differences(manifest, with_catalog=catalog is None)
+        for found in copies:
+            differences += found
+        return manifest, differences
+
+    @staticmethod
+    def holders(manifest: Manifest, paths: Iterable[str]) -> set[str]:
+        """Keys of the packages holding the release files ``paths``."""
+        holder = {m.path: e.key for e in manifest.entries for m in e.contents}
+        holder.update({e.name: e.key for e in manifest.entries if not e.contents})
+        return {holder[p] for p in paths if p in holder}
 
     def publication(self, record: dict[str, Any], metadata: dict[str, Any]) -> Publication | None:
         """What a draft or published record is (or will be, once published) called: its DOI
@@ -590,21 +735,33 @@ class Publisher:
         except (requests.RequestException, ValueError, KeyError):
             return record_files(previous)
 
-    def dry_run(self, concept: str | None, previous: dict[str, Any] | None,
-                state: PublishState | None) -> PublishResult:
-        """Print the requests a real run would send and the file changes; change nothing."""
-        with tempfile.TemporaryDirectory(prefix="icedamage-dry-run-") as tmp:
-            manifest, wanted = self.package(Path(tmp) / "packages", None,
-                                            Path(tmp) / RECORD_CATALOG_DIR)
-        previous_files = self.previous_files(previous) if previous else {}
-        draft = None
+    def existing_draft(self, concept: str | None,
+                       state: PublishState | None) -> dict[str, Any] | None:
+        """The draft a real run would continue (the state's, else the concept's), if any."""
         if state and state.deposition_id:
             try:
-                draft = self.client.deposition(state.deposition_id)
+                return self.client.deposition(state.deposition_id)
             except ZenodoError:
-                draft = None
-        if draft is None and concept:
-            draft = self.client.concept_draft(concept)
+                pass
+        return self.client.concept_draft(concept) if concept else None
+
+    def dry_run(self, concept: str | None, previous: dict[str, Any] | None,
+                state: PublishState | None, metadata: dict[str, Any]) -> PublishResult:
+        """Print the requests a real run would send and the file changes; change nothing.
+
+        With a draft to continue, the packages are made as the real run makes them (stac.zip
+        with the draft's reserved DOI), so the sizes and uploads planned are exact; before a
+        draft exists, stac.zip and manifest.json are made again once its DOI is reserved, and
+        their sizes are marked as approximate."""
+        draft = self.existing_draft(concept, state)
+        pub = self.publication(draft, metadata) if draft is not None else None
+        with tempfile.TemporaryDirectory(prefix="icedamage-dry-run-") as tmp:
+            manifest, wanted = self.package(Path(tmp) / "packages", pub,
+                                            Path(tmp) / RECORD_CATALOG_DIR)
+        # no draft yet: the real run makes these again with the draft's reserved DOI
+        rebuilt = () if draft is not None or CATALOG_KEY not in wanted else (
+            CATALOG_KEY, MANIFEST_KEY)
+        previous_files = self.previous_files(previous) if previous else {}
         plan = [f"GET {self.client.api}/deposit/depositions (token check)"]
         if draft is not None:
             remote = self.client.files(draft["id"])
@@ -619,13 +776,15 @@ class Publisher:
                         "depositions")
         rec = reconcile(remote, wanted)
         plan += [f"DELETE {bucket}/{k}" for k in rec.delete]
-        plan += [f"PUT {bucket}/{k} ({wanted[k][0]} bytes)" for k in rec.upload]
+        plan += [f"PUT {bucket}/{k} ({self.planned_size(k, wanted, rebuilt)})"
+                 for k in rec.upload]
         plan += [f"PUT {self.client.api}/{dep} (metadata, version {self.o.version})",
                  f"GET {self.client.api}/{dep} (read back metadata)",
                  f"GET {self.client.api}/{dep}/files (publish gate)"]
         if not self.o.no_publish:
             plan.append(f"POST {self.client.api}/{dep}/actions/publish")
         diff = full_diff(previous_files, wanted, self.previous_manifest(previous), manifest)
+        diff = mark_approximate(diff, rebuilt)
         self.say("[dry run] planned requests:")
         for line in plan:
             self.say(f"  {line}")
@@ -633,9 +792,19 @@ class Publisher:
                  + (f" {previous['metadata'].get('version')}:" if previous else " (none):"))
         for line in diff:
             self.say(f"  {line}")
-        self.say(f"[dry run] {len(manifest.entries) + 1} files, "
+        about = "about " if rebuilt else ""
+        self.say(f"[dry run] {len(manifest.entries) + 1} files, {about}"
                  f"{sum(s for s, _ in wanted.values())} bytes; nothing was changed")
         return PublishResult(stage="dry-run", planned=plan, diff=diff)
+
+    @staticmethod
+    def planned_size(key: str, wanted: Files, rebuilt: tuple[str, ...]) -> str:
+        """The size a planned upload shows: exact, or approximate for a file made again with
+        the new draft's reserved DOI (stac.zip names the record; manifest.json lists it)."""
+        if key in rebuilt:
+            return (f"about {wanted[key][0]} bytes: rebuilt with the new draft's reserved DOI, "
+                    "size approximate")
+        return f"{wanted[key][0]} bytes"
 
     # ------------------------------------------------------------------ step 3
 
@@ -645,12 +814,21 @@ class Publisher:
         if state.deposition_id is not None:
             try:
                 dep = self.client.deposition(state.deposition_id)
-                self.say(f"[3/7] continuing with deposition {dep['id']}")
-                return dep
             except ZenodoError as exc:
                 if exc.status != 404:
                     raise
                 self.say(f"[3/7] deposition {state.deposition_id} is gone; starting again")
+            else:
+                if concept is not None and str(dep.get("conceptrecid")) != str(concept):
+                    raise PublishRefused(
+                        f"deposition {dep['id']} recorded in "
+                        f"{state_dir(self.release) / STATE_FILE} belongs to concept "
+                        f"{dep.get('conceptrecid')}, not to concept {concept} that this run "
+                        f"publishes into; give --concept-id "
+                        f"{dep.get('conceptrecid')} with --resume, or delete "
+                        f"{state_dir(self.release)} to start over")
+                self.say(f"[3/7] continuing with deposition {dep['id']}")
+                return dep
         if concept is not None:
             draft = self.client.concept_draft(concept)
             if draft is not None:
@@ -751,12 +929,28 @@ class Publisher:
         """The draft's files must equal the manifest exactly."""
         remote = self.client.files(dep_id)
         if remote != wanted:
-            rec = reconcile(remote, wanted)
             raise PublishStopped(f"deposition {dep_id}: files differ from the manifest "
-                                 f"(extra {list(rec.delete)}, missing or different "
-                                 f"{list(rec.upload)}); not publishing — run again with "
-                                 "--resume")
+                                 f"({files_mismatch(remote, wanted)}); not publishing — run "
+                                 "again with --resume")
         self.say(f"[6/7] draft {dep_id} holds exactly the {len(wanted)} manifest files")
+
+    def published_gate(self, published: dict[str, Any], wanted: Files) -> None:
+        """A deposition found published (outside this tool, say in Zenodo's web pages, after
+        --no-publish or a crash) is written back only if its files equal the manifest: the
+        catalog and the release notes must not point at files the record lacks."""
+        dep_id = int(published["id"])
+        remote = self.client.files(dep_id)
+        if remote != wanted:
+            where = published.get("links", {}).get("html") or f"deposition {dep_id}"
+            raise PublishStopped(
+                f"deposition {dep_id} is published, but its files differ from the manifest in "
+                f"{packages_dir(self.release)} ({files_mismatch(remote, wanted)}); its DOI is "
+                f"not written into the STAC catalog nor {RELEASE_NOTES}. A published record "
+                f"cannot change: check it at {where}, then publish the release as a new "
+                f"version of concept {published.get('conceptrecid')} (--concept-id "
+                f"{published.get('conceptrecid')} and another --version)")
+        self.say(f"[6/7] published deposition {dep_id} holds exactly the {len(wanted)} "
+                 "manifest files")
 
     # ------------------------------------------------------------------ run
 
@@ -792,12 +986,13 @@ class Publisher:
                 f"deposition {state.deposition_id}); continue it with --resume")
         concept, previous, used = self.preflight_remote(
             known_concept, state.deposition_id if state is not None else None)
+        self.refuse_other_concept(state, concept)
         metadata = self.build_metadata(previous, used)
         self.say(f"[1/7] preflight passed: token accepted, metadata valid, version "
                  f"{self.o.version}" + (f" after {previous['metadata'].get('version')}"
                                         if previous else " (first version)"))
         if self.o.dry_run:
-            return self.dry_run(concept, previous, state)
+            return self.dry_run(concept, previous, state, metadata)
         out_dir = packages_dir(self.release)
         catalog_dir = state_dir(self.release) / RECORD_CATALOG_DIR
         # everything local is built and checked before the server is asked for a draft;
@@ -820,6 +1015,7 @@ class Publisher:
         manifest, wanted = self.package(out_dir, pub, catalog_dir, quiet=True)
         self.packaged = pub
         if draft.get("submitted") and draft.get("state") == "done":
+            self.published_gate(draft, wanted)
             return self.write_back(state, draft, manifest, previous, metadata, wanted)
         self.sync_files(state, dep_id, bucket, out_dir, wanted,
                         lambda keys: self.package(out_dir, pub, catalog_dir, keys, True)[1])
@@ -867,7 +1063,8 @@ class Publisher:
                 "to finish the write-back") from exc
         diff = full_diff(record_files(previous), wanted, self.previous_manifest(previous),
                          manifest) if previous else []
-        write_release_notes(self.release, release_notes_section(pub, manifest, diff))
+        write_release_notes(self.release, release_notes_section(pub, manifest, diff),
+                            self.o.version)
         state.record_id, state.doi, state.conceptdoi = record_id, doi, conceptdoi
         state.stage, state.published = "published", pub.published
         self.save(state)
@@ -878,11 +1075,34 @@ class Publisher:
         self.result.stage, self.result.publication = "published", pub
         return self.result
 
+    def gave_up(self, exc: ZenodoError) -> PublishStopped:
+        """What to say when a request failed every try (429/5xx/timeouts): which request,
+        which draft is kept, and that ``--resume`` goes on from there."""
+        if self.o.dry_run:
+            return PublishStopped(f"{exc}; nothing was changed: run the dry run again later")
+        state = load_state(self.release)
+        if state is not None and (state.version != self.o.version
+                                  or state.stage == "published"):
+            state = None  # another version's run, or a finished one: no draft of this run
+        dep_id = self.result.deposition_id or (state.deposition_id if state else None)
+        if dep_id is None:
+            kept = "no draft was made yet"
+        else:
+            html = state.html if state is not None else None
+            kept = (f"deposition {dep_id}" + (f" ({html})" if html else "")
+                    + " and every file verified so far are kept")
+        return PublishStopped(f"{exc}; {kept}: run again with --resume to go on from there")
+
 
 def publish_release(options: PublishOptions, client: ZenodoClient, console: Console,
                     secrets: tuple[str, ...] = ()) -> PublishResult:
     """Publish (or plan, with dry_run) one release version."""
+    publisher = Publisher(options, client, console, secrets)
     try:
-        return Publisher(options, client, console, secrets).run()
+        return publisher.run()
     except PackageError as exc:
         raise PublishRefused(str(exc)) from exc
+    except ZenodoError as exc:
+        if not exc.gave_up:
+            raise
+        raise publisher.gave_up(exc) from exc

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,7 +203,8 @@ def update_catalog(release_dir: Path, pub: Publication, manifest: Manifest) -> i
 
 
 def record_catalog(release_dir: Path, work: Path, pub: Publication | None,
-                   key_map: dict[str, str]) -> Path | None:
+                   key_map: dict[str, str],
+                   copied: Callable[[Path], None] | None = None) -> Path | None:
     """The catalog and item tables one record's ``stac.zip`` holds, prepared in ``work``.
 
     A copy of the release's ``stac/`` with every earlier write-back removed and, when the
@@ -209,6 +212,8 @@ def record_catalog(release_dir: Path, work: Path, pub: Publication | None,
     and hrefs written in; the item tables are rebuilt from it. So a new version never carries
     the previous version's DOI, nor a rehearsal the test server's links. None when the release
     has no catalog (then ``stac.zip`` is packaged from the release as it is).
+    ``copied(work)`` is called once the copy is made, before it is changed (the publisher
+    compares it with the catalog the validator checked).
     """
     stac = Path(release_dir) / STAC_CATALOG_DIR
     if not (stac / "catalog.json").is_file():
@@ -218,6 +223,8 @@ def record_catalog(release_dir: Path, work: Path, pub: Publication | None,
     work.mkdir(parents=True)
     copy = work / STAC_CATALOG_DIR
     shutil.copytree(stac, copy)
+    if copied is not None:
+        copied(work)
     root = pystac.Catalog.from_file(str(copy / "catalog.json"))
     if pub is None:
         strip_publication(root)
@@ -243,14 +250,42 @@ def release_notes_section(pub: Publication, manifest: Manifest, diff_lines: list
     return "\n".join(lines) + "\n"
 
 
-def write_release_notes(release_dir: Path, section: str) -> Path:
-    """Put the newest section first in RELEASE_NOTES (atomically)."""
+NOTES_HEADER = "# Release notes\n\n"
+
+
+def _heading_version(section: str) -> str | None:
+    """The version of a section written by ``release_notes_section``: its first line is
+    ``## Version <v> (<date>)``."""
+    heading = section.split("\n", 1)[0]
+    match = re.fullmatch(r"## Version (.+?)(?: \([^()]*\))?\s*", heading)
+    return match[1] if match else None
+
+
+def _sections(body: str) -> list[str]:
+    """The text of RELEASE_NOTES below its header, cut before each ``## `` heading."""
+    return [part for part in re.split(r"(?m)^(?=## )", body) if part]
+
+
+def write_release_notes(release_dir: Path, section: str, version: str | None = None) -> Path:
+    """Put the section of ``version`` (default: the one its heading names) into RELEASE_NOTES,
+    atomically: in place of that version's section when the file has one (a write-back that
+    was interrupted after writing the notes, then resumed, must not list the version twice),
+    else first, as the newest."""
     path = Path(release_dir) / RELEASE_NOTES
-    header = "# Release notes\n\n"
-    old = path.read_text() if path.is_file() else header
-    body = old[len(header):] if old.startswith(header) else old
+    old = path.read_text() if path.is_file() else NOTES_HEADER
+    body = old[len(NOTES_HEADER):] if old.startswith(NOTES_HEADER) else old
+    version = version or _heading_version(section)
+    parts = _sections(body)
+    same = [i for i, part in enumerate(parts)
+            if version is not None and _heading_version(part) == version]
+    if same:
+        parts[same[0]] = section
+        parts = [part for i, part in enumerate(parts) if i not in same[1:]]  # listed once
+        text = NOTES_HEADER + "\n".join(part.rstrip("\n") + "\n" for part in parts)
+    else:
+        text = NOTES_HEADER + section + ("\n" + body if body.strip() else "")
     with atomic_path(path) as tmp:
-        tmp.write_text(header + section + ("\n" + body if body.strip() else ""))
+        tmp.write_text(text)
     return path
 
 

@@ -91,8 +91,15 @@ class ZenodoError(RuntimeError):
         self.errors = errors or []
         detail = "; ".join(f"{e.get('field')}: {' '.join(e.get('messages', []))}"
                            for e in self.errors)
-        super().__init__(f"{method} {url} -> {status}: {message}"
+        answer = f" -> {status}" if status is not None else ""  # None: no answer to show
+        super().__init__(f"{method} {url}{answer}: {message}"
                          + (f" ({detail})" if detail else ""))
+
+    @property
+    def gave_up(self) -> bool:
+        """Whether every try failed transiently (429/5xx/timeouts), not refused by Zenodo:
+        running again later may succeed."""
+        return self.status is None
 
     @classmethod
     def from_response(cls, resp: requests.Response) -> ZenodoError:

@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.publish_support import TOKEN, WRITE_ONLY_TOKEN, make_publishable
+from tests.publish_support import (
+    TOKEN,
+    WRITE_ONLY_TOKEN,
+    LegacySerializerEmulator,
+    make_publishable,
+)
 from tests.zenodo_emulator import FULL_SCOPES, ZenodoEmulator
 
 
@@ -32,9 +37,11 @@ def pub_release(publishable_pristine: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def emulator() -> Iterator[ZenodoEmulator]:
-    """A fresh Zenodo emulator on a free port of 127.0.0.1."""
-    emu = ZenodoEmulator({TOKEN: FULL_SCOPES, WRITE_ONLY_TOKEN: frozenset({"deposit:write"})},
-                         owners={TOKEN: "tang", WRITE_ONLY_TOKEN: "tang"})
+    """A fresh Zenodo emulator on a free port of 127.0.0.1, answering with metadata spelled
+    as Zenodo's legacy serializer spells it (``LegacySerializerEmulator``)."""
+    emu = LegacySerializerEmulator(
+        {TOKEN: FULL_SCOPES, WRITE_ONLY_TOKEN: frozenset({"deposit:write"})},
+        owners={TOKEN: "tang", WRITE_ONLY_TOKEN: "tang"})
     emu.start()
     yield emu
     emu.stop()

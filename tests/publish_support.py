@@ -33,7 +33,7 @@ from tests.release_factory import (
     fixture_arrays,
     fixture_grid,
 )
-from tests.zenodo_emulator import ZenodoEmulator
+from tests.zenodo_emulator import Deposition, ZenodoEmulator
 
 TOKEN = "secret-token-0123456789"
 WRITE_ONLY_TOKEN = "write-only-token-9876543210"
@@ -133,6 +133,86 @@ def env_without_tokens() -> dict[str, str]:
     """The process environment minus any real Zenodo token."""
     return {k: v for k, v in os.environ.items()
             if k not in ("ZENODO_TOKEN", "ZENODO_SANDBOX_TOKEN", "ZENODO_API_TOKEN")}
+
+
+# ------------------------------------------------------------------ Zenodo's legacy serializer
+
+
+def legacy_scheme(identifier: str) -> str | None:
+    """The scheme Zenodo detects for a related identifier sent without one."""
+    if re.fullmatch(r"10\.\d{4,9}/\S+", identifier):
+        return "doi"
+    return "url" if re.match(r"https?://", identifier) else None
+
+
+def legacy_person(person: dict) -> dict:
+    """A creator or contributor as the legacy serializer dumps it: ``affiliation`` always
+    there (null without one), ``orcid``/``gnd`` only when known."""
+    out = {"name": person.get("name"), "affiliation": person.get("affiliation") or None}
+    out.update({k: person[k] for k in ("orcid", "gnd", "type") if person.get(k)})
+    return out
+
+
+def legacy_related(rel: dict) -> dict:
+    """A related identifier as the legacy serializer dumps it: the scheme Zenodo detected
+    (and stored) when none was sent."""
+    out = {k: v for k, v in rel.items() if v is not None}
+    scheme = out.get("scheme") or legacy_scheme(str(out.get("identifier", "")))
+    if scheme:
+        out["scheme"] = scheme
+    return out
+
+
+def legacy_metadata(metadata: dict) -> dict:
+    """Deposit metadata as today's Zenodo serves it back (zenodo-rdm's legacy serializer,
+    ``CreatorSchema``, ``RelatedIdentifierSchema``, ``dump_license``), not as it was sent."""
+    out = dict(metadata)
+    for key in ("creators", "contributors"):
+        if isinstance(out.get(key), list):
+            out[key] = [legacy_person(p) if isinstance(p, dict) else p for p in out[key]]
+    if isinstance(out.get("related_identifiers"), list):
+        out["related_identifiers"] = [legacy_related(r) if isinstance(r, dict) else r
+                                      for r in out["related_identifiers"]]
+    if isinstance(out.get("license"), str):
+        out["license"] = out["license"].upper()  # the licence vocabulary's own spelling
+    return out
+
+
+class LegacySerializerEmulator(ZenodoEmulator):
+    """The emulator answering as Zenodo's legacy serializer does (see ``legacy_metadata``):
+    metadata stored as sent reads back in another spelling, which the publisher's read-back
+    check must accept (and any real change it must still catch)."""
+
+    def deposition_json(self, dep: Deposition) -> dict:
+        """A deposition with its metadata dumped the legacy serializer's way."""
+        data = super().deposition_json(dep)
+        data["metadata"] = legacy_metadata(data["metadata"])
+        return data
+
+    def record_json(self, dep: Deposition) -> dict:
+        """A published record with its metadata dumped the legacy serializer's way."""
+        data = super().record_json(dep)
+        data["metadata"] = legacy_metadata(data["metadata"])
+        return data
+
+
+def token_client(emu: ZenodoEmulator, token: str = TOKEN) -> ZenodoClient:
+    """Our client against the emulator with a fast retry policy (a co-author's requests)."""
+    policy = RetryPolicy(time_scale=0.0005)
+    return ZenodoClient(emu.base_url, token, retry=policy, limiter=RateLimiter(policy))
+
+
+def other_concept(emu: ZenodoEmulator, folder: Path, title: str = "Another dataset") -> int:
+    """Publish an unrelated one-file record of the same account over HTTP; its concept id."""
+    client = token_client(emu)
+    draft = client.create()
+    path = folder / "data.csv"
+    path.write_text("a,b\n1,2\n")
+    client.upload(draft["links"]["bucket"], path.name, path, path.stat().st_size)
+    client.put_metadata(draft["id"], {"title": title, "upload_type": "dataset",
+                                      "description": "d", "version": "1.0",
+                                      "creators": [{"name": "Other, Author"}]})
+    return int(client.publish(draft["id"])["conceptrecid"])
 
 
 # ------------------------------------------------------------------ fixtures and probes

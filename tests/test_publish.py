@@ -40,12 +40,14 @@ from tests.publish_support import (
     change_shelf,
     make_demo,
     manifest_files,
+    other_concept,
     publish_args,
     put_keys,
     run_cli,
     server_files,
     stac_zip_collection,
     stac_zip_references,
+    token_client,
     tree_digest,
     withdraw_shelf,
     write_tagged_products,
@@ -501,3 +503,110 @@ def test_zenodo_client_against_the_emulator_keeps_inherited_files(
     assert latest.id != first["id"]
     assert sorted(latest.files) == ["Amery_front.zip", "Totten.zip"]  # nothing was deleted
     assert {r.auth for r in emulator.requests} == {"query"}
+
+
+def test_a_draft_published_outside_with_other_files_is_not_written_back(
+        pub_release: Path, emulator: ZenodoEmulator) -> None:
+    """A verified draft that a co-author changed and published in Zenodo's web pages: --resume
+    compares the record's files with the manifest (the publish gate) before any write-back,
+    and stops naming the file that differs; nothing local points into that record."""
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new", "--no-publish"))
+    assert code == 0, out
+    [draft] = emulator.drafts()
+    coauthor = token_client(emulator)
+    coauthor.delete_file(coauthor.deposition(draft.id)["links"]["bucket"], "Totten_ROI.gpkg")
+    coauthor.publish(draft.id)
+    stac_before = tree_digest(pub_release / "stac")
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new", "--resume"))
+    flat = " ".join(out.split())
+    assert code == 1, out
+    assert f"deposition {draft.id} is published, but its files differ from the manifest" in flat
+    assert "(missing: Totten_ROI.gpkg)" in flat and "not written into the STAC catalog" in flat
+    assert tree_digest(pub_release / "stac") == stac_before
+    assert not (pub_release / RELEASE_NOTES).exists()
+    assert load_state(pub_release).stage != "published"  # type: ignore[union-attr]
+    assert not (pub_release / ".icedamage-publish/concepts.json").exists()
+
+
+def test_another_concept_is_refused_for_this_release(pub_release: Path,
+                                                    emulator: ZenodoEmulator,
+                                                    tmp_path: Path) -> None:
+    """--concept-id of an unrelated record of the same account would publish with a wrong
+    isNewVersionOf: refused against the unfinished run's concept (state.json) and against the
+    concept this release published (concepts.json), before any change on the server."""
+    foreign = other_concept(emulator, tmp_path)
+    assert run_cli(publish_args(pub_release, emulator, "1.0", "--new"))[0] == 0
+    [v1] = [d for d in emulator.published() if d.conceptrecid != foreign]
+    code, out = run_cli(publish_args(pub_release, emulator, "1.1", "--no-publish"))
+    assert code == 0, out
+    [draft] = emulator.drafts()
+    since = len(emulator.requests)
+    code, out = run_cli(publish_args(pub_release, emulator, "1.1", "--concept-id",
+                                     str(foreign), "--resume"))
+    flat = " ".join(out.split())
+    assert code == 2, out
+    assert f"belongs to concept {v1.conceptrecid}" in flat and "state.json" in flat
+    assert f"--concept-id {v1.conceptrecid}" in flat
+    assert not [r for r in emulator.requests[since:] if r.mutating]
+    code, out = run_cli(publish_args(pub_release, emulator, "1.1", "--concept-id",
+                                     str(v1.conceptrecid), "--resume"))
+    assert code == 0, out
+    assert emulator.depositions[draft.id].submitted
+    related = emulator.depositions[draft.id].metadata["related_identifiers"]
+    assert [r["identifier"] for r in related if r["relation"] == "isNewVersionOf"] == [
+        f"10.5281/zenodo.{v1.id}"]
+    # a fresh run (no state of an unfinished one): concepts.json names this release's concept
+    for extra in (["--dry-run"], []):
+        code, out = run_cli(publish_args(pub_release, emulator, "1.2", "--concept-id",
+                                         str(foreign), *extra))
+        flat = " ".join(out.split())
+        assert code == 2, out
+        assert f"as concept {v1.conceptrecid}" in flat and "concepts.json" in flat
+    assert not emulator.drafts() and len(emulator.published(foreign)) == 1
+    # a version id of this release's own concept names that concept: accepted
+    code, out = run_cli(publish_args(pub_release, emulator, "1.2", "--concept-id", str(v1.id),
+                                     "--dry-run"))
+    assert code == 0, out
+
+
+def test_dry_run_sizes_match_the_draft_it_would_continue(pub_release: Path,
+                                                        emulator: ZenodoEmulator) -> None:
+    """Before a draft exists, stac.zip and manifest.json are marked as made again with the
+    reserved DOI (size approximate); after --no-publish, the dry run packages with the draft's
+    reserved DOI, so it plans no upload and the exact sizes of the verified draft."""
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new", "--dry-run"))
+    assert code == 0, out
+    planned = [line for line in out.splitlines() if "PUT <bucket" in line]
+    assert [line for line in planned if "size approximate" in line] == [
+        line for line in planned if "/stac.zip " in line or "/manifest.json " in line]
+    assert len(planned) == 9
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new", "--no-publish"))
+    assert code == 0, out
+    [draft] = emulator.drafts()
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new", "--resume",
+                                     "--dry-run"))
+    assert code == 0, out
+    assert f"reuse draft {draft.id}" in out
+    assert "/api/files/" not in out and "approximate" not in out  # nothing to upload
+    total = sum(size for size, _ in manifest_files(pub_release).values())
+    assert f"{len(manifest_files(pub_release))} files, {total} bytes; nothing was changed" in out
+
+
+def test_metadata_reads_back_in_zenodos_own_spelling(pub_release: Path,
+                                                     emulator: ZenodoEmulator) -> None:
+    """Zenodo's legacy serializer returns ``"affiliation": null`` for a creator without one,
+    the scheme it detected for a related identifier sent without one, and its own spelling of
+    the licence id: the read-back check accepts all three (the emulator answers that way)."""
+    meta = yaml.safe_load((pub_release / RELEASE_METADATA).read_text())
+    meta["creators"][1].pop("affiliation")
+    meta["related_identifiers"] = [{"identifier": "10.5194/tc-1-2", "relation": "cites"}]
+    (pub_release / RELEASE_METADATA).write_text(yaml.safe_dump(meta, sort_keys=False))
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new"))
+    assert code == 0, out
+    assert "metadata stored and read back" in out
+    [record] = emulator.published()
+    served = public_record(emulator.base_url, record.id)["metadata"]
+    assert served["creators"][1] == {"name": "Bamber, Jonathan", "affiliation": None}
+    assert {"identifier": "10.5194/tc-1-2", "relation": "cites", "scheme": "doi"} \
+        in served["related_identifiers"]
+    assert served["license"] == "CC-BY-4.0"

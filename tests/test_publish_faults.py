@@ -5,16 +5,21 @@ be retried. The emulator injects them over real HTTP on 127.0.0.1."""
 from __future__ import annotations
 
 import email.utils
+import io
 import os
 import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pystac
 import pytest
 
+import publish.release as release_module
+from catalog.build import catalog_release
+from catalog.uncertainty import PAPER_FACTORS
 from producer.spec import RELEASE_NOTES
 from publish.state import load_state, packages_dir, save_state
 from publish.zenodo import RateLimiter, RetryPolicy, ZenodoClient, ZenodoError
@@ -271,3 +276,97 @@ def test_a_package_damaged_on_disk_is_rebuilt_not_sent(pub_release: Path,
     assert put_keys(emulator, since) == ["Totten.zip"]  # stac.zip is rebuilt byte-identical
     [record] = emulator.published()
     assert server_files(emulator, record.id) == manifest_files(pub_release)
+
+
+def test_a_release_changed_after_validation_is_not_published(
+        pub_release: Path, emulator: ZenodoEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bytes packaged are the bytes validated. Files changed, added or removed after the
+    validator passed the release (a producer run still writing into it, an rsync finishing)
+    stop the run before anything is sent, each file named, with the advice to validate again.
+    The change is made right after the real validator returns, to be deterministic."""
+    year = pub_release / "Totten/2021"
+    product = next(year.glob("*_damage.tif"))
+    gone = next(year.glob("*_provenance.json"))
+    collection = next((pub_release / "stac").rglob("collection.json"))
+    validate = release_module.validation_problems
+
+    def validated_then_changed(release: Path, allow: tuple[str, ...] = ()) -> list[str]:
+        problems = validate(release, allow)
+        (year / "scratch_notes.txt").write_text("not part of the dataset\n")
+        shutil.copyfile(next(year.glob("*_damage_map.tif")), product)
+        gone.unlink()
+        collection.write_text(collection.read_text() + "\n")
+        return problems
+
+    monkeypatch.setattr(release_module, "validation_problems", validated_then_changed)
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new"))
+    flat = " ".join(out.split())
+    assert code == 2 and "changed after the validator checked it" in flat, out
+    rel = lambda path: path.relative_to(pub_release).as_posix()  # noqa: E731
+    assert f"changed since validated: {rel(product)}, {rel(collection)};" in flat
+    assert f"new (not validated): {rel(year / 'scratch_notes.txt')}" in flat
+    assert f"gone (validated, not packaged): {rel(gone)}" in flat
+    assert f"icedamage validate {pub_release}" in flat and "Nothing was uploaded" in flat
+    assert emulator.mutating_requests() == [] and not emulator.depositions
+
+
+def test_a_package_the_build_cache_trusts_wrongly_is_rebuilt(
+        pub_release: Path, emulator: ZenodoEmulator) -> None:
+    """A file of the release rewritten with the same size and modification time (and the
+    release re-cataloged and valid): the build cache would reuse the old shelf ZIP, but its
+    members' sha256 differ from the validated files, so the ZIP is rebuilt and sent again."""
+    api_publish(pub_release, emulator, "1.0", new=True, no_publish=True)
+    record = next(pub_release.glob("Totten/2021/*_provenance.json"))
+    stat = record.stat()
+    text = record.read_text()
+    record.write_text(text.replace('"icedamage": "test"', '"icedamage": "tost"'))
+    assert record.stat().st_size == stat.st_size and record.read_text() != text
+    os.utime(record, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    catalog_release(pub_release, PAPER_FACTORS, force=True)  # its checksum, read anew
+    since = len(emulator.requests)
+    result, out, _ = api_publish(pub_release, emulator, "1.0", new=True, resume=True)
+    assert result.stage == "published", out
+    assert "Totten.zip" in put_keys(emulator, since)
+    [published] = emulator.published()
+    with zipfile.ZipFile(io.BytesIO(published.files["Totten.zip"].data)) as zf:
+        assert zf.read(record.relative_to(pub_release).as_posix()) == record.read_bytes()
+
+
+def test_an_interrupted_first_release_goes_on_without_new(pub_release: Path,
+                                                          emulator: ZenodoEmulator) -> None:
+    """An upload that fails every try names the request and the draft kept, and says to run
+    again with --resume; --resume without --new then continues the draft as the first version
+    (its concept has no published version yet)."""
+    emulator.add_fault("status", "PUT", r"/Totten_ROI\.gpkg$", status=503, times=100)
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new"),
+                        env={"ICEDAMAGE_ZENODO_ATTEMPTS": "2"})
+    flat = " ".join(out.split())
+    [draft] = emulator.drafts()
+    assert code == 1 and "Totten_ROI.gpkg: gave up after 2 attempts (last: HTTP 503)" in flat
+    assert "-> None" not in flat, out
+    assert f"deposition {draft.id}" in flat and "run again with --resume" in flat
+    emulator.clear_faults()
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--resume"))
+    assert code == 0, out
+    assert "goes on as its first version" in out
+    assert [d.id for d in emulator.published()] == [draft.id] and not emulator.drafts()
+    assert server_files(emulator, draft.id) == manifest_files(pub_release)
+
+
+def test_a_resumed_write_back_lists_the_version_once(pub_release: Path,
+                                                     emulator: ZenodoEmulator) -> None:
+    """Killed after RELEASE_NOTES.md was written but before the state said "published": the
+    resumed write-back replaces the version's section instead of adding a second one."""
+    api_publish(pub_release, emulator, "1.0", new=True)
+    [v1] = emulator.published()
+    withdraw_shelf(pub_release, "Amery_front")
+    api_publish(pub_release, emulator, "1.1", concept_id=str(v1.conceptrecid))
+    state = load_state(pub_release)
+    assert state is not None
+    state.stage = "verified"
+    save_state(pub_release, state)
+    code, out = run_cli(publish_args(pub_release, emulator, "1.1", "--resume"))
+    assert code == 0, out
+    notes = (pub_release / RELEASE_NOTES).read_text()
+    assert notes.count("## Version 1.1 ") == 1 and notes.count("## Version 1.0 ") == 1
+    assert notes.index("## Version 1.1 ") < notes.index("## Version 1.0 ")

@@ -7,6 +7,7 @@ import dataclasses
 import datetime as dt
 import email.utils
 import json
+import os
 import shutil
 import string
 import time
@@ -20,10 +21,12 @@ import requests
 from hypothesis import given
 from hypothesis import strategies as st
 
-from producer.spec import DEMO_SOURCE, RELEASE_METADATA, SOURCE_TAG
+from producer.spec import DEMO_SOURCE, RELEASE_METADATA, RELEASE_NOTES, SOURCE_TAG
 from producer.writer import read_band
 from publish.metadata import (
     build_metadata,
+    identifier_scheme,
+    metadata_differences,
     metadata_problems,
     orcid_check_char,
     orcid_valid,
@@ -46,9 +49,20 @@ from publish.release import (
     limit_problems,
     reconcile,
 )
-from publish.writeback import Publication, record_catalog, update_catalog
+from publish.snapshot import ReleaseSnapshot
+from publish.writeback import (
+    Publication,
+    record_catalog,
+    update_catalog,
+    write_release_notes,
+)
 from publish.zenodo import RateLimiter, RetryPolicy, retry_after
-from tests.publish_support import PAPER_DOI, RELEASE_YAML, write_tagged_products
+from tests.publish_support import (
+    PAPER_DOI,
+    RELEASE_YAML,
+    legacy_metadata,
+    write_tagged_products,
+)
 from validation.engine import validate_release
 
 pytest_plugins = ("tests.publish_fixtures",)
@@ -111,6 +125,33 @@ def test_metadata_problems_name_field_and_rule() -> None:
                      "is not a bare DOI", "no isDocumentedBy link",
                      "no isNewVersionOf link to the previous version 10.5281/zenodo.9"):
         assert expected in text, expected
+
+
+def test_read_back_accepts_zenodos_spelling_and_catches_real_changes() -> None:
+    """What Zenodo's legacy serializer returns for metadata stored as sent compares equal:
+    ``"affiliation": null`` for a creator without one, the scheme it detected for a related
+    identifier sent without one, the licence id in other case or as ``{"id": …}``. A value
+    that really differs is still reported, by field."""
+    raw = {**RELEASE_YAML,
+           "creators": [{"name": "Tang, Xiao", "affiliation": "University of Bristol",
+                         "orcid": "0000-0002-1825-0097"}, {"name": "Bamber, Jonathan"}],
+           "related_identifiers": [{"identifier": "10.5194/tc-1-2", "relation": "cites"},
+                                   {"identifier": "https://example.org/x",
+                                    "relation": "references"}]}
+    sent = build_metadata(raw, "1.0", None, TODAY)
+    back = legacy_metadata(sent)
+    assert back["creators"][1] == {"name": "Bamber, Jonathan", "affiliation": None}
+    assert back["related_identifiers"][0]["scheme"] == "doi" and back["license"] == "CC-BY-4.0"
+    assert metadata_differences(sent, back) == []
+    assert metadata_differences(sent, {**back, "license": {"id": "cc-by-4.0"}}) == []
+    assert identifier_scheme("https://example.org/x") == "url"
+    lost_orcid = [{**back["creators"][0], "orcid": None}, back["creators"][1]]
+    assert metadata_differences(sent, {**back, "creators": lost_orcid}) == ["creators"]
+    other = [{**back["related_identifiers"][0], "scheme": "url"},
+             back["related_identifiers"][1], *back["related_identifiers"][2:]]
+    assert metadata_differences(sent, {**back, "related_identifiers": other,
+                                       "license": "cc-by-nc-4.0"}) == [
+        "license", "related_identifiers"]
 
 
 # ------------------------------------------------------------------ packages
@@ -433,3 +474,54 @@ def test_a_write_back_killed_before_the_item_index_is_not_taken_as_current(
     key_map = {spec.name: spec.key for spec in plan_packages(pub_release)}
     work = record_catalog(pub_release, tmp_path / "record", pub, key_map)
     assert work is not None and len(search(work)) == len(search(pub_release))
+
+
+def test_release_notes_list_each_version_once(tmp_path: Path) -> None:
+    """Writing a version's section again (a resumed write-back) replaces it where it is; a new
+    version goes first."""
+    def section(version: str, day: str, doi: str) -> str:
+        return f"## Version {version} ({day})\n\n- DOI of this version: {doi}\n"
+
+    write_release_notes(tmp_path, section("1.0", "2026-01-01", "a"))
+    write_release_notes(tmp_path, section("1.1", "2026-02-01", "b"))
+    write_release_notes(tmp_path, section("1.10", "2026-03-01", "c"))
+    write_release_notes(tmp_path, section("1.1", "2026-02-02", "d"), "1.1")
+    notes = (tmp_path / RELEASE_NOTES).read_text()
+    assert notes.count("## Version 1.1 ") == 1 and "2026-02-02" in notes and ": b" not in notes
+    assert [line for line in notes.splitlines() if line.startswith("## ")] == [
+        "## Version 1.10 (2026-03-01)", "## Version 1.1 (2026-02-02)",
+        "## Version 1.0 (2026-01-01)"]
+    assert notes.startswith("# Release notes\n\n") and "\n\n\n" not in notes
+
+
+def test_snapshot_finds_files_packaged_other_than_validated(pub_release: Path,
+                                                            tmp_path: Path) -> None:
+    """The snapshot holds every file to package (path, size, sha256); the members hashed while
+    zipping are compared with it, so a package the build cache reuses (same size and mtime,
+    other bytes) shows, as do files added, removed and a changed catalog copy."""
+    snapshot = ReleaseSnapshot.take(pub_release)
+    manifest = build_packages(pub_release, tmp_path / "out", "1.0")
+    assert not snapshot.packaged_differences(manifest, with_catalog=True)
+    assert "Totten/2021/LC08_LC09_Totten_2021_damage.tif" in snapshot.products
+    product = next(pub_release.glob("Totten/2021/*_damage.tif"))
+    stat = product.stat()
+    data = bytearray(product.read_bytes())
+    data[-1] ^= 0xFF
+    product.write_bytes(bytes(data))
+    os.utime(product, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    (pub_release / "Totten/2021/notes.txt").write_text("x")
+    next(pub_release.glob("Larsen B/2001/*_provenance.json")).unlink()
+    cached = build_packages(pub_release, tmp_path / "out", "1.0")
+    assert cached.by_key()["Totten.zip"].contents != manifest.by_key()["Totten.zip"].contents
+    differences = snapshot.packaged_differences(cached, with_catalog=True)
+    assert differences.changed == (product.relative_to(pub_release).as_posix(),)
+    assert differences.extra == ("Totten/2021/notes.txt",)
+    assert differences.missing == ("Larsen B/2001/LE07_Larsen B_2001_provenance.json",)
+    assert "validate it again" in differences.describe(pub_release)
+    key_map = {spec.name: spec.key for spec in plan_packages(pub_release)}
+    (collection,) = (pub_release / "stac").rglob("collection.json")
+    collection.write_text(collection.read_text() + " ")
+    found: list = []
+    record_catalog(pub_release, tmp_path / "record", None, key_map,
+                   copied=lambda work: found.append(snapshot.catalog_differences(work)))
+    assert [d.changed for d in found] == [(collection.relative_to(pub_release).as_posix(),)]
