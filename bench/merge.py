@@ -16,8 +16,13 @@ writing the two products and the source-scene COG with the provenance record
 The version of this script before the bounded-memory merge (git history) measured the same
 stages with whole-grid arrays.
 
-Run: ``PYTHONPATH=. python bench/merge.py [--scenes 6] [--shelf Amery] [--rebuild] [--keep DIR]``
-(``--scale 0.25`` shrinks the grid for a quick try; the numbers in docs/benchmarks.md are at 1).
+With ``--velocity`` the plan also weighs the scenes by a synthetic 450 m ice-speed GeoTIFF
+(cached beside the case; speed rising along the columns, as towards a calving front) read onto
+the grid strip by strip (``producer.velocity``), as ``produce --velocity`` does.
+
+Run: ``PYTHONPATH=. python bench/merge.py [--scenes 6] [--shelf Amery] [--rebuild] [--keep DIR]
+[--velocity]`` (``--scale 0.25`` shrinks the grid for a quick try; the numbers in
+docs/benchmarks.md are at 1).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import rasterio.transform
 from rasterio.windows import Window
 
 from producer.grid import Grid
@@ -104,6 +110,22 @@ def build_case(folder: Path, grid: Grid, scenes: int) -> list[dict]:
     return items
 
 
+def ensure_velocity(folder: Path, grid: Grid) -> Path:
+    """A 450 m speed GeoTIFF over the grid's bounds (MEaSUREs' resolution), built once."""
+    path = folder / "speed_450m.tif"
+    if path.exists():
+        return path
+    left, bottom, right, top = grid.bounds
+    width, height = int((right - left) // 450) + 2, int((top - bottom) // 450) + 2
+    speed = np.tile(np.linspace(5.0, 2500.0, width, dtype="float32"), (height, 1))
+    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=1,
+                       dtype="float32", crs=grid.crs, tiled=True, compress="deflate",
+                       transform=rasterio.transform.from_origin(left - 450, top + 450, 450,
+                                                                450)) as ds:
+        ds.write(speed, 1)
+    return path
+
+
 def ensure_case(shelf: str, scale: float, scenes: int, rebuild: bool) -> Path:
     """The cached case folder of these parameters, built if missing (or ``rebuild``)."""
     folder = CACHE / f"{shelf}-x{scale:g}-{scenes}scenes"
@@ -139,7 +161,8 @@ class _BenchModel:
         return ModelRecord("bench-none", self.sha256, "none")
 
 
-def run_stages(folder: Path, shelf: str, scale: float, out: Path) -> dict:
+def run_stages(folder: Path, shelf: str, scale: float, out: Path,
+               velocity: Path | None = None) -> dict:
     """Run the post-segmentation stages of ``produce_year`` on the case; timings per stage."""
     from producer import pipeline
     from producer.extent import ShelfArea, default_extent
@@ -165,26 +188,36 @@ def run_stages(folder: Path, shelf: str, scale: float, out: Path) -> dict:
               Path(item["prediction"]), 0.0), Path(item["mask"]), False, item["cloud_fraction"])
         for item in items]
     lap("masks")
-    plan = plan_merge_rows([m.candidate() for m in masks], area.rows, grid.shape)
+    if velocity is None:
+        plan = plan_merge_rows([m.candidate() for m in masks], area.rows, grid.shape)
+    else:
+        from producer.velocity import speed_on_grid, velocity_layout
+
+        with speed_on_grid(velocity_layout(velocity), grid) as speed:
+            plan = plan_merge_rows([m.candidate() for m in masks], area.rows, grid.shape,
+                                   speed=speed)
     lap("plan")
     predictions = {item["scene_id"]: (Path(item["prediction"]), None) for item in items}
     options = pipeline.ProduceOptions(out=out)
     parameters = pipeline.run_parameters(options, grid, extent_geom, "default:roi-shrunk")
     result = pipeline._write_year(shelf, 2021, _BenchSource(), _BenchModel(), options, grid,
-                                  plan, masks, predictions, area, None, parameters, "bench",
+                                  plan, masks, predictions, area, pipeline._Restored({}),
+                                  parameters, "bench",
                                   pipeline._no_progress)
     lap("compose+write")
     return {"times": times, "used": len(plan.used), "status": result.status,
             "fractions": [round(f, 4) for f in plan.fractions],
             "cloudy": round(plan.cloudy_fill_fraction, 4),
-            "uncovered": round(plan.uncovered_fraction, 4)}
+            "uncovered": round(plan.uncovered_fraction, 4),
+            "flow_fractions": [round(f, 4) for f in plan.flow_fractions]}
 
 
-def child(folder: Path, shelf: str, scale: float, keep: Path | None) -> None:
+def child(folder: Path, shelf: str, scale: float, keep: Path | None,
+          velocity: Path | None = None) -> None:
     """Run the stages, print timings and ``ru_maxrss`` as one JSON line."""
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         started = time.perf_counter()
-        report = run_stages(folder, shelf, scale, Path(tmp) / "release")
+        report = run_stages(folder, shelf, scale, Path(tmp) / "release", velocity)
         report["wall_s"] = round(time.perf_counter() - started, 2)
         report["outputs_mb"] = round(sum(p.stat().st_size for p in Path(tmp).rglob("*")
                                          if p.is_file()) / 1e6, 1)
@@ -201,17 +234,22 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--rebuild", action="store_true")
     parser.add_argument("--keep", type=Path, help="copy the written release here")
+    parser.add_argument("--velocity", action="store_true",
+                        help="weigh the main scene by a synthetic 450 m speed file")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--speed-file", type=Path, help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.child is not None:
-        child(opts.child, opts.shelf, opts.scale, opts.keep)
+        child(opts.child, opts.shelf, opts.scale, opts.keep, opts.speed_file)
         return
     folder = ensure_case(opts.shelf, opts.scale, opts.scenes, opts.rebuild)
     grid = bench_grid(opts.shelf, opts.scale)
+    speed = ensure_velocity(folder, grid) if opts.velocity else None
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.run(
         [sys.executable, __file__, "--child", str(folder), "--shelf", opts.shelf,
-         "--scale", str(opts.scale), *(["--keep", str(opts.keep.resolve())] if opts.keep else [])],
+         "--scale", str(opts.scale), *(["--keep", str(opts.keep.resolve())] if opts.keep else []),
+         *(["--speed-file", str(speed)] if speed else [])],
         capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"the stages failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -222,6 +260,8 @@ def main() -> None:
           f"{report['times']}, outputs {report['outputs_mb']} MB")
     print(f"plan: fractions {report['fractions']}, cloudy fill {report['cloudy']}, uncovered "
           f"{report['uncovered']}")
+    if speed:
+        print(f"velocity {speed.name}: flow fractions {report['flow_fractions']}")
 
 
 if __name__ == "__main__":
