@@ -258,6 +258,14 @@ def test_same_day_files_are_combined_by_median(tmp_path: Path) -> None:
     assert (band[:, 60:] == 30).all() and scene.valid_fraction == 1.0
 
 
+@given(st.integers(0, 254), st.integers(0, 254))
+def test_daily_median_drops_the_fraction_as_earth_engine_to_byte_does(a: int, b: int) -> None:
+    """Two files of a day: their mean, fraction dropped (never rounded half to even)."""
+    rgbs = [np.full((3, 2, 2), v + 1, np.uint8) for v in (a, b)]  # > 0: both have data
+    out, _ = combine_day(rgbs, [None, None])
+    assert (out == (a + 1 + b + 1) // 2).all()
+
+
 def test_combine_day_cloudy_where_at_least_half_the_files_with_data_are() -> None:
     """The median of the files is bounded by clear values only where most files are clear."""
     a = np.full((3, 1, 5), 50, np.uint8)

@@ -389,7 +389,9 @@ def combine_day(rgbs: list[np.ndarray], clouds: list[np.ndarray | None]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels: no file has data
             med = np.nanmedian(stack, axis=0)
-        out = np.nan_to_num(np.round(med), nan=0).astype(np.uint8)
+        # the fraction is dropped, as Earth Engine's toByte drops it from the authors' daily
+        # median (``landsat.to_uint8``): 100 and 101 give 100, 101 and 102 give 101
+        out = np.nan_to_num(np.floor(med), nan=0).astype(np.uint8)
     return out, daily_cloud(present, clouds)
 
 
