@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -24,14 +24,25 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from catalog.uncertainty import load_factors
+if TYPE_CHECKING:
+    import pystac
+
+    from catalog.stats import DamageStats
+
+from catalog.uncertainty import (
+    PAPER_FACTORS,
+    UncertaintyFactors,
+    factor_differences,
+    factor_warnings,
+    load_factors,
+)
 from producer.spec import SENSOR_ORDER
 
 err = Console(stderr=True)
 out = Console()
 #: ``search --sensor`` help: the spec's sensor tokens ("LE07, LC08 or LC09").
 _SENSOR_HELP = (f"{', '.join(SENSOR_ORDER[:-1])} or " if len(SENSOR_ORDER) > 1 else "") \
-    + f"{SENSOR_ORDER[-1]} (any of them)."
+    + f"{SENSOR_ORDER[-1]} (any of them; any case)."
 
 
 class OutputFormat(StrEnum):
@@ -148,7 +159,8 @@ def search_command(
     intersects: Annotated[str | None, typer.Option(
         help="GeoJSON geometry, Feature or FeatureCollection (file or inline string, "
              "EPSG:4326).")] = None,
-    min_fraction: Annotated[float | None, typer.Option(help="Damage fraction ≥ this.")] = None,
+    min_fraction: Annotated[float | None, typer.Option(
+        help="Damage fraction ≥ this (a fraction 0–1, not a percentage).")] = None,
     format: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.table,
 ) -> None:
     """Find shelf-year maps in a cataloged release."""
@@ -175,14 +187,23 @@ def search_command(
     else:
         table = Table("id", "shelf", "year", "sensors", "restoration", "damage km²", "fraction")
         for item in items:
-            p = item.properties
-            fraction = p.get("icedamage:damage_fraction")
-            table.add_row(item.id, p["icedamage:shelf"], str(p["icedamage:year"]),
-                          " ".join(p["icedamage:sensors"]), p.get("icedamage:restoration") or "",
-                          f"{p['icedamage:damage_area_km2']:.2f}",
-                          f"{fraction:.4f}" if fraction is not None else "")
+            table.add_row(*search_row(item))
         out.print(table)
         out.print(f"{len(items)} item(s)")
+
+
+def search_row(item: pystac.Item) -> tuple[str, ...]:
+    """The cells of one item in the search table. A map without a valid pixel reads "not
+    observed", as in ``icedamage stats``, never 0 km² of damage."""
+    from catalog.stats import NOT_OBSERVED
+
+    p = item.properties
+    fraction = p.get("icedamage:damage_fraction")
+    observed = bool(p.get("icedamage:valid_area_km2"))
+    return (item.id, p["icedamage:shelf"], str(p["icedamage:year"]),
+            " ".join(p["icedamage:sensors"]), p.get("icedamage:restoration") or "",
+            f"{p['icedamage:damage_area_km2']:.2f}" if observed else NOT_OBSERVED,
+            f"{fraction:.4f}" if fraction is not None else "")
 
 
 def stats_command(
@@ -190,35 +211,23 @@ def stats_command(
         help="Release folder, or a published record (https://zenodo.org/records/ID, zenodo:ID, "
              "10.5281/zenodo.ID): then the numbers its catalog recorded.")],
     factors: Annotated[Path | None, typer.Option(
-        help="Uncertainty factors JSON (default: the paper's; for a record, its own).")] = None,
+        help="Uncertainty factors JSON (default: those the release was cataloged with, else "
+             "the paper's; for a record, its own).")] = None,
     out_table: Annotated[Path | None, typer.Option("--out", help="Table file (.csv or .ods).")
                          ] = None,
     plot: Annotated[Path | None, typer.Option(help="Fig. 11 style PNG.")] = None,
 ) -> None:
     """Damage area, shelf area and fraction with uncertainty bounds per shelf-year."""
-    from catalog.search import SearchError, search
-    from catalog.stats import (
-        catalogued_stats,
-        console_cells,
-        plot_stats,
-        release_stats,
-        write_stats_table,
-    )
+    from catalog.search import SearchError
+    from catalog.stats import console_cells, plot_stats, unknown_bound_note, write_stats_table
     from publish.remote import parse_record_ref
 
     try:
+        given = load_factors(factors) if factors is not None else None
         if parse_record_ref(release_dir) is not None:
-            with _record_download() as progress:
-                items = search(release_dir, progress=progress)
-            rows = catalogued_stats(items, load_factors(factors) if factors is not None else None)
+            rows = _record_stats(release_dir, given, factors)
         else:
-            with Progress(TextColumn("counting damage pixels"), BarColumn(),
-                          MofNCompleteColumn(), TimeElapsedColumn(), console=err,
-                          transient=True) as bars:
-                task = bars.add_task("maps", total=None)
-                rows = release_stats(Path(release_dir), load_factors(factors),
-                                     lambda done, total: bars.update(task, completed=done,
-                                                                     total=total))
+            rows = _local_stats(Path(release_dir), given, factors)
         if not rows:
             raise ValueError(f"{release_dir}: no type 1 products found")
         if out_table is not None:
@@ -227,10 +236,90 @@ def stats_command(
             plot_stats(rows, plot)
     except (FileNotFoundError, ValueError, OSError, SearchError) as error:
         raise _fail(str(error)) from error
-    table = Table("shelf", "year", "damage km² (low-high)", "shelf km²", "fraction % (low-high)")
+    table = Table("shelf", "year", "restoration", "damage km² (low-high)", "shelf km²",
+                  "fraction % (low-high)")
     for r in rows:
-        table.add_row(r.shelf, str(r.year), *console_cells(r))
+        table.add_row(r.shelf, str(r.year), r.restoration or "", *console_cells(r))
     out.print(table)
+    for note in (*_range_notes(rows), unknown_bound_note(rows)):
+        if note:
+            err.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
+
+
+def _record_stats(ref: str, given: UncertaintyFactors | None, path: Path | None
+                  ) -> list[DamageStats]:
+    """Stats of a published record from its items (their own factors unless ``given``)."""
+    from catalog.search import search
+    from catalog.stats import catalogued_stats
+
+    with _record_download() as progress:
+        items = search(ref, progress=progress)
+    if given is not None:
+        _warn_other_factors(given, path, items, "the record's")
+    return catalogued_stats(items, given)
+
+
+def _local_stats(release_dir: Path, given: UncertaintyFactors | None, path: Path | None
+                 ) -> list[DamageStats]:
+    """Stats counted from a local release's pixels, with ``given`` factors, else those its
+    catalog was built with (so the table equals its items), else the paper's."""
+    from catalog.stats import catalog_factors, item_main_dates, release_stats
+
+    items = _catalog_items(release_dir)
+    if given is not None:
+        _warn_other_factors(given, path, items, f"{release_dir}'s catalog")
+        recorded = None
+    else:
+        recorded = catalog_factors(items)  # items that disagree: an error, give --factors
+    with Progress(TextColumn("counting damage pixels"), BarColumn(),
+                  MofNCompleteColumn(), TimeElapsedColumn(), console=err,
+                  transient=True) as bars:
+        task = bars.add_task("maps", total=None)
+        return release_stats(release_dir, given or recorded or PAPER_FACTORS,
+                             lambda done, total: bars.update(task, completed=done, total=total),
+                             item_main_dates(items))
+
+
+def _catalog_items(release_dir: Path) -> list[pystac.Item]:
+    """The cataloged items of a local release ([] when it is not cataloged). An index that
+    cannot be read is a warning: the paper's factors are used then, and said to be."""
+    from catalog.search import SearchError, locate_index, search
+
+    try:
+        locate_index(release_dir)
+    except SearchError:
+        return []  # not cataloged
+    try:
+        return search(release_dir)
+    except SearchError as error:
+        err.print(f"[yellow]warning:[/yellow] the catalog's factors cannot be read ({error}); "
+                  "using --factors or the paper's", soft_wrap=True)
+        return []
+
+
+def _warn_other_factors(given: UncertaintyFactors, path: Path | None,
+                        items: list[pystac.Item], whose: str) -> None:
+    """A warning on stderr when ``--factors`` differs from the factors the items record."""
+    from catalog.stats import catalog_factors
+
+    try:
+        recorded = catalog_factors(items)
+    except ValueError as error:
+        err.print(f"[yellow]warning:[/yellow] {error}", soft_wrap=True)
+        return
+    differences = factor_differences(given, recorded) if recorded is not None else []
+    if differences:
+        err.print(f"[yellow]warning:[/yellow] --factors {path} differs from the factors "
+                  f"{whose} items were cataloged with ({'; '.join(differences)}): this table "
+                  "uses --factors, the items keep theirs (rebuild a local catalog with "
+                  f"`icedamage catalog --factors {path} --force`)", soft_wrap=True)
+
+
+def _range_notes(rows: list[DamageStats]) -> list[str]:
+    """``factor_warnings`` of the factors the rows took (a range that misses the mapped value
+    or has zero width)."""
+    return factor_warnings(UncertaintyFactors(min(r.lambda_lower for r in rows),
+                                              max(r.lambda_upper for r in rows), None))
 
 
 def register(app: typer.Typer) -> None:

@@ -313,6 +313,35 @@ def query_geometry(query: Query) -> BaseGeometry | None:
     return result
 
 
+def sensor_tokens(names: Iterable[str]) -> tuple[str, ...]:
+    """Sensor filters as the spec's tokens, in any case (``lc08`` is LC08); a name that is no
+    sensor is a ``SearchError`` listing the valid ones, not an empty result."""
+    given = tuple(names)
+    tokens = tuple(str(name).strip().upper() for name in given)
+    unknown = sorted({name for name, token in zip(given, tokens, strict=True)
+                      if token not in SENSOR_ORDER})
+    if unknown:
+        raise SearchError(f"unknown sensor(s) {unknown}; valid: {list(SENSOR_ORDER)}")
+    return tokens
+
+
+def checked_fraction(value: float) -> float:
+    """A damage-fraction filter as a float in [0, 1]; anything else is a ``SearchError``.
+
+    Fractions in the catalog run from 0 to 1, so ``15`` (meant as 15 %) would match nothing
+    without a word; the error says so.
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise SearchError(f"min_fraction {value!r} is not a number (a fraction 0–1)") from None
+    if not 0.0 <= number <= 1.0:  # NaN fails too
+        hint = (f" ({number:g} % is {number / 100:g})" if 1.0 < number <= 100.0 else "")
+        raise SearchError(f"min_fraction {value!r} is outside 0–1: it is a fraction 0–1, not "
+                          f"a percentage{hint}")
+    return number
+
+
 def _sql(query: Query, geometry: BaseGeometry | None) -> tuple[str, list[Any]]:
     """WHERE clause and parameters of the plain-column filters (coarse bbox included)."""
     where, params = [], []
@@ -329,16 +358,14 @@ def _sql(query: Query, geometry: BaseGeometry | None) -> tuple[str, list[Any]]:
         where.append(f'"{P}year" <= ?')
         params.append(query.year_to)
     if query.sensors:
-        unknown = sorted(set(query.sensors) - set(SENSOR_ORDER))
-        if unknown:
-            raise SearchError(f"unknown sensor(s) {unknown}; valid: {list(SENSOR_ORDER)}")
+        sensors = sensor_tokens(query.sensors)
         where.append(f'list_has_any("{P}sensors", ?::VARCHAR[])')
-        params.append(list(query.sensors))
+        params.append(list(sensors))
     if query.restored is not None:
         where.append(f'"{P}restoration" IS {"NOT " if query.restored else ""}NULL')
     if query.min_fraction is not None:
         where.append(f'"{P}damage_fraction" >= ?')
-        params.append(float(query.min_fraction))
+        params.append(checked_fraction(query.min_fraction))
     if geometry is not None and not geometry.is_empty:
         minx, miny, maxx, maxy = geometry.bounds
         where.append("bbox.ymin <= ? AND bbox.ymax >= ? AND "
@@ -543,7 +570,8 @@ def drop_filled_nulls(record: dict[str, Any]) -> dict[str, Any]:
     gets nulls for the others: a multi-sensor item's ``platform``, ``nodata`` of classification
     classes that are not nodata, and the restoration fields (``icedamage:restoration_model``,
     ``icedamage:restoration_weights_sha256``, ``icedamage:restored_fraction``,
-    ``icedamage:lambda_upper_restored``) of a map not restored. Those fail the schemas and are
+    ``icedamage:lambda_restoration``, ``icedamage:lambda_upper_restored``) of a map not
+    restored. Those fail the schemas and are
     not the catalog's item. Nulls an item really holds are kept: ``datetime`` (a range
     instead), ``icedamage:`` fields listed in its ``icedamage:unknown`` and those whose null
     means "does not apply" (``catalog.stac.not_applicable_fields``: ``icedamage:restoration``,

@@ -153,7 +153,13 @@ def _dates_and_main(inputs: ItemInputs) -> tuple[list[dt.date], str | None, dt.d
 
 
 def product_properties(inputs: ItemInputs) -> dict[str, Any]:
-    """The ``icedamage:`` fields of an item; unknown facts are None and listed."""
+    """The ``icedamage:`` fields of an item; unknown facts are None and listed.
+
+    A restored map records its method's restoration factor (``lambda_restoration``) and the
+    upper factor it took (``lambda_upper_restored``); when no factor is known for the method
+    (FillNodata unless the factors file gives one), both and the upper bounds are null and
+    listed as unknown rather than given the bounds of an unrestored map.
+    """
     name, prov, stats = inputs.name, inputs.provenance, inputs.stats
     # without a record, the products' own tag still says where they came from (demo or not)
     source = prov.source if prov else tagged_source(
@@ -186,13 +192,15 @@ def product_properties(inputs: ItemInputs) -> dict[str, Any]:
         f"{P}damage_fraction": stats.damage_fraction,
         f"{P}lambda_lower": stats.lambda_lower,
         f"{P}lambda_upper": stats.lambda_upper,
+        f"{P}lambda_restoration": stats.lambda_restoration,
         f"{P}lambda_upper_restored": stats.lambda_upper_restored,
         f"{P}damage_area_km2_low": stats.damage_area_km2_low,
         f"{P}damage_area_km2_high": stats.damage_area_km2_high,
         f"{P}damage_fraction_low": stats.damage_fraction_low,
         f"{P}damage_fraction_high": stats.damage_fraction_high,
     })
-    if not restored:
+    if not restored:  # the restoration factors do not apply (their fields are left out)
+        props.pop(f"{P}lambda_restoration")
         props.pop(f"{P}lambda_upper_restored")
     not_applicable = not_applicable_fields(props)
     props[f"{P}unknown"] = sorted(k for k, v in props.items()
@@ -220,7 +228,8 @@ def not_applicable_fields(props: dict[str, Any]) -> set[str]:
 
 def is_classical_fill(method: str) -> bool:
     """Whether a restoration method is a classical fill (FillNodata) rather than the released
-    learned restoration (DiffGF): it has no model, and no restoration factor is known for it."""
+    learned restoration (DiffGF): it has no model (and the paper gives no restoration factor
+    for it; a factors file may)."""
     return method != RELEASED_RESTORATION
 
 

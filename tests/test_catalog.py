@@ -53,6 +53,8 @@ from catalog.search import search
 from catalog.stac import CatalogSettings, build_collection, collection_title
 from catalog.stats import (
     NOT_OBSERVED,
+    RESTORED_LABEL,
+    UNKNOWN_BOUND,
     DamageStats,
     PixelCounts,
     console_cells,
@@ -63,7 +65,14 @@ from catalog.stats import (
     write_stats_table,
     year_limits,
 )
-from catalog.uncertainty import PAPER_FACTORS, UncertaintyFactors
+from catalog.uncertainty import (
+    PAPER_EVALUATIONS,
+    PAPER_FACTORS,
+    PAPER_RESTORATION,
+    Evaluation,
+    UncertaintyFactors,
+    derive_factors,
+)
 from producer.cli import build_app
 from producer.grid import Grid
 from producer.provenance import provenance_path, read_provenance
@@ -535,6 +544,29 @@ def test_stats_command_writes_table_and_plot(cataloged_pristine: Path, tmp_path:
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_stats_table_names_date_sensors_and_restoration(cataloged_pristine: Path,
+                                                        tmp_path: Path) -> None:
+    """Each row says which map it is: main-scene date (the item's datetime), sensors and
+    restoration method come first, in the CSV and the ODS."""
+    for suffix in (".csv", ".ods"):
+        out = tmp_path / f"t{suffix}"
+        result = CliRunner().invoke(build_app(), ["stats", str(cataloged_pristine), "--out",
+                                                  str(out)])
+        assert result.exit_code == 0, result.output
+        table = (pd.read_csv(out) if suffix == ".csv" else pd.read_excel(out, engine="odf"))
+        assert list(table.columns[:5]) == ["shelf", "year", "main_scene_date", "sensors",
+                                           "restoration"]
+        rows = {(r.shelf, r.year): r for r in table.itertuples()}
+        for item_id, key in (("totten-2021", ("Totten", 2021)),
+                             ("larsen-b-2005", ("Larsen B", 2005))):
+            item = pystac.Item.from_file(str(item_path(cataloged_pristine, item_id)))
+            assert rows[key].main_scene_date == item.datetime.date().isoformat()
+            assert rows[key].sensors == " ".join(item.properties["icedamage:sensors"])
+        assert rows[("Totten", 2021)].sensors == "LC08 LC09"
+        assert rows[("Larsen B", 2005)].restoration == "DiffGF"
+        assert pd.isna(rows[("Larsen B", 2001)].restoration)
+
+
 def _stats_row(shelf: str, year: int, damage: int = 100, valid: int = 1000) -> DamageStats:
     """One shelf-year's stats from pixel counts (30 m pixels), no raster needed."""
     return damage_stats(shelf, year, PixelCounts(damage, valid, 900.0), False, PAPER_FACTORS)
@@ -562,6 +594,58 @@ def test_every_released_shelf_gets_its_own_style() -> None:
     assert set(drawn) == set(SHELVES)
     assert len(set(drawn.values())) == len(SHELVES)
     assert len({colour for colour, _ in drawn.values()}) == len(SHELVES)
+
+
+#: Colour-vision-deficiency simulation matrices in linear RGB (Machado et al. 2009, severity 1).
+CVD_MATRICES = {
+    "normal": np.eye(3),
+    "protanopia": np.array([[0.152286, 1.052583, -0.204868], [0.114503, 0.786281, 0.099216],
+                            [-0.003882, -0.048116, 1.051998]]),
+    "deuteranopia": np.array([[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413],
+                              [-0.011820, 0.042940, 0.968881]]),
+}
+
+
+def _lab(colour: str, vision: str) -> np.ndarray:
+    """CIELAB (D65) of a hex colour as a viewer with ``vision`` sees it."""
+    srgb = np.array([int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)])
+    linear = np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)
+    linear = np.clip(CVD_MATRICES[vision] @ linear, 0, 1)
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722],
+                    [0.0193, 0.1192, 0.9505]]) @ linear / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def _colour_distance(a: str, b: str) -> float:
+    """The smallest CIE76 ΔE of two colours for normal, protanope and deuteranope viewers."""
+    return min(float(np.linalg.norm(_lab(a, v) - _lab(b, v))) for v in CVD_MATRICES)
+
+
+def test_shelf_colours_stay_apart_for_colour_blind_readers() -> None:
+    """Larsen B (reddish purple) and Totten (wine) once looked alike, and grey matched the
+    purple under deuteranopia (ΔE 7): no two released shelves are now closer than Okabe & Ito's
+    own orange and yellow, and Larsen B and Totten are far apart."""
+    styles = shelf_styles(SHELVES)
+    colours = [s.colour for s in styles.values()]
+    closest = min(_colour_distance(a, b) for i, a in enumerate(colours) for b in colours[i + 1:])
+    assert closest >= 15
+    assert _colour_distance(styles["Larsen B"].colour, styles["Totten"].colour) >= 40
+
+
+def test_restored_years_have_hollow_markers_and_a_legend_entry() -> None:
+    rows = [_stats_row("Larsen B", 2004),
+            damage_stats("Larsen B", 2005, PixelCounts(100, 1000, 900.0), "DiffGF",
+                         PAPER_FACTORS),
+            _stats_row("Larsen B", 2006)]
+    for axis in _figure_axes(rows):
+        hollow = [line for line in axis.get_lines() if line.get_markerfacecolor() == "white"]
+        assert [list(line.get_xdata()) for line in hollow] == [[2005]]
+        assert hollow[0].get_markeredgecolor() == shelf_styles(["Larsen B"])["Larsen B"].colour
+    ax_area, _ = _figure_axes(rows)
+    assert RESTORED_LABEL in [t.get_text() for t in ax_area.get_legend().get_texts()]
+    ax_plain, _ = _figure_axes([_stats_row("Larsen B", 2004)])
+    assert RESTORED_LABEL not in [t.get_text() for t in ax_plain.get_legend().get_texts()]
 
 
 @pytest.mark.parametrize(("years", "limits"), [((2021,), (2020, 2022)),
@@ -1567,6 +1651,120 @@ def test_a_classical_fill_has_no_model_and_no_known_restoration_factor(tmp_path:
     assert "icedamage:restoration_model" not in props["icedamage:unknown"]
     assert "icedamage:lambda_upper_restored" in props["icedamage:unknown"]
     assert rules_found(root) == set()
+
+
+def test_a_fill_without_a_known_factor_has_unknown_upper_bounds(tmp_path: Path) -> None:
+    """FillNodata once got the bounds of an unrestored map while its item said its factor was
+    unknown: now its upper bounds are null and listed unknown, stats says "unknown", the plot
+    names what was applied, and the catalog rules and ``validate`` accept it."""
+    root = build_release(tmp_path / "r", (ShelfYear("Larsen B", 2006, ("LE07",), "FillNodata"),
+                                          ShelfYear("Larsen B", 2005, ("LE07",), "DiffGF")))
+    catalog_release(root, PAPER_FACTORS)
+    props = json.loads(item_path(root, "larsen-b-2006").read_text())["properties"]
+    for field in ("damage_area_km2_high", "damage_fraction_high", "lambda_restoration"):
+        assert props[f"icedamage:{field}"] is None, field
+        assert f"icedamage:{field}" in props["icedamage:unknown"], field
+    assert props["icedamage:damage_area_km2_low"] == pytest.approx(
+        props["icedamage:damage_area_km2"] * PAPER_FACTORS.lambda_min)
+    assert [i.id for i in search(root, year=2006)] == ["larsen-b-2006"]  # reads back
+    assert rules_found(root) == set() and validate_release(root).ok()
+    result = CliRunner().invoke(build_app(), ["stats", str(root), "--out",
+                                              str(tmp_path / "t.csv")])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert f"-{UNKNOWN_BOUND})" in text and "upper bound unknown for maps restored with " \
+        "FillNodata" in text
+    table = pd.read_csv(tmp_path / "t.csv").set_index("year")
+    assert pd.isna(table.loc[2006, "damage_area_km2_high"])
+    assert table.loc[2005, "damage_area_km2_high"] > table.loc[2005, "damage_area_km2"]
+    rows = [damage_stats("Larsen B", 2005, PixelCounts(100, 1000, 900.0), "DiffGF",
+                         PAPER_FACTORS),
+            damage_stats("Larsen B", 2006, PixelCounts(100, 1000, 900.0), "FillNodata",
+                         PAPER_FACTORS)]
+    ax_area, _ = _figure_axes(rows)
+    title = " ".join(ax_area.get_title().split())
+    assert "λ_DiffGF 1.044" in title and "FillNodata maps: no restoration factor known" in title
+    (dash,) = [line for line in ax_area.get_lines() if line.get_marker() == "_"]
+    assert list(dash.get_xdata()) == [2006]  # the lower bound alone, no band to an unknown
+    assert list(dash.get_ydata()) == [pytest.approx(rows[1].damage_area_km2_low)]
+    ax_plain, _ = _figure_axes([_stats_row("Totten", 2020)])
+    assert "DiffGF" not in ax_plain.get_title()  # nothing claimed that was not applied
+
+
+def test_a_factors_file_gives_a_fill_its_own_factor(tmp_path: Path) -> None:
+    """A restoration factor for FillNodata (``icedamage uncertainty --restoration-method
+    FillNodata``) gives FillNodata maps their bounds, recorded in the item."""
+    root = build_release(tmp_path / "r", (ShelfYear("Larsen B", 2006, ("LE07",), "FillNodata"),))
+    path = tmp_path / "f.json"  # as `icedamage uncertainty --restoration-method FillNodata` writes
+    path.write_text(json.dumps({"lambda_min": PAPER_FACTORS.lambda_min,
+                                "lambda_max": PAPER_FACTORS.lambda_max,
+                                "lambda_restoration": PAPER_FACTORS.lambda_restoration,
+                                "restoration_factors": {"FillNodata": 0.95 / 0.90}}))
+    result = CliRunner().invoke(build_app(), ["catalog", str(root), "--factors", str(path)])
+    assert result.exit_code == 0, result.output
+    props = json.loads(item_path(root, "larsen-b-2006").read_text())["properties"]
+    assert props["icedamage:lambda_restoration"] == pytest.approx(0.95 / 0.90)
+    assert props["icedamage:damage_area_km2_high"] == pytest.approx(
+        props["icedamage:damage_area_km2"] * PAPER_FACTORS.lambda_max * 0.95 / 0.90)
+    assert not {"icedamage:damage_area_km2_high", "icedamage:lambda_restoration"} & set(
+        props["icedamage:unknown"])
+    assert rules_found(root) == set()
+
+
+def _factors_file(path: Path, factors: UncertaintyFactors) -> Path:
+    path.write_text(factors.to_json())
+    return path
+
+
+def test_stats_use_the_factors_the_release_was_cataloged_with(cataloged: Path,
+                                                               tmp_path: Path) -> None:
+    """``icedamage stats RELEASE`` gives the numbers the items carry, even when the catalog was
+    built with other factors than the paper's; --factors that differ say so on stderr."""
+    other = _factors_file(tmp_path / "other.json", derive_factors(
+        [Evaluation("a", 0.85, 0.80), Evaluation("b", 0.90, 0.82)], PAPER_RESTORATION))
+    result = CliRunner().invoke(build_app(), ["catalog", str(cataloged), "--force",
+                                              "--factors", str(other)])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(build_app(), ["stats", str(cataloged), "--out",
+                                              str(tmp_path / "t.csv")])
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
+    table = pd.read_csv(tmp_path / "t.csv")
+    for row in table.itertuples():
+        item_id = f"{row.shelf.lower().replace(' ', '-').replace('_', '-')}-{row.year}"
+        props = json.loads(item_path(cataloged, item_id).read_text())["properties"]
+        for field in ("damage_area_km2_low", "damage_area_km2_high", "damage_fraction_low",
+                      "damage_fraction_high"):
+            assert getattr(row, field) == pytest.approx(props[f"icedamage:{field}"]), field
+    paper = _factors_file(tmp_path / "paper.json", PAPER_FACTORS)
+    result = CliRunner().invoke(build_app(), ["stats", str(cataloged), "--factors", str(paper),
+                                              "--out", str(tmp_path / "t.csv")])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "warning:" in text and "differs from the factors" in text and "λ_min" in text
+    assert "λ_min 1.062 > 1" not in text  # the paper's factors were used, as asked
+    table = pd.read_csv(tmp_path / "t.csv")
+    assert list(table["damage_area_km2_low"]) == pytest.approx(
+        list(table["damage_area_km2"] * PAPER_FACTORS.lambda_min))
+
+
+def test_a_restoration_factor_below_one_widens_the_catalogs_lower_bound(
+        cataloged: Path, tmp_path: Path) -> None:
+    """λ_DiffGF < 1 (restored imagery over-maps) once pulled the upper bound of DiffGF maps
+    below the unrestored one; now it lowers their lower bound and the upper stays λ_max."""
+    lam_r = 0.90 / 0.95
+    factors = derive_factors(PAPER_EVALUATIONS, Evaluation("restored", 0.90, 0.95))
+    path = _factors_file(tmp_path / "f.json", factors)
+    result = CliRunner().invoke(build_app(), ["catalog", str(cataloged), "--force",
+                                              "--factors", str(path)])
+    assert result.exit_code == 0, result.output
+    props = json.loads(item_path(cataloged, "larsen-b-2005").read_text())["properties"]
+    damage = props["icedamage:damage_area_km2"]
+    assert props["icedamage:damage_area_km2_high"] == pytest.approx(damage * factors.lambda_max)
+    assert props["icedamage:damage_area_km2_low"] == pytest.approx(
+        damage * factors.lambda_min * lam_r)
+    assert props["icedamage:lambda_restoration"] == pytest.approx(lam_r)
+    assert props["icedamage:lambda_upper_restored"] == pytest.approx(factors.lambda_max)
+    assert rules_found(cataloged) == set()
 
 
 # --------------------------------------------------------------------------------------------

@@ -67,6 +67,7 @@ CASES: list[tuple[str, dict[str, Any], list[str]]] = [
     ("year range", {"year_from": 2005, "year_to": 2016},
      ["amery-front-2012", "larsen-b-2005", "totten-2016"]),
     ("sensor LC09", {"sensors": ["LC09"]}, ["totten-2021"]),
+    ("sensor in lower case", {"sensors": ["lc09"]}, ["totten-2021"]),
     ("one sensor as a string", {"sensors": "LC09"}, ["totten-2021"]),
     ("sensor LE07", {"sensors": ["LE07"]}, ["amery-front-2012", "larsen-b-2001", "larsen-b-2005"]),
     ("any of two sensors", {"sensors": ["LC09", "LE07"]},
@@ -115,6 +116,50 @@ def test_search_rejects_bad_input(release: Path, tmp_path: Path) -> None:
         search(tmp_path)
     with pytest.raises(SearchError, match=r"'Thwaits' is not registered \(did you mean 'Thwaites'"):
         search(release, shelves=["Thwaits"])  # an error, not a silently empty result
+
+
+@pytest.mark.parametrize("value", [15, 100, -0.1, 1.5, float("nan")])
+def test_a_fraction_outside_0_to_1_is_refused(release: Path, value: float) -> None:
+    """``--min-fraction 15`` (15 %) once matched nothing without a word."""
+    with pytest.raises(SearchError, match="a fraction 0–1, not a percentage"):
+        search(release, min_fraction=value)
+    assert [i.id for i in search(release, min_fraction=1)] == []  # the bounds are fine
+    assert len(search(release, min_fraction=0)) == len(ALL)
+
+
+def test_search_command_hints_at_percentages_and_takes_any_case(release: Path) -> None:
+    result = CliRunner().invoke(build_app(), ["search", str(release), "--min-fraction", "15"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1 and "not a percentage (15 % is 0.15)" in text, result.output
+    result = CliRunner().invoke(build_app(), ["search", str(release), "--sensor", "lc08",
+                                              "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert [i["id"] for i in json.loads(result.output)] == ["amery-front-2012", "totten-2016",
+                                                            "totten-2021"]
+
+
+def test_search_table_says_not_observed_for_a_map_without_valid_pixels(
+        tmp_path: Path) -> None:
+    """A map with no valid pixel is "not observed" in the search table, as in stats, not
+    0.00 km² of damage."""
+    from catalog.stats import NOT_OBSERVED
+    from producer.writer import write_products
+    from tests.release_factory import fixture_grid
+
+    root = build_release(tmp_path / "r", DEFAULT_SHELF_YEARS[1:2])  # Totten 2016
+    shape = (60, 70)
+    write_products(root, "Dotson", 2020, ("LC08",), None, np.zeros(shape, bool),
+                   np.zeros(shape, bool), fixture_grid("Dotson", shape))
+    catalog_release(root, PAPER_FACTORS)
+    result = CliRunner().invoke(build_app(), ["search", str(root)])
+    assert result.exit_code == 0, result.output
+    (row,) = [line for line in result.output.splitlines() if "dotson-2020" in line]
+    assert "0.00" not in row and "not" in row.split("│")[6]  # the cell wraps on narrow consoles
+    empty, seen = search(root)
+    assert empty.id == "dotson-2020" and empty.properties["icedamage:valid_area_km2"] == 0
+    from catalog.commands import search_row
+
+    assert search_row(empty)[5] == NOT_OBSERVED and search_row(seen)[5] != NOT_OBSERVED
 
 
 def stac_errors(data: dict[str, Any]) -> list[str]:

@@ -55,8 +55,8 @@ from catalog.rules.common import (
 )
 from catalog.search import FILTER_COLUMNS, OFFSETS_KEY, read_build_state, release_relative
 from catalog.stac import CatalogSettings, classes_of, item_id, not_applicable_fields
-from catalog.stats import count_pixels, damage_stats, is_diffgf_derived, stats_close
-from catalog.uncertainty import PAPER_FACTORS, UncertaintyFactors
+from catalog.stats import count_pixels, damage_stats, item_factors, map_restoration, stats_close
+from catalog.uncertainty import PAPER_FACTORS
 from producer.provenance import Provenance
 from producer.spec import (
     CONSTELLATION,
@@ -362,7 +362,7 @@ class CatalogConsistencyRules:
                 yield from _provenance_problems(rel, item, record.provenance,
                                                 record.files.auxiliary["provenance"].name)
         if self.check_stats and TYPE1.key not in unreadable:
-            yield from _stats_problems(root, rel, entry)
+            yield from _stats_problems(root, rel, entry, code_note)
 
 
 #: A field that an item must not hold (STAC's ``platform`` of a map from several satellites).
@@ -926,7 +926,8 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _stats_problems(root: Path, rel: str, entry: LoadedItem) -> Iterator[Problem]:
+def _stats_problems(root: Path, rel: str, entry: LoadedItem,
+                   code_note: _CodeNote | None = None) -> Iterator[Problem]:
     """The item's area / fraction numbers equal a fresh computation on its type-1 file.
 
     Without usable uncertainty factors in the item (stac-schema reports them missing), the
@@ -943,20 +944,17 @@ def _stats_problems(root: Path, rel: str, entry: LoadedItem) -> Iterator[Problem
                       f"pixels do not read: {short_message(error)}"[:200],
                       f"a readable raster (statistics of {entry.item.id} not checked)")
         return
-    diffgf = is_diffgf_derived(path)
-    lower, upper = props.get(f"{P}lambda_lower"), props.get(f"{P}lambda_upper")
-    if _number(lower) and _number(upper) and upper:
-        upper_restored = props.get(f"{P}lambda_upper_restored")
-        factors = UncertaintyFactors(
-            lower, upper, (upper_restored / upper) if diffgf and _number(upper_restored)
-            and upper_restored else 1.0)
-        fields = STATS_FIELDS
-    else:
-        factors, fields = PAPER_FACTORS, FACTOR_FREE_STATS
-    fresh = damage_stats(props.get(f"{P}shelf"), props.get(f"{P}year"), counts, diffgf,
-                         factors)
+    # the factors the item records (its restoration factor included; none known for its
+    # method: no upper bound), applied to the restoration its file name says; the upper factor
+    # it records must be the one they give
+    factors = item_factors(props)
+    fields = (*STATS_FIELDS, "lambda_upper_restored") if factors is not None \
+        else FACTOR_FREE_STATS
+    fresh = damage_stats(props.get(f"{P}shelf"), props.get(f"{P}year"), counts,
+                         map_restoration(path), factors or PAPER_FACTORS)
     for field in fields:
         want, found = getattr(fresh, field), props.get(f"{P}{field}")
         if not (found is None or _number(found)) or not stats_close(found, want, rel=1e-6):
             yield Problem(rel, "item-stats-mismatch", f"{P}{field} = {found}",
-                          f"{want} (computed from {path.name})")
+                          f"{'null' if want is None else want} (computed from {path.name})"
+                          f"{code_note.text() if code_note is not None else ''}"[:400])
