@@ -1,7 +1,9 @@
 """Train the demo SegFormer (MiT-b0) on demo tiles and evaluate it on held-out demo tiles.
 
-Reproduces ``producer/weights/demo-segformer-b0.safetensors`` and the held-out metrics in
-docs/benchmarks.md (## Demo model) with the ``icedamage`` commands themselves:
+Re-trains a model comparable to ``producer/weights/demo-segformer-b0.safetensors`` and
+measures it as the held-out metrics in docs/benchmarks.md (## Demo model) were measured, with
+the ``icedamage`` commands themselves (not bit for bit: the stages stop on a wall-clock budget,
+so a faster machine trains more epochs; see the model card):
 
     PYTHONPATH=. python bench/demo_segformer.py [WORKDIR] [--minutes 27] [--install]
 

@@ -16,6 +16,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -111,10 +112,12 @@ def difference_map(prediction: np.ndarray, label: np.ndarray) -> np.ndarray:
 
 @dataclass
 class SetEvaluation:
-    """Per-image counts and their pooled sum for one evaluation set."""
+    """Per-image counts and their pooled sum for one evaluation set, and how the predictions
+    were made (``protocol``: e.g. model, split, TTA on or off; written when given)."""
 
     name: str
     images: dict[str, Confusion] = field(default_factory=dict)
+    protocol: dict[str, Any] = field(default_factory=dict)
 
     def add(self, image: str, counts: Confusion) -> None:
         """Record one image's counts (names must be unique)."""
@@ -133,8 +136,9 @@ class SetEvaluation:
     def to_json(self) -> str:
         """JSON with the pooled precision/recall at the top (read by ``icedamage uncertainty``)."""
         pooled = self.pooled.metrics()
-        data = {
+        data: dict[str, Any] = {
             "name": self.name,
+            **({"protocol": self.protocol} if self.protocol else {}),
             "precision": _json_float(pooled["precision"]),
             "recall": _json_float(pooled["recall"]),
             "pooled": _entry(self.pooled),

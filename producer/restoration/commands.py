@@ -6,7 +6,7 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
@@ -17,6 +17,9 @@ from rich.table import Table
 from producer.spec import RESTORATION_METHODS
 from producer.writer import atomic_path
 
+if TYPE_CHECKING:
+    from producer.restoration.train import TrainConfig
+
 console = Console(stderr=True)
 
 
@@ -26,6 +29,7 @@ def _progress() -> Progress:
 
 
 def train_diffgf(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option(help="Folder for checkpoints, final weights, loss curve.")],
     data: Annotated[Path | None, typer.Option(
         help="Folder of complete 3-band UInt8 GeoTIFF/PNG tiles; default: synthetic ice tiles.",
@@ -38,7 +42,10 @@ def train_diffgf(
     lr_unet: Annotated[float, typer.Option(help="AdamW learning rate, UNet.")] = 2e-4,
     seed: Annotated[int, typer.Option(help="Seed of data, masks, noise and init.")] = 0,
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 100,
-    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.safetensors.")] = False,
+    resume: Annotated[bool, typer.Option(
+        help="Continue from OUT/checkpoint.safetensors with the run's own settings, changed "
+             "only by the options given now (unet-steps, checkpoint-every; others must "
+             "match).")] = False,
     threads: Annotated[int, typer.Option(help="CPU threads for torch (0: torch default).")] = 0,
     max_minutes: Annotated[float | None, typer.Option(
         help="Wall-clock budget; the run ends early (weights written) when it is spent.")] = None,
@@ -64,6 +71,12 @@ def train_diffgf(
                          lr_vae=lr_vae, lr_unet=lr_unet, seed=seed,
                          checkpoint_every=checkpoint_every,
                          data=str(data.resolve()) if data else None)
+    if resume:
+        try:
+            config = _resumed_config(ctx, out, config)
+        except ValueError as exc:
+            console.print(f"[red]{exc}")
+            raise typer.Exit(1) from exc
     if resume and not (out / CHECKPOINT).exists():
         console.print(f"no checkpoint in {out}; starting a new run")
     with _progress() as bar:
@@ -82,6 +95,24 @@ def train_diffgf(
             raise typer.Exit(1) from exc
     console.print(f"weights: {out / FINAL} ({state.step} steps, {state.seconds:.0f} s); "
                   f"loss curve: {out / CURVE}")
+
+
+def _resumed_config(ctx: typer.Context, out: Path, asked: TrainConfig) -> TrainConfig:
+    """The configuration a resume continues with: the checkpoint's own, changed only by the
+    options typed now (``asked`` holds them; a change the run cannot take is refused by
+    ``train``); ``asked`` itself when there is no checkpoint yet."""
+    from dataclasses import fields, replace
+
+    from producer.restoration.train import saved_config
+
+    saved = saved_config(out)
+    if saved is None:
+        return asked
+    typed = {"COMMANDLINE", "ENVIRONMENT"}  # by name: typer may bring its own click's enum
+    given = {f.name: getattr(asked, f.name) for f in fields(asked)
+             if f.name in ctx.params
+             and getattr(ctx.get_parameter_source(f.name), "name", "") in typed}
+    return replace(saved, **given)
 
 
 def evaluate_restoration(

@@ -22,6 +22,7 @@ a set that an interrupted checkpoint left mixed.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -217,6 +218,27 @@ def _optimizers(model: DiffGF, config: TrainConfig) -> dict[str, torch.optim.Opt
     }
 
 
+#: Settings a resumed run must share with its checkpoint (the autoencoder phase's length may
+#: change while the run is still in it); unet_steps and checkpoint_every may change.
+RESUME_FIXED = ("seed", "batch", "crop", "vae_steps", "data", "lr_vae", "lr_unet", "kl_weight",
+                "gap_weight", "synthetic_pool")
+
+
+def saved_config(out: Path) -> TrainConfig | None:
+    """The configuration recorded with the checkpoint in ``out`` (None without one), read from
+    its JSON without loading the networks: a resume continues with it."""
+    side = (out / CHECKPOINT).with_suffix(".json")
+    if not (out / CHECKPOINT).exists() or not side.exists():
+        return None
+    try:
+        recorded = json.loads(side.read_text())["meta"]["train_config"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{side}: no readable training configuration ({error}); start the "
+                         "run again without --resume") from None
+    known = {k: v for k, v in recorded.items() if k in TrainConfig.__dataclass_fields__}
+    return TrainConfig(**known)
+
+
 def _resume(out: Path, config: TrainConfig, device: torch.device | str = "cpu"
             ) -> tuple[DiffGF, dict[str, torch.optim.Optimizer], TrainState]:
     try:
@@ -226,7 +248,9 @@ def _resume(out: Path, config: TrainConfig, device: torch.device | str = "cpu"
                          "without --resume") from error
     saved = model.meta.get("train_config", {})
     state = TrainState(**model.meta["state"])
-    for key in ("seed", "batch", "crop", "vae_steps", "data"):
+    for key in RESUME_FIXED:
+        if key not in saved:
+            continue  # a checkpoint from before the field was recorded
         if key == "vae_steps" and state.step < min(saved.get(key, 0), config.vae_steps):
             continue  # still in the autoencoder phase: its length may change without effect
         if saved.get(key) != getattr(config, key):

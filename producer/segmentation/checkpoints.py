@@ -240,7 +240,9 @@ def _load_pth(path: Path, sha: str, device: str | torch.device
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - torch raises many types for bad files
-        raise CheckpointError(f"{path}: cannot be read by torch.load: {error}") from error
+        # torch's own words are often bare (a truncated pickle says "KeyError: 105")
+        raise CheckpointError(f"{path}: not a torch state_dict file (torch.load failed: "
+                              f"{type(error).__name__})") from error
     state = _unwrap(raw, path)
     old = is_old_layout(state)
     if old:
@@ -284,6 +286,7 @@ def _load_safetensors(path: Path, sha: str, device: str | torch.device
             raise CheckpointError(f"{side}: sha256 {info.sha256[:12]}… does not match "
                                   f"{path.name} ({sha[:12]}…); weights and sidecar disagree")
         arch = info.config or infer_architecture(state)
+        _check_sidecar_config(side, path, arch, state)
     else:
         arch = infer_architecture(state)
         info = ModelInfo(name=path.stem, variant="")
@@ -294,6 +297,31 @@ def _load_safetensors(path: Path, sha: str, device: str | torch.device
     info.config = architecture_of(model.config)
     info.source_format = "safetensors"
     return model, info
+
+
+#: Architecture settings visible in the tensor shapes (``infer_architecture`` reads them).
+SHAPE_SETTINGS = ("depths", "hidden_sizes", "decoder_hidden_size", "patch_sizes", "sr_ratios",
+                  "mlp_ratios", "num_labels", "num_channels")
+
+
+def _check_sidecar_config(side: Path, path: Path, arch: Mapping[str, Any],
+                          state: Mapping[str, torch.Tensor]) -> None:
+    """Refuse a sidecar whose config disagrees with the shapes of the tensors, naming the
+    settings, instead of a strict-load dump of every mismatched tensor."""
+    try:
+        shapes = infer_architecture(state)
+    except CheckpointError:
+        return  # incomplete weights: the strict load names what is missing
+    differs = [f"{key} {arch[key]} (weights: {shapes[key]})" for key in SHAPE_SETTINGS
+               if key in arch and list(_as_list(arch[key])) != list(_as_list(shapes[key]))]
+    if differs:
+        raise CheckpointError(f"{side}: sidecar config disagrees with the weights in "
+                              f"{path.name}: {'; '.join(differs)} (fix or remove the sidecar)")
+
+
+def _as_list(value: Any) -> list[Any]:
+    """A setting as a list, so 768 and [2, 2] compare alike whatever JSON made of them."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def save_checkpoint(model: DamageSegmenter, path: str | Path, info: ModelInfo, *,

@@ -1,7 +1,8 @@
 """Whole-scene damage inference: the authors' sliding-window algorithm, reproduced exactly.
 
 The algorithm (../shared/reference/README.md): 512 × 512 windows starting at 0 with stride 256
-and a last window flush with the far edge; scenes smaller than a window are zero-padded; input is
+and a last window flush with the far edge; an axis shorter than a window is zero-padded centred
+(the authors' ``pad_to_roi``: ``dh // 2`` before, the rest after) and cropped back; input is
 RGB uint8 / 255; each window's softmax probabilities are averaged over four mirror views (identity,
 left-right, up-down, both; each flipped back), weighted by a Gaussian importance map (sigma =
 window / 8, normalised to max 1, floored at 1e-3), accumulated with the weights, divided by the
@@ -76,6 +77,13 @@ def window_starts(length: int, window: int = WINDOW, stride: int = STRIDE) -> li
     if starts[-1] + window < length:
         starts.append(length - window)
     return starts
+
+
+def centred_padding(length: int, window: int = WINDOW) -> int:
+    """Zeros before an axis shorter than ``window``: the authors' ``pad_to_roi`` centres a
+    short axis in the window (``dh // 2`` before, the rest after) and crops it back; an axis
+    of at least a window is not padded."""
+    return max(window - length, 0) // 2
 
 
 def gaussian_importance(window: int = WINDOW) -> np.ndarray:
@@ -175,8 +183,10 @@ def predict_array_reference(model: DamageSegmenter, rgb: np.ndarray, *, tta: boo
     image = as_band_first(rgb)
     _, height, width = image.shape
     padded_h, padded_w = max(height, window), max(width, window)
+    top, left = centred_padding(height, window), centred_padding(width, window)
+    inside = (slice(top, top + height), slice(left, left + width))
     padded = np.zeros((3, padded_h, padded_w), np.uint8)
-    padded[:, :height, :width] = image
+    padded[:, inside[0], inside[1]] = image
     weights = gaussian_importance(window)
     num_labels = int(model.config.num_labels)
     accumulated = np.zeros((num_labels, padded_h, padded_w), np.float32)
@@ -198,7 +208,7 @@ def predict_array_reference(model: DamageSegmenter, rgb: np.ndarray, *, tta: boo
                 mean = (summed / len(flips))[0].cpu().numpy()
                 accumulated[:, y:y + window, x:x + window] += mean * weights
                 weight_sum[y:y + window, x:x + window] += weights
-    probabilities = (accumulated / weight_sum)[:, :height, :width]
+    probabilities = (accumulated / weight_sum)[:, inside[0], inside[1]]
     return ArrayPrediction(np.argmax(probabilities, axis=0).astype(np.uint8), probabilities)
 
 
@@ -439,8 +449,9 @@ def compiled_forward(function: Callable[[torch.Tensor], torch.Tensor], mode: str
 ReadRows = Callable[[int, int], np.ndarray]
 """``read_rows(row0, row1)`` → (3, row1 - row0, width) uint8 scene rows."""
 EmitRows = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
-"""``emit(row0, accumulated (L, n, Wp), weight_sum (n, Wp), pixels (3, n, Wp))``: finished rows,
-as tensors on the model's device (valid only during the call)."""
+"""``emit(row0, accumulated (L, n, W), weight_sum (n, W), pixels (3, n, W))``: finished rows
+from scene row ``row0`` on, the scene's columns only (padding cut off; rows past the scene's
+last may follow), as tensors on the model's device (valid only during the call)."""
 
 
 def _row_reads(ys: list[int], window: int, height: int) -> list[tuple[int, int] | None]:
@@ -471,6 +482,8 @@ def _stream(forward: BatchedForward, height: int, width: int, read_rows: ReadRow
     """
     started = time.perf_counter()
     padded_h, padded_w = max(height, window), max(width, window)
+    # a short axis sits centred in the padded scene; it is then one window, so one strip
+    pad_top, cols = centred_padding(height, window), _inside(width, window)
     ys, xs = window_starts(padded_h, window, stride), window_starts(padded_w, window, stride)
     stats = SceneStats(height, width, windows_total=len(ys) * len(xs))
     device = forward.device
@@ -493,7 +506,8 @@ def _stream(forward: BatchedForward, height: int, width: int, read_rows: ReadRow
             pending = fetch(i + 1)
             if y > top:
                 shift = y - top
-                emit(top, accumulated[:, :shift], weight_sum[:shift], strip[:, :shift])
+                emit(top, accumulated[:, :shift, cols], weight_sum[:shift, cols],
+                     strip[:, :shift, cols])
                 for tensor in (accumulated, weight_sum):
                     tensor[..., :window - shift, :] = tensor[..., shift:, :].clone()
                     tensor[..., window - shift:, :] = 0
@@ -501,8 +515,8 @@ def _stream(forward: BatchedForward, height: int, width: int, read_rows: ReadRow
                 pixels[:, window - shift:, :] = 0
                 top = y
             if rows is not None:
-                row0 = reads[i][0] - y  # type: ignore[index]
-                pixels[:, row0:row0 + rows.shape[1], :width] = rows
+                row0 = pad_top + reads[i][0] - y  # type: ignore[index]
+                pixels[:, row0:row0 + rows.shape[1], cols] = rows
             strip = _to_device(pixels, device)
             row = _filled_windows(pixels, xs, window) if skip_empty else xs
             stats.windows_skipped += len(xs) - len(row)
@@ -517,14 +531,20 @@ def _stream(forward: BatchedForward, height: int, width: int, read_rows: ReadRow
                 if progress is not None:
                     progress(done + stats.windows_run, stats.windows_total)
             done += len(xs) - len(row)
-    emit(top, accumulated[:, :padded_h - top], weight_sum[:padded_h - top],
-         strip[:, :padded_h - top])
+    last = slice(pad_top, pad_top + height - top)  # the scene's remaining rows
+    emit(top, accumulated[:, last, cols], weight_sum[last, cols], strip[:, last, cols])
     if progress is not None:
         progress(stats.windows_total, stats.windows_total)
     stats.images_forwarded = forward.images_forwarded
     stats.forward_calls = forward.forward_calls
     stats.seconds = time.perf_counter() - started
     return stats
+
+
+def _inside(length: int, window: int) -> slice:
+    """Where an axis of ``length`` pixels lies in its padded version (``centred_padding``)."""
+    start = centred_padding(length, window)
+    return slice(start, start + length)
 
 
 def _finish(accumulated: torch.Tensor, weight_sum: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ from typing import Annotated
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import track
 from rich.table import Table
 
@@ -44,17 +45,35 @@ def split_data(
     root: Annotated[Path, typer.Argument(help="Folder in the authors' layout (images/, labels/)")],
     seed: Annotated[int, typer.Option(help="Seed of the shuffle")] = 0,
     test_fraction: Annotated[float, typer.Option(help="Share of images in test.txt")] = 0.2,
-    val_fraction: Annotated[float, typer.Option(help="Share in val.txt (0: none)")] = 0.0,
+    val_fraction: Annotated[float, typer.Option(
+        help="Share in val.txt, the split `train` selects its best checkpoint on (0: none; "
+             "then it selects on test.txt)")] = 0.0,
+    group_by: Annotated[str, typer.Option(
+        help="Regular expression whose first group names an image's region: each region is "
+             "split in the same proportions (paper 2.3.3). 'auto': the authors' tile names "
+             "(<SENSOR>_<Shelf>_composite_…) when every image follows them; 'none': one shuffle "
+             "of all images")] = "auto",
     force: Annotated[bool, typer.Option(help="Rewrite existing split files")] = False,
 ) -> None:
-    """Write a reproducible seeded train/test(/val) split (the paper: 80/20)."""
-    from producer.training.data import write_split
+    """Write a reproducible seeded train/test(/val) split (the paper: 80/20, per region)."""
+    from producer.training.data import split_groups, write_split
 
+    _require_folder(root)
+    grouping = None if group_by.lower() == "none" else group_by
     try:
-        split = write_split(root, seed, test_fraction, val_fraction, force)
+        split = write_split(root, seed, test_fraction, val_fraction, force, group_by=grouping)
+        regions = split_groups([n for part in split.values() for n in part], grouping)
     except (OSError, ValueError) as exc:
         _fail(str(exc))
-    console.print(", ".join(f"{k}: {len(v)}" for k, v in split.items() if v))
+    stratified = f" (stratified by {len(regions)} regions)" if len(regions) > 1 else ""
+    console.print(", ".join(f"{k}: {len(v)}" for k, v in split.items() if v) + stratified)
+
+
+def _require_folder(path: Path) -> None:
+    """Fail with one line when the data folder ``path`` does not exist (or is a file)."""
+    if not path.is_dir():
+        _fail(f"{path}: data folder not found" if not path.exists()
+              else f"{path}: not a folder (give the data folder in the authors' layout)")
 
 
 def export_demo_tiles(
@@ -125,8 +144,9 @@ def train(
             config = resume_config(out, **_given_settings(ctx))
         else:
             config = TrainConfig(
-                out=str(out), data=None if data is None else str(data), demo=demo,
-                variant=variant, init=None if init is None else str(init), epochs=epochs,
+                out=str(out), data=None if data is None else str(data.resolve()), demo=demo,
+                variant=variant, init=None if init is None else str(init.resolve()),
+                epochs=epochs,
                 batch_size=batch_size, start_lr=start_lr, peak_lr=peak_lr, final_lr=final_lr,
                 warmup_epochs=warmup_epochs, cosine_epochs=cosine_epochs,
                 weight_decay=weight_decay, seed=seed, device=device, augment=augment,
@@ -149,7 +169,7 @@ def _given_settings(ctx: typer.Context) -> dict[str, object]:
     from producer.training.train import TrainConfig
 
     fields = set(TrainConfig.__dataclass_fields__) - {"out"}
-    return {name: str(value) if isinstance(value, Path) else value
+    return {name: str(value.resolve()) if isinstance(value, Path) else value
             for name, value in ctx.params.items() if name in fields and _typed(ctx, name)}
 
 
@@ -197,15 +217,77 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
         matplotlib.image.imsave(tmp, rgb, format="png")
 
 
-def _model_predictor(checkpoint: Path, device: str):  # noqa: ANN202 - returns a closure
-    """rgb uint8 (H, W, 3) -> boolean damage mask, with the segmentation package's inference
-    (the authors' sliding windows, Gaussian weighting and 4-view TTA)."""
+#: The values ``evaluate --split`` accepts ("all": every image with a label).
+EVALUATION_SPLITS = ("train", "val", "test", "all")
+
+
+def _model_predictor(checkpoint: Path, device: str, tta: bool, batch_size: int
+                     ) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
+    """(rgb uint8 (H, W, 3) -> boolean damage mask, sha256 of the weights), with the
+    segmentation package's inference (the authors' sliding windows and Gaussian weighting,
+    4-view TTA unless ``tta`` is off)."""
     from producer.segmentation.checkpoints import load_checkpoint
     from producer.segmentation.inference import predict_array
 
-    model, _info = load_checkpoint(checkpoint)
+    model, info = load_checkpoint(checkpoint)
     model.eval()
-    return lambda rgb: predict_array(model, rgb, device=device).labels > 0
+    return (lambda rgb: predict_array(model, rgb, tta=tta, batch_size=batch_size,
+                                      device=device).labels > 0), info.sha256
+
+
+def _batch_size(batch_size: int | None, device: str) -> int:
+    """The batch size asked for, else 8 images per call on the CPU and 32 on CUDA (as
+    ``produce``)."""
+    if batch_size is not None:
+        return batch_size
+    from producer.segmentation.inference import resolve_device
+
+    return 32 if resolve_device(device).type == "cuda" else 8
+
+
+def _selection_warning(checkpoint: Path, data: Path, split: str) -> str | None:
+    """Why evaluating ``checkpoint`` on ``split`` of ``data`` flatters it, or None.
+
+    ``train`` keeps as ``best`` the epoch that scored highest on its validation split (the
+    sidecar's ``training.validation_split``, test.txt when the data had no val.txt), so
+    metrics on that split (or on ``all`` of the same folder) are biased upward. A ``last``
+    checkpoint was not selected.
+    """
+    from producer.segmentation.checkpoints import sidecar_path
+
+    side = sidecar_path(checkpoint)
+    try:
+        doc = json.loads(side.read_text())
+        training = doc["training"]
+        selected, recorded = training["validation_split"], training["config"].get("data")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    same_folder = recorded is not None and Path(recorded).resolve() == data.resolve()
+    if doc.get("name") == "last" or not (split == selected or split == "all" and same_folder):
+        return None
+    return (f"{checkpoint} was selected as the best epoch of its run on the {selected!r} split "
+            f"(training.validation_split in {side.name}), and --split {split} "
+            f"{'is that split' if split == selected else 'includes it'}: metrics biased "
+            "upward; evaluate `last` or a held-out split")
+
+
+def _evaluation_names(data: Path, split: str) -> list[str]:
+    """The images ``evaluate`` scores, checked before any inference: the split exists, lists
+    each image once, shares none with the other splits, and the labels are readable."""
+    from producer.training.data import (
+        check_disjoint_splits,
+        check_label_encoding,
+        label_path,
+        list_names,
+        read_split,
+    )
+
+    names = list_names(data) if split == "all" else read_split(data, split)
+    if not names:
+        raise ValueError(f"{data / f'{split}.txt'} lists no images: nothing to evaluate")
+    check_disjoint_splits(data)
+    check_label_encoding([p for p in (label_path(data, n) for n in names) if p.exists()])
+    return names
 
 
 def evaluate(
@@ -217,44 +299,53 @@ def evaluate(
     name: Annotated[str | None, typer.Option(help="Name of this evaluation")] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda …")] = "auto",
+    tta: Annotated[bool, typer.Option(
+        help="Mirror test-time augmentation (4 views, the authors' inference); --no-tta: one "
+             "forward per window")] = True,
+    batch_size: Annotated[int | None, typer.Option(
+        min=1, help="Images (windows × TTA views) per forward pass (default 8 on the CPU, 32 on "
+                    "CUDA)")] = None,
     save_predictions: Annotated[bool, typer.Option(help="Write model maps (0/255)")] = False,
 ) -> None:
     """Evaluate damage maps against labels: mIoU, OA, precision, recall, F1 (Eq. 4-9)."""
-    from producer.training.data import check_label_encoding, label_path, list_names, read_split
-
     if (model is None) == (predictions is None):
         _fail("give exactly one of --model or --predictions")
     if threads is not None and threads < 1:
         _fail(f"--threads must be >= 1, got {threads}")
+    if split not in EVALUATION_SPLITS:
+        _fail(f"--split {split!r}: expected one of {', '.join(EVALUATION_SPLITS)}")
+    _require_folder(data)
     try:
-        names = list_names(data) if split == "all" else read_split(data, split)
-    except (OSError, ValueError) as exc:
-        _fail(str(exc))
-    if not names:
-        _fail(f"{Path(data) / f'{split}.txt'} lists no images: nothing to evaluate")
-    try:
-        check_label_encoding([p for p in (label_path(Path(data), n) for n in names)
-                              if p.exists()])
+        names = _evaluation_names(data, split)
     except (OSError, ValueError) as exc:
         _fail(str(exc))
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    predict = None
+    predict, protocol = None, {"split": split}
     if model is not None:
+        warning = _selection_warning(model, data, split)
+        if warning:
+            console.print(f"[yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)
+        size = _batch_size(batch_size, device)
         try:
-            predict = _model_predictor(model, device)
+            predict, sha = _model_predictor(model, device, tta, size)
         except (OSError, ValueError, ImportError) as exc:
-            _fail(f"{model}: {exc}")
-    result = SetEvaluation(name or f"{Path(data).name}:{split}")
+            _fail(str(exc) if model.name in str(exc) else f"{model}: {exc}")  # named once
+        protocol |= {"model": str(model), "weights_sha256": sha, "tta": tta, "batch_size": size}
+        if warning:
+            protocol["warning"] = warning
+    else:
+        protocol |= {"predictions": str(predictions), "tta": None}
+    result = SetEvaluation(name or f"{Path(data).name}:{split}", protocol=protocol)
     for image in track(names, description="evaluating", console=console, transient=True):
         try:
             pred, label, valid = _evaluation_pair(data, image, predict, predictions,
                                                   out if save_predictions else None)
+            result.add(image, confusion(pred, label, valid))
         except (OSError, ValueError) as exc:  # rasterio's errors are OSError / ValueError
             _fail(f"{image}: {exc}")
-        result.add(image, confusion(pred, label, valid))
         diff = difference_map(pred, label)
         if valid is not None:
             diff[~valid] = NODATA_COLOUR
@@ -328,23 +419,50 @@ def uncertainty(
     out: Annotated[Path, typer.Option(help="Factors file to write")] = Path("factors.json"),
     restoration: Annotated[Path | None, typer.Option(
         help="Evaluation of segmentation on restored vs original imagery")] = None,
+    restoration_method: Annotated[str | None, typer.Option(
+        help="Restoration method the --restoration evaluation is for: DiffGF or FillNodata "
+             "(default: the one its report names, else DiffGF). Another method than DiffGF "
+             "keeps the paper's λ_DiffGF.")] = None,
 ) -> None:
-    """λ = precision/recall per evaluation; λ_min, λ_max, λ_restoration (paper section 3.2.4)."""
+    """λ = precision/recall per evaluation; λ_min, λ_max, λ_restoration (paper section 3.2.4).
+
+    The bounds are a range for the true damage, not an error bar around the mapped value:
+    warns when that range misses the mapped value (λ_min > 1 or λ_max < 1) or has zero width
+    (a single evaluation). A restoration factor only widens the range (≥ 1: the upper bound,
+    < 1: the lower one).
+    """
+    from catalog.uncertainty import (
+        factor_warnings,
+        read_restoration_evaluation,
+        restoration_rule,
+    )
+
+    warn = Console(stderr=True)
     try:
         segs = ([Evaluation(*read_precision_recall(p)) for p in evaluations] if evaluations
                 else list(PAPER_EVALUATIONS))
-        restored = (Evaluation(*read_precision_recall(restoration)) if restoration
-                    else PAPER_RESTORATION)
+        if restoration is not None:
+            restored, method = read_restoration_evaluation(restoration, restoration_method)
+        elif restoration_method is not None:
+            raise ValueError("--restoration-method names the method of a --restoration "
+                             "evaluation; give the evaluation too")
+        else:
+            restored, method = PAPER_RESTORATION, "DiffGF"
         factors = PAPER_FACTORS if not evaluations and not restoration else derive_factors(
-            segs, restored)
+            segs, restored, method)
     except ValueError as exc:
         _fail(str(exc))
     with atomic_path(out) as tmp:
         tmp.write_text(factors.to_json())
     console.print(f"λ_min {factors.lambda_min:.3f}  λ_max {factors.lambda_max:.3f}  "
-                  f"λ_restoration {factors.lambda_restoration:.3f}  "
-                  f"upper (restored) {factors.lambda_upper_restored:.3f} → {out}")
+                  f"λ_restoration {factors.lambda_restoration:.3f} → {out}")
+    for name, factor in sorted(factors.known_restorations().items()):
+        low, high = factors.factors_for(name)
+        console.print(f"  {restoration_rule(name, factor)}: bounds {low:.3f}-{high:.3f} × the "
+                      "mapped value", soft_wrap=True)
     console.print(json.dumps({"sources": list(factors.sources)}))
+    for note in factor_warnings(factors, len(segs)):
+        warn.print(f"[yellow]warning:[/yellow] {note}", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

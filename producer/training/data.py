@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -57,13 +58,24 @@ def list_names(root: Path) -> list[str]:
     return images
 
 
+#: The authors' tile names: ``<SENSOR>_<Shelf>_composite_<YYYY-MM-DD>_uint8_tiles_<i>_<j>``
+#: (``crop_landsat_image_to_geotiff`` on the exported composites); group 1 is the shelf.
+AUTHORS_REGION = r"^L[CET]0\d_(.+?)_composite_"
+#: ``write_split``'s default grouping: by ``AUTHORS_REGION`` when every name follows it.
+AUTO_GROUPS = "auto"
+
+
 def write_split(root: Path, seed: int = 0, test_fraction: float = 0.2,
-                val_fraction: float = 0.0, force: bool = False) -> dict[str, list[str]]:
+                val_fraction: float = 0.0, force: bool = False,
+                group_by: str | None = AUTO_GROUPS) -> dict[str, list[str]]:
     """Write ``train.txt`` / ``test.txt`` (and ``val.txt``) with a seeded random split.
 
     The names are sorted before a ``random.Random(seed)`` shuffle, so the same folder and seed
-    always give the same split (the paper: 80 % train, 20 % test). Existing split files are
-    kept unless ``force``.
+    always give the same split (the paper: 80 % train, 20 % test). The paper allocates the
+    images *of each region* randomly (2.3.3), so with ``group_by`` (a regular expression whose
+    first group names an image's region) every region is split in the same proportions;
+    ``AUTO_GROUPS`` (the default) uses the authors' tile naming when every name follows it,
+    and None splits all names together. Existing split files are kept unless ``force``.
     """
     root = Path(root)
     existing = [root / f"{s}.txt" for s in SPLITS if (root / f"{s}.txt").exists()]
@@ -72,11 +84,7 @@ def write_split(root: Path, seed: int = 0, test_fraction: float = 0.2,
     if not 0 < test_fraction < 1 or not 0 <= val_fraction < 1 - test_fraction:
         raise ValueError("fractions must satisfy 0 < test, 0 <= val, test + val < 1")
     names = list_names(root)
-    random.Random(seed).shuffle(names)
-    n_test = max(1, round(len(names) * test_fraction))
-    n_val = round(len(names) * val_fraction)
-    split = {"test": sorted(names[:n_test]), "val": sorted(names[n_test:n_test + n_val]),
-             "train": sorted(names[n_test + n_val:])}
+    split = _stratified_split(split_groups(names, group_by), seed, test_fraction, val_fraction)
     if not split["train"]:
         raise ValueError(f"{root}: {len(names)} images leave none for training")
     for key in SPLITS:
@@ -89,14 +97,114 @@ def write_split(root: Path, seed: int = 0, test_fraction: float = 0.2,
     return split
 
 
+def split_groups(names: Sequence[str], group_by: str | None) -> dict[str, list[str]]:
+    """The groups ``write_split`` splits alike: by ``group_by`` (``AUTO_GROUPS``: the authors'
+    tile naming when every name follows it; None: one group)."""
+    if group_by == AUTO_GROUPS:
+        return region_groups(names, AUTHORS_REGION, required=False)
+    return region_groups(names, group_by)
+
+
+def region_groups(names: Sequence[str], pattern: str | None,
+                  required: bool = True) -> dict[str, list[str]]:
+    """Names grouped by region: the first group of ``pattern`` searched in each name.
+
+    One group of all names when ``pattern`` is None, or when it is not ``required`` (the
+    default naming) and some name does not follow it; a name an explicit pattern does not
+    match is an error naming it.
+    """
+    if pattern is None:
+        return {"": sorted(names)}
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"--group-by {pattern!r}: not a regular expression ({exc})") from None
+    if regex.groups < 1:
+        raise ValueError(f"--group-by {pattern!r}: needs a group naming the region, e.g. "
+                         "'^([^_]+)_'")
+    groups: dict[str, list[str]] = {}
+    for name in sorted(names):
+        found = regex.search(name)
+        if found is None or found.group(1) is None:
+            if not required:
+                return {"": sorted(names)}
+            raise ValueError(f"image {name!r}: --group-by {pattern!r} does not match it (its "
+                             "first group must name the region of every image)")
+        groups.setdefault(found.group(1), []).append(name)
+    return groups
+
+
+def _stratified_split(groups: dict[str, list[str]], seed: int, test_fraction: float,
+                      val_fraction: float) -> dict[str, list[str]]:
+    """Test, val and train names: each group shuffled (one seeded generator, groups in sorted
+    order) and cut by counts apportioned to the groups in proportion to their sizes. One group
+    gives the unstratified split of earlier versions exactly."""
+    total = sum(len(g) for g in groups.values())
+    sizes = {key: len(names) for key, names in groups.items()}
+    n_test = _apportion(sizes, max(1, round(total * test_fraction)), sizes)
+    room = {key: sizes[key] - n_test[key] for key in sizes}
+    n_val = _apportion(sizes, round(total * val_fraction), room)
+    rng = random.Random(seed)
+    split: dict[str, list[str]] = {"test": [], "val": [], "train": []}
+    for key in sorted(groups):
+        names = list(groups[key])
+        rng.shuffle(names)
+        t, v = n_test[key], n_val[key]
+        split["test"] += names[:t]
+        split["val"] += names[t:t + v]
+        split["train"] += names[t + v:]
+    return {key: sorted(names) for key, names in split.items()}
+
+
+def _apportion(sizes: dict[str, int], count: int, room: dict[str, int]) -> dict[str, int]:
+    """``count`` items shared among groups in proportion to ``sizes`` (largest remainders,
+    ties by name), none given more than its ``room``."""
+    total = sum(sizes.values())
+    quota = {key: count * size / total for key, size in sizes.items()}
+    share = {key: min(int(quota[key]), room[key]) for key in sizes}
+    order = sorted(sizes, key=lambda key: (-(quota[key] - int(quota[key])), key))
+    while sum(share.values()) < count and any(share[k] < room[k] for k in order):
+        for key in order:
+            if sum(share.values()) < count and share[key] < room[key]:
+                share[key] += 1
+    return share
+
+
 def read_split(root: Path, split: str) -> list[str]:
-    """Names listed in ``ROOT/<split>.txt`` (blank lines and '#' comments ignored)."""
+    """Names listed in ``ROOT/<split>.txt`` (blank lines and '#' comments ignored); a name
+    listed twice is an error naming it (it would count twice in training and evaluation)."""
     path = Path(root) / f"{split}.txt"
     if not path.exists():
         raise FileNotFoundError(f"{path}: split file missing (write one with "
                                 "`icedamage split-data`)")
     names = [ln.strip() for ln in path.read_text().splitlines()]
-    return [n for n in names if n and not n.startswith("#")]
+    names = [n for n in names if n and not n.startswith("#")]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"{path}: {_listing(twice)} listed more than once; each image must "
+                         "appear once")
+    return names
+
+
+def check_disjoint_splits(root: Path) -> None:
+    """Refuse split files of ``root`` that share images (train/val/test must be disjoint: an
+    image in two of them leaks into the selection or the test metrics)."""
+    present = {s: set(read_split(root, s)) for s in SPLITS if (Path(root) / f"{s}.txt").exists()}
+    for i, first in enumerate(SPLITS):
+        for second in SPLITS[i + 1:]:
+            if first in present and second in present:
+                shared = sorted(present[first] & present[second])
+                if shared:
+                    raise ValueError(
+                        f"{Path(root) / f'{first}.txt'} and {second}.txt share "
+                        f"{_listing(shared)}: the splits must be disjoint (rewrite them with "
+                        "`icedamage split-data --force`)")
+
+
+def _listing(names: Sequence[str], shown: int = 5) -> str:
+    """``'a', 'b' … (N images)`` for error messages."""
+    text = ", ".join(repr(n) for n in names[:shown])
+    return text + (f" … ({len(names)} images)" if len(names) > shown else "")
 
 
 def read_image(path: Path) -> np.ndarray:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.utils.data import Dataset
 
@@ -41,7 +42,12 @@ from producer.segmentation.checkpoints import (
 )
 from producer.segmentation.model import ID2LABEL, DamageSegmenter
 from producer.training.augment import Augmentation
-from producer.training.data import DemoTileDataset, TileDataset, TileRenderer
+from producer.training.data import (
+    DemoTileDataset,
+    TileDataset,
+    TileRenderer,
+    check_disjoint_splits,
+)
 from producer.training.losses import bced_loss, foreground_logit
 from producer.training.schedule import LRSchedule
 from producer.writer import atomic_path
@@ -111,10 +117,22 @@ class TrainConfig:
                           self.cosine_epochs)
 
     def same_run(self, other: TrainConfig) -> list[str]:
-        """Fields that differ from ``other`` apart from those a resume may change."""
+        """Fields that differ from ``other`` apart from those a resume may change; paths
+        (data, init) are compared resolved, however they were spelled."""
         free = {"out", "epochs", "device", "threads", "max_minutes", "pth"}
         a, b = asdict(self), asdict(other)
-        return [k for k in a if k not in free and a[k] != b[k]]
+        return [k for k in a if k not in free and not _same_value(k, a[k], b[k])]
+
+
+#: TrainConfig fields holding paths: recorded resolved, compared resolved.
+PATH_FIELDS = ("data", "init")
+
+
+def _same_value(key: str, a: Any, b: Any) -> bool:
+    """Whether two values of config field ``key`` are the same (paths by where they point)."""
+    if key in PATH_FIELDS and a is not None and b is not None:
+        return Path(a).resolve() == Path(b).resolve()
+    return a == b
 
 
 @dataclass
@@ -126,6 +144,8 @@ class TrainState:
     best_epoch: int = -1
     history: list[dict[str, Any]] = field(default_factory=list)
     data_hash: str = ""
+    init_sha256: str = ""
+    """SHA-256 of the ``--init`` checkpoint the run started from ("" without one)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,7 +266,9 @@ def datasets(config: TrainConfig,
     """(train, validation, validation split name, data hash) of a configuration.
 
     From a folder the validation set is ``val.txt`` when present, else ``test.txt`` (the
-    paper has only a train/test split); from ``--demo`` it is a disjoint seed range.
+    paper has only a train/test split: ``train`` then warns that ``best`` is selected on the
+    test set); from ``--demo`` it is a disjoint seed range. Split files that share an image
+    (or list one twice) are refused.
     """
     augment = Augmentation() if config.augment else None
     if config.demo:
@@ -257,6 +279,9 @@ def datasets(config: TrainConfig,
         digest = hashlib.sha256(f"{train.fingerprint()}:{val.fingerprint()}".encode())
         return train, val, "demo-val", digest.hexdigest()
     root = Path(str(config.data))
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: data folder not found")
+    check_disjoint_splits(root)
     val_split = "val" if (root / "val.txt").exists() else "test"
     train = TileDataset(root, "train", augment, config.seed, crop=config.crop)
     val = TileDataset(root, val_split, None, config.seed)
@@ -328,10 +353,11 @@ def validate(model: torch.nn.Module, dataset: Dataset, batch_size: int,
 
 def checkpoint_info(config: TrainConfig, state: TrainState, epoch: int, name: str,
                     metrics: dict[str, Any], val_split: str) -> ModelInfo:
-    """The sidecar record of a checkpoint: training config, epoch, metrics, data hash."""
+    """The sidecar record of a checkpoint: training config, epoch, metrics, data hash, and
+    the sha256 of the ``--init`` checkpoint (its path alone may not outlive the run)."""
     training = {"trainer": "icedamage train", "epoch": epoch, "epochs": config.epochs,
                 "validation_split": val_split, "best_epoch": state.best_epoch,
-                "config": asdict(config)}
+                "config": asdict(config), "init_sha256": state.init_sha256 or None}
     return ModelInfo(name=name, variant=config.variant, training=training, metrics=metrics,
                      data_sha256=state.data_hash)
 
@@ -388,10 +414,14 @@ def _json_metrics(counts: Confusion) -> dict[str, Any]:
 def train(config: TrainConfig, resume: bool = False, render: TileRenderer | None = None,
           console: Console | None = None,
           on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainState:
-    """Train (or resume) a run into ``config.out``; returns the final state."""
+    """Train (or resume) a run into ``config.out``; returns the final state.
+
+    The run folder is created only once the configuration, the data and the model have passed
+    their checks, so a refused run leaves nothing behind.
+    """
     console = console or Console()
+    config = with_resolved_paths(config)
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     if config.threads:
         torch.set_num_threads(config.threads)
     device = torch.device(config.device)
@@ -400,7 +430,7 @@ def train(config: TrainConfig, resume: bool = False, render: TileRenderer | None
     saved = None
     if resume:
         saved = load_state(out)
-        differs = config.same_run(TrainConfig(**saved["config"]))
+        differs = config.same_run(recorded_config(saved, out))
         if differs:
             raise ValueError(f"{out / STATE_FILE}: cannot resume with different "
                              f"{', '.join(differs)}")
@@ -411,6 +441,9 @@ def train(config: TrainConfig, resume: bool = False, render: TileRenderer | None
     if saved is None and config.init is not None:  # before the (slow) data: fail fast
         _check_variant(config, config.init, checkpoint_variant(config.init))
     train_set, val_set, val_split, data_hash = datasets(config, render)
+    if val_split == "test":
+        console.print(f"[yellow]warning:[/yellow] {escape(selection_on_test_warning(config))}",
+                      soft_wrap=True)
     model = build_model(config, str(out / LAST_WEIGHTS) if saved else config.init,
                         resumed=saved is not None)
     model.to(device)
@@ -419,9 +452,10 @@ def train(config: TrainConfig, resume: bool = False, render: TileRenderer | None
                                   weight_decay=config.weight_decay)
     scheduler = schedule.scheduler(optimizer)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
-    state = TrainState(data_hash=data_hash)
+    state = TrainState(data_hash=data_hash, init_sha256=_init_sha256(config.init))
     if saved is not None:
         state = TrainState(**saved["state"])
+        state.init_sha256 = state.init_sha256 or _init_sha256(config.init)  # older states
         if state.data_hash != data_hash:
             raise ValueError(f"{out / STATE_FILE}: the training data changed since the run "
                              "started (data hash differs)")
@@ -432,6 +466,7 @@ def train(config: TrainConfig, resume: bool = False, render: TileRenderer | None
         if config.pth:  # --pth asked now: the checkpoints saved before it get theirs too
             write_missing_pth(out)
 
+    out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[loss]}"),
                TimeElapsedColumn(), TimeRemainingColumn())
@@ -469,6 +504,14 @@ def train(config: TrainConfig, resume: bool = False, render: TileRenderer | None
                               f"{config.max_minutes} min reached (resume with --resume)")
                 break
     return state
+
+
+def selection_on_test_warning(config: TrainConfig) -> str:
+    """Why a run on data without val.txt flatters its ``best`` checkpoint on the test set."""
+    return (f"{config.data} has no val.txt, so the best checkpoint is selected on test.txt: "
+            "metrics of `best` on the test split are biased upward. Write a validation split "
+            "(`icedamage split-data DATA --val-fraction 0.1 --force`) or evaluate `last` on "
+            "test.")
 
 
 def _epoch_line(record: dict[str, Any], epochs: int, improved: bool) -> str:
@@ -544,4 +587,52 @@ def resume_config(out: Path, **changes: Any) -> TrainConfig:
     """The configuration stored in ``out``'s state, with resumable fields changed; the run
     folder is ``out`` itself, wherever (and however relative) the run was started."""
     saved = load_state(out)
-    return replace(TrainConfig(**saved["config"]), **{**changes, "out": str(out)})
+    return replace(recorded_config(saved, out), **{**changes, "out": str(out)})
+
+
+def with_resolved_paths(config: TrainConfig) -> TrainConfig:
+    """``config`` with its data and init paths absolute (recorded so, a resume does not
+    depend on the folder it is started from)."""
+    return replace(config, **{key: str(Path(value).resolve()) for key in PATH_FIELDS
+                              if (value := getattr(config, key)) is not None})
+
+
+def recorded_config(saved: dict[str, Any], out: Path) -> TrainConfig:
+    """The configuration a saved state records, its paths absolute.
+
+    Earlier versions recorded data and init as typed, relative to the folder the run was
+    started from. That folder is found, where possible, from the recorded ``out`` (as typed)
+    and where the run folder really is; a path existing there is taken, else the one relative
+    to the current folder (best effort: the data hash still guards the data).
+    """
+    config = dict(saved["config"])
+    started_in = _started_in(config.get("out"), out)
+    for key in PATH_FIELDS:
+        value = config.get(key)
+        if value is not None and not Path(value).is_absolute():
+            config[key] = str(_locate(Path(value), started_in))
+    return TrainConfig(**config)
+
+
+def _started_in(typed_out: str | None, out: Path) -> Path | None:
+    """The folder a run was started from: the run folder ``out`` less its recorded relative
+    spelling ``typed_out`` (None when that cannot be told)."""
+    typed = Path(typed_out or "")
+    depth = len(typed.parts)
+    here = Path(out).resolve()
+    if depth == 0 or typed.is_absolute() or ".." in typed.parts or len(here.parts) <= depth:
+        return None
+    return here.parents[depth - 1] if here.parts[-depth:] == typed.parts else None
+
+
+def _locate(path: Path, started_in: Path | None) -> Path:
+    """A relative recorded path made absolute: against the folder the run was started from
+    when it exists there, else against the current folder."""
+    candidates = ([started_in / path] if started_in is not None else []) + [Path.cwd() / path]
+    found = next((c for c in candidates if c.exists()), candidates[0])
+    return found.resolve()
+
+
+def _init_sha256(init: str | None) -> str:
+    """SHA-256 of the init checkpoint ("" without one, or when it is gone)."""
+    return weights_sha256(Path(init)) if init is not None and Path(init).is_file() else ""
