@@ -1,4 +1,4 @@
-"""``icedamage catalog``, ``icedamage search`` and ``icedamage stats`` (thin CLI layer)."""
+"""``icedamage catalog``, ``search``, ``stats`` and ``temporal-consistency`` (thin CLI layer)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import pystac
 
     from catalog.stats import DamageStats
+    from catalog.temporal import PairConsistency, ShelfSummary
 
 from catalog.uncertainty import (
     PAPER_FACTORS,
@@ -322,6 +323,80 @@ def _range_notes(rows: list[DamageStats]) -> list[str]:
                                               max(r.lambda_upper for r in rows), None))
 
 
+def temporal_consistency_command(
+    release_dir: Annotated[Path, typer.Argument(help="Release folder (<Shelf>/<YYYY>/...).")],
+    velocity: Annotated[Path | None, typer.Option(
+        help="Ice-velocity components (MEaSUREs NetCDF with VX, VY, or a vx/vy raster in "
+             "EPSG:3031): also the metrics with the earlier map advected (Lagrangian "
+             "correction, paper Eq. 13).")] = None,
+    shelf: Annotated[str | None, typer.Option(
+        help="Only these shelves (a name or a comma list, typed loosely).")] = None,
+    out_table: Annotated[Path | None, typer.Option(
+        "--out", help="Table of the pairs (.csv, or .ods with a sheet of the medians).")
+    ] = None,
+    plot: Annotated[Path | None, typer.Option(help="PNG of the metrics per pair.")] = None,
+) -> None:
+    """Multi-temporal consistency of damage density (paper 2.5.2): Spearman r_s, Lin's CCC
+    and RMSE of each shelf's temporally adjacent maps on 900 m cells, and their medians."""
+    from catalog.stats import item_main_dates
+    from catalog.temporal import (
+        plot_consistency,
+        release_consistency,
+        shelf_summaries,
+        write_consistency_table,
+    )
+    from producer.shelves import parse_shelves
+    from producer.velocity import VelocityError, components_on_grid, velocity_layout
+
+    try:
+        shelves = parse_shelves(shelf) if shelf else []
+        layout = velocity_layout(velocity) if velocity is not None else None
+        dates = item_main_dates(_catalog_items(release_dir))
+        with Progress(TextColumn("density maps"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=err, transient=True) as bars:
+            task = bars.add_task("maps", total=None)
+            pairs = release_consistency(
+                release_dir, dates,
+                (lambda grid: components_on_grid(layout, grid)) if layout else None,
+                shelves, lambda done, total: bars.update(task, completed=done, total=total))
+        if not pairs:
+            raise ValueError(f"{release_dir}: no shelf with two type 1 maps or more"
+                             + (f" among {', '.join(shelves)}" if shelves else ""))
+        if out_table is not None:
+            write_consistency_table(pairs, out_table)
+        if plot is not None:
+            plot_consistency(pairs, plot)
+    except (FileNotFoundError, ValueError, OSError, VelocityError) as error:
+        raise _fail(str(error)) from error
+    _print_consistency(pairs, shelf_summaries(pairs))
+
+
+def _print_consistency(pairs: list[PairConsistency], summaries: list[ShelfSummary]) -> None:
+    """The pairs, then the medians per shelf (the paper's Tables 6 and 7)."""
+    def cell(value: float) -> str:
+        return "n/a" if value != value else f"{value:.3f}"  # NaN: too few common cells
+
+    lagrangian = any(p.corrected is not None for p in pairs)
+    table = Table("shelf", "pair", "Δt yr", "cells", "r_s", "ρ_c", "RMSE",
+                  *(("cells (L)", "r_s (L)", "ρ_c (L)", "RMSE (L)") if lagrangian else ()),
+                  title="temporally adjacent pairs" + (" (L: Lagrangian)" if lagrangian else ""))
+    for p in pairs:
+        extra = () if p.corrected is None else (
+            str(p.corrected.cells), *(cell(v) for v in (p.corrected.spearman, p.corrected.ccc,
+                                                         p.corrected.rmse)))
+        table.add_row(p.shelf, f"{p.earlier}→{p.later}", f"{p.dt_years:.2f}",
+                      str(p.plain.cells), cell(p.plain.spearman), cell(p.plain.ccc),
+                      cell(p.plain.rmse), *extra)
+    out.print(table)
+    medians = Table("shelf", "pairs", "median r_s", "median ρ_c", "median RMSE",
+                    *(("Lagrangian r_s", "Lagrangian ρ_c", "Lagrangian RMSE")
+                      if lagrangian else ()), title="medians per shelf (paper Tables 6-7)")
+    for s in summaries:
+        medians.add_row(s.shelf, str(s.pairs), *(cell(v) for v in s.plain),
+                        *((cell(v) for v in s.corrected) if s.corrected else ()))
+    out.print(medians)
+
+
 def register(app: typer.Typer) -> None:
     """Add the catalog's commands to the ``icedamage`` app (and its rules to ``validate``)."""
     from catalog.rules import register_catalog_rule_sets
@@ -330,3 +405,4 @@ def register(app: typer.Typer) -> None:
     app.command("catalog")(catalog_command)
     app.command("search")(search_command)
     app.command("stats")(stats_command)
+    app.command("temporal-consistency")(temporal_consistency_command)

@@ -128,3 +128,37 @@ def speed_on_grid(layout: VelocityLayout, grid: Grid) -> Iterator[SpeedRows]:
 
         yield rows
 
+
+
+def _same_crs(a: Any, b: Any) -> bool:
+    """Whether two CRSs are the same (as rasterio compares them)."""
+    from rasterio.crs import CRS
+
+    return CRS.from_user_input(a) == CRS.from_user_input(b)
+
+
+def components_on_grid(layout: VelocityLayout, grid: Grid
+                       ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """The velocity components (vx, vy: along the grid CRS's x and y axes, per year if the file
+    gives m/yr) on ``grid``, resampled bilinearly, NaN where unknown.
+
+    The components of a vector are along the axes of the CRS they were given in, so the file
+    must be in the grid's CRS (MEaSUREs is: polar stereographic 71°S, EPSG:3031); a speed-only
+    file cannot move anything. For coarse grids (the 900 m cells of the consistency
+    assessment) whole arrays are small.
+    """
+    if not layout.components:
+        raise VelocityError(f"--velocity {layout.path}: one band of speed; advecting damage "
+                            "needs the velocity components (vx, vy bands, or VX and VY "
+                            "variables)")
+    planes: list[NDArray[np.float32]] = []
+    for name in layout.datasets:
+        with rasterio.open(name) as src:
+            if not _same_crs(src.crs, grid.crs):
+                raise VelocityError(
+                    f"--velocity {name}: components in {src.crs}, not {grid.crs}; a vector's "
+                    "components are along its CRS's axes, so give them in EPSG:3031 (as "
+                    "MEaSUREs does)")
+            with _warped(src, grid) as vrt:
+                planes += [vrt.read(band) for band in layout.bands]
+    return planes[0], planes[1]
