@@ -42,6 +42,7 @@ from shapely.ops import unary_union
 import schemas
 from catalog.geometry import bbox_3031_to_lonlat, lonlat_bbox_geometry
 from catalog.stac import not_applicable_fields
+from producer.provenance import file_sha256
 from producer.shelves import released_name
 from producer.spec import (
     ENCODING,
@@ -138,13 +139,6 @@ def write_index(release_dir: Path, items: Sequence[dict[str, Any]]) -> tuple[Pat
     return parquet, ndjson
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes (read in chunks: an index can be large)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def index_digests(release_dir: Path) -> dict[str, str]:

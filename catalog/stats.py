@@ -211,6 +211,11 @@ def item_factors(props: Mapping[str, Any]) -> UncertaintyFactors | None:
     if not _positive(factor):
         upper_restored = props.get(f"{P}lambda_upper_restored")
         factor = upper_restored / upper if _positive(upper_restored) else None
+    if factor is None and f"{P}lambda_restoration" not in props and \
+            _positive(props.get(f"{P}damage_area_km2_high")):
+        # catalogs from before the field (0.2.0) gave a method without a factor the plain
+        # upper bound: read their items as they were published
+        factor = 1.0
     return factors.with_restoration(method, float(factor) if factor is not None else None)
 
 

@@ -90,6 +90,7 @@ from producer.spec import (
     RELEASED_RESTORATION,
     RESTORATION_METHODS,
     SCENE_IDS_TAG,
+    SEGMENTATION_WINDOW,
     SENSORS,
     SOURCE_SCENE_NOT_IMAGED,
     TYPE1,
@@ -647,9 +648,12 @@ def run_parameters(options: ProduceOptions, grid: Grid, extent: BaseGeometry,
         parameters["compare_scenes"] = compared
     if options.velocity is not None and not full_coverage:
         # only a merged summer chooses its main scene by coverage (and flow): a summer with a
-        # full-coverage scene keeps its digest whatever velocity product is given
-        parameters["velocity"] = Path(options.velocity).name
+        # full-coverage scene keeps its digest whatever velocity product is given; the file's
+        # content counts, not its name (recorded apart, ``_write_year``)
         parameters["velocity_sha256"] = cached_sha256(Path(options.velocity))
+    if min(grid.height, grid.width) < SEGMENTATION_WINDOW:
+        # 0.2.0 padded such scenes bottom/right; centred as the authors' pad_to_roi since
+        parameters["short_axis_padding"] = "centred"
     return parameters
 
 
@@ -748,7 +752,7 @@ def produce_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
 
         def up_to_date(scene_ids: Sequence[str]) -> Path | None:
             return is_up_to_date(options.out, shelf, year, lambda record: accepted(
-                scene_ids, _recorded_full_coverage(record)))
+                scene_ids, _recorded_full_coverage(record, options.velocity is not None)))
 
         listed = getattr(source, "scene_keys", None) or getattr(source, "scene_ids", None)
         if callable(listed) and not options.force:
@@ -777,7 +781,7 @@ def produce_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
         except NotCoveredError as err:
             return YearResult(shelf, year, "not-mapped",
                               f"{shelf} {year}: {err}{_source_notes(source, shelf, year)}")
-        if options.velocity is not None and not plan.flow_fractions:
+        if options.velocity is not None and not plan.full_coverage and not plan.flow_fractions:
             return YearResult(shelf, year, "failed", f"--velocity {options.velocity}: no speed "
                               f"above 0 over the shelf region of {shelf} (a product of another "
                               "region, or only NoData there)")
@@ -806,13 +810,17 @@ def produce_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
                            area, restored, parameters, digest, progress, comparison)
 
 
-def _recorded_full_coverage(record: Provenance) -> int | None:
+def _recorded_full_coverage(record: Provenance, velocity: bool = False) -> int | None:
     """Full-coverage scenes a record's summer had; records older than comparisons know it only
-    for merged summers (none), else None (unknown)."""
+    for merged summers (none), else None (unknown). With a velocity product, the 1 that a
+    single-scene record implies is enough: velocity counts only for merged summers, and how
+    many scenes were full matters only beyond one (comparisons)."""
     value = record.parameters.get("full_coverage_scenes")
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    return 0 if record.parameters.get("single_scene") is False else None
+    if record.parameters.get("single_scene") is False:
+        return 0
+    return 1 if velocity and record.parameters.get("single_scene") is True else None
 
 
 def _to_compare(plan: MergePlan, requested: int) -> tuple[int, ...]:
@@ -916,8 +924,10 @@ def _write_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
             "device": options.device,
             "exact_float32": options.exact,
             "compiled": options.compile,
-            **({"main_scene_flow_fraction": round(plan.flow_fractions[plan.main], 6)}
-               if plan.flow_fractions and not plan.single_scene else {}),
+            **({"velocity": Path(options.velocity).name,
+                "main_scene_flow_fraction": round(plan.flow_fractions[plan.main], 6)}
+               if options.velocity is not None and plan.flow_fractions
+               and not plan.single_scene else {}),
         },
         products=products, inputs_digest=digest, comparison=comparison,
     )

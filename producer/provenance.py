@@ -14,9 +14,11 @@ are read as they are, and ``fraction_base`` says which base a record used.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,10 +175,40 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
+#: Inside ``remembered_hashes``: (path, inode, size, mtime_ns) -> sha256 of the files hashed.
+_HASHED: dict[tuple[str, int, int, int], str] | None = None
+
+
+@contextlib.contextmanager
+def remembered_hashes() -> Iterator[None]:
+    """Within the block, a file hashed twice while its inode, size and mtime stay the same is
+    read once: the publisher's snapshot of a release and the validator's checksum rules then
+    share one read of each file (a dataset is hundreds of gigabytes). Nothing outlives the
+    block, so a later run reads the files again."""
+    global _HASHED
+    outer, _HASHED = _HASHED, ({} if _HASHED is None else _HASHED)
+    try:
+        yield
+    finally:
+        _HASHED = outer
+
+
 def file_sha256(path: Path) -> str:
     """Hex SHA-256 identifying a weights file, or a folder of files (relative names and bytes,
-    in name order); the hash that provenance, checkpoints and catalog items record."""
+    in name order); the hash that provenance, checkpoints and catalog items record (read once
+    per unchanged file within ``remembered_hashes``)."""
     path = Path(path)
+    if _HASHED is not None and path.is_file():
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if key not in _HASHED:
+            _HASHED[key] = _sha256_of(path)
+        return _HASHED[key]
+    return _sha256_of(path)
+
+
+def _sha256_of(path: Path) -> str:
+    """``file_sha256`` read from the disk."""
     digest = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for f in files:

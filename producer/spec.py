@@ -235,6 +235,10 @@ class RasterEncoding:
 
 ENCODING = RasterEncoding()
 
+#: Side (px) of the windows the authors' segmentation slides over a scene (50 % overlap); a
+#: scene shorter than it on an axis is padded, centred, to it (their ``pad_to_roi``).
+SEGMENTATION_WINDOW = 512
+
 @dataclass(frozen=True)
 class AuxiliaryRaster:
     """An optional single-band UInt8 COG beside the products, on the type 2 (full ROI) grid."""

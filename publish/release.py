@@ -42,6 +42,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from producer.provenance import remembered_hashes
 from producer.spec import (
     AUXILIARY_SUFFIXES,
     DEMO_SOURCE,
@@ -957,7 +958,8 @@ class Publisher:
     def run(self) -> PublishResult:
         """All steps; raises PublishRefused / PublishStopped / ZenodoError / MetadataError."""
         self.say(f"[1/7] preflight of {self.release} for {self.o.base_url}")
-        self.preflight_local()
+        with remembered_hashes():  # the snapshot's read of each file serves the validator
+            self.preflight_local()
         state = load_state(self.release)
         known_concept = state.concept_id if state is not None and same_server(
             state.base_url, self.o.base_url) else None

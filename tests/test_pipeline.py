@@ -806,3 +806,44 @@ def test_velocity_guides_the_main_scene_of_a_merged_year(tiny_weights: Path,
     bad = _produce(["--shelf", "Totten", "--year", str(year), "--velocity",
                     str(tmp_path / "none.tif")], tiny_weights, out)
     assert bad.exit_code == 2 and "none.tif: no such file" in " ".join(bad.output.split())
+
+
+def test_velocity_does_not_concern_a_summer_with_a_full_coverage_scene(
+        tiny_weights: Path, tmp_path: Path) -> None:
+    """A full-coverage summer's main scene is the map whatever the ice does: a velocity
+    product (even of another region) neither fails it nor redoes it."""
+    out = tmp_path / "release"
+    year = 2013
+    first = _produce(["--shelf", "Totten", "--year", str(year)], tiny_weights, out)
+    assert first.exit_code == 0, first.output
+    record = read_provenance(next(out.glob(f"Totten/{year}/*_provenance.json")))
+    if not record.parameters["single_scene"]:
+        pytest.skip(f"demo summer {year} is merged")
+    assert record.parameters["short_axis_padding"] == "centred"  # a 128 px demo window
+    far = tmp_path / "far.tif"
+    with rasterio.open(far, "w", driver="GTiff", width=4, height=4, count=1, dtype="float32",
+                       crs="EPSG:3031", transform=Affine(450.0, 0, 0, 0, -450.0, 0)) as ds:
+        ds.write(np.full((1, 4, 4), 500.0, "float32"))
+    again = _produce(["--shelf", "Totten", "--year", str(year), "--velocity", str(far)],
+                     tiny_weights, out)
+    assert again.exit_code == 0 and "skipped" in again.output, again.output
+    forced = _produce(["--shelf", "Totten", "--year", str(year), "--velocity", str(far),
+                       "--force"], tiny_weights, out)
+    assert forced.exit_code == 0 and "produced" in forced.output, forced.output
+    redone = read_provenance(next(out.glob(f"Totten/{year}/*_provenance.json")))
+    assert "velocity_sha256" not in redone.parameters and "velocity" not in redone.parameters
+    assert redone.inputs_digest == record.inputs_digest
+
+
+def test_single_scene_records_older_than_comparisons_count_as_full_coverage_for_velocity(
+        ) -> None:
+    from producer.pipeline import _recorded_full_coverage
+    from tests.release_factory import ShelfYear, fixture_provenance
+
+    legacy = fixture_provenance(ShelfYear("Totten", 2021, ("LC08",)))
+    legacy.parameters.clear()
+    legacy.parameters["single_scene"] = True  # no full_coverage_scenes: before comparisons
+    assert _recorded_full_coverage(legacy) is None  # how many is unknown (compare-scenes)
+    assert _recorded_full_coverage(legacy, velocity=True) == 1  # at least one: not merged
+    legacy.parameters["single_scene"] = False
+    assert _recorded_full_coverage(legacy, velocity=True) == 0

@@ -125,6 +125,29 @@ def test_first_publication(pub_release: Path, emulator: ZenodoEmulator, tmp_path
     assert not [r for r in emulator.requests[before:] if r.mutating]
 
 
+def test_a_publication_hashes_each_release_file_once(pub_release: Path,
+                                                     emulator: ZenodoEmulator,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The snapshot of what is validated and the validator's checksums share one read of each
+    file (a whole dataset is hundreds of gigabytes); only zipping reads it again."""
+    from collections import Counter
+
+    from producer import provenance
+
+    reads: Counter[str] = Counter()
+    real = provenance._sha256_of
+
+    def counted(path: Path) -> str:
+        reads[str(Path(path).resolve())] += 1
+        return real(path)
+
+    monkeypatch.setattr(provenance, "_sha256_of", counted)
+    code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new"))
+    assert code == 0, out
+    products = [str(p.resolve()) for p in pub_release.rglob("*_damage*.tif")]
+    assert products and all(reads[p] == 1 for p in products), reads
+
+
 def test_new_version_with_one_shelf_changed(pub_release: Path, emulator: ZenodoEmulator) -> None:
     code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new"))
     assert code == 0, out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +150,12 @@ def test_evaluate_warns_on_the_split_best_was_selected_on(tmp_path: Path) -> Non
                                           str(tmp_path / "run" / f"{model}.safetensors"),
                                           "--split", split, "--out", str(tmp_path / "e2")])
         assert res.exit_code == 0 and "biased upward" not in flat(res.output), res.output
+    other = tmp_path / "independent"  # another data set's test split: other images
+    shutil.copytree(data, other)
+    res = runner.invoke(build_app(), ["evaluate", str(other), "--threads", "1", "--device",
+                                      "cpu", "--model", str(tmp_path / "run" / "best.safetensors"),
+                                      "--out", str(tmp_path / "e3")])
+    assert res.exit_code == 0 and "biased upward" not in flat(res.output), res.output
 
 
 def test_split_data_writes_a_validation_share(tmp_path: Path) -> None:

@@ -144,6 +144,11 @@ def test_items_give_back_the_factors_they_were_cataloged_with() -> None:
                "icedamage:lambda_restoration": None}
     assert item_factors(old_diffgf).restoration_factor("DiffGF") == pytest.approx(1.05)
     assert item_factors(unknown).restoration_factor("FillNodata") is None
+    # a FillNodata item of a 0.2.0 catalog (no lambda_restoration field) published the plain
+    # upper bound: read back as it was published, factor 1
+    old_fill = {**base, "icedamage:restoration": "FillNodata",
+                "icedamage:lambda_upper_restored": None, "icedamage:damage_area_km2_high": 19.0}
+    assert item_factors(old_fill).restoration_factor("FillNodata") == 1.0
     assert item_factors({"icedamage:lambda_lower": "0.9", "icedamage:lambda_upper": 1}) is None
     merged = catalog_factors([_item("a", old_diffgf), _item("b", fill), _item("c", base)])
     assert (merged.lambda_min, merged.lambda_max) == (0.9, 1.1)

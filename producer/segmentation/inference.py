@@ -40,10 +40,10 @@ from torch import nn
 
 from producer.segmentation import split_tf32 as tf32
 from producer.segmentation.model import DamageSegmenter
-from producer.spec import ENCODING, PROBABILITY_RASTER
+from producer.spec import ENCODING, PROBABILITY_RASTER, SEGMENTATION_WINDOW
 from producer.writer import atomic_path
 
-WINDOW = 512
+WINDOW = SEGMENTATION_WINDOW
 STRIDE = 256
 SIGMA_SCALE = 1.0 / 8.0
 WEIGHT_FLOOR = 1e-3

@@ -524,6 +524,8 @@ class LocalFolderSource:
                 if p is not None:
                     st = p.stat()
                     parts.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
+        if len(files) > 1:  # combined by their median, its fraction dropped since 0.2.0's
+            parts.append("daily-median:floor")  # rounding (so those days are redone)
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
     def scene_keys(self, shelf: str, year: int, grid: Grid) -> list[str] | None:

@@ -262,8 +262,9 @@ def _selection_warning(checkpoint: Path, data: Path, split: str) -> str | None:
         selected, recorded = training["validation_split"], training["config"].get("data")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    same_folder = recorded is not None and Path(recorded).resolve() == data.resolve()
-    if doc.get("name") == "last" or not (split == selected or split == "all" and same_folder):
+    # another data folder's split of the same name is other images (unknown folder: warn)
+    same_folder = recorded is None or Path(recorded).resolve() == data.resolve()
+    if doc.get("name") == "last" or not same_folder or split not in (selected, "all"):
         return None
     return (f"{checkpoint} was selected as the best epoch of its run on the {selected!r} split "
             f"(training.validation_split in {side.name}), and --split {split} "

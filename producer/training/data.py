@@ -17,6 +17,7 @@ import hashlib
 import random
 import re
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -179,7 +180,7 @@ def read_split(root: Path, split: str) -> list[str]:
                                 "`icedamage split-data`)")
     names = [ln.strip() for ln in path.read_text().splitlines()]
     names = [n for n in names if n and not n.startswith("#")]
-    twice = sorted({n for n in names if names.count(n) > 1})
+    twice = sorted(n for n, count in Counter(names).items() if count > 1)
     if twice:
         raise ValueError(f"{path}: {_listing(twice)} listed more than once; each image must "
                          "appear once")
