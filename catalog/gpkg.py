@@ -8,8 +8,6 @@ outline of a published release) is kept unless the caller forces a rewrite.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import geopandas as gpd
@@ -17,36 +15,17 @@ import pandas as pd
 import pyogrio
 from shapely.geometry.base import BaseGeometry
 
+from producer.roi_files import write_roi_geopackage
 from producer.shelves import get_shelf, roi_polygon
-from producer.spec import ENCODING, roi_geopackage_name
+from producer.spec import roi_geopackage_name
 
-LAYER = "roi"
 DEFAULT_SOURCE_NOTE = "approximate default ROI box of icedamage"
-
-
-def roi_frame(shelf: str, polygon: BaseGeometry, source: str) -> gpd.GeoDataFrame:
-    """A one-row frame (shelf, source, geometry) in EPSG:3031."""
-    return gpd.GeoDataFrame({"shelf": [shelf], "source": [source]}, geometry=[polygon],
-                            crs=ENCODING.crs)
 
 
 def default_roi(shelf: str) -> tuple[BaseGeometry, str]:
     """The registry's ROI of a shelf and a source text that says it is approximate."""
     record = get_shelf(shelf)
     return roi_polygon(shelf), f"{DEFAULT_SOURCE_NOTE}: {record.source}"
-
-
-def write_roi_geopackage(release_dir: Path, shelf: str, polygon: BaseGeometry,
-                         source: str) -> Path:
-    """Write ``<release>/<Shelf>_ROI.gpkg`` atomically."""
-    path = Path(release_dir) / roi_geopackage_name(shelf)
-    with tempfile.TemporaryDirectory(prefix=".roi-", dir=path.parent) as tmp_dir:
-        tmp = Path(tmp_dir) / path.name  # GDAL wants the .gpkg extension and no existing file
-        roi_frame(shelf, polygon, source).to_file(tmp, driver="GPKG", layer=LAYER,
-                                                  engine="pyogrio")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    return path
 
 
 def ensure_roi_geopackage(release_dir: Path, shelf: str, force: bool = False) -> Path:

@@ -69,6 +69,10 @@ def run_produce(
         "--extent", help="GeoPackage of effective extents (columns shelf, year); default: "
                          "the ROI shrunk inwards by 5 % of its smaller side (Thwaites, whose "
                          "ROI holds its neighbours: a box around the Thwaites shelf).")] = None,
+    roi: Annotated[Path | None, typer.Option(
+        "--roi", help="GeoPackage with the shelf's ROI outline (a 'shelf' column picks it), "
+                      "e.g. the official one; written into the release. Default: the "
+                      "release's <Shelf>_ROI.gpkg, else the registry's ROI.")] = None,
     velocity: Annotated[Path | None, typer.Option(
         "--velocity", help="Ice-velocity product (speed raster, vx/vy raster, or MEaSUREs "
                            "NetCDF with VX, VY): when no scene covers the ROI, the main scene "
@@ -109,7 +113,7 @@ def run_produce(
         out=out, weights=weights, diffgf=diffgf, restoration=restoration, extent_file=extent,
         device=device, force=force, keep_probability=keep_probability, source_index=source_index,
         tta=tta, batch_size=batch_size, exact=exact, compare_scenes=compare_scenes,
-        compile=compile_model, velocity=velocity,
+        compile=compile_model, velocity=velocity, roi_file=roi,
     )
     try:
         years = parse_years(year)

@@ -72,7 +72,14 @@ from producer.provenance import (
     file_sha256,
     provenance_path,
 )
-from producer.shelves import get_shelf, released_name, roi_polygon, shelf_box_polygon
+from producer.roi_files import (
+    is_default_outline,
+    outline_sha256,
+    produce_roi,
+    release_roi_file,
+    write_roi_geopackage,
+)
+from producer.shelves import get_shelf, released_name, shelf_box_polygon
 from producer.slcoff import (
     GAP_BAND_REACH_PX,
     GAP_CLOUD_REACH_PX,
@@ -176,6 +183,9 @@ class ProduceOptions:
     velocity: Path | None = None
     """Ice-velocity product weighing the flow a merged year's main scene covers (paper 2.4.1;
     ``producer.velocity``)."""
+    roi_file: Path | None = None
+    """A GeoPackage with the shelf's ROI outline (default: the release's own, else the
+    registry's; ``producer.roi_files``)."""
 
 
 @dataclass(frozen=True)
@@ -623,7 +633,7 @@ def batch_size_for(options: ProduceOptions) -> int:
 
 def run_parameters(options: ProduceOptions, grid: Grid, extent: BaseGeometry,
                    extent_origin: str, full_coverage: int | None = None,
-                   year: int | None = None) -> dict[str, Any]:
+                   year: int | None = None, roi: str | None = None) -> dict[str, Any]:
     """The parameters that shape a shelf-year's outputs (recorded and part of the digest).
 
     ``compare_scenes`` is a parameter only where it can change the map: when more than one
@@ -651,6 +661,8 @@ def run_parameters(options: ProduceOptions, grid: Grid, extent: BaseGeometry,
         # full-coverage scene keeps its digest whatever velocity product is given; the file's
         # content counts, not its name (recorded apart, ``_write_year``)
         parameters["velocity_sha256"] = cached_sha256(Path(options.velocity))
+    if roi is not None:  # an outline other than the registry's (``roi_digest``)
+        parameters["roi_sha256"] = roi
     if min(grid.height, grid.width) < SEGMENTATION_WINDOW:
         # 0.2.0 padded such scenes bottom/right; centred as the authors' pad_to_roi since
         parameters["short_axis_padding"] = "centred"
@@ -721,7 +733,11 @@ def produce_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
                  progress: StageProgress = _no_progress) -> YearResult:
     """Produce (or skip) one shelf-year; a year that cannot be mapped writes nothing."""
     shelf = get_shelf(shelf).name
-    roi = roi_polygon(shelf)
+    try:
+        roi, roi_origin = produce_roi(options.out, shelf, options.roi_file)
+    except ValueError as err:
+        return YearResult(shelf, year, "failed", f"{shelf} {year}: {err}")
+    roi_sha = None if is_default_outline(shelf, roi) else outline_sha256(roi)
     grid = source.grid(shelf, roi)
     with _workdir() as workdir:
         extent_geom, extent_origin = effective_extent(shelf, year, source, roi, grid,
@@ -740,14 +756,14 @@ def produce_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
 
         def digest_of(scene_ids: Sequence[str], full_coverage: int | None) -> str:
             return inputs_digest(source.name, scene_ids, model.sha256, diffgf_sha, run_parameters(
-                options, grid, extent_geom, extent_origin, full_coverage, year))
+                options, grid, extent_geom, extent_origin, full_coverage, year, roi_sha))
 
         def accepted(scene_ids: Sequence[str], full_coverage: int | None) -> set[str]:
             # records written before the restoration method stopped counting outside SLC-off
             # years carry the digest with it: the same inputs, so still up to date
             legacy = inputs_digest(source.name, scene_ids, model.sha256, diffgf_sha,
                                    run_parameters(options, grid, extent_geom, extent_origin,
-                                                  full_coverage))
+                                                  full_coverage, roi=roi_sha))
             return {digest_of(scene_ids, full_coverage), legacy}
 
         def up_to_date(scene_ids: Sequence[str]) -> Path | None:
@@ -786,8 +802,9 @@ def produce_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
                               f"above 0 over the shelf region of {shelf} (a product of another "
                               "region, or only NoData there)")
         progress("merge", 1, 2, "planned")
-        parameters = run_parameters(options, grid, extent_geom, extent_origin,
-                                    len(plan.full_coverage), year)
+        parameters = {**run_parameters(options, grid, extent_geom, extent_origin,
+                                       len(plan.full_coverage), year, roi_sha),
+                      "roi": roi_origin}  # recorded; the outline's digest is what counts
         digest = digest_of([s.digest_key for s in scenes], len(plan.full_coverage))
         compared = _to_compare(plan, options.compare_scenes)
         segment = [*plan.used, *(i for i in compared if i not in plan.used)]
@@ -1074,6 +1091,14 @@ def check_request(shelf: str, source: SceneSource, options: ProduceOptions,
             velocity_layout(options.velocity)
         except VelocityError as err:
             raise ProduceError(str(err)) from None
+    if options.roi_file is not None:
+        if not Path(options.roi_file).is_file():
+            raise ProduceError(f"--roi {options.roi_file}: no such file (a GeoPackage with the "
+                               "ROI outline; a 'shelf' column picks the shelf)")
+        try:
+            produce_roi(options.out, name, options.roi_file)
+        except ValueError as err:
+            raise ProduceError(str(err)) from None
     if str(options.device).startswith("cuda"):
         import torch  # only here: the skip path of a CPU run never imports torch
 
@@ -1103,6 +1128,18 @@ def produce(shelves: str | Sequence[str], years: Sequence[int], source: SceneSou
                 # a bad file or a full disk fails this shelf-year; the others still run
                 result = YearResult(shelf, year, "failed", f"{shelf} {year}: {err}")
             summary.results.append(result)
+            if result.status == "produced":
+                keep_roi(options, shelf)
             if report is not None:
                 report(result)
     return summary
+
+
+def keep_roi(options: ProduceOptions, shelf: str) -> None:
+    """Write the ``--roi`` outline into the release once a map is made on it (the release's
+    ROI GeoPackage is the outline its maps are made on; ``producer.roi_files``)."""
+    if options.roi_file is None or release_roi_file(options.out, shelf).exists():
+        return
+    outline, _ = produce_roi(options.out, shelf, options.roi_file)
+    write_roi_geopackage(options.out, shelf, outline,
+                         f"produce --roi {Path(options.roi_file).name}")

@@ -6,7 +6,8 @@ EPSG:3031). Thwaites' is the authors' own: the rectangle of their published Eart
 The others are APPROXIMATE, built from the shelf's gazetteer position (SCAR Composite Gazetteer
 of Antarctica / USGS GNIS) and half-widths that we estimated to enclose the shelf, its front and
 its grounding zone as in the paper's Fig. 4. The ``source`` field says which. Replace them with
-the official outlines with ``load_roi_geopackage`` (or the ``--roi`` options of the commands).
+the official outlines with ``load_roi_geopackage``: ``produce --roi FILE``, or the release's own
+``<Shelf>_ROI.gpkg`` (``producer.roi_files``).
 """
 
 from __future__ import annotations

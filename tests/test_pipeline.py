@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from producer import roi_files
 from producer.cli import build_app
 from producer.commands import produce_app
 from producer.grid import Grid
@@ -516,7 +517,6 @@ def test_extent_beyond_the_roi_is_refused_past_the_tolerance(
     import geopandas as gpd
     from shapely.geometry import box
 
-    from producer import pipeline
 
     source = _WindowSource(int(DEMO_SIZE))
     grid = source.grid("Totten", None)
@@ -529,7 +529,7 @@ def test_extent_beyond_the_roi_is_refused_past_the_tolerance(
                              device="cpu", extent_file=path)
 
     def roi_columns(cols: int) -> None:
-        monkeypatch.setattr(pipeline, "roi_polygon",
+        monkeypatch.setattr(roi_files, "roi_polygon",
                             lambda shelf: box(left, bottom, left + 30.0 * cols, top))
 
     roi_columns(size - 1)  # 1 of 128 columns outside: 0.8 %, tolerated
@@ -552,7 +552,7 @@ def test_extent_beyond_the_roi_is_refused_past_the_tolerance(
     assert result.status == "not-mapped" and "25.0% of the effective extent's" in result.message
     assert not (tmp_path / "release" / "Totten" / "2022").exists()
 
-    monkeypatch.setattr(pipeline, "roi_polygon",  # an extent wholly outside the ROI
+    monkeypatch.setattr(roi_files, "roi_polygon",  # an extent wholly outside the ROI
                         lambda shelf: box(left - 3000.0, bottom, left - 1500.0, top))
     (result,) = produce("Totten", [2020], source, options).results
     assert result.status == "failed" and "does not overlap the ROI" in result.message
@@ -618,13 +618,12 @@ def test_type2_zeros_and_the_source_index_off_the_imagery(
     fraction of the provenance is a share of the ROI, whose pixel count it records."""
     from shapely.geometry import box
 
-    from producer import pipeline
     from producer.provenance import Provenance
     from producer.spec import SOURCE_SCENE_NOT_IMAGED
 
     grid = small_window()
     left, bottom, _, top = grid.bounds
-    monkeypatch.setattr(pipeline, "roi_polygon",
+    monkeypatch.setattr(roi_files, "roi_polygon",
                         lambda shelf: box(left, bottom, left + 30.0 * EDGE_ROI_COLS, top))
     options = ProduceOptions(out=tmp_path / "release", weights=tiny_weights, tta=False,
                              device="cpu")
@@ -847,3 +846,43 @@ def test_single_scene_records_older_than_comparisons_count_as_full_coverage_for_
     assert _recorded_full_coverage(legacy, velocity=True) == 1  # at least one: not merged
     legacy.parameters["single_scene"] = False
     assert _recorded_full_coverage(legacy, velocity=True) == 0
+
+
+def test_produce_maps_the_releases_own_roi_or_the_one_given(tiny_weights: Path,
+                                                            tmp_path: Path) -> None:
+    """``--roi FILE`` (e.g. the official outline) is mapped and written into the release; the
+    release's own ROI GeoPackage is mapped after that; another outline is refused; the
+    registry's ROI written back by the catalog changes nothing."""
+    import geopandas as gpd
+    from shapely.affinity import translate
+
+    from catalog.build import catalog_release
+    from catalog.gpkg import read_roi
+    from catalog.uncertainty import PAPER_FACTORS
+
+    args = ["--shelf", "Totten", "--year", "2021"]
+    default = tmp_path / "default"
+    assert _produce(args, tiny_weights, default).exit_code == 0
+    catalog_release(default, PAPER_FACTORS)  # writes the registry's ROI into the release
+    assert "skipped" in _produce(args, tiny_weights, default).output
+
+    moved = translate(roi_polygon("Totten"), 30_000, -15_000)
+    mine = tmp_path / "my_roi.gpkg"
+    gpd.GeoDataFrame({"shelf": ["Totten"]}, geometry=[moved], crs="EPSG:3031").to_file(mine)
+    refused = _produce([*args, "--roi", str(mine)], tiny_weights, default)
+    assert refused.exit_code == 2 and "with another outline of Totten" in " ".join(
+        refused.output.split())
+
+    out = tmp_path / "release"
+    made = _produce([*args, "--roi", str(mine)], tiny_weights, out)
+    assert made.exit_code == 0 and "produced" in made.output, made.output
+    kept = read_roi(out / "Totten_ROI.gpkg")
+    assert kept.geometry.iloc[0].symmetric_difference(moved).area < 1.0
+    record = read_provenance(next(out.glob("Totten/2021/*_provenance.json")))
+    assert record.parameters["roi"] == "file:my_roi.gpkg" and record.parameters["roi_sha256"]
+    with rasterio.open(next(out.glob("Totten/2021/*_damage.tif"))) as moved_map, \
+            rasterio.open(next(default.glob("Totten/2021/*_damage.tif"))) as default_map:
+        assert moved_map.bounds.left - default_map.bounds.left == pytest.approx(30_000, abs=60)
+    catalog_release(out, PAPER_FACTORS)
+    assert validate_release(out).ok()
+    assert "skipped" in _produce(args, tiny_weights, out).output  # the release's own ROI
