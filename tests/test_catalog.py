@@ -2154,3 +2154,81 @@ def test_item_geometry_is_compared_in_metres_within_the_builders_tolerance(
     edit_json(cataloged / "stac" / ".build.json", lambda d: d.update(inputs="0" * 64))
     hits = [p for p in rules.check(cataloged) if p.rule == "item-geometry-mismatch"]
     assert "icedamage catalog --force" in hits[0].expected
+
+
+# --------------------------------------------------------------------------------------------
+# Shortcuts taken at dataset scale (see docs/benchmarks.md)
+# --------------------------------------------------------------------------------------------
+
+
+def test_an_exact_geometry_is_not_measured_and_any_other_is(
+        cataloged: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An item geometry equal to the footprint the builder makes skips the Hausdorff distance
+    (quadratic in vertices); one that differs at all, however little, is measured, and a
+    shift beyond the builder's tolerance is still reported."""
+    from catalog.rules import consistency
+
+    measured: list[int] = []
+    in_metres = consistency._in_metres  # densify and project: the start of every measure
+
+    def counting(geometry: BaseGeometry) -> BaseGeometry:
+        measured.append(1)
+        return in_metres(geometry)
+
+    monkeypatch.setattr(consistency, "_in_metres", counting)
+    rules = CatalogConsistencyRules(check_stats=False)
+    assert "item-geometry-mismatch" not in {p.rule for p in rules.check(cataloged)}
+    assert measured == []  # every item as built: no distance taken
+
+    totten = item_path(cataloged, "totten-2016")
+    data = json.loads(totten.read_text())["geometry"]
+    geometry = shape(data)
+    moved = shape(data | {"coordinates": _shifted(data["coordinates"], 1e-9)})  # ~0.1 mm
+    assert consistency.geometry_distance_m(geometry, shape(geometry.__geo_interface__)) == 0.0
+    assert 0.0 < consistency.geometry_distance_m(moved, geometry) < 1e-3
+    assert len(measured) == 2  # both outlines
+
+    edit_json(totten, lambda d: d["geometry"].update(
+        coordinates=_shifted(d["geometry"]["coordinates"], 2e-5)))  # about 2.2 m north
+    hits = [p for p in rules.check(cataloged) if p.rule == "item-geometry-mismatch"]
+    assert [h.file for h in hits] == [item_rel("totten-2016")]
+    assert " m from the footprint" in hits[0].found and "within 1 m" in hits[0].expected
+    assert len(measured) == 4  # that item only
+
+
+def test_an_up_to_date_rerun_does_not_read_metadata_ods(
+        cataloged: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """"Up to date" is decided before metadata.ods is read (its digest covers the file and
+    every input of its rows); any change it covers reads the file as before."""
+    from catalog import ods
+
+    reads: list[str] = []
+    read_sheets = ods.read_sheets
+
+    def spying(path: Path) -> dict[str, pd.DataFrame]:
+        reads.append(Path(path).name)
+        return read_sheets(path)
+
+    monkeypatch.setattr(ods, "read_sheets", spying)
+    steps: list[str] = []
+    result = catalog_release(cataloged, PAPER_FACTORS,
+                             progress=lambda text, _done, _total: steps.append(text))
+    assert result.skipped and not result.metadata_written
+    assert reads == [] and steps == [f"{METADATA_ODS} is up to date"]
+
+    record = provenance_path(cataloged, T16_NAME)
+    os.utime(record, ns=(record.stat().st_atime_ns, record.stat().st_mtime_ns + 10**9))
+    result = catalog_release(cataloged, PAPER_FACTORS)
+    assert not result.skipped and not result.metadata_written and reads == [METADATA_ODS]
+    assert catalog_release(cataloged, PAPER_FACTORS).skipped and reads == [METADATA_ODS]
+
+    ods_path = cataloged / METADATA_ODS
+    rows = read_metadata_ods(ods_path)
+    reads.clear()
+    write_metadata_ods(ods_path, [dataclasses.replace(rows[0], scene_ids=("edited",)),
+                                  *rows[1:]])
+    result = catalog_release(cataloged, PAPER_FACTORS)
+    assert not result.skipped and result.metadata_written and reads == [METADATA_ODS]
+    assert read_metadata_ods(ods_path) == rows  # the provenance records' rows again
+    assert not catalog_release(cataloged, PAPER_FACTORS, force=True).skipped
+    assert reads == [METADATA_ODS, METADATA_ODS, METADATA_ODS]
