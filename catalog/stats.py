@@ -496,23 +496,30 @@ def bounds_caption(rows: Iterable[DamageStats]) -> str:
     return "; ".join(parts)
 
 
-def write_stats_table(rows: list[DamageStats], path: Path) -> Path:
-    """Write the table as CSV or ODS (by extension), atomically."""
+def write_table(path: Path, sheets: Mapping[str, Any]) -> Path:
+    """Write pandas frames as CSV (the first frame) or ODS (one sheet each), by the path's
+    extension, atomically; the one table writer of the commands that write tables."""
     import pandas as pd
 
     from producer.writer import atomic_path
 
     path = Path(path)
-    frame = stats_frame(rows)
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".ods"):
+        raise ValueError(f"{path}: table format must be .csv or .ods")
     with atomic_path(path) as tmp:
-        if path.suffix.lower() == ".csv":
-            frame.to_csv(tmp, index=False)
-        elif path.suffix.lower() == ".ods":
-            with pd.ExcelWriter(tmp, engine="odf") as writer:
-                frame.to_excel(writer, sheet_name="Statistics", index=False)
+        if suffix == ".csv":
+            next(iter(sheets.values())).to_csv(tmp, index=False)
         else:
-            raise ValueError(f"{path}: table format must be .csv or .ods")
+            with pd.ExcelWriter(tmp, engine="odf") as writer:
+                for name, frame in sheets.items():
+                    frame.to_excel(writer, sheet_name=name, index=False)
     return path
+
+
+def write_stats_table(rows: list[DamageStats], path: Path) -> Path:
+    """Write the table as CSV or ODS (by extension), atomically."""
+    return write_table(path, {"Statistics": stats_frame(rows)})
 
 
 def _plot_series(axis, years: np.ndarray, series: tuple[np.ndarray, np.ndarray, np.ndarray],

@@ -345,9 +345,8 @@ def write_consistency_table(pairs: Sequence[PairConsistency], path: Path) -> Pat
     """The pairs as CSV or ODS (by extension, atomically); ODS gets a sheet of the medians."""
     import pandas as pd
 
-    from producer.writer import atomic_path
+    from catalog.stats import write_table
 
-    path = Path(path)
     frame = pd.DataFrame([p.as_row() for p in pairs])
     medians = pd.DataFrame([
         {"shelf": s.shelf, "pairs": s.pairs,
@@ -355,16 +354,7 @@ def write_consistency_table(pairs: Sequence[PairConsistency], path: Path) -> Pat
          **(dict(zip(("lagrangian_spearman", "lagrangian_ccc", "lagrangian_rmse"),
                      s.corrected, strict=True)) if s.corrected else {})}
         for s in shelf_summaries(pairs)])
-    with atomic_path(path) as tmp:
-        if path.suffix.lower() == ".csv":
-            frame.to_csv(tmp, index=False)
-        elif path.suffix.lower() == ".ods":
-            with pd.ExcelWriter(tmp, engine="odf") as writer:
-                frame.to_excel(writer, sheet_name="Pairs", index=False)
-                medians.to_excel(writer, sheet_name="Medians", index=False)
-        else:
-            raise ValueError(f"{path}: table format must be .csv or .ods")
-    return path
+    return write_table(Path(path), {"Pairs": frame, "Medians": medians})
 
 
 def consistency_figure(pairs: Sequence[PairConsistency]):  # noqa: ANN201 - matplotlib lazily
