@@ -1128,7 +1128,7 @@ def produce(shelves: str | Sequence[str], years: Sequence[int], source: SceneSou
                 # a bad file or a full disk fails this shelf-year; the others still run
                 result = YearResult(shelf, year, "failed", f"{shelf} {year}: {err}")
             summary.results.append(result)
-            if result.status == "produced":
+            if result.status in ("produced", "skipped"):  # skipped: its maps are on it too
                 keep_roi(options, shelf)
             if report is not None:
                 report(result)

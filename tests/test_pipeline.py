@@ -886,3 +886,7 @@ def test_produce_maps_the_releases_own_roi_or_the_one_given(tiny_weights: Path,
     catalog_release(out, PAPER_FACTORS)
     assert validate_release(out).ok()
     assert "skipped" in _produce(args, tiny_weights, out).output  # the release's own ROI
+    (out / "Totten_ROI.gpkg").unlink()  # lost: a skipped year made on --roi writes it back
+    assert "skipped" in _produce([*args, "--roi", str(mine)], tiny_weights, out).output
+    assert read_roi(out / "Totten_ROI.gpkg").geometry.iloc[0].symmetric_difference(
+        moved).area < 1.0
