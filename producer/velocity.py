@@ -89,7 +89,7 @@ def velocity_layout(path: str | Path) -> VelocityLayout:
     else:
         raise VelocityError(f"--velocity {path}: {count} bands; give 1 (speed) or 2 (vx, vy)")
     for name in layout.datasets:
-        with warnings.catch_warnings():  # said below, in words
+        with warnings.catch_warnings():  # the check below says so in words
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             src = rasterio.open(name)
         with src:
@@ -127,7 +127,6 @@ def speed_on_grid(layout: VelocityLayout, grid: Grid) -> Iterator[SpeedRows]:
             return np.abs(planes[0])
 
         yield rows
-
 
 
 def _same_crs(a: Any, b: Any) -> bool:
