@@ -9,7 +9,8 @@ files. A run interrupted in between leaves a state without that record, which th
 rebuilds and ``search`` refuses. Re-running rebuilds nothing when no product changed, the
 settings are the same, every file the last run wrote is still there and the index is the one
 written with the catalog, unless forced; it finds so before reading metadata.ods, whose size
-and mtime the build state records.
+and mtime the build state records. A rebuild reads again only the files that changed since the
+last run (``catalog.file_facts``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import yaml
 from PIL import Image
 
 import schemas
+from catalog.file_facts import FILE_FACTS, FileFacts
 from catalog.gpkg import ensure_roi_geopackage
 from catalog.ods import (
     OdsRow,
@@ -41,7 +43,7 @@ from catalog.ods import (
     rows_by_key,
     write_metadata_ods,
 )
-from catalog.release import ShelfYearFiles, file_checksum, raster_facts, scan_release
+from catalog.release import ShelfYearFiles, scan_release
 from catalog.search import (
     BUILD_STATE,
     index_digests,
@@ -152,29 +154,42 @@ def write_thumbnail(damage_map: Path, target: Path, force: bool = False) -> Path
 # ---------------------------------------------------------------------------------------------
 
 
-def _file_ref(path: Path) -> FileRef:
-    return FileRef(path, path.stat().st_size, file_checksum(path))
+def _file_ref(path: Path, facts: FileFacts) -> FileRef:
+    return FileRef(path, path.stat().st_size, facts.checksum(path))
 
 
 def item_inputs(files: ShelfYearFiles, factors: UncertaintyFactors,
-                ods_row: OdsRow | None, thumbnail: Path | None) -> ItemInputs:
-    """Read everything the item builder needs for one shelf-year."""
+                ods_row: OdsRow | None, thumbnail: Path | None,
+                facts: FileFacts) -> ItemInputs:
+    """Read everything the item builder needs for one shelf-year (files unchanged since the
+    last run through what it kept, ``facts``)."""
     if files.damage_map is None:
         raise FileNotFoundError(f"{files.folder / files.name.filename}: the type 1 product is "
                                 "missing; statistics and the item need it")
-    rasters = {TYPE1.key: raster_facts(files.damage_map)}
+    rasters = {TYPE1.key: facts.raster(files.damage_map)}
     if files.damage is not None:
-        rasters[TYPE2.key] = raster_facts(files.damage)
+        rasters[TYPE2.key] = facts.raster(files.damage)
     for role in AUXILIARY_RASTERS:
         if role in files.auxiliary:
-            rasters[role] = raster_facts(files.auxiliary[role])
+            rasters[role] = facts.raster(files.auxiliary[role])
     refs = {}
     if thumbnail is not None:
-        refs["thumbnail"] = _file_ref(thumbnail)
+        refs["thumbnail"] = _file_ref(thumbnail, facts)
     if "provenance" in files.auxiliary:
-        refs["provenance"] = _file_ref(files.auxiliary["provenance"])
-    stats = file_stats(files.damage_map, files.name.shelf, files.name.year, factors)
+        refs["provenance"] = _file_ref(files.auxiliary["provenance"], facts)
+    stats = file_stats(files.damage_map, files.name.shelf, files.name.year, factors,
+                       facts.pixel_counts(files.damage_map))
     return ItemInputs(files.name, rasters, stats, refs, files.provenance, ods_row)
+
+
+def current_thumbnail(damage_map: Path, target: Path, facts: FileFacts,
+                      force: bool = False) -> Path:
+    """The PNG quicklook of a type-1 map, rendered unless the last run made ``target`` from
+    this same map and it is untouched since (``force``: rendered and rewritten)."""
+    if force or not facts.thumbnail_current(damage_map, target):
+        write_thumbnail(damage_map, target, force)
+        facts.made_thumbnail(damage_map, target)
+    return target
 
 
 def ods_rows(release_dir: Path, found: list[ShelfYearFiles],
@@ -271,11 +286,13 @@ def reindex(release_dir: Path) -> tuple[Path, Path]:
     return paths
 
 
-def save_catalog(root: pystac.Catalog, release_dir: Path, state: str) -> Path:
+def save_catalog(root: pystac.Catalog, release_dir: Path, state: str,
+                 file_facts: str | None = None) -> Path:
     """Save self-contained with relative hrefs into ``<release>/stac``, swapping folders.
 
     The build state saved with it records the inputs ``state`` but no item index yet: the
-    caller completes it with ``reindex`` once the index is written.
+    caller completes it with ``reindex`` once the index is written. ``file_facts``: what the
+    run read from each file (``catalog.file_facts``), kept with the catalog for the next run.
     """
     final = release_dir / STAC_CATALOG_DIR
     # no dot in the staging name: pystac would take a dotted folder name for a file name
@@ -286,6 +303,8 @@ def save_catalog(root: pystac.Catalog, release_dir: Path, state: str) -> Path:
         make_file_links_relative(root)
         root.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
         write_build_state(staging, state, None)
+        if file_facts is not None:
+            (staging / FILE_FACTS).write_text(file_facts)
         # mkdtemp makes the folder private (0700); the catalog is to be served as is
         staging.chmod(0o777 & ~_umask())
         old = None
@@ -481,6 +500,8 @@ def catalog_release(release_dir: Path, factors: UncertaintyFactors,
             return CatalogResult(catalog_json, len(found), True, write_ods, {})
 
     row_of = rows_by_key(rows)
+    facts = FileFacts.load(release_dir / STAC_CATALOG_DIR, release_dir,
+                           settings.software_version, fresh=force)
     items = []
     # each raster is read once (pixel counts, thumbnail): GDAL's default cache would only
     # keep its decoded tiles (``scan_cache``); the cap is restored on leaving
@@ -489,24 +510,25 @@ def catalog_release(release_dir: Path, factors: UncertaintyFactors,
             step(f"{files.name.shelf} {files.name.year}")
             thumb = None
             if files.damage_map is not None:
-                thumb = write_thumbnail(files.damage_map,
-                                        files.folder / files.name.auxiliary("thumbnail"), force)
+                thumb = current_thumbnail(files.damage_map,
+                                          files.folder / files.name.auxiliary("thumbnail"),
+                                          facts, force)
             inputs = item_inputs(files, factors,
-                                 row_of.get((files.name.shelf, files.name.year)), thumb)
+                                 row_of.get((files.name.shelf, files.name.year)), thumb, facts)
             items.append(build_item(inputs, settings))
-    release_files = {"metadata": _file_ref(release_dir / METADATA_ODS)} \
+    release_files = {"metadata": _file_ref(release_dir / METADATA_ODS, facts)} \
         if (release_dir / METADATA_ODS).exists() else {}
     for shelf in shelves:
         step(f"ROI GeoPackage of {shelf}")
         ensure_roi_geopackage(release_dir, shelf)
         release_files[f"roi-{get_shelf(shelf).slug}"] = _file_ref(
-            release_dir / roi_geopackage_name(shelf))
+            release_dir / roi_geopackage_name(shelf), facts)
     collection = build_collection(items, settings, release_files)
     carry_publisher_fields(release_dir / STAC_CATALOG_DIR, collection, items)
     catalog = build_catalog(collection, items)
     step("saving the STAC catalog")
     state = _state_digest(release_dir, found, factors, settings)  # with what it wrote above
-    catalog_json = save_catalog(catalog, release_dir, state)
+    catalog_json = save_catalog(catalog, release_dir, state, facts.to_json())
     step("writing the item index")
     reindex(release_dir)
     report("done", total, total)

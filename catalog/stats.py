@@ -220,9 +220,12 @@ def damage_stats(shelf: str, year: int, counts: PixelCounts, restoration: str | 
     )
 
 
-def file_stats(path: Path, shelf: str, year: int, factors: UncertaintyFactors) -> DamageStats:
-    """Stats of one type-1 product file (its sensors from its name, when the name parses)."""
-    stats = damage_stats(shelf, year, count_pixels(path), map_restoration(path), factors)
+def file_stats(path: Path, shelf: str, year: int, factors: UncertaintyFactors,
+               counts: PixelCounts | None = None) -> DamageStats:
+    """Stats of one type-1 product file (its sensors from its name, when the name parses);
+    ``counts``: its pixel counts when already known (else they are counted)."""
+    stats = damage_stats(shelf, year, counts or count_pixels(path), map_restoration(path),
+                         factors)
     try:
         return dataclasses.replace(stats, sensors=tuple(parse_name(Path(path).name).sensors))
     except SpecError:

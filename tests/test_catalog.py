@@ -306,6 +306,85 @@ def test_an_edited_thumbnail_is_rendered_again(cataloged: Path) -> None:
     assert catalog_release(cataloged, PAPER_FACTORS).skipped
 
 
+def _watch_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names of the files a catalog run hashes or scans from now on (one entry per read)."""
+    from catalog import file_facts
+
+    reads: list[str] = []
+    for name in ("file_checksum", "raster_facts", "count_pixels"):
+        real = getattr(file_facts, name)
+
+        def watched(path: Path, *args: object, _real: Callable = real, **kwargs: object
+                    ) -> object:
+            reads.append(Path(path).name)
+            return _real(path, *args, **kwargs)
+
+        monkeypatch.setattr(file_facts, name, watched)
+    return reads
+
+
+def _saved_catalog(release: Path) -> dict[str, dict]:
+    """Every STAC object of a release's catalog, by path; without the collection's metadata.ods
+    asset, whose bytes ``--force`` rewrites (the zip entries' times)."""
+    stac = release / "stac"
+    saved = {str(p.relative_to(stac)): json.loads(p.read_text())
+             for p in sorted(stac.rglob("*.json")) if not p.name.startswith(".")}
+    saved[f"{COLLECTION}/collection.json"]["assets"].pop("metadata")
+    return saved
+
+
+def test_a_rebuild_reads_only_the_files_that_changed(cataloged: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Re-producing one shelf-year of a big release must not cost reading every map again:
+    the rebuild reads that shelf-year's changed map only, and writes the very catalog a full
+    ``--force`` rebuild writes."""
+    catalog_release(cataloged, PAPER_FACTORS, force=True)  # the copy's files: new inodes
+    damage_map = cataloged / "Totten/2021/LC08_LC09_Totten_2021_damage_map.tif"
+    with rasterio.open(damage_map) as src:
+        pixels, grid = src.read(1), Grid(src.transform, src.width, src.height, src.crs.to_string())
+    background = np.argwhere(pixels == TYPE1.background)[0]
+    pixels[tuple(background)] = TYPE1.damage  # one more damage pixel, as a re-run might map
+    write_cog(damage_map, pixels, grid, TYPE1)
+    reads = _watch_reads(monkeypatch)
+    result = catalog_release(cataloged, PAPER_FACTORS)
+    assert not result.skipped
+    # its hash, grid and counts (and its thumbnail's hash, had one pixel changed the picture)
+    assert set(reads) - {"LC08_LC09_Totten_2021_thumbnail.png"} == {
+        "LC08_LC09_Totten_2021_damage_map.tif"}
+    item = json.loads(item_path(cataloged, "totten-2021").read_text())
+    with rasterio.open(damage_map) as src:
+        damage_km2 = int((src.read(1) == TYPE1.damage).sum()) * 30 * 30 / 1e6
+    assert item["properties"]["icedamage:damage_area_km2"] == pytest.approx(damage_km2)
+    incremental = _saved_catalog(cataloged)
+    reads.clear()
+    catalog_release(cataloged, PAPER_FACTORS, force=True)
+    assert "LC08_Totten_2016_damage_map.tif" in reads  # --force reads everything again
+    assert _saved_catalog(cataloged) == incremental
+    assert rules_found(cataloged) == set()
+
+
+def test_a_touched_or_damaged_memo_means_reading_again(cataloged: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kept facts are trusted only for a file whose inode, size and mtime are those read:
+    a file rewritten with other bytes under the same size is read again; a garbled memo file
+    costs a full read, never a wrong item."""
+    catalog_release(cataloged, PAPER_FACTORS, force=True)
+    damage = cataloged / "Totten/2016/LC08_Totten_2016_damage.tif"
+    stat = damage.stat()
+    os.utime(damage, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    reads = _watch_reads(monkeypatch)
+    catalog_release(cataloged, PAPER_FACTORS)
+    assert sorted(set(reads)) == ["LC08_Totten_2016_damage.tif"]
+    (cataloged / "stac" / ".file-facts.json").write_text("{not json")
+    os.utime(damage, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2))
+    reads.clear()
+    before = _saved_catalog(cataloged)
+    catalog_release(cataloged, PAPER_FACTORS)
+    tifs = {p.name for p in cataloged.rglob("*.tif")}
+    assert tifs <= set(reads)
+    assert _saved_catalog(cataloged) == before
+
+
 # --------------------------------------------------------------------------------------------
 # Geometry near the pole and the antimeridian
 # --------------------------------------------------------------------------------------------
