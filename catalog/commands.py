@@ -328,18 +328,26 @@ def temporal_consistency_command(
     velocity: Annotated[Path | None, typer.Option(
         help="Ice-velocity components (MEaSUREs NetCDF with VX, VY, or a vx/vy raster in "
              "EPSG:3031): also the metrics with the earlier map advected (Lagrangian "
-             "correction, paper Eq. 13).")] = None,
+             "correction, paper Eq. 13). It must cover the shelves: none of a shelf is an "
+             "error, under 95 % of its cells a warning.")] = None,
     shelf: Annotated[str | None, typer.Option(
         help="Only these shelves (a name or a comma list, typed loosely).")] = None,
     out_table: Annotated[Path | None, typer.Option(
-        "--out", help="Table of the pairs (.csv, or .ods with a sheet of the medians).")
-    ] = None,
+        "--out", help="Table of the pairs: .csv (the medians go to <stem>_medians.csv beside "
+                      "it) or .ods (with a sheet of the medians).")] = None,
     plot: Annotated[Path | None, typer.Option(help="PNG of the metrics per pair.")] = None,
 ) -> None:
     """Multi-temporal consistency of damage density (paper 2.5.2): Spearman r_s, Lin's CCC
-    and RMSE of each shelf's temporally adjacent maps on 900 m cells, and their medians."""
+    and RMSE of each shelf's temporally adjacent maps on 900 m cells, and their medians.
+
+    Options are checked before any map is read; maps whose Δt takes a stand-in date, and
+    shelves the velocity covers only partly, are warned about on stderr."""
+    from rich.markup import escape
+
     from catalog.stats import item_main_dates
     from catalog.temporal import (
+        check_table_path,
+        check_velocity,
         plot_consistency,
         release_consistency,
         shelf_summaries,
@@ -348,9 +356,16 @@ def temporal_consistency_command(
     from producer.shelves import parse_shelves
     from producer.velocity import VelocityError, components_on_grid, velocity_layout
 
+    def warn(message: str) -> None:
+        err.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)
+
     try:
+        if out_table is not None:
+            check_table_path(out_table)
         shelves = parse_shelves(shelf) if shelf else []
         layout = velocity_layout(velocity) if velocity is not None else None
+        if layout is not None:
+            check_velocity(layout)
         dates = item_main_dates(_catalog_items(release_dir))
         with Progress(TextColumn("density maps"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=err, transient=True) as bars:
@@ -358,17 +373,29 @@ def temporal_consistency_command(
             pairs = release_consistency(
                 release_dir, dates,
                 (lambda grid: components_on_grid(layout, grid)) if layout else None,
-                shelves, lambda done, total: bars.update(task, completed=done, total=total))
+                shelves, lambda done, total: bars.update(task, completed=done, total=total),
+                warn=warn, velocity_name=f"--velocity {velocity}")
         if not pairs:
             raise ValueError(f"{release_dir}: no shelf with two type 1 maps or more"
                              + (f" among {', '.join(shelves)}" if shelves else ""))
-        if out_table is not None:
-            write_consistency_table(pairs, out_table)
+        written = write_consistency_table(pairs, out_table) if out_table is not None else []
         if plot is not None:
-            plot_consistency(pairs, plot)
+            written.append(plot_consistency(pairs, plot))
     except (FileNotFoundError, ValueError, OSError, VelocityError) as error:
         raise _fail(str(error)) from error
-    _print_consistency(pairs, shelf_summaries(pairs))
+    summaries = shelf_summaries(pairs)
+    _print_consistency(pairs, summaries)
+    for s in summaries:
+        for what, counts in (("", s.plain_counts), ("Lagrangian ", s.corrected_counts)):
+            fewer = [f"{name} over {n}" for name, n in zip(("r_s", "ρ_c", "RMSE"),
+                                                         counts or (), strict=False)
+                     if n < s.pairs]
+            if fewer:
+                err.print(f"[yellow]note:[/yellow] {escape(s.shelf)}: {what}medians of "
+                          f"{', '.join(fewer)} of {s.pairs} pairs (the others have no value: "
+                          "too few common cells, or a constant map)", soft_wrap=True)
+    for path in written:
+        err.print(f"wrote {escape(str(path))}", soft_wrap=True)
 
 
 def _print_consistency(pairs: list[PairConsistency], summaries: list[ShelfSummary]) -> None:

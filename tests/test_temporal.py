@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 from pathlib import Path
@@ -17,19 +18,29 @@ from PIL import Image
 from scipy.stats import spearmanr
 from typer.testing import CliRunner
 
+from catalog.ods import OdsRow, write_metadata_ods
 from catalog.temporal import (
     CELL_M,
     CELL_PX,
     DensityMap,
+    PairConsistency,
+    PairMetrics,
     advected,
     concordance,
     density_map,
+    medians_row,
     pair_metrics,
+    release_consistency,
+    series_pairs,
+    shelf_summaries,
 )
 from producer.cli import build_app
 from producer.grid import Grid
+from producer.provenance import provenance_path
+from producer.spec import METADATA_ODS, TYPE1, build_name
 from producer.velocity import VelocityError, components_on_grid, velocity_layout
 from producer.writer import write_products
+from tests.release_factory import ShelfYear, fixture_provenance
 
 #: A cell-aligned corner inside Totten's ROI region of EPSG:3031 (multiples of 900 m).
 X0, Y0 = 2_250_000.0 - 2_250_000.0 % CELL_M, -1_100_700.0
@@ -228,3 +239,212 @@ def test_a_release_without_a_pair_is_an_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(build_app(), ["temporal-consistency", str(release)])
     assert result.exit_code == 1
     assert "no shelf with two type 1 maps" in " ".join(result.output.split())
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Review fixes: dates, velocity coverage, the later map's frame, outputs, early option errors
+# ---------------------------------------------------------------------------------------------
+
+
+def _series(root: Path, years: tuple[int, ...], cells: int = 6) -> Grid:
+    """Small Totten maps of the same field for ``years`` (no provenance, no catalog)."""
+    grid = _grid(cells * CELL_PX, cells * CELL_PX)
+    rng = np.random.default_rng(3)
+    share = np.kron(rng.random((cells, cells)) * 0.6, np.ones((CELL_PX, CELL_PX)))
+    for year in years:
+        damage = rng.random(grid.shape) < share
+        write_products(root, "Totten", year, ("LC08",), None, damage, np.ones(grid.shape, bool),
+                       grid)
+    return grid
+
+
+def _ods_row(year: int, main_date: dt.date | None) -> OdsRow:
+    name = build_name(("LC08",), "Totten", year, None, TYPE1)
+    return OdsRow("Totten", year, name.filename, name.partner().filename, ("LC08",), None,
+                  main_scene_date=main_date)
+
+
+def _invoke(*args: object) -> object:
+    return CliRunner().invoke(build_app(), ["temporal-consistency", *map(str, args)],
+                              env={"COLUMNS": "200"})
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_dates_come_from_metadata_ods_and_a_stand_in_is_warned_about(tmp_path: Path) -> None:
+    """Without provenance or catalog, metadata.ods's main_scene_date sets Δt; a map with no
+    date anywhere takes the stand-in, and stderr says so, naming the map."""
+    release = tmp_path / "release"
+    _series(release, (2018, 2019, 2020))
+    write_metadata_ods(release / METADATA_ODS, [_ods_row(2018, dt.date(2018, 11, 20)),
+                                                _ods_row(2019, dt.date(2020, 2, 18)),
+                                                _ods_row(2020, None)])
+    table = tmp_path / "pairs.csv"
+    result = _invoke(release, "--out", table)
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(table).to_dict("records")
+    assert [(r["earlier_date"], r["later_date"], r["date_source"]) for r in rows] == [
+        ("2018-11-20", "2020-02-18", "metadata.ods"),
+        ("2020-02-18", "2021-01-01", "metadata.ods/stand-in")]
+    assert rows[0]["dt_years"] == pytest.approx(455 / 365.25, abs=1e-4)
+    stderr = _one_line(result.stderr)
+    assert stderr.count("stand-in date") == 1  # once, for the one map without a date
+    assert "LC08_Totten_2020_damage_map.tif: Δt uses the stand-in date 2021-01-01" in stderr
+    assert "no main_scene_date for Totten 2020 in metadata.ods" in stderr
+
+
+def test_dates_are_taken_catalog_then_provenance_then_ods_then_stand_in(tmp_path: Path) -> None:
+    """The order of the date sources, and an unreadable provenance record is warned about
+    (naming it and the map) instead of being silently ignored."""
+    release = tmp_path / "release"
+    _series(release, (2017, 2018, 2019, 2020))
+    for year in (2018, 2019, 2020):
+        name = build_name(("LC08",), "Totten", year, None, TYPE1)
+        record = fixture_provenance(ShelfYear("Totten", year, ("LC08",))).to_json()
+        provenance_path(release, name).write_text(record if year == 2018 else record[:40])
+    write_metadata_ods(release / METADATA_ODS, [_ods_row(y, dt.date(y, 12, 1))
+                                                for y in (2017, 2018, 2019)])
+    messages: list[str] = []
+    pairs = release_consistency(release, {("Totten", 2017): "2017-12-24T10:00:00Z"},
+                                warn=messages.append)
+    assert [(p.earlier_date, p.later_date, p.date_source) for p in pairs] == [
+        (dt.date(2017, 12, 24), dt.date(2018, 12, 10), "catalog/provenance"),
+        (dt.date(2018, 12, 10), dt.date(2019, 12, 1), "provenance/metadata.ods"),
+        (dt.date(2019, 12, 1), dt.date(2021, 1, 1), "metadata.ods/stand-in")]
+    assert len(messages) == 2  # one per map with an unreadable record
+    assert "2019_damage_map.tif: provenance record" in messages[0]
+    assert "_provenance.json unreadable" in messages[0] and "main_scene_date" in messages[0]
+    assert "2020_damage_map.tif: Δt uses the stand-in date 2021-01-01" in messages[1]
+    assert "_provenance.json unreadable" in messages[1]
+
+
+def _velocity_over(path: Path, left: float, right: float, top: float, bottom: float) -> Path:
+    """A two-band velocity (500 m/yr east) over a box, NaN nowhere inside it."""
+    width, height = round((right - left) / 450), round((top - bottom) / 450)
+    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=2,
+                       dtype="float32", crs="EPSG:3031",
+                       transform=Affine(450.0, 0.0, left, 0.0, -450.0, top)) as ds:
+        ds.write(np.stack([np.full((height, width), 500.0), np.zeros((height, width))])
+                 .astype("float32"))
+    return path
+
+
+def test_a_velocity_that_misses_the_shelf_is_an_error(tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    _series(release, (2019, 2020))
+    far = _velocity_over(tmp_path / "far.tif", X0 - 500_000, X0 - 400_000, Y0, Y0 - 100_000)
+    result = _invoke(release, "--velocity", far)
+    assert result.exit_code == 1
+    message = _one_line(result.stderr)
+    assert f"--velocity {far}: no velocity at any of the 36 cells of Totten's maps" in message
+    assert "Traceback" not in result.output
+
+
+def test_a_velocity_that_covers_part_of_the_shelf_is_warned_about(tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    grid = _series(release, (2019, 2020))
+    left, bottom, right, top = grid.bounds
+    half = _velocity_over(tmp_path / "half.tif", left - 1800, left + 3 * CELL_M, top + 1800,
+                          bottom - 1800)  # the western three of six cell columns
+    table = tmp_path / "pairs.csv"
+    result = _invoke(release, "--velocity", half, "--out", table)
+    assert result.exit_code == 0, result.output
+    (row,) = pd.read_csv(table).to_dict("records")
+    assert 0 < row["lagrangian_velocity_share"] < 0.95
+    assert row["lagrangian_cells"] < row["cells"]  # uncovered: out of the Lagrangian set only
+    message = _one_line(result.stderr)
+    assert f"--velocity {half} has a velocity at {row['lagrangian_velocity_share']:.1%} of " \
+           "Totten's cells" in message
+
+
+def test_advected_cells_land_on_the_later_maps_cells() -> None:
+    """The later map reaches further east than the earlier one; ice moving there is compared
+    with it, not dropped at the earlier map's edge."""
+    values = np.arange(1, 13, dtype=float).reshape(3, 4) / 13
+    earlier = _density(values)
+    later = _density(np.full((3, 6), np.nan))
+    later.density[:, 2:] = values  # what was at earlier column c is at later column c + 2
+    east = np.full(values.shape, 2 * CELL_M)
+    moved = advected(earlier, east, np.zeros(values.shape), 1.0, frame=later)
+    assert (moved.row0, moved.col0, moved.density.shape) == (100, 200, (3, 6))
+    assert moved.density[:, 2:] == pytest.approx(values)
+    dated = dataclasses.replace(later, year=2022, date=DAY + dt.timedelta(days=365))
+    (pair,) = series_pairs([earlier, dated], lambda grid: (np.full(grid.shape, 2 * CELL_M),
+                                                           np.zeros(grid.shape)))
+    assert pair.corrected is not None and pair.corrected.cells == 12
+    assert pair.corrected.rmse == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_csv_table_gets_its_medians_beside_it(tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    _series(release, (2018, 2019, 2020))
+    table = tmp_path / "pairs.csv"
+    result = _invoke(release, "--out", table)
+    assert result.exit_code == 0, result.output
+    medians = pd.read_csv(tmp_path / "pairs_medians.csv").to_dict("records")
+    assert [(m["shelf"], m["pairs"], m["n_spearman"], m["n_ccc"], m["n_rmse"])
+            for m in medians] == [("Totten", 2, 2, 2, 2)]
+    pairs = pd.read_csv(table)
+    assert medians[0]["rmse"] == pytest.approx(pairs["rmse"].median())
+    assert f"wrote {tmp_path / 'pairs_medians.csv'}" in _one_line(result.output)
+
+
+@pytest.mark.parametrize("case", ["xlsx", "speed", "epsg3413"])
+def test_option_errors_come_before_any_map_is_read(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   case: str) -> None:
+    calls: list[object] = []
+    monkeypatch.setattr("catalog.temporal.release_consistency",
+                        lambda *args, **kwargs: calls.append(args) or [])
+    grid = _grid(60, 60)
+    args: list[object] = [tmp_path]
+    if case == "xlsx":
+        args += ["--out", tmp_path / "t.xlsx"]
+        expected = "table format must be .csv or .ods"
+    elif case == "speed":
+        args += ["--velocity", _velocity_file(tmp_path / "s.tif", grid, 500.0, 0.0, bands=1)]
+        expected = "needs the velocity components"
+    else:
+        args += ["--velocity", _velocity_file(tmp_path / "v.tif", grid, 1.0, 1.0,
+                                              crs="EPSG:3413")]
+        expected = "give them in EPSG:3031"
+    result = _invoke(*args)
+    assert result.exit_code == 1
+    assert expected in _one_line(result.output) and calls == []
+
+
+def test_each_median_counts_its_own_pairs() -> None:
+    """A pair without r_s (NaN) leaves r_s's median only; the counts say so."""
+    metrics = [PairMetrics(100, s, s - 0.05, r) for s, r in
+               ((0.8, 0.1), (0.9, 0.05), (0.7, 0.2), (math.nan, 0.3))]
+    pairs = [PairConsistency("Totten", 2000 + i, 2001 + i, 1.0, m, m)
+             for i, m in enumerate(metrics)]
+    (summary,) = shelf_summaries(pairs)
+    assert summary.plain == pytest.approx((0.8, 0.75, 0.15))
+    assert summary.plain_counts == (3, 3, 4) and summary.corrected_counts == (3, 3, 4)
+    row = medians_row(summary)
+    assert (row["pairs"], row["n_spearman"], row["n_ccc"], row["n_rmse"],
+            row["lagrangian_n_spearman"]) == (4, 3, 3, 4, 3)
+
+
+def test_a_shelf_folder_is_not_a_release_root(tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    _series(release, (2019, 2020), cells=2)
+    result = _invoke(release / "Totten")
+    assert result.exit_code == 1
+    message = _one_line(result.output)
+    assert "Totten: not a release root" in message and "looks like a shelf folder" in message
+    assert f"give its parent, {release.resolve()}" in message
+
+
+def test_a_truncated_map_is_reported_as_unreadable(tmp_path: Path) -> None:
+    written = write_products(tmp_path, "Totten", 2021, ("LC08",), None,
+                             np.zeros((60, 60), bool), np.ones((60, 60), bool), _grid(60, 60))
+    path = written.damage_map
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(ValueError, match="cannot be read as a GeoTIFF") as raised:
+        density_map(path, "Totten", 2021, DAY)
+    assert str(path) in str(raised.value) and "transform" not in str(raised.value)
