@@ -120,7 +120,7 @@ def run_produce(
         scene_source = resolve_source(source, demo_size)
         shelves = parse_shelves(shelf)
         for name in shelves:
-            check_request(name, scene_source, options, years)
+            check_request(name, scene_source, options, years, shelves)
         if compile_model:  # torch is imported only when asked: a skipping re-run needs none
             from producer.segmentation.inference import check_compile_ready, resolve_device
 

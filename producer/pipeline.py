@@ -110,7 +110,7 @@ from producer.spec import (
     slc_off_possible,
     sort_sensors,
 )
-from producer.velocity import VelocityError, speed_on_grid, velocity_layout
+from producer.velocity import VelocityError, speed_on_grid, velocity_layout, velocity_source
 from producer.writer import (
     WrittenProducts,
     atomic_path,
@@ -659,8 +659,12 @@ def run_parameters(options: ProduceOptions, grid: Grid, extent: BaseGeometry,
     if options.velocity is not None and not full_coverage:
         # only a merged summer chooses its main scene by coverage (and flow): a summer with a
         # full-coverage scene keeps its digest whatever velocity product is given; the file's
-        # content counts, not its name (recorded apart, ``_write_year``)
-        parameters["velocity_sha256"] = cached_sha256(Path(options.velocity))
+        # content counts, not its name (recorded apart, ``_write_year``), and the variable a
+        # NETCDF:"file":variable argument reads
+        velocity_file, velocity_variable = velocity_source(options.velocity)
+        parameters["velocity_sha256"] = cached_sha256(velocity_file)
+        if velocity_variable is not None:
+            parameters["velocity_variable"] = velocity_variable
     if roi is not None:  # an outline other than the registry's (``roi_digest``)
         parameters["roi_sha256"] = roi
     if min(grid.height, grid.width) < SEGMENTATION_WINDOW:
@@ -941,7 +945,7 @@ def _write_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
             "device": options.device,
             "exact_float32": options.exact,
             "compiled": options.compile,
-            **({"velocity": Path(options.velocity).name,
+            **({"velocity": velocity_source(options.velocity)[0].name,
                 "main_scene_flow_fraction": round(plan.flow_fractions[plan.main], 6)}
                if options.velocity is not None and plan.flow_fractions
                and not plan.single_scene else {}),
@@ -1060,13 +1064,14 @@ class RunSummary:
 
 
 def check_request(shelf: str, source: SceneSource, options: ProduceOptions,
-                  years: Sequence[int] = ()) -> str:
+                  years: Sequence[int] = (), shelves: Sequence[str] = ()) -> str:
     """The released name of ``shelf`` (typed loosely: "pine island" is "Pine Island"), once the
     request is known to be runnable: a registered shelf, usable weights (DiffGF weights too
     when one of ``years`` can hold Landsat 7 SLC-off imagery and DiffGF restores it), a known
-    restoration and a sane comparison count. The command calls it before drawing progress bars,
-    so a mistyped option is one clear line; ``produce`` calls it with the years before fetching
-    any scene."""
+    restoration, a sane comparison count and a ``--roi`` file that outlines the shelf (an
+    unnamed outline only in a run of one shelf: ``shelves`` are the run's). The command calls
+    it before drawing progress bars, so a mistyped option is one clear line; ``produce`` calls
+    it with the years before fetching any scene."""
     name = released_name(shelf)
     resolve_weights(options.weights, source.name)
     if options.restoration not in RESTORATION_METHODS:
@@ -1096,7 +1101,7 @@ def check_request(shelf: str, source: SceneSource, options: ProduceOptions,
             raise ProduceError(f"--roi {options.roi_file}: no such file (a GeoPackage with the "
                                "ROI outline; a 'shelf' column picks the shelf)")
         try:
-            produce_roi(options.out, name, options.roi_file)
+            produce_roi(options.out, name, options.roi_file, run_shelves=shelves)
         except ValueError as err:
             raise ProduceError(str(err)) from None
     if str(options.device).startswith("cuda"):
@@ -1113,8 +1118,8 @@ def produce(shelves: str | Sequence[str], years: Sequence[int], source: SceneSou
             report: Callable[[YearResult], None] | None = None) -> RunSummary:
     """Produce every year of one shelf or several, shelf by shelf, with one loaded model;
     errors of a shelf-year do not stop the others."""
-    names = [check_request(shelf, source, options, years)
-             for shelf in ([shelves] if isinstance(shelves, str) else shelves)]
+    requested = [shelves] if isinstance(shelves, str) else list(shelves)
+    names = [check_request(shelf, source, options, years, requested) for shelf in requested]
     weights = resolve_weights(options.weights, source.name)
     diffgf = resolve_diffgf(options.diffgf, source.name)
     model = LoadedModel(weights)

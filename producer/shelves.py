@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from pyproj import Transformer
-from shapely.geometry import Polygon, shape
+from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
 from producer.spec import ENCODING, SpecError, check_shelf_name_safe
@@ -186,23 +186,13 @@ def roi_polygon(name: str, roi_file: Path | None = None) -> BaseGeometry:
 
 
 def load_roi_geopackage(path: Path, shelf: str) -> BaseGeometry:
-    """The ROI polygon of ``shelf`` from a GeoPackage, reprojected to EPSG:3031.
+    """The ROI polygon of ``shelf`` from a GeoPackage, reprojected to EPSG:3031; ValueError
+    naming the file and the rule it breaks.
 
-    A GeoPackage with a ``shelf`` (or ``name``) column selects the matching row; one with a single
-    feature is taken as that shelf's ROI.
+    The reading rules (which layer, a ``shelf``/``name`` column picking the shelf loosely or a
+    single feature, valid polygons, densified reprojection) are ``producer.roi_files``' own,
+    shared with ``produce`` and the catalog, so that every reader takes the same outline.
     """
-    import geopandas as gpd
+    from producer.roi_files import read_outline  # it builds on this registry: import at use
 
-    frame = gpd.read_file(path)
-    if frame.crs is None:
-        raise SpecError(f"{path}: ROI layer has no CRS; expected {ENCODING.crs}")
-    frame = frame.to_crs(ENCODING.crs)
-    for column in ("shelf", "name"):
-        if column in frame.columns:
-            rows = frame[frame[column] == shelf]
-            if rows.empty:
-                raise SpecError(f"{path}: no row with {column} == {shelf!r}")
-            return rows.geometry.union_all()
-    if len(frame) != 1:
-        raise SpecError(f"{path}: {len(frame)} features and no 'shelf' column to pick {shelf!r}")
-    return shape(frame.geometry.iloc[0].__geo_interface__)
+    return read_outline(Path(path), get_shelf(shelf).name)

@@ -2105,6 +2105,22 @@ def test_roi_geopackage_of_another_shelf_is_reported(cataloged: Path) -> None:
     assert ("roi-shelf", "Totten_ROI.gpkg") in rule_files(ReleaseMetadataRules().check(cataloged))
 
 
+@pytest.mark.parametrize(("column", "value", "reported"), [
+    ("Shelf", "totten ice shelf", False),  # produce reads this file as Totten's: so does validate
+    ("NAME", "Totten", False),
+    ("Shelf", "Holmes", True),
+])
+def test_roi_shelf_column_is_read_as_produce_reads_it(cataloged: Path, column: str, value: str,
+                                                       reported: bool) -> None:
+    path = cataloged / roi_geopackage_name("Totten")
+    frame = read_roi(path).drop(columns="shelf")
+    frame[column] = value
+    path.unlink()
+    frame.to_file(path, driver="GPKG")
+    found = rule_files(ReleaseMetadataRules().check(cataloged))
+    assert (("roi-shelf", "Totten_ROI.gpkg") in found) is reported
+
+
 def test_demo_products_cover_a_window_centred_in_their_roi(tmp_path: Path) -> None:
     """The demo source renders a square window centred in the ROI, not the full ROI: that
     passes, and the window is still checked against the ROI (a replaced ROI is caught)."""

@@ -36,6 +36,7 @@ from catalog.rules.common import (
 from catalog.rules.consistency import LoadedItem, load_items, scan_or_problem
 from producer.grid import Grid
 from producer.provenance import Provenance
+from producer.roi_files import shelf_column, shelf_name_key
 from producer.spec import (
     ENCODING,
     METADATA_ODS,
@@ -378,10 +379,12 @@ def _shelf_roi_problems(release_dir: Path, name: str,
         yield Problem(name, "roi-invalid", f"{len(frame)} feature(s), types "
                       f"{sorted(set(frame.geometry.geom_type))}", "valid polygon(s)")
         return
-    if "shelf" in frame.columns:
-        others = sorted({str(v) for v in frame["shelf"] if v != shelf})
+    column = shelf_column(frame)  # as produce reads it: any case, names compared loosely
+    if column is not None:
+        others = sorted({str(v) for v in frame[column]
+                         if shelf_name_key(v) != shelf_name_key(shelf)})
         if others:
-            yield Problem(name, "roi-shelf", f"shelf = {', '.join(others)}",
+            yield Problem(name, "roi-shelf", f"{column} = {', '.join(others)}",
                           f"{shelf} on every feature (the file's shelf)")
     roi = frame.geometry.union_all()
     yield from _outside_roi(release_dir, name, roi, group)
