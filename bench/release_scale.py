@@ -11,7 +11,8 @@ with the real writer and fixture provenance records:
 Then each command runs in a fresh process (imports, GDAL's block cache and the heap as a user
 gets them): ``catalog --force`` (a full build), ``catalog`` again (up to date: nothing to do),
 ``catalog`` after one shelf-year's files were re-written (touched: the files kept from the last
-run are not read again), ``validate --workers 1`` and ``stats``. Two function-level measures
+run are not read again) and, on Amery, after its provenance record was edited (the maps are
+not read again), ``validate --workers 1`` and ``stats``. Two function-level measures
 complete them, each in its own process as well: ``count_pixels`` of the Amery type-1 map (one
 call), and the footprint check's ``geometry_distance_m`` between the Amery item's geometry and
 the footprint rebuilt from its file (best of 3). Rounds run every measure in turn, so a change
@@ -19,7 +20,8 @@ in the machine's load affects all alike; the table gives medians of wall time, C
 system) and peak resident memory.
 
 ``--tree PATH`` (repeatable) measures other checkouts of this repository too, interleaved with
-this one (e.g. a ``git worktree`` of an earlier commit: before/after tables). Default run: 3
+this one (e.g. a ``git worktree`` of an earlier commit: before/after tables), each on its own
+copy of the releases. Default run: 3
 rounds, about 2 minutes on a 2-core machine once the releases exist.
 
 Run: ``PYTHONPATH=. python bench/release_scale.py [--repeat N] [--years N] [--tree PATH]...
@@ -141,7 +143,7 @@ def build_small(root: Path, years: int) -> None:
 
 
 def release(name: str, build: Callable[[Path], None], rebuild: bool) -> Path:
-    """A cached pristine release (built once), copied fresh for this run."""
+    """A cached pristine release (built once)."""
     pristine, done = CACHE / name / "release", CACHE / name / "complete"
     if rebuild or not done.exists():
         shutil.rmtree(CACHE / name, ignore_errors=True)
@@ -149,7 +151,13 @@ def release(name: str, build: Callable[[Path], None], rebuild: bool) -> Path:
         build(pristine)
         done.write_text("ok\n")
         print(f"built {name} in {time.perf_counter() - start:.0f} s")
-    work = CACHE / "work" / name
+    return pristine
+
+
+def working_copy(pristine: Path, name: str, tree: int) -> Path:
+    """A fresh copy of a pristine release for one tree's runs: each tree catalogs its own copy,
+    as what one catalog run keeps for the next (``stac/.file-facts.json``) is its code's."""
+    work = CACHE / "work" / f"tree{tree}" / name
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(pristine, work)
     return work
@@ -221,37 +229,43 @@ def main() -> None:
                         help="another checkout to measure as well (repeatable)")
     parser.add_argument("--rebuild", action="store_true")
     args = parser.parse_args()
-    big = release("amery1", build_big, args.rebuild)
+    pristine_big = release("amery1", build_big, args.rebuild)
     small_name = f"r{len(SHELVES) * args.years}"
-    small = release(f"{small_name}-y{args.years}",
-                    lambda root: build_small(root, args.years), args.rebuild)
-    damage_map = next(big.rglob("*_damage_map.tif"))
-    damage = next(big.rglob("*_damage.tif"))
-    measures: list[Measure] = []
-    for name, root in (("amery1", big), (small_name, small)):
-        measures += [
-            Measure(f"catalog --force {name}", cli("catalog", "--force", str(root))),
-            Measure(f"catalog (up to date) {name}", cli("catalog", str(root))),
-            Measure(f"catalog, one shelf-year re-produced {name}", cli("catalog", str(root)),
-                    before=touching(*one_shelf_year(root))),
-            Measure(f"validate --workers 1 {name}", cli("validate", str(root), "--workers", "1")),
-            Measure(f"stats {name}", cli("stats", str(root))),
-        ]
+    pristine_small = release(f"{small_name}-y{args.years}",
+                             lambda root: build_small(root, args.years), args.rebuild)
     trees = [ROOT, *(t.resolve() for t in args.tree)]
-    for tree in trees:  # warm-up: builds the catalogs, fills the page cache
-        for measure in measures[:2] + measures[5:7]:
+    measures: dict[Path, list[Measure]] = {}
+    for number, tree in enumerate(trees):
+        big = working_copy(pristine_big, "amery1", number)
+        small = working_copy(pristine_small, small_name, number)
+        for name, root in (("amery1", big), (small_name, small)):
+            measures.setdefault(tree, []).extend([
+                Measure(f"catalog --force {name}", cli("catalog", "--force", str(root))),
+                Measure(f"catalog (up to date) {name}", cli("catalog", str(root))),
+                Measure(f"catalog, one shelf-year re-produced {name}", cli("catalog", str(root)),
+                        before=touching(*one_shelf_year(root))),
+                Measure(f"validate --workers 1 {name}",
+                        cli("validate", str(root), "--workers", "1")),
+                Measure(f"stats {name}", cli("stats", str(root))),
+            ])
+        measures[tree].append(Measure(  # the rasters unchanged: only the record is read again
+            "catalog, provenance record edited amery1", cli("catalog", str(big)),
+            before=touching(*big.rglob("*_provenance.json"))))
+        for measure in measures[tree][:2] + measures[tree][5:7]:  # warm-up: catalogs, page cache
             run(measure, tree)
-    item = next(big.glob("stac/*/*/*.json"))  # written by the warm-up
-    measures += [
-        Measure("count_pixels, Amery type 1 (one call)", ("-c", COUNT, str(damage_map)), True),
-        Measure("footprint distance, Amery item (best of 3)",
-                ("-c", FOOTPRINT, str(item), str(damage)), True),
-    ]
+        item = next(big.glob("stac/*/*/*.json"))  # written by the warm-up
+        measures[tree] += [
+            Measure("count_pixels, Amery type 1 (one call)",
+                    ("-c", COUNT, str(next(big.rglob("*_damage_map.tif")))), True),
+            Measure("footprint distance, Amery item (best of 3)",
+                    ("-c", FOOTPRINT, str(item), str(next(big.rglob("*_damage.tif")))), True),
+        ]
     results: dict[tuple[str, Path], list[tuple[float, float, float]]] = {}
     load = os.getloadavg()[0]
     for _ in range(args.repeat):
-        for measure in measures:
+        for index in range(len(measures[ROOT])):
             for tree in trees:
+                measure = measures[tree][index]
                 results.setdefault((measure.label, tree), []).append(run(measure, tree))
     print(f"medians of {args.repeat} interleaved rounds; load average {load:.1f} -> "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
