@@ -783,3 +783,23 @@ def test_a_release_yaml_that_does_not_read_is_reported(release: Path, text: byte
     assert not report.ok()
     (release / "release.yaml").write_text("title: Surface damage\nlicense: CC-BY-4.0\n")
     assert "release-yaml-invalid" not in {p.rule for p in validate_release(release).problems}
+
+
+def test_a_produced_map_without_its_record_is_reported(tmp_path: Path) -> None:
+    """``produce --force`` withdraws a shelf-year's record before writing its maps: stopped
+    there, the maps lose their scenes and model. Products tagged by produce without a record,
+    in a release holding other records, fail validation; a release without any record (v1, or
+    trimmed on purpose) and the authors' untagged maps do not."""
+    from tests.publish_support import write_tagged_products
+
+    release = build_release(tmp_path / "release")
+    write_tagged_products(release, "gee")  # Totten 2021 as produce writes it, record kept
+    record = release / f"{T21}_provenance.json"
+    assert not {r for r, _ in found(validate_release(release, workers=1))} & {
+        "provenance-missing"}
+    record.unlink()
+    assert ("provenance-missing", f"{T21}{MAP}") in found(validate_release(release, workers=1))
+    for other in release.rglob("*_provenance.json"):  # no record at all: trimmed on purpose
+        other.unlink()
+    assert "provenance-missing" not in {r for r, _ in found(validate_release(release,
+                                                                             workers=1))}

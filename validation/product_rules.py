@@ -25,6 +25,8 @@ import rasterio
 import rasterio.windows
 from rasterio.errors import RasterioError
 
+from producer.provenance import provenance_path
+from producer.spec import SOURCE_TAG, TYPE1
 from producer.writer import scan_cache
 from validation.inventory import Pair, ProductFile, pairs_of, scan_release
 from validation.pair_rules import PairTally, grid_problems
@@ -239,6 +241,7 @@ class ProductRules:
                                                   lattices))
         yield from problems
         yield from stack_problems(lattices)
+        yield from missing_record_problems(Path(release_dir), pairs)
 
     def _counted(self, results: Iterator[PairOutcome], total: int,
                  lattices: dict[str, tuple[float, float]]) -> Iterator[Problem]:
@@ -251,6 +254,45 @@ class ProductRules:
             lattices.update(outcome.lattices)
             if self.progress is not None:
                 self.progress(done, total)
+
+
+#: Rule id of products made by ``produce`` whose provenance record is missing.
+RECORD_MISSING = "provenance-missing"
+
+
+def _record_of(release_dir: Path, pair: Pair) -> Path:
+    """Where the provenance record of a pair's shelf-year lies."""
+    name = pair.files()[0].name
+    return provenance_path(release_dir, name if name.product_type is TYPE1 else name.partner())
+
+
+def missing_record_problems(release_dir: Path, pairs: Sequence[Pair]) -> Iterator[Problem]:
+    """Products ``produce`` made (their ``SOURCE_TAG``) without the provenance record that
+    ``produce`` writes last, in a release holding records of other shelf-years.
+
+    ``produce --force`` withdraws a shelf-year's record before writing its new products: a run
+    interrupted there leaves maps whose scenes and model nobody records, which the catalog and
+    publish would take as a release without records. A release with no record at all (the
+    published v1, or one trimmed of its records on purpose) and untagged products (the
+    authors' maps carried into a newer version) are not reported.
+    """
+    missing = [pair for pair in pairs if pair.files()
+               and not _record_of(release_dir, pair).exists()]
+    if not missing or len(missing) == len(pairs):
+        return
+    for pair in missing:
+        product = pair.files()[0]
+        try:
+            with rasterio.Env(**FILE_ONLY_CONFIG), rasterio.open(product.path) as src:
+                source = src.tags().get(SOURCE_TAG)
+        except RasterioError:
+            continue  # reported by the raster rules
+        if source is not None:
+            yield Problem(product.rel, RECORD_MISSING,
+                          f"made by produce ({SOURCE_TAG}={source}), no "
+                          f"{_record_of(release_dir, pair).name}",
+                          "the provenance record produce writes with the maps (an interrupted "
+                          "run, or a deleted record: run produce again for this shelf-year)")
 
 
 def product_rules(allow: Sequence[str] = (), workers: int | None = None,
