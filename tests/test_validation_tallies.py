@@ -68,7 +68,7 @@ def test_every_rule_id_is_documented() -> None:
     root = Path(__file__).resolve().parents[1]
     ids = {rule.value for rule in Rule}
     for module in (root / "validation").glob("*.py"):
-        ids |= set(re.findall(r'^[A-Z_]+ = "((?:layout|raster|pair|validator)-[a-z-]+)"',
+        ids |= set(re.findall(r'^[A-Z_]+ = "((?:layout|raster|pair|provenance|validator)-[a-z-]+)"',
                               module.read_text(), flags=re.MULTILINE))
     catalog = "\n".join(path.read_text() for path in (root / "catalog" / "rules").glob("*.py"))
     # the rule id is Problem's second argument; the first may be a call such as rel_path(root, p)
