@@ -20,6 +20,9 @@ at scene seams would disturb the segmentation). The rules, automated:
    region and its usable share of the region's ice flow (pixels weighted by speed,
    ``producer.velocity``); the plain share breaks ties. Without one, the plain share decides,
    fast-flowing or not. The authors then merge by hand under visual inspection; we do not.
+   The speed is read only for such a choice: not when a scene covers the ROI (rule 1), no
+   longer once the shelf region is known not to be covered (rule 3), and only on strips of the
+   shelf region.
 3. If the shelf region is still not fully covered by usable pixels, the year has no map
    (``NotCoveredError``). That includes a shelf region lying partly outside the ROI, where no
    scene is merged: beyond ``MAX_OUTSIDE_ROI_SHARE`` of its pixels (a tolerance for GIS
@@ -148,8 +151,9 @@ class MergePlan:
     first when the plan is single-scene)."""
     flow_fractions: tuple[float, ...] = ()
     """Per candidate: usable share of the shelf region's ice flow (speed-weighted pixels; a
-    share of that flow, not of the ROI). Empty without a speed, or where it is 0 all over the
-    shelf region (a velocity product of another region)."""
+    share of that flow, not of the ROI). Empty without a speed, where it is 0 all over the
+    shelf region (a velocity product of another region), and when a scene covers the whole ROI
+    (rule 1 needs no speed, so it is not read)."""
 
     @property
     def used(self) -> tuple[int, ...]:
@@ -198,35 +202,48 @@ class _Tally:
     outside_px: int = 0
     """Shelf-region pixels outside the ROI (no scene is merged there)."""
 
-    shelf_flow: float = 0.0
-    """Sum of the speed over the shelf region (when a speed is given)."""
+    uncovered_px: int = 0
+    """Shelf-region pixels inside the ROI that no scene is usable at (rule 3)."""
 
     def __post_init__(self) -> None:
         self.full = [True] * self.n
         self.on_shelf = [0] * self.n
         self.on_roi = [0] * self.n
         self.data_on_roi = [0] * self.n
-        self.flow_on_shelf = [0.0] * self.n
+        # per strip (by position) whose speed was read: (the shelf region's flow, each scene's
+        # usable flow); summed in strip order, whatever order they were read in
+        self.flows: dict[int, tuple[float, list[float]]] = {}
+
+    @property
+    def needs_flow(self) -> bool:
+        """Whether the speed can still decide the main scene: no scene covers the ROI so far
+        (rule 1) and every shelf-region pixel so far is usable in some scene (rule 3)."""
+        return self.n > 0 and not any(self.full) and not self.uncovered_px
 
     def add(self, i: int, usable: NDArray[np.bool_], data: NDArray[np.bool_],
-            roi: NDArray[np.bool_], extent: NDArray[np.bool_],
-            speed: NDArray[np.floating] | None = None) -> None:
-        """Count scene i's usable and data pixels of one strip (and the flow it covers)."""
+            roi: NDArray[np.bool_], extent: NDArray[np.bool_]) -> None:
+        """Count scene i's usable and data pixels of one strip."""
         if self.full[i] and np.any(roi & ~usable):
             self.full[i] = False
-        on_shelf = usable & extent
-        self.on_shelf[i] += int(np.count_nonzero(on_shelf))
+        self.on_shelf[i] += int(np.count_nonzero(usable & extent))
         self.on_roi[i] += int(np.count_nonzero(usable & roi))
         self.data_on_roi[i] += int(np.count_nonzero(data & roi))
-        if speed is not None:
-            self.flow_on_shelf[i] += float(speed[on_shelf].sum(dtype=np.float64))
 
     @property
     def flow_fractions(self) -> tuple[float, ...]:
-        """Per scene: usable share of the shelf region's flow (empty when it has none)."""
-        if self.shelf_flow <= 0:
+        """Per scene: usable share of the shelf region's flow (empty when it has none, or when
+        its speed was not read)."""
+        strips = [self.flows[k] for k in sorted(self.flows)]
+        shelf_flow = sum(shelf for shelf, _ in strips)
+        if shelf_flow <= 0:
             return ()
-        return tuple(flow / self.shelf_flow for flow in self.flow_on_shelf)
+        return tuple(sum(flows[i] for _, flows in strips) / shelf_flow for i in range(self.n))
+
+    def check_covered(self, scenes: int) -> None:
+        """NotCoveredError when some shelf-region pixel is usable in no scene (rule 3)."""
+        if self.uncovered_px:
+            raise NotCoveredError(1.0 - self.uncovered_px / max(self.shelf_px, 1),
+                                  self.uncovered_px, scenes)
 
     def check_inside_roi(self, scenes: int) -> None:
         """NotCoveredError when more than ``MAX_OUTSIDE_ROI_SHARE`` of the shelf region's
@@ -261,27 +278,47 @@ def plan_merge_rows(candidates: Sequence[Candidate], area: RowMasks, shape: tupl
     """``plan_merge`` reading every mask by strips of ``strip_rows`` rows.
 
     ``area(r0, r1)`` gives the (roi, extent) rows of the grid of ``shape``, ``speed(r0, r1)``
-    (optional) the ice speed of those rows. Memory: the index
-    plus a few strips, whatever the number of scenes; each candidate's masks are read at most
-    three times per strip (counts, usable fill, cloudy fill), not at all once a strip is full.
+    (optional) the ice speed of those rows, read only while it can decide the main scene (no
+    scene covers the ROI, every shelf-region pixel so far is usable in some scene) and only for
+    strips holding shelf-region pixels. Memory: the index plus a few strips, whatever the
+    number of scenes; each candidate's masks are read at most three times per strip (counts,
+    usable fill, cloudy fill), not at all once a strip is full, and once more for the flow of
+    the strips counted before every scene was known to leave part of the ROI uncovered.
     """
     if len(candidates) > MAX_SCENES:
         raise ValueError(f"{len(candidates)} candidate scenes; at most {MAX_SCENES} can be merged")
     strips = row_strips(shape[0], strip_rows)
     tally = _Tally(len(candidates))
-    for r0, r1 in strips:
+    pending: list[int] = []  # strips of the shelf region whose flow is counted if needed
+    for k, (r0, r1) in enumerate(strips):
         roi, extent, outside = _area_rows(area, r0, r1, shape)
         tally.roi_px += int(np.count_nonzero(roi))
         tally.shelf_px += int(np.count_nonzero(extent))
         tally.outside_px += outside
-        flow = None if speed is None else _speed_rows(speed, r0, r1, shape, extent)
-        if flow is not None:
-            tally.shelf_flow += float(flow[extent].sum(dtype=np.float64))
+        values = None
+        if speed is not None and extent.any():
+            if tally.needs_flow:
+                values = _speed_rows(speed, r0, r1, shape, extent)
+            else:  # a scene may still cover the ROI: decided once every strip is counted
+                pending.append(k)
+        covered = np.zeros_like(extent)
+        usable_flow: list[float] = []
         for i, c in enumerate(candidates):
-            tally.add(i, *_scene_rows(c, r0, r1, shape), roi, extent, flow)
+            usable, data = _scene_rows(c, r0, r1, shape)
+            tally.add(i, usable, data, roi, extent)
+            covered |= usable
+            if values is not None:
+                usable_flow.append(float(values[usable & extent].sum(dtype=np.float64)))
+        tally.uncovered_px += int(np.count_nonzero(extent & ~covered))
+        if values is not None:
+            tally.flows[k] = (float(values[extent].sum(dtype=np.float64)), usable_flow)
     tally.check_inside_roi(len(candidates))
     if not candidates:
         raise NotCoveredError(0.0, tally.shelf_px, 0)
+    tally.check_covered(len(candidates))
+    if speed is not None and tally.needs_flow:
+        for k in pending:
+            tally.flows[k] = _strip_flow(candidates, area, speed, *strips[k], shape)
     main, single = tally.choose_main()
     main_day = candidates[main].acquired
     by_date = sorted(
@@ -290,17 +327,14 @@ def plan_merge_rows(candidates: Sequence[Candidate], area: RowMasks, shape: tupl
     )
     order = (main,) if single else (main, *by_date)
     index = np.full(shape, NO_SCENE, np.uint8)
-    missing = cloudy = 0
+    cloudy = 0
     counts = np.zeros(NO_SCENE + 1, np.int64)
-    for r0, r1 in strips:
-        roi, extent, _ = _area_rows(area, r0, r1, shape)
+    for r0, r1 in strips:  # every shelf-region pixel gets a usable scene (check_covered)
+        roi, _, _ = _area_rows(area, r0, r1, shape)
         strip = index[r0:r1]
         _fill(strip, candidates, order, roi, r0, r1, shape, usable_only=True)
-        missing += int(np.count_nonzero(extent & (strip == NO_SCENE)))
         cloudy += _fill(strip, candidates, (main, *by_date), roi, r0, r1, shape, usable_only=False)
         counts += np.bincount(strip[roi], minlength=NO_SCENE + 1)
-    if missing:
-        raise NotCoveredError(1.0 - missing / max(tally.shelf_px, 1), missing, len(candidates))
     roi_px = max(tally.roi_px, 1)
     fractions = tuple(int(counts[i]) / roi_px for i in range(len(candidates)))
     return MergePlan(
@@ -344,6 +378,17 @@ def _area_rows(area: RowMasks, r0: int, r1: int, shape: tuple[int, int]
     if roi.shape != want or extent.shape != want:
         raise ValueError(f"ROI/extent rows {r0}:{r1} are {roi.shape}/{extent.shape}, not {want}")
     return roi, extent & roi, int(np.count_nonzero(extent & ~roi))
+
+
+def _strip_flow(candidates: Sequence[Candidate], area: RowMasks, speed: RowSpeed, r0: int,
+                r1: int, shape: tuple[int, int]) -> tuple[float, list[float]]:
+    """(the shelf region's flow, each scene's usable flow) of rows r0:r1, masks read again:
+    for the strips counted before the speed was known to matter."""
+    _, extent, _ = _area_rows(area, r0, r1, shape)
+    values = _speed_rows(speed, r0, r1, shape, extent)
+    usable_flow = [float(values[_scene_rows(c, r0, r1, shape)[0] & extent].sum(dtype=np.float64))
+                   for c in candidates]
+    return float(values[extent].sum(dtype=np.float64)), usable_flow
 
 
 def _speed_rows(speed: RowSpeed, r0: int, r1: int, shape: tuple[int, int],

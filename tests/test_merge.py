@@ -26,6 +26,7 @@ from producer.merge import (
     NotCoveredError,
     compose,
     plan_merge,
+    plan_merge_rows,
     with_main,
 )
 from producer.shelves import roi_polygon
@@ -256,3 +257,63 @@ def test_default_extent_is_the_roi_shrunk() -> None:
     assert inner.within(roi) and inner.area < 0.9 * roi.area
     m = extent_mask(inner, grid)
     assert 0 < m.mean() < 0.95
+
+
+# ---------------------------------------------------------------------------------------------
+# The ice speed is read only where it can choose the main scene
+# ---------------------------------------------------------------------------------------------
+
+#: A speed with a fast stream in the last columns of the shelf region.
+SPEED = np.where(np.arange(SHAPE[1]) >= 20, 1000.0, 10.0) * np.ones((SHAPE[0], 1))
+
+
+def _plan_reading_speed(candidates: list[Candidate], strip_rows: int
+                        ) -> tuple[object, list[tuple[int, int]]]:
+    """(the plan or its NotCoveredError, the row ranges of the speed that were read)."""
+    reads: list[tuple[int, int]] = []
+
+    def speed(r0: int, r1: int) -> np.ndarray:
+        reads.append((r0, r1))
+        return SPEED[r0:r1]
+
+    try:
+        plan = plan_merge_rows(candidates, lambda r0, r1: (ROI[r0:r1], EXTENT[r0:r1]), SHAPE,
+                               strip_rows, speed)
+    except NotCoveredError as err:
+        return err, reads
+    return plan, reads
+
+
+def test_speed_is_not_read_when_a_scene_covers_the_roi() -> None:
+    """Rule 1 needs no speed: resampling it for every summer cost minutes on large shelves."""
+    plan, reads = _plan_reading_speed(
+        [_cand("part", 0, _mask(cols=slice(0, 20))), _cand("full", 5, _mask())], strip_rows=4)
+    assert plan.single_scene and plan.main == 1 and plan.flow_fractions == ()
+    assert reads == []
+
+
+def test_speed_is_no_longer_read_once_the_shelf_region_is_uncovered() -> None:
+    """Rule 3 fails the summer whatever the speed: strips after the first with a shelf-region
+    pixel no scene is usable at are not read."""
+    err, reads = _plan_reading_speed(
+        [_cand("left", 0, _mask(cols=slice(0, 12))), _cand("right", 5, _mask(cols=slice(14, 30)))],
+        strip_rows=4)
+    assert isinstance(err, NotCoveredError) and err.missing_pixels == 2 * 10
+    assert reads == [(4, 8)]  # the first strip of the shelf region (rows 5:15), then none
+
+
+@pytest.mark.parametrize("strip_rows", [1, 3, 4, SHAPE[0]])
+def test_flow_of_strips_read_late_is_the_same(strip_rows: int) -> None:
+    """A scene covering the top of the ROI stays a full-coverage candidate for a few strips:
+    their flow is counted once it is known to matter, with the same result, and only strips
+    of the shelf region (rows 5:15) are read."""
+    top = _cand("top", 0, _mask(rows=slice(0, 12)))  # full until row 12, then not
+    stream = _cand("stream", 3, _mask(cols=slice(13, 30)))
+    rest = _cand("rest", 6, _mask(cols=slice(0, 14)))
+    plan, reads = _plan_reading_speed([top, rest, stream], strip_rows)
+    whole = plan_merge([top, rest, stream], ROI, EXTENT, speed=SPEED)
+    assert not plan.single_scene and plan.main == whole.main == 2
+    assert plan.flow_fractions == whole.flow_fractions
+    assert (plan.index == whole.index).all()
+    assert reads and all(r0 < 15 and r1 > 5 for r0, r1 in reads)
+    assert sorted(set(reads)) == sorted(reads)  # each strip once
