@@ -62,7 +62,7 @@ from catalog.stac import (
     item_id,
     make_file_links_relative,
 )
-from catalog.stats import file_stats
+from catalog.stats import file_stats, reading_raster
 from catalog.uncertainty import UncertaintyFactors
 from producer.shelves import get_shelf
 from producer.spec import (
@@ -107,11 +107,24 @@ def software_version() -> str:
 
 
 def release_yaml(release_dir: Path) -> dict:
-    """release.yaml at the release root, or {} when there is none."""
+    """release.yaml at the release root, or {} when there is none.
+
+    Text that is not UTF-8 or not YAML is a ``ValueError`` naming the file and where it
+    breaks (the parser's first line), so ``catalog`` prints one line, not a parser traceback.
+    """
     path = Path(release_dir) / RELEASE_METADATA
     if not path.exists():
         return {}
-    data = yaml.safe_load(path.read_text())
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text (byte {error.object[error.start]:#04x} at "
+                         f"offset {error.start}); save it as UTF-8 YAML") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ValueError(f"{path}: not valid YAML{where} ({problem})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
     return data
@@ -123,8 +136,9 @@ def release_yaml(release_dir: Path) -> dict:
 
 
 def thumbnail_pixels(path: Path, max_side: int = THUMBNAIL_MAX_SIDE) -> np.ndarray:
-    """RGBA quicklook of a type-1 map: classes in their colour hints, nodata transparent."""
-    with rasterio.open(path) as src:
+    """RGBA quicklook of a type-1 map: classes in their colour hints, nodata transparent (a
+    map rasterio cannot read: a ValueError naming it)."""
+    with reading_raster(path), rasterio.open(path) as src:
         scale = max(1.0, max(src.width, src.height) / max_side)
         shape = (max(1, round(src.height / scale)), max(1, round(src.width / scale)))
         band = src.read(1, out_shape=shape)  # nearest: overviews and decimation keep classes
@@ -166,19 +180,20 @@ def item_inputs(files: ShelfYearFiles, factors: UncertaintyFactors,
     if files.damage_map is None:
         raise FileNotFoundError(f"{files.folder / files.name.filename}: the type 1 product is "
                                 "missing; statistics and the item need it")
-    rasters = {TYPE1.key: facts.raster(files.damage_map)}
-    if files.damage is not None:
-        rasters[TYPE2.key] = facts.raster(files.damage)
-    for role in AUXILIARY_RASTERS:
-        if role in files.auxiliary:
-            rasters[role] = facts.raster(files.auxiliary[role])
+    rasters = {}
+    for role, path in ((TYPE1.key, files.damage_map), (TYPE2.key, files.damage),
+                       *((role, files.auxiliary.get(role)) for role in AUXILIARY_RASTERS)):
+        if path is not None:
+            with reading_raster(path):  # a damaged file: one line naming it
+                rasters[role] = facts.raster(path)
     refs = {}
     if thumbnail is not None:
         refs["thumbnail"] = _file_ref(thumbnail, facts)
     if "provenance" in files.auxiliary:
         refs["provenance"] = _file_ref(files.auxiliary["provenance"], facts)
-    stats = file_stats(files.damage_map, files.name.shelf, files.name.year, factors,
-                       facts.pixel_counts(files.damage_map))
+    with reading_raster(files.damage_map):
+        counts = facts.pixel_counts(files.damage_map)
+    stats = file_stats(files.damage_map, files.name.shelf, files.name.year, factors, counts)
     return ItemInputs(files.name, rasters, stats, refs, files.provenance, ods_row)
 
 

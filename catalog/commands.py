@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -23,6 +25,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 if TYPE_CHECKING:
     import pystac
@@ -39,8 +42,14 @@ from catalog.uncertainty import (
 )
 from producer.spec import SENSOR_ORDER
 
-err = Console(stderr=True)
-out = Console()
+#: Exit status of a failure during the work (a release file that does not read, no maps).
+EXIT_FAILED = 1
+#: Exit status of bad usage: options or arguments refused before any work starts.
+EXIT_USAGE = 2
+
+# emoji off: user text such as "zenodo:abc: ..." must not turn into an emoji
+err = Console(stderr=True, emoji=False)
+out = Console(emoji=False)
 #: ``search --sensor`` help: the spec's sensor tokens ("LE07, LC08 or LC09").
 _SENSOR_HELP = (f"{', '.join(SENSOR_ORDER[:-1])} or " if len(SENSOR_ORDER) > 1 else "") \
     + f"{SENSOR_ORDER[-1]} (any of them; any case)."
@@ -55,9 +64,67 @@ class OutputFormat(StrEnum):
     hrefs = "hrefs"
 
 
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}")
-    return typer.Exit(1)
+def _fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
+    """Print ``message`` as one error line on stderr; the Exit (``code``) to raise.
+
+    The message holds user text (paths, shelf names, record references), so it is escaped:
+    brackets are never read as rich markup (a "[/]" would raise MarkupError), nor "[bold]" in a
+    path swallowed.
+    """
+    err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True, highlight=False)
+    return typer.Exit(code)
+
+
+def _usage(message: str) -> typer.Exit:
+    """``_fail`` with the bad-usage status: an option or argument refused before any work."""
+    return _fail(message, EXIT_USAGE)
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """ValueError unless ``path`` can take a file written through ``atomic_path``: it is no
+    folder, and its nearest existing folder (``atomic_path`` creates the missing ones) is one
+    this process may create files in.
+
+    Why: checked before any work, a folder given by mistake or a read-only folder costs a
+    one-line error instead of the whole run and then a traceback.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{option} {path}: is a folder; give a file name")
+    ancestor = next(p for p in (path.parent, *path.parent.parents) if os.path.lexists(p))
+    if not ancestor.is_dir():
+        raise ValueError(f"{option} {path}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path}: cannot write in {ancestor} (permission denied)")
+
+
+def _check_plot(path: Path | None) -> None:
+    """A ``--plot`` target: a writable .png file (the figure is written as PNG, so another
+    suffix would name PNG bytes as, say, JPEG)."""
+    if path is None:
+        return
+    if Path(path).suffix.lower() != ".png":
+        raise ValueError(f"--plot {path}: the figure is written as PNG; give a .png file name")
+    check_output_file(path, "--plot")
+
+
+def _check_release_dir(release_dir: Path) -> None:
+    """A local release argument: an existing folder (a file is said to be one)."""
+    if Path(release_dir).is_dir():
+        return
+    if os.path.lexists(release_dir):
+        raise _usage(f"{release_dir}: is a file, not a release folder (give the folder that "
+                     "holds <Shelf>/<YYYY>/)")
+    raise _usage(f"{release_dir}: release folder not found")
+
+
+def _factors_option(path: Path | None) -> UncertaintyFactors:
+    """The ``--factors`` file's factors (the paper's when None); a file that cannot be read or
+    breaks a rule is bad usage naming the option and the file."""
+    try:
+        return load_factors(path)
+    except ValueError as error:
+        raise _usage(f"--factors {error}") from None
 
 
 def catalog_command(
@@ -68,11 +135,15 @@ def catalog_command(
         help="SPDX license of the data (default: release.yaml's, else CC-BY-4.0).")] = None,
     force: Annotated[bool, typer.Option(help="Rebuild even when nothing changed.")] = False,
 ) -> None:
-    """Write the STAC catalog, metadata.ods, ROI GeoPackages, thumbnails and the item index."""
+    """Write the STAC catalog, metadata.ods, ROI GeoPackages, thumbnails and the item index.
+
+    Exit status: 0 done, 1 failed during the work, 2 bad usage (an option or argument refused
+    before any work)."""
     from catalog.build import catalog_release
 
+    _check_release_dir(release_dir)
+    chosen = _factors_option(factors)
     try:
-        chosen = load_factors(factors)
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                       MofNCompleteColumn(), TimeElapsedColumn(), console=err,
                       transient=True) as progress:
@@ -86,12 +157,14 @@ def catalog_command(
     except (FileNotFoundError, ValueError, OSError) as error:
         raise _fail(str(error)) from error
     if result.skipped:
-        out.print(f"catalog up to date ({result.items} items): {result.catalog} "
-                  "(use --force to rebuild)")
+        out.print(f"catalog up to date ({result.items} items): {escape(str(result.catalog))} "
+                  "(use --force to rebuild)", soft_wrap=True)
         return
-    out.print(f"cataloged {result.items} shelf-years: {result.catalog}")
+    out.print(f"cataloged {result.items} shelf-years: {escape(str(result.catalog))}",
+              soft_wrap=True)
     for item, fields in sorted(result.unknown_items.items()):
-        out.print(f"  {item}: unknown {', '.join(f.removeprefix('icedamage:') for f in fields)}")
+        unknown = ", ".join(f.removeprefix("icedamage:") for f in fields)
+        out.print(f"  {escape(item)}: unknown {escape(unknown)}", soft_wrap=True)
 
 
 @contextmanager
@@ -117,7 +190,7 @@ def _parse_bbox(text: str | None) -> tuple[float, ...] | None:
     except ValueError:
         values = ()
     if len(values) != 4:
-        raise _fail(f"--bbox {text!r}: expected minx,miny,maxx,maxy (4 numbers)")
+        raise _usage(f"--bbox {text!r}: expected minx,miny,maxx,maxy (4 numbers)")
     return values
 
 
@@ -132,10 +205,10 @@ def _parse_intersects(text: str | None) -> Any:
         return json.loads(text if inline else Path(text).read_text())
     except json.JSONDecodeError as error:
         what = "inline GeoJSON" if inline else f"file {text}"
-        raise _fail(f"--intersects: {what} is not valid JSON ({error})") from None
+        raise _usage(f"--intersects: {what} is not valid JSON ({error})") from None
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else error
-        raise _fail(f"--intersects {text!r}: not a GeoJSON string (it does not start with "
+        raise _usage(f"--intersects {text!r}: not a GeoJSON string (it does not start with "
                     f"'{{') nor a readable file ({reason})") from None
 
 
@@ -164,15 +237,22 @@ def search_command(
         help="Damage fraction ≥ this (a fraction 0–1, not a percentage).")] = None,
     format: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.table,
 ) -> None:
-    """Find shelf-year maps in a cataloged release."""
+    """Find shelf-year maps in a cataloged release.
+
+    Every filter is checked before the index is read (or a record's fetched). Exit status: 0
+    done (no match included), 1 failed (e.g. the release is not cataloged), 2 bad usage (an
+    option or argument refused before any work)."""
     from catalog.search import SearchError, search
 
+    _check_source(source)
+    _check_summers(year, year_from, year_to)
+    boxes, geometry = _parse_bbox(bbox), _parse_intersects(intersects)
+    _check_filters(shelf, sensor, boxes, bbox_crs, geometry, min_fraction)
     try:
         with _record_download() as progress:
             items = search(source, shelves=shelf, year=year, year_from=year_from,
                            year_to=year_to, sensors=sensor, restored=restored,
-                           bbox=_parse_bbox(bbox), bbox_crs=bbox_crs,
-                           intersects=_parse_intersects(intersects),
+                           bbox=boxes, bbox_crs=bbox_crs, intersects=geometry,
                            min_fraction=min_fraction, progress=progress)
     except (SearchError, FileNotFoundError) as error:
         raise _fail(str(error)) from error
@@ -188,9 +268,75 @@ def search_command(
     else:
         table = Table("id", "shelf", "year", "sensors", "restoration", "damage km²", "fraction")
         for item in items:
-            table.add_row(*search_row(item))
+            table.add_row(*map(Text, search_row(item)))  # cells are data, never markup
         out.print(table)
         out.print(f"{len(items)} item(s)")
+
+
+def _check_source(source: str, what: str = "release folder or index file") -> None:
+    """A ``search``/``stats`` source: a published record, or a local path that exists (a URL
+    that names no record, or a missing path, is bad usage, its text kept as typed; ``what``
+    says what a local source should be)."""
+    from catalog.search import RECORD_FORMS, not_a_record
+    from publish.remote import parse_record_ref
+
+    if parse_record_ref(source) is not None:
+        return
+    if (error := not_a_record(source)) is not None:
+        raise _usage(str(error))
+    if not os.path.lexists(source):
+        looks_remote = source.lower().startswith(("zenodo", "10."))
+        raise _usage(f"{source}: {what} not found"
+                     + (f" (a published record is {RECORD_FORMS})" if looks_remote else ""))
+
+
+def _check_summers(year: int | None, year_from: int | None, year_to: int | None) -> None:
+    """``--year``, ``--from`` and ``--to`` by the rules ``produce --year`` applies
+    (``producer.pipeline.parse_years``: YYYY, a summer some sensor covered that has begun),
+    and together: ``--year`` or a range, not both, and a range that runs forwards. Why: an
+    impossible filter matches nothing, which would read as "no such map" with exit 0."""
+    from producer.pipeline import parse_years
+
+    for option, value in (("--year", year), ("--from", year_from), ("--to", year_to)):
+        if value is None:
+            continue
+        try:
+            parse_years(str(value))
+        except ValueError as error:  # "--year '21': <rule>": keep the rule, name the option
+            raise _usage(f"{option} {value}: {str(error).split(': ', 1)[-1]}") from None
+    if year is not None and (year_from is not None or year_to is not None):
+        raise _usage(f"--year {year} with --from/--to: give one summer (--year) or a range "
+                     "(--from/--to), not both")
+    if year_from is not None and year_to is not None and year_from > year_to:
+        raise _usage(f"--from {year_from} is after --to {year_to}: no summer lies in that "
+                     "range")
+
+
+def _check_filters(shelves: list[str] | None, sensors: list[str] | None,
+                   bbox: tuple[float, ...] | None, bbox_crs: str, intersects: Any,
+                   min_fraction: float | None) -> None:
+    """The other ``search`` filters, by the rules the search applies (``catalog.search``),
+    before any index is read or fetched: their errors are bad usage, not a failed search."""
+    from catalog.search import (
+        Query,
+        SearchError,
+        checked_fraction,
+        query_geometry,
+        released_names,
+        sensor_tokens,
+    )
+
+    try:
+        if shelves:
+            released_names(shelves)
+        if sensors:
+            sensor_tokens(sensors)
+        if min_fraction is not None:
+            checked_fraction(min_fraction)
+        query_geometry(Query(bbox=bbox, bbox_crs=bbox_crs,  # type: ignore[arg-type]
+                             intersects=intersects))
+    except SearchError as error:
+        raise _usage(str(error)) from None
 
 
 def search_row(item: pystac.Item) -> tuple[str, ...]:
@@ -216,15 +362,23 @@ def stats_command(
              "the paper's; for a record, its own).")] = None,
     out_table: Annotated[Path | None, typer.Option("--out", help="Table file (.csv or .ods).")
                          ] = None,
-    plot: Annotated[Path | None, typer.Option(help="Fig. 11 style PNG.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Fig. 11 style PNG (a .png file).")
+                    ] = None,
 ) -> None:
-    """Damage area, shelf area and fraction with uncertainty bounds per shelf-year."""
+    """Damage area, shelf area and fraction with uncertainty bounds per shelf-year.
+
+    Options and output files are checked before any map is read. Exit status: 0 done, 1
+    failed during the work, 2 bad usage (an option or argument refused before any work)."""
     from catalog.search import SearchError
     from catalog.stats import console_cells, plot_stats, unknown_bound_note, write_stats_table
     from publish.remote import parse_record_ref
 
+    _check_source(release_dir, "release folder")
+    if parse_record_ref(release_dir) is None:
+        _check_release_dir(Path(release_dir))
+    given = _factors_option(factors) if factors is not None else None
+    _check_outputs(out_table, plot)
     try:
-        given = load_factors(factors) if factors is not None else None
         if parse_record_ref(release_dir) is not None:
             rows = _record_stats(release_dir, given, factors)
         else:
@@ -240,11 +394,29 @@ def stats_command(
     table = Table("shelf", "year", "restoration", "damage km² (low-high)", "shelf km²",
                   "fraction % (low-high)")
     for r in rows:
-        table.add_row(r.shelf, str(r.year), r.restoration or "", *console_cells(r))
+        table.add_row(*map(Text, (r.shelf, str(r.year), r.restoration or "",
+                                  *console_cells(r))))
     out.print(table)
     for note in (*_range_notes(rows), unknown_bound_note(rows)):
         if note:
-            err.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
+            err.print(f"[yellow]note:[/yellow] {escape(note)}", soft_wrap=True)
+
+
+def _check_outputs(out_table: Path | None, plot: Path | None, medians: bool = False) -> None:
+    """``--out`` (a .csv or .ods table; with ``medians``, the ``<stem>_medians.csv`` a CSV
+    table brings beside it too) and ``--plot`` (a .png), checked before any work: suffix,
+    not a folder, a folder that can take them. Their errors are bad usage."""
+    from catalog.temporal import check_table_path, medians_csv_path
+
+    try:
+        if out_table is not None:
+            check_table_path(out_table)
+            check_output_file(out_table, "--out")
+            if medians and Path(out_table).suffix.lower() == ".csv":
+                check_output_file(medians_csv_path(out_table), "--out (its medians table)")
+        _check_plot(plot)
+    except ValueError as error:
+        raise _usage(str(error)) from None
 
 
 def _record_stats(ref: str, given: UncertaintyFactors | None, path: Path | None
@@ -293,8 +465,8 @@ def _catalog_items(release_dir: Path) -> list[pystac.Item]:
     try:
         return search(release_dir)
     except SearchError as error:
-        err.print(f"[yellow]warning:[/yellow] the catalog's factors cannot be read ({error}); "
-                  "using --factors or the paper's", soft_wrap=True)
+        err.print(f"[yellow]warning:[/yellow] the catalog's factors cannot be read "
+                  f"({escape(str(error))}); using --factors or the paper's", soft_wrap=True)
         return []
 
 
@@ -306,14 +478,15 @@ def _warn_other_factors(given: UncertaintyFactors, path: Path | None,
     try:
         recorded = catalog_factors(items)
     except ValueError as error:
-        err.print(f"[yellow]warning:[/yellow] {error}", soft_wrap=True)
+        err.print(f"[yellow]warning:[/yellow] {escape(str(error))}", soft_wrap=True)
         return
     differences = factor_differences(given, recorded) if recorded is not None else []
     if differences:
-        err.print(f"[yellow]warning:[/yellow] --factors {path} differs from the factors "
-                  f"{whose} items were cataloged with ({'; '.join(differences)}): this table "
-                  "uses --factors, the items keep theirs (rebuild a local catalog with "
-                  f"`icedamage catalog --factors {path} --force`)", soft_wrap=True)
+        err.print("[yellow]warning:[/yellow] " + escape(
+            f"--factors {path} differs from the factors {whose} items were cataloged with "
+            f"({'; '.join(differences)}): this table uses --factors, the items keep theirs "
+            f"(rebuild a local catalog with `icedamage catalog --factors {path} --force`)"),
+            soft_wrap=True)
 
 
 def _range_notes(rows: list[DamageStats]) -> list[str]:
@@ -335,18 +508,18 @@ def temporal_consistency_command(
     out_table: Annotated[Path | None, typer.Option(
         "--out", help="Table of the pairs: .csv (the medians go to <stem>_medians.csv beside "
                       "it) or .ods (with a sheet of the medians).")] = None,
-    plot: Annotated[Path | None, typer.Option(help="PNG of the metrics per pair.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="PNG of the metrics per pair (a .png "
+                                                   "file).")] = None,
 ) -> None:
     """Multi-temporal consistency of damage density (paper 2.5.2): Spearman r_s, Lin's CCC
     and RMSE of each shelf's temporally adjacent maps on 900 m cells, and their medians.
 
-    Options are checked before any map is read; maps whose Δt takes a stand-in date, and
-    shelves the velocity covers only partly, are warned about on stderr."""
-    from rich.markup import escape
-
+    Options and output files are checked before any map is read; maps whose Δt takes a
+    stand-in date, and shelves the velocity covers only partly, are warned about on stderr.
+    Exit status: 0 done, 1 failed during the work, 2 bad usage (an option or argument refused
+    before any work)."""
     from catalog.stats import item_main_dates
     from catalog.temporal import (
-        check_table_path,
         check_velocity,
         plot_consistency,
         release_consistency,
@@ -359,13 +532,16 @@ def temporal_consistency_command(
     def warn(message: str) -> None:
         err.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)
 
+    _check_release_dir(release_dir)
+    _check_outputs(out_table, plot, medians=True)
     try:
-        if out_table is not None:
-            check_table_path(out_table)
         shelves = parse_shelves(shelf) if shelf else []
         layout = velocity_layout(velocity) if velocity is not None else None
         if layout is not None:
             check_velocity(layout)
+    except (ValueError, OSError, VelocityError) as error:
+        raise _usage(str(error)) from error
+    try:
         dates = item_main_dates(_catalog_items(release_dir))
         with Progress(TextColumn("density maps"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=err, transient=True) as bars:

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import zipfile
 from dataclasses import dataclass, fields
 from pathlib import Path
+from xml.parsers.expat import ExpatError
+from xml.sax import SAXException
 
 import pandas as pd
 
@@ -127,10 +130,31 @@ def _row(record: dict[str, object]) -> OdsRow:
     )
 
 
+#: What pandas' odf reader (odfpy, zipfile, the XML parsers) raises for a file that is not a
+#: readable OpenDocument spreadsheet: garbage, a truncated zip, a zip without its manifest or
+#: content, XML that does not parse, a document without a table.
+_UNREADABLE_ODS = (zipfile.BadZipFile, zipfile.LargeZipFile, KeyError, IndexError, EOFError,
+                   ValueError, SAXException, ExpatError)
+
+
 def read_sheets(path: Path) -> dict[str, pd.DataFrame]:
-    """Every sheet of metadata.ods by name, cells as the text written."""
-    # cells are text as written: pandas would read a scene id "NaN", "NA" or "null" as missing
-    return pd.read_excel(path, sheet_name=None, engine="odf", dtype=str, keep_default_na=False)
+    """Every sheet of metadata.ods by name, cells as the text written.
+
+    A file that is not a readable spreadsheet is a ``ValueError`` naming it and what the
+    reader found, so ``catalog`` prints one line instead of a zipfile/odfpy traceback (an
+    ``OSError``, e.g. a folder under that name, passes unchanged: it names the file itself).
+    """
+    try:
+        # cells are text as written: pandas would read a scene id "NaN", "NA" or "null" as
+        # missing
+        return pd.read_excel(path, sheet_name=None, engine="odf", dtype=str,
+                             keep_default_na=False)
+    except _UNREADABLE_ODS as error:
+        detail = str(error).strip().strip('"') or "no detail"
+        raise ValueError(f"{path}: not a readable OpenDocument spreadsheet "
+                         f"({type(error).__name__}: {detail}); restore it, or delete it to "
+                         "have `icedamage catalog` write it from the provenance "
+                         "records") from None
 
 
 def sheet_table(path: Path, sheet: str,

@@ -73,6 +73,21 @@ class SearchError(ValueError):
     """Bad search input (unknown sensor, malformed bbox, missing index); message says which."""
 
 
+#: How a published record may be named (``publish.remote.parse_record_ref``), for messages.
+RECORD_FORMS = ("https://zenodo.org/records/<number>, zenodo:<number> or "
+                "10.5281/zenodo.<number>")
+
+
+def not_a_record(source: str) -> SearchError | None:
+    """The error for a source that reads as a URL (``scheme://``) but names no published
+    record, or None. Why: taken for a local path it would be reported through ``Path``, which
+    turns ``https://host/x`` into ``https:/host/x``; the user's text is kept instead."""
+    if "://" not in source:
+        return None
+    return SearchError(f"{source}: not a published record this command reads (give "
+                       f"{RECORD_FORMS}), nor a local release")
+
+
 # ---------------------------------------------------------------------------------------------
 # Writing the index
 # ---------------------------------------------------------------------------------------------
@@ -615,8 +630,9 @@ def run_query(parquet: Path, resolve: HrefResolver, query: Query) -> list[pystac
             for record in records]
 
 
-def _released_names(shelves: Iterable[str]) -> list[str]:
-    """Shelf filters as released names; a name no shelf has is an error, not an empty result."""
+def released_names(shelves: Iterable[str]) -> list[str]:
+    """Shelf filters as released names; a name no shelf has is an error, not an empty result
+    (public: the ``search`` command checks its ``--shelf`` options with it before any work)."""
     try:
         return [released_name(name) for name in shelves]
     except SpecError as error:
@@ -652,7 +668,7 @@ def search(source: Path | str, shelves: str | Iterable[str] | None = None,
     parquet, resolve = _index_of(source, progress)
     shelf_names, sensor_names = _values(shelves), _values(sensors)
     query = Query(
-        shelves=tuple(_released_names(shelf_names)) if shelf_names else None, year=year,
+        shelves=tuple(released_names(shelf_names)) if shelf_names else None, year=year,
         year_from=year_from, year_to=year_to, sensors=sensor_names, restored=restored,
         bbox=tuple(float(v) for v in bbox) if bbox is not None else None,  # type: ignore[arg-type]
         bbox_crs=bbox_crs, intersects=intersects, min_fraction=min_fraction,
@@ -674,6 +690,8 @@ def _index_of(source: Path | str, progress: Callable[[str, int, int], None] | No
             except RemoteError as error:
                 raise SearchError(str(error)) from None
             return index.parquet, index.href
+        if (error := not_a_record(source)) is not None:
+            raise error
     parquet, release_dir = locate_index(Path(source))
     check_index(parquet, release_dir)
     return parquet, local_hrefs(release_dir)

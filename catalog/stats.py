@@ -15,10 +15,11 @@ memory.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import textwrap
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 import pystac
 import rasterio
+from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 import schemas
@@ -159,6 +161,25 @@ def _scan_rows(src: rasterio.io.DatasetReader) -> int:
     one read covers many of them."""
     block_rows = max(1, src.block_shapes[0][0]) if src.count else 1
     return block_rows * max(1, ENCODING.blocksize // block_rows)
+
+
+def unreadable_raster(path: Path, error: RasterioError) -> ValueError:
+    """The error for a raster rasterio cannot open or read: the file, and GDAL's own reason
+    (a failed read says only "Read failed. See previous exception"; the reason is its cause)."""
+    cause = error.__cause__ or error.__context__
+    detail = cause if cause is not None and str(cause) else error
+    return ValueError(f"{path}: cannot be read as a GeoTIFF (rasterio: {detail}); the file is "
+                      "truncated or damaged: restore it, or re-run produce for this shelf-year")
+
+
+@contextlib.contextmanager
+def reading_raster(path: Path) -> Iterator[None]:
+    """Turn a rasterio error of the block into ``unreadable_raster``'s ValueError naming
+    ``path``, so commands print one line that says which file is damaged."""
+    try:
+        yield
+    except RasterioError as error:
+        raise unreadable_raster(path, error) from None
 
 
 def count_pixels(path: Path) -> PixelCounts:
@@ -396,7 +417,8 @@ def release_stats(release_dir: Path, factors: UncertaintyFactors,
     """Stats of every type-1 product of a release, sorted by shelf and year (``progress`` sees
     the maps counted so far and their total). The main-scene date of a shelf-year comes from
     ``dates`` ((shelf, year) -> ISO date, e.g. the catalog's item datetimes), else from its
-    provenance record."""
+    provenance record. A map rasterio cannot read is a ValueError naming it
+    (``reading_raster``)."""
     from catalog.release import scan_release
 
     maps = [f for f in scan_release(release_dir) if f.damage_map is not None]
@@ -404,7 +426,8 @@ def release_stats(release_dir: Path, factors: UncertaintyFactors,
     for done, found in enumerate(maps, start=1):
         assert found.damage_map is not None
         key = (found.name.shelf, found.name.year)
-        stats = file_stats(found.damage_map, *key, factors)
+        with reading_raster(found.damage_map):
+            stats = file_stats(found.damage_map, *key, factors)
         date = (dates or {}).get(key) or _provenance_date(found)
         rows.append(dataclasses.replace(stats, sensors=tuple(found.name.sensors),
                                         main_scene_date=date))

@@ -263,10 +263,23 @@ PAPER_FACTORS = derive_factors(PAPER_EVALUATIONS, PAPER_RESTORATION)
 
 
 def load_factors(path: Path | None) -> UncertaintyFactors:
-    """Factors from a file written by ``icedamage uncertainty``, or the paper's when None."""
+    """Factors from a file written by ``icedamage uncertainty``, or the paper's when None.
+
+    A file that cannot be read (missing, a folder, not UTF-8 text) is a ``ValueError`` naming
+    it and why, like a file whose JSON breaks a rule: callers print one line, not an OSError's
+    bare "[Errno 2]" or a codec message without the file.
+    """
     if path is None:
         return PAPER_FACTORS
-    return UncertaintyFactors.from_json(Path(path).read_text(), where=str(path))
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not a factors file (not UTF-8 JSON text: byte "
+                         f"{error.object[error.start]:#04x} at offset {error.start})") from None
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read the factors file "
+                         f"({error.strerror or error})") from None
+    return UncertaintyFactors.from_json(text, where=str(path))
 
 
 # ---------------------------------------------------------------------------------------------

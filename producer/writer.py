@@ -153,18 +153,36 @@ def scan_cache() -> Iterator[None]:
 
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
-    """A temporary path beside ``final`` that replaces it only if the block succeeds."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=TEMPORARY_SUFFIX,
-                               dir=final.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    """A temporary path beside ``final`` that replaces it only if the block succeeds.
+
+    An ``OSError`` on the temporary file (creating it or its folder, writing it, moving it over
+    ``final``) is re-raised, as the same ``OSError`` subclass and errno, as "cannot write
+    <final>: <reason>": the temporary's hidden name means nothing to whoever asked for
+    ``final``. Errors on other files, and errors without a file name, pass unchanged.
+    """
+    tmp_path: Path | None = None
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=TEMPORARY_SUFFIX,
+                                   dir=final.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         os.chmod(tmp_path, 0o644)
         os.replace(tmp_path, final)
+    except OSError as error:
+        if tmp_path is not None and error.filename != str(tmp_path):
+            raise  # the block's own error on another file (or one without a name)
+        reason = error.strerror or str(error)
+        if error.filename is not None and \
+                not Path(str(error.filename)).name.startswith(f".{final.name}."):
+            reason = f"{error.filename}: {reason}"  # its folder could not be made
+        named = type(error)(f"cannot write {final}: {reason}")
+        named.errno = error.errno
+        raise named from error
     finally:
-        tmp_path.unlink(missing_ok=True)
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
 
 
 def remove_leftovers(folder: Path, belongs: Callable[[str], bool]) -> list[Path]:

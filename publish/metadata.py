@@ -68,14 +68,22 @@ def doi_valid(doi: str) -> bool:
 
 
 def load_release_yaml(path: Path) -> dict[str, Any]:
-    """The mapping in release.yaml; MetadataError when it is missing or not a mapping."""
+    """The mapping in release.yaml; MetadataError when it is missing, unreadable (not UTF-8
+    text, not YAML) or not a mapping, so the publisher reports it as one line naming the file
+    rather than a UnicodeDecodeError traceback."""
     path = Path(path)
     if not path.is_file():
         raise MetadataError(str(path), ["file not found: write the deposition metadata "
                                         "(title, creators, description, license, keywords, "
                                         "paper_doi) there or pass --metadata"])
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise MetadataError(str(path), [
+            f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); save "
+            "it as UTF-8 YAML"]) from None
+    except OSError as exc:
+        raise MetadataError(str(path), [f"cannot be read ({exc.strerror or exc})"]) from None
     except yaml.YAMLError as exc:
         raise MetadataError(str(path), [f"not valid YAML: {exc}"]) from exc
     if not isinstance(data, dict):

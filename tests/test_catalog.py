@@ -1589,7 +1589,7 @@ def test_malformed_factors_files_are_clear_errors(cataloged: Path, tmp_path: Pat
     factors.write_text(json.dumps(content))
     result = CliRunner().invoke(build_app(), ["catalog", str(cataloged), "--force",
                                               "--factors", str(factors)])
-    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
     bare = "".join(result.output.split())  # rich wraps long paths anywhere, spaces included
     assert str(factors).replace(" ", "") in bare and message.replace(" ", "") in bare
     assert "Traceback" not in result.output

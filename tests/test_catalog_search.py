@@ -130,7 +130,7 @@ def test_a_fraction_outside_0_to_1_is_refused(release: Path, value: float) -> No
 def test_search_command_hints_at_percentages_and_takes_any_case(release: Path) -> None:
     result = CliRunner().invoke(build_app(), ["search", str(release), "--min-fraction", "15"])
     text = " ".join(result.output.split())
-    assert result.exit_code == 1 and "not a percentage (15 % is 0.15)" in text, result.output
+    assert result.exit_code == 2 and "not a percentage (15 % is 0.15)" in text, result.output
     result = CliRunner().invoke(build_app(), ["search", str(release), "--sensor", "lc08",
                                               "--format", "json"])
     assert result.exit_code == 0, result.output
@@ -301,7 +301,7 @@ def test_search_command_intersects(release: Path, tmp_path: Path) -> None:
                            ('{"type": "Feature", "geometry": null}', "no GeoJSON geometry"),
                            ("{not json", "not valid JSON")):
         result = runner.invoke(build_app(), ["search", str(release), "--intersects", value])
-        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+        assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
         assert message in " ".join(result.output.split()) and "Traceback" not in result.output
 
 
@@ -370,7 +370,7 @@ def test_search_command_formats(release: Path) -> None:
                                         "--bbox-crs", "EPSG:3031", "--format", "json"])
     assert [i["id"] for i in json.loads(polar.output)] == ["totten-2016", "totten-2021"]
     bad = runner.invoke(build_app(), ["search", str(release), "--sensor", "LX99"])
-    assert bad.exit_code == 1 and "LX99" in bad.output
+    assert bad.exit_code == 2 and "LX99" in bad.output
 
 
 def test_odc_stac_loads_a_search_result(release: Path) -> None:

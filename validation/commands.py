@@ -20,6 +20,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from catalog.commands import check_output_file
 from catalog.schema_fetch import OFFLINE_ENV
 from producer.writer import atomic_path
 from validation.engine import ValidationReport, validate_release
@@ -51,6 +52,39 @@ def write_json_report(report: ValidationReport, path: Path) -> None:
     """Write the JSON report atomically (a reader never sees half a report)."""
     with atomic_path(path) as tmp:
         tmp.write_text(report.to_json(), encoding="utf-8")
+
+
+def _usage_error(errors: Console, message: str) -> typer.Exit:
+    """Print ``message`` (user text: escaped, never markup or emoji codes) as one error line;
+    the bad-usage Exit to raise."""
+    errors.print(f"[red]error:[/red] {escape(printable(message))}", soft_wrap=True,
+                 highlight=False)
+    return typer.Exit(EXIT_USAGE)
+
+
+def check_schemas_folder(folder: Path) -> None:
+    """ValueError unless ``--schemas`` is a folder whose schema-map.json and the schemas it
+    lists read. Why: checked before the release is, a wrong folder is bad usage (exit 2), not
+    a ``validator-rule-set-failed`` problem of the release found after the whole run."""
+    from catalog.rules.common import SCHEMA_MAP
+    from catalog.rules.stac_schema import load_schema_map
+
+    if not folder.is_dir():
+        raise ValueError(f"--schemas {folder}: "
+                         + ("is a file, not a folder" if os.path.lexists(folder)
+                            else "no such folder"))
+    if not (folder / SCHEMA_MAP).is_file():
+        raise ValueError(f"--schemas {folder}: no {SCHEMA_MAP} in it (the map of schema URLs "
+                         "to files that makes it a schema folder)")
+    try:
+        load_schema_map(folder)
+    except (OSError, ValueError, AttributeError, TypeError) as error:
+        # OSError: a listed file is missing; ValueError: not JSON/UTF-8; the others: a map
+        # that is no {url: file} object
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        where = f" ({error.filename})" if isinstance(error, OSError) and error.filename else ""
+        raise ValueError(f"--schemas {folder}: {SCHEMA_MAP} or a schema it lists does not "
+                         f"read: {reason}{where}") from None
 
 
 def summary(report: ValidationReport, strict: bool) -> str:
@@ -85,15 +119,22 @@ def validate(
 ) -> None:
     """Check RELEASE_DIR against the product spec and report every problem.
 
-    Exit status: 0 valid, 1 problems found, 2 bad usage (e.g. no such folder).
+    Exit status: 0 valid, 1 problems found, 2 bad usage (e.g. no such folder, a --schemas
+    folder without schema-map.json, a --json target that cannot be written); options are
+    checked before the release is.
     """
-    console = Console(stderr=False)
-    errors = Console(stderr=True)
+    console = Console(stderr=False, emoji=False)
+    errors = Console(stderr=True, emoji=False)
     if not release_dir.is_dir():
-        errors.print(f"[red]error:[/red] release folder {escape(printable(str(release_dir)))} "
-                     "does not exist or is not a folder", soft_wrap=True, markup=True,
-                     highlight=False)
-        raise typer.Exit(EXIT_USAGE)
+        raise _usage_error(errors, f"release folder {release_dir} does not exist or is not a "
+                                   "folder")
+    try:
+        if json_report is not None:
+            check_output_file(json_report, "--json")
+        if schemas is not None:
+            check_schemas_folder(schemas)
+    except ValueError as error:
+        raise _usage_error(errors, str(error)) from None
     if schemas is not None:
         os.environ["ICEDAMAGE_STAC_SCHEMAS"] = str(schemas)  # read by the catalog rule sets
     if offline:
@@ -113,7 +154,10 @@ def validate(
     if report.problems:
         console.print(problem_table(report))
     if json_report is not None:
-        write_json_report(report, json_report)
+        try:
+            write_json_report(report, json_report)
+        except OSError as error:  # the folder changed since the check above
+            raise _usage_error(errors, f"--json: {error}") from None
         console.print(f"JSON report written to {printable(str(json_report))}", markup=False)
     console.print(summary(report, strict))
     raise typer.Exit(EXIT_OK if report.ok(strict) else EXIT_PROBLEMS)
