@@ -174,8 +174,11 @@ def read_precision_recall(path: Path) -> tuple[str, float, float]:
     """
     try:
         data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: not a readable evaluation JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not an evaluation JSON (a {type(data).__name__} at the top "
+                         "level, not an object with 'precision' and 'recall')")
     for node in (data, data.get("pooled"), data.get("segmentation"),
                  data.get("segmentation_agreement")):
         if isinstance(node, dict) and node.get("precision") is not None \

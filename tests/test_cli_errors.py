@@ -333,3 +333,15 @@ def test_failures_during_the_work_still_exit_1(small: Path, tmp_path: Path) -> N
     bare = build_release(tmp_path / "bare", SMALL[:1])
     refused(invoke("search", bare), 1, "no items.parquet found")
     refused(invoke("search", small, "--sensor", "LX99"), 2, "LX99")
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe binary", b"[0.8, 0.7]"])
+def test_an_unreadable_evaluation_file_is_named(tmp_path: Path, content: bytes) -> None:
+    """``icedamage uncertainty`` on a file that is not UTF-8 JSON text, or not an object: one
+    line naming the file, not a codec or attribute error."""
+    from producer.evaluation import read_precision_recall
+
+    path = tmp_path / "eval.json"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="eval.json: not"):
+        read_precision_recall(path)
