@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated
 
 import typer
@@ -81,11 +81,28 @@ def invoked_command(argv: Sequence[str]) -> str | None:
 
 def icedamage_main() -> None:
     """Entry point of the ``icedamage`` console script."""
-    build_app(invoked_command(sys.argv[1:]))()
+    exit_on_interrupt(lambda: build_app(invoked_command(sys.argv[1:]))())
 
 
 def produce_main() -> None:
     """Entry point of the ``produce`` console script (same as ``icedamage produce``)."""
-    from producer.commands import produce_app
 
-    produce_app()()
+    def run() -> None:
+        from producer.commands import produce_app
+
+        produce_app()()
+
+    exit_on_interrupt(run)
+
+
+def exit_on_interrupt(main: Callable[[], object]) -> None:
+    """Run an entry point; a Ctrl-C anywhere in it exits 130 with one line, no traceback.
+
+    typer turns an interrupt inside a command into exit 130, but not one that lands while the
+    commands' modules are being imported (the first second or two), before typer runs.
+    """
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
+import signal
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     Progress,
@@ -33,6 +38,9 @@ from producer.shelves import UnknownShelfError, parse_shelves
 from producer.spec import RELEASED_RESTORATION, RESTORATION_METHODS, SpecError
 
 _STYLE = {"produced": "green", "skipped": "cyan", "not-mapped": "yellow", "failed": "red"}
+#: What the write stage imports lazily (``producer.writer``): rio_cogeo, and under it pydantic,
+#: which turns a Ctrl-C landing in its validator building into a SchemaError traceback.
+WRITER_MODULES: tuple[str, ...] = ("rio_cogeo.cogeo", "rio_cogeo.profiles")
 
 
 class _StageBars:
@@ -43,11 +51,55 @@ class _StageBars:
         self.tasks: dict[str, TaskID] = {
             stage: progress.add_task(stage, total=None, what="") for stage in STAGES
         }
+        self.writer_ready = False
 
     def __call__(self, stage: str, done: int, total: int, what: str) -> None:
+        if stage == "merge" and not self.writer_ready:
+            # a shelf-year is being produced (a skipped one never reaches the merge): import
+            # what its write stage needs now, uninterrupted, not after minutes of segmentation
+            import_uninterrupted(WRITER_MODULES)
+            self.writer_ready = True
         if total == 0:  # nothing to do in this stage for this year (e.g. no SLC-off scene)
             done, total, what = 1, 1, what or "not needed"
         self.progress.update(self.tasks[stage], completed=done, total=total, what=what)
+
+
+def import_uninterrupted(modules: Sequence[str]) -> None:
+    """Import ``modules`` with Ctrl-C held back until they are imported, then delivered.
+
+    An interrupt inside an import can leave a library half-built, and pydantic (under
+    rio_cogeo) reports one as a SchemaError traceback instead of the clean exit 130. Outside
+    the main thread, or with SIGINT not handled by Python, the modules are imported as is.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        for name in modules:
+            importlib.import_module(name)
+        return
+    held: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, _frame: held.append(signum))
+    try:
+        for name in modules:
+            importlib.import_module(name)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        signal.raise_signal(signal.SIGINT)  # the handler now in place acts on it
+
+
+def check_local_source(spec: str) -> None:
+    """``--source local:DIR`` names a folder: say so when DIR is a file or missing, before the
+    source reports only that its folder "does not exist"."""
+    from producer.sources.registry import parse_source_spec
+
+    kind, folder = parse_source_spec(spec)
+    if kind != "local" or folder is None or folder.is_dir():
+        return
+    if folder.exists():
+        raise ProduceError(f"--source {spec}: {folder} is a file, not a folder (local:DIR "
+                           "takes a folder of GeoTIFF scenes)")
+    raise ProduceError(f"--source {spec}: no such folder {folder} (local:DIR takes a folder of "
+                       "GeoTIFF scenes)")
 
 
 def run_produce(
@@ -74,10 +126,11 @@ def run_produce(
                       "e.g. the official one; written into the release. Default: the "
                       "release's <Shelf>_ROI.gpkg, else the registry's ROI.")] = None,
     velocity: Annotated[Path | None, typer.Option(
-        "--velocity", help="Ice-velocity product (speed raster, vx/vy raster, or MEaSUREs "
-                           "NetCDF with VX, VY): when no scene covers the ROI, the main scene "
-                           "is chosen for its coverage of the shelf and of its fast-flowing "
-                           "ice (paper 2.4.1).")] = None,
+        "--velocity", help="Ice-velocity product: a speed raster, a vx/vy raster, a NetCDF "
+                           "with VX and VY (MEaSUREs) or a speed variable V (ITS_LIVE), or one "
+                           "NetCDF variable as NETCDF:\"file.nc\":var. When no scene covers "
+                           "the ROI, the main scene is chosen for its coverage of the shelf "
+                           "and of its fast-flowing ice (paper 2.4.1).")] = None,
     out: Annotated[Path, typer.Option(help="Release folder to write into.")] = DEFAULT_OUT,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     force: Annotated[bool, typer.Option(help="Redo shelf-years that are up to date.")] = False,
@@ -106,7 +159,7 @@ def run_produce(
     version: VersionOption = False,
 ) -> None:
     """Produce the type 1 and type 2 damage maps of a shelf for one or more years."""
-    console = Console(stderr=True)
+    console = Console(stderr=True, emoji=False)  # ":name:" in a file name stays as typed
     if device not in ("auto", "cpu", "cuda"):
         raise typer.BadParameter("use auto, cpu or cuda", param_hint="--device")
     options = ProduceOptions(
@@ -117,6 +170,7 @@ def run_produce(
     )
     try:
         years = parse_years(year)
+        check_local_source(source)
         scene_source = resolve_source(source, demo_size)
         shelves = parse_shelves(shelf)
         for name in shelves:
@@ -126,22 +180,22 @@ def run_produce(
 
             check_compile_ready(resolve_device(device))
     except (ValueError, ProduceError, SpecError) as err:  # UnknownShelfError is a SpecError
-        console.print(f"[red]error:[/red] {err}")
+        console.print(f"[red]error:[/red] {escape(str(err))}")  # user text is not markup
         raise typer.Exit(2) from None
 
     def report(result: YearResult) -> None:
         style = _STYLE.get(result.status, "white")
-        console.print(f"[{style}]{result.shelf} {result.year}: {result.status}[/{style}] "
-                      f"{result.message}")
+        console.print(f"[{style}]{escape(result.shelf)} {result.year}: {result.status}[/{style}] "
+                      f"{escape(result.message)}")
 
     columns = (TextColumn("{task.description:<13}"), BarColumn(), TaskProgressColumn(),
-               TimeElapsedColumn(), TextColumn("{task.fields[what]}"))
+               TimeElapsedColumn(), TextColumn("{task.fields[what]}", markup=False))  # file names
     try:
         with Progress(*columns, console=console, transient=False) as progress:
             summary = produce(shelves, years, scene_source, options, _StageBars(progress),
                               report)
     except (ProduceError, UnknownShelfError, SpecError) as err:
-        console.print(f"[red]error:[/red] {err}")
+        console.print(f"[red]error:[/red] {escape(str(err))}")
         raise typer.Exit(2) from None
     if len(summary.results) > 1:
         console.print(f"{len(summary.results)} shelf-years: {summary.tally()}")

@@ -55,31 +55,52 @@ def read_extent(path: Path, shelf: str, year: int) -> BaseGeometry:
     """The extent polygon of one shelf-year from a GeoPackage (columns shelf, year), in EPSG:3031.
 
     Shelf names match loosely, as everywhere ("Pine_Island" is "Pine Island"). Several rows of
-    the same shelf-year are united. Missing columns, no CRS or no matching row
-    are errors that name the file.
+    the same shelf-year are united. An unreadable file, missing columns, no CRS or no matching
+    row are errors that name the file.
     """
-    import geopandas as gpd
-
     path = Path(path)
-    if not path.exists():
-        raise ExtentError(f"{path}: extent file not found")
-    frame = gpd.read_file(path)
-    missing = [c for c in ("shelf", "year") if c not in frame.columns]
-    if missing:
-        raise ExtentError(f"{path}: missing column(s) {missing}; an extent file needs one row "
-                          "per shelf-year with columns 'shelf' and 'year'")
-    if frame.crs is None:
-        raise ExtentError(f"{path}: layer has no CRS; expected {ENCODING.crs} or any defined CRS")
-    years = _years_column(frame, path)
+    frame = read_extents(path)
     same_shelf = frame["shelf"].map(lambda name: isinstance(name, str)
                                     and shelf_key(name) == shelf_key(shelf))
-    rows = frame[same_shelf & (years == int(year))]
+    rows = frame[same_shelf & (frame["year"] == int(year))]
     if rows.empty:
         raise ExtentError(f"{path}: no row with shelf == {shelf!r} and year == {year}")
     geometry = rows.to_crs(ENCODING.crs).geometry.union_all()
     if geometry.is_empty:
         raise ExtentError(f"{path}: the extent of {shelf} {year} is an empty geometry")
     return geometry
+
+
+def read_extents(path: Path) -> Any:
+    """Every row of an extent file (a GeoDataFrame, 'year' as integers), once the file is known
+    to be usable: readable by GDAL, with columns 'shelf' and 'year', a CRS and whole years.
+
+    ``produce`` calls it before any work, so a damaged file is one error line naming it rather
+    than a GDAL traceback, or a failure of every shelf-year after its scenes are fetched.
+    """
+    import geopandas as gpd
+
+    path = Path(path)
+    if not path.exists():
+        raise ExtentError(f"{path}: extent file not found")
+    try:
+        frame = gpd.read_file(path)
+    except Exception as err:  # noqa: BLE001 - pyogrio/GDAL raise their own kinds on bad files
+        raise ExtentError(f"{path}: not a readable GeoPackage of extents "
+                          f"({_gdal_reason(err)})") from None
+    missing = [c for c in ("shelf", "year") if c not in frame.columns]
+    if missing:
+        raise ExtentError(f"{path}: missing column(s) {missing}; an extent file needs one row "
+                          "per shelf-year with columns 'shelf' and 'year'")
+    if frame.crs is None:
+        raise ExtentError(f"{path}: layer has no CRS; expected {ENCODING.crs} or any defined CRS")
+    return frame.assign(year=_years_column(frame, path))
+
+
+def _gdal_reason(err: Exception) -> str:
+    """The first clause of a GDAL/pyogrio error, on one line (GDAL appends hints after ';')."""
+    text = " ".join(str(err).split(";")[0].split()).rstrip(".")
+    return text or type(err).__name__
 
 
 def polygonal(geometry: BaseGeometry) -> BaseGeometry:

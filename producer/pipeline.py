@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import importlib.metadata
 import json
+import os
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -48,10 +49,12 @@ from producer.compare import (
 )
 from producer.extent import (
     MAX_OUTSIDE_ROI_SHARE,
+    ExtentError,
     ShelfArea,
     default_extent,
     polygonal,
     read_extent,
+    read_extents,
 )
 from producer.grid import Grid, row_strips
 from producer.merge import (
@@ -296,6 +299,120 @@ def resolve_weights(weights: Path | None, source_name: str) -> Path:
             "them on demo scenes with the training command (`icedamage train --help`); "
             "random weights are never used as a default")
     return DEMO_WEIGHTS
+
+
+def check_out_folder(out: Path) -> None:
+    """Refuse an ``--out`` that cannot take the release: a file, a folder that is not writable,
+    or a missing folder whose nearest existing ancestor is not a writable folder.
+
+    Checked before any scene is fetched: otherwise the first write fails only after the
+    scenes, segmentation and merge of every shelf-year. Nothing is created here.
+    """
+    path = Path(out)
+    if path.exists():
+        if not path.is_dir():
+            raise ProduceError(f"--out {out}: is a file, not a folder (the release folder to "
+                               "write into)")
+        if not _writable_folder(path):
+            raise ProduceError(f"--out {out}: folder is not writable (permission denied)")
+        return
+    ancestor = _nearest_existing(path)
+    if not ancestor.is_dir():
+        raise ProduceError(f"--out {out}: cannot create the folder: {ancestor} is a file, not "
+                           "a folder")
+    if not _writable_folder(ancestor):
+        raise ProduceError(f"--out {out}: cannot create the folder: {ancestor} is not writable "
+                           "(permission denied)")
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists (a dangling link counts: mkdir fails on it)."""
+    path = path.absolute()
+    while not (path.exists() or path.is_symlink()) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _writable_folder(folder: Path) -> bool:
+    """Whether files can be created in ``folder`` (write and search permission, a writable
+    file system), as the process's permissions decide."""
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+#: Formats ``producer.segmentation.load_checkpoint`` reads, by suffix.
+SAFETENSORS_SUFFIXES = (".safetensors",)
+TORCH_SUFFIXES = (".pth", ".pt", ".bin")
+#: The largest safetensors header the format allows (safetensors' own limit, 100 MB).
+MAX_SAFETENSORS_HEADER = 100_000_000
+
+
+def check_weights_file(path: Path) -> None:
+    """Refuse a weights file that cannot be a checkpoint, by what is cheap to read without
+    torch: a known suffix, a safetensors header that is a JSON object (and a sidecar JSON that
+    parses), or a ``.pth`` that is a torch.save zip or pickle.
+
+    Without it, a garbage ``--weights`` fails each shelf-year after its scenes are fetched; the
+    full load (torch, shapes) still comes with the first shelf-year that is produced.
+    """
+    path = Path(path)
+    if path.suffix in SAFETENSORS_SUFFIXES:
+        _check_safetensors(path)
+    elif path.suffix in TORCH_SUFFIXES:
+        _check_torch_file(path)
+    else:
+        raise ProduceError(f"--weights {path}: unknown weights format {path.suffix!r} "
+                           "(expected .pth from the authors or .safetensors)")
+
+
+def _check_safetensors(path: Path) -> None:
+    """A safetensors file whose header is a JSON object, and a sidecar, if any, that parses."""
+    try:
+        header = _safetensors_header(path)
+    except OSError as err:
+        raise ProduceError(f"--weights {path}: cannot be read ({err.strerror})") from None
+    if not isinstance(header, dict):
+        raise ProduceError(f"--weights {path}: not a safetensors file (it does not start with "
+                           "the JSON header of one)")
+    side = path.with_suffix(".json")
+    if side.is_file():
+        try:
+            sidecar = json.loads(side.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:  # UnicodeDecodeError, JSONDecodeError
+            raise ProduceError(f"--weights {path}: its sidecar {side.name} is not readable JSON "
+                               f"({err})") from None
+        if not isinstance(sidecar, dict):
+            raise ProduceError(f"--weights {path}: its sidecar {side.name} is not a JSON object "
+                               "(the model's config and facts)")
+
+
+def _safetensors_header(path: Path) -> Any:
+    """The parsed header of a safetensors file, None where the file cannot be one: it starts
+    with the header's byte length (8 bytes, little endian), then that much JSON."""
+    with path.open("rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        if not 1 < size <= min(path.stat().st_size - 8, MAX_SAFETENSORS_HEADER):
+            return None
+        try:
+            return json.loads(f.read(size))
+        except ValueError:  # UnicodeDecodeError, JSONDecodeError
+            return None
+
+
+#: The first bytes of a ``torch.save`` file: a zip archive (torch ≥ 1.6), or a pickle
+#: (protocol 2 or later: opcode PROTO, 0x80) in the legacy format.
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def _check_torch_file(path: Path) -> None:
+    """A ``.pth`` is a torch.save zip archive or legacy pickle; anything else cannot load."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError as err:
+        raise ProduceError(f"--weights {path}: cannot be read ({err.strerror})") from None
+    if not head.startswith(_TORCH_MAGIC):
+        raise ProduceError(f"--weights {path}: not a torch checkpoint (neither the zip archive "
+                           "nor the pickle torch.save writes)")
 
 
 def resolve_diffgf(diffgf: Path | None, source_name: str) -> Path | None:
@@ -1068,12 +1185,14 @@ def check_request(shelf: str, source: SceneSource, options: ProduceOptions,
     """The released name of ``shelf`` (typed loosely: "pine island" is "Pine Island"), once the
     request is known to be runnable: a registered shelf, usable weights (DiffGF weights too
     when one of ``years`` can hold Landsat 7 SLC-off imagery and DiffGF restores it), a known
-    restoration, a sane comparison count and a ``--roi`` file that outlines the shelf (an
-    unnamed outline only in a run of one shelf: ``shelves`` are the run's). The command calls
-    it before drawing progress bars, so a mistyped option is one clear line; ``produce`` calls
-    it with the years before fetching any scene."""
+    restoration, a sane comparison count, a writable ``--out`` folder, a readable ``--extent``
+    file and a ``--roi`` file that outlines the shelf (an unnamed outline only in a run of one
+    shelf: ``shelves`` are the run's). The command calls it before drawing progress bars, so a
+    mistyped option is one clear line; ``produce`` calls it with the years before fetching any
+    scene."""
     name = released_name(shelf)
-    resolve_weights(options.weights, source.name)
+    check_weights_file(resolve_weights(options.weights, source.name))
+    check_out_folder(options.out)
     if options.restoration not in RESTORATION_METHODS:
         raise ProduceError(f"--restoration {options.restoration!r}: use "
                            f"{' or '.join(RESTORATION_METHODS)}")
@@ -1089,6 +1208,11 @@ def check_request(shelf: str, source: SceneSource, options: ProduceOptions,
     if options.extent_file is not None and not Path(options.extent_file).is_file():
         raise ProduceError(f"--extent {options.extent_file}: no such file (a GeoPackage of "
                            "extents with columns shelf, year)")
+    if options.extent_file is not None:
+        try:
+            read_extents(options.extent_file)
+        except ExtentError as err:
+            raise ProduceError(f"--extent {err}") from None
     if options.batch_size is not None and options.batch_size < 1:
         raise ProduceError(f"--batch-size {options.batch_size}: must be at least 1")
     if options.velocity is not None:

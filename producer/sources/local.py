@@ -226,12 +226,17 @@ def describe(path: Path) -> LocalFile:
 Orphan = tuple[Path, dt.date, str]
 
 
+def _missing(folder: Path) -> str:
+    """Why a path is no scene folder: it is a file, or nothing is there."""
+    return "is a file, not a folder" if folder.exists() else "does not exist"
+
+
 def inventory(folder: Path) -> tuple[list[LocalFile], list[Orphan]]:
     """Every scene under ``folder``, described: GeoTIFFs (cloud masks, named by sidecars or
     beside their export-named scenes, and the bands of Level-1 products excluded) and Level-1
     products; and the export-named cloud masks whose scene is gone (not scenes, not errors)."""
     if not folder.is_dir():
-        raise SourceError(f"{folder}: local scene folder does not exist")
+        raise SourceError(f"{folder}: local scene folder {_missing(folder)}")
     products, owned = find_products(folder)
     tiffs = sorted(p for p in folder.rglob("*") if p.is_file()
                    and p.suffix.lower() in (".tif", ".tiff") and not p.name.startswith(".")
@@ -411,7 +416,7 @@ class LocalFolderSource:
             raise SourceError(f"resampling {resampling!r} is not one of {sorted(RESAMPLING)}")
         self.folder = Path(folder)
         if not self.folder.is_dir():
-            raise SourceError(f"{self.folder}: local scene folder does not exist")
+            raise SourceError(f"{self.folder}: local scene folder {_missing(self.folder)}")
         self.resampling = resampling
         self.top = top
         self.force = force
