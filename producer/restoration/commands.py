@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+import os
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -18,12 +22,121 @@ from producer.spec import RESTORATION_METHODS
 from producer.writer import atomic_path
 
 if TYPE_CHECKING:
-    from producer.restoration.train import TrainConfig
+    import torch
+
+    from producer.restoration.diffgf import DiffGF
+    from producer.restoration.evaluate import EvalImage
+    from producer.restoration.train import TrainConfig, TrainState
 
 console = Console(stderr=True)
 
+#: ``--device`` values: auto (CUDA when present), the CPU, the default or a numbered CUDA device.
+DEVICE_VALUES = re.compile(r"auto|cpu|cuda(:\d+)?")
+#: Most DDIM steps: DiffGF's scheduler has 1000 training timesteps to pick them from.
+MAX_DDIM_STEPS = 1000
+#: Smallest ``--crop`` / ``--size``: DiffGF works on 16-px cells (autoencoder ×4, UNet ×4),
+#: and SSIM needs a 7-px window.
+MIN_TILE = 16
+
+
+# ---------------------------------------------------------------- checks shared by the commands
+# (also used by producer.training.commands: they belong in a CLI-wide module once there is one)
+
+
+def error(message: str, code: int = 1) -> NoReturn:
+    """Print ``error: message`` on one unwrapped line and exit with ``code``.
+
+    The message is escaped, so paths and values with ``[...]`` print as given instead of being
+    read as rich markup (or failing as broken markup).
+    """
+    Console(stderr=True).print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def usage_error(message: str) -> NoReturn:
+    """Refuse a bad option value: one line, exit 2 (bad usage, as ``produce``)."""
+    error(message, 2)
+
+
+def positive(value: float | None) -> float | None:
+    """typer callback: a finite number > 0 (or the option left out), so a rate or a time budget
+    of 0, below 0, nan or inf is refused before any work (typer's ``min`` lets nan through)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"{value} is not a finite number > 0")
+    return value
+
+
+def non_negative(value: float | None) -> float | None:
+    """typer callback: a finite number >= 0 (or the option left out)."""
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise typer.BadParameter(f"{value} is not a finite number >= 0")
+    return value
+
+
+def check_device(device: str, option: str = "--device") -> None:
+    """Refuse, with exit 2, a device torch cannot use here: a name that is not auto, cpu, cuda
+    or cuda:N (torch's own error is a traceback listing every backend), or CUDA when torch sees
+    no such device (as ``produce``'s request check)."""
+    if not DEVICE_VALUES.fullmatch(device):
+        usage_error(f"{option} {device!r}: not a device (rule: auto, cpu, cuda or cuda:N)")
+    if not device.startswith("cuda"):
+        return
+    import torch  # only for CUDA: a CPU run does not wait for it here
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.partition(":")[2] or 0)
+    if count == 0:
+        usage_error(f"{option} {device}: torch {torch.__version__} sees no CUDA device (a CPU "
+                    "build, or no GPU); use --device cpu or auto")
+    if index >= count:
+        usage_error(f"{option} {device}: torch sees {count} CUDA device(s), cuda:0 to "
+                    f"cuda:{count - 1}")
+
+
+def check_output(path: Path, option: str, *, folder: bool) -> None:
+    """Refuse, with exit 2 and before any work, an output the command could only fail to write
+    at its end: a folder where a file is expected or the reverse, or a path whose nearest
+    existing ancestor is a file or not writable (so its folders cannot be created)."""
+    if folder and path.exists() and not path.is_dir():
+        usage_error(f"{option} {path}: exists and is not a folder (rule: {option} names a "
+                    "folder to write into)")
+    if not folder and path.is_dir():
+        usage_error(f"{option} {path}: is a folder (rule: {option} names the file to write)")
+    base = (path if folder else path.parent).absolute()
+    existing = next(p for p in (base, *base.parents) if p.exists())
+    if not existing.is_dir():
+        usage_error(f"{option} {path}: {existing} is a file, not a folder (rule: the folders "
+                    "above the output must be folders or creatable)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        usage_error(f"{option} {path}: folder {existing} is not writable (rule: the output "
+                    "must be writable)")
+
+
+@contextmanager
+def removed_if_left_empty(folder: Path) -> Iterator[None]:
+    """Remove ``folder`` (and the empty folders above it this block created) when the block
+    fails and leaves it empty, so a refused run leaves no empty output folder behind; a folder
+    with files in it (a checkpoint to resume from) is kept."""
+    new = [p for p in (folder.absolute(), *folder.absolute().parents) if not p.exists()]
+    try:
+        yield
+    except BaseException:
+        for path in new:  # deepest first
+            try:
+                path.rmdir()
+            except OSError:  # not empty, or already gone
+                break
+        raise
+
+
+def _named(option: str, path: Path, exc: Exception) -> str:
+    """``exc`` as one message naming ``option`` and the file once."""
+    text = str(exc) or type(exc).__name__
+    return f"{option}: {text}" if path.name in text else f"{option} {path}: {text}"
+
 
 def _progress() -> Progress:
+    """The progress bar of the restoration commands (on stderr)."""
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console)
 
@@ -34,51 +147,86 @@ def train_diffgf(
     data: Annotated[Path | None, typer.Option(
         help="Folder of complete 3-band UInt8 GeoTIFF/PNG tiles; default: synthetic ice tiles.",
         exists=True, file_okay=False)] = None,
-    vae_steps: Annotated[int, typer.Option(help="Autoencoder steps (phase 1).")] = 300,
-    unet_steps: Annotated[int, typer.Option(help="Diffusion UNet steps (phase 2).")] = 900,
-    batch: Annotated[int, typer.Option(help="Tiles per step.")] = 4,
-    crop: Annotated[int, typer.Option(help="Training tile size (multiple of 16).")] = 128,
-    lr_vae: Annotated[float, typer.Option(help="AdamW learning rate, autoencoder.")] = 2e-4,
-    lr_unet: Annotated[float, typer.Option(help="AdamW learning rate, UNet.")] = 2e-4,
-    seed: Annotated[int, typer.Option(help="Seed of data, masks, noise and init.")] = 0,
-    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 100,
+    vae_steps: Annotated[int, typer.Option(min=0, help="Autoencoder steps (phase 1).")] = 300,
+    unet_steps: Annotated[int, typer.Option(min=0, help="Diffusion UNet steps (phase 2).")] = 900,
+    batch: Annotated[int, typer.Option(min=1, help="Tiles per step.")] = 4,
+    crop: Annotated[int, typer.Option(
+        min=MIN_TILE, help="Training tile size (multiple of 16).")] = 128,
+    lr_vae: Annotated[float, typer.Option(
+        callback=positive, help="AdamW learning rate, autoencoder.")] = 2e-4,
+    lr_unet: Annotated[float, typer.Option(
+        callback=positive, help="AdamW learning rate, UNet.")] = 2e-4,
+    seed: Annotated[int, typer.Option(
+        min=0, help="Seed of data, masks, noise and init.")] = 0,
+    checkpoint_every: Annotated[int, typer.Option(
+        min=1, help="Steps between checkpoints.")] = 100,
     resume: Annotated[bool, typer.Option(
         help="Continue from OUT/checkpoint.safetensors with the run's own settings, changed "
              "only by the options given now (unet-steps, checkpoint-every; others must "
              "match).")] = False,
-    threads: Annotated[int, typer.Option(help="CPU threads for torch (0: torch default).")] = 0,
+    threads: Annotated[int, typer.Option(
+        min=0, help="CPU threads for torch (0: torch default).")] = 0,
     max_minutes: Annotated[float | None, typer.Option(
+        callback=positive,
         help="Wall-clock budget; the run ends early (weights written) when it is spent.")] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
     workers: Annotated[int, typer.Option(
-        help="Processes drawing training tiles ahead (0: none; a GPU needs several).")] = 0,
+        min=0, help="Processes drawing training tiles ahead (0: none; a GPU needs several).")] = 0,
 ) -> None:
     """Train DiffGF on complete images with simulated SLC-off gaps (SLCANT construction)."""
-    import torch
-
-    from producer.restoration.train import CHECKPOINT, CURVE, FINAL, TrainConfig, train
-    from producer.segmentation.inference import resolve_device
-
     if crop % 16:
         raise typer.BadParameter(f"--crop {crop} must be a multiple of 16")
+    check_output(out, "--out", folder=True)
+    check_device(device)
+    import torch
+
+    from producer.restoration.train import CURVE, FINAL, TrainConfig
+    from producer.segmentation.inference import resolve_device
+
+    asked = TrainConfig(vae_steps=vae_steps, unet_steps=unet_steps, batch=batch, crop=crop,
+                        lr_vae=lr_vae, lr_unet=lr_unet, seed=seed,
+                        checkpoint_every=checkpoint_every,
+                        data=str(data.resolve()) if data else None)
+    config = _diffgf_config(ctx, out, resume, asked)
+
     if threads:
         torch.set_num_threads(threads)
+    with removed_if_left_empty(out):
+        state = _run_diffgf(config, out, resume, max_minutes, resolve_device(device), workers)
+    console.print(f"weights: {escape(str(out / FINAL))} ({state.step} steps, "
+                  f"{state.seconds:.0f} s); loss curve: {escape(str(out / CURVE))}")
+
+
+def _diffgf_config(ctx: typer.Context, out: Path, resume: bool, asked: TrainConfig
+                   ) -> TrainConfig:
+    """The run's configuration (``asked``, or on a resume the run's own changed by the options
+    typed), refused in one line before any work when ``out`` holds a finished run that is not
+    resumed, when a resume's settings cannot be read, or when both phases have no steps (a run
+    that would write untrained weights)."""
+    from producer.restoration.train import CHECKPOINT, FINAL
+
     if (out / FINAL).exists() and not resume:
-        console.print(f"[red]{out / FINAL} exists; pass --resume to continue that run or "
-                      "choose another --out")
-        raise typer.Exit(1)
-    config = TrainConfig(vae_steps=vae_steps, unet_steps=unet_steps, batch=batch, crop=crop,
-                         lr_vae=lr_vae, lr_unet=lr_unet, seed=seed,
-                         checkpoint_every=checkpoint_every,
-                         data=str(data.resolve()) if data else None)
+        error(f"{out / FINAL} exists; pass --resume to continue that run or choose another "
+              "--out")
+    config = asked
     if resume:
         try:
-            config = _resumed_config(ctx, out, config)
+            config = _resumed_config(ctx, out, asked)
         except ValueError as exc:
-            console.print(f"[red]{exc}")
-            raise typer.Exit(1) from exc
-    if resume and not (out / CHECKPOINT).exists():
-        console.print(f"no checkpoint in {out}; starting a new run")
+            error(str(exc))
+        if not (out / CHECKPOINT).exists():
+            console.print(f"no checkpoint in {escape(str(out))}; starting a new run")
+    if config.total_steps < 1:
+        usage_error("--vae-steps and --unet-steps are both 0 (rule: a run trains at least "
+                    "one step)")
+    return config
+
+
+def _run_diffgf(config: TrainConfig, out: Path, resume: bool, max_minutes: float | None,
+                device: torch.device, workers: int) -> TrainState:
+    """Train with a progress bar; the run's own refusals (data, resume) end in one line."""
+    from producer.restoration.train import train
+
     with _progress() as bar:
         task = bar.add_task("train-diffgf", total=config.total_steps, info="")
 
@@ -89,12 +237,11 @@ def train_diffgf(
         try:
             _, state = train(config, out, resume=resume, progress=report,
                              max_seconds=None if max_minutes is None else 60 * max_minutes,
-                             device=resolve_device(device), workers=workers)
+                             device=device, workers=workers)
         except (ValueError, FileNotFoundError) as exc:
-            console.print(f"[red]{exc}")
-            raise typer.Exit(1) from exc
-    console.print(f"weights: {out / FINAL} ({state.step} steps, {state.seconds:.0f} s); "
-                  f"loss curve: {out / CURVE}")
+            bar.stop()
+            error(str(exc))
+    return state
 
 
 def _resumed_config(ctx: typer.Context, out: Path, asked: TrainConfig) -> TrainConfig:
@@ -126,44 +273,31 @@ def evaluate_restoration(
     data: Annotated[Path | None, typer.Option(
         help="Folder of complete tiles; default: held-out synthetic tiles.", exists=True,
         file_okay=False)] = None,
-    synthetic: Annotated[int, typer.Option(help="Held-out synthetic tiles when no --data.")] = 16,
+    synthetic: Annotated[int, typer.Option(
+        min=1, help="Held-out synthetic tiles when no --data.")] = 16,
     demo: Annotated[int, typer.Option(
-        help="Evaluate on this many demo Landsat 7 SLC-off scenes instead (their own gaps; "
-             "reference: the same date rendered without gaps), --size px a side.")] = 0,
-    size: Annotated[int, typer.Option(help="Synthetic tile or demo window size.")] = 256,
-    seed: Annotated[int, typer.Option(help="Seed of masks and sampling.")] = 0,
-    steps: Annotated[int, typer.Option(help="DDIM steps.")] = 20,
+        min=0, help="Evaluate on this many demo Landsat 7 SLC-off scenes instead (their own "
+                    "gaps; reference: the same date rendered without gaps), --size px a side."
+    )] = 0,
+    size: Annotated[int, typer.Option(
+        min=MIN_TILE, help="Synthetic tile or demo window size.")] = 256,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of masks and sampling.")] = 0,
+    steps: Annotated[int, typer.Option(min=1, max=MAX_DDIM_STEPS, help="DDIM steps.")] = 20,
     segmentation: Annotated[Path | None, typer.Option(
         help="SegFormer weights: also report the damage-map agreement of restored vs original "
              "(Table 5 style; its precision/recall give λ_restoration).", exists=True,
         dir_okay=False)] = None,
 ) -> None:
     """Simulate SLC-off on complete images, restore, report PSNR/SSIM/UIQI/CC/RMSE."""
-    from producer.restoration.api import MissingWeightsError, resolve_model
-    from producer.restoration.evaluate import (
-        demo_scenes,
-        evaluate,
-        folder_images,
-        held_out_synthetic,
-    )
+    from producer.restoration.evaluate import evaluate
 
-    chosen = [m.strip() for m in methods.split(",") if m.strip()]
-    unknown = [m for m in chosen if m not in RESTORATION_METHODS]
-    if unknown or not chosen:
-        raise typer.BadParameter(f"--methods {methods!r}: choose among "
-                                 f"{sorted(RESTORATION_METHODS)}")
+    chosen = _chosen_methods(methods)
     if demo and data:
         raise typer.BadParameter("--demo and --data exclude each other: choose one set of images")
-    model = None
-    if "DiffGF" in chosen:
-        try:
-            model = resolve_model(diffgf)
-        except MissingWeightsError as exc:
-            console.print(f"[red]{exc}")
-            raise typer.Exit(1) from exc
-    images = (folder_images(data) if data else demo_scenes(demo, size) if demo
-              else held_out_synthetic(synthetic, size))
+    check_output(out, "--out", folder=False)
+    model = _diffgf_model(diffgf) if "DiffGF" in chosen else None
     segment = _segmenter(segmentation) if segmentation else None
+    images = _evaluation_images(data, demo, synthetic, size)
     with _progress() as bar:
         task = bar.add_task("evaluate", total=len(images) * len(chosen), info="")
         report = evaluate(images, chosen, model, seed=seed, steps=steps,
@@ -181,14 +315,80 @@ def evaluate_restoration(
         console.print(f"segmentation agreement ({seg['method']} vs original): "
                       f"mIoU {seg['miou']:.4f} OA {seg['oa']:.4f} precision "
                       f"{seg['precision']:.4f} recall {seg['recall']:.4f} F1 {seg['f1']:.4f}")
-    console.print(f"LPIPS {report['LPIPS']}\nreport: {out}")
+    console.print(f"LPIPS {escape(str(report['LPIPS']))}\nreport: {escape(str(out))}")
+
+
+def _chosen_methods(methods: str) -> list[str]:
+    """The ``--methods`` list, refused (exit 2) when empty or naming an unknown method."""
+    chosen = [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in RESTORATION_METHODS]
+    if unknown or not chosen:
+        raise typer.BadParameter(f"--methods {methods!r}: choose among "
+                                 f"{sorted(RESTORATION_METHODS)}")
+    return chosen
+
+
+def _diffgf_model(weights: Path | None) -> DiffGF:
+    """The ``--diffgf`` model, loaded before any image is made: missing weights, or a file that
+    is not DiffGF weights, end in one line naming the option and the file (exit 1)."""
+    from safetensors import SafetensorError
+
+    from producer.restoration.api import MissingWeightsError, resolve_model
+
+    try:
+        return resolve_model(weights)
+    except MissingWeightsError as exc:
+        error(str(exc))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, AttributeError) as exc:
+        # errors reading the configuration name no file
+        assert weights is not None  # resolve_model(None) is a MissingWeightsError
+        error(f"--diffgf {weights}: its configuration {_diffgf_sidecar(weights)} "
+              f"{_sidecar_problem(exc)}")
+    except (OSError, ValueError, TypeError, SafetensorError) as exc:
+        # DiffGFWeightsError, a truncated safetensors file ...
+        assert weights is not None
+        error(_named("--diffgf", weights, exc))
+
+
+def _diffgf_sidecar(weights: Path) -> Path:
+    """The JSON configuration read with DiffGF weights (beside a file, inside a folder)."""
+    return weights / "diffgf.json" if weights.is_dir() else weights.with_suffix(".json")
+
+
+def _sidecar_problem(exc: Exception) -> str:
+    """What is wrong with a DiffGF configuration, from the error reading it raised."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"is not valid JSON ({exc.msg}, line {exc.lineno})"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"is not UTF-8 text (byte {exc.start}; rule: a JSON file)"
+    if isinstance(exc, KeyError):
+        return f"lacks field {exc.args[0]!r} (rule: the configuration of each network)"
+    return f"is not a JSON object (rule: the networks' configurations by name; {exc})"
+
+
+def _evaluation_images(data: Path | None, demo: int, synthetic: int, size: int
+                       ) -> list[EvalImage]:
+    """The complete images to evaluate on: a folder's tiles, demo scenes or synthetic tiles; a
+    folder without usable tiles ends in one line naming it (exit 1)."""
+    from producer.restoration.evaluate import demo_scenes, folder_images, held_out_synthetic
+
+    if not data:
+        return demo_scenes(demo, size) if demo else held_out_synthetic(synthetic, size)
+    try:
+        return folder_images(data)
+    except (OSError, ValueError) as exc:  # rasterio's errors are OSError / ValueError
+        error(_named("--data", data, exc))
 
 
 def _segmenter(weights: Path) -> Callable[[np.ndarray], np.ndarray]:
-    """A damage segmenter from SegFormer weights (the producer's whole-scene algorithm, TTA)."""
+    """A damage segmenter from SegFormer weights (the producer's whole-scene algorithm, TTA);
+    weights it cannot load end in one line naming ``--segmentation`` and the file (exit 1)."""
     from producer.segmentation import load_checkpoint, predict_array
 
-    model, _ = load_checkpoint(weights)
+    try:
+        model, _ = load_checkpoint(weights)
+    except (OSError, ValueError) as exc:  # CheckpointError is a ValueError
+        error(_named("--segmentation", weights, exc))
     return lambda rgb: predict_array(model, rgb, device="cpu").labels == 1
 
 

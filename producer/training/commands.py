@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import numpy as np
 import typer
@@ -30,14 +32,23 @@ from producer.evaluation import (
     difference_map,
     read_precision_recall,
 )
+from producer.restoration.commands import (
+    check_device,
+    check_output,
+    non_negative,
+    positive,
+)
 from producer.writer import atomic_path
 
 console = Console()
+#: Smallest demo tile size (``DemoTileDataset`` refuses smaller ones).
+MIN_DEMO_SIZE = 32
 
 
-def _fail(message: str) -> None:
-    """Print an error and exit non-zero."""
-    console.print(f"[red]error:[/red] {message}", soft_wrap=True)  # one line, unwrapped
+def _fail(message: str) -> NoReturn:
+    """Print an error on one unwrapped line and exit 1; the message is escaped, so paths with
+    ``[...]`` print as given rather than as rich markup."""
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -78,8 +89,9 @@ def _require_folder(path: Path) -> None:
 
 def export_demo_tiles(
     out: Annotated[Path, typer.Argument(help="Folder to write images/, labels/ and splits")],
-    count: Annotated[int, typer.Option(help="Number of tiles")] = 64,
-    size: Annotated[int, typer.Option(help="Tile size in pixels")] = 512,
+    count: Annotated[int, typer.Option(min=1, help="Number of tiles")] = 64,
+    size: Annotated[int, typer.Option(
+        min=MIN_DEMO_SIZE, help="Tile size in pixels")] = 512,
     first_seed: Annotated[int, typer.Option(help="Render seed of the first tile")] = 0,
     seed: Annotated[int, typer.Option(help="Seed of the 80/20 split")] = 0,
     force: Annotated[bool, typer.Option(help="Re-render existing tiles")] = False,
@@ -88,12 +100,13 @@ def export_demo_tiles(
     from producer.training.data import SPLITS
     from producer.training.data import export_demo_tiles as export
 
+    check_output(out, "OUT", folder=True)
     kept = [f"{s}.txt" for s in SPLITS if (out / f"{s}.txt").exists()] if not force else []
     try:
         split = export(out, count, size, first_seed, seed, force=force)
     except (OSError, ValueError, ImportError) as exc:
         _fail(str(exc))
-    console.print(f"{out}: {count} tiles of {size}² (train {len(split['train'])}, "
+    console.print(f"{escape(str(out))}: {count} tiles of {size}² (train {len(split['train'])}, "
                   f"test {len(split['test'])}" + (f", val {len(split['val'])}" if split['val']
                                                   else "") + ")")
     if kept:
@@ -111,23 +124,26 @@ def train(
         show_default=False)] = "b2",
     init: Annotated[Path | None, typer.Option(
         help="Initialise from a local checkpoint (its variant must match --variant)")] = None,
-    epochs: Annotated[int, typer.Option()] = 200,
-    batch_size: Annotated[int, typer.Option()] = 8,
-    start_lr: Annotated[float, typer.Option(help="Warm-up start")] = 1e-5,
-    peak_lr: Annotated[float, typer.Option(help="Warm-up end / cosine start")] = 1e-4,
-    final_lr: Annotated[float, typer.Option(help="Cosine end, then constant")] = 5e-5,
-    warmup_epochs: Annotated[int, typer.Option()] = 20,
-    cosine_epochs: Annotated[int, typer.Option()] = 80,
-    weight_decay: Annotated[float, typer.Option()] = 0.01,
+    epochs: Annotated[int, typer.Option(min=1)] = 200,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    start_lr: Annotated[float, typer.Option(callback=positive, help="Warm-up start")] = 1e-5,
+    peak_lr: Annotated[float, typer.Option(
+        callback=positive, help="Warm-up end / cosine start")] = 1e-4,
+    final_lr: Annotated[float, typer.Option(
+        callback=positive, help="Cosine end, then constant")] = 5e-5,
+    warmup_epochs: Annotated[int, typer.Option(min=0)] = 20,
+    cosine_epochs: Annotated[int, typer.Option(min=0)] = 80,
+    weight_decay: Annotated[float, typer.Option(callback=non_negative)] = 0.01,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 …")] = "cpu",
     augment: Annotated[bool, typer.Option(help="Random rotation and brightness")] = True,
     crop: Annotated[int | None, typer.Option(help="Train on random crops of this size")] = None,
-    demo_tiles: Annotated[int, typer.Option(help="Demo training tiles")] = 256,
-    demo_val_tiles: Annotated[int, typer.Option(help="Demo validation tiles")] = 32,
-    demo_size: Annotated[int, typer.Option(help="Demo tile size")] = 256,
+    demo_tiles: Annotated[int, typer.Option(min=1, help="Demo training tiles")] = 256,
+    demo_val_tiles: Annotated[int, typer.Option(min=1, help="Demo validation tiles")] = 32,
+    demo_size: Annotated[int, typer.Option(min=MIN_DEMO_SIZE, help="Demo tile size")] = 256,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
-    max_minutes: Annotated[float | None, typer.Option(help="Stop after this wall time")] = None,
+    max_minutes: Annotated[float | None, typer.Option(
+        callback=positive, help="Stop after this wall time")] = None,
     resume: Annotated[bool, typer.Option(
         help="Continue the run in --out exactly: its own settings, changed only by the options "
              "given now (epochs, device, threads, max-minutes, pth; others must match)")] = False,
@@ -137,6 +153,7 @@ def train(
     from producer.training.train import TrainConfig, checkpoint_variant, resume_config
     from producer.training.train import train as run
 
+    check_output(out, "--out", folder=True)
     try:
         if init is not None and not resume and not _typed(ctx, "variant"):
             variant = checkpoint_variant(init) or variant  # the checkpoint's own variant
@@ -153,11 +170,15 @@ def train(
                 crop=crop, demo_tiles=demo_tiles, demo_val_tiles=demo_val_tiles,
                 demo_size=demo_size,
                 threads=threads, pth=pth, max_minutes=max_minutes)
+    except (OSError, ValueError, ImportError) as exc:
+        _fail(str(exc))
+    check_device(config.device)  # as typed, or the resumed run's own
+    try:
         state = run(config, resume=resume, console=console)
     except (OSError, ValueError, ImportError) as exc:
         _fail(str(exc))
     console.print(f"best validation mIoU {state.best_miou:.4f} at epoch {state.best_epoch + 1}; "
-                  f"checkpoints in {out}")
+                  f"checkpoints in {escape(str(out))}")
 
 
 def _given_settings(ctx: typer.Context) -> dict[str, object]:
@@ -298,7 +319,7 @@ def evaluate(
     predictions: Annotated[Path | None, typer.Option(help="Folder of existing maps")] = None,
     split: Annotated[str, typer.Option(help="train, val, test or all")] = "test",
     name: Annotated[str | None, typer.Option(help="Name of this evaluation")] = None,
-    threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda …")] = "auto",
     tta: Annotated[bool, typer.Option(
         help="Mirror test-time augmentation (4 views, the authors' inference); --no-tta: one "
@@ -311,11 +332,12 @@ def evaluate(
     """Evaluate damage maps against labels: mIoU, OA, precision, recall, F1 (Eq. 4-9)."""
     if (model is None) == (predictions is None):
         _fail("give exactly one of --model or --predictions")
-    if threads is not None and threads < 1:
-        _fail(f"--threads must be >= 1, got {threads}")
     if split not in EVALUATION_SPLITS:
         _fail(f"--split {split!r}: expected one of {', '.join(EVALUATION_SPLITS)}")
     _require_folder(data)
+    check_output(out, "--out", folder=True)
+    if model is not None:  # maps given by --predictions need no device
+        check_device(device)
     try:
         names = _evaluation_names(data, split)
     except (OSError, ValueError) as exc:
@@ -340,6 +362,18 @@ def evaluate(
     else:
         protocol |= {"predictions": str(predictions), "tta": None}
     result = SetEvaluation(name or f"{Path(data).name}:{split}", protocol=protocol)
+    with _removed_on_failure(out):
+        _evaluate_images(result, names, data, out, predict, predictions, save_predictions)
+    console.print(_table(result))
+    console.print(f"wrote {escape(str(out / 'evaluation.json'))} and {len(names)} difference "
+                  "maps")
+
+
+def _evaluate_images(result: SetEvaluation, names: list[str], data: Path, out: Path,
+                     predict: Callable[[np.ndarray], np.ndarray] | None,
+                     predictions: Path | None, save_predictions: bool) -> None:
+    """Score each image into ``result``, write its difference map, then evaluation.json; an
+    image that cannot be scored ends the command in one line naming it."""
     for image in track(names, description="evaluating", console=console, transient=True):
         try:
             pred, label, valid = _evaluation_pair(data, image, predict, predictions,
@@ -353,8 +387,20 @@ def evaluate(
         _write_png(out / "difference" / f"{image}_difference.png", diff)
     with atomic_path(out / "evaluation.json") as tmp:
         tmp.write_text(result.to_json())
-    console.print(_table(result))
-    console.print(f"wrote {out / 'evaluation.json'} and {len(names)} difference maps")
+
+
+@contextmanager
+def _removed_on_failure(folder: Path) -> Iterator[None]:
+    """Remove ``folder`` when the block fails and the folder did not exist before it (so all
+    in it, difference maps of the images done so far, is this failed run's): a failed
+    evaluation leaves no half-written output. A folder that existed is left as it is."""
+    new = [p for p in (folder.absolute(), *folder.absolute().parents) if not p.exists()]
+    try:
+        yield
+    except BaseException:
+        if new:
+            shutil.rmtree(new[-1], ignore_errors=True)  # the topmost folder this run made
+        raise
 
 
 #: Colour of label or prediction nodata in the difference maps (not a Fig. 7 class colour).
@@ -402,15 +448,15 @@ def _evaluation_pair(data: Path, image: str, predict: Callable[[np.ndarray], np.
 
 def _table(result: SetEvaluation) -> Table:
     """Per-image and pooled metrics as a rich table."""
-    table = Table(title=f"Segmentation evaluation: {result.name}")
+    table = Table(title=f"Segmentation evaluation: {escape(result.name)}")
     table.add_column("image")
     for key in METRICS:
         table.add_column({"miou": "mIoU", "oa": "OA"}.get(key, key.capitalize()), justify="right")
     rows = [*sorted(result.images.items()), ("pooled", result.pooled)]
     for image, counts in rows:
         m = counts.metrics()
-        table.add_row(image, *("n/a" if math.isnan(m[k]) else f"{m[k]:.3f}" for k in METRICS),
-                      style="bold" if image == "pooled" else None)
+        cells = ("n/a" if math.isnan(m[k]) else f"{m[k]:.3f}" for k in METRICS)
+        table.add_row(escape(image), *cells, style="bold" if image == "pooled" else None)
     return table
 
 
@@ -438,8 +484,11 @@ def uncertainty(
         restoration_rule,
     )
 
+    check_output(out, "--out", folder=False)
     warn = Console(stderr=True)
     try:
+        for path in [*(evaluations or []), *([restoration] if restoration else [])]:
+            _check_json_object(path)
         segs = ([Evaluation(*read_precision_recall(p)) for p in evaluations] if evaluations
                 else list(PAPER_EVALUATIONS))
         if restoration is not None:
@@ -456,14 +505,33 @@ def uncertainty(
     with atomic_path(out) as tmp:
         tmp.write_text(factors.to_json())
     console.print(f"λ_min {factors.lambda_min:.3f}  λ_max {factors.lambda_max:.3f}  "
-                  f"λ_restoration {factors.lambda_restoration:.3f} → {out}")
+                  f"λ_restoration {factors.lambda_restoration:.3f} → {escape(str(out))}",
+                  soft_wrap=True)
     for name, factor in sorted(factors.known_restorations().items()):
         low, high = factors.factors_for(name)
-        console.print(f"  {restoration_rule(name, factor)}: bounds {low:.3f}-{high:.3f} × the "
-                      "mapped value", soft_wrap=True)
-    console.print(json.dumps({"sources": list(factors.sources)}))
+        console.print(f"  {escape(restoration_rule(name, factor))}: bounds {low:.3f}-{high:.3f} "
+                      "× the mapped value", soft_wrap=True)
+    console.print(escape(json.dumps({"sources": list(factors.sources)})), soft_wrap=True)
     for note in factor_warnings(factors, len(segs)):
-        warn.print(f"[yellow]warning:[/yellow] {note}", soft_wrap=True)
+        warn.print(f"[yellow]warning:[/yellow] {escape(note)}", soft_wrap=True)
+
+
+def _check_json_object(path: Path) -> None:
+    """Refuse an evaluation file that is not UTF-8 JSON holding an object, with a ValueError
+    naming the file (the readers would fail on it without naming it, or with a traceback)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text at byte {exc.start} (rule: an evaluation "
+                         "is a JSON file)") from exc
+    except OSError as exc:
+        raise ValueError(f"{path}: not readable ({exc.strerror or exc})") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno} column "
+                         f"{exc.colno})") from exc
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: holds a JSON {type(doc).__name__}, not an object (rule: an "
+                         "evaluation is an object with precision and recall)")
 
 
 def register(app: typer.Typer) -> None:
