@@ -41,6 +41,7 @@ from catalog.uncertainty import (
     load_factors,
 )
 from producer.spec import SENSOR_ORDER
+from producer.writer import unwritable
 
 #: Exit status of a failure during the work (a release file that does not read, no maps).
 EXIT_FAILED = 1
@@ -81,21 +82,11 @@ def _usage(message: str) -> typer.Exit:
 
 
 def check_output_file(path: Path, option: str) -> None:
-    """ValueError unless ``path`` can take a file written through ``atomic_path``: it is no
-    folder, and its nearest existing folder (``atomic_path`` creates the missing ones) is one
-    this process may create files in.
-
-    Why: checked before any work, a folder given by mistake or a read-only folder costs a
-    one-line error instead of the whole run and then a traceback.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{option} {path}: is a folder; give a file name")
-    ancestor = next(p for p in (path.parent, *path.parent.parents) if os.path.lexists(p))
-    if not ancestor.is_dir():
-        raise ValueError(f"{option} {path}: {ancestor} is a file, not a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ValueError(f"{option} {path}: cannot write in {ancestor} (permission denied)")
+    """ValueError unless ``path`` can take a file written through ``atomic_path``
+    (``producer.writer.unwritable``), checked before any work."""
+    reason = unwritable(Path(path))
+    if reason is not None:
+        raise ValueError(f"{option} {path}: {reason}")
 
 
 def _check_plot(path: Path | None) -> None:

@@ -23,7 +23,6 @@ import contextlib
 import hashlib
 import importlib.metadata
 import json
-import os
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -118,6 +117,7 @@ from producer.writer import (
     WrittenProducts,
     atomic_path,
     remove_leftovers,
+    unwritable,
     write_cog_rows,
     write_products_rows,
 )
@@ -302,41 +302,12 @@ def resolve_weights(weights: Path | None, source_name: str) -> Path:
 
 
 def check_out_folder(out: Path) -> None:
-    """Refuse an ``--out`` that cannot take the release: a file, a folder that is not writable,
-    or a missing folder whose nearest existing ancestor is not a writable folder.
-
-    Checked before any scene is fetched: otherwise the first write fails only after the
-    scenes, segmentation and merge of every shelf-year. Nothing is created here.
-    """
-    path = Path(out)
-    if path.exists():
-        if not path.is_dir():
-            raise ProduceError(f"--out {out}: is a file, not a folder (the release folder to "
-                               "write into)")
-        if not _writable_folder(path):
-            raise ProduceError(f"--out {out}: folder is not writable (permission denied)")
-        return
-    ancestor = _nearest_existing(path)
-    if not ancestor.is_dir():
-        raise ProduceError(f"--out {out}: cannot create the folder: {ancestor} is a file, not "
-                           "a folder")
-    if not _writable_folder(ancestor):
-        raise ProduceError(f"--out {out}: cannot create the folder: {ancestor} is not writable "
-                           "(permission denied)")
-
-
-def _nearest_existing(path: Path) -> Path:
-    """``path`` or its nearest ancestor that exists (a dangling link counts: mkdir fails on it)."""
-    path = path.absolute()
-    while not (path.exists() or path.is_symlink()) and path != path.parent:
-        path = path.parent
-    return path
-
-
-def _writable_folder(folder: Path) -> bool:
-    """Whether files can be created in ``folder`` (write and search permission, a writable
-    file system), as the process's permissions decide."""
-    return os.access(folder, os.W_OK | os.X_OK)
+    """Refuse an ``--out`` that cannot take the release (``producer.writer.unwritable``), before
+    any scene is fetched: otherwise the first write fails only after the scenes, segmentation
+    and merge of every shelf-year. Nothing is created here."""
+    reason = unwritable(Path(out), folder=True)
+    if reason is not None:
+        raise ProduceError(f"--out {out}: {reason} (the release folder to write into)")
 
 
 #: Formats ``producer.segmentation.load_checkpoint`` reads, by suffix.

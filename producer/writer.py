@@ -151,6 +151,28 @@ def scan_cache() -> Iterator[None]:
                 set_gdal_config("GDAL_CACHEMAX", _scan_cache_before)
 
 
+def unwritable(path: Path, *, folder: bool = False) -> str | None:
+    """Why ``path`` cannot take the output a command is about to make there, or None.
+
+    A file where a folder is wanted (``folder``) or a folder where a file is, a file among the
+    folders above it, or no permission to create files in its nearest existing folder
+    (``atomic_path`` and the writers create the missing folders). Commands ask before their
+    work, so a wrong output costs one line instead of the run and then a traceback.
+    """
+    path = Path(path).absolute()
+    if folder and os.path.lexists(path) and not path.is_dir():
+        return "is a file, not a folder"
+    if not folder and path.is_dir():
+        return "is a folder; give a file name"
+    base = path if folder else path.parent
+    ancestor = next(p for p in (base, *base.parents) if os.path.lexists(p))
+    if not ancestor.is_dir():
+        return f"{ancestor} is a file, not a folder"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"cannot write in {ancestor} (permission denied)"
+    return None
+
+
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
     """A temporary path beside ``final`` that replaces it only if the block succeeds.

@@ -72,7 +72,7 @@ def test_out_that_is_a_file_is_refused_before_work(tmp_path: Path,
     _refused(_run(["--shelf", "Totten", "--year", "2021", "--out", str(afile)]),
              f"--out {afile}: is a file, not a folder")
     _refused(_run(["--shelf", "Totten", "--year", "2021", "--out", str(afile / "sub")]),
-             f"--out {afile / 'sub'}: cannot create the folder", "is a file, not a folder")
+             f"--out {afile / 'sub'}: {afile} is a file, not a folder")
     assert afile.read_text() == "x\n"
 
 
@@ -91,10 +91,10 @@ def test_unwritable_out_is_refused_before_work(tmp_path: Path,
 
     monkeypatch.setattr(os, "access", access)
     _refused(_run(["--shelf", "Totten", "--year", "2021", "--out", str(locked)]),
-             f"--out {locked}: folder is not writable")
+             f"--out {locked}: cannot write in {locked} (permission denied)")
     deeper = locked / "new" / "release"
     _refused(_run(["--shelf", "Totten", "--year", "2021", "--out", str(deeper)]),
-             f"--out {deeper}: cannot create the folder: {locked} is not writable")
+             f"--out {deeper}: cannot write in {locked} (permission denied)")
     assert list(locked.iterdir()) == []
 
 
@@ -106,7 +106,7 @@ def test_read_only_out_folder_is_refused(tmp_path: Path) -> None:
     locked.chmod(0o555)
     try:
         _refused(_run(["--shelf", "Totten", "--year", "2021", "--out", str(locked)]),
-                 f"--out {locked}: folder is not writable")
+                 f"--out {locked}: cannot write in {locked} (permission denied)")
     finally:
         locked.chmod(0o755)
 

@@ -221,18 +221,18 @@ def test_output_targets_are_checked_before_any_work(tmp_path: Path) -> None:
         (["uncertainty", "--out", str(text / "f.json")], "is a file, not a folder"),
         (["uncertainty", "--out", str(folder)], "is a folder"),
         (["evaluate", str(tmp_path), "--predictions", str(tmp_path), "--out", str(text)],
-         "is not a folder"),
+         "is a file, not a folder"),
         (["evaluate-restoration", *RESTORATION_SMALL, "--out", str(folder)], "is a folder"),
-        (["train-diffgf", *DIFFGF_SMALL, "--out", str(text)], "is not a folder"),
+        (["train-diffgf", *DIFFGF_SMALL, "--out", str(text)], "is a file, not a folder"),
         (["train-diffgf", *DIFFGF_SMALL, "--out", str(text / "run")], "is a file"),
-        (["train", *TRAIN_SMALL, "--out", str(text)], "is not a folder"),
+        (["train", *TRAIN_SMALL, "--out", str(text)], "is a file, not a folder"),
     ]
     for command, why in cases:
         res = runner.invoke(build_app(), command)
         refused(res, 2, "--out", why)
     res = runner.invoke(build_app(), ["export-demo-tiles", str(text), "--count", "1",
                                       "--size", "32"])
-    refused(res, 2, "afile.txt", "is not a folder")
+    refused(res, 2, "afile.txt", "is a file, not a folder")
     assert text.read_text() == "hi\n" and list(folder.iterdir()) == []
 
 
@@ -243,7 +243,7 @@ def test_an_unwritable_output_folder_is_refused(tmp_path: Path,
     real = os.access
     monkeypatch.setattr(os, "access", lambda p, mode, **kw: Path(p) != ro and real(p, mode))
     res = runner.invoke(build_app(), ["uncertainty", "--out", str(ro / "sub" / "f.json")])
-    refused(res, 2, "--out", "not writable")
+    refused(res, 2, "--out", "(permission denied)")
     assert list(ro.iterdir()) == []
 
 

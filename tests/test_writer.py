@@ -11,7 +11,7 @@ from rio_cogeo.cogeo import cog_validate
 
 from producer.grid import Grid
 from producer.spec import ENCODING, TYPE1, TYPE2, SpecError
-from producer.writer import write_cog, write_cog_rows, write_products
+from producer.writer import unwritable, write_cog, write_cog_rows, write_products
 from tests.release_factory import ShelfYear, fixture_arrays
 
 GRID = Grid.from_bounds(-1_500_000, 600_000, -1_500_000 + 900 * 30, 600_000 + 1100 * 30)
@@ -196,3 +196,16 @@ def test_refused_cog_rows_leave_no_new_folder(tmp_path: Path) -> None:
         write_cog_rows(tmp_path / "new/sub/x_damage.tif", lambda r0, r1: pixels[r0:r1], GRID,
                        TYPE2)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_says_why_an_output_cannot_be_made(tmp_path: Path) -> None:
+    """The one check every command makes of its output before working: the reason names the
+    blocking path; a missing folder under a writable one is fine (the writers create it)."""
+    afile = tmp_path / "afile.txt"
+    afile.write_text("x")
+    assert unwritable(tmp_path / "new" / "deeper" / "out.csv") is None
+    assert unwritable(tmp_path / "release", folder=True) is None
+    assert unwritable(tmp_path) == "is a folder; give a file name"
+    assert unwritable(afile, folder=True) == "is a file, not a folder"
+    assert unwritable(afile / "out.csv") == f"{afile} is a file, not a folder"
+    assert unwritable(afile / "sub", folder=True) == f"{afile} is a file, not a folder"

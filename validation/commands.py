@@ -20,9 +20,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from catalog.commands import check_output_file
 from catalog.schema_fetch import OFFLINE_ENV
-from producer.writer import atomic_path
+from producer.writer import atomic_path, unwritable
 from validation.engine import ValidationReport, validate_release
 from validation.report import printable
 
@@ -129,8 +128,8 @@ def validate(
         raise _usage_error(errors, f"release folder {release_dir} does not exist or is not a "
                                    "folder")
     try:
-        if json_report is not None:
-            check_output_file(json_report, "--json")
+        if json_report is not None and (reason := unwritable(json_report)) is not None:
+            raise ValueError(f"--json {json_report}: {reason}")
         if schemas is not None:
             check_schemas_folder(schemas)
     except ValueError as error:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from producer.spec import RESTORATION_METHODS
-from producer.writer import atomic_path
+from producer.writer import atomic_path, unwritable
 
 if TYPE_CHECKING:
     import torch
@@ -95,21 +94,10 @@ def check_device(device: str, option: str = "--device") -> None:
 
 def check_output(path: Path, option: str, *, folder: bool) -> None:
     """Refuse, with exit 2 and before any work, an output the command could only fail to write
-    at its end: a folder where a file is expected or the reverse, or a path whose nearest
-    existing ancestor is a file or not writable (so its folders cannot be created)."""
-    if folder and path.exists() and not path.is_dir():
-        usage_error(f"{option} {path}: exists and is not a folder (rule: {option} names a "
-                    "folder to write into)")
-    if not folder and path.is_dir():
-        usage_error(f"{option} {path}: is a folder (rule: {option} names the file to write)")
-    base = (path if folder else path.parent).absolute()
-    existing = next(p for p in (base, *base.parents) if p.exists())
-    if not existing.is_dir():
-        usage_error(f"{option} {path}: {existing} is a file, not a folder (rule: the folders "
-                    "above the output must be folders or creatable)")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        usage_error(f"{option} {path}: folder {existing} is not writable (rule: the output "
-                    "must be writable)")
+    at its end (``producer.writer.unwritable``)."""
+    reason = unwritable(path, folder=folder)
+    if reason is not None:
+        usage_error(f"{option} {path}: {reason}")
 
 
 @contextmanager
