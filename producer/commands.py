@@ -132,7 +132,7 @@ def run_produce(
                            "the ROI, the main scene is chosen for its coverage of the shelf "
                            "and of its fast-flowing ice (paper 2.4.1).")] = None,
     out: Annotated[Path, typer.Option(help="Release folder to write into.")] = DEFAULT_OUT,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     force: Annotated[bool, typer.Option(help="Redo shelf-years that are up to date.")] = False,
     keep_probability: Annotated[bool, typer.Option(
         help="Also write the damage probability (0-100) as an auxiliary COG.")] = False,
@@ -160,8 +160,6 @@ def run_produce(
 ) -> None:
     """Produce the type 1 and type 2 damage maps of a shelf for one or more years."""
     console = Console(stderr=True, emoji=False)  # ":name:" in a file name stays as typed
-    if device not in ("auto", "cpu", "cuda"):
-        raise typer.BadParameter("use auto, cpu or cuda", param_hint="--device")
     options = ProduceOptions(
         out=out, weights=weights, diffgf=diffgf, restoration=restoration, extent_file=extent,
         device=device, force=force, keep_probability=keep_probability, source_index=source_index,

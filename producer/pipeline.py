@@ -46,6 +46,7 @@ from producer.compare import (
     compare_predictions,
     scenes_to_compare,
 )
+from producer.devices import device_problem
 from producer.extent import (
     MAX_OUTSIDE_ROI_SHARE,
     ExtentError,
@@ -1199,12 +1200,9 @@ def check_request(shelf: str, source: SceneSource, options: ProduceOptions,
             produce_roi(options.out, name, options.roi_file, run_shelves=shelves)
         except ValueError as err:
             raise ProduceError(str(err)) from None
-    if str(options.device).startswith("cuda"):
-        import torch  # only here: the skip path of a CPU run never imports torch
-
-        if not torch.cuda.is_available():
-            raise ProduceError(f"--device {options.device}: torch {torch.__version__} sees no "
-                               "CUDA device (a CPU build, or no GPU); use --device cpu or auto")
+    device_error = device_problem(str(options.device))  # torch only for a CUDA device
+    if device_error is not None:
+        raise ProduceError(f"--device {options.device}: {device_error}")
     return name
 
 

@@ -316,3 +316,16 @@ def test_velocity_help_lists_every_accepted_form() -> None:
     text = _flat(result).replace("│", "")
     for form in ("speedraster", "vx/vyraster", "VXandVY", "speedvariableV", 'NETCDF:"file.nc":var'):
         assert form in text, form
+
+
+def test_a_mistyped_device_is_refused_with_the_shared_rule(tmp_path: Path) -> None:
+    """``produce --device gpu`` says what --device takes, as the training commands do, before
+    any scene is fetched (one rule: ``producer.devices``)."""
+    from producer.devices import device_problem
+
+    assert device_problem("gpu") == "not a device (rule: auto, cpu, cuda or cuda:N)"
+    assert device_problem("cpu") is None and device_problem("auto") is None
+    out = tmp_path / "r"
+    _refused(_run(["--shelf", "Totten", "--year", "2021", "--device", "gpu", "--out", str(out)]),
+             "--device gpu: not a device")
+    assert not out.exists()

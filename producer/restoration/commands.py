@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +16,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from producer.devices import device_problem
 from producer.spec import RESTORATION_METHODS
 from producer.writer import atomic_path, unwritable
 
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 console = Console(stderr=True)
 
 #: ``--device`` values: auto (CUDA when present), the CPU, the default or a numbered CUDA device.
-DEVICE_VALUES = re.compile(r"auto|cpu|cuda(:\d+)?")
 #: Most DDIM steps: DiffGF's scheduler has 1000 training timesteps to pick them from.
 MAX_DDIM_STEPS = 1000
 #: Smallest ``--crop`` / ``--size``: DiffGF works on 16-px cells (autoencoder ×4, UNet ×4),
@@ -73,23 +72,11 @@ def non_negative(value: float | None) -> float | None:
 
 
 def check_device(device: str, option: str = "--device") -> None:
-    """Refuse, with exit 2, a device torch cannot use here: a name that is not auto, cpu, cuda
-    or cuda:N (torch's own error is a traceback listing every backend), or CUDA when torch sees
-    no such device (as ``produce``'s request check)."""
-    if not DEVICE_VALUES.fullmatch(device):
-        usage_error(f"{option} {device!r}: not a device (rule: auto, cpu, cuda or cuda:N)")
-    if not device.startswith("cuda"):
-        return
-    import torch  # only for CUDA: a CPU run does not wait for it here
-
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    index = int(device.partition(":")[2] or 0)
-    if count == 0:
-        usage_error(f"{option} {device}: torch {torch.__version__} sees no CUDA device (a CPU "
-                    "build, or no GPU); use --device cpu or auto")
-    if index >= count:
-        usage_error(f"{option} {device}: torch sees {count} CUDA device(s), cuda:0 to "
-                    f"cuda:{count - 1}")
+    """Refuse, with exit 2, a device torch cannot use here (``producer.devices``)."""
+    reason = device_problem(device)
+    if reason is not None:
+        shown = repr(device) if reason.startswith("not a device") else device
+        usage_error(f"{option} {shown}: {reason}")
 
 
 def check_output(path: Path, option: str, *, folder: bool) -> None:
