@@ -36,3 +36,19 @@ def release(pristine_release: Path, tmp_path: Path) -> Path:
     target = tmp_path / "release"
     shutil.copytree(pristine_release, target)
     return target
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-init SegFormer saved as our safetensors checkpoint: ``produce`` checks its
+    weights first, and the mechanics tests need a model, not a trained one."""
+    import torch
+
+    from producer.segmentation import DamageSegmenter, ModelInfo, save_checkpoint
+
+    torch.manual_seed(0)
+    model = DamageSegmenter.build("custom", depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 32, 32],
+                                  decoder_hidden_size=16)
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    save_checkpoint(model, path, ModelInfo(name="tiny-random-test", variant="custom"))
+    return path

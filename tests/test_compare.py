@@ -29,7 +29,7 @@ from producer.pipeline import ProduceOptions, produce
 from producer.provenance import read_provenance
 from producer.sources.demo import DemoSource
 from producer.spec import TYPE1
-from tests.test_pipeline import DEMO_SIZE, _produce, tiny_weights  # noqa: F401 (fixture)
+from tests.test_pipeline import DEMO_SIZE, _produce
 from validation.engine import validate_release
 
 # ----------------------------------------------------------------------------------------------
@@ -165,7 +165,7 @@ def _type1(release: Path) -> np.ndarray:
         return ds.read(1)
 
 
-def test_medoid_of_three_full_scenes_is_the_map(tiny_weights: Path,  # noqa: F811
+def test_medoid_of_three_full_scenes_is_the_map(tiny_weights: Path,
                                                  tmp_path: Path) -> None:
     source = _ThreeFullScenes(int(DEMO_SIZE))
     out = tmp_path / "release"
@@ -209,7 +209,7 @@ def test_medoid_of_three_full_scenes_is_the_map(tiny_weights: Path,  # noqa: F81
 
 
 def test_compare_scenes_is_an_input_only_where_it_can_change_the_map(
-        tiny_weights: Path, tmp_path: Path) -> None:  # noqa: F811
+        tiny_weights: Path, tmp_path: Path) -> None:
     out = tmp_path / "release"
     three = _ThreeFullScenes(int(DEMO_SIZE))
 
@@ -240,7 +240,7 @@ def test_compare_scenes_is_an_input_only_where_it_can_change_the_map(
         assert rerun.results[0].status == status
 
 
-def test_compare_scenes_below_one_is_refused(tiny_weights: Path,  # noqa: F811
+def test_compare_scenes_below_one_is_refused(tiny_weights: Path,
                                              tmp_path: Path) -> None:
     from producer.pipeline import ProduceError
 

@@ -30,19 +30,6 @@ from validation.engine import validate_release
 DEMO_SIZE = "128"
 
 
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random-init SegFormer saved as our safetensors checkpoint (mechanics only)."""
-    from producer.segmentation import DamageSegmenter, ModelInfo, save_checkpoint
-
-    torch.manual_seed(0)
-    model = DamageSegmenter.build("custom", depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 32, 32],
-                                  decoder_hidden_size=16)
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    save_checkpoint(model, path, ModelInfo(name="tiny-random-test", variant="custom"))
-    return path
-
-
 @pytest.fixture(autouse=True)
 def _one_thread() -> None:
     torch.set_num_threads(1)

@@ -43,21 +43,6 @@ def _moved(shelf: str = "Totten") -> Polygon:
     return translate(roi_polygon(shelf), 30.0, 0.0)
 
 
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random-init SegFormer checkpoint: ``produce`` checks the weights first."""
-    import torch
-
-    from producer.segmentation import DamageSegmenter, ModelInfo, save_checkpoint
-
-    torch.manual_seed(0)
-    model = DamageSegmenter.build("custom", depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 32, 32],
-                                  decoder_hidden_size=16)
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    save_checkpoint(model, path, ModelInfo(name="tiny-random-test", variant="custom"))
-    return path
-
-
 def _produce(args: list[str], weights: Path, out: Path):  # noqa: ANN202 - click Result
     base = ["--weights", str(weights), "--out", str(out), "--demo-size", DEMO_SIZE, "--no-tta",
             "--device", "cpu"]
