@@ -29,7 +29,6 @@ from tests.test_pipeline import (  # noqa: F401 (fixture)
     SmallLocalSource,
     _produce,
     small_scene,
-    tiny_weights,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +36,7 @@ ARGS = ["--shelf", "Totten", "--year", "2021"]
 
 
 @pytest.fixture
-def weights(tiny_weights: Path, tmp_path: Path) -> Path:  # noqa: F811 (the imported fixture)
+def weights(tiny_weights: Path, tmp_path: Path) -> Path:
     """A private copy of ``test_pipeline``'s tiny random-init checkpoint, free to be changed."""
     path = tmp_path / "weights" / "tiny.safetensors"
     path.parent.mkdir()

@@ -26,7 +26,6 @@ from producer.sources.l1 import parse_mtl_json, parse_mtl_text
 from producer.sources.local import LocalFolderSource
 from producer.sources.registry import get_source
 from producer.spec import AUXILIARY_SUFFIXES, SENSORS
-from tests.test_pipeline import tiny_weights  # noqa: F401 (fixture)
 
 X0, Y0 = 2_250_000.0, -1_050_000.0  # near Totten, EPSG:3031
 ROI = Polygon([(X0, Y0), (X0 + 1800, Y0), (X0 + 1800, Y0 + 1200), (X0, Y0 + 1200)])
@@ -192,7 +191,7 @@ def test_le07_tar_bundle_in_another_crs_is_reprojected(tmp_path: Path, prefix: s
         assert not msk.read(1).any()
 
 
-def test_produce_maps_a_summer_from_two_cloudy_l1_products(tiny_weights: Path,  # noqa: F811
+def test_produce_maps_a_summer_from_two_cloudy_l1_products(tiny_weights: Path,
                                                           tmp_path: Path) -> None:
     """``produce`` on local:DIR: each product's clouds are filled from the other day."""
     roi = roi_polygon("Totten")
