@@ -6,8 +6,11 @@ counting their pixels took about a minute, all of it again after one shelf-year 
 re-produced. The facts of a file (sha256, grid and tags, type-1 pixel counts, the thumbnail made
 from it) are kept in ``stac/.file-facts.json`` with the file's inode, size and mtime (in
 nanoseconds), the same signature the build state trusts, and used again only while all three
-are unchanged, by the same software and facts format. A dot-file: the packager and the STAC
-validator skip it. ``catalog --force`` reads every file afresh.
+are unchanged, by the same software and facts format. A file whose mtime lies within
+``RACY_SECONDS`` of the run that read it is read again next time (git's "racy" rule: it may
+still have changed within the same mtime tick, as on file systems keeping whole seconds). A
+dot-file: the packager and the STAC validator skip it. ``catalog --force`` reads every file
+afresh (the escape for a file rewritten in place with its size and mtime restored).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,8 @@ from producer.grid import Grid
 FILE_FACTS = ".file-facts.json"
 #: Raise when what is kept per file, or how it is read, changes (old entries are then dropped).
 FACTS_FORMAT = 1
+#: A file modified this close (s) to the run that read it is not trusted to the next run.
+RACY_SECONDS = 2.0
 
 
 def _signature(path: Path) -> list[int]:
@@ -66,6 +72,8 @@ class FileFacts:
     kept: dict[str, dict[str, Any]] = field(default_factory=dict)
     reads: int = 0
     """Files whose facts this run read from disk (not from the last run)."""
+    started_ns: int = field(default_factory=time.time_ns)
+    """When this run began (``RACY_SECONDS``)."""
 
     @classmethod
     def load(cls, stac_dir: Path, release_dir: Path, software: str,
@@ -139,6 +147,9 @@ class FileFacts:
         self._entry(damage_map)["thumbnail"] = _signature(thumbnail)
 
     def to_json(self) -> str:
-        """The facts to keep for the next run: every file this run asked about."""
+        """The facts to keep for the next run: every file this run asked about, but for those
+        modified within ``RACY_SECONDS`` of its start (or after it)."""
+        racy = self.started_ns - int(RACY_SECONDS * 1e9)
+        kept = {key: entry for key, entry in self.kept.items() if entry["signature"][2] < racy}
         return json.dumps({"format": FACTS_FORMAT, "software": self.software,
-                           "files": self.kept}, sort_keys=True) + "\n"
+                           "files": kept}, sort_keys=True) + "\n"

@@ -336,5 +336,8 @@ def produce_roi(release_dir: Path, shelf: str, given: Path | None = None, *,
 
 def is_default_outline(shelf: str, outline: BaseGeometry) -> bool:
     """Whether an outline is the registry's ROI of the shelf (e.g. written back by the
-    catalog), which leaves the inputs digest as it was."""
-    return same_outline(outline, roi_polygon(shelf))
+    catalog), which leaves the inputs digest as it was: the same outline to the centimetre
+    (``outline_sha256``), not merely ``same_outline``. An outline within a few metres of it
+    still rasterises to other ROI pixels, and its maps are made on it, so it must count as
+    its own (its digest then says which outline the maps were made on)."""
+    return outline_sha256(outline) == outline_sha256(roi_polygon(shelf))

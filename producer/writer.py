@@ -199,7 +199,10 @@ def atomic_path(final: Path) -> Iterator[Path]:
         if error.filename is not None and \
                 not Path(str(error.filename)).name.startswith(f".{final.name}."):
             reason = f"{error.filename}: {reason}"  # its folder could not be made
-        named = type(error)(f"cannot write {final}: {reason}")
+        try:
+            named = type(error)(f"cannot write {final}: {reason}")
+        except TypeError:  # a subclass with its own constructor: plain OSError, same errno
+            named = OSError(f"cannot write {final}: {reason}")
         named.errno = error.errno
         raise named from error
     finally:

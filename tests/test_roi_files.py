@@ -167,7 +167,19 @@ def test_a_lonlat_rectangle_keeps_its_parallels(tmp_path: Path, shelf: str) -> N
     outline = read_outline(path, shelf, "--roi")
     registry = roi_polygon(shelf)
     assert outline.symmetric_difference(registry).area < 1e-5 * registry.area
-    assert is_default_outline(shelf, outline)
+    assert same_outline(outline, registry)
+
+
+def test_an_outline_metres_off_the_registry_is_its_own_in_the_digest() -> None:
+    """Within the 3 m of ``same_outline`` an outline still rasterises to other ROI pixels (the
+    registry box grown 2 m: 1,211 of Totten's), and its maps are made on it: it must not pass
+    for the registry's default, whose digest leaves the outline out; the registry's own, as
+    the catalog writes it back, does."""
+    registry = roi_polygon("Totten")
+    grown = registry.buffer(2.0, join_style="mitre")
+    assert same_outline(grown, registry)
+    assert not is_default_outline("Totten", grown)
+    assert is_default_outline("Totten", shapely.from_wkb(shapely.to_wkb(registry)))
 
 
 def test_a_release_roi_file_not_in_epsg_3031_is_refused_but_roi_takes_any_crs(

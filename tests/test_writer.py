@@ -209,3 +209,22 @@ def test_unwritable_says_why_an_output_cannot_be_made(tmp_path: Path) -> None:
     assert unwritable(afile, folder=True) == "is a file, not a folder"
     assert unwritable(afile / "out.csv") == f"{afile} is a file, not a folder"
     assert unwritable(afile / "sub", folder=True) == f"{afile} is a file, not a folder"
+
+
+def test_atomic_path_names_the_final_file_whatever_the_error_class(tmp_path: Path) -> None:
+    """An error on the temporary file is said about the file asked for; an OSError subclass
+    whose constructor takes other arguments still comes out as an OSError, errno kept."""
+    from producer.writer import atomic_path
+
+    class Odd(OSError):
+        def __init__(self, a: object, b: object, c: object) -> None:
+            super().__init__(5, "odd failure")
+
+    final = tmp_path / "out.csv"
+    with pytest.raises(OSError, match=r"cannot write .*out\.csv") as caught, \
+            atomic_path(final) as tmp:
+        error = Odd(1, 2, 3)
+        error.filename = str(tmp)
+        raise error
+    assert caught.value.errno == 5 and not final.exists()
+    assert list(tmp_path.iterdir()) == []

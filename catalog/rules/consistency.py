@@ -518,7 +518,8 @@ def _file_problems(root: Path, rel: str, key: str, asset: pystac.Asset,
                       f"{actual_size} ({rel_path(root, path)})")
     if checksum != actual:
         yield Problem(rel, "asset-checksum", f"assets.{key} file:checksum = {checksum}",
-                      f"{actual} ({rel_path(root, path)})")
+                      f"{actual} ({rel_path(root, path)}; `icedamage catalog --force` hashes "
+                      "every file again)")
 
 
 class _CodeNote:
