@@ -23,6 +23,8 @@ import contextlib
 import hashlib
 import importlib.metadata
 import json
+import os
+import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -976,27 +978,34 @@ def _write_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
     restoration = options.restoration if slc_used else None
     total = 3 + int(options.keep_probability) + int(options.source_index)
     name = build_name(sensors, shelf, year, restoration, TYPE1)
-    _withdraw_records(options.out, shelf, year, _planned_files(name, options))
-    progress("write", 0, total, "products")
-    with _composed(plan, pred_paths, 0, grid) as damage:
-        written = write_products_rows(options.out, shelf, year, sensors, restoration,
-                                      lambda r0, r1: (damage(r0, r1), area.rows(r0, r1)[1]),
-                                      grid, source=source.name)
-    folder = written.damage_map.parent
-    products = {TYPE1.key: written.damage_map.name, TYPE2.key: written.damage.name}
-    progress("write", 2, total, "auxiliary files")
-    if options.keep_probability:
-        path = folder / name.auxiliary("probability")
-        with _composed(plan, prob_paths, PROBABILITY_RASTER.nodata, grid) as prob:
-            write_cog_rows(path, prob, grid, None, nodata=PROBABILITY_RASTER.nodata,
-                           tags={"units": PROBABILITY_RASTER.unit,
-                                 "description": PROBABILITY_RASTER.description})
-        products["probability"] = path.name
-    if options.source_index:
-        path = folder / name.auxiliary("source_scene")
-        write_cog_rows(path, _source_index_rows(plan, area), grid, None, nodata=NO_SCENE,
-                       tags={SCENE_IDS_TAG: json.dumps([masks[i].scene.scene_id for i in used])})
-        products["source_scene"] = path.name
+    with _staged(options.out, shelf, year) as staging:
+        progress("write", 0, total, "products")
+        with _composed(plan, pred_paths, 0, grid) as damage:
+            staged = write_products_rows(staging, shelf, year, sensors, restoration,
+                                         lambda r0, r1: (damage(r0, r1), area.rows(r0, r1)[1]),
+                                         grid, source=source.name)
+        staged_folder = staged.damage_map.parent
+        products = {TYPE1.key: staged.damage_map.name, TYPE2.key: staged.damage.name}
+        progress("write", 2, total, "auxiliary files")
+        if options.keep_probability:
+            path = staged_folder / name.auxiliary("probability")
+            with _composed(plan, prob_paths, PROBABILITY_RASTER.nodata, grid) as prob:
+                write_cog_rows(path, prob, grid, None, nodata=PROBABILITY_RASTER.nodata,
+                               tags={"units": PROBABILITY_RASTER.unit,
+                                     "description": PROBABILITY_RASTER.description})
+            products["probability"] = path.name
+        if options.source_index:
+            path = staged_folder / name.auxiliary("source_scene")
+            write_cog_rows(path, _source_index_rows(plan, area), grid, None, nodata=NO_SCENE,
+                           tags={SCENE_IDS_TAG: json.dumps([masks[i].scene.scene_id
+                                                            for i in used])})
+            products["source_scene"] = path.name
+        # only now, with every new file written, do the old record and files make way
+        _withdraw_records(options.out, shelf, year, _planned_files(name, options))
+        folder = Path(options.out) / shelf_year_dir(shelf, year)
+        _commit_staged(staged_folder, folder)
+    written = WrittenProducts(staged.name, folder / staged.damage_map.name,
+                              folder / staged.damage.name)
     restored, restored_extent = restored_shares(plan, masks, area)
     records = tuple(
         SceneRecord(
@@ -1098,6 +1107,39 @@ def _planned_files(name: ProductName, options: ProduceOptions) -> set[str]:
     if options.source_index:
         files.add(name.auxiliary("source_scene"))
     return files
+
+
+#: Hidden folder of a release where ``produce`` writes a shelf-year's new files before they
+#: replace the old ones (``_staged``).
+STAGING_DIR = ".produce-staging"
+
+
+@contextlib.contextmanager
+def _staged(release: Path, shelf: str, year: int) -> Iterator[Path]:
+    """A private release root for a shelf-year's new files, removed when the block ends (an
+    error or Ctrl-C included; a leftover of a killed run is removed first).
+
+    Writing a big shelf-year takes minutes; written in place, an interrupted ``--force`` left
+    the old record withdrawn and a mix of old and new files. Staged, the release keeps its old
+    files and record until every new file exists, and then changes by renames
+    (``_commit_staged``): a moment, on one file system.
+    """
+    root = Path(release) / STAGING_DIR / f"{shelf}_{year:04d}"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            root.parent.rmdir()  # the release's last staging folder
+
+
+def _commit_staged(staged: Path, folder: Path) -> None:
+    """Move every staged file into the shelf-year's folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in sorted(staged.iterdir()):
+        os.replace(path, folder / path.name)
 
 
 def _withdraw_records(release: Path, shelf: str, year: int, keep: set[str]) -> None:

@@ -174,6 +174,30 @@ def test_a_rerun_interrupted_while_writing_is_redone(
     assert _record(out).segmentation.weights_sha256 == file_sha256(weights)
 
 
+def test_an_interrupted_force_run_leaves_the_old_shelf_year_as_it_was(
+        weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while ``--force`` writes the new files (minutes on a big shelf): the new files
+    are staged apart, so the release keeps its old products and their record, byte for byte,
+    and no staging folder is left; the old record still vouches for them (skipped)."""
+    out = tmp_path / "release"
+    assert _status(_produce(ARGS, weights, out)) == "produced"
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # after the products, while the source index is written
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "_source_index_rows", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            pipeline.produce("Totten", [2021], demo.DemoSource(int(DEMO_SIZE)),
+                             pipeline.ProduceOptions(out=out, weights=weights, tta=False,
+                                                     device="cpu", force=True))
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    assert not (out / pipeline.STAGING_DIR).exists()
+    assert _status(_produce(ARGS, weights, out)) == "skipped"
+
+
 def test_a_rewrite_removes_what_a_killed_write_left(weights: Path, tmp_path: Path) -> None:
     """A run killed while writing (SIGKILL: no cleanup) leaves hidden temporaries that the
     validator refuses; the next run that rewrites the shelf-year removes them, and only them."""

@@ -270,9 +270,10 @@ def missing_record_problems(release_dir: Path, pairs: Sequence[Pair]) -> Iterato
     """Products ``produce`` made (their ``SOURCE_TAG``) without the provenance record that
     ``produce`` writes last, in a release holding records of other shelf-years.
 
-    ``produce --force`` withdraws a shelf-year's record before writing its new products: a run
-    interrupted there leaves maps whose scenes and model nobody records, which the catalog and
-    publish would take as a release without records. A release with no record at all (the
+    ``produce`` withdraws a shelf-year's old record, renames its new files (written apart
+    first) into place, then writes the new record: a run killed in between leaves maps whose
+    scenes and model nobody records, which the catalog and publish would take as a release
+    without records; so does a deleted record. A release with no record at all (the
     published v1, or one trimmed of its records on purpose) and untagged products (the
     authors' maps carried into a newer version) are not reported.
     """
