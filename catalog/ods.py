@@ -18,6 +18,7 @@ from xml.parsers.expat import ExpatError
 from xml.sax import SAXException
 
 import pandas as pd
+from odf.element import Element
 
 from producer.provenance import Provenance
 from producer.spec import TYPE2, ProductName
@@ -88,12 +89,40 @@ def rows_frame(rows: list[OdsRow]) -> pd.DataFrame:
 def write_metadata_ods(path: Path, rows: list[OdsRow]) -> Path:
     """Write the Summary sheet and one sheet per shelf, atomically."""
     frame = rows_frame(rows)
-    with atomic_path(Path(path)) as tmp, pd.ExcelWriter(tmp, engine="odf") as writer:
-        frame.to_excel(writer, sheet_name=SUMMARY_SHEET, index=False)
-        for shelf in sorted(frame["shelf"].unique()):
-            frame[frame["shelf"] == shelf].to_excel(writer, sheet_name=shelf_sheet_name(shelf),
-                                                    index=False)
+    # odfpy keeps the namespaces its elements used in one dict shared by every document of
+    # the process and declares them all: a file written after a read, or after another
+    # write, gained declarations, so the same rows gave other bytes
+    Element.namespaces.clear()
+    with atomic_path(Path(path)) as tmp:
+        with pd.ExcelWriter(tmp, engine="odf") as writer:
+            frame.to_excel(writer, sheet_name=SUMMARY_SHEET, index=False)
+            for shelf in sorted(frame["shelf"].unique()):
+                frame[frame["shelf"] == shelf].to_excel(
+                    writer, sheet_name=shelf_sheet_name(shelf), index=False)
+        _fix_zip_times(tmp)
     return Path(path)
+
+
+#: The time stamped on every member of metadata.ods: the earliest a zip can hold.
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+def _fix_zip_times(path: Path) -> None:
+    """Stamp every member with one fixed time, so the same rows give the same bytes.
+
+    odfpy stamps members with the wall clock: a `catalog --force` that changed nothing gave
+    metadata.ods, and through its `file:checksum` the collection, new bytes, and a release
+    published again a "changed" file. Member order and compression (the uncompressed
+    `mimetype` first, as ODF requires) are kept.
+    """
+    with zipfile.ZipFile(path) as source:
+        members = [(info, source.read(info)) for info in source.infolist()]
+    with zipfile.ZipFile(path, "w") as target:
+        for info, data in members:
+            stamped = zipfile.ZipInfo(info.filename, date_time=_ZIP_TIME)
+            stamped.compress_type = info.compress_type
+            stamped.external_attr = info.external_attr
+            target.writestr(stamped, data)
 
 
 def _split(text: object) -> tuple[str, ...]:
