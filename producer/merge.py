@@ -48,6 +48,7 @@ at a time. On the largest ROI (Amery, ~313 Mpx) this keeps the merge well under 
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -80,10 +81,15 @@ class NotCoveredError(ValueError):
         self.scenes = scenes
         super().__init__(
             reason if reason is not None else
-            f"the shelf region is not fully covered: {covered_fraction:.2%} covered by usable "
-            f"pixels of {scenes} scene(s), {missing_pixels} pixel(s) missing"
+            f"the shelf region is not fully covered: {_floor_percent(covered_fraction)} covered "
+            f"by usable pixels of {scenes} scene(s), {missing_pixels} pixel(s) missing"
             if scenes else "no scene covers the shelf region"
         )
+
+
+def _floor_percent(fraction: float) -> str:
+    """A share as a percentage rounded down: a few pixels missing never read as 100.00%."""
+    return f"{math.floor(fraction * 10_000) / 100:.2f}%"
 
 
 @dataclass(frozen=True)

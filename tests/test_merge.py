@@ -104,6 +104,12 @@ def test_uncovered_shelf_means_no_map() -> None:
         plan_merge([], ROI, EXTENT)
 
 
+def test_a_few_missing_pixels_never_read_as_full_coverage() -> None:
+    """3 pixels short of a large shelf is 99.99 %, not a rounded-up 100.00 %."""
+    err = NotCoveredError(1 - 3 / 4_000_000, 3, 5)
+    assert "99.99% covered" in str(err) and "3 pixel(s) missing" in str(err)
+
+
 def test_cloudy_pixels_fill_only_outside_the_shelf() -> None:
     usable = _mask(rows=slice(0, 18))
     cloudy_present = _mask()
