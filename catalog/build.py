@@ -239,7 +239,7 @@ def ods_rows(release_dir: Path, found: list[ShelfYearFiles],
 #: Raise when the builder writes items differently for the same inputs, so that a catalog
 #: built by earlier code is rebuilt rather than kept as "up to date" (the extension schema's
 #: text counts too).
-CATALOG_FORMAT = 4
+CATALOG_FORMAT = 5
 
 
 def _state_digest(release_dir: Path, found: list[ShelfYearFiles], factors: UncertaintyFactors,

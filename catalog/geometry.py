@@ -23,6 +23,7 @@ from __future__ import annotations
 from functools import cache
 
 import numpy as np
+import shapely
 from pyproj import Transformer
 from shapely import box
 from shapely.geometry import MultiPolygon, Point, Polygon, mapping
@@ -170,7 +171,16 @@ def _touches_pole(geometry: BaseGeometry) -> bool:
 
 def footprint_lonlat(footprint: BaseGeometry, tolerance_m: float = TOLERANCE_M) -> BaseGeometry:
     """An EPSG:3031 polygon as an EPSG:4326 (Multi)Polygon, split at the antimeridian, whose
-    straight lon/lat edges stay within ``tolerance_m`` of the footprint's edges."""
+    straight lon/lat edges stay within ``tolerance_m`` of the footprint's edges.
+
+    Exterior rings run counterclockwise, as RFC 7946 requires: EPSG:3031 → lon/lat flips
+    orientation, and tools that repair antimeridian geometries (the ``antimeridian`` package
+    under stactools, with ``force_south_pole``) read a clockwise ring as the rest of the globe.
+    """
+    return shapely.orient_polygons(_footprint_lonlat(footprint, tolerance_m))
+
+
+def _footprint_lonlat(footprint: BaseGeometry, tolerance_m: float) -> BaseGeometry:
     dense = densify(footprint, tolerance_m)
     if dense.contains(Point(0.0, 0.0)):
         lat_max = max(_to_lonlat().transform(x, y)[1] for x, y in dense.exterior.coords)

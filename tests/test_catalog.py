@@ -1537,6 +1537,27 @@ def test_metadata_ods_bytes_depend_only_on_its_rows(tmp_path: Path) -> None:
     assert read_metadata_ods(second) == [row]
 
 
+def _counterclockwise(geometry: BaseGeometry) -> bool:
+    """RFC 7946 3.1.6: exterior rings counterclockwise, holes clockwise."""
+    return all(p.exterior.is_ccw and not any(r.is_ccw for r in p.interiors)
+               for p in getattr(geometry, "geoms", [geometry]))
+
+
+@pytest.mark.parametrize("footprint", [
+    box(2_200_000, -1_200_000, 2_300_000, -1_100_000),   # Totten-like
+    box(-100_000, 1_500_000, 100_000, 1_600_000),          # across the antimeridian
+    box(0, -100_000, 100_000, 0),                          # corner at the pole
+    box(-100_000, -100_000, 100_000, 0),                   # edge through the pole
+    box(-100_000, -100_000, 100_000, 100_000),             # the pole inside
+    box(0, 0, 3e5, 3e5).difference(box(1e5, 1e5, 2e5, 2e5)),  # a hole
+])
+def test_item_geometries_wind_counterclockwise(footprint: BaseGeometry) -> None:
+    """Clockwise rings made the antimeridian package (stactools) read a shelf's footprint as the
+    rest of the globe; RFC 7946 requires counterclockwise exteriors."""
+    geometry, _ = geojson_and_bbox(footprint)
+    assert _counterclockwise(shape(geometry))
+
+
 @settings(max_examples=60, deadline=None)
 @given(cx=st.floats(-2.5e6, 2.5e6), cy=st.floats(-2.5e6, 2.5e6),
        half_w=st.floats(2e3, 3e5), half_h=st.floats(2e3, 3e5))
@@ -1545,6 +1566,7 @@ def test_footprints_are_valid_and_cover_their_corners(cx: float, cy: float, half
     footprint = box(cx - half_w, cy - half_h, cx + half_w, cy + half_h)
     geometry = footprint_lonlat(footprint)
     assert geometry.is_valid and not geometry.is_empty
+    assert _counterclockwise(geometry)
     west, south, east, north = bbox_of(geometry)
     assert -90 <= south < north <= -30 and -180 <= west <= 180 and -180 <= east <= 180
     back = Transformer.from_crs("EPSG:3031", "EPSG:4326", always_xy=True)
