@@ -23,11 +23,12 @@ Reading a GeoPackage (``read_roi_frame``, ``read_outline``) is shared with the c
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -78,6 +79,25 @@ def roi_frame(shelf: str, polygon: BaseGeometry, source: str) -> gpd.GeoDataFram
                             crs=ENCODING.crs)
 
 
+#: The ``last_change`` of every GeoPackage we write (GDAL's ``OGR_CURRENT_DATE``).
+GPKG_TIME = "2000-01-01T00:00:00.000Z"
+
+
+@contextlib.contextmanager
+def _fixed_gpkg_time() -> Iterator[None]:
+    """GDAL stamps a new GeoPackage's ``gpkg_contents.last_change`` with the wall clock, so
+    the same outline gave other bytes each time (and a new checksum in the collection); a
+    fixed stamp makes the file depend on its outline only."""
+    import pyogrio
+
+    before = pyogrio.get_gdal_config_option("OGR_CURRENT_DATE")
+    pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": GPKG_TIME})
+    try:
+        yield
+    finally:
+        pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": before})
+
+
 def write_roi_geopackage(release_dir: Path, shelf: str, polygon: BaseGeometry,
                          source: str) -> Path:
     """Write ``<release>/<Shelf>_ROI.gpkg`` atomically."""
@@ -85,8 +105,9 @@ def write_roi_geopackage(release_dir: Path, shelf: str, polygon: BaseGeometry,
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".roi-", dir=path.parent) as tmp_dir:
         tmp = Path(tmp_dir) / path.name  # GDAL wants the .gpkg extension and no existing file
-        roi_frame(shelf, polygon, source).to_file(tmp, driver="GPKG", layer=LAYER,
-                                                  engine="pyogrio")
+        with _fixed_gpkg_time():
+            roi_frame(shelf, polygon, source).to_file(tmp, driver="GPKG", layer=LAYER,
+                                                      engine="pyogrio")
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     return path

@@ -4,6 +4,7 @@ valid polygons, and outlines that are the same hashing alike (review of ``produc
 from __future__ import annotations
 
 import re
+import sqlite3
 from pathlib import Path
 
 import geopandas as gpd
@@ -300,3 +301,17 @@ def test_roi_files_keeps_the_registry_lookup_patchable(monkeypatch: pytest.Monke
     path = _gpkg(tmp_path / "far.gpkg", [translate(small, 500_000, 0)], shelf=["Totten"])
     with pytest.raises(ValueError, match="does not overlap the registered ROI of Totten"):
         read_outline(path, "Totten")
+
+
+def test_the_same_outline_writes_the_same_geopackage_bytes(tmp_path: Path) -> None:
+    """GDAL stamped last_change with the wall clock: a release cataloged twice got ROI files,
+    and collection checksums, that differed though nothing had changed."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    write_roi_geopackage(first, "Larsen B", roi_polygon("Larsen B"), "registry")
+    write_roi_geopackage(second, "Larsen B", roi_polygon("Larsen B"), "registry")
+    a, b = first / "Larsen B_ROI.gpkg", second / "Larsen B_ROI.gpkg"
+    with sqlite3.connect(a) as db:
+        [(stamp,)] = db.execute("SELECT last_change FROM gpkg_contents").fetchall()
+    assert stamp == roi_files.GPKG_TIME  # not the clock, which differs between the two
+    assert a.read_bytes() == b.read_bytes()
+    assert read_roi(a).geometry.iloc[0].equals(roi_polygon("Larsen B"))
