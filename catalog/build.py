@@ -276,12 +276,23 @@ def _umask() -> int:
 
 
 def write_build_state(stac_dir: Path, inputs: str | None,
-                      index: dict[str, str] | None) -> None:
-    """Write a catalog folder's build state atomically: the digest of the run's inputs and the
+                      index: dict[str, str] | None, stac: str | None = None) -> None:
+    """Write a catalog folder's build state atomically: the digest of the run's inputs, the
     sha256 of the item index written with the catalog (None: not written yet, so not up to
-    date and not to be searched)."""
+    date and not to be searched) and the digest of the STAC JSON files it was made from."""
     with atomic_path(Path(stac_dir) / BUILD_STATE) as tmp:
-        tmp.write_text(json.dumps({"inputs": inputs, "index": index}, sort_keys=True) + "\n")
+        tmp.write_text(json.dumps({"inputs": inputs, "index": index, "stac": stac},
+                                  sort_keys=True) + "\n")
+
+
+def stac_digest(stac_dir: Path) -> str:
+    """sha256 over the paths and bytes of a catalog folder's STAC JSON files (not its hidden
+    state files), so a truncated or edited item is not taken for an up-to-date catalog."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(stac_dir).rglob("*.json") if not p.name.startswith(".")):
+        digest.update(path.relative_to(stac_dir).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def forget_index(stac_dir: Path) -> None:
@@ -297,7 +308,7 @@ def reindex(release_dir: Path) -> tuple[Path, Path]:
     stac = release_dir / STAC_CATALOG_DIR
     paths = write_index(release_dir, index_dicts(release_dir, stac / "catalog.json"))
     write_build_state(stac, (read_build_state(stac) or {}).get("inputs"),
-                      index_digests(release_dir))
+                      index_digests(release_dir), stac_digest(stac))
     return paths
 
 
@@ -452,13 +463,14 @@ def catalog_outputs(release_dir: Path, found: list[ShelfYearFiles]) -> list[Path
 def _up_to_date(release_dir: Path, found: list[ShelfYearFiles], state: str) -> bool:
     """Whether the last run had these inputs, finished (its build state records the item
     index it wrote, and that index is still the one there) and every file it wrote is still
-    there."""
+    there, its STAC JSON files as it left them."""
     saved = read_build_state(release_dir / STAC_CATALOG_DIR)
     if not saved or saved.get("inputs") != state or not isinstance(saved.get("index"), dict):
         return False
     if not all(p.exists() for p in catalog_outputs(release_dir, found)):
         return False
-    return saved["index"] == index_digests(release_dir)
+    return (saved["index"] == index_digests(release_dir)
+            and saved.get("stac") == stac_digest(release_dir / STAC_CATALOG_DIR))
 
 
 def catalog_release(release_dir: Path, factors: UncertaintyFactors,

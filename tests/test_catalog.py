@@ -286,6 +286,22 @@ def test_rerun_rebuilds_a_deleted_output(cataloged: Path, where: Callable[[Path]
     assert catalog_release(cataloged, PAPER_FACTORS).skipped  # now up to date again
 
 
+@pytest.mark.parametrize("damage", ["truncated", "edited"])
+def test_a_damaged_stac_file_is_not_up_to_date(cataloged: Path, damage: str) -> None:
+    """A truncated item, or one edited by hand, used to pass for an up-to-date catalog while
+    validate reported errors; the rebuild restores it."""
+    item = item_path(cataloged, "totten-2016")
+    original = item.read_text()
+    if damage == "truncated":
+        item.write_text(original[: len(original) // 2])
+    else:
+        item.write_text(original.replace('"totten-2016"', '"totten-2016-x"', 1))
+    assert not catalog_release(cataloged, PAPER_FACTORS).skipped
+    assert item.read_text() == original
+    assert rules_found(cataloged) == set()
+    assert catalog_release(cataloged, PAPER_FACTORS).skipped
+
+
 def test_a_replaced_roi_geopackage_is_caught_then_recataloged(cataloged: Path) -> None:
     """A user's own ROI GeoPackage dropped in: validate names the stale collection asset, and
     the next catalog run (not "up to date") records the new file."""
