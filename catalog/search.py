@@ -528,6 +528,29 @@ def _read_lines(ndjson: Path, offsets: np.ndarray, rows: list[int]) -> list[dict
 #: Columns the filters use; a search keeps them in an in-memory table per index file.
 FILTER_COLUMNS = ("id", f'"{P}shelf"', f'"{P}year"', f'"{P}sensors"', f'"{P}restoration"',
                   f'"{P}damage_fraction"', "bbox", "geometry", "file_row_number")
+#: Filter columns of fields that may be null, with their SQL types: an index written from items
+#: that leave such a field out everywhere (their nulls dropped, which means the same) has no
+#: column for it, and a search reads it as all null (not a missing-column error).
+NULLABLE_FILTER_COLUMNS = {f"{P}restoration": "VARCHAR", f"{P}damage_fraction": "DOUBLE"}
+
+
+@lru_cache(maxsize=8)
+def _absent_columns(parquet: str, _mtime_ns: int, _size: int) -> tuple[str, ...]:
+    """The nullable filter columns an index file lacks (cached per file version)."""
+    names = set(pq.read_schema(parquet).names)
+    return tuple(column for column in NULLABLE_FILTER_COLUMNS if column not in names)
+
+
+def _parquet_source(parquet: Path, row_numbers: bool = False) -> tuple[str, tuple[str, ...]]:
+    """A DuckDB relation over an index file (one ``?`` parameter: its path) in which every
+    filter column exists, a lacking nullable one as NULL; and the columns so added."""
+    stat = parquet.stat()
+    absent = _absent_columns(str(parquet), stat.st_mtime_ns, stat.st_size)
+    read = "read_parquet(?, file_row_number = true)" if row_numbers else "read_parquet(?)"
+    if not absent:
+        return read, ()
+    filled = ", ".join(f'NULL::{NULLABLE_FILTER_COLUMNS[c]} AS "{c}"' for c in absent)
+    return f"(SELECT *, {filled} FROM {read})", absent
 
 
 @lru_cache(maxsize=8)
@@ -538,9 +561,10 @@ def _filter_table(parquet: str, _mtime_ns: int, _size: int) -> str:
     the narrow columns are loaded once per process and file version and queried from memory.
     """
     name = "idx_" + hashlib.sha1(f"{parquet}:{_mtime_ns}:{_size}".encode()).hexdigest()[:16]
+    source, _ = _parquet_source(Path(parquet), row_numbers=True)
     with _connection().cursor() as con:
         con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT {', '.join(FILTER_COLUMNS)} "
-                    "FROM read_parquet(?, file_row_number = true)", [parquet])
+                    f"FROM {source}", [parquet])
     return name
 
 
@@ -623,7 +647,11 @@ def run_query(parquet: Path, resolve: HrefResolver, query: Query) -> list[pystac
         records = _read_lines(parquet.parent / ITEMS_NDJSON, offsets,
                               table["file_row_number"].to_pylist())
     else:
-        table = _select("read_parquet(?)", clause, [str(parquet), *params], "*")
+        source, added = _parquet_source(parquet)
+        # the file's columns, not those added for the filters
+        excluded = ", ".join(f'"{c}"' for c in added)
+        columns = f"* EXCLUDE ({excluded})" if added else "*"
+        table = _select(source, clause, [str(parquet), *params], columns)
         records = [drop_filled_nulls(r) for r in sga.stac_table_to_items(_exact(table, geometry))]
     return [pystac.Item.from_dict(_absolute(record, resolve), preserve_dict=False,
                                   migrate=False)

@@ -13,6 +13,7 @@ import datetime as dt
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +225,25 @@ def not_applicable_fields(props: dict[str, Any]) -> set[str]:
     if restoration is not None and is_classical_fill(restoration):
         fields |= {f"{P}restoration_model", f"{P}restoration_weights_sha256"}
     return fields
+
+
+def _allows_null(definition: dict[str, Any]) -> bool:
+    kinds = definition.get("type")
+    return (kinds == "null" or (isinstance(kinds, list) and "null" in kinds)
+            or any(_allows_null(branch) for key in ("oneOf", "anyOf")
+                   for branch in definition.get(key, ())))
+
+
+@cache
+def nullable_fields() -> frozenset[str]:
+    """The item fields of our extension whose value may be null (as its schema defines them).
+
+    None of them is required: stac-geoparquet readers (rustac, ``stac_table_to_items``) treat a
+    null and a missing key alike and may drop the null, so a missing one means exactly what a
+    null one does. Readers of item properties take them with ``.get``, never ``[...]``.
+    """
+    definitions = schemas.load_schema()["definitions"]["fields"]["properties"]
+    return frozenset(name for name, definition in definitions.items() if _allows_null(definition))
 
 
 def is_classical_fill(method: str) -> bool:
@@ -508,8 +528,9 @@ def build_collection(items: list[pystac.Item], settings: CatalogSettings,
         pystac.TemporalExtent([[min(starts), max(ends)]]),
     )
     platforms = sorted({SENSORS[t].platform for i in items for t in i.properties[f"{P}sensors"]})
+    # a field that may be null may also be missing (read back from stac-geoparquet): .get
     restorations = sorted({i.properties[f"{P}restoration"] for i in items
-                           if i.properties[f"{P}restoration"]})
+                           if i.properties.get(f"{P}restoration")})
     demo = sorted({i.properties[f"{P}demo"] for i in items
                    if i.properties.get(f"{P}demo") is not None})
     summaries = pystac.Summaries({

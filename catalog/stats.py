@@ -281,7 +281,9 @@ def item_factors(props: Mapping[str, Any]) -> UncertaintyFactors | None:
     if factor is None and f"{P}lambda_restoration" not in props and \
             _positive(props.get(f"{P}damage_area_km2_high")):
         # catalogs from before the field (0.2.0) gave a method without a factor the plain
-        # upper bound: read their items as they were published
+        # upper bound: read their items as they were published. A later item whose factor is
+        # null (or left out, which means null) has a null upper bound too, so it is never
+        # taken for one of those, whether its nulls were written or dropped.
         factor = 1.0
     return factors.with_restoration(method, float(factor) if factor is not None else None)
 

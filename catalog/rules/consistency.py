@@ -53,8 +53,20 @@ from catalog.rules.common import (
     short_message,
     stac_files,
 )
-from catalog.search import FILTER_COLUMNS, OFFSETS_KEY, read_build_state, release_relative
-from catalog.stac import CatalogSettings, classes_of, item_id, not_applicable_fields
+from catalog.search import (
+    FILTER_COLUMNS,
+    NULLABLE_FILTER_COLUMNS,
+    OFFSETS_KEY,
+    read_build_state,
+    release_relative,
+)
+from catalog.stac import (
+    CatalogSettings,
+    classes_of,
+    item_id,
+    not_applicable_fields,
+    nullable_fields,
+)
 from catalog.stats import count_pixels, damage_stats, item_factors, map_restoration, stats_close
 from catalog.uncertainty import PAPER_FACTORS
 from producer.provenance import Provenance
@@ -390,7 +402,8 @@ def _name_problems(rel: str, item: pystac.Item, name: ProductName) -> Iterator[P
     item edited after cataloging must not describe other satellites, restoration or year)."""
     props = item.properties
     for field, want in name_fields(name).items():
-        found = props.get(field, _ABSENT)
+        # a missing field that may be null is null (icedamage:restoration: not restored)
+        found = props.get(field, None if field in nullable_fields() else _ABSENT)
         if found is _ABSENT and want is _ABSENT:
             continue
         if found is _ABSENT or want is _ABSENT or type(found) is not type(want) \
@@ -796,7 +809,9 @@ def _index_problems(root: Path, loaded: list[LoadedItem]) -> Iterator[Problem]:
                       f"extra {sorted(set(ids) - set(items), key=str)}, "
                       f"missing {sorted(set(items) - set(ids))}",
                       "exactly the catalog's items")
-    absent = [c for c in INDEX_COLUMNS if c not in columns]
+    # a column of a field that may be null is left out of an index whose items all leave the
+    # field out (which means null): search reads it as null, and so does this check
+    absent = [c for c in INDEX_COLUMNS if c not in columns and c not in NULLABLE_FILTER_COLUMNS]
     if absent:
         yield Problem(ITEMS_PARQUET, "index-stale", f"no column(s) {absent}",
                       "the columns search filters on")
@@ -804,8 +819,10 @@ def _index_problems(root: Path, loaded: list[LoadedItem]) -> Iterator[Problem]:
         entry = items.get(row.get("id"))
         if entry is None:
             continue
-        for column in columns[1:]:
-            found = _index_value_problem(column, row[column], entry.data)
+        for column in INDEX_COLUMNS:
+            if column not in columns and column not in NULLABLE_FILTER_COLUMNS:
+                continue
+            found = _index_value_problem(column, row.get(column), entry.data)
             if found is not None:
                 want = entry.data.get(column) if column in ("bbox", "geometry") else \
                     (entry.data.get("properties") or {}).get(column)
@@ -867,19 +884,20 @@ def _ndjson_problems(root: Path, ids: list[Any], items: dict[str, LoadedItem],
 
 
 def _unknown_problems(rel: str, item: pystac.Item) -> Iterator[Problem]:
-    """Null product fields must be listed in icedamage:unknown, and listed fields must be null."""
+    """Null product fields must be listed in icedamage:unknown, and listed fields must be null
+    (or missing, which means null for a field that may be null)."""
     props = item.properties
     unknown = props.get(f"{P}unknown", [])
     listed = {k for k in unknown if isinstance(k, str)} if isinstance(unknown, list) else set()
     exempt = not_applicable_fields(props)
-    all_nulls = {k for k, v in props.items() if k.startswith(P) and v is None}
-    nulls = all_nulls - exempt
+    nulls = {k for k, v in props.items() if k.startswith(P) and v is None} - exempt
     if nulls - listed:
         yield Problem(rel, "unknown-not-listed", f"null {sorted(nulls - listed)}",
                       f"listed in {P}unknown")
     # a not-applicable null listed as unknown (catalogs built before the rule) is harmless
-    if listed - all_nulls:
-        yield Problem(rel, "unknown-not-null", f"listed {sorted(listed - all_nulls)} have values",
+    valued = {k for k in listed if props.get(k) is not None}
+    if valued:
+        yield Problem(rel, "unknown-not-null", f"listed {sorted(valued)} have values",
                       f"only null fields in {P}unknown")
 
 
