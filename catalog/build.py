@@ -23,7 +23,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -43,7 +43,7 @@ from catalog.ods import (
     rows_by_key,
     write_metadata_ods,
 )
-from catalog.release import ShelfYearFiles, scan_release
+from catalog.release import ShelfYearFiles, scan_release, unparsed_files
 from catalog.search import (
     BUILD_STATE,
     index_digests,
@@ -75,6 +75,7 @@ from producer.spec import (
     STAC_CATALOG_DIR,
     TYPE1,
     TYPE2,
+    ProductName,
     roi_geopackage_name,
     shelf_year_dir,
 )
@@ -96,6 +97,10 @@ class CatalogResult:
     metadata_written: bool
     unknown_items: dict[str, list[str]]
     """Item id -> unknown fields, for items that have any."""
+    left_out: tuple[Path, ...] = ()
+    """GeoTIFFs in shelf-year folders whose names are not product names (not cataloged)."""
+    unpaired: tuple[Path, ...] = ()
+    """Type 1 maps cataloged without their type 2 partner."""
 
 
 def software_version() -> str:
@@ -212,11 +217,12 @@ def ods_rows(release_dir: Path, found: list[ShelfYearFiles],
     """The rows metadata.ods should hold, and whether to (re)write the file.
 
     Rows come from provenance records. A shelf-year without one keeps the row of an existing
-    metadata.ods (e.g. the published release's own file); if there is no file either, the row
-    holds only what the file names say. The file is written when it is missing or its rows
-    differ from these (a shelf-year added or removed, a provenance record changed), so an
-    existing file is left untouched as long as it already says everything; ``force`` rewrites
-    it only when every row comes from provenance (never an authors' file that is up to date).
+    metadata.ods (e.g. the published release's own file), completed from its file name; if
+    there is no file either, the row holds only what the file names say. The file is written
+    when it is missing or its rows differ from these (a shelf-year added or removed, a
+    provenance record changed, an authors' row completed), so an existing file is left
+    untouched as long as it already says everything; ``force`` rewrites it only when every row
+    comes from provenance (never an authors' file that is up to date).
     """
     path = Path(release_dir) / METADATA_ODS
     current = rows_by_key(read_metadata_ods(path)) if path.exists() else None
@@ -227,8 +233,20 @@ def ods_rows(release_dir: Path, found: list[ShelfYearFiles],
         all_provenance &= prov is not None
         key = (files.name.shelf, files.name.year)
         rows.append(row_from_name(files.name, prov) if prov is not None or key not in existing
-                    else existing[key])
+                    else completed_row(existing[key], files.name))
     return rows, current != rows_by_key(rows) or (force and all_provenance)
+
+
+def completed_row(kept: OdsRow, name: ProductName) -> OdsRow:
+    """A kept row (an authors' file, which may have only shelf, year and dates) with the facts
+    its product's file name gives where the row has none, so that the rewritten file, which
+    holds all our columns, does not contradict the products with empty cells."""
+    named = row_from_name(name, None)
+    return replace(
+        kept, damage_map_file=kept.damage_map_file or named.damage_map_file,
+        damage_file=kept.damage_file or named.damage_file,
+        sensors=kept.sensors or named.sensors,
+        restoration=kept.restoration or named.restoration)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -525,17 +543,10 @@ def catalog_release(release_dir: Path, factors: UncertaintyFactors,
         # state covers everything those rows come from: the product file names, the
         # provenance records' and metadata.ods's own size and mtime.
         step(f"{METADATA_ODS} is up to date")
-        return CatalogResult(catalog_json, len(found), True, False, {})
+        return CatalogResult(catalog_json, len(found), True, False, {},
+                             *_left_out(release_dir, found))
     rows, write_ods = ods_rows(release_dir, found, force)
     ods_path = release_dir / METADATA_ODS
-    step(f"writing {METADATA_ODS}" if write_ods else f"{METADATA_ODS} is up to date")
-    if write_ods:
-        write_metadata_ods(ods_path, rows)
-        # asked again with the file just written (unwritten, nothing changed since the above)
-        if not force and _up_to_date(release_dir, found,
-                                     _state_digest(release_dir, found, factors, settings)):
-            return CatalogResult(catalog_json, len(found), True, write_ods, {})
-
     row_of = rows_by_key(rows)
     facts = FileFacts.load(release_dir / STAC_CATALOG_DIR, release_dir,
                            settings.software_version, fresh=force)
@@ -553,13 +564,18 @@ def catalog_release(release_dir: Path, factors: UncertaintyFactors,
             inputs = item_inputs(files, factors,
                                  row_of.get((files.name.shelf, files.name.year)), thumb, facts)
             items.append(build_item(inputs, settings))
-    release_files = {"metadata": _file_ref(release_dir / METADATA_ODS, facts)} \
-        if (release_dir / METADATA_ODS).exists() else {}
+    release_files = {}
     for shelf in shelves:
         step(f"ROI GeoPackage of {shelf}")
         ensure_roi_geopackage(release_dir, shelf)
         release_files[f"roi-{get_shelf(shelf).slug}"] = _file_ref(
             release_dir / roi_geopackage_name(shelf), facts)
+    # written once every map has been read: a run that fails on a map leaves it as it was
+    step(f"writing {METADATA_ODS}" if write_ods else f"{METADATA_ODS} is up to date")
+    if write_ods:
+        write_metadata_ods(ods_path, rows)
+    if ods_path.exists():
+        release_files = {"metadata": _file_ref(ods_path, facts), **release_files}
     collection = build_collection(items, settings, release_files)
     carry_publisher_fields(release_dir / STAC_CATALOG_DIR, collection, items)
     catalog = build_catalog(collection, items)
@@ -571,7 +587,16 @@ def catalog_release(release_dir: Path, factors: UncertaintyFactors,
     report("done", total, total)
     unknown = {i.id: i.properties["icedamage:unknown"] for i in items
                if i.properties["icedamage:unknown"]}
-    return CatalogResult(catalog_json, len(items), False, write_ods, unknown)
+    return CatalogResult(catalog_json, len(items), False, write_ods, unknown,
+                         *_left_out(release_dir, found))
+
+
+def _left_out(release_dir: Path, found: list[ShelfYearFiles]
+              ) -> tuple[tuple[Path, ...], tuple[Path, ...]]:
+    """(GeoTIFFs not cataloged as their names are no product names, type 1 maps without their
+    type 2): what the command warns about, as ``validate`` would refuse the release."""
+    return (tuple(unparsed_files(release_dir, found)),
+            tuple(f.damage_map for f in found if f.damage is None and f.damage_map is not None))
 
 
 __all__ = ["ENCODING", "CatalogResult", "catalog_release", "thumbnail_pixels", "write_thumbnail"]

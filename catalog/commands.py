@@ -150,12 +150,29 @@ def catalog_command(
     if result.skipped:
         out.print(f"catalog up to date ({result.items} items): {escape(str(result.catalog))} "
                   "(use --force to rebuild)", soft_wrap=True)
-        return
-    out.print(f"cataloged {result.items} shelf-years: {escape(str(result.catalog))}",
-              soft_wrap=True)
+    else:
+        out.print(f"cataloged {result.items} shelf-years: {escape(str(result.catalog))}",
+                  soft_wrap=True)
     for item, fields in sorted(result.unknown_items.items()):
         unknown = ", ".join(f.removeprefix("icedamage:") for f in fields)
         out.print(f"  {escape(item)}: unknown {escape(unknown)}", soft_wrap=True)
+    for path in result.left_out:
+        err.print(f"warning: {escape(str(path))}: not cataloged, {escape(_name_problem(path))}",
+                  soft_wrap=True)
+    for path in result.unpaired:
+        err.print(f"warning: {escape(str(path))}: cataloged without its type 2 partner "
+                  "(layout-partner-missing)", soft_wrap=True)
+
+
+def _name_problem(path: Path) -> str:
+    """What the product spec finds wrong with a file name."""
+    from producer.spec import SpecError, parse_name
+
+    try:
+        parse_name(path.name)
+    except SpecError as error:
+        return str(error)
+    return "not a product name"
 
 
 @contextmanager

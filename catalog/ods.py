@@ -44,9 +44,16 @@ class OdsRow:
     scene_sensors: tuple[str, ...] = ()
     main_scene: str | None = None
     main_scene_date: dt.date | None = None
+    extra: tuple[tuple[str, str], ...] = ()
+    """Cells of columns of the file that are none of ours (an authors' ``Notes``), as
+    (header, text): kept when the catalog rewrites the file."""
 
 
-COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(OdsRow))
+COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(OdsRow) if f.name != "extra")
+#: Other spellings of our columns in a file written by hand (normalised names).
+_ALIASES = {"sensor": "sensors", "acquisition_date": "acquisition_dates",
+            "date": "acquisition_dates", "dates": "acquisition_dates", "scene_id": "scene_ids",
+            "scene_sensor": "scene_sensors"}
 _LIST_COLUMNS = ("sensors", "acquisition_dates", "scene_ids", "scene_sensors")
 
 
@@ -80,10 +87,13 @@ def rows_sorted(rows: list[OdsRow]) -> list[OdsRow]:
 
 
 def rows_frame(rows: list[OdsRow]) -> pd.DataFrame:
-    """A table of rows in the column order of the file."""
+    """A table of rows in the column order of the file: ours, then any other columns the rows
+    carry (in the order first met)."""
     ordered = rows_sorted(rows)
-    return pd.DataFrame([{c: _cell(r, c) for c in COLUMNS} for r in ordered],
-                        columns=list(COLUMNS))
+    extra = list(dict.fromkeys(header for r in ordered for header, _ in r.extra))
+    return pd.DataFrame([{**{c: _cell(r, c) for c in COLUMNS},
+                          **{h: "" for h in extra}, **dict(r.extra)} for r in ordered],
+                        columns=[*COLUMNS, *extra])
 
 
 def write_metadata_ods(path: Path, rows: list[OdsRow]) -> Path:
@@ -131,8 +141,23 @@ def _split(text: object) -> tuple[str, ...]:
     return tuple(p.strip() for p in re.split(r"[;,]", str(text)) if p.strip())
 
 
-def _dates(text: object) -> tuple[dt.date, ...]:
-    return tuple(dt.date.fromisoformat(d) for d in _DATE.findall(str(text or "")))
+#: A date cell: ISO 8601, optionally with midnight (how a spreadsheet date cell reads as text).
+_DATE_CELL = re.compile(r"(\d{4}-\d{2}-\d{2})(?:[ T]00:00:00(?:\.0+)?)?", re.ASCII)
+
+
+def _dates(text: object, column: str) -> tuple[dt.date, ...]:
+    """The dates of a cell; ValueError for one that is not YYYY-MM-DD (11/12/2000 could be
+    either day first or month first: refused rather than guessed, or dropped)."""
+    dates = []
+    for part in _split(text):
+        match = _DATE_CELL.fullmatch(part)
+        try:
+            if match is None:
+                raise ValueError
+            dates.append(dt.date.fromisoformat(match[1]))
+        except ValueError:
+            raise ValueError(f"{column} {part!r} is not a date as YYYY-MM-DD") from None
+    return tuple(dates)
 
 
 def _text(value: object) -> str | None:
@@ -142,20 +167,35 @@ def _text(value: object) -> str | None:
     return text or None
 
 
-def _row(record: dict[str, object]) -> OdsRow:
-    main_date = _dates(record.get("main_scene_date"))
+def _year(value: object) -> int:
+    number = float(str(value).strip())
+    if not number.is_integer():
+        raise ValueError
+    return int(number)
+
+
+def _row(record: dict[str, object], extra: dict[str, str]) -> OdsRow:
+    """A row from its cells by normalised column name; ``extra``: original header of each
+    column that is none of ours."""
+    try:
+        year = _year(record["year"])
+    except (ValueError, OverflowError):
+        raise ValueError(f"year {record['year']!r} is not a year") from None
+    main_date = _dates(record.get("main_scene_date"), "main_scene_date")
     return OdsRow(
         shelf=str(record["shelf"]).strip(),
-        year=int(float(str(record["year"]))),
+        year=year,
         damage_map_file=_text(record.get("damage_map_file")) or "",
         damage_file=_text(record.get("damage_file")) or "",
         sensors=_split(record.get("sensors")),
         restoration=_text(record.get("restoration")),
-        acquisition_dates=_dates(record.get("acquisition_dates")),
+        acquisition_dates=_dates(record.get("acquisition_dates"), "acquisition_dates"),
         scene_ids=_split(record.get("scene_ids")),
         scene_sensors=_split(record.get("scene_sensors")),
         main_scene=_text(record.get("main_scene")),
         main_scene_date=main_date[0] if main_date else None,
+        extra=tuple((header, text) for column, header in extra.items()
+                    if (text := _text(record.get(column))) is not None),
     )
 
 
@@ -189,15 +229,43 @@ def read_sheets(path: Path) -> dict[str, pd.DataFrame]:
 def sheet_table(path: Path, sheet: str,
                 frame: pd.DataFrame) -> tuple[list[OdsRow], frozenset[str]]:
     """The rows of one sheet and its columns (normalised names); ValueError naming the file
-    and sheet when it lacks a ``shelf`` or ``year`` column."""
-    frame = frame.rename(columns=lambda c: str(c).strip().lower().replace(" ", "_"))
+    and sheet when it lacks a ``year`` column, or a ``shelf`` column and is not named for a
+    shelf (an authors' sheet per shelf), and naming the row and column of a cell that does
+    not read."""
+    names = {c: _normalised(c) for c in frame.columns}
+    frame = frame.rename(columns=names)
+    if "shelf" not in frame.columns and (shelf := _sheet_shelf(sheet)) is not None:
+        frame = frame.assign(shelf=shelf)
     missing = [c for c in ("shelf", "year") if c not in frame.columns]
     if missing:
         raise ValueError(f"{path}: sheet {sheet!r} lacks column(s) {missing}; "
                          f"expected {list(COLUMNS)}")
-    rows = [_row(record) for record in frame.to_dict("records")
-            if _text(record.get("shelf")) is not None]
+    extra = {name: str(header).strip() for header, name in names.items()
+             if name not in COLUMNS}
+    rows = []
+    for number, record in enumerate(frame.to_dict("records"), start=2):  # row 1: the header
+        if _text(record.get("shelf")) is None:
+            continue
+        try:
+            rows.append(_row(record, extra))
+        except ValueError as error:
+            raise ValueError(f"{path}: sheet {sheet!r}, row {number} "
+                             f"({_text(record.get('shelf'))} {_text(record.get('year'))}): "
+                             f"{error}") from None
     return rows, frozenset(str(c) for c in frame.columns)
+
+
+def _normalised(header: object) -> str:
+    """A column's name as matched: case and spaces ignored, other spellings of ours mapped."""
+    name = str(header).strip().lower().replace(" ", "_")
+    return _ALIASES.get(name, name)
+
+
+def _sheet_shelf(sheet: str) -> str | None:
+    """The released name of the shelf a sheet is named for, if any."""
+    from producer.shelves import SHELVES, shelf_key
+
+    return next((name for name in SHELVES if shelf_key(name) == shelf_key(sheet)), None)
 
 
 def shelf_sheet_name(shelf: str) -> str:

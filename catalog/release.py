@@ -151,6 +151,17 @@ def _auxiliary(folder: Path, name: ProductName) -> dict[str, Path]:
     return found
 
 
+def unparsed_files(release_dir: Path, found: list[ShelfYearFiles]) -> list[Path]:
+    """GeoTIFFs in the shelf-year folders that are neither a product nor an auxiliary file of
+    one (e.g. ``LC8_Brunt_2018_damage_map.tif``): a catalog run leaves them out and says so,
+    rather than publishing a release that silently lacks them."""
+    known = {f.folder / n for f in found for n in (
+        *(p.name for p in (f.damage_map, f.damage) if p is not None),
+        *(f.name.auxiliary(role) for role in AUXILIARY_SUFFIXES))}
+    return [tif for folder in _shelf_year_folders(Path(release_dir))
+            for tif in sorted(folder.glob("*.tif")) if tif not in known]
+
+
 def scan_release(release_dir: Path) -> list[ShelfYearFiles]:
     """Every shelf-year of a release with its product and auxiliary files.
 

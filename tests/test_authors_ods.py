@@ -1,0 +1,129 @@
+"""A release that mixes the authors' maps and metadata.ods with maps we produced: the catalog
+keeps what the authors' file says, completes it, refuses what it cannot read, and writes
+nothing when a run fails."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from catalog.build import catalog_release
+from catalog.ods import OdsRow, read_metadata_ods, write_metadata_ods
+from catalog.rules.consistency import CatalogConsistencyRules
+from catalog.rules.release_metadata import ReleaseMetadataRules
+from catalog.uncertainty import PAPER_FACTORS
+from producer.cli import build_app
+from producer.spec import METADATA_ODS
+from tests.release_factory import ShelfYear, build_release
+
+AUTHORS = (ShelfYear("Totten", 2016, ("LC08",)),)
+OURS = (ShelfYear("Totten", 2021, ("LC08", "LC09")),)
+
+
+def _authors_ods(path: Path, cells: dict[str, object], shelf_column: bool = True) -> None:
+    """An authors-style metadata.ods: a sheet per shelf, their own column names."""
+    row = {**({"Shelf": "Totten"} if shelf_column else {}), "Year": 2016, **cells}
+    with pd.ExcelWriter(path, engine="odf") as writer:
+        pd.DataFrame([row]).to_excel(writer, sheet_name="Totten", index=False)
+
+
+def _mixed(tmp_path: Path, cells: dict[str, object], shelf_column: bool = True) -> Path:
+    root = build_release(tmp_path / "release", AUTHORS, with_provenance=False)
+    _authors_ods(root / METADATA_ODS, cells, shelf_column)
+    build_release(root, OURS)  # one shelf-year we produced, with its provenance record
+    return root
+
+
+def _problems(root: Path) -> set[str]:
+    return {p.rule for rules in (CatalogConsistencyRules(), ReleaseMetadataRules())
+            for p in rules.check(root)}
+
+
+@pytest.mark.parametrize("shelf_column", [True, False], ids=["shelf-column", "sheet-per-shelf"])
+def test_authors_rows_are_completed_and_their_columns_kept(tmp_path: Path,
+                                                           shelf_column: bool) -> None:
+    """The rewritten file used to keep the authors' rows with our file-name and sensor cells
+    empty (14 ods-* errors, publish refused) and to drop their Notes column."""
+    root = _mixed(tmp_path, {"Acquisition dates": "2016-12-05", "Notes": "hand-checked"},
+                  shelf_column)
+    result = catalog_release(root, PAPER_FACTORS)
+    assert result.metadata_written
+    rows = {(r.shelf, r.year): r for r in read_metadata_ods(root / METADATA_ODS)}
+    authors = rows[("Totten", 2016)]
+    assert authors.acquisition_dates == (dt.date(2016, 12, 5),)
+    assert authors.damage_map_file == "LC08_Totten_2016_damage_map.tif"
+    assert authors.damage_file == "LC08_Totten_2016_damage.tif"
+    assert authors.sensors == ("LC08",)
+    assert authors.extra == (("Notes", "hand-checked"),)
+    assert rows[("Totten", 2021)].scene_ids  # ours: from the provenance record
+    assert _problems(root) == set()
+    assert catalog_release(root, PAPER_FACTORS).skipped
+
+
+def test_a_date_that_is_not_iso_is_refused_naming_the_cell(tmp_path: Path) -> None:
+    """11/12/2000 (day or month first?) used to be dropped: the rewritten file lost it."""
+    root = _mixed(tmp_path, {"Acquisition dates": "05/12/2016"})
+    original = (root / METADATA_ODS).read_bytes()
+    with pytest.raises(ValueError, match=r"sheet 'Totten', row 2 \(Totten 2016\): "
+                                         r"acquisition_dates '05/12/2016' is not a date"):
+        catalog_release(root, PAPER_FACTORS)
+    assert (root / METADATA_ODS).read_bytes() == original
+    assert not (root / "stac").exists()
+
+
+def test_a_run_that_fails_on_a_map_leaves_metadata_ods_as_it_was(tmp_path: Path) -> None:
+    root = _mixed(tmp_path, {"Acquisition dates": "2016-12-05"})
+    original = (root / METADATA_ODS).read_bytes()
+    broken = root / "Totten" / "2016" / "LC08_Totten_2016_damage_map.tif"
+    broken.write_bytes(broken.read_bytes()[:2000])
+    with pytest.raises(ValueError, match="LC08_Totten_2016_damage_map.tif"):
+        catalog_release(root, PAPER_FACTORS)
+    assert (root / METADATA_ODS).read_bytes() == original
+
+
+def test_files_left_out_of_the_catalog_are_named(tmp_path: Path) -> None:
+    """A misnamed map used to vanish from STAC, search and stats without a word."""
+    root = build_release(tmp_path / "release", OURS)
+    folder = root / "Totten" / "2021"
+    (folder / "LC8_Totten_2021_damage_map.tif").write_bytes(
+        (folder / "LC08_LC09_Totten_2021_damage_map.tif").read_bytes())
+    (folder / "LC08_LC09_Totten_2021_damage.tif").unlink()
+    result = CliRunner().invoke(build_app(), ["catalog", str(root)])
+    assert result.exit_code == 0, result.output
+    said = "".join(result.output.split())
+    assert "LC8_Totten_2021_damage_map.tif:notcataloged" in said
+    assert "LC08_LC09_Totten_2021_damage_map.tif:catalogedwithoutitstype2partner" in said
+    again = CliRunner().invoke(build_app(), ["catalog", str(root)])  # up to date: still said
+    assert "LC8_Totten_2021_damage_map.tif:notcataloged" in "".join(again.output.split())
+
+
+@given(day=st.dates(dt.date(1990, 1, 1), dt.date(2100, 12, 31)),
+       midnight=st.sampled_from(["", " 00:00:00", "T00:00:00", " 00:00:00.000"]))
+def test_iso_date_cells_read_as_dates(day: dt.date, midnight: str) -> None:
+    from catalog.ods import _dates
+
+    assert _dates(f"{day.isoformat()}{midnight}", "acquisition_dates") == (day,)
+    assert _dates(f"{day.isoformat()}; {day.isoformat()}", "d") == (day, day)
+
+
+@given(text=st.sampled_from(["11/12/2000", "20051203", "2005-13-01", "2005-12-3", "Dec 3 2005",
+                             "2005-12-03 12:00:00"]))
+def test_other_date_spellings_are_refused(text: str) -> None:
+    from catalog.ods import _dates
+
+    with pytest.raises(ValueError, match="not a date as YYYY-MM-DD"):
+        _dates(text, "acquisition_dates")
+
+
+def test_extra_columns_round_trip(tmp_path: Path) -> None:
+    rows = [OdsRow("Totten", 2016, "a_damage_map.tif", "a_damage.tif", ("LC08",), None,
+                   extra=(("Notes", "x"), ("Checked by", "A. B."))),
+            OdsRow("Totten", 2017, "b_damage_map.tif", "b_damage.tif", ("LC08",), None)]
+    write_metadata_ods(tmp_path / "m.ods", rows)
+    assert read_metadata_ods(tmp_path / "m.ods") == rows
