@@ -29,6 +29,7 @@ be read), and any GDAL error while reading later is a ``VelocityError`` naming t
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import warnings
 from collections.abc import Callable, Iterator
@@ -298,13 +299,22 @@ def crs_difference(a: Any, b: Any) -> str | None:
     if CRS.from_user_input(a) == CRS.from_user_input(b):
         return None
     pa, pb = _projection(a), _projection(b)
-    if pa and pa == pb:
-        return None
     if pa.get("proj") != pb.get("proj"):
         return f"projection {pa.get('proj', 'unknown')} vs {pb.get('proj', 'unknown')}"
     differing = [f"{key} {pa.get(key, 'unset')} vs {pb.get(key, 'unset')}"
-                 for key in sorted(pa.keys() | pb.keys()) if pa.get(key) != pb.get(key)]
+                 for key in sorted(pa.keys() | pb.keys())
+                 if not _same_parameter(pa.get(key), pb.get(key))]
+    if pa and not differing:
+        return None
     return ", ".join(differing) or "no projection parameters to compare"
+
+
+def _same_parameter(a: Any, b: Any) -> bool:
+    """Equal, or numbers equal to single precision: NetCDF files may store the grid mapping's
+    attributes as float32 (inverse_flattening 298.25723), which moves no point by a millimetre."""
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6)
+    return a == b
 
 
 def components_on_grid(layout: VelocityLayout, grid: Grid

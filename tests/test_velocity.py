@@ -326,6 +326,17 @@ def test_measures_own_grid_mapping_is_epsg3031(tmp_path: Path) -> None:
     assert _read(path) == pytest.approx(500.0)
 
 
+def test_a_grid_mapping_stored_in_single_precision_is_epsg3031(tmp_path: Path) -> None:
+    """inverse_flattening as float32 reads 298.25723: refused before as "not EPSG:3031"."""
+    single = {k: np.float32(v) if isinstance(v, float) else v
+              for k, v in MEASURES_MAPPING.items()}
+    vx, vy = np.full((20, 20), 300.0), np.full((20, 20), -400.0)
+    path = _netcdf(tmp_path / "v32.nc", {"VX": vx, "VY": vy}, single)
+    got_vx, got_vy = components_on_grid(velocity_layout(path), GRID)
+    assert got_vx == pytest.approx(300.0) and got_vy == pytest.approx(-400.0)
+    assert crs_difference("EPSG:3976", "EPSG:3031") == "lat_ts -70 vs -71"  # still told apart
+
+
 def test_components_in_another_crs_say_what_differs(tmp_path: Path) -> None:
     path = tmp_path / "v3976.tif"
     with rasterio.open(path, "w", driver="GTiff", width=20, height=20, count=2, dtype="float32",
