@@ -5,6 +5,12 @@ a time (see ``product_rules``, which reads each file once for these and the pair
 raster is never read whole. The overview checks ride on the same windows: each full-resolution
 window is compared with the overview pixels that nearest resampling takes from it. Every
 expectation comes from ``producer.spec``.
+
+The Cloud-Optimized layout (``raster-tiling``, ``raster-overviews``, ``raster-cog``) is our own
+spec for the maps ``produce`` writes: an error for them, a warning for other maps (the
+authors' published GeoTIFFs, which the paper only requires to be LZW UInt8 EPSG:3031 30 m),
+with the command that converts them (``made_by_produce``, ``CONVERT_COMMAND``). The encoding
+and value rules are errors for every map.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 from rio_cogeo.cogeo import cog_validate
 
-from producer.spec import ENCODING, ProductType
+from producer.spec import ENCODING, SOURCE_TAG, ProductType, SpecError, parse_name
 from validation.report import Problem
 
 FORMAT = "raster-format"
@@ -58,6 +64,16 @@ NEAREST_NAMES = frozenset({"NEAREST", "NEAR"})
 #: transform; real misalignments are whole metres).
 LATTICE_TOLERANCE_M = 1e-3
 
+#: How to rewrite a map in the spec's Cloud-Optimized layout without changing its pixels or
+#: encoding: rio-cogeo, with the profile, tile size and overview resampling the writer gives
+#: ``cog_translate`` (``producer.writer.cog_profile``; not web-optimized, the grid is kept).
+CONVERT_COMMAND = (f"rio cogeo create --cog-profile {ENCODING.compression} "
+                   f"--blocksize {ENCODING.blocksize} "
+                   f"--overview-resampling {ENCODING.overview_resampling} IN.tif OUT.tif")
+#: What the layout rules add to ``expected`` for a map ``produce`` did not write.
+NOT_PRODUCED_NOTE = (f"(a warning: not a map produce wrote, no {SOURCE_TAG} tag nor provenance "
+                     f"record, e.g. the authors' GeoTIFF; convert it with: {CONVERT_COMMAND})")
+
 #: Rows (and at most this many columns) read per window: one row of tiles of the spec's layout.
 WINDOW_ROWS = ENCODING.blocksize
 WINDOW_COLS = ENCODING.blocksize * 8
@@ -76,6 +92,39 @@ def _values_text(values: object) -> str:
 
 def _type_text(product_type: ProductType) -> str:
     return f"type {product_type.number} ({product_type.key})"
+
+
+# --------------------------------------------------------------------------------------------
+# Maps produce wrote, and the others
+# --------------------------------------------------------------------------------------------
+
+
+def made_by_produce(path: Path, tags: Mapping[str, str]) -> bool:
+    """Whether a product is one ``produce`` wrote: it carries the ``SOURCE_TAG`` the writer
+    stamps (as ``provenance-missing`` tells them apart), or its shelf-year holds the
+    provenance record ``produce`` writes with the maps (the tag is lost when another tool
+    rewrites the file; the map is still ours, held to our layout).
+
+    Maps with neither are the authors' published maps (plain GeoTIFFs, no tags, no records):
+    their Cloud-Optimized layout is only a warning. A name that does not parse counts as ours
+    (strict; ``layout-name-syntax`` reports it).
+    """
+    if SOURCE_TAG in tags:
+        return True
+    try:
+        name = parse_name(path.name)
+    except SpecError:
+        return True
+    return (path.parent / name.auxiliary("provenance")).exists()
+
+
+def _layout_problem(rel: str, rule: str, found: str, expected: str,
+                    produced: bool) -> Problem:
+    """A Cloud-Optimized layout finding: an error for a map ``produce`` wrote, else a
+    warning saying how to convert the map."""
+    if produced:
+        return Problem(rel, rule, found, expected)
+    return Problem(rel, rule, found, f"{expected} {NOT_PRODUCED_NOTE}", severity="warning")
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,7 +152,10 @@ def _epsg(src: rasterio.io.DatasetReader) -> int | None:
 def header_problems(rel: str, src: rasterio.io.DatasetReader,
                     product_type: ProductType) -> list[Problem]:
     """Format, band count, dtype, compression, CRS, pixel size, nodata tag, tiling, overviews,
-    mask, scale/offset, the overviews' resampling tag and the grid origin's lattice."""
+    mask, scale/offset, the overviews' resampling tag and the grid origin's lattice.
+
+    Tiling and overviews (the COG layout) are errors only for maps ``produce`` wrote
+    (``made_by_produce``), warnings for the others; everything else is an error for all."""
     found: list[Problem] = []
 
     def check(ok: bool, rule: str, have: str, want: str) -> None:
@@ -129,13 +181,18 @@ def header_problems(rel: str, src: rasterio.io.DatasetReader,
           f"nodata tag {product_type.nodata} for {_type_text(product_type)}"
           if product_type.nodata is not None else
           f"no nodata tag for {_type_text(product_type)}")
+    produced = made_by_produce(Path(src.name), src.tags())
     block = tuple(src.block_shapes[0])
-    check(block == (ENCODING.blocksize, ENCODING.blocksize), TILING,
-          f"blocks {block[0]} x {block[1]}" + (" (strips)" if block[1] == src.width else ""),
-          f"tiles {ENCODING.blocksize} x {ENCODING.blocksize}")
+    if block != (ENCODING.blocksize, ENCODING.blocksize):
+        found.append(_layout_problem(
+            rel, TILING,
+            f"blocks {block[0]} x {block[1]}" + (" (strips)" if block[1] == src.width else ""),
+            f"tiles {ENCODING.blocksize} x {ENCODING.blocksize}", produced))
     large = max(src.width, src.height) > ENCODING.blocksize
-    check(not large or bool(src.overviews(1)), OVERVIEWS, "no internal overviews",
-          f"internal overviews (raster larger than {ENCODING.blocksize} px)")
+    if large and not src.overviews(1):
+        found.append(_layout_problem(
+            rel, OVERVIEWS, "no internal overviews",
+            f"internal overviews (raster larger than {ENCODING.blocksize} px)", produced))
     found.extend(mask_problems(rel, src, product_type))
     found.extend(scale_offset_problems(rel, src))
     found.extend(resampling_problems(rel, src))
@@ -211,16 +268,33 @@ _VALID_COG = "a valid Cloud-Optimized GeoTIFF (rio-cogeo cog_validate)"
 
 
 def cog_problems(rel: str, path: Path) -> list[Problem]:
-    """What rio-cogeo's COG validator says about the file (errors, and warnings as warnings)."""
+    """What rio-cogeo's COG validator says about the file (errors, and warnings as warnings).
+
+    Its errors are errors for a map ``produce`` wrote and warnings for the others
+    (``made_by_produce``; the file's tags are only read when there is an error to judge). A
+    validator that fails altogether is an error for every file.
+    """
     try:
         with _COG_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             _, errors, cog_warnings = cog_validate(path, quiet=True, config=COG_VALIDATE_CONFIG)
     except Exception as exc:  # noqa: BLE001 - any failure of the validator is a finding
         return [Problem(rel, COG, f"COG validation failed: {exc}", _VALID_COG)]
-    return ([Problem(rel, COG, e, _VALID_COG) for e in errors]
+    produced = not errors or _made_by_produce_file(Path(path))
+    return ([_layout_problem(rel, COG, e, _VALID_COG, produced) for e in errors]
             + [Problem(rel, COG_WARNING, w, "no COG warnings", severity="warning")
                for w in cog_warnings])
+
+
+def _made_by_produce_file(path: Path) -> bool:
+    """``made_by_produce`` of a file not open yet (one that does not open counts as ours:
+    ``raster-unreadable`` reports it)."""
+    try:
+        with rasterio.Env(**FILE_ONLY_CONFIG), rasterio.open(path) as src:
+            tags = src.tags()
+    except RasterioError:
+        return True
+    return made_by_produce(path, tags)
 
 
 # --------------------------------------------------------------------------------------------

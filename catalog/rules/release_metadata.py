@@ -169,6 +169,8 @@ def _table_problems(release_dir: Path, label: str, rows: list[OdsRow],
         for row in grouped[key]:
             if entry is not None:
                 yield from _row_dates_problems(where, row, entry, prov)
+            if prov is None:  # with a record: the record's own check (and the comparison)
+                yield from _row_summer_problems(where, row)
             if files is not None:
                 yield from _row_product_problems(where, row, files, prov, columns)
 
@@ -207,13 +209,10 @@ def _provenance_plausibility(record: str, files: ShelfYearFiles,
     when all three agree only this check sees a record that cannot be right.
     """
     name = files.name
-    first, last = summer_window(name.year)
-    outside = sorted({s.acquired.isoformat() for s in prov.scenes
-                      if not first <= s.acquired <= last})
+    outside = _outside_summer(name.year, (s.acquired for s in prov.scenes))
     if outside:
         yield Problem(record, "acquisition-dates", f"scene dates {outside}",
-                      f"dates in the summer {name.year}/{name.year + 1} of {name.filename} "
-                      f"({first.isoformat()} .. {last.isoformat()})")
+                      _summer_text(name.year, f"of {name.filename}"))
     strays = sorted({s.sensor for s in prov.scenes} - set(name.sensors))
     if strays:
         yield Problem(record, "provenance-sensors", f"scenes of {strays}",
@@ -221,6 +220,35 @@ def _provenance_plausibility(record: str, files: ShelfYearFiles,
     if tuple(prov.sensors) != tuple(name.sensors):
         yield Problem(record, "provenance-sensors", f"sensors = {list(prov.sensors)}",
                       f"{list(name.sensors)} (from {name.filename})")
+
+
+def _outside_summer(year: int, dates: Iterable[dt.date]) -> list[str]:
+    """The dates (ISO text, sorted, once each) outside the austral summer named ``year``
+    (``producer.spec.summer_window``, the product spec's one definition of it)."""
+    first, last = summer_window(year)
+    return sorted({d.isoformat() for d in dates if not first <= d <= last})
+
+
+def _summer_text(year: int, whose: str) -> str:
+    """What ``acquisition-dates`` expects of dates of the summer named ``year``."""
+    first, last = summer_window(year)
+    return (f"dates in the summer {year}/{year + 1} {whose} "
+            f"({first.isoformat()} .. {last.isoformat()})")
+
+
+def _row_summer_problems(where: str, row: OdsRow) -> Iterator[Problem]:
+    """A row's acquisition dates lie in the summer its year names.
+
+    Checked for shelf-years without a provenance record (the authors' maps, whose dates only
+    metadata.ods gives): the catalog takes their items' dates and time range from the row, so
+    a date of another summer, a winter or a year to come would pass into STAC and search
+    unseen (with a record, ``_provenance_plausibility`` checks the record and the row is
+    compared with it).
+    """
+    outside = _outside_summer(row.year, row.acquisition_dates)
+    if outside:
+        yield Problem(where, "acquisition-dates", f"acquisition_dates {outside}",
+                      _summer_text(row.year, f"that the row's year {row.year} names"))
 
 
 def _dates_of(prov: Provenance) -> list[str]:
