@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
@@ -50,10 +51,21 @@ EXIT_USAGE = 2
 
 # emoji off: user text such as "zenodo:abc: ..." must not turn into an emoji
 err = Console(stderr=True, emoji=False)
-out = Console(emoji=False)
+#: Piped or redirected, tables are not cut to rich's default 80 columns (COLUMNS still rules).
+out = Console(emoji=False, width=None if sys.stdout.isatty() or "COLUMNS" in os.environ
+              else 160)
 #: ``search --sensor`` help: the spec's sensor tokens ("LE07, LC08 or LC09").
 _SENSOR_HELP = (f"{', '.join(SENSOR_ORDER[:-1])} or " if len(SENSOR_ORDER) > 1 else "") \
     + f"{SENSOR_ORDER[-1]} (any of them; any case)."
+
+
+def _table(*headers: str, title: str | None = None) -> Table:
+    """A table whose cells wrap rather than being cut with "…": on a narrow terminal a number
+    or an item id is folded onto two lines, never shortened to a wrong-looking value."""
+    table = Table(title=title)
+    for header in headers:
+        table.add_column(header, overflow="fold")
+    return table
 
 
 class OutputFormat(StrEnum):
@@ -274,7 +286,7 @@ def search_command(
         for item in items:
             typer.echo(item.assets["damage_map"].href)
     else:
-        table = Table("id", "shelf", "year", "sensors", "restoration", "damage km²", "fraction")
+        table = _table("id", "shelf", "year", "sensors", "restoration", "damage km²", "fraction")
         for item in items:
             table.add_row(*map(Text, search_row(item)))  # cells are data, never markup
         out.print(table)
@@ -399,8 +411,8 @@ def stats_command(
             plot_stats(rows, plot)
     except (FileNotFoundError, ValueError, OSError, SearchError) as error:
         raise _fail(str(error)) from error
-    table = Table("shelf", "year", "restoration", "damage km² (low-high)", "shelf km²",
-                  "fraction % (low-high)")
+    table = _table("shelf", "year", "restoration", "damage km² (low-high)", "shelf km²",
+                   "fraction % (low-high)")
     for r in rows:
         table.add_row(*map(Text, (r.shelf, str(r.year), r.restoration or "",
                                   *console_cells(r))))
@@ -569,6 +581,9 @@ def temporal_consistency_command(
         raise _fail(str(error)) from error
     summaries = shelf_summaries(pairs)
     _print_consistency(pairs, summaries)
+    for lone, count in _shelves_without_pairs(release_dir, {p.shelf for p in pairs}, shelves):
+        err.print(f"[yellow]note:[/yellow] {escape(lone)}: {count} type 1 map, no pair to "
+                  "compare", soft_wrap=True)
     for s in summaries:
         for what, counts in (("", s.plain_counts), ("Lagrangian ", s.corrected_counts)):
             fewer = [f"{name} over {n}" for name, n in zip(("r_s", "ρ_c", "RMSE"),
@@ -582,15 +597,29 @@ def temporal_consistency_command(
         err.print(f"wrote {escape(str(path))}", soft_wrap=True)
 
 
+def _shelves_without_pairs(release_dir: Path, paired: set[str], chosen: list[str]
+                           ) -> list[tuple[str, int]]:
+    """Shelves (of ``chosen``, or all) with a type 1 map but none to pair it with, so a user
+    does not take a shelf missing from the tables for one that was checked."""
+    from catalog.release import scan_release
+
+    counts: dict[str, int] = {}
+    for files in scan_release(release_dir):
+        if files.damage_map is not None:
+            counts[files.name.shelf] = counts.get(files.name.shelf, 0) + 1
+    return [(shelf, n) for shelf, n in sorted(counts.items())
+            if shelf not in paired and (not chosen or shelf in chosen)]
+
+
 def _print_consistency(pairs: list[PairConsistency], summaries: list[ShelfSummary]) -> None:
     """The pairs, then the medians per shelf (the paper's Tables 6 and 7)."""
     def cell(value: float) -> str:
         return "n/a" if value != value else f"{value:.3f}"  # NaN: too few common cells
 
     lagrangian = any(p.corrected is not None for p in pairs)
-    table = Table("shelf", "pair", "Δt yr", "cells", "r_s", "ρ_c", "RMSE",
-                  *(("cells (L)", "r_s (L)", "ρ_c (L)", "RMSE (L)") if lagrangian else ()),
-                  title="temporally adjacent pairs" + (" (L: Lagrangian)" if lagrangian else ""))
+    table = _table("shelf", "pair", "Δt yr", "cells", "r_s", "ρ_c", "RMSE",
+                   *(("cells (L)", "r_s (L)", "ρ_c (L)", "RMSE (L)") if lagrangian else ()),
+                   title="temporally adjacent pairs" + (" (L: Lagrangian)" if lagrangian else ""))
     for p in pairs:
         extra = () if p.corrected is None else (
             str(p.corrected.cells), *(cell(v) for v in (p.corrected.spearman, p.corrected.ccc,
@@ -599,9 +628,9 @@ def _print_consistency(pairs: list[PairConsistency], summaries: list[ShelfSummar
                       str(p.plain.cells), cell(p.plain.spearman), cell(p.plain.ccc),
                       cell(p.plain.rmse), *extra)
     out.print(table)
-    medians = Table("shelf", "pairs", "median r_s", "median ρ_c", "median RMSE",
-                    *(("Lagrangian r_s", "Lagrangian ρ_c", "Lagrangian RMSE")
-                      if lagrangian else ()), title="medians per shelf (paper Tables 6-7)")
+    medians = _table("shelf", "pairs", "median r_s", "median ρ_c", "median RMSE",
+                     *(("Lagrangian r_s", "Lagrangian ρ_c", "Lagrangian RMSE")
+                       if lagrangian else ()), title="medians per shelf (paper Tables 6-7)")
     for s in summaries:
         medians.add_row(s.shelf, str(s.pairs), *(cell(v) for v in s.plain),
                         *((cell(v) for v in s.corrected) if s.corrected else ()))

@@ -198,10 +198,14 @@ class Query:
 
 
 def locate_index(source: Path) -> tuple[Path, Path]:
-    """(items.parquet, release root) for a release folder, a catalog.json or the parquet file."""
+    """(items.parquet, release root) for a release folder, a catalog.json, the parquet file
+    or the items.ndjson beside it."""
     source = Path(source)
     if source.is_file() and source.suffix == ".parquet":
         return source, source.parent
+    if source.is_file() and source.name == ITEMS_NDJSON and \
+            (source.parent / ITEMS_PARQUET).exists():
+        return source.parent / ITEMS_PARQUET, source.parent
     if source.is_file() and source.name.endswith(".json"):
         # <release>/stac/catalog.json (or deeper): walk up to the folder holding the index
         for parent in source.parents:
@@ -212,6 +216,9 @@ def locate_index(source: Path) -> tuple[Path, Path]:
     if source.is_dir() and source.name == STAC_CATALOG_DIR and \
             (source.parent / ITEMS_PARQUET).exists():
         return source.parent / ITEMS_PARQUET, source.parent
+    if source.is_file():
+        raise SearchError(f"{source}: not a release to search; give the release folder, its "
+                          f"stac/catalog.json, {ITEMS_PARQUET} or {ITEMS_NDJSON}")
     raise SearchError(f"{source}: no {ITEMS_PARQUET} found; run `icedamage catalog` on the "
                       "release first")
 

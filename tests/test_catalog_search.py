@@ -100,11 +100,16 @@ def test_search_filters_return_exactly_the_expected_ids(release: Path, query: di
     assert [item.id for item in search(release, **query)] == expected
 
 
-def test_search_accepts_catalog_json_and_parquet(release: Path) -> None:
-    for source in (release / "stac" / "catalog.json", release / ITEMS_PARQUET):
+def test_search_accepts_catalog_json_and_parquet(release: Path, tmp_path: Path) -> None:
+    for source in (release / "stac" / "catalog.json", release / ITEMS_PARQUET,
+                   release / ITEMS_NDJSON):  # the ndjson was refused: "no items.parquet found"
         assert [i.id for i in search(source, year=2021)] == ["totten-2021"]
     lines = (release / ITEMS_NDJSON).read_text().splitlines()
     assert sorted(json.loads(line)["id"] for line in lines) == ALL
+    other = tmp_path / "notes.txt"
+    other.write_text("x")
+    with pytest.raises(SearchError, match="not a release to search; give the release folder"):
+        search(other)
 
 
 def test_search_rejects_bad_input(release: Path, tmp_path: Path) -> None:

@@ -216,6 +216,28 @@ def test_lagrangian_correction_recovers_advected_damage(tmp_path: Path) -> None:
     assert list(medians["shelf"]) == ["Totten"]
     assert Image.open(plot).size[0] > 500
     assert "temporally adjacent pairs (L: Lagrangian)" in result.output  # both sets shown
+    # Brunt has one map: said, so nobody takes its absence from the tables for a pass
+    assert _one_line("Brunt: 1 type 1 map, no pair to compare") in _one_line(result.stderr)
+
+
+def test_narrow_tables_fold_values_instead_of_cutting_them() -> None:
+    """At 80 columns the Lagrangian pair row read "0.7…": values must stay whole."""
+    import io
+
+    from rich.console import Console
+
+    from catalog.commands import _table
+
+    headers = [f"c{i}" for i in range(11)]
+    cells = ["Totten", "2019→2020", *(f"0.{i}23456" for i in range(9))]
+    table = _table(*headers)
+    table.add_row(*cells)
+    console = Console(file=io.StringIO(), width=60)
+    console.print(table)
+    text = console.file.getvalue()
+    assert "…" not in text
+    digits = sum(ch.isdigit() for ch in "".join(headers + cells))
+    assert sum(ch.isdigit() for ch in text) == digits  # folded onto more lines, none lost
 
 
 def test_velocity_for_advection_must_be_components_in_epsg3031(tmp_path: Path) -> None:
