@@ -294,13 +294,16 @@ def _umask() -> int:
 
 
 def write_build_state(stac_dir: Path, inputs: str | None,
-                      index: dict[str, str] | None, stac: str | None = None) -> None:
+                      index: dict[str, str] | None, stac: str | None = None,
+                      software: str | None = None) -> None:
     """Write a catalog folder's build state atomically: the digest of the run's inputs, the
     sha256 of the item index written with the catalog (None: not written yet, so not up to
-    date and not to be searched) and the digest of the STAC JSON files it was made from."""
+    date and not to be searched), the digest of the STAC JSON files it was made from and the
+    icedamage version that built the catalog (the items name the software that made each
+    map, which may be older, or none for the authors' maps)."""
     with atomic_path(Path(stac_dir) / BUILD_STATE) as tmp:
-        tmp.write_text(json.dumps({"inputs": inputs, "index": index, "stac": stac},
-                                  sort_keys=True) + "\n")
+        tmp.write_text(json.dumps({"inputs": inputs, "index": index, "stac": stac,
+                                   "software": software}, sort_keys=True) + "\n")
 
 
 def stac_digest(stac_dir: Path) -> str:
@@ -316,7 +319,8 @@ def stac_digest(stac_dir: Path) -> str:
 def forget_index(stac_dir: Path) -> None:
     """Mark a catalog folder's item index as not yet written (before the index at the release
     root stops matching it), keeping the recorded inputs."""
-    write_build_state(stac_dir, (read_build_state(stac_dir) or {}).get("inputs"), None)
+    saved = read_build_state(stac_dir) or {}
+    write_build_state(stac_dir, saved.get("inputs"), None, software=saved.get("software"))
 
 
 def reindex(release_dir: Path) -> tuple[Path, Path]:
@@ -325,13 +329,14 @@ def reindex(release_dir: Path) -> tuple[Path, Path]:
     release_dir = Path(release_dir)
     stac = release_dir / STAC_CATALOG_DIR
     paths = write_index(release_dir, index_dicts(release_dir, stac / "catalog.json"))
-    write_build_state(stac, (read_build_state(stac) or {}).get("inputs"),
-                      index_digests(release_dir), stac_digest(stac))
+    saved = read_build_state(stac) or {}
+    write_build_state(stac, saved.get("inputs"), index_digests(release_dir), stac_digest(stac),
+                      saved.get("software"))
     return paths
 
 
 def save_catalog(root: pystac.Catalog, release_dir: Path, state: str,
-                 file_facts: str | None = None) -> Path:
+                 file_facts: str | None = None, software: str | None = None) -> Path:
     """Save self-contained with relative hrefs into ``<release>/stac``, swapping folders.
 
     The build state saved with it records the inputs ``state`` but no item index yet: the
@@ -346,7 +351,7 @@ def save_catalog(root: pystac.Catalog, release_dir: Path, state: str,
         root.make_all_asset_hrefs_relative()
         make_file_links_relative(root)
         root.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
-        write_build_state(staging, state, None)
+        write_build_state(staging, state, None, software=software)
         if file_facts is not None:
             (staging / FILE_FACTS).write_text(file_facts)
         # mkdtemp makes the folder private (0700); the catalog is to be served as is
@@ -581,7 +586,8 @@ def catalog_release(release_dir: Path, factors: UncertaintyFactors,
     catalog = build_catalog(collection, items)
     step("saving the STAC catalog")
     state = _state_digest(release_dir, found, factors, settings)  # with what it wrote above
-    catalog_json = save_catalog(catalog, release_dir, state, facts.to_json())
+    catalog_json = save_catalog(catalog, release_dir, state, facts.to_json(),
+                                settings.software_version)
     step("writing the item index")
     reindex(release_dir)
     report("done", total, total)

@@ -31,7 +31,7 @@ from producer.grid import Grid
 
 FILE_FACTS = ".file-facts.json"
 #: Raise when what is kept per file, or how it is read, changes (old entries are then dropped).
-FACTS_FORMAT = 1
+FACTS_FORMAT = 2
 #: A file modified this close (s) to the run that read it is not trusted to the next run.
 RACY_SECONDS = 2.0
 
@@ -48,14 +48,15 @@ def _facts_to_json(facts: RasterFacts) -> dict[str, Any]:
             "nodata": facts.nodata, "data_type": facts.data_type, "size": facts.size,
             "checksum": facts.checksum,
             "scene_ids": list(facts.scene_ids) if facts.scene_ids is not None else None,
-            "source": facts.source}
+            "source": facts.source, "cloud_optimized": facts.cloud_optimized}
 
 
 def _facts_from_json(path: Path, data: dict[str, Any]) -> RasterFacts:
     grid = Grid(Affine(*data["transform"]), data["width"], data["height"], data["crs"])
     scene_ids = tuple(data["scene_ids"]) if data["scene_ids"] is not None else None
     return RasterFacts(path, grid, data["epsg"], data["nodata"], data["data_type"],
-                       data["size"], data["checksum"], scene_ids, data["source"])
+                       data["size"], data["checksum"], scene_ids, data["source"],
+                       data["cloud_optimized"])
 
 
 @dataclass

@@ -9,11 +9,13 @@ loading whole rasters into memory.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import rasterio
+from rasterio.errors import NotGeoreferencedWarning
 
 from producer.grid import Grid
 from producer.provenance import Provenance, file_sha256, provenance_path, read_provenance
@@ -51,6 +53,9 @@ class RasterFacts:
     """A source-scene index's scene ids (its ``SCENE_IDS_TAG``), pixel value i → the i-th."""
     source: str | None = None
     """The scene source a product file names in its ``SOURCE_TAG`` (None: untagged)."""
+    cloud_optimized: bool = True
+    """Whether rio-cogeo finds the file a valid COG (the authors' maps may be plain GeoTIFFs):
+    its asset's media type says which."""
 
 
 def tagged_source(facts: Iterable[RasterFacts]) -> str | None:
@@ -114,7 +119,20 @@ def raster_facts(path: Path, checksum: bool = True) -> RasterFacts:
         tags = src.tags()
     return RasterFacts(path, grid, epsg, nodata, dtype, path.stat().st_size,
                        file_checksum(path) if checksum else "",
-                       _scene_ids(tags.get(SCENE_IDS_TAG)), tags.get(SOURCE_TAG))
+                       _scene_ids(tags.get(SCENE_IDS_TAG)), tags.get(SOURCE_TAG),
+                       is_cloud_optimized(path))
+
+
+def is_cloud_optimized(path: Path) -> bool:
+    """rio-cogeo's verdict on the file's layout (tiles, overviews, header first); only the TIFF
+    structure is read, without georeferencing or sidecars."""
+    from rio_cogeo.cogeo import cog_validate
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        valid, _, _ = cog_validate(path, quiet=True, config={"GDAL_GEOREF_SOURCES": "NONE",
+                                                              "GDAL_PAM_ENABLED": "NO"})
+    return bool(valid)
 
 
 def _scene_ids(tag: str | None) -> tuple[str, ...] | None:

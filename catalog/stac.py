@@ -325,13 +325,15 @@ def _proj_fields(target: pystac.Item | pystac.Asset, facts: RasterFacts) -> None
 
 def raster_asset(facts: RasterFacts, title: str, roles: list[str],
                  product_type: ProductType | None) -> pystac.Asset:
-    """A COG asset with data type, nodata (when the file has one), grid, classes, size, checksum."""
+    """A GeoTIFF asset (a COG's media type when the file is one) with data type, nodata (when
+    the file has one), grid, classes, size, checksum."""
     extra: dict[str, Any] = {"data_type": facts.data_type}
     if facts.nodata is not None:
         extra["nodata"] = int(facts.nodata) if float(facts.nodata).is_integer() else facts.nodata
     if product_type is not None:
         extra["gsd"] = ENCODING.resolution
-    asset = pystac.Asset(href=str(facts.path), title=title, media_type=COG_MEDIA_TYPE,
+    media_type = COG_MEDIA_TYPE if facts.cloud_optimized else pystac.MediaType.GEOTIFF
+    asset = pystac.Asset(href=str(facts.path), title=title, media_type=media_type,
                          roles=roles, extra_fields=extra)
     return asset
 
@@ -400,8 +402,10 @@ def build_item(inputs: ItemInputs, settings: CatalogSettings) -> pystac.Item:
         "gsd": ENCODING.resolution,
         "processing:level": "L3",
         "processing:lineage": processing_lineage(inputs),
-        "processing:software": {"icedamage": settings.software_version},
     }
+    if inputs.provenance is not None and inputs.provenance.software:
+        # the software that made the map, as its record says; the authors' maps name none
+        props["processing:software"] = dict(sorted(inputs.provenance.software.items()))
     if props["platform"] is None:
         # STAC's platform is a single string: a map merged from several satellites leaves it
         # out; constellation, instruments and icedamage:sensors still say which were used.

@@ -240,3 +240,24 @@ def test_ods_date_outside_the_summer_in_the_catalogs_layout(authors_year: Path) 
         (ROW, "acquisition-dates", "acquisition_dates ['2016-04-02']"),
         ("metadata.ods sheet Totten row Totten 2015", "acquisition-dates",
          "acquisition_dates ['2016-04-02']")}, problems
+
+
+def test_plain_geotiff_assets_are_not_labelled_cloud_optimized(authors_release: Path) -> None:
+    """The catalog called every asset "profile=cloud-optimized"; a client that trusts it for
+    range reads of a striped file without overviews reads it whole. Converted, it says so."""
+    catalog_release(authors_release, PAPER_FACTORS)
+    item = authors_release / "stac/antarctic-ice-shelf-surface-damage/larsen-b-2005"
+    assets = json.loads((item / "larsen-b-2005.json").read_text())["assets"]
+    assert assets["damage_map"]["type"] == "image/tiff; application=geotiff"
+    assert assets["damage"]["type"] == "image/tiff; application=geotiff"
+    args = shlex.split(CONVERT_COMMAND)
+    for rel in products_of(authors_release, LARSEN):
+        path = authors_release / rel
+        out = path.with_name("converted.tif")
+        assert CliRunner().invoke(cogeo, [*args[2:-2], "--quiet", str(path),
+                                          str(out)]).exit_code == 0
+        out.replace(path)
+    catalog_release(authors_release, PAPER_FACTORS)
+    assets = json.loads((item / "larsen-b-2005.json").read_text())["assets"]
+    assert assets["damage_map"]["type"] == "image/tiff; application=geotiff; " \
+        "profile=cloud-optimized"

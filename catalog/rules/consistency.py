@@ -576,14 +576,24 @@ class _CodeNote:
     def _settings(self) -> CatalogSettings:
         """The settings the catalog was built with, as its collection and items state them."""
         props = self.loaded[0].item.properties
-        software = props.get("processing:software")
         collections = sorted((self.root / STAC_CATALOG_DIR).glob("*/collection.json"))
         collection = read_json_or_none(collections[0]) if collections else None
         return CatalogSettings(
             license=str((collection or {}).get("license", CatalogSettings.license)),
-            software_version=str(software.get("icedamage", "unknown"))
-            if isinstance(software, dict) else "unknown",
+            software_version=self._catalog_software(),
             dataset_version=str(props["version"]) if props.get("version") else None)
+
+    def _catalog_software(self) -> str:
+        """The icedamage version that built the catalog: its build state's, else (a catalog
+        built before the state recorded it) the one its items named."""
+        software = (read_build_state(self.root / STAC_CATALOG_DIR) or {}).get("software")
+        if isinstance(software, str):
+            return software
+        for loaded in self.loaded:
+            named = loaded.item.properties.get("processing:software")
+            if isinstance(named, dict) and "icedamage" in named:
+                return str(named["icedamage"])
+        return "unknown"
 
 
 #: Longest longitude/latitude segment (degrees) when a geometry is measured in EPSG:3031:
