@@ -2,8 +2,12 @@
 
 A record holds at most 100 files and no folders (bucket keys cannot contain "/"), while a release
 has hundreds of files in ``<Shelf>/<YYYY>/`` folders. So each shelf becomes one ZIP
-``<key>.zip`` holding ``<Shelf>/<YYYY>/…``; the STAC catalog and the GeoParquet/NDJSON item
-tables become ``stac.zip``; metadata.ods and the ROI GeoPackages travel as they are.
+``<key>.zip`` holding ``<Shelf>/<YYYY>/…`` and, at its root, the shelf's ROI GeoPackage
+``<Shelf>_ROI.gpkg``; the STAC catalog and the GeoParquet/NDJSON item tables become
+``stac.zip``; metadata.ods travels as it is. Extracting every ZIP of a record into one folder,
+beside metadata.ods, gives back the release layout: names with spaces ("Larsen B/…",
+"Larsen B_ROI.gpkg", which the catalog's relative hrefs name) only ever travel inside a ZIP,
+where they keep their spelling, never as a key.
 
 ZIP entries are *stored* (no compression; the COGs are LZW-compressed already), so every COG
 sits contiguously inside its ZIP and GDAL reads it in place with ``/vsizip//vsicurl/<url>/…``
@@ -11,8 +15,11 @@ using HTTP range requests. Entries are sorted, timestamped 1980-01-01 and marked
 building twice gives byte-identical files with the same md5 (unchanged shelves are then not
 re-uploaded to a new version).
 
-Keys are ASCII ``[A-Za-z0-9._-]``: "Pine Island" becomes "Pine_Island.zip"; the manifest
-records every name -> key mapping.
+Keys are ASCII ``[A-Za-z0-9._-]`` (``safe_key``): "Pine Island" becomes "Pine_Island.zip". A
+key is the last segment of every download URL (``/records/<id>/files/<key>``) and of the
+``/vsicurl/`` hrefs written into the catalog, where a space is not valid (curl refuses it, and
+Zenodo's web pages and APIs would each spell it their own way). The manifest records every
+name -> key mapping (``record_key_map``).
 """
 
 from __future__ import annotations
@@ -123,17 +130,31 @@ def record_file_url(record_url: str, key: str) -> str:
     return f"{record_url.rstrip('/')}/files/{key}"
 
 
+def record_key_map(specs: Iterable[PackageSpec]) -> dict[str, str]:
+    """Release name -> key of the record's file that holds it: every top-level folder of the
+    release packaged (a shelf, ``stac``) and every file at the release root, inside a ZIP
+    (an ROI GeoPackage in its shelf's ZIP, the item tables in ``stac.zip``) or on its own."""
+    key_map = {spec.name: spec.key for spec in specs}
+    for spec in specs:
+        if spec.zipped:
+            key_map.update({arcname: spec.key for arcname, _ in spec.members
+                            if "/" not in arcname})
+    return key_map
+
+
 def release_file_href(record_url: str, key_map: dict[str, str], inner: str) -> str | None:
     """Where the release file at release-relative POSIX path ``inner`` lives in a published
-    record: inside its shelf ZIP, as a GDAL path that reads it in place over HTTP (members are
-    stored, not deflated), or as a file of its own (a URL); None for files the record lacks."""
+    record: inside a ZIP (its shelf's, or ``stac.zip``), as a GDAL path that reads it in place
+    over HTTP (members are stored, not deflated; the path inside the ZIP keeps its spaces), or
+    as a file of its own (a URL); None for files the record lacks. ``key_map`` is the record's
+    (``Manifest.key_map``): a record published before the ROI GeoPackages moved into the shelf
+    ZIPs maps them to keys of their own, and its hrefs resolve as that record holds them."""
     key = key_map.get(inner.split("/", 1)[0])
-    if key is not None and key.endswith(".zip") and "/" in inner:
+    if key is None:
+        return None
+    if key.endswith(".zip"):
         return f"/vsizip//vsicurl/{record_file_url(record_url, key)}/{inner}"
-    key = key_map.get(inner)
-    if key is not None and not key.endswith(".zip"):
-        return record_file_url(record_url, key)
-    return None
+    return record_file_url(record_url, key) if "/" not in inner else None
 
 
 def file_hashes(path: Path) -> tuple[int, str, str]:
@@ -204,10 +225,25 @@ def plan_packages(release_dir: Path, catalog_root: Path | None = None) -> list[P
     """
     release_dir = Path(release_dir)
     source = Path(catalog_root) if catalog_root is not None else release_dir
+    # A shelf's ROI GeoPackage goes into the shelf's ZIP, at its root under its own name: the
+    # collection links it as ``../../<Shelf>_ROI.gpkg``, and a key of its own would have to be
+    # ASCII ("Larsen_B_ROI.gpkg"), which no href names. The products are made and measured
+    # within the ROI, so it changes with them: bundling costs a new version no extra upload.
+    rois = {gpkg.name[: -len(ROI_GEOPACKAGE_SUFFIX)]: gpkg
+            for gpkg in sorted(release_dir.glob(f"*{ROI_GEOPACKAGE_SUFFIX}")) if gpkg.is_file()}
     specs: list[PackageSpec] = []
     for shelf in shelf_dirs(release_dir):
-        members = tuple(files_under(shelf, release_dir))
-        specs.append(PackageSpec(safe_key(shelf.name) + ".zip", "shelf", shelf.name, members))
+        members = files_under(shelf, release_dir)
+        roi = rois.pop(shelf.name, None)
+        if roi is not None:
+            members.append((roi.name, roi))
+        specs.append(PackageSpec(safe_key(shelf.name) + ".zip", "shelf", shelf.name,
+                                 tuple(sorted(members))))
+    for name, roi in sorted(rois.items()):
+        # the ROI of a shelf without products (the validator warns): a ZIP of its own still,
+        # so that it too arrives under its real name
+        shelf = name or roi.name
+        specs.append(PackageSpec(safe_key(shelf) + ".zip", "shelf", shelf, ((roi.name, roi),)))
     catalog: list[tuple[str, Path]] = []
     stac = source / STAC_CATALOG_DIR
     if stac.is_dir():
@@ -221,9 +257,6 @@ def plan_packages(release_dir: Path, catalog_root: Path | None = None) -> list[P
     if ods.is_file():
         specs.append(PackageSpec(safe_key(ods.name), "metadata", ods.name,
                                  ((ods.name, ods),), zipped=False))
-    for gpkg in sorted(release_dir.glob(f"*{ROI_GEOPACKAGE_SUFFIX}")):
-        specs.append(PackageSpec(safe_key(gpkg.name), "roi", gpkg.name, ((gpkg.name, gpkg),),
-                                 zipped=False))
     _check_unique(specs)
     return specs
 
@@ -352,7 +385,7 @@ def build_packages(release_dir: Path, out_dir: Path, version: str,
     for stale in out_dir.iterdir():
         if stale.is_file() and stale.name not in keep and not stale.name.startswith("."):
             stale.unlink()
-    manifest = Manifest(version, tuple(entries), {s.name: s.key for s in specs})
+    manifest = Manifest(version, tuple(entries), record_key_map(specs))
     with atomic_path(out_dir / MANIFEST_KEY) as tmp:
         tmp.write_text(manifest.to_json())
     with atomic_path(out_dir / BUILD_CACHE) as tmp:

@@ -2,7 +2,8 @@
 
 1. Preflight: path, size and sha256 of every file to package recorded, then the validator;
    no demo products on the real Zenodo, token, metadata, the concept of this release, limits.
-2. Package: one stored ZIP per shelf, catalog ZIP, metadata.ods, GeoPackages, manifest;
+2. Package: one stored ZIP per shelf (its ROI GeoPackage at the ZIP's root), catalog ZIP,
+   metadata.ods, manifest;
    every file packaged must be the file validated (``publish.snapshot``: hashed while zipped
    or copied) and every product the validator saw must be in a shelf ZIP (symbolic links are
    followed).
@@ -70,6 +71,7 @@ from publish.package import (
     file_hashes,
     member_diff,
     plan_packages,
+    record_key_map,
     walk_files,
 )
 from publish.snapshot import Differences, ReleaseChanged, ReleaseSnapshot
@@ -676,7 +678,7 @@ class Publisher:
         """Build the packages once; the manifest, and how the files they hold differ from
         those the validator checked (the catalog copy is compared as it is made)."""
         snapshot = self.validated()
-        key_map = {spec.name: spec.key for spec in plan_packages(self.release)}
+        key_map = record_key_map(plan_packages(self.release))
         copies: list[Differences] = []
         try:
             catalog = record_catalog(

@@ -5,9 +5,10 @@ rsync finishing, a file edited by hand): the validator would then have passed on
 the record would hold another. So before the validator runs, the publisher records the
 release-relative path, size and sha256 of every file it is going to package (``take``), and
 the product files the validator's inventory lists. Every file that then goes into a package is
-compared with that record: the sha256 of each ZIP member is computed while it is zipped and
-that of metadata.ods and the GeoPackages while they are copied (no second read of the
-release), and the STAC catalog copy that ``stac.zip`` is made from is hashed when it is made.
+compared with that record: the sha256 of each ZIP member (the ROI GeoPackages among them, in
+their shelves' ZIPs) is computed while it is zipped and that of metadata.ods while it is copied
+(no second read of the release), and the STAC catalog copy that ``stac.zip`` is made from is
+hashed when it is made.
 Any file extra, missing or different stops the run before anything is uploaded.
 """
 

@@ -62,14 +62,15 @@ def test_first_publication(pub_release: Path, emulator: ZenodoEmulator, tmp_path
     code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new"))
     assert code == 0, out
     [record] = emulator.published()
-    # The record holds exactly the manifest: one stored ZIP per shelf, catalog, GeoPackage.
+    # The record holds exactly the manifest: one stored ZIP per shelf (its ROI GeoPackage
+    # inside, under its real name), catalog, metadata.ods.
     assert server_files(emulator, record.id) == manifest_files(pub_release)
     assert set(server_files(emulator, record.id)) == {
         "Amery_front.zip", "Larsen_B.zip", "Totten.zip", "stac.zip", "metadata.ods",
-        "Amery_front_ROI.gpkg", "Larsen_B_ROI.gpkg", "Totten_ROI.gpkg", MANIFEST_KEY}
+        MANIFEST_KEY}
     manifest = read_manifest(packages_dir(pub_release))
     assert manifest.key_map["Larsen B"] == "Larsen_B.zip"
-    assert manifest.key_map[roi_geopackage_name("Larsen B")] == "Larsen_B_ROI.gpkg"
+    assert manifest.key_map[roi_geopackage_name("Larsen B")] == "Larsen_B.zip"
     # Metadata as Zenodo stored it: links to the paper, version, dataset.
     meta = record.metadata
     assert meta["upload_type"] == "dataset" and meta["version"] == "1.0"
@@ -108,7 +109,8 @@ def test_first_publication(pub_release: Path, emulator: ZenodoEmulator, tmp_path
     assert ranged and all(r.status in (200, 206) for r in ranged)
     gpkg = next(a for a in collection.assets.values() if a.href.endswith("Larsen B_ROI.gpkg"))
     assert gpkg.extra_fields["alternate"]["zenodo"]["href"] == (
-        f"{emulator.base_url}/records/{record.id}/files/Larsen_B_ROI.gpkg")
+        f"/vsizip//vsicurl/{emulator.base_url}/records/{record.id}/files/Larsen_B.zip/"
+        "Larsen B_ROI.gpkg")
     notes = (pub_release / RELEASE_NOTES).read_text()
     assert f"https://doi.org/{doi}" in notes and f"zenodo.{record.conceptrecid}" in notes
     state = load_state(pub_release)
@@ -166,8 +168,7 @@ def test_new_version_with_one_shelf_changed(pub_release: Path, emulator: ZenodoE
     assert {k for k in sent if k.endswith(".zip") and k != "stac.zip"} == {"Totten.zip"}
     assert sent <= {"Totten.zip", "stac.zip", "metadata.ods", MANIFEST_KEY}
     deletes = [r.path for r in emulator.requests[since:] if r.method == "DELETE"]
-    assert sorted(p.rsplit("/", 1)[-1] for p in deletes) == ["Amery_front.zip",
-                                                             "Amery_front_ROI.gpkg"]
+    assert sorted(p.rsplit("/", 1)[-1] for p in deletes) == ["Amery_front.zip"]
     assert server_files(emulator, v2.id) == manifest_files(pub_release)
     assert server_files(emulator, v2.id)["Larsen_B.zip"] == server_files(emulator,
                                                                          v1.id)["Larsen_B.zip"]
@@ -537,14 +538,14 @@ def test_a_draft_published_outside_with_other_files_is_not_written_back(
     assert code == 0, out
     [draft] = emulator.drafts()
     coauthor = token_client(emulator)
-    coauthor.delete_file(coauthor.deposition(draft.id)["links"]["bucket"], "Totten_ROI.gpkg")
+    coauthor.delete_file(coauthor.deposition(draft.id)["links"]["bucket"], "metadata.ods")
     coauthor.publish(draft.id)
     stac_before = tree_digest(pub_release / "stac")
     code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new", "--resume"))
     flat = " ".join(out.split())
     assert code == 1, out
     assert f"deposition {draft.id} is published, but its files differ from the manifest" in flat
-    assert "(missing: Totten_ROI.gpkg)" in flat and "not written into the STAC catalog" in flat
+    assert "(missing: metadata.ods)" in flat and "not written into the STAC catalog" in flat
     assert tree_digest(pub_release / "stac") == stac_before
     assert not (pub_release / RELEASE_NOTES).exists()
     assert load_state(pub_release).stage != "published"  # type: ignore[union-attr]
@@ -602,7 +603,7 @@ def test_dry_run_sizes_match_the_draft_it_would_continue(pub_release: Path,
     planned = [line for line in out.splitlines() if "PUT <bucket" in line]
     assert [line for line in planned if "size approximate" in line] == [
         line for line in planned if "/stac.zip " in line or "/manifest.json " in line]
-    assert len(planned) == 9
+    assert len(planned) == 6
     code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new", "--no-publish"))
     assert code == 0, out
     [draft] = emulator.drafts()

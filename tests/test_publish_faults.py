@@ -108,9 +108,8 @@ def test_delete_answering_500_but_deleting_and_lost_newversion(
     assert result.stage == "published"
     assert statuses(emulator, "POST", "/actions/newversion") == [500]
     assert len(emulator.published(v1.conceptrecid)) == 2 and not emulator.drafts()
-    assert result.deleted == ["Amery_front.zip", "Amery_front_ROI.gpkg"]
+    assert result.deleted == ["Amery_front.zip"]  # its ROI GeoPackage went with it
     assert statuses(emulator, "DELETE", "Amery_front.zip") == [500, 404]  # done, then gone
-    assert statuses(emulator, "DELETE", "Amery_front_ROI.gpkg") == [204]
     v2 = emulator.published()[-1]
     assert "Amery_front.zip" not in server_files(emulator, v2.id)
     assert server_files(emulator, v2.id) == manifest_files(pub_release)
@@ -337,12 +336,12 @@ def test_an_interrupted_first_release_goes_on_without_new(pub_release: Path,
     """An upload that fails every try names the request and the draft kept, and says to run
     again with --resume; --resume without --new then continues the draft as the first version
     (its concept has no published version yet)."""
-    emulator.add_fault("status", "PUT", r"/Totten_ROI\.gpkg$", status=503, times=100)
+    emulator.add_fault("status", "PUT", r"/metadata\.ods$", status=503, times=100)
     code, out = run_cli(publish_args(pub_release, emulator, "1.0", "--new"),
                         env={"ICEDAMAGE_ZENODO_ATTEMPTS": "2"})
     flat = " ".join(out.split())
     [draft] = emulator.drafts()
-    assert code == 1 and "Totten_ROI.gpkg: gave up after 2 attempts (last: HTTP 503)" in flat
+    assert code == 1 and "metadata.ods: gave up after 2 attempts (last: HTTP 503)" in flat
     assert "-> None" not in flat, out
     assert f"deposition {draft.id}" in flat and "run again with --resume" in flat
     emulator.clear_faults()

@@ -332,13 +332,13 @@ def test_safe_keys_and_clashes(tmp_path: Path) -> None:
 
 
 def test_only_roi_geopackages_are_packaged(pub_release: Path) -> None:
-    """The root GeoPackages that travel are the spec's ROI files (``*_ROI.gpkg``); another
-    GeoPackage at the root is no file of the release."""
+    """The root GeoPackages that travel are the spec's ROI files (``*_ROI.gpkg``), each in
+    its shelf's ZIP; another GeoPackage at the root is no file of the release."""
     (pub_release / "scratch.gpkg").write_bytes(b"x")
-    planned = {spec.name: spec.kind for spec in plan_packages(pub_release)
-               if spec.name.endswith(".gpkg")}
-    assert planned == {"Amery_front_ROI.gpkg": "roi", "Larsen B_ROI.gpkg": "roi",
-                       "Totten_ROI.gpkg": "roi"}
+    planned = {arcname: spec.key for spec in plan_packages(pub_release)
+               for arcname, _ in spec.members if arcname.endswith(".gpkg")}
+    assert planned == {"Amery_front_ROI.gpkg": "Amery_front.zip",
+                       "Larsen B_ROI.gpkg": "Larsen_B.zip", "Totten_ROI.gpkg": "Totten.zip"}
 
 
 def test_zenodo_limits() -> None:
