@@ -316,6 +316,9 @@ ITEMS_NDJSON = "items.ndjson"
 ROI_GEOPACKAGE_SUFFIX = "_ROI.gpkg"
 RELEASE_NOTES = "RELEASE_NOTES.md"
 RELEASE_METADATA = "release.yaml"
+#: A published record's index of its files (release path -> record key, md5): saved beside
+#: the unzipped packages, it belongs to the release root.
+RECORD_MANIFEST = "manifest.json"
 #: Hidden folder at the release root where the publisher keeps its resumable state.
 PUBLISH_STATE_DIR = ".icedamage-publish"
 

@@ -37,13 +37,14 @@ from producer.spec import (
     ITEMS_NDJSON,
     ITEMS_PARQUET,
     METADATA_ODS,
+    RECORD_MANIFEST,
     ROI_GEOPACKAGE_SUFFIX,
     STAC_CATALOG_DIR,
     is_year_dir,
 )
 from producer.writer import atomic_path
 
-MANIFEST_KEY = "manifest.json"
+MANIFEST_KEY = RECORD_MANIFEST
 CATALOG_KEY = "stac.zip"
 #: Hidden file beside the packages: the inputs and hashes of each package last built.
 BUILD_CACHE = ".build-cache.json"

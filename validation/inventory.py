@@ -21,6 +21,7 @@ from producer.spec import (
     METADATA_ODS,
     PRODUCT_TYPES,
     PUBLISH_STATE_DIR,
+    RECORD_MANIFEST,
     RELEASE_METADATA,
     RELEASE_NOTES,
     ROI_GEOPACKAGE_SUFFIX,
@@ -37,7 +38,7 @@ from producer.spec import (
 #: Files the release root may hold beside the shelf folders (globs, relative to the root).
 ROOT_FILE_GLOBS: tuple[str, ...] = (
     METADATA_ODS, f"*{ROI_GEOPACKAGE_SUFFIX}", ITEMS_PARQUET, ITEMS_NDJSON, RELEASE_NOTES,
-    RELEASE_METADATA,
+    RELEASE_METADATA, RECORD_MANIFEST,
 )
 #: Folders the release root may hold whose content other tools own (catalog, publisher).
 ROOT_DIRS: tuple[str, ...] = (STAC_CATALOG_DIR, PUBLISH_STATE_DIR)
