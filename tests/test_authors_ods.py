@@ -127,3 +127,18 @@ def test_extra_columns_round_trip(tmp_path: Path) -> None:
             OdsRow("Totten", 2017, "b_damage_map.tif", "b_damage.tif", ("LC08",), None)]
     write_metadata_ods(tmp_path / "m.ods", rows)
     assert read_metadata_ods(tmp_path / "m.ods") == rows
+
+
+def test_items_name_the_software_that_made_the_map(tmp_path: Path) -> None:
+    """The authors' items said icedamage made them; ours now name the software the provenance
+    records (which may be older than the catalog's)."""
+    import json
+
+    root = _mixed(tmp_path, {"Acquisition dates": "2016-12-05"})
+    catalog_release(root, PAPER_FACTORS)
+    items = root / "stac" / "antarctic-ice-shelf-surface-damage"
+    authors = json.loads((items / "totten-2016" / "totten-2016.json").read_text())
+    ours = json.loads((items / "totten-2021" / "totten-2021.json").read_text())
+    assert "processing:software" not in authors["properties"]
+    assert ours["properties"]["processing:software"] == {"icedamage": "test"}
+    assert _problems(root) == set()  # the rules still know the catalog's own version
