@@ -12,7 +12,9 @@ A shelf-year is skipped when its provenance record exists with the same ``inputs
 ids — with the signature of their files where an id does not pin the pixels, ``Scene.digest_key``
 —, weights hashes, software version, parameters) and its files are all present, unless
 ``force``. Nothing is written for a year that cannot be mapped (no scene, shelf region not
-covered, effective extent more than ``MAX_OUTSIDE_ROI_SHARE`` outside the ROI); files are
+covered, effective extent more than ``MAX_OUTSIDE_ROI_SHARE`` outside the ROI), and nothing
+deleted: the products an earlier run made of it stay, named in the year's message with how to
+remove them (``_earlier_products``); files are
 written atomically and the provenance record last, so an interrupted run leaves either the
 previous complete shelf-year or a new one whose record is absent (redone).
 """
@@ -28,7 +30,7 @@ import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +76,6 @@ from producer.provenance import (
     ModelRecord,
     Provenance,
     SceneRecord,
-    file_sha256,
     provenance_path,
 )
 from producer.roi_files import (
@@ -628,6 +629,7 @@ def restore_scenes(used: Sequence[_SceneMasks], options: ProduceOptions, diffgf:
     if not slc:
         return _Restored(paths)
     from producer.restoration import MissingWeightsError, restore_scene_file
+    from producer.restoration.api import diffgf_record
 
     method = options.restoration
     diffgf_used = method == RELEASED_RESTORATION
@@ -643,8 +645,8 @@ def restore_scenes(used: Sequence[_SceneMasks], options: ProduceOptions, diffgf:
         facts[masks.scene.scene_id] = result.facts()
         paths[masks.scene.scene_id] = dst
         progress("restoration", k + 1, len(slc), masks.scene.scene_id)
-    record = (ModelRecord(RELEASED_RESTORATION, file_sha256(diffgf), Path(diffgf).name)
-              if diffgf_used else None)
+    # name, weights hash and file, and the configuration beside the weights (hashed too)
+    record = diffgf_record(diffgf, RELEASED_RESTORATION) if diffgf_used else None
     # every scene is restored with the same settings (seed, steps, tiles, device): once
     return _Restored(paths, record, {"method": method, **result.settings, "scenes": facts})
 
@@ -826,8 +828,70 @@ def _skipped(shelf: str, year: int, record: Path) -> YearResult:
 def produce_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
                  options: ProduceOptions, diffgf: Path | None = None,
                  progress: StageProgress = _no_progress) -> YearResult:
-    """Produce (or skip) one shelf-year; a year that cannot be mapped writes nothing."""
+    """Produce (or skip) one shelf-year; a year that cannot be mapped writes nothing.
+
+    The message ends with the source's warnings about the files it used (``_source_warnings``)
+    and, for a year not mapped or failed, the earlier products of the shelf-year that the
+    release still holds (``_earlier_products``)."""
     shelf = get_shelf(shelf).name
+    result = _produce_year(shelf, year, source, model, options, diffgf, progress)
+    return _with_notes(result, source, options)
+
+
+def _with_notes(result: YearResult, source: SceneSource, options: ProduceOptions) -> YearResult:
+    """``result`` with the source's warnings and, unless its products exist after the run, the
+    note on the earlier products of the shelf-year left in the release."""
+    notes = _source_warnings(source, result.shelf, result.year)
+    if not result.ok:
+        notes += _earlier_products(options.out, result.shelf, result.year, result.status)
+    return replace(result, message=result.message + notes) if notes else result
+
+
+def _source_warnings(source: SceneSource, shelf: str, year: int) -> str:
+    """What the source warns about the files it used for the shelf-year (its optional
+    ``warnings``, e.g. a sidecar contradicting its file's name), one per line."""
+    warn = getattr(source, "warnings", None)
+    lines = warn(shelf, year) if callable(warn) else []
+    return "".join(f"\n  - warning: {line}" for line in lines)
+
+
+def _earlier_products(release: Path, shelf: str, year: int, status: str) -> str:
+    """For a shelf-year not mapped or failed: the products of the shelf-year that an earlier
+    run left in the release (found by their provenance records, ``existing_records``), named by
+    folder and stem, with why they no longer stand for the current inputs and how to remove
+    them. They are kept: ``produce`` deletes products only to replace them with new ones."""
+    try:
+        records = existing_records(release, shelf, year)
+    except OSError:
+        return ""
+    if not records:
+        return ""
+    folder = Path(release) / shelf_year_dir(shelf, year)
+    suffix = AUXILIARY_SUFFIXES["provenance"]
+    stems, listed = [], []
+    for path, record in records:
+        stem = path.name[:-len(suffix)]
+        files = sorted({name for name in record.products.values() if (folder / name).is_file()}
+                       | {path.name})
+        stems.append(stem)
+        listed.append(f"{folder / stem} ({', '.join(files)})")
+    if status == "not-mapped":
+        why = "made from other inputs, they no longer match the current ones"
+    else:
+        why = "not replaced as this run failed, they may no longer match the current inputs"
+    others = [f for f in folder.iterdir() if not any(f.name.startswith(f"{stem}_")
+                                                     for stem in stems)]
+    remove = (f"the folder {folder}" if not others else  # an empty folder is a layout warning
+              " and ".join(f"{folder / stem}_*" for stem in stems))
+    return (f"\n  - the release still holds earlier products of {shelf} {year}: "
+            f"{'; '.join(listed)}; {why}. They are kept and cataloged; to remove them, delete "
+            f"{remove}, then run `icedamage catalog` again")
+
+
+def _produce_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
+                  options: ProduceOptions, diffgf: Path | None = None,
+                  progress: StageProgress = _no_progress) -> YearResult:
+    """``produce_year`` without the notes on the source's files and the earlier products."""
     try:
         roi, roi_origin = produce_roi(options.out, shelf, options.roi_file)
     except ValueError as err:
@@ -1007,6 +1071,7 @@ def _write_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
     written = WrittenProducts(staged.name, folder / staged.damage_map.name,
                               folder / staged.damage.name)
     restored, restored_extent = restored_shares(plan, masks, area)
+    folder_of_source = _source_folder(source)
     records = tuple(
         SceneRecord(
             scene_id=masks[i].scene.scene_id,
@@ -1019,6 +1084,9 @@ def _write_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
             slc_off=masks[i].slc_off,
             source_ids=masks[i].scene.source_ids,
             restored_fraction=round(restored.get(i, 0.0), 6),
+            files=_scene_files(masks[i].scene, folder_of_source),
+            reprojected=(masks[i].scene.metadata.get("reprojected")
+                         if folder_of_source is not None else None),
         )
         for i in used
     )
@@ -1049,6 +1117,7 @@ def _write_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
                and not plan.single_scene else {}),
         },
         products=products, inputs_digest=digest, comparison=comparison,
+        source_folder=None if folder_of_source is None else folder_of_source.resolve().name,
     )
     record_path = provenance_path(options.out, name)
     _write_json(record_path, provenance.to_json())
@@ -1061,6 +1130,32 @@ def _write_year(shelf: str, year: int, source: SceneSource, model: LoadedModel,
                       f"{name.stem}: {len(used)} scene(s), sensors {'_'.join(sensors)}{chosen}"
                       f"{outside}",
                       products=written, provenance=record_path)
+
+
+def _source_folder(source: SceneSource) -> Path | None:
+    """The folder a source reads its scene files from (``local:DIR``), else None."""
+    folder = getattr(source, "folder", None)
+    return Path(folder) if isinstance(folder, str | Path) else None
+
+
+def _scene_files(scene: Scene, folder: Path | None) -> tuple[str, ...]:
+    """The files a scene of a folder source was made from (``Scene.metadata["files"]``),
+    relative to the folder (POSIX separators); a file outside it keeps its absolute path.
+    Recorded only, never part of the inputs digest (the scene's signature already is)."""
+    if folder is None:
+        return ()
+    out = []
+    for name in scene.metadata.get("files") or ():
+        path = Path(name)
+        try:
+            relative = path.relative_to(folder)
+        except ValueError:
+            try:
+                relative = path.resolve().relative_to(folder.resolve())
+            except ValueError:
+                relative = path.resolve()
+        out.append(relative.as_posix())
+    return tuple(out)
 
 
 def _source_index_rows(plan: MergePlan, area: ShelfArea
@@ -1266,7 +1361,8 @@ def produce(shelves: str | Sequence[str], years: Sequence[int], source: SceneSou
             except (ProduceError, SpecError, ValueError, OSError, RasterioError,
                     ShapelyError) as err:
                 # a bad file or a full disk fails this shelf-year; the others still run
-                result = YearResult(shelf, year, "failed", f"{shelf} {year}: {err}")
+                result = _with_notes(YearResult(shelf, year, "failed", f"{shelf} {year}: {err}"),
+                                     source, options)
             summary.results.append(result)
             if result.status in ("produced", "skipped"):  # skipped: its maps are on it too
                 keep_roi(options, shelf)

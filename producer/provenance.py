@@ -51,10 +51,18 @@ class SceneRecord:
     slc_off: bool = False
     """Whether the scene is Landsat 7 SLC-off imagery (its gaps restored before segmentation)."""
     source_ids: tuple[str, ...] = ()
-    """Landsat product ids combined into this daily composite, when known."""
+    """Landsat product ids combined into this daily composite, when known (empty when not:
+    never a file name or composite id in their place)."""
     restored_fraction: float | None = None
     """Share of the ROI whose map pixels come from this scene's restored SLC-off gap pixels (0
     for a scene without gaps; None in records written before it was counted)."""
+    files: tuple[str, ...] = ()
+    """For a ``local:DIR`` scene: the file(s) it was made from (scene files; of a Level-1
+    product its MTL or .tar), relative to ``Provenance.source_folder`` (POSIX separators).
+    Empty for other sources and in records written before it was recorded."""
+    reprojected: bool | None = None
+    """For a ``local:DIR`` scene: whether its files were resampled onto the ROI grid (False:
+    already on it). None for other sources and in older records."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,11 @@ class ModelRecord:
     weights_sha256: str
     weights_file: str = ""
     config: dict[str, Any] = field(default_factory=dict)
+    """The configuration that rebuilds the model: the segmenter's variant and architecture;
+    DiffGF's ``vae``, ``unet`` and ``scheduler`` configurations, with the JSON file beside the
+    weights they come from (``config_file``, ``config_sha256``; ``config_files`` of a
+    ``save_pretrained`` folder, covered by its ``weights_sha256``). Empty in DiffGF records
+    written before it was recorded."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +116,10 @@ class Provenance:
     (``compared``), their agreement (``pairs``, ``mean_agreement``), which was ``chosen`` and
     why (``decided_by``, ``reason``); see ``producer.compare``. None when nothing was compared
     (and in records written before comparisons existed)."""
+    source_folder: str | None = None
+    """For the ``local:DIR`` source: the name of the folder that each scene's ``files`` are
+    relative to (not its path: records are published). None for other sources and in records
+    written before it was recorded."""
     restoration_run: dict[str, Any] | None = None
     """How the SLC-off scenes were restored, when any was: ``method``, its settings (DiffGF:
     ``seed``, ``ddim_steps``, ``ddim_eta``, ``tile_px``, ``overlap_px``; FillNodata:
@@ -147,7 +164,8 @@ class Provenance:
         data.pop("demo", None)
         scenes = tuple(
             SceneRecord(**{**s, "acquired": dt.date.fromisoformat(s["acquired"]),
-                           "source_ids": tuple(s.get("source_ids", ()))})
+                           "source_ids": tuple(s.get("source_ids", ())),
+                           "files": tuple(s.get("files", ()))})
             for s in data.pop("scenes")
         )
         seg = ModelRecord(**data.pop("segmentation"))

@@ -155,11 +155,11 @@ def test_other_crs_is_reprojected_onto_the_grid_nearest(tmp_path: Path) -> None:
     folder = tmp_path / "ee"
     to_utm = Transformer.from_crs("EPSG:3031", "EPSG:32750", always_xy=True)
     ux, uy = to_utm.transform(X0 + 1500, Y0 + 1000)  # footprint centred in the ROI
-    utm = Affine(60.0, 0, ux - 1200, 0, -60.0, uy + 1200)  # 40 x 40 px at 60 m: 2.4 km
-    data = np.stack([np.full((40, 40), v, np.uint8) for v in RGB])
+    utm = Affine(30.0, 0, ux - 1200, 0, -30.0, uy + 1200)  # 80 x 80 px at 30 m: 2.4 km
+    data = np.stack([np.full((80, 80), v, np.uint8) for v in RGB])
     write_tif(folder / "LC08_L1GT_101107_20211205_20211215_02_T1_refl.tif", data, utm,
               "EPSG:32750")
-    far = Affine(60.0, 0, ux + 500_000, 0, -60.0, uy)  # an image of elsewhere: not selected
+    far = Affine(30.0, 0, ux + 500_000, 0, -30.0, uy)  # an image of elsewhere: not selected
     write_tif(folder / "LC08_L1GT_120107_20211205_20211215_02_T1_refl.tif", data, far,
               "EPSG:32750")
     (scene,) = source(folder).scenes("Totten", 2021, GRID, tmp_path / "work")
@@ -181,8 +181,9 @@ def test_other_crs_is_reprojected_onto_the_grid_nearest(tmp_path: Path) -> None:
 
 def test_bilinear_does_not_blend_with_no_data(tmp_path: Path) -> None:
     folder = tmp_path / "ee"
-    coarse = Affine(90.0, 0, X0 + 300, 0, -90.0, Y0 + 1800)  # 90 m, offset from the grid
-    data = np.stack([np.full((12, 20), v, np.uint8) for v in RGB])
+    # 45 m (the coarsest scene accepted: 1.5 x the grid), half a grid pixel off the grid
+    coarse = Affine(45.0, 0, X0 + 315, 0, -45.0, Y0 + 1815)
+    data = np.stack([np.full((24, 40), v, np.uint8) for v in RGB])
     write_tif(folder / "LC08_Totten_composite_2021-12-05_uint8.tif", data, coarse)
     (scene,) = source(folder, resampling="bilinear").scenes("Totten", 2021, GRID, tmp_path / "w")
     with rasterio.open(scene.path) as out:

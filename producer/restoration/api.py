@@ -12,6 +12,8 @@ without paying for it.
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -23,7 +25,7 @@ import rasterio
 from numpy.typing import NDArray
 from rasterio.windows import Window
 
-from producer.provenance import file_sha256
+from producer.provenance import ModelRecord, file_sha256
 from producer.restoration.classical import (
     MAX_SEARCH_DISTANCE,
     SMOOTHING_ITERATIONS,
@@ -94,6 +96,46 @@ def method_settings(method: str, seed: int = 0, steps: int | None = None,
 
     return {"seed": seed, "ddim_steps": DEFAULT_STEPS if steps is None else steps,
             "ddim_eta": 0.0, "tile_px": TILE, "overlap_px": OVERLAP, "device": device}
+
+
+#: Configuration files of a DiffGF ``save_pretrained`` folder, per part (diffusers' names).
+PRETRAINED_CONFIGS = {"vae": "vae/config.json", "unet": "unet/config.json",
+                      "scheduler": "scheduler/scheduler_config.json"}
+
+
+def diffgf_record(weights: Path | str, name: str = "DiffGF") -> ModelRecord:
+    """The provenance record of DiffGF weights: name, sha256 and file of the weights and, as the
+    segmentation model's record gives its architecture, the configuration that rebuilds the
+    model (``vae``, ``unet`` and ``scheduler``; the ``format`` of a weights file's JSON).
+
+    The configuration of a weights file is the JSON beside it (``NAME.json``), recorded as
+    ``config_file`` with its sha256 (``config_sha256``): the weights hash alone does not cover
+    it. A ``save_pretrained`` folder's configurations are files of the folder, so its
+    ``weights_sha256`` (of the whole folder) covers them; ``config_files`` names them. Read
+    without torch; a configuration that cannot be read is left out (``config`` empty), as the
+    model was loaded from it moments before."""
+    path = Path(weights)
+    config: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        if path.is_dir():
+            parts = {part: json.loads((path / rel).read_text()) for part, rel in
+                     PRETRAINED_CONFIGS.items() if (path / rel).is_file()}
+            config = {part: _public(doc) for part, doc in parts.items()}
+            config["config_files"] = [PRETRAINED_CONFIGS[part] for part in parts]
+        else:
+            side = path.with_suffix(".json")
+            doc = json.loads(side.read_text())
+            config = {key: doc[key] for key in ("format", "vae", "unet", "scheduler")
+                      if key in doc}
+            config.update(config_file=side.name, config_sha256=file_sha256(side))
+    return ModelRecord(name, file_sha256(path), path.name, config)
+
+
+def _public(config: Any) -> Any:
+    """A diffusers configuration without its private bookkeeping keys (``_class_name``, …)."""
+    if not isinstance(config, dict):
+        return config
+    return {k: v for k, v in config.items() if not str(k).startswith("_")}
 
 
 def check_method(method: str) -> str:

@@ -68,12 +68,17 @@ from typing import Any
 import numpy as np
 import rasterio
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
-from rasterio.errors import RasterioError
+from rasterio.errors import CRSError, RasterioError
 from rasterio.features import geometry_mask
-from rasterio.warp import reproject, transform_bounds
+from rasterio.warp import (
+    calculate_default_transform,
+    reproject,
+    transform_bounds,
+    transform_geom,
+)
 from rasterio.windows import Window
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from shapely.geometry import box
+from shapely.geometry import box, mapping, shape
 from shapely.geometry.base import BaseGeometry
 
 from producer.grid import Grid
@@ -112,6 +117,13 @@ CHUNK_ROWS = 512
 ALL_CLOUD_SHARE = 0.99
 #: Most skipped files a message lists one by one.
 MAX_LISTED = 12
+#: A scene's pixels may be at most this many times the ROI grid's (30 m: at most 45 m),
+#: measured in the grid's CRS (EPSG:3031): a coarser scene resampled onto the grid would give
+#: a "30 m" map without 30 m detail (e.g. a 300 m preview, or Earth Engine's default export
+#: scale of 1000 m when ``scale`` is left out). Finer scenes (15 m) are resampled as usual.
+MAX_PIXEL_FACTOR = 1.5
+#: The CRS in which a scene's pixel size is measured (the grid's).
+PIXEL_SIZE_CRS = "EPSG:3031"
 
 
 @dataclass(frozen=True)
@@ -131,6 +143,10 @@ class LocalFile:
     """For a converted Level-1 product: its MTL or .tar (``path`` is then the conversion)."""
     fourth: str | None = None
     """What a 4th band is, once examined: "cloud" (a cloud mask) or "alpha" (validity)."""
+    composite_id: str | None = None
+    """The export name's composite id (sensor, shelf, day) of a file without known product
+    ids: not a Landsat product id, so not recorded as one, but it tells two copies of one
+    export apart from two exports (``_product_key``)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,9 +222,9 @@ def describe(path: Path) -> LocalFile:
         return read_sidecar(path)
     try:
         if looks_like_export_name(path.name):
-            name = parse_export_name(path.name)
-            return LocalFile(path, name.sensor, name.acquired, name.shelf, (name.scene_id,),
-                             companion_mask(path))
+            name = parse_export_name(path.name)  # product ids: the gee source's tag, if any
+            return LocalFile(path, name.sensor, name.acquired, name.shelf, (),
+                             companion_mask(path), composite_id=name.scene_id)
         if looks_like_product_id(path.name):
             pid = parse_product_id(path.name)
             return LocalFile(path, pid.sensor, pid.acquired, None, (pid.product_id,),
@@ -270,9 +286,10 @@ def check_crs(src: rasterio.DatasetReader, path: Path) -> None:
         raise SourceError(f"{path}: has no CRS; cannot place it on the EPSG:3031 ROI grid")
 
 
-def check_scene_file(src: rasterio.DatasetReader, path: Path) -> None:
+def check_scene_file(src: rasterio.DatasetReader, path: Path, grid: Grid | None = None) -> None:
     """Refuse files that are not 3 (RGB) or 4 (RGB + cloud mask or alpha) UInt8 bands with a
-    CRS, or whose nodata tag cannot be honoured on UInt8 pixels."""
+    CRS, whose nodata tag cannot be honoured on UInt8 pixels, or whose pixels are coarser than
+    ``MAX_PIXEL_FACTOR`` × the ROI grid's (``grid``; default 30 m)."""
     if src.count not in (3, 4):
         raise SourceError(f"{path}: band count is {src.count}; a scene needs 3 bands (RGB) or "
                           "4 (RGB + cloud mask, or RGB + alpha)")
@@ -285,6 +302,68 @@ def check_scene_file(src: rasterio.DatasetReader, path: Path) -> None:
         raise SourceError(f"{path}: nodata tag is {nodata}; on UInt8 bands it must be an integer "
                           "0-255 (pixels with that value in all three bands are no data); fix "
                           "the tag (gdal_edit.py -a_nodata) or remove it (-unsetnodata)")
+    check_pixel_size(src, path, grid)
+
+
+def pixel_size_m(src: rasterio.DatasetReader) -> float | None:
+    """A file's pixel size in metres of EPSG:3031 (the larger side), so that files in EPSG:4326
+    (degrees), UTM or EPSG:3976 are judged alike: its own where it is in EPSG:3031, else GDAL's
+    suggested output resolution of a warp to EPSG:3031 (``calculate_default_transform``, the
+    resolution that keeps its number of pixels along the diagonal). None when it cannot be
+    measured (no CRS, a footprint GDAL cannot transform)."""
+    if src.crs is None:
+        return None
+    try:
+        if src.crs == rasterio.crs.CRS.from_user_input(PIXEL_SIZE_CRS):
+            return float(max(abs(src.res[0]), abs(src.res[1])))
+        transform, _, _ = calculate_default_transform(src.crs, PIXEL_SIZE_CRS, src.width,
+                                                      src.height, *src.bounds)
+    except (CRSError, RasterioError, ValueError):
+        return None
+    return float(max(abs(transform.a), abs(transform.e)))
+
+
+def check_pixel_size(src: rasterio.DatasetReader, path: Path, grid: Grid | None = None) -> None:
+    """Refuse a scene coarser than ``MAX_PIXEL_FACTOR`` × the grid's pixel (30 m: 45 m), as
+    measured by ``pixel_size_m``: resampled onto the grid it would make a map whose pixels
+    claim a detail the scene does not have."""
+    cell = max(grid.resolution) if grid is not None else 30.0
+    size, limit = pixel_size_m(src), MAX_PIXEL_FACTOR * cell
+    if size is not None and size > limit + 1e-6:
+        raise SourceError(
+            f"{path}: its pixels are {size:.1f} m (measured in {PIXEL_SIZE_CRS}); a scene may "
+            f"be at most {limit:g} m ({MAX_PIXEL_FACTOR:g} × the {cell:g} m grid), as a coarser "
+            f"one resampled onto the {cell:g} m grid gives a map without {cell:g} m detail; "
+            f"export it at {cell:g} m (Earth Engine: scale {cell:g}; without a scale an export "
+            "is 1000 m) or remove it")
+
+
+def footprint(src: rasterio.DatasetReader, crs: Any) -> BaseGeometry:
+    """A dataset's footprint (its bounds' outline, densified) in ``crs``."""
+    outline = box(*src.bounds)
+    outline = outline.segmentize(max(outline.length / 4 / 20, 1e-9))
+    if src.crs == rasterio.crs.CRS.from_user_input(crs):
+        return outline
+    return shape(transform_geom(src.crs, crs, mapping(outline)))
+
+
+def check_mask_covers(mask: rasterio.DatasetReader, mask_path: Path,
+                      scene: rasterio.DatasetReader, scene_path: Path, grid: Grid) -> None:
+    """Refuse a cloud mask that does not cover its scene where the scene lies on the ROI grid
+    (within a grid pixel): the mask is resampled onto the grid as the scene is, and pixels it
+    leaves out would count as clear."""
+    need = footprint(scene, grid.crs).intersection(box(*grid.bounds))
+    if need.is_empty or need.area == 0:
+        return
+    tolerance = max(grid.resolution)
+    covered = footprint(mask, grid.crs)
+    if need.difference(covered.buffer(tolerance, join_style="mitre")).area <= 1.0:
+        return
+    share = need.intersection(covered).area / need.area
+    raise SourceError(
+        f"{mask_path}: the cloud mask of {scene_path} covers {share:.1%} of the scene on the ROI "
+        "grid; a cloud mask must cover its scene's grid (pixels outside the mask would count as "
+        "clear): write the mask on the scene's grid (same CRS, bounds and pixels), or remove it")
 
 
 def has_dataset_mask(src: rasterio.DatasetReader) -> bool:
@@ -425,6 +504,8 @@ class LocalFolderSource:
         """Files of the last selection left out, and why (not those of other shelves/years)."""
         self.notes: list[str] = []
         """Doubts about files used by the last ``scenes`` call (a 4th band flagging all clouds)."""
+        self._warnings: list[str] = []
+        self._selection: tuple[str, int] | None = None
         self._rois: dict[str, BaseGeometry] = {}
         self._inventory: list[LocalFile] = []
         self._selected = 0
@@ -441,7 +522,8 @@ class LocalFolderSource:
         """The folder's files of this shelf and summer, grouped by (sensor, day), checked, one
         file per Landsat product."""
         groups: dict[tuple[str, dt.date], list[LocalFile]] = {}
-        self.skipped, self.notes = [], []
+        self.skipped, self.notes, self._warnings = [], [], []
+        self._selection = (shelf_key(shelf), year)
         self._inventory, orphans = inventory(self.folder)
         self.skipped += [(path, why) for path, day, why in orphans if summer_of(day) == year]
         for item in self._inventory:
@@ -463,7 +545,11 @@ class LocalFolderSource:
         """A file of the summer, checked and completed from its tags; None if it is not used.
 
         Whether it belongs to the shelf (name, else footprint) is decided before its bands are
-        checked: a malformed file of another shelf is none of this shelf's business.
+        checked: a malformed file of another shelf is none of this shelf's business. A file
+        named for the shelf whose footprint misses the ROI is ``skipped`` with that rule, its
+        pixel size (at most ``MAX_PIXEL_FACTOR`` × the grid's) and its cloud mask's extent (the
+        scene's on the grid) are checked, and a sidecar contradicting the file's name is
+        ``warnings``' business.
         """
         if item.shelf is not None and shelf_key(item.shelf) != shelf_key(shelf):
             if not is_registered(item.shelf):
@@ -479,18 +565,26 @@ class LocalFolderSource:
         with rasterio.open(item.path) as src:
             check_crs(src, item.path)
             if item.shelf is None and not overlaps(src, roi, grid):
+                return None  # of another shelf
+            check_scene_file(src, item.path, grid)
+            if item.shelf is not None and not overlaps(src, roi, grid):
+                # named for this shelf (so its bands were checked), yet imaged elsewhere
+                self.skipped.append((item.path, off_roi(item, shelf, src)))
                 return None
-            check_scene_file(src, item.path)
             tagged = src.tags().get(SOURCE_IDS_TAG, "")
+            if item.cloud_mask is not None:
+                try:
+                    with rasterio.open(item.cloud_mask) as msk:
+                        check_mask_file(msk, item.cloud_mask)
+                        check_mask_covers(msk, item.cloud_mask, src, item.path, grid)
+                except RasterioError as exc:
+                    raise SourceError(f"{item.cloud_mask}: not a readable GeoTIFF ({exc}); "
+                                      "replace or remove the file") from exc
         if tagged and item.named_by == "export-name":  # written by the gee source
             item = replace(item, source_ids=tuple(tagged.split(",")))
-        if item.cloud_mask is not None:
-            try:
-                with rasterio.open(item.cloud_mask) as msk:
-                    check_mask_file(msk, item.cloud_mask)
-            except RasterioError as exc:
-                raise SourceError(f"{item.cloud_mask}: not a readable GeoTIFF ({exc}); replace "
-                                  "or remove the file") from exc
+        contradiction = name_contradiction(item)
+        if contradiction is not None:
+            self._warnings.append(contradiction)
         return item
 
     def _once_per_product(self, files: list[LocalFile]) -> list[LocalFile]:
@@ -500,13 +594,13 @@ class LocalFolderSource:
         chosen: dict[tuple[str, ...], LocalFile] = {}
         for item in sorted(files, key=lambda f: (f.named_by != "l1-product", len(f.path.parts),
                                                  str(f.path))):
-            chosen.setdefault(item.source_ids or (str(item.path),), item)
-        kept = [f for f in files if chosen[f.source_ids or (str(f.path),)] is f]
+            chosen.setdefault(_product_key(item), item)
+        kept = [f for f in files if chosen[_product_key(f)] is f]
         for item in files:
-            first = chosen[item.source_ids or (str(item.path),)]
+            key, first = _product_key(item), chosen[_product_key(item)]
             if first is not item:
-                self.skipped.append((item.path, f"the same product ({', '.join(item.source_ids)})"
-                                     f" as {first.path}: used once"))
+                self.skipped.append((item.path, f"the same product ({', '.join(key)}) as "
+                                     f"{first.path}: used once"))
         return kept
 
     def _signature(self, files: list[LocalFile], grid: Grid) -> str:
@@ -571,6 +665,12 @@ class LocalFolderSource:
         if winter:
             lines.append(f"{winter} file(s) are dated April–October, outside any summer")
         return lines
+
+    def warnings(self, shelf: str, year: int) -> list[str]:
+        """What the user should know about files used for this shelf-year whatever its outcome
+        (a sidecar contradicting its file's name), from the last selection of that shelf-year;
+        the producer appends them to the year's message."""
+        return list(self._warnings) if self._selection == (shelf_key(shelf), year) else []
 
     # -- SceneSource -------------------------------------------------------------------------
 
@@ -644,7 +744,7 @@ class LocalFolderSource:
             metadata={"files": [str(f.origin or f.path) for f in files],
                       "named_by": [f.named_by for f in files],
                       "fourth_band": [f.fourth for f in files],
-                      "reprojected": not all(self._in_place(f, grid) for f in files),
+                      "reprojected": not all(self._on_grid(f, grid) for f in files),
                       "resampling": self.resampling, "used_in_place": in_place},
             signature=signature,
         )
@@ -656,6 +756,12 @@ class LocalFolderSource:
             if src.count < 4:
                 return None
             return "alpha" if is_alpha_band(src, item.path) else "cloud"
+
+    @staticmethod
+    def _on_grid(item: LocalFile, grid: Grid) -> bool:
+        """Whether the file's pixels are the grid's (it is resampled onto it otherwise)."""
+        with rasterio.open(item.path) as src:
+            return on_grid(src, grid)
 
     @staticmethod
     def _in_place(item: LocalFile, grid: Grid) -> bool:
@@ -738,6 +844,53 @@ def all_cloud_note(path: Path, share: float) -> str:
             "cloud (a 4th band is read as a cloud mask, non-zero = cloud or shadow); if it is "
             "a validity (alpha) band, give it the colour interpretation alpha and only the "
             "values 0 and 255 (255 = data), or drop it")
+
+
+def _product_key(item: LocalFile) -> tuple[str, ...]:
+    """What one product of a day is known by: its Landsat product ids, else its export name's
+    composite id, else its path."""
+    return item.source_ids or ((item.composite_id,) if item.composite_id else (str(item.path),))
+
+
+def off_roi(item: LocalFile, shelf: str, src: rasterio.DatasetReader) -> str:
+    """Why a file named for the shelf is skipped when its footprint misses the shelf's ROI."""
+    where = "sidecar field 'shelf'" if item.named_by == "sidecar" else "file name"
+    return (f"its footprint does not overlap the ROI of {shelf}, although its {where} gives "
+            f"the shelf {item.shelf!r} (it is georeferenced elsewhere: CRS {src.crs}, bounds "
+            f"{tuple(round(v) for v in src.bounds)}); fix its georeferencing or its name")
+
+
+def name_facts(path: Path) -> tuple[str, dt.date, str | None] | None:
+    """Sensor, date and shelf that a file's name gives (export name or product id), if any."""
+    try:
+        if looks_like_export_name(path.name):
+            name = parse_export_name(path.name)
+            return name.sensor, name.acquired, name.shelf
+        if looks_like_product_id(path.name):
+            pid = parse_product_id(path.name)
+            return pid.sensor, pid.acquired, None
+    except SpecError:
+        return None
+    return None
+
+
+def name_contradiction(item: LocalFile) -> str | None:
+    """A warning when a file's sidecar gives another sensor, date or shelf than its name: the
+    sidecar is used (it wins, as documented), but one of the two is wrong."""
+    facts = name_facts(item.path) if item.named_by == "sidecar" else None
+    if facts is None:
+        return None
+    sensor, acquired, shelf = facts
+    differ = [f"{what} {ours} (sidecar) vs {theirs} (file name)" for what, ours, theirs in (
+        ("sensor", item.sensor, sensor), ("date", item.acquired.isoformat(), acquired.isoformat()))
+        if ours != theirs]
+    if shelf is not None and item.shelf is not None and shelf_key(shelf) != shelf_key(item.shelf):
+        differ.append(f"shelf {item.shelf} (sidecar) vs {shelf} (file name)")
+    if not differ:
+        return None
+    return (f"{sidecar_path(item.path)} contradicts the name of {item.path.name}: "
+            f"{'; '.join(differ)}; the sidecar's values are used (a sidecar wins over the "
+            "name) — correct whichever is wrong")
 
 
 def is_registered(name: str) -> bool:
