@@ -9,9 +9,11 @@ and when cataloging a release that has no provenance records.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from xml.parsers.expat import ExpatError
@@ -99,18 +101,29 @@ def rows_frame(rows: list[OdsRow]) -> pd.DataFrame:
 def write_metadata_ods(path: Path, rows: list[OdsRow]) -> Path:
     """Write the Summary sheet and one sheet per shelf, atomically."""
     frame = rows_frame(rows)
-    # odfpy keeps the namespaces its elements used in one dict shared by every document of
-    # the process and declares them all: a file written after a read, or after another
-    # write, gained declarations, so the same rows gave other bytes
-    Element.namespaces.clear()
     with atomic_path(Path(path)) as tmp:
-        with pd.ExcelWriter(tmp, engine="odf") as writer:
+        with _own_namespaces(), pd.ExcelWriter(tmp, engine="odf") as writer:
             frame.to_excel(writer, sheet_name=SUMMARY_SHEET, index=False)
             for shelf in sorted(frame["shelf"].unique()):
                 frame[frame["shelf"] == shelf].to_excel(
                     writer, sheet_name=shelf_sheet_name(shelf), index=False)
         _fix_zip_times(tmp)
     return Path(path)
+
+
+@contextlib.contextmanager
+def _own_namespaces() -> Iterator[None]:
+    """odfpy keeps the namespaces its elements used in one dict shared by every document of the
+    process and declares them all: a file written after a read, or after another write, gained
+    declarations, so the same rows gave other bytes. The write starts from an empty dict, and
+    the process's dict is given back afterwards (with what the write added), so another
+    odfpy document open meanwhile still declares every prefix it uses."""
+    before = dict(Element.namespaces)
+    Element.namespaces.clear()
+    try:
+        yield
+    finally:
+        Element.namespaces.update(before)
 
 
 #: The time stamped on every member of metadata.ods: the earliest a zip can hold.
@@ -141,22 +154,31 @@ def _split(text: object) -> tuple[str, ...]:
     return tuple(p.strip() for p in re.split(r"[;,]", str(text)) if p.strip())
 
 
-#: A date cell: ISO 8601, optionally with midnight (how a spreadsheet date cell reads as text).
-_DATE_CELL = re.compile(r"(\d{4}-\d{2}-\d{2})(?:[ T]00:00:00(?:\.0+)?)?", re.ASCII)
+#: A date in a cell: ISO 8601, optionally with a time of day (how a spreadsheet date cell
+#: reads as text); several in a cell may be separated by anything but other text.
+_DATE_IN_CELL = re.compile(r"(\d{4}-\d{2}-\d{2})(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?",
+                           re.ASCII)
+_DATE_SEPARATORS = re.compile(r"[\s;,]*")
 
 
 def _dates(text: object, column: str) -> tuple[dt.date, ...]:
-    """The dates of a cell; ValueError for one that is not YYYY-MM-DD (11/12/2000 could be
-    either day first or month first: refused rather than guessed, or dropped)."""
-    dates = []
-    for part in _split(text):
-        match = _DATE_CELL.fullmatch(part)
+    """The dates of a cell (separated by ``;``, ``,``, spaces, line breaks or nothing, as
+    pandas joins a cell's lines); ValueError for text that is not YYYY-MM-DD: 11/12/2000 could
+    be day first or month first, so it is refused rather than guessed, or dropped."""
+    cell = "" if text is None or (isinstance(text, float) and pd.isna(text)) else str(text)
+    dates, end = [], 0
+    for match in _DATE_IN_CELL.finditer(cell):
+        if not _DATE_SEPARATORS.fullmatch(cell[end:match.start()]):
+            break
         try:
-            if match is None:
-                raise ValueError
             dates.append(dt.date.fromisoformat(match[1]))
         except ValueError:
-            raise ValueError(f"{column} {part!r} is not a date as YYYY-MM-DD") from None
+            raise ValueError(f"{column} {match[0]!r} is not a date as YYYY-MM-DD") from None
+        end = match.end()
+    rest = cell[end:]
+    if not _DATE_SEPARATORS.fullmatch(rest):
+        bad = next(p for p in re.split(r"[;,\n]", rest) if p.strip())
+        raise ValueError(f"{column} {bad.strip()!r} is not a date as YYYY-MM-DD")
     return tuple(dates)
 
 
@@ -244,8 +266,8 @@ def sheet_table(path: Path, sheet: str,
              if name not in COLUMNS}
     rows = []
     for number, record in enumerate(frame.to_dict("records"), start=2):  # row 1: the header
-        if _text(record.get("shelf")) is None:
-            continue
+        if _text(record.get("shelf")) is None or _text(record.get("year")) is None:
+            continue  # a blank or note row (the shelf of a sheet per shelf is filled in)
         try:
             rows.append(_row(record, extra))
         except ValueError as error:

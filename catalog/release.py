@@ -54,8 +54,9 @@ class RasterFacts:
     source: str | None = None
     """The scene source a product file names in its ``SOURCE_TAG`` (None: untagged)."""
     cloud_optimized: bool = True
-    """Whether rio-cogeo finds the file a valid COG (the authors' maps may be plain GeoTIFFs):
-    its asset's media type says which."""
+    """Whether the file is tiled and rio-cogeo finds it a valid COG (the authors' maps may be
+    plain striped GeoTIFFs, which rio-cogeo passes when small): its asset's media type says
+    which."""
 
 
 def tagged_source(facts: Iterable[RasterFacts]) -> str | None:
@@ -117,10 +118,11 @@ def raster_facts(path: Path, checksum: bool = True) -> RasterFacts:
         epsg = src.crs.to_epsg() if src.crs else None
         nodata, dtype = src.nodata, src.dtypes[0]
         tags = src.tags()
+        tiled = bool(src.profile.get("tiled"))
     return RasterFacts(path, grid, epsg, nodata, dtype, path.stat().st_size,
                        file_checksum(path) if checksum else "",
                        _scene_ids(tags.get(SCENE_IDS_TAG)), tags.get(SOURCE_TAG),
-                       is_cloud_optimized(path))
+                       tiled and is_cloud_optimized(path))
 
 
 def is_cloud_optimized(path: Path) -> bool:

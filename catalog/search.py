@@ -216,7 +216,8 @@ def locate_index(source: Path) -> tuple[Path, Path]:
     if source.is_dir() and source.name == STAC_CATALOG_DIR and \
             (source.parent / ITEMS_PARQUET).exists():
         return source.parent / ITEMS_PARQUET, source.parent
-    if source.is_file():
+    if source.is_file() and source.suffix not in (".json", ".parquet") and \
+            source.name != ITEMS_NDJSON:
         raise SearchError(f"{source}: not a release to search; give the release folder, its "
                           f"stac/catalog.json, {ITEMS_PARQUET} or {ITEMS_NDJSON}")
     raise SearchError(f"{source}: no {ITEMS_PARQUET} found; run `icedamage catalog` on the "

@@ -477,12 +477,16 @@ def _shelf_bbox(items: list[pystac.Item]) -> list[float]:
     return bbox_of(union)
 
 
-def item_asset_definitions(auxiliary: Sequence[str] = (), files: Sequence[str] = ()
-                           ) -> dict[str, pystac.ItemAssetDefinition]:
+def item_asset_definitions(auxiliary: Sequence[str] = (), files: Sequence[str] = (),
+                           plain: Sequence[str] = ()) -> dict[str, pystac.ItemAssetDefinition]:
     """What every item's product assets look like (collection ``item_assets``), and the
     auxiliary rasters named in ``auxiliary`` and the files (``FILE_ASSETS`` keys: thumbnail,
     provenance) named in ``files``: those some item has, so that every asset an item carries
-    is described and none that no item carries."""
+    is described and none that no item carries. Raster keys in ``plain`` are GeoTIFFs that
+    are not all cloud-optimized (the authors' maps): their media type says GeoTIFF only."""
+    def media(key: str) -> str:
+        return pystac.MediaType.GEOTIFF if key in plain else COG_MEDIA_TYPE
+
     defs = {}
     for kind in PRODUCT_TYPES:
         extra: dict[str, Any] = {
@@ -494,12 +498,12 @@ def item_asset_definitions(auxiliary: Sequence[str] = (), files: Sequence[str] =
             extra["nodata"] = kind.nodata
         defs[kind.key] = pystac.ItemAssetDefinition.create(
             title=f"Type {kind.number}: {kind.title}", description=None,
-            media_type=COG_MEDIA_TYPE, roles=["data"], extra_fields=extra)
+            media_type=media(kind.key), roles=["data"], extra_fields=extra)
     for key in auxiliary:
         aux = AUXILIARY_RASTERS[key]
         extra = {"data_type": ENCODING.dtype, "nodata": aux.nodata, "proj:code": ENCODING.crs}
         defs[key] = pystac.ItemAssetDefinition.create(
-            title=aux.title, description=aux.description, media_type=COG_MEDIA_TYPE,
+            title=aux.title, description=aux.description, media_type=media(key),
             roles=list(aux.roles),
             extra_fields=extra | ({"unit": aux.unit} if aux.unit is not None else {}))
     for key in files:
@@ -567,7 +571,9 @@ def build_collection(items: list[pystac.Item], settings: CatalogSettings,
     )
     collection.item_assets = item_asset_definitions(
         [key for key in AUXILIARY_RASTERS if any(key in item.assets for item in items)],
-        [key for key in FILE_ASSETS if any(key in item.assets for item in items)])
+        [key for key in FILE_ASSETS if any(key in item.assets for item in items)],
+        sorted({key for item in items for key, asset in item.assets.items()
+                if asset.media_type == pystac.MediaType.GEOTIFF}))
     # item_assets carry classification:classes and proj:code, the summaries proj:code
     ClassificationExtension.add_to(collection)
     ProjectionExtension.add_to(collection)

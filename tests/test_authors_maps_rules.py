@@ -246,10 +246,16 @@ def test_plain_geotiff_assets_are_not_labelled_cloud_optimized(authors_release: 
     """The catalog called every asset "profile=cloud-optimized"; a client that trusts it for
     range reads of a striped file without overviews reads it whole. Converted, it says so."""
     catalog_release(authors_release, PAPER_FACTORS)
-    item = authors_release / "stac/antarctic-ice-shelf-surface-damage/larsen-b-2005"
+    stac = authors_release / "stac/antarctic-ice-shelf-surface-damage"
+    item = stac / "larsen-b-2005"
     assets = json.loads((item / "larsen-b-2005.json").read_text())["assets"]
     assert assets["damage_map"]["type"] == "image/tiff; application=geotiff"
     assert assets["damage"]["type"] == "image/tiff; application=geotiff"
+    # Brunt's small striped file passes rio-cogeo, but strips are no COG (raster-tiling warns)
+    brunt = json.loads((stac / "brunt-2000" / "brunt-2000.json").read_text())["assets"]
+    assert brunt["damage_map"]["type"] == "image/tiff; application=geotiff"
+    item_assets = json.loads((stac / "collection.json").read_text())["item_assets"]
+    assert item_assets["damage_map"]["type"] == "image/tiff; application=geotiff"
     args = shlex.split(CONVERT_COMMAND)
     for rel in products_of(authors_release, LARSEN):
         path = authors_release / rel

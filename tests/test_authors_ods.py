@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -103,22 +103,68 @@ def test_files_left_out_of_the_catalog_are_named(tmp_path: Path) -> None:
     assert "LC8_Totten_2021_damage_map.tif:notcataloged" in "".join(again.output.split())
 
 
-@given(day=st.dates(dt.date(1990, 1, 1), dt.date(2100, 12, 31)),
-       midnight=st.sampled_from(["", " 00:00:00", "T00:00:00", " 00:00:00.000"]))
-def test_iso_date_cells_read_as_dates(day: dt.date, midnight: str) -> None:
+@given(days=st.lists(st.dates(dt.date(1990, 1, 1), dt.date(2100, 12, 31)), min_size=1,
+                    max_size=3),
+       time=st.sampled_from(["", " 00:00:00", "T00:00:00", " 00:00:00.000", " 13:41:07",
+                             "T09:30"]),
+       separator=st.sampled_from(["; ", ", ", " ", "\n", ""]))
+def test_iso_date_cells_read_as_dates(days: list[dt.date], time: str, separator: str) -> None:
+    """With or without a time of day, separated as people and pandas write them (a cell's
+    lines are joined with nothing between them)."""
     from catalog.ods import _dates
 
-    assert _dates(f"{day.isoformat()}{midnight}", "acquisition_dates") == (day,)
-    assert _dates(f"{day.isoformat()}; {day.isoformat()}", "d") == (day, day)
+    assume(separator or "." not in time)  # 00:00:00.0002000-01-01: where would it end?
+    cell = separator.join(f"{day.isoformat()}{time}" for day in days)
+    assert _dates(cell, "acquisition_dates") == tuple(days)
 
 
 @given(text=st.sampled_from(["11/12/2000", "20051203", "2005-13-01", "2005-12-3", "Dec 3 2005",
-                             "2005-12-03 12:00:00"]))
+                             "2005-12-03; 11/12/2005", "12005-12-03", "2005-12-03 noon"]))
 def test_other_date_spellings_are_refused(text: str) -> None:
     from catalog.ods import _dates
 
     with pytest.raises(ValueError, match="not a date as YYYY-MM-DD"):
         _dates(text, "acquisition_dates")
+
+
+def test_blank_and_note_rows_of_a_sheet_per_shelf_are_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "m.ods"
+    with pd.ExcelWriter(path, engine="odf") as writer:
+        pd.DataFrame([{"Year": 2016, "Acquisition dates": "2016-12-05"},
+                      {"Year": None, "Acquisition dates": None},
+                      {"Year": None, "Acquisition dates": "dates from the USGS archive"}]
+                     ).to_excel(writer, sheet_name="Totten", index=False)
+    [row] = read_metadata_ods(path)
+    assert (row.shelf, row.year, row.acquisition_dates) == ("Totten", 2016,
+                                                            (dt.date(2016, 12, 5),))
+
+
+def test_writing_leaves_other_odfpy_documents_whole(tmp_path: Path) -> None:
+    """The write used to clear odfpy's process-wide namespace list: a document built before it
+    and saved after it lost a prefix declaration (dc: of a note's author: unbound prefix)."""
+    import io
+    import xml.sax
+    from zipfile import ZipFile
+
+    from odf.dc import Creator
+    from odf.office import Annotation
+    from odf.opendocument import OpenDocumentText
+    from odf.text import P
+
+    document = OpenDocumentText()
+    note = Annotation()
+    note.addElement(Creator(text="a reviewer"))
+    note.addElement(P(text="a note"))
+    paragraph = P(text="text")
+    paragraph.addElement(note)
+    document.text.addElement(paragraph)
+    write_metadata_ods(tmp_path / "m.ods", [OdsRow("Totten", 2016, "a_damage_map.tif",
+                                                   "a_damage.tif", ("LC08",), None)])
+    document.save(str(tmp_path / "other.odt"))
+    parser = xml.sax.make_parser()
+    parser.setFeature(xml.sax.handler.feature_namespaces, True)
+    with ZipFile(tmp_path / "other.odt") as odt:
+        parser.parse(io.BytesIO(odt.read("content.xml")))  # every prefix bound
 
 
 def test_extra_columns_round_trip(tmp_path: Path) -> None:

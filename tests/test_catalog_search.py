@@ -110,6 +110,11 @@ def test_search_accepts_catalog_json_and_parquet(release: Path, tmp_path: Path) 
     other.write_text("x")
     with pytest.raises(SearchError, match="not a release to search; give the release folder"):
         search(other)
+    copy = Path(shutil.copytree(release, tmp_path / "copy"))
+    (copy / ITEMS_PARQUET).unlink()  # not cataloged (any more): say so, for either file
+    for source in (copy / "stac" / "catalog.json", copy / ITEMS_NDJSON):
+        with pytest.raises(SearchError, match="run `icedamage catalog` on the release first"):
+            search(source)
 
 
 def test_search_rejects_bad_input(release: Path, tmp_path: Path) -> None:

@@ -108,6 +108,9 @@ def test_a_few_missing_pixels_never_read_as_full_coverage() -> None:
     """3 pixels short of a large shelf is 99.99 %, not a rounded-up 100.00 %."""
     err = NotCoveredError(1 - 3 / 4_000_000, 3, 5)
     assert "99.99% covered" in str(err) and "3 pixel(s) missing" in str(err)
+    # exact shares print exactly (float error made 50.05 % read 50.04 %)
+    assert "50.05% covered" in str(NotCoveredError(1.0 - 4_995 / 10_000, 4_995, 2))
+    assert "57.00% covered" in str(NotCoveredError(57 / 100, 43, 2))
 
 
 def test_cloudy_pixels_fill_only_outside_the_shelf() -> None:

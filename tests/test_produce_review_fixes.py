@@ -113,6 +113,8 @@ def _centre_in(crs: str) -> tuple[float, float]:
     ("EPSG:3031", (300.0, 300.0), "300.0 m"),   # a 300 m preview export
     ("EPSG:3031", (60.0, 60.0), "60.0 m"),
     ("EPSG:4326", (0.0233, 0.009), "m (measured in EPSG:3031)"),  # ~1000 m: EE's default
+    # 30 m east-west but 120 m north-south: a warp's suggested resolution averaged it to 41 m
+    ("EPSG:4326", (0.00069, 0.00108), "m (measured in EPSG:3031)"),
     ("EPSG:32750", (100.0, 100.0), "m (measured in EPSG:3031)"),  # UTM 50S
 ])
 def test_a_scene_coarser_than_45_m_is_refused(tmp_path: Path, crs: str,

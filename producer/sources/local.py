@@ -59,6 +59,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
+import math
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -71,11 +72,11 @@ from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import CRSError, RasterioError
 from rasterio.features import geometry_mask
 from rasterio.warp import (
-    calculate_default_transform,
     reproject,
     transform_bounds,
     transform_geom,
 )
+from rasterio.warp import transform as transform_points
 from rasterio.windows import Window
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from shapely.geometry import box, mapping, shape
@@ -306,21 +307,25 @@ def check_scene_file(src: rasterio.DatasetReader, path: Path, grid: Grid | None 
 
 
 def pixel_size_m(src: rasterio.DatasetReader) -> float | None:
-    """A file's pixel size in metres of EPSG:3031 (the larger side), so that files in EPSG:4326
-    (degrees), UTM or EPSG:3976 are judged alike: its own where it is in EPSG:3031, else GDAL's
-    suggested output resolution of a warp to EPSG:3031 (``calculate_default_transform``, the
-    resolution that keeps its number of pixels along the diagonal). None when it cannot be
-    measured (no CRS, a footprint GDAL cannot transform)."""
+    """A file's pixel size in metres of EPSG:3031, the larger of its two sides, so that files in
+    EPSG:4326 (degrees), UTM or EPSG:3976 are judged alike: its own where it is in EPSG:3031,
+    else the lengths in EPSG:3031 of one column step and one row step at the file's centre (a
+    warp's suggested resolution would average the sides: 120 m × 30 m in EPSG:4326 read as
+    41 m). None when it cannot be measured (no CRS, a footprint GDAL cannot transform)."""
     if src.crs is None:
         return None
     try:
         if src.crs == rasterio.crs.CRS.from_user_input(PIXEL_SIZE_CRS):
             return float(max(abs(src.res[0]), abs(src.res[1])))
-        transform, _, _ = calculate_default_transform(src.crs, PIXEL_SIZE_CRS, src.width,
-                                                      src.height, *src.bounds)
+        t = src.transform
+        col, row = src.width / 2, src.height / 2
+        corners = [t * (col, row), t * (col + 1, row), t * (col, row + 1)]
+        xs, ys = transform_points(src.crs, PIXEL_SIZE_CRS, [c[0] for c in corners],
+                                  [c[1] for c in corners])
     except (CRSError, RasterioError, ValueError):
         return None
-    return float(max(abs(transform.a), abs(transform.e)))
+    sides = [math.hypot(xs[k] - xs[0], ys[k] - ys[0]) for k in (1, 2)]
+    return float(max(sides)) if all(math.isfinite(v) for v in sides) else None
 
 
 def check_pixel_size(src: rasterio.DatasetReader, path: Path, grid: Grid | None = None) -> None:
