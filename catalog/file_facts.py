@@ -31,7 +31,7 @@ from producer.grid import Grid
 
 FILE_FACTS = ".file-facts.json"
 #: Raise when what is kept per file, or how it is read, changes (old entries are then dropped).
-FACTS_FORMAT = 2
+FACTS_FORMAT = 3
 #: A file modified this close (s) to the run that read it is not trusted to the next run.
 RACY_SECONDS = 2.0
 
