@@ -133,7 +133,9 @@ def run_produce(
                            "and of its fast-flowing ice (paper 2.4.1).")] = None,
     out: Annotated[Path, typer.Option(help="Release folder to write into.")] = DEFAULT_OUT,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    force: Annotated[bool, typer.Option(help="Redo shelf-years that are up to date.")] = False,
+    force: Annotated[bool, typer.Option(
+        help="Redo shelf-years that are up to date (with --source gee, search and download "
+             "again rather than use the cache).")] = False,
     keep_probability: Annotated[bool, typer.Option(
         help="Also write the damage probability (0-100) as an auxiliary COG.")] = False,
     source_index: Annotated[bool, typer.Option(
@@ -169,7 +171,7 @@ def run_produce(
     try:
         years = parse_years(year)
         check_local_source(source)
-        scene_source = resolve_source(source, demo_size)
+        scene_source = resolve_source(source, demo_size, force)
         shelves = parse_shelves(shelf)
         for name in shelves:
             check_request(name, scene_source, options, years, shelves)

@@ -402,13 +402,16 @@ def resolve_diffgf(diffgf: Path | None, source_name: str) -> Path | None:
     return None
 
 
-def resolve_source(spec: str, demo_size: int | None = None) -> SceneSource:
-    """A scene source from ``gee``, ``local:DIR`` or ``demo`` (``demo_size``: demo window px)."""
-    from producer.sources.registry import get_source, parse_source_spec
+def resolve_source(spec: str, demo_size: int | None = None, force: bool = False) -> SceneSource:
+    """A scene source from ``gee``, ``local:DIR`` or ``demo`` (``demo_size``: demo window px;
+    ``force``: a source that keeps what it fetched, as gee does its rankings and scenes,
+    fetches again)."""
+    from producer.sources.registry import get_source, parse_source_spec, source_options
 
     if demo_size is not None and parse_source_spec(spec)[0] != DEMO_SOURCE:
         raise ProduceError(f"--demo-size applies to the demo source only, not {spec!r}")
-    return get_source(spec, size=demo_size)
+    again = {"force": True} if force and "force" in source_options(spec) else {}
+    return get_source(spec, size=demo_size, **again)
 
 
 def effective_extent(shelf: str, year: int, source: SceneSource, roi: BaseGeometry, grid: Grid,

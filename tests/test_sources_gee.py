@@ -568,3 +568,41 @@ def test_real_client_serializes_the_expected_graph(real_ee, tmp_path: Path, grid
     assert {"1", "8", "16", "0.5", "0"} <= constants(cloud)
     assert '"sameFootprint": {"constantValue": false}' in cloud
     assert '"QA_PIXEL"' in cloud and '"cloud"' in cloud
+
+
+def test_a_ranking_made_before_the_summer_settled_is_searched_again(
+        tmp_path: Path, grid: Grid, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A search during the summer missed scenes still on their way from Real-Time to the tier
+    collections; its ranking, even an empty one, used to be reused forever (--force too)."""
+    from producer.sources import gee
+
+    early = [image for image in catalog() if image.acquired < dt.datetime(2021, 12, 1)]
+    monkeypatch.setattr(gee, "today", lambda: dt.date(2021, 12, 2))
+    assert run(FakeEE(early), tmp_path, grid) == []  # nothing usable yet
+    monkeypatch.setattr(gee, "today", lambda: dt.date(2022, 5, 15))  # 45 days after the end
+    fake = FakeEE(catalog())
+    found = run(fake, tmp_path, grid)
+    assert fake.getinfo_calls and found  # searched again: the summer's scenes are there now
+    settled_search = FakeEE(catalog(), credentials=False)  # any Earth Engine use would fail
+    assert run(settled_search, tmp_path, grid) == found  # now final: reused
+    assert settled_search.calls == []
+
+
+def test_produce_force_reaches_the_gee_cache() -> None:
+    from producer.pipeline import resolve_source
+
+    assert resolve_source("gee", None, force=True).force
+    assert not resolve_source("gee").force
+    assert resolve_source("demo", None, force=True).name == "demo"  # takes no such option
+
+
+def test_an_unavailable_service_is_no_credentials_problem(tmp_path: Path, grid: Grid) -> None:
+    from tests.fake_ee import FakeEEException
+
+    fake = FakeEE(catalog(), errors={"Initialize": FakeEEException(
+        "The service is currently unavailable.")})
+    with pytest.raises(SourceError, match="could not start a session: The service is currently "
+                                          "unavailable") as info:
+        run(fake, tmp_path, grid)
+    assert not isinstance(info.value, CredentialsError)
+    assert "earthengine authenticate" not in str(info.value)

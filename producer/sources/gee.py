@@ -147,6 +147,19 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+#: Words of Earth Engine's session errors that a login or a project fixes (no credentials,
+#: "Please authorize access ... earthengine authenticate", no project, no permission); any
+#: other (HTTP 503 "The service is currently unavailable") is no credentials problem.
+_CREDENTIAL_WORDS = ("authoriz", "authenticat", "credential", "project", "permission",
+                     "token", "unauthenticated", "forbidden", "not signed up", "register")
+
+
+def _about_credentials(exc: BaseException) -> bool:
+    """Whether an ``ee.Initialize`` error is one that authenticating or a project fixes."""
+    text = str(exc).lower()
+    return any(word in text for word in _CREDENTIAL_WORDS)
+
+
 def _unreachable(what: str, exc: BaseException) -> SourceError:
     """The clear error for a failure outside Earth Engine's own answers on ``what``: stored
     credentials that no longer refresh, or no connection."""
@@ -159,6 +172,30 @@ def _unreachable(what: str, exc: BaseException) -> SourceError:
 # --------------------------------------------------------------------------------------------
 # Pure helpers: cache, geometry, tiling, requests, ranking
 # --------------------------------------------------------------------------------------------
+
+#: Days after a summer's window ends before its search is final: new Landsat scenes reach the
+#: Tier 1 / Tier 2 collections from Real-Time 14 to 26 days after acquisition (Earth Engine's
+#: catalogue), so a search made earlier misses the latest scenes and is made again.
+SETTLE_DAYS = 30
+
+
+def today() -> dt.date:
+    """Today's date in UTC (a function, so tests can move the clock)."""
+    return dt.datetime.now(dt.UTC).date()
+
+
+def settled(searched_on: str | None, year: int) -> bool:
+    """Whether a ranking searched on ``searched_on`` saw every scene of the summer ``year``:
+    made ``SETTLE_DAYS`` after its window ended. A ranking that does not say when it was made
+    (cached by an earlier version) is not trusted."""
+    if not searched_on:
+        return False
+    try:
+        searched = dt.date.fromisoformat(searched_on)
+    except ValueError:
+        return False
+    return searched >= summer_window(year)[1] + dt.timedelta(days=SETTLE_DAYS)
+
 
 
 def default_cache_dir() -> Path:
@@ -456,7 +493,10 @@ class EarthEngineSource:
             try:
                 self._ee.Initialize(project=self.project)
             except self._ee.EEException as exc:
-                raise CredentialsError(AUTH_HELP.format(error=exc)) from exc
+                if _about_credentials(exc):
+                    raise CredentialsError(AUTH_HELP.format(error=exc)) from exc
+                raise SourceError(f"Earth Engine could not start a session: {exc}; run again "
+                                  "later (downloaded scenes stay in the cache)") from exc
             except _connection_errors() as exc:
                 raise _unreachable("the session start", exc) from exc
             self._initialized = True
@@ -553,12 +593,13 @@ class EarthEngineSource:
 
     def _ranking(self, shelf: str, year: int, grid: Grid, roi: BaseGeometry,
                  workdir: Path) -> list[DailyComposite]:
-        """The chosen composites, from the cached ranking when its parameters still match."""
+        """The chosen composites, from the cached ranking when its parameters still match and
+        it was made once the summer's scenes had all reached the collections (``settled``)."""
         manifest = workdir / f"gee_{shelf}_{year}.json"
         params = self.search_parameters(year, grid, roi)
         if manifest.exists() and not self.force:
             cached = json.loads(manifest.read_text())
-            if cached.get("parameters") == params:
+            if cached.get("parameters") == params and settled(cached.get("searched_on"), year):
                 return [DailyComposite.from_json(r) for r in cached["chosen"]]
         ranked = self._rank(year, roi)
         chosen = rank(ranked, self.top, self.min_valid_fraction)
@@ -566,6 +607,7 @@ class EarthEngineSource:
         with atomic_path(manifest) as tmp:
             tmp.write_text(json.dumps({
                 "source": self.name, "shelf": shelf, "year": year, "parameters": params,
+                "searched_on": today().isoformat(),
                 "candidates": [c.to_json() for c in ranked],
                 "chosen": [c.to_json() for c in chosen],
             }, indent=2))

@@ -50,12 +50,18 @@ def _load(kind: str) -> type:
     return getattr(module, class_name)
 
 
+def source_options(spec: str) -> set[str]:
+    """The options the source named by ``spec`` is built with (its keyword parameters)."""
+    cls = _load(parse_source_spec(spec)[0])
+    return {name for name, p in inspect.signature(cls).parameters.items()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"folder"}
+
+
 def get_source(spec: str, **options: Any) -> SceneSource:
     """The scene source named by ``spec``, built with the options it takes."""
     kind, folder = parse_source_spec(spec)
     cls = _load(kind)
-    accepted = {name for name, p in inspect.signature(cls).parameters.items()
-                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"folder"}
+    accepted = source_options(spec)
     given = {k: v for k, v in options.items() if v is not None}
     unknown = sorted(set(given) - accepted)
     if unknown:
