@@ -120,7 +120,7 @@ class FileFacts:
         entry = self._entry(path)
         if "raster" not in entry:
             self.reads += 1
-            facts = raster_facts(path, checksum="checksum" not in entry)
+            facts = raster_facts(path, checksum="checksum" not in entry, layout=True)
             if "checksum" in entry:
                 facts = dataclasses.replace(facts, checksum=entry["checksum"])
             entry["raster"] = _facts_to_json(facts)

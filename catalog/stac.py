@@ -332,7 +332,7 @@ def raster_asset(facts: RasterFacts, title: str, roles: list[str],
         extra["nodata"] = int(facts.nodata) if float(facts.nodata).is_integer() else facts.nodata
     if product_type is not None:
         extra["gsd"] = ENCODING.resolution
-    media_type = COG_MEDIA_TYPE if facts.cloud_optimized else pystac.MediaType.GEOTIFF
+    media_type = pystac.MediaType.GEOTIFF if facts.cloud_optimized is False else COG_MEDIA_TYPE
     asset = pystac.Asset(href=str(facts.path), title=title, media_type=media_type,
                          roles=roles, extra_fields=extra)
     return asset
