@@ -10,6 +10,7 @@ parquet, exact geometry with shapely, results as pystac Items) for typical queri
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -73,6 +74,7 @@ QUERIES = {
 
 def main() -> None:
     """Build the index, time the queries, print a markdown table."""
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help, typos
     with tempfile.TemporaryDirectory() as tmp:
         release = build_release(Path(tmp) / "release")
         catalog_release(release, PAPER_FACTORS)

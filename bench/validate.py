@@ -114,7 +114,9 @@ def main() -> None:
     root = CACHE / "release"
     files = build(root, args.rebuild)
     report = validate_release(root)
-    assert report.ok(strict=True), report.to_json()
+    # the bench release is not cataloged (the products are what is timed): that one warning
+    unexpected = [p for p in report.problems if p.rule != "catalog-missing"]
+    assert report.ok() and not unexpected, report.to_json()
     megapixels = len(files) * SIZE[0] * SIZE[1] / 1e6
     threads = max(2, min(4, os.cpu_count() or 1))
     results = timed({

@@ -130,10 +130,38 @@ def _factors_option(path: Path | None) -> UncertaintyFactors:
         raise _usage(f"--factors {error}") from None
 
 
+def _kept_factors(release_dir: Path) -> UncertaintyFactors:
+    """Without ``--factors``: the factors the catalog was built with (a re-run after producing
+    another year used to put the paper's back silently over a user's own), else the paper's.
+    Kept factors other than the paper's, and items that disagree, are said on stderr."""
+    from catalog.stats import catalog_factors
+
+    try:
+        recorded = catalog_factors(_catalog_items(release_dir))
+    except ValueError as error:
+        err.print(f"[yellow]warning:[/yellow] {escape(str(error))}; the paper's factors are "
+                  "used", soft_wrap=True)
+        return PAPER_FACTORS
+    if recorded is None:
+        return PAPER_FACTORS
+    differences = factor_differences(recorded, PAPER_FACTORS)
+    if not differences:
+        return PAPER_FACTORS  # with the factors of methods no item was restored with yet
+    known = recorded.known_restorations()
+    for method, factor in PAPER_FACTORS.known_restorations().items():
+        if method not in known:  # no item records it: a newly restored map still gets one
+            recorded = recorded.with_restoration(method, factor)
+    err.print("[yellow]note:[/yellow] " + escape(
+        f"keeping the uncertainty factors the catalog was built with "
+        f"({'; '.join(differences)}); give --factors to change them"), soft_wrap=True)
+    return recorded
+
+
 def catalog_command(
     release_dir: Annotated[Path, typer.Argument(help="Release folder (<Shelf>/<YYYY>/...).")],
     factors: Annotated[Path | None, typer.Option(
-        help="Uncertainty factors JSON (icedamage uncertainty); default: the paper's.")] = None,
+        help="Uncertainty factors JSON (icedamage uncertainty); default: those the catalog "
+             "was built with, else the paper's.")] = None,
     license: Annotated[str | None, typer.Option(
         help="SPDX license of the data (default: release.yaml's, else CC-BY-4.0).")] = None,
     force: Annotated[bool, typer.Option(help="Rebuild even when nothing changed.")] = False,
@@ -145,7 +173,7 @@ def catalog_command(
     from catalog.build import catalog_release
 
     _check_release_dir(release_dir)
-    chosen = _factors_option(factors)
+    chosen = _factors_option(factors) if factors is not None else _kept_factors(release_dir)
     try:
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                       MofNCompleteColumn(), TimeElapsedColumn(), console=err,

@@ -1908,6 +1908,26 @@ def test_stats_use_the_factors_the_release_was_cataloged_with(cataloged: Path,
         list(table["damage_area_km2"] * PAPER_FACTORS.lambda_min))
 
 
+def test_a_plain_rebuild_keeps_the_factors_the_catalog_was_built_with(
+        cataloged: Path, tmp_path: Path) -> None:
+    """After `catalog --factors own.json`, the README's plain `icedamage catalog` (another year
+    produced) silently put the paper's factors back into every item."""
+    own = derive_factors([Evaluation("a", 0.85, 0.80), Evaluation("b", 0.90, 0.82)],
+                         PAPER_RESTORATION)
+    path = _factors_file(tmp_path / "own.json", own)
+    assert CliRunner().invoke(build_app(), ["catalog", str(cataloged), "--force",
+                                            "--factors", str(path)]).exit_code == 0
+    item = item_path(cataloged, "totten-2016")
+    before = json.loads(item.read_text())["properties"]["icedamage:lambda_lower"]
+    assert before == pytest.approx(own.lambda_min)
+    result = CliRunner().invoke(build_app(), ["catalog", str(cataloged), "--force"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(item.read_text())["properties"]["icedamage:lambda_lower"] == \
+        pytest.approx(own.lambda_min)
+    assert "keepingtheuncertaintyfactorsthecatalogwasbuiltwith" in "".join(
+        result.output.split())
+
+
 def test_a_restoration_factor_below_one_widens_the_catalogs_lower_bound(
         cataloged: Path, tmp_path: Path) -> None:
     """λ_DiffGF < 1 (restored imagery over-maps) once pulled the upper bound of DiffGF maps
