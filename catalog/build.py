@@ -295,15 +295,29 @@ def _umask() -> int:
 
 def write_build_state(stac_dir: Path, inputs: str | None,
                       index: dict[str, str] | None, stac: str | None = None,
-                      software: str | None = None) -> None:
+                      software: str | None = None, factors: str | None = None) -> None:
     """Write a catalog folder's build state atomically: the digest of the run's inputs, the
     sha256 of the item index written with the catalog (None: not written yet, so not up to
-    date and not to be searched), the digest of the STAC JSON files it was made from and the
+    date and not to be searched), the digest of the STAC JSON files it was made from, the
     icedamage version that built the catalog (the items name the software that made each
-    map, which may be older, or none for the authors' maps)."""
+    map, which may be older, or none for the authors' maps) and the uncertainty factors it
+    was built with (``UncertaintyFactors.to_json``: what a re-run without --factors keeps)."""
     with atomic_path(Path(stac_dir) / BUILD_STATE) as tmp:
         tmp.write_text(json.dumps({"inputs": inputs, "index": index, "stac": stac,
-                                   "software": software}, sort_keys=True) + "\n")
+                                   "software": software, "factors": factors},
+                                  sort_keys=True) + "\n")
+
+
+def built_factors(release_dir: Path) -> UncertaintyFactors | None:
+    """The uncertainty factors the release's catalog was last built with, as its build state
+    records them; None when it records none (not cataloged, or by an earlier version)."""
+    text = (read_build_state(Path(release_dir) / STAC_CATALOG_DIR) or {}).get("factors")
+    if not isinstance(text, str):
+        return None
+    try:
+        return UncertaintyFactors.from_json(text, where=f"{release_dir}/stac/{BUILD_STATE}")
+    except ValueError:
+        return None
 
 
 def stac_digest(stac_dir: Path) -> str:
@@ -320,7 +334,8 @@ def forget_index(stac_dir: Path) -> None:
     """Mark a catalog folder's item index as not yet written (before the index at the release
     root stops matching it), keeping the recorded inputs."""
     saved = read_build_state(stac_dir) or {}
-    write_build_state(stac_dir, saved.get("inputs"), None, software=saved.get("software"))
+    write_build_state(stac_dir, saved.get("inputs"), None, software=saved.get("software"),
+                      factors=saved.get("factors"))
 
 
 def reindex(release_dir: Path) -> tuple[Path, Path]:
@@ -331,12 +346,13 @@ def reindex(release_dir: Path) -> tuple[Path, Path]:
     paths = write_index(release_dir, index_dicts(release_dir, stac / "catalog.json"))
     saved = read_build_state(stac) or {}
     write_build_state(stac, saved.get("inputs"), index_digests(release_dir), stac_digest(stac),
-                      saved.get("software"))
+                      saved.get("software"), saved.get("factors"))
     return paths
 
 
 def save_catalog(root: pystac.Catalog, release_dir: Path, state: str,
-                 file_facts: str | None = None, software: str | None = None) -> Path:
+                 file_facts: str | None = None, software: str | None = None,
+                 factors: str | None = None) -> Path:
     """Save self-contained with relative hrefs into ``<release>/stac``, swapping folders.
 
     The build state saved with it records the inputs ``state`` but no item index yet: the
@@ -351,7 +367,7 @@ def save_catalog(root: pystac.Catalog, release_dir: Path, state: str,
         root.make_all_asset_hrefs_relative()
         make_file_links_relative(root)
         root.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
-        write_build_state(staging, state, None, software=software)
+        write_build_state(staging, state, None, software=software, factors=factors)
         if file_facts is not None:
             (staging / FILE_FACTS).write_text(file_facts)
         # mkdtemp makes the folder private (0700); the catalog is to be served as is
@@ -587,7 +603,7 @@ def catalog_release(release_dir: Path, factors: UncertaintyFactors,
     step("saving the STAC catalog")
     state = _state_digest(release_dir, found, factors, settings)  # with what it wrote above
     catalog_json = save_catalog(catalog, release_dir, state, facts.to_json(),
-                                settings.software_version)
+                                settings.software_version, factors.to_json())
     step("writing the item index")
     reindex(release_dir)
     report("done", total, total)

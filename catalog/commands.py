@@ -41,7 +41,7 @@ from catalog.uncertainty import (
     factor_warnings,
     load_factors,
 )
-from producer.spec import SENSOR_ORDER
+from producer.spec import SENSOR_ORDER, STAC_CATALOG_DIR
 from producer.writer import unwritable
 
 #: Exit status of a failure during the work (a release file that does not read, no maps).
@@ -131,30 +131,30 @@ def _factors_option(path: Path | None) -> UncertaintyFactors:
 
 
 def _kept_factors(release_dir: Path) -> UncertaintyFactors:
-    """Without ``--factors``: the factors the catalog was built with (a re-run after producing
-    another year used to put the paper's back silently over a user's own), else the paper's.
-    Kept factors other than the paper's, and items that disagree, are said on stderr."""
-    from catalog.stats import catalog_factors
+    """Without ``--factors``: the factors the catalog was last built with, as its build state
+    records them whole (a re-run after producing another year used to put the paper's back
+    silently over a user's own), else the paper's. Kept factors other than the paper's are
+    said on stderr, and so is a catalog that does not record its factors."""
+    from catalog.build import built_factors
 
-    try:
-        recorded = catalog_factors(_catalog_items(release_dir))
-    except ValueError as error:
-        err.print(f"[yellow]warning:[/yellow] {escape(str(error))}; the paper's factors are "
-                  "used", soft_wrap=True)
+    kept = built_factors(release_dir)
+    if kept is None:
+        if (release_dir / STAC_CATALOG_DIR / "catalog.json").exists():
+            err.print("[yellow]note:[/yellow] " + escape(
+                "the catalog does not record the uncertainty factors it was built with "
+                "(built by an earlier version): the paper's are used; give --factors to use "
+                "others"), soft_wrap=True)
         return PAPER_FACTORS
-    if recorded is None:
-        return PAPER_FACTORS
-    differences = factor_differences(recorded, PAPER_FACTORS)
-    if not differences:
-        return PAPER_FACTORS  # with the factors of methods no item was restored with yet
-    known = recorded.known_restorations()
-    for method, factor in PAPER_FACTORS.known_restorations().items():
-        if method not in known:  # no item records it: a newly restored map still gets one
-            recorded = recorded.with_restoration(method, factor)
-    err.print("[yellow]note:[/yellow] " + escape(
-        f"keeping the uncertainty factors the catalog was built with "
-        f"({'; '.join(differences)}); give --factors to change them"), soft_wrap=True)
-    return recorded
+    if kept.to_json() != PAPER_FACTORS.to_json():
+        paper = PAPER_FACTORS.known_restorations()
+        differences = factor_differences(kept, PAPER_FACTORS) + [
+            f"λ_{method} {factor:.4g} (the paper gives none)"
+            for method, factor in kept.known_restorations().items() if method not in paper]
+        err.print("[yellow]note:[/yellow] " + escape(
+            "keeping the uncertainty factors the catalog was built with"
+            + (f" ({'; '.join(differences)})" if differences else "")
+            + "; give --factors to change them"), soft_wrap=True)
+    return kept
 
 
 def catalog_command(

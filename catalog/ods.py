@@ -154,10 +154,14 @@ def _split(text: object) -> tuple[str, ...]:
     return tuple(p.strip() for p in re.split(r"[;,]", str(text)) if p.strip())
 
 
-#: A date in a cell: ISO 8601, optionally with a time of day (how a spreadsheet date cell
-#: reads as text); several in a cell may be separated by anything but other text.
-_DATE_IN_CELL = re.compile(r"(\d{4}-\d{2}-\d{2})(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?",
-                           re.ASCII)
+#: The columns that name a row (shelf-year) rather than say something of it.
+_KEYS = ("shelf", "year")
+#: A date in a cell: ISO 8601, optionally with a time of day and a UTC offset (how a
+#: spreadsheet date cell reads as text); several in a cell may be separated by anything but
+#: other text.
+_DATE_IN_CELL = re.compile(
+    r"(\d{4}-\d{2}-\d{2})(?:[ T](?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d+)?)?"
+    r"(?:Z|[+-](?:[01]\d|2[0-3]):?[0-5]\d)?)?", re.ASCII)
 _DATE_SEPARATORS = re.compile(r"[\s;,]*")
 
 
@@ -266,8 +270,10 @@ def sheet_table(path: Path, sheet: str,
              if name not in COLUMNS}
     rows = []
     for number, record in enumerate(frame.to_dict("records"), start=2):  # row 1: the header
-        if _text(record.get("shelf")) is None or _text(record.get("year")) is None:
-            continue  # a blank or note row (the shelf of a sheet per shelf is filled in)
+        if _text(record.get("shelf")) is None or (
+                _text(record.get("year")) is None
+                and not any(_text(record.get(c)) for c in COLUMNS if c not in _KEYS)):
+            continue  # blank, or a note in a column of the authors' (shelf filled in or not)
         try:
             rows.append(_row(record, extra))
         except ValueError as error:

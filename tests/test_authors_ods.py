@@ -106,7 +106,7 @@ def test_files_left_out_of_the_catalog_are_named(tmp_path: Path) -> None:
 @given(days=st.lists(st.dates(dt.date(1990, 1, 1), dt.date(2100, 12, 31)), min_size=1,
                     max_size=3),
        time=st.sampled_from(["", " 00:00:00", "T00:00:00", " 00:00:00.000", " 13:41:07",
-                             "T09:30"]),
+                             "T09:30", "T00:00:00Z", " 00:00:00+00:00", "T23:59:59-0300"]),
        separator=st.sampled_from(["; ", ", ", " ", "\n", ""]))
 def test_iso_date_cells_read_as_dates(days: list[dt.date], time: str, separator: str) -> None:
     """With or without a time of day, separated as people and pandas write them (a cell's
@@ -119,7 +119,8 @@ def test_iso_date_cells_read_as_dates(days: list[dt.date], time: str, separator:
 
 
 @given(text=st.sampled_from(["11/12/2000", "20051203", "2005-13-01", "2005-12-3", "Dec 3 2005",
-                             "2005-12-03; 11/12/2005", "12005-12-03", "2005-12-03 noon"]))
+                             "2005-12-03; 11/12/2005", "12005-12-03", "2005-12-03 noon",
+                             "2005-12-03 99:99:99", "2005-12-03T25:61", "38689"]))
 def test_other_date_spellings_are_refused(text: str) -> None:
     from catalog.ods import _dates
 
@@ -130,13 +131,21 @@ def test_other_date_spellings_are_refused(text: str) -> None:
 def test_blank_and_note_rows_of_a_sheet_per_shelf_are_skipped(tmp_path: Path) -> None:
     path = tmp_path / "m.ods"
     with pd.ExcelWriter(path, engine="odf") as writer:
-        pd.DataFrame([{"Year": 2016, "Acquisition dates": "2016-12-05"},
-                      {"Year": None, "Acquisition dates": None},
-                      {"Year": None, "Acquisition dates": "dates from the USGS archive"}]
+        pd.DataFrame([{"Year": 2016, "Acquisition dates": "2016-12-05", "Notes": None},
+                      {"Year": None, "Acquisition dates": None, "Notes": None},
+                      {"Year": None, "Acquisition dates": None,
+                       "Notes": "dates from the USGS archive"}]
                      ).to_excel(writer, sheet_name="Totten", index=False)
     [row] = read_metadata_ods(path)
     assert (row.shelf, row.year, row.acquisition_dates) == ("Totten", 2016,
                                                             (dt.date(2016, 12, 5),))
+    # but a row with dates and no year is an error naming it, not dropped
+    with pd.ExcelWriter(path, engine="odf") as writer:
+        pd.DataFrame([{"Year": 2016, "Acquisition dates": "2016-12-05"},
+                      {"Year": None, "Acquisition dates": "2017-01-15"}]
+                     ).to_excel(writer, sheet_name="Totten", index=False)
+    with pytest.raises(ValueError, match=r"sheet 'Totten', row 3 .*year .* is not a year"):
+        read_metadata_ods(path)
 
 
 def test_writing_leaves_other_odfpy_documents_whole(tmp_path: Path) -> None:

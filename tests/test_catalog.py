@@ -1912,20 +1912,28 @@ def test_a_plain_rebuild_keeps_the_factors_the_catalog_was_built_with(
         cataloged: Path, tmp_path: Path) -> None:
     """After `catalog --factors own.json`, the README's plain `icedamage catalog` (another year
     produced) silently put the paper's factors back into every item."""
+    plain = CliRunner().invoke(build_app(), ["catalog", str(cataloged)])
+    assert "uncertaintyfactors" not in "".join(plain.output.split())  # the paper's: no note
     own = derive_factors([Evaluation("a", 0.85, 0.80), Evaluation("b", 0.90, 0.82)],
-                         PAPER_RESTORATION)
+                         PAPER_RESTORATION).with_restoration("FillNodata", 1.2)
     path = _factors_file(tmp_path / "own.json", own)
     assert CliRunner().invoke(build_app(), ["catalog", str(cataloged), "--force",
                                             "--factors", str(path)]).exit_code == 0
     item = item_path(cataloged, "totten-2016")
     before = json.loads(item.read_text())["properties"]["icedamage:lambda_lower"]
     assert before == pytest.approx(own.lambda_min)
+    again = CliRunner().invoke(build_app(), ["catalog", str(cataloged)])
+    assert "cataloguptodate" in "".join(again.output.split())  # same factors: nothing to do
     result = CliRunner().invoke(build_app(), ["catalog", str(cataloged), "--force"])
     assert result.exit_code == 0, result.output
     assert json.loads(item.read_text())["properties"]["icedamage:lambda_lower"] == \
         pytest.approx(own.lambda_min)
-    assert "keepingtheuncertaintyfactorsthecatalogwasbuiltwith" in "".join(
-        result.output.split())
+    said = "".join(result.output.split())
+    assert "keepingtheuncertaintyfactorsthecatalogwasbuiltwith" in said
+    assert "λ_FillNodata1.2(thepapergivesnone)" in said  # kept whole, not rebuilt from items
+    from catalog.build import built_factors
+
+    assert built_factors(cataloged) == own
 
 
 def test_a_restoration_factor_below_one_widens_the_catalogs_lower_bound(

@@ -606,3 +606,33 @@ def test_an_unavailable_service_is_no_credentials_problem(tmp_path: Path, grid: 
         run(fake, tmp_path, grid)
     assert not isinstance(info.value, CredentialsError)
     assert "earthengine authenticate" not in str(info.value)
+
+
+def test_a_day_whose_images_changed_is_downloaded_again(
+        tmp_path: Path, grid: Grid, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the summer settled, a second scene of 5 Dec had arrived: the day's composite is
+    another one. The cached mosaic of one scene used to be kept under both scenes' ids."""
+    from producer.sources import gee
+
+    first, late = catalog()[:2]  # two scenes of 2021-12-05
+    monkeypatch.setattr(gee, "today", lambda: dt.date(2021, 12, 20))
+    (before,) = run(FakeEE([first]), tmp_path, grid)
+    monkeypatch.setattr(gee, "today", lambda: dt.date(2022, 6, 1))
+    fake = FakeEE([first, late])
+    (after,) = run(fake, tmp_path, grid)
+    assert len(after.source_ids) == 2 and fake.pixel_requests  # fetched again
+    with rasterio.open(after.path) as src:
+        assert src.tags()["SOURCE_IDS"].split(",") == list(after.source_ids)
+
+
+def test_a_ranking_cached_by_an_earlier_version_needs_no_earth_engine(
+        tmp_path: Path, grid: Grid, cache: Path) -> None:
+    """Rankings written before `searched_on` existed: the file's date stands in, so a summer
+    long over re-runs from the cache alone, as before."""
+    found = run(FakeEE(catalog()), tmp_path, grid)
+    manifest = cache / "gee_Totten_2021.json"
+    record = json.loads(manifest.read_text())
+    del record["searched_on"]
+    manifest.write_text(json.dumps(record))
+    offline = FakeEE(catalog(), credentials=False)  # any Earth Engine use would fail
+    assert run(offline, tmp_path, grid) == found and offline.calls == []

@@ -185,9 +185,8 @@ def today() -> dt.date:
 
 
 def settled(searched_on: str | None, year: int) -> bool:
-    """Whether a ranking searched on ``searched_on`` saw every scene of the summer ``year``:
-    made ``SETTLE_DAYS`` after its window ended. A ranking that does not say when it was made
-    (cached by an earlier version) is not trusted."""
+    """Whether a ranking searched on ``searched_on`` (an ISO date) saw every scene of the
+    summer ``year``: made ``SETTLE_DAYS`` after its window ended."""
     if not searched_on:
         return False
     try:
@@ -195,6 +194,18 @@ def settled(searched_on: str | None, year: int) -> bool:
     except ValueError:
         return False
     return searched >= summer_window(year)[1] + dt.timedelta(days=SETTLE_DAYS)
+
+
+def _searched_on(cached: dict[str, Any], manifest: Path) -> str | None:
+    """When a cached ranking was made: as it says, else (written by an earlier version) the
+    day its file was last written, so a summer long over needs no Earth Engine to re-run."""
+    said = cached.get("searched_on")
+    if isinstance(said, str):
+        return said
+    try:
+        return dt.datetime.fromtimestamp(manifest.stat().st_mtime, dt.UTC).date().isoformat()
+    except OSError:
+        return None
 
 
 
@@ -537,11 +548,17 @@ class EarthEngineSource:
         """Which of a composite's files are in the cache on ``grid``: RGB, cloud mask, sidecar.
 
         A file from an earlier grid (the ROI changed) does not count: it is downloaded again.
+        Nor do the files of a day whose sidecar names other images than the search now finds
+        (a scene that arrived late): that day's composite is another one.
         """
         rgb = self.scene_path(workdir, shelf, composite)
-        return {"rgb": _on_grid(rgb, grid),
-                "cloud": _on_grid(self.cloud_path(workdir, shelf, composite), grid),
-                "sidecar": sidecar_path(rgb).exists()}
+        sidecar = sidecar_path(rgb)
+        same = _same_images(sidecar, composite)
+        stale = sidecar.exists() and not same
+        return {"rgb": _on_grid(rgb, grid) and not stale,
+                "cloud": _on_grid(self.cloud_path(workdir, shelf, composite), grid)
+                and not stale,
+                "sidecar": same}
 
     def scenes(self, shelf: str, year: int, grid: Grid, workdir: Path) -> list[Scene]:
         """Rank the summer's daily composites and download the best ones into the cache.
@@ -599,7 +616,8 @@ class EarthEngineSource:
         params = self.search_parameters(year, grid, roi)
         if manifest.exists() and not self.force:
             cached = json.loads(manifest.read_text())
-            if cached.get("parameters") == params and settled(cached.get("searched_on"), year):
+            if cached.get("parameters") == params and settled(_searched_on(cached, manifest),
+                                                              year):
                 return [DailyComposite.from_json(r) for r in cached["chosen"]]
         ranked = self._rank(year, roi)
         chosen = rank(ranked, self.top, self.min_valid_fraction)
@@ -696,6 +714,18 @@ class EarthEngineSource:
                     pixel_request(image, sub, bands)))
                 dst.write(decode_tile(data, sub, what, len(bands)), window=window)
                 advance()
+
+
+def _same_images(sidecar: Path, composite: DailyComposite) -> bool:
+    """Whether the cached composite of a day was made of the images the search now finds for
+    it: a scene that reached the collections after the download (Real-Time lag) makes the
+    day's composite another one, downloaded again rather than passed off with the new ids."""
+    try:
+        record = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and \
+        sorted(record.get("source_ids") or []) == sorted(composite.source_ids)
 
 
 def write_sidecar(workdir: Path, shelf: str, composite: DailyComposite, name: ExportName

@@ -68,6 +68,8 @@ from typing import Any
 
 import numpy as np
 import rasterio
+from pyproj import Transformer
+from pyproj.exceptions import ProjError
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import CRSError, RasterioError
 from rasterio.features import geometry_mask
@@ -76,7 +78,6 @@ from rasterio.warp import (
     transform_bounds,
     transform_geom,
 )
-from rasterio.warp import transform as transform_points
 from rasterio.windows import Window
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from shapely.geometry import box, mapping, shape
@@ -320,9 +321,11 @@ def pixel_size_m(src: rasterio.DatasetReader) -> float | None:
         t = src.transform
         col, row = src.width / 2, src.height / 2
         corners = [t * (col, row), t * (col + 1, row), t * (col, row + 1)]
-        xs, ys = transform_points(src.crs, PIXEL_SIZE_CRS, [c[0] for c in corners],
-                                  [c[1] for c in corners])
-    except (CRSError, RasterioError, ValueError):
+        # pyproj gives inf for a point it cannot project (a corner beyond the pole)
+        xs, ys = Transformer.from_crs(src.crs.to_wkt(), PIXEL_SIZE_CRS, always_xy=True
+                                      ).transform([c[0] for c in corners],
+                                                  [c[1] for c in corners])
+    except (CRSError, RasterioError, ValueError, ProjError):
         return None
     sides = [math.hypot(xs[k] - xs[0], ys[k] - ys[0]) for k in (1, 2)]
     return float(max(sides)) if all(math.isfinite(v) for v in sides) else None
