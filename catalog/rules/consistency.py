@@ -21,7 +21,7 @@ from pyproj import Transformer
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
-from catalog.build import CATALOG_FORMAT, _state_digest
+from catalog.build import CATALOG_FORMAT, _state_digest, built_factors
 from catalog.geometry import TOLERANCE_M, geojson_and_bbox, grid_footprint
 from catalog.release import (
     RasterFacts,
@@ -563,7 +563,8 @@ class _CodeNote:
         if not isinstance(recorded, str) or not self.loaded:
             return ""
         try:
-            current = _state_digest(self.root, self.found, PAPER_FACTORS, self._settings())
+            factors = built_factors(self.root) or PAPER_FACTORS  # as it was built
+            current = _state_digest(self.root, self.found, factors, self._settings())
         except Exception:  # noqa: BLE001 - an unreadable file: no answer, reported elsewhere
             return ""
         if current == recorded:
