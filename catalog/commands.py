@@ -41,7 +41,7 @@ from catalog.uncertainty import (
     factor_warnings,
     load_factors,
 )
-from producer.spec import SENSOR_ORDER, STAC_CATALOG_DIR
+from producer.spec import SENSOR_ORDER
 from producer.writer import unwritable
 
 #: Exit status of a failure during the work (a release file that does not read, no maps).
@@ -131,30 +131,47 @@ def _factors_option(path: Path | None) -> UncertaintyFactors:
 
 
 def _kept_factors(release_dir: Path) -> UncertaintyFactors:
-    """Without ``--factors``: the factors the catalog was last built with, as its build state
-    records them whole (a re-run after producing another year used to put the paper's back
-    silently over a user's own), else the paper's. Kept factors other than the paper's are
-    said on stderr, and so is a catalog that does not record its factors."""
+    """Without ``--factors``: the factors the catalog was last built with (a re-run after
+    producing another year used to put the paper's back silently over a user's own), as its
+    build state records them whole, else as its items record them (a downloaded record has no
+    build state), else the paper's. Kept factors other than the paper's are said on stderr."""
     from catalog.build import built_factors
 
     kept = built_factors(release_dir)
     if kept is None:
-        if (release_dir / STAC_CATALOG_DIR / "catalog.json").exists():
-            err.print("[yellow]note:[/yellow] " + escape(
-                "the catalog does not record the uncertainty factors it was built with "
-                "(built by an earlier version): the paper's are used; give --factors to use "
-                "others"), soft_wrap=True)
-        return PAPER_FACTORS
+        kept = _factors_from_items(release_dir)
     if kept.to_json() != PAPER_FACTORS.to_json():
         paper = PAPER_FACTORS.known_restorations()
         differences = factor_differences(kept, PAPER_FACTORS) + [
             f"λ_{method} {factor:.4g} (the paper gives none)"
             for method, factor in kept.known_restorations().items() if method not in paper]
-        err.print("[yellow]note:[/yellow] " + escape(
-            "keeping the uncertainty factors the catalog was built with"
-            + (f" ({'; '.join(differences)})" if differences else "")
-            + "; give --factors to change them"), soft_wrap=True)
+        if differences:
+            err.print("[yellow]note:[/yellow] " + escape(
+                f"keeping the uncertainty factors the catalog was built with "
+                f"({'; '.join(differences)}); give --factors to change them"), soft_wrap=True)
     return kept
+
+
+def _factors_from_items(release_dir: Path) -> UncertaintyFactors:
+    """The factors the catalog's items record (λ_min, λ_max, the restoration factor of each
+    method some item was restored with), a method no item records taking the paper's factor;
+    the paper's when they say nothing else, or disagree (said on stderr)."""
+    from catalog.stats import catalog_factors
+
+    try:
+        recorded = catalog_factors(_catalog_items(release_dir))
+    except ValueError as error:
+        err.print(f"[yellow]warning:[/yellow] {escape(str(error))}; the paper's factors are "
+                  "used", soft_wrap=True)
+        return PAPER_FACTORS
+    if recorded is None:
+        return PAPER_FACTORS
+    known = recorded.known_restorations()
+    for method, factor in PAPER_FACTORS.known_restorations().items():
+        if method not in known:
+            recorded = recorded.with_restoration(method, factor)
+    return PAPER_FACTORS if not factor_differences(recorded, PAPER_FACTORS) and \
+        recorded.known_restorations() == PAPER_FACTORS.known_restorations() else recorded
 
 
 def catalog_command(

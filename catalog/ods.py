@@ -270,10 +270,13 @@ def sheet_table(path: Path, sheet: str,
              if name not in COLUMNS}
     rows = []
     for number, record in enumerate(frame.to_dict("records"), start=2):  # row 1: the header
-        if _text(record.get("shelf")) is None or (
-                _text(record.get("year")) is None
-                and not any(_text(record.get(c)) for c in COLUMNS if c not in _KEYS)):
+        has_data = any(_text(record.get(c)) for c in COLUMNS if c not in _KEYS)
+        shelf, year = _text(record.get("shelf")), _text(record.get("year"))
+        if not has_data and (shelf is None or year is None):
             continue  # blank, or a note in a column of the authors' (shelf filled in or not)
+        if shelf is None:  # a merged or filled-down shelf cell reads empty
+            raise ValueError(f"{path}: sheet {sheet!r}, row {number} (year {year}): the shelf "
+                             "cell is empty; write the shelf in every row")
         try:
             rows.append(_row(record, extra))
         except ValueError as error:

@@ -146,6 +146,14 @@ def test_blank_and_note_rows_of_a_sheet_per_shelf_are_skipped(tmp_path: Path) ->
                      ).to_excel(writer, sheet_name="Totten", index=False)
     with pytest.raises(ValueError, match=r"sheet 'Totten', row 3 .*year .* is not a year"):
         read_metadata_ods(path)
+    # a Summary row with data and an empty shelf cell (merged, filled down) is named, not lost
+    with pd.ExcelWriter(path, engine="odf") as writer:
+        pd.DataFrame([{"Shelf": "Totten", "Year": 2016, "Acquisition dates": "2016-12-05"},
+                      {"Shelf": None, "Year": 2017, "Acquisition dates": "2017-12-07"}]
+                     ).to_excel(writer, sheet_name="Summary", index=False)
+    with pytest.raises(ValueError, match=r"sheet 'Summary', row 3 \(year 2017\): the shelf "
+                                         r"cell is empty"):
+        read_metadata_ods(path)
 
 
 def test_writing_leaves_other_odfpy_documents_whole(tmp_path: Path) -> None:

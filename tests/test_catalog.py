@@ -1934,6 +1934,14 @@ def test_a_plain_rebuild_keeps_the_factors_the_catalog_was_built_with(
     from catalog.build import built_factors
 
     assert built_factors(cataloged) == own
+    # a downloaded record has no build state (hidden files are not published): the items say
+    (cataloged / "stac" / ".build.json").unlink()
+    result = CliRunner().invoke(build_app(), ["catalog", str(cataloged), "--force"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(item.read_text())["properties"]["icedamage:lambda_lower"] == \
+        pytest.approx(own.lambda_min)
+    assert "keepingtheuncertaintyfactorsthecatalogwasbuiltwith" in "".join(
+        result.output.split())
 
 
 def test_a_restoration_factor_below_one_widens_the_catalogs_lower_bound(
